@@ -1,0 +1,103 @@
+//! The admin HTTP server (`/metrics`, `/healthz`, `/readyz`) and the HTTP metrics layer
+//! used by every public router.
+//!
+//! The admin server listens on its own address (`admin_listen`) so an internet-facing
+//! ingest never exposes metrics. `/healthz` says the process is alive; `/readyz` runs the
+//! service's [`Readiness`] check, which really touches its dependencies.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// A boxed future, for object-safe async traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A service's readiness check: `Ok` when every dependency answered.
+pub trait Readiness: Send + Sync + 'static {
+    /// Checks each dependency; on failure returns which one and why.
+    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Metrics,
+    readiness: Arc<dyn Readiness>,
+}
+
+/// The admin router.
+pub fn router(metrics: Metrics, readiness: Arc<dyn Readiness>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { metrics, readiness })
+}
+
+async fn metrics_handler(State(state): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    match state.readiness.check().await {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not_ready", "problem": problem})),
+        )
+            .into_response(),
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then finishes open requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Middleware recording `pushline_http_requests_total` and
+/// `pushline_http_request_duration_seconds`, labelled with the matched route (never the
+/// raw URI, which may hold tokens).
+pub async fn track_http(
+    State((metrics, service)): State<(Metrics, &'static str)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics
+        .http_duration
+        .with_label_values(&[service, &route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .with_label_values(&[service, &route, &method, response.status().as_str()])
+        .inc();
+    response
+}

@@ -1,0 +1,409 @@
+//! Layered, typed configuration shared by every service.
+//!
+//! Sources, later wins: the struct's built-in defaults → an optional TOML file
+//! (`--config path`) → environment variables `PUSHLINE_<SECTION>__<KEY>`
+//! (`PUSHLINE_NATS__URL`, `PUSHLINE_REDIS__URL`, `PUSHLINE_LISTEN`, …). Durations are
+//! integers whose unit is in the key (`_ms`, `_secs`), so they are easy to set from env.
+//!
+//! Secrets are held in [`Secret`], whose `Debug` and `Serialize` never show the value.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix for every setting.
+pub const ENV_PREFIX: &str = "PUSHLINE_";
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or did not fit the struct; figment names the key.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value was read but is not acceptable.
+    #[error("configuration: `{setting}` {problem}")]
+    Invalid {
+        /// The setting, spelled as in the TOML file (`nats.url`).
+        setting: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A file named by a setting could not be read.
+    #[error("configuration: `{setting}`: cannot read {path}: {source}")]
+    File {
+        /// The setting that names the file.
+        setting: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    /// A value that is present but wrong.
+    pub fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            setting: setting.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Loads `T` from its defaults, the optional TOML file, then `PUSHLINE_*` variables.
+pub fn load<T>(file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+}
+
+/// Like [`load`] with an explicit environment provider (tests use this to avoid the
+/// process environment).
+pub fn load_from<T>(file: Option<&Path>, env: Env) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::invalid(
+                "--config",
+                format!("names {}, which does not exist", path.display()),
+            ));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment.merge(env).extract().map_err(Box::new).map_err(Into::into)
+}
+
+/// Returns the value of `--config <path>` (or `--config=<path>`) from the arguments.
+pub fn config_path_from_args(args: impl IntoIterator<Item = String>) -> Option<PathBuf> {
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}
+
+/// A secret value: never shown by `Debug`, `Display` or `Serialize`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no value is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(<empty>)"
+        } else {
+            "Secret(<redacted>)"
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Defaults are round-tripped through figment: keep an empty secret empty and
+        // never write a real one out.
+        if self.0.is_empty() {
+            s.serialize_str("")
+        } else {
+            s.serialize_str("<redacted>")
+        }
+    }
+}
+
+/// Reads a secret file named by `setting`, trimming one trailing newline.
+pub fn read_secret_file(setting: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        setting: setting.to_owned(),
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
+/// Connection to NATS and the JetStream layout (`[nats]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated: `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Prefix for stream names and subjects (letters, digits, `_`, `-`), so tenants and
+    /// tests can share a server. Empty in production.
+    pub prefix: String,
+    /// Stream replicas: 1 on a single server, 3 on a cluster.
+    pub replicas: usize,
+    /// JetStream de-duplication window for `Nats-Msg-Id`, seconds (≥ 120).
+    pub duplicate_window_secs: u64,
+    /// How long dead letters are kept in `DEAD`, days.
+    pub dead_letter_max_age_days: u64,
+    /// Upper bound on one publish waiting for its JetStream ack, milliseconds.
+    pub publish_timeout_ms: u64,
+    /// User name, with `password`.
+    pub user: Option<String>,
+    /// Password, with `user`.
+    pub password: Option<Secret>,
+    /// Authentication token.
+    pub token: Option<Secret>,
+    /// A `.creds` file (JWT + NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// Require TLS to the server.
+    pub tls_required: bool,
+    /// Extra CA certificate (PEM) to trust for the server.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            prefix: String::new(),
+            replicas: 1,
+            duplicate_window_secs: 120,
+            dead_letter_max_age_days: 14,
+            publish_timeout_ms: 2_000,
+            user: None,
+            password: None,
+            token: None,
+            creds_file: None,
+            tls_required: false,
+            tls_ca_file: None,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Checks the values, naming the setting that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.url.trim().is_empty() {
+            return Err(ConfigError::invalid("nats.url", "must not be empty"));
+        }
+        if !self
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                "nats.prefix",
+                "may contain only ASCII letters, digits, `_` and `-`",
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(ConfigError::invalid("nats.replicas", "must be 1 to 5"));
+        }
+        if self.duplicate_window_secs < 120 {
+            return Err(ConfigError::invalid(
+                "nats.duplicate_window_secs",
+                "must be at least 120 so producer retries are de-duplicated",
+            ));
+        }
+        if self.publish_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "nats.publish_timeout_ms",
+                "must be positive",
+            ));
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err(ConfigError::invalid(
+                "nats.user",
+                "and nats.password must be set together",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Log output (`[telemetry]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `json` (one object per line, for log pipelines) or `pretty` (for people).
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `pushline=debug,info`, …
+    pub filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            format: LogFormat::Json,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// How a JetStream consumer worker runs (`[worker]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Messages handled at once by one replica.
+    pub concurrency: usize,
+    /// Deliveries before a message that keeps failing is dead-lettered.
+    pub max_attempts: u64,
+    /// How long the server waits for an ack before redelivering, seconds.
+    pub ack_wait_secs: u64,
+    /// First retry delay, milliseconds; doubles per attempt, with jitter.
+    pub retry_base_ms: u64,
+    /// Longest retry delay, milliseconds.
+    pub retry_max_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 256,
+            max_attempts: 8,
+            ack_wait_secs: 30,
+            retry_base_ms: 200,
+            retry_max_ms: 10_000,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the values; `section` is the TOML section the struct sits in.
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if !(1..=100_000).contains(&self.concurrency) {
+            return Err(ConfigError::invalid(
+                format!("{section}.concurrency"),
+                "must be 1 to 100000",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                format!("{section}.max_attempts"),
+                "must be at least 1",
+            ));
+        }
+        if self.ack_wait_secs == 0 {
+            return Err(ConfigError::invalid(
+                format!("{section}.ack_wait_secs"),
+                "must be positive",
+            ));
+        }
+        if self.retry_base_ms == 0 || self.retry_base_ms > self.retry_max_ms {
+            return Err(ConfigError::invalid(
+                format!("{section}.retry_base_ms"),
+                "must be positive and not above retry_max_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a `host:port` setting.
+pub fn parse_addr(setting: &str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::invalid(setting, format!("`{value}` is not an address like 0.0.0.0:8080")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    struct Sample {
+        listen: String,
+        nats: NatsConfig,
+        secret: Secret,
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
+    fn env_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:1\"\n[nats]\nurl = \"nats://file:4222\"\nreplicas = 3\n",
+        )
+        .expect("write");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PUSHLINE_NATS__URL", "nats://env:4222");
+            let cfg: Sample = load(Some(&path)).expect("load");
+            assert_eq!(cfg.listen, "0.0.0.0:1");
+            assert_eq!(cfg.nats.url, "nats://env:4222");
+            assert_eq!(cfg.nats.replicas, 3);
+            assert_eq!(cfg.nats.publish_timeout_ms, 2_000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = Figment::from(Serialized::defaults(Sample::default()))
+            .merge(Toml::string("[nats]\nurll = \"x\"\n"))
+            .extract::<Sample>()
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&s).expect("json").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_prefix_names_the_setting() {
+        let cfg = NatsConfig {
+            prefix: "a.b".into(),
+            ..NatsConfig::default()
+        };
+        assert!(cfg.validate().expect_err("invalid").to_string().contains("nats.prefix"));
+    }
+
+    #[test]
+    fn config_flag_is_found_in_both_spellings() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            config_path_from_args(args(&["bin", "--config", "a.toml"])),
+            Some(PathBuf::from("a.toml"))
+        );
+        assert_eq!(
+            config_path_from_args(args(&["bin", "--config=b.toml"])),
+            Some(PathBuf::from("b.toml"))
+        );
+        assert_eq!(config_path_from_args(args(&["bin"])), None);
+    }
+}

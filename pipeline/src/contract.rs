@@ -1,0 +1,301 @@
+//! The wire contract between services: every message that crosses NATS.
+//!
+//! All messages are JSON objects carrying `"v": 1`. Provider payloads (`apns.payload`,
+//! `fcm.data`) are kept as [`RawValue`]s from the webhook body to the provider request, so
+//! they reach the device byte for byte: key order, number spelling and whitespace included.
+//!
+//! Times are integer milliseconds since the Unix epoch (`*_ms` fields): cheap to compare
+//! on the hot path and unambiguous across languages.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The contract version every message carries in its `v` field.
+pub const VERSION: u8 = 1;
+
+/// How urgent an event is; decides which devices get it and how providers treat it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// A real incoming call: APNs VoIP devices and FCM devices, highest priority.
+    Call,
+    /// A user-visible notification: devices registered on the `alert` channel.
+    Alert,
+    /// A silent/background update: devices registered on the `alert` channel, low priority.
+    Background,
+}
+
+impl Class {
+    /// The label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Call => "call",
+            Class::Alert => "alert",
+            Class::Background => "background",
+        }
+    }
+}
+
+/// The APNs `apns-push-type` of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApnsPushType {
+    /// PushKit VoIP push; must result in a CallKit call on the device.
+    Voip,
+    /// A visible alert.
+    Alert,
+    /// A silent content-available push.
+    Background,
+}
+
+impl ApnsPushType {
+    /// The header value APNs expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApnsPushType::Voip => "voip",
+            ApnsPushType::Alert => "alert",
+            ApnsPushType::Background => "background",
+        }
+    }
+}
+
+/// The APNs part of an event: what to send to iOS devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApnsPart {
+    /// The exact JSON body for APNs, carried unaltered.
+    pub payload: Box<RawValue>,
+    /// `apns-push-type`.
+    pub push_type: ApnsPushType,
+    /// `apns-priority` (10 immediate, 5 power-considerate, 1 lowest).
+    pub priority: u8,
+    /// `apns-collapse-id`, when the producer gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse_id: Option<String>,
+}
+
+/// FCM Android message priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FcmPriority {
+    /// `HIGH`: wakes the device; used for calls.
+    High,
+    /// `NORMAL`.
+    Normal,
+}
+
+/// The FCM part of an event: the data map for Android devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FcmPart {
+    /// The `data` object, carried unaltered as raw JSON.
+    pub data: Box<RawValue>,
+    /// Android delivery priority.
+    pub priority: FcmPriority,
+    /// `collapse_key`, when the producer gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
+}
+
+/// A normalised producer event, published by ingest to `EVENTS`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// Contract version, always [`VERSION`].
+    pub v: u8,
+    /// De-duplication key (also the `Nats-Msg-Id` header).
+    pub id: String,
+    /// Producer, e.g. `webex`.
+    pub source: String,
+    /// Producer resource, e.g. `telephony_push`.
+    pub resource: String,
+    /// Producer event, e.g. `updated`.
+    pub event: String,
+    /// The person whose devices receive the push.
+    pub person_id: String,
+    /// Urgency class.
+    pub class: Class,
+    /// When ingest received the webhook.
+    pub received_at_ms: u64,
+    /// After this instant the event is worthless and must not be delivered.
+    pub deadline_ms: u64,
+    /// What to send to iOS devices, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apns: Option<ApnsPart>,
+    /// What to send to Android devices, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fcm: Option<FcmPart>,
+    /// The producer's trace id (e.g. Webex `TrackingID`), for correlating logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// Push provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    /// Apple Push Notification service.
+    Apns,
+    /// Firebase Cloud Messaging.
+    Fcm,
+}
+
+impl Platform {
+    /// The label used in metrics, subjects and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Apns => "apns",
+            Platform::Fcm => "fcm",
+        }
+    }
+}
+
+/// Which provider environment a token belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    /// Production APNs / FCM.
+    #[default]
+    Production,
+    /// APNs sandbox (development builds).
+    Sandbox,
+}
+
+impl Environment {
+    /// The label used in subjects and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Sandbox => "sandbox",
+        }
+    }
+}
+
+/// One push to one device, published by the registry to `PUSH_APNS` or `PUSH_FCM`.
+///
+/// It carries everything the dispatcher needs, so dispatchers never read Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushJob {
+    /// Contract version, always [`VERSION`].
+    pub v: u8,
+    /// The event this push belongs to.
+    pub event_id: String,
+    /// The provider device token.
+    pub token: String,
+    /// Provider.
+    pub platform: Platform,
+    /// APNs bundle id (topic without `.voip`) or FCM project id.
+    pub app: String,
+    /// Provider environment.
+    pub environment: Environment,
+    /// Urgency class of the event.
+    pub class: Class,
+    /// When ingest received the webhook (for end-to-end latency).
+    pub received_at_ms: u64,
+    /// Deadline after which the push is dropped.
+    pub deadline_ms: u64,
+    /// Present when `platform` is `apns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apns: Option<ApnsPart>,
+    /// Present when `platform` is `fcm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fcm: Option<FcmPart>,
+    /// The producer's trace id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// A provider's verdict that a token is no longer valid, published by dispatchers to
+/// `FEEDBACK` and consumed by the registry, which prunes the token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Feedback {
+    /// Contract version, always [`VERSION`].
+    pub v: u8,
+    /// Provider that rejected the token.
+    pub platform: Platform,
+    /// The rejected token.
+    pub token: String,
+    /// App (bundle id / project) the push was for.
+    pub app: String,
+    /// The provider's reason (`Unregistered`, `BadDeviceToken`, `UNREGISTERED`, …).
+    pub reason: String,
+    /// The provider's own time of invalidation (APNs 410 `timestamp`), when given.
+    /// A token re-registered after it is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_timestamp_ms: Option<u64>,
+    /// When the dispatcher saw the answer.
+    pub observed_at_ms: u64,
+}
+
+impl Feedback {
+    /// The instant after which a registration is newer than this verdict.
+    pub fn invalid_since_ms(&self) -> u64 {
+        self.provider_timestamp_ms.unwrap_or(self.observed_at_ms)
+    }
+}
+
+/// A message a stage gave up on, published to `DEAD` before the original is terminated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Contract version, always [`VERSION`].
+    pub v: u8,
+    /// The stage that gave up (`fanout`, `prune`, `apns`, `fcm`).
+    pub stage: String,
+    /// Bounded, machine-readable reason (also the metric label).
+    pub reason: String,
+    /// How many times the message was delivered to the stage.
+    pub attempts: u64,
+    /// The first error seen, when the stage kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+    /// The error that ended it.
+    pub last_error: String,
+    /// When it was dead-lettered.
+    pub dead_at_ms: u64,
+    /// The subject the original message was published on (replay publishes it there).
+    pub subject: String,
+    /// The original message: raw JSON when it was JSON, else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Box<RawValue>>,
+    /// The original message as base64 when it was not valid JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_base64: Option<String>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_payload_survives_a_round_trip_byte_for_byte() {
+        let payload = r#"{"z":1, "a":1.50,"nested":{"b":"x","a":[3,2,1]}}"#;
+        let json = format!(
+            r#"{{"v":1,"id":"e1","source":"webex","resource":"telephony_push","event":"updated","person_id":"p","class":"call","received_at_ms":1,"deadline_ms":2,"apns":{{"payload":{payload},"push_type":"voip","priority":10}}}}"#
+        );
+        let event: Event = serde_json::from_str(&json).expect("parse");
+        let again = serde_json::to_string(&event).expect("serialise");
+        let event: Event = serde_json::from_str(&again).expect("parse again");
+        assert_eq!(event.apns.expect("apns").payload.get(), payload);
+    }
+
+    #[test]
+    fn feedback_prefers_the_provider_timestamp() {
+        let mut fb = Feedback {
+            v: VERSION,
+            platform: Platform::Apns,
+            token: "t".into(),
+            app: "a".into(),
+            reason: "Unregistered".into(),
+            provider_timestamp_ms: Some(10),
+            observed_at_ms: 20,
+        };
+        assert_eq!(fb.invalid_since_ms(), 10);
+        fb.provider_timestamp_ms = None;
+        assert_eq!(fb.invalid_since_ms(), 20);
+    }
+}

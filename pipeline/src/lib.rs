@@ -1,0 +1,28 @@
+//! pushline's shared contract and runtime, used by every service.
+//!
+//! # Layout
+//!
+//! - [`contract`]: the messages on the wire (`Event`, `PushJob`, `Feedback`, `DeadLetter`).
+//! - [`topology`]: streams, subjects and durable consumers, created idempotently.
+//! - [`config`]: layered typed configuration (defaults → TOML → `PUSHLINE_*` env).
+//! - [`nats`]: connecting with credentials, TLS and a fast reconnect policy.
+//! - [`worker`]: the one JetStream consumer loop (bounded concurrency, ack/nak/dead-letter).
+//! - [`retry`]: the retry-delay function.
+//! - [`metrics`]: the catalogue of every Prometheus metric.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the HTTP metrics middleware.
+//! - [`telemetry`]: log setup and token hashing for logs.
+//! - [`shutdown`]: the signal → `CancellationToken` bridge.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod contract;
+pub mod metrics;
+pub mod nats;
+pub mod retry;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;
+pub mod worker;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,188 @@
+//! Every Prometheus metric pushline exposes, in one catalogue.
+//!
+//! Names follow `pushline_<what>_<unit>`; counters end in `_total`, durations are
+//! `_seconds` histograms. Labels are bounded: provider, app, outcome, reason, resource,
+//! stage, route — never tokens or person ids.
+//!
+//! Each service instance owns one [`Metrics`] with its own [`Registry`], so several
+//! services can run in one process (tests) without clashing. A service only touches the
+//! metrics of its own stages; labelled families it never uses stay out of its `/metrics`.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets for the fast path: 0.5 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The metric handles of one service instance.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+
+    /// `pushline_http_requests_total{service,route,method,status}`.
+    pub http_requests: IntCounterVec,
+    /// `pushline_http_request_duration_seconds{service,route,method}`.
+    pub http_duration: HistogramVec,
+
+    /// `pushline_webhooks_received_total{source,outcome}`: every webhook by what became of it
+    /// (`accepted`, `duplicate`, `ignored`, `unauthorized`, `invalid`, `too_large`,
+    /// `unsupported_media_type`, `unavailable`).
+    pub webhooks_received: IntCounterVec,
+    /// `pushline_events_published_total{source,resource,class}`.
+    pub events_published: IntCounterVec,
+    /// `pushline_publish_seconds{stream}`: publish → JetStream ack.
+    pub publish_duration: HistogramVec,
+
+    /// `pushline_fanout_events_total{outcome}` (`fanned_out`, `no_devices`, `expired`).
+    pub fanout_events: IntCounterVec,
+    /// `pushline_fanout_jobs_total{platform,class}`: push jobs published.
+    pub fanout_jobs: IntCounterVec,
+    /// `pushline_device_operations_total{operation,outcome}` on the device API.
+    pub device_operations: IntCounterVec,
+    /// `pushline_devices_removed_total{reason}` (`evicted`, `expired`, `moved`, `pruned`, `deleted`).
+    pub devices_removed: IntCounterVec,
+    /// `pushline_feedback_total{platform,outcome}` (`pruned`, `kept_reregistered`, `unknown_token`).
+    pub feedback: IntCounterVec,
+
+    /// `pushline_worker_messages_total{stage,outcome}` (`ack`, `retry`, `dead`).
+    pub worker_messages: IntCounterVec,
+    /// `pushline_worker_in_flight{stage}`.
+    pub worker_in_flight: IntGaugeVec,
+    /// `pushline_worker_handle_seconds{stage}`.
+    pub worker_duration: HistogramVec,
+    /// `pushline_retries_total{stage,reason}`.
+    pub retries: IntCounterVec,
+    /// `pushline_dead_letters_total{stage,reason}`.
+    pub dead_letters: IntCounterVec,
+    /// `pushline_expired_total{stage}`: work dropped because its deadline passed.
+    pub expired: IntCounterVec,
+    /// `pushline_consumer_pending_messages{stream,consumer}`: not yet delivered (lag).
+    pub consumer_pending: IntGaugeVec,
+    /// `pushline_consumer_ack_pending_messages{stream,consumer}`: delivered, not yet acked.
+    pub consumer_ack_pending: IntGaugeVec,
+
+    /// `pushline_pushes_total{provider,app,outcome,reason}`.
+    pub pushes: IntCounterVec,
+    /// `pushline_provider_request_seconds{provider,app}`.
+    pub provider_duration: HistogramVec,
+    /// `pushline_end_to_end_seconds{provider,class}`: webhook received → provider accepted.
+    pub end_to_end: HistogramVec,
+    /// `pushline_credential_expiry_timestamp_seconds{provider,app}`.
+    pub credential_expiry: prometheus::GaugeVec,
+
+    /// `pushline_build_info{service,version}`, always 1.
+    pub build_info: IntGaugeVec,
+    /// `pushline_start_time_seconds`.
+    pub start_time: Gauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let metric = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+impl Metrics {
+    /// A fresh registry with every pushline metric, for the named service.
+    #[allow(clippy::expect_used)] // static names and labels: a failure is a programming error
+    pub fn new(service: &str) -> Self {
+        let r = Registry::new();
+        let metrics = Metrics {
+            http_requests: counter(&r, "pushline_http_requests_total", "HTTP requests served.", &["service", "route", "method", "status"]),
+            http_duration: histogram(&r, "pushline_http_request_duration_seconds", "HTTP request duration.", &["service", "route", "method"]),
+            webhooks_received: counter(&r, "pushline_webhooks_received_total", "Webhooks received, by outcome.", &["source", "outcome"]),
+            events_published: counter(&r, "pushline_events_published_total", "Events published to EVENTS.", &["source", "resource", "class"]),
+            publish_duration: histogram(&r, "pushline_publish_seconds", "Time from publish to JetStream ack.", &["stream"]),
+            fanout_events: counter(&r, "pushline_fanout_events_total", "Events handled by the fan-out, by outcome.", &["outcome"]),
+            fanout_jobs: counter(&r, "pushline_fanout_jobs_total", "Push jobs published by the fan-out.", &["platform", "class"]),
+            device_operations: counter(&r, "pushline_device_operations_total", "Device API operations, by outcome.", &["operation", "outcome"]),
+            devices_removed: counter(&r, "pushline_devices_removed_total", "Device registrations removed, by reason.", &["reason"]),
+            feedback: counter(&r, "pushline_feedback_total", "Invalid-token feedback handled, by outcome.", &["platform", "outcome"]),
+            worker_messages: counter(&r, "pushline_worker_messages_total", "JetStream messages handled, by outcome.", &["stage", "outcome"]),
+            worker_in_flight: gauge(&r, "pushline_worker_in_flight", "Messages being handled now.", &["stage"]),
+            worker_duration: histogram(&r, "pushline_worker_handle_seconds", "Time to handle one message.", &["stage"]),
+            retries: counter(&r, "pushline_retries_total", "Messages scheduled for another attempt.", &["stage", "reason"]),
+            dead_letters: counter(&r, "pushline_dead_letters_total", "Messages dead-lettered.", &["stage", "reason"]),
+            expired: counter(&r, "pushline_expired_total", "Work dropped because its deadline had passed.", &["stage"]),
+            consumer_pending: gauge(&r, "pushline_consumer_pending_messages", "Messages in the stream not yet delivered to the consumer.", &["stream", "consumer"]),
+            consumer_ack_pending: gauge(&r, "pushline_consumer_ack_pending_messages", "Messages delivered and not yet acknowledged.", &["stream", "consumer"]),
+            pushes: counter(&r, "pushline_pushes_total", "Pushes sent to providers, by outcome.", &["provider", "app", "outcome", "reason"]),
+            provider_duration: histogram(&r, "pushline_provider_request_seconds", "Provider request duration.", &["provider", "app"]),
+            end_to_end: histogram(&r, "pushline_end_to_end_seconds", "Webhook received to provider accepted.", &["provider", "class"]),
+            credential_expiry: {
+                let m = prometheus::GaugeVec::new(Opts::new("pushline_credential_expiry_timestamp_seconds", "When each provider credential expires (Unix time)."), &["provider", "app"]).expect("valid metric");
+                r.register(Box::new(m.clone())).expect("metric names are unique");
+                m
+            },
+            build_info: gauge(&r, "pushline_build_info", "Build information; always 1.", &["service", "version"]),
+            start_time: {
+                let g = Gauge::new("pushline_start_time_seconds", "Process start time (Unix time).").expect("valid metric");
+                r.register(Box::new(g.clone())).expect("metric names are unique");
+                g
+            },
+            registry: r,
+        };
+        metrics
+            .build_info
+            .with_label_values(&[service, env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics.start_time.set(crate::contract::now_ms() as f64 / 1000.0);
+        metrics
+    }
+
+    /// The registry, for callers that add metrics of their own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_follows_the_convention() {
+        let m = Metrics::new("test");
+        m.webhooks_received.with_label_values(&["webex", "accepted"]).inc();
+        for family in m.registry().gather() {
+            let name = family.name();
+            assert!(name.starts_with("pushline_"), "{name}");
+        }
+        assert!(m.render().contains("pushline_webhooks_received_total{outcome=\"accepted\",source=\"webex\"} 1"));
+    }
+}

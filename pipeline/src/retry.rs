@@ -1,0 +1,87 @@
+//! Retry scheduling: one small pure function so every stage backs off the same way.
+
+use std::time::Duration;
+
+/// What a stage knows when it decides to try a message again.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryInput {
+    /// The delivery that just failed, counting from 1.
+    pub attempt: u64,
+    /// First delay.
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+    /// The provider's `Retry-After`, when it sent one; honoured even above `max`.
+    pub retry_after: Option<Duration>,
+    /// Time left before the message's deadline, when it has one.
+    pub time_left: Option<Duration>,
+}
+
+/// The delay before the next attempt: `base · 2^(attempt-1)` capped at `max`, with
+/// "equal jitter" (half fixed, half random, from `jitter` in `[0, 1)`), raised to the
+/// provider's `Retry-After`. `None` when the next attempt would land after the deadline,
+/// so the caller drops the message instead of delivering it late.
+pub fn retry_delay(input: RetryInput, jitter: f64) -> Option<Duration> {
+    let exponent = input.attempt.saturating_sub(1).min(32) as u32;
+    let backoff = input
+        .base
+        .checked_mul(1u32 << exponent.min(31))
+        .unwrap_or(input.max)
+        .min(input.max);
+    let half = backoff / 2;
+    let jittered = half + half.mul_f64(jitter.clamp(0.0, 1.0));
+    let delay = match input.retry_after {
+        Some(after) => jittered.max(after),
+        None => jittered,
+    };
+    match input.time_left {
+        Some(left) if delay >= left => None,
+        _ => Some(delay),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(attempt: u64) -> RetryInput {
+        RetryInput {
+            attempt,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            retry_after: None,
+            time_left: None,
+        }
+    }
+
+    #[test]
+    fn doubles_per_attempt_within_jitter_bounds() {
+        assert_eq!(retry_delay(input(1), 0.0), Some(Duration::from_millis(50)));
+        assert_eq!(retry_delay(input(1), 1.0), Some(Duration::from_millis(100)));
+        assert_eq!(retry_delay(input(3), 0.0), Some(Duration::from_millis(200)));
+        assert_eq!(retry_delay(input(3), 1.0), Some(Duration::from_millis(400)));
+    }
+
+    #[test]
+    fn is_capped_at_max_even_for_huge_attempts() {
+        assert_eq!(retry_delay(input(1_000), 1.0), Some(Duration::from_secs(5)));
+        assert_eq!(retry_delay(input(u64::MAX), 0.0), Some(Duration::from_millis(2_500)));
+    }
+
+    #[test]
+    fn honours_retry_after_above_backoff() {
+        let mut i = input(1);
+        i.retry_after = Some(Duration::from_secs(30));
+        assert_eq!(retry_delay(i, 0.5), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn never_schedules_past_the_deadline() {
+        let mut i = input(2);
+        i.time_left = Some(Duration::from_millis(150));
+        assert_eq!(retry_delay(i, 1.0), None);
+        assert_eq!(retry_delay(i, 0.0), Some(Duration::from_millis(100)));
+        i.retry_after = Some(Duration::from_secs(1));
+        assert_eq!(retry_delay(i, 0.0), None);
+    }
+}

@@ -1,0 +1,367 @@
+//! The NATS JetStream topology: every stream, subject and durable consumer, defined once.
+//!
+//! | stream      | subjects                     | retention  | durable consumer |
+//! |-------------|------------------------------|------------|------------------|
+//! | `EVENTS`    | `events.<source>.<resource>` | work queue | `fanout`         |
+//! | `PUSH_APNS` | `push.apns.<environment>`    | work queue | `dispatch-apns`  |
+//! | `PUSH_FCM`  | `push.fcm`                   | work queue | `dispatch-fcm`   |
+//! | `FEEDBACK`  | `feedback.<platform>`        | work queue | `prune`          |
+//! | `DEAD`      | `dead.<stage>`               | limits     | (operators)      |
+//!
+//! With a prefix `p` (config `nats.prefix`) stream names become `pEVENTS` and subjects
+//! `pevents.…`, so several tenants or tests share one server without colliding.
+//! [`Topology::ensure`] creates or updates all streams and is safe to run from every
+//! replica at every start.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, Context};
+
+use crate::config::{NatsConfig, WorkerConfig};
+use crate::contract::{Environment, Platform};
+
+/// One of pushline's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Normalised producer events.
+    Events,
+    /// Per-device APNs push jobs.
+    PushApns,
+    /// Per-device FCM push jobs.
+    PushFcm,
+    /// Invalid-token verdicts from the dispatchers.
+    Feedback,
+    /// Dead letters from every stage.
+    Dead,
+}
+
+impl StreamKind {
+    /// Every stream, in creation order.
+    pub const ALL: [StreamKind; 5] = [
+        StreamKind::Events,
+        StreamKind::PushApns,
+        StreamKind::PushFcm,
+        StreamKind::Feedback,
+        StreamKind::Dead,
+    ];
+
+    fn base_name(self) -> &'static str {
+        match self {
+            StreamKind::Events => "EVENTS",
+            StreamKind::PushApns => "PUSH_APNS",
+            StreamKind::PushFcm => "PUSH_FCM",
+            StreamKind::Feedback => "FEEDBACK",
+            StreamKind::Dead => "DEAD",
+        }
+    }
+
+    fn subject_filter(self) -> &'static str {
+        match self {
+            StreamKind::Events => "events.>",
+            StreamKind::PushApns => "push.apns.*",
+            StreamKind::PushFcm => "push.fcm",
+            StreamKind::Feedback => "feedback.*",
+            StreamKind::Dead => "dead.>",
+        }
+    }
+}
+
+/// The durable consumers, one per reading service; all replicas of a service share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerKind {
+    /// registry: `EVENTS` → push jobs.
+    Fanout,
+    /// registry: `FEEDBACK` → prune tokens.
+    Prune,
+    /// dispatcher-apns: `PUSH_APNS`.
+    DispatchApns,
+    /// dispatcher-fcm: `PUSH_FCM`.
+    DispatchFcm,
+}
+
+impl ConsumerKind {
+    /// The durable name.
+    pub fn durable_name(self) -> &'static str {
+        match self {
+            ConsumerKind::Fanout => "fanout",
+            ConsumerKind::Prune => "prune",
+            ConsumerKind::DispatchApns => "dispatch-apns",
+            ConsumerKind::DispatchFcm => "dispatch-fcm",
+        }
+    }
+
+    /// The stream it reads.
+    pub fn stream(self) -> StreamKind {
+        match self {
+            ConsumerKind::Fanout => StreamKind::Events,
+            ConsumerKind::Prune => StreamKind::Feedback,
+            ConsumerKind::DispatchApns => StreamKind::PushApns,
+            ConsumerKind::DispatchFcm => StreamKind::PushFcm,
+        }
+    }
+
+    /// The stage name used in dead letters and metrics.
+    pub fn stage(self) -> &'static str {
+        match self {
+            ConsumerKind::Fanout => "fanout",
+            ConsumerKind::Prune => "prune",
+            ConsumerKind::DispatchApns => "apns",
+            ConsumerKind::DispatchFcm => "fcm",
+        }
+    }
+}
+
+/// Errors setting up streams and consumers.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// A stream could not be created or updated.
+    #[error("cannot create or update stream {stream}: {source}")]
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// Cause.
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
+    /// A stream could not be looked up.
+    #[error("cannot get stream {stream}: {source}")]
+    GetStream {
+        /// Stream name.
+        stream: String,
+        /// Cause.
+        source: async_nats::jetstream::context::GetStreamError,
+    },
+    /// A consumer could not be created.
+    #[error("cannot create consumer {consumer} on {stream}: {source}")]
+    Consumer {
+        /// Stream name.
+        stream: String,
+        /// Durable name.
+        consumer: String,
+        /// Cause.
+        source: async_nats::jetstream::stream::ConsumerError,
+    },
+}
+
+/// Names and definitions of every stream and consumer, with the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    replicas: usize,
+    duplicate_window: Duration,
+    dead_max_age: Duration,
+}
+
+impl Topology {
+    /// The topology for a NATS configuration.
+    pub fn new(config: &NatsConfig) -> Self {
+        Topology {
+            prefix: config.prefix.clone(),
+            replicas: config.replicas,
+            duplicate_window: Duration::from_secs(config.duplicate_window_secs),
+            dead_max_age: Duration::from_secs(config.dead_letter_max_age_days * 86_400),
+        }
+    }
+
+    /// The configured prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The full stream name.
+    pub fn stream_name(&self, kind: StreamKind) -> String {
+        format!("{}{}", self.prefix, kind.base_name())
+    }
+
+    /// `events.<source>.<resource>`; both tokens must be subject-safe (see [`subject_token`]).
+    pub fn event_subject(&self, source: &str, resource: &str) -> String {
+        format!(
+            "{}events.{}.{}",
+            self.prefix,
+            subject_token(source),
+            subject_token(resource)
+        )
+    }
+
+    /// `push.apns.<environment>` or `push.fcm`.
+    pub fn push_subject(&self, platform: Platform, environment: Environment) -> String {
+        match platform {
+            Platform::Apns => format!("{}push.apns.{}", self.prefix, environment.as_str()),
+            Platform::Fcm => format!("{}push.fcm", self.prefix),
+        }
+    }
+
+    /// `feedback.<platform>`.
+    pub fn feedback_subject(&self, platform: Platform) -> String {
+        format!("{}feedback.{}", self.prefix, platform.as_str())
+    }
+
+    /// `dead.<stage>`.
+    pub fn dead_subject(&self, stage: &str) -> String {
+        format!("{}dead.{}", self.prefix, subject_token(stage))
+    }
+
+    /// The stream definition for `kind`.
+    pub fn stream_config(&self, kind: StreamKind) -> StreamConfig {
+        let (retention, max_age) = match kind {
+            StreamKind::Dead => (RetentionPolicy::Limits, self.dead_max_age),
+            // Work-queue streams are emptied by acks; the age bound only stops a stream
+            // nobody consumes from growing forever. Every event's deadline is far shorter.
+            _ => (RetentionPolicy::WorkQueue, Duration::from_secs(7 * 86_400)),
+        };
+        StreamConfig {
+            name: self.stream_name(kind),
+            subjects: vec![format!("{}{}", self.prefix, kind.subject_filter())],
+            retention,
+            storage: StorageType::File,
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            max_age,
+            ..Default::default()
+        }
+    }
+
+    /// Creates every stream, or updates it to the current definition. Idempotent.
+    pub async fn ensure(&self, js: &Context) -> Result<(), TopologyError> {
+        for kind in StreamKind::ALL {
+            let config = self.stream_config(kind);
+            let stream = config.name.clone();
+            js.create_or_update_stream(config)
+                .await
+                .map_err(|source| TopologyError::Stream { stream, source })?;
+        }
+        Ok(())
+    }
+
+    /// The consumer definition for `kind`.
+    pub fn consumer_config(&self, kind: ConsumerKind, worker: &WorkerConfig) -> pull::Config {
+        pull::Config {
+            durable_name: Some(kind.durable_name().to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: Duration::from_secs(worker.ack_wait_secs),
+            // The worker dead-letters by delivery count itself; the server never gives up
+            // on a message on its own, so nothing is silently stranded.
+            max_deliver: -1,
+            max_ack_pending: (worker.concurrency * 4).max(1_024) as i64,
+            ..Default::default()
+        }
+    }
+
+    /// Gets or creates the durable pull consumer for `kind`.
+    pub async fn consumer(
+        &self,
+        js: &Context,
+        kind: ConsumerKind,
+        worker: &WorkerConfig,
+    ) -> Result<PullConsumer, TopologyError> {
+        let stream_name = self.stream_name(kind.stream());
+        let stream = js
+            .get_stream(&stream_name)
+            .await
+            .map_err(|source| TopologyError::GetStream {
+                stream: stream_name.clone(),
+                source,
+            })?;
+        stream
+            .get_or_create_consumer(kind.durable_name(), self.consumer_config(kind, worker))
+            .await
+            .map_err(|source| TopologyError::Consumer {
+                stream: stream_name,
+                consumer: kind.durable_name().to_owned(),
+                source,
+            })
+    }
+}
+
+/// Makes `value` safe as one subject token: characters other than ASCII letters, digits,
+/// `_` and `-` become `_`; an empty value becomes `_`.
+pub fn subject_token(value: &str) -> String {
+    if value.is_empty() {
+        return "_".to_owned();
+    }
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A JetStream context on a client.
+pub fn jetstream(client: async_nats::Client) -> Context {
+    jetstream::new(client)
+}
+
+/// Runs [`Topology::ensure`] until it succeeds (NATS may still be starting), backing off
+/// up to 2 s between tries. Returns `false` if `shutdown` came first.
+pub async fn ensure_until_ready(
+    js: &Context,
+    topology: &Topology,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match topology.ensure(js).await {
+            Ok(()) => return true,
+            Err(error) => tracing::warn!(%error, "JetStream not ready; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(prefix: &str) -> Topology {
+        Topology::new(&NatsConfig {
+            prefix: prefix.into(),
+            ..NatsConfig::default()
+        })
+    }
+
+    #[test]
+    fn prefix_applies_to_names_and_subjects() {
+        let t = topology("t1_");
+        assert_eq!(t.stream_name(StreamKind::Events), "t1_EVENTS");
+        assert_eq!(
+            t.event_subject("webex", "telephony_push"),
+            "t1_events.webex.telephony_push"
+        );
+        assert_eq!(
+            t.push_subject(Platform::Apns, Environment::Sandbox),
+            "t1_push.apns.sandbox"
+        );
+        assert_eq!(t.push_subject(Platform::Fcm, Environment::Production), "t1_push.fcm");
+        assert_eq!(t.dead_subject("apns"), "t1_dead.apns");
+    }
+
+    #[test]
+    fn subjects_fall_inside_their_stream() {
+        let t = topology("");
+        let apns = t.stream_config(StreamKind::PushApns).subjects[0].clone();
+        assert_eq!(apns, "push.apns.*");
+        assert_eq!(t.stream_config(StreamKind::Dead).retention, RetentionPolicy::Limits);
+        assert_eq!(
+            t.stream_config(StreamKind::Events).retention,
+            RetentionPolicy::WorkQueue
+        );
+    }
+
+    #[test]
+    fn subject_tokens_cannot_escape_their_level() {
+        assert_eq!(subject_token("a.b*>c d"), "a_b__c_d");
+        assert_eq!(subject_token(""), "_");
+    }
+}
