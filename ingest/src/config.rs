@@ -1,0 +1,171 @@
+//! Ingest configuration. Every field can come from the TOML file or from
+//! `PUSHLINE_<SECTION>__<KEY>` (top-level keys: `PUSHLINE_LISTEN`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use pipeline::config::{ConfigError, NatsConfig, Secret, TelemetryConfig, parse_addr, read_secret_file};
+use serde::{Deserialize, Serialize};
+
+/// The whole ingest configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Public address for webhooks (`POST /webhooks/webex`, `POST /webhook`).
+    pub listen: String,
+    /// Admin address for `/metrics`, `/healthz`, `/readyz`; keep it off the internet.
+    pub admin_listen: String,
+    /// Largest accepted request body, bytes; larger → 413.
+    pub body_limit_bytes: usize,
+    /// `Retry-After` sent with 503 when NATS cannot take the event, seconds.
+    pub retry_after_secs: u64,
+    /// Webex webhook settings.
+    pub webex: WebexConfig,
+    /// NATS connection and stream layout.
+    pub nats: NatsConfig,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "127.0.0.1:9080".into(),
+            body_limit_bytes: 64 * 1024,
+            retry_after_secs: 1,
+            webex: WebexConfig::default(),
+            nats: NatsConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// Which envelope field names the person to ring for `telephony_push`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PersonField {
+    /// The envelope's `actorId` (Webex's default for telephony_push).
+    #[serde(rename = "actorId")]
+    ActorId,
+    /// The envelope's `createdBy`.
+    #[serde(rename = "createdBy")]
+    CreatedBy,
+}
+
+/// `[webex]`: verifying and normalising Webex webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebexConfig {
+    /// Webhook secrets; a signature made with any of them is accepted (rotation: add the
+    /// new one, update the webhook, then remove the old one).
+    pub secrets: Vec<Secret>,
+    /// A file with one secret per line, added to `secrets` (for Kubernetes Secrets).
+    pub secrets_file: Option<PathBuf>,
+    /// DEVELOPMENT ONLY: accept webhooks without checking `X-Spark-Signature`.
+    /// Logged loudly at start-up and on every request it lets through.
+    pub insecure_skip_signature: bool,
+    /// Envelope field holding the callee for `telephony_push`: `actorId` or `createdBy`.
+    pub person_field: PersonField,
+    /// How long a call may ring when the payload gives no ring expiry, seconds.
+    pub call_ttl_secs: u64,
+    /// The longest deadline accepted from a payload, seconds after receipt.
+    pub max_ttl_secs: u64,
+}
+
+impl Default for WebexConfig {
+    fn default() -> Self {
+        WebexConfig {
+            secrets: Vec::new(),
+            secrets_file: None,
+            insecure_skip_signature: false,
+            person_field: PersonField::ActorId,
+            call_ttl_secs: 60,
+            max_ttl_secs: 600,
+        }
+    }
+}
+
+/// Configuration checked and resolved for running.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Parsed public address.
+    pub listen: SocketAddr,
+    /// Parsed admin address.
+    pub admin_listen: SocketAddr,
+    /// Every accepted webhook secret (inline and from the file).
+    pub secrets: Vec<Secret>,
+}
+
+impl Config {
+    /// Validates every setting and reads secret files, naming the setting at fault.
+    pub fn resolve(&self) -> Result<Resolved, ConfigError> {
+        let listen = parse_addr("listen", &self.listen)?;
+        let admin_listen = parse_addr("admin_listen", &self.admin_listen)?;
+        self.nats.validate()?;
+        if self.body_limit_bytes < 1024 || self.body_limit_bytes > 16 * 1024 * 1024 {
+            return Err(ConfigError::invalid("body_limit_bytes", "must be 1 KiB to 16 MiB"));
+        }
+        if self.webex.call_ttl_secs == 0 || self.webex.call_ttl_secs > self.webex.max_ttl_secs {
+            return Err(ConfigError::invalid(
+                "webex.call_ttl_secs",
+                "must be positive and not above webex.max_ttl_secs",
+            ));
+        }
+        let mut secrets: Vec<Secret> =
+            self.webex.secrets.iter().filter(|s| !s.is_empty()).cloned().collect();
+        if let Some(path) = &self.webex.secrets_file {
+            let text = read_secret_file("webex.secrets_file", path)?;
+            secrets.extend(
+                text.expose()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(Secret::new),
+            );
+        }
+        if secrets.is_empty() && !self.webex.insecure_skip_signature {
+            return Err(ConfigError::invalid(
+                "webex.secrets",
+                "is empty: set the webhook secret (or webex.secrets_file); \
+                 webex.insecure_skip_signature=true exists for local development only",
+            ));
+        }
+        Ok(Resolved {
+            listen,
+            admin_listen,
+            secrets,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_to_start_without_a_secret() {
+        let err = Config::default().resolve().expect_err("no secret");
+        assert!(err.to_string().contains("webex.secrets"), "{err}");
+    }
+
+    #[test]
+    fn insecure_mode_starts_without_a_secret() {
+        let mut cfg = Config::default();
+        cfg.webex.insecure_skip_signature = true;
+        assert!(cfg.resolve().expect("resolves").secrets.is_empty());
+    }
+
+    #[test]
+    fn secrets_file_adds_one_secret_per_line() {
+        let dir = std::env::temp_dir().join(format!("pushline-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("secrets");
+        std::fs::write(&file, "old\nnew\n\n").expect("write");
+        let mut cfg = Config::default();
+        cfg.webex.secrets_file = Some(file);
+        let resolved = cfg.resolve().expect("resolves");
+        let got: Vec<_> = resolved.secrets.iter().map(|s| s.expose().to_owned()).collect();
+        assert_eq!(got, ["old", "new"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

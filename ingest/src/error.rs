@@ -1,0 +1,71 @@
+//! The one error type of ingest's HTTP API. Every refusal is a JSON body
+//! `{"error":{"code":"…","message":"…"}}` with a stable code; internals are logged, never
+//! echoed.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// An API refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Signature missing or wrong.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Body over the limit.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Not `application/json`.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// Malformed or missing fields; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The event could not be stored; retry later.
+    #[error("the event could not be stored right now; retry later")]
+    Unavailable {
+        /// Seconds for `Retry-After`.
+        retry_after_secs: u64,
+    },
+}
+
+impl ApiError {
+    /// The webhook outcome label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::PayloadTooLarge { .. } => "too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Invalid(_) => "invalid",
+            ApiError::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({
+            "error": { "code": self.outcome(), "message": self.to_string() }
+        }));
+        let mut response = (self.status(), body).into_response();
+        if let ApiError::Unavailable { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}

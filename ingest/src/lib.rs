@@ -1,0 +1,296 @@
+//! pushline ingest: receives webhooks, verifies and normalises them, and publishes each
+//! event to JetStream `EVENTS`, answering 2xx only once the event is stored.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed configuration.
+//! - [`signature`]: `X-Spark-Signature` (HMAC-SHA1) verification.
+//! - [`webex`]: Webex envelopes → [`pipeline::contract::Event`].
+//! - [`publish`]: bounded JetStream publishing with de-duplication ids.
+//! - [`error`]: the API error type and its JSON body.
+//!
+//! # Endpoints
+//!
+//! Public (`listen`): `POST /webhooks/webex`, `POST /webhook` (the path the Webex sample
+//! server used). Admin (`admin_listen`): `/metrics`, `/healthz`, `/readyz`.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod publish;
+pub mod signature;
+pub mod webex;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router, middleware};
+use bytes::Bytes;
+use pipeline::admin::{self, BoxFuture, Readiness};
+use pipeline::config::Secret;
+use pipeline::contract::now_ms;
+use pipeline::metrics::Metrics;
+use pipeline::topology::{StreamKind, Topology};
+use pipeline::CancellationToken;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, WebexConfig};
+use crate::error::ApiError;
+use crate::publish::Publisher;
+use crate::webex::Normalised;
+
+/// Service name in metrics and logs.
+pub const SERVICE: &str = "ingest";
+
+/// The longest producer trace id carried along.
+const MAX_TRACE_ID: usize = 128;
+
+/// Shared state of the webhook handlers.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    webex: WebexConfig,
+    secrets: Vec<Secret>,
+    body_limit: usize,
+    retry_after_secs: u64,
+    topology: Topology,
+    publisher: Publisher,
+    metrics: Metrics,
+}
+
+impl AppState {
+    /// Builds the state from a resolved configuration and a connected publisher.
+    pub fn new(config: &Config, secrets: Vec<Secret>, publisher: Publisher, metrics: Metrics) -> Self {
+        AppState {
+            inner: Arc::new(Inner {
+                webex: config.webex.clone(),
+                secrets,
+                body_limit: config.body_limit_bytes,
+                retry_after_secs: config.retry_after_secs,
+                topology: Topology::new(&config.nats),
+                publisher,
+                metrics,
+            }),
+        }
+    }
+}
+
+/// The public router.
+pub fn router(state: AppState) -> Router {
+    let metrics = state.inner.metrics.clone();
+    Router::new()
+        .route("/webhooks/webex", post(webex_webhook))
+        .route("/webhook", post(webex_webhook))
+        .layer(middleware::from_fn_with_state((metrics, SERVICE), admin::track_http))
+        .with_state(state)
+}
+
+async fn webex_webhook(State(state): State<AppState>, request: Request) -> Response {
+    let s = &state.inner;
+    let result = receive(s, request).await;
+    let outcome = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(error) => error.outcome(),
+    };
+    s.metrics
+        .webhooks_received
+        .with_label_values(&[webex::SOURCE, outcome])
+        .inc();
+    match result {
+        Ok((response, _)) => response,
+        Err(error) => {
+            tracing::info!(outcome, %error, "webhook refused");
+            error.into_response()
+        }
+    }
+}
+
+async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str), ApiError> {
+    let received_at = now_ms();
+    let (parts, body) = request.into_parts();
+    if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > s.body_limit) {
+        return Err(ApiError::PayloadTooLarge { limit: s.body_limit });
+    }
+    let body: Bytes = axum::body::to_bytes(Body::new(body), s.body_limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit: s.body_limit })?;
+
+    if s.webex.insecure_skip_signature {
+        tracing::warn!("webhook accepted WITHOUT signature check (webex.insecure_skip_signature)");
+    } else {
+        signature::verify(
+            &body,
+            parts.headers.get(signature::HEADER).map(|v| v.as_bytes()),
+            &s.secrets,
+        )
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    }
+
+    let trace_id = parts
+        .headers
+        .get("trackingid")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_TRACE_ID)
+        .map(str::to_owned);
+    let event = match webex::normalise(&body, &s.webex, received_at, trace_id)
+        .map_err(|e| ApiError::Invalid(e.0))?
+    {
+        Normalised::Event(event) => event,
+        Normalised::Ignored { reason } => {
+            let body = Json(serde_json::json!({"status": "ignored", "reason": reason}));
+            return Ok(((StatusCode::ACCEPTED, body).into_response(), "ignored"));
+        }
+        Normalised::Expired => {
+            s.metrics.expired.with_label_values(&[SERVICE]).inc();
+            let body = Json(serde_json::json!({"status": "expired"}));
+            return Ok(((StatusCode::OK, body).into_response(), "expired"));
+        }
+    };
+
+    let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let subject = s.topology.event_subject(&event.source, &event.resource);
+    let stored = s
+        .publisher
+        .publish(subject, &event.id, event.trace_id.as_deref(), payload.into())
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, event_id = %event.id, "event not stored");
+            ApiError::Unavailable {
+                retry_after_secs: s.retry_after_secs,
+            }
+        })?;
+    let outcome = if stored.duplicate {
+        "duplicate"
+    } else {
+        s.metrics
+            .events_published
+            .with_label_values(&[&event.source, &event.resource, event.class.as_str()])
+            .inc();
+        "accepted"
+    };
+    tracing::debug!(event_id = %event.id, outcome, "event stored");
+    let body = Json(serde_json::json!({
+        "status": "accepted",
+        "event_id": event.id,
+        "duplicate": stored.duplicate,
+    }));
+    Ok(((StatusCode::OK, body).into_response(), outcome))
+}
+
+fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(value) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+struct Ready {
+    publisher: Publisher,
+    stream: String,
+}
+
+impl Readiness for Ready {
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.publisher.check(&self.stream))
+    }
+}
+
+/// Why ingest could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] pipeline::config::ConfigError),
+    /// NATS options refused.
+    #[error(transparent)]
+    Nats(#[from] pipeline::nats::ConnectError),
+    /// A listener could not be bound or served.
+    #[error("{what}: {source}")]
+    Io {
+        /// Which listener.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Binds `listen` and `admin_listen` and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let resolved = config.resolve()?;
+    let bind = |addr| async move {
+        TcpListener::bind(addr).await.map_err(|source| RunError::Io {
+            what: format!("cannot listen on {addr}"),
+            source,
+        })
+    };
+    let api = bind(resolved.listen).await?;
+    let admin = bind(resolved.admin_listen).await?;
+    serve(config, api, admin, shutdown).await
+}
+
+/// Serves on the given listeners (tests pass port-0 listeners) until `shutdown`.
+pub async fn serve(
+    config: Config,
+    api: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let resolved = config.resolve()?;
+    if config.webex.insecure_skip_signature {
+        tracing::warn!("webex.insecure_skip_signature is ON: anyone can post webhooks. Development only!");
+    }
+    let metrics = Metrics::new(SERVICE);
+    let client = pipeline::nats::connect(&config.nats, "pushline-ingest").await?;
+    let topology = Topology::new(&config.nats);
+    let publisher = Publisher::new(
+        client.clone(),
+        Duration::from_millis(config.nats.publish_timeout_ms),
+        topology.stream_name(StreamKind::Events),
+        metrics.clone(),
+    );
+    let ready = Arc::new(Ready {
+        publisher: publisher.clone(),
+        stream: topology.stream_name(StreamKind::Events),
+    });
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin::router(metrics.clone(), ready),
+        shutdown.clone(),
+    ));
+    // Streams are created in the background: until they exist publishes fail and
+    // webhooks get 503, which producers retry.
+    let js = pipeline::topology::jetstream(client);
+    let setup_shutdown = shutdown.clone();
+    let setup_topology = topology.clone();
+    tokio::spawn(async move {
+        if pipeline::topology::ensure_until_ready(&js, &setup_topology, &setup_shutdown).await {
+            tracing::info!("JetStream streams ready");
+        }
+    });
+    tracing::info!(listen = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ingest listening");
+    let state = AppState::new(&config, resolved.secrets, publisher, metrics);
+    let served = admin::serve(api, router(state), shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = admin_task.await;
+    served.map_err(|source| RunError::Io {
+        what: "public listener".into(),
+        source,
+    })
+}

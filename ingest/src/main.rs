@@ -1,0 +1,13 @@
+//! The `pushline-ingest` binary: config → telemetry → [`ingest::run`].
+#![forbid(unsafe_code)]
+
+fn main() -> anyhow::Result<()> {
+    let path = pipeline::config::config_path_from_args(std::env::args());
+    let config: ingest::config::Config = pipeline::config::load(path.as_deref())?;
+    pipeline::telemetry::init(&config.telemetry);
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let shutdown = pipeline::shutdown::on_signal();
+        ingest::run(config, shutdown).await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! Webex webhook envelopes → pushline [`Event`]s.
+//!
+//! Two flows ring a phone:
+//!
+//! - **`telephony_push` / `updated`** (Webex Calling firehose): the callee is the
+//!   envelope's `actorId` (or `createdBy`, by config); `data.apnsPayload` and
+//!   `data.fcmPayload` are carried *byte for byte* as raw JSON. The deadline is the ring
+//!   expiry (`ringexpiretime`, looked up in `data`, then in `apnsPayload`, then in
+//!   `fcmPayload`; Unix seconds or milliseconds, number or numeric string), else receipt
+//!   + `webex.call_ttl_secs`; never more than `webex.max_ttl_secs` ahead.
+//! - **`callMemberships` / `created`** with `data.state = "notified"`: the callee is
+//!   `data.personId`; pushline builds the payloads itself (see [`call_membership_payload`]).
+//!
+//! Anything else is acknowledged (202) and not published. The event id is a hash of the
+//! source and the raw body, so a redelivered identical webhook gets the same
+//! `Nats-Msg-Id` and JetStream stores it once.
+
+use std::borrow::Cow;
+
+use pipeline::contract::{ApnsPart, ApnsPushType, Class, Event, FcmPart, FcmPriority, VERSION};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::config::{PersonField, WebexConfig};
+
+/// The source name of Webex events (`events.webex.<resource>`).
+pub const SOURCE: &str = "webex";
+
+/// The longest person id accepted from a webhook.
+const MAX_PERSON_ID: usize = 512;
+
+/// What became of an envelope.
+#[derive(Debug)]
+pub enum Normalised {
+    /// An event to publish.
+    Event(Box<Event>),
+    /// A valid envelope pushline does not act on (`resource/event` for the metric).
+    Ignored {
+        /// Why, for the response body.
+        reason: String,
+    },
+    /// A call whose ring expiry is already past: accepted, not published.
+    Expired,
+}
+
+/// Why an envelope was refused; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidEnvelope(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidEnvelope {
+    InvalidEnvelope(message.into())
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    resource: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(rename = "actorId", borrow, default)]
+    actor_id: Option<Cow<'a, str>>,
+    #[serde(rename = "createdBy", borrow, default)]
+    created_by: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct TelephonyPush<'a> {
+    #[serde(rename = "apnsPayload", borrow, default)]
+    apns: Option<&'a RawValue>,
+    #[serde(rename = "fcmPayload", borrow, default)]
+    fcm: Option<&'a RawValue>,
+    #[serde(default)]
+    ringexpiretime: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RingExpiry {
+    #[serde(default)]
+    ringexpiretime: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct CallMembership<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(rename = "callId", borrow, default)]
+    call_id: Option<Cow<'a, str>>,
+    #[serde(rename = "personId", borrow, default)]
+    person_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    state: Option<Cow<'a, str>>,
+    #[serde(rename = "personOrgId", borrow, default)]
+    org_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    created: Option<Cow<'a, str>>,
+}
+
+/// The event id for a delivery: hex of the first 16 bytes of SHA-256(source, body).
+pub fn event_id(source: &str, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(source.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(body);
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// Parses and normalises one webhook body received at `now_ms`.
+pub fn normalise(
+    body: &[u8],
+    config: &WebexConfig,
+    now_ms: u64,
+    trace_id: Option<String>,
+) -> Result<Normalised, InvalidEnvelope> {
+    let envelope: Envelope<'_> =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("body is not a Webex webhook envelope: {e}")))?;
+    let resource = envelope.resource.as_deref().ok_or_else(|| invalid("`resource` is required"))?;
+    let event = envelope.event.as_deref().ok_or_else(|| invalid("`event` is required"))?;
+    let data = envelope.data.ok_or_else(|| invalid("`data` is required"))?;
+    let base = |person_id: &str, class: Class, deadline_ms: u64| Event {
+        v: VERSION,
+        id: event_id(SOURCE, body),
+        source: SOURCE.to_owned(),
+        resource: resource.to_owned(),
+        event: event.to_owned(),
+        person_id: person_id.to_owned(),
+        class,
+        received_at_ms: now_ms,
+        deadline_ms,
+        apns: None,
+        fcm: None,
+        trace_id: trace_id.clone(),
+    };
+    let call_deadline = now_ms + config.call_ttl_secs * 1000;
+    let max_deadline = now_ms + config.max_ttl_secs * 1000;
+
+    match (resource, event) {
+        ("telephony_push", "updated") => {
+            let person = match config.person_field {
+                PersonField::ActorId => envelope.actor_id.as_deref().map(|p| ("actorId", p)),
+                PersonField::CreatedBy => envelope.created_by.as_deref().map(|p| ("createdBy", p)),
+            };
+            let (field, person) = person.ok_or_else(|| {
+                invalid(match config.person_field {
+                    PersonField::ActorId => "`actorId` is required for telephony_push",
+                    PersonField::CreatedBy => "`createdBy` is required for telephony_push",
+                })
+            })?;
+            check_person_id(field, person)?;
+            let push: TelephonyPush<'_> = serde_json::from_str(data.get())
+                .map_err(|e| invalid(format!("`data` is not a telephony_push object: {e}")))?;
+            if push.apns.is_none() && push.fcm.is_none() {
+                return Err(invalid("`data.apnsPayload` or `data.fcmPayload` is required"));
+            }
+            for (name, raw) in [("data.apnsPayload", push.apns), ("data.fcmPayload", push.fcm)] {
+                if let Some(raw) = raw {
+                    if !raw.get().starts_with('{') {
+                        return Err(invalid(format!("`{name}` must be a JSON object")));
+                    }
+                }
+            }
+            let expiry = push
+                .ringexpiretime
+                .as_ref()
+                .and_then(epoch_ms)
+                .or_else(|| push.apns.and_then(ring_expiry_in))
+                .or_else(|| push.fcm.and_then(ring_expiry_in));
+            let deadline = expiry.unwrap_or(call_deadline).min(max_deadline);
+            if deadline <= now_ms {
+                return Ok(Normalised::Expired);
+            }
+            let mut ev = base(person, Class::Call, deadline);
+            ev.apns = push.apns.map(|raw| ApnsPart {
+                payload: raw.to_owned(),
+                push_type: ApnsPushType::Voip,
+                priority: 10,
+                collapse_id: None,
+            });
+            ev.fcm = push.fcm.map(|raw| FcmPart {
+                data: raw.to_owned(),
+                priority: FcmPriority::High,
+                collapse_key: None,
+            });
+            Ok(Normalised::Event(Box::new(ev)))
+        }
+        ("callMemberships", "created") => {
+            let member: CallMembership<'_> = serde_json::from_str(data.get())
+                .map_err(|e| invalid(format!("`data` is not a callMemberships object: {e}")))?;
+            if member.state.as_deref() != Some("notified") {
+                return Ok(Normalised::Ignored {
+                    reason: "callMemberships/created with state other than notified".into(),
+                });
+            }
+            let person = member.person_id.as_deref().ok_or_else(|| invalid("`data.personId` is required"))?;
+            check_person_id("data.personId", person)?;
+            let call_id = member.call_id.as_deref().ok_or_else(|| invalid("`data.callId` is required"))?;
+            let (apns, fcm) = call_membership_payload(&member, call_id, person, call_deadline);
+            let mut ev = base(person, Class::Call, call_deadline);
+            ev.apns = Some(ApnsPart {
+                payload: apns,
+                push_type: ApnsPushType::Voip,
+                priority: 10,
+                collapse_id: None,
+            });
+            ev.fcm = Some(FcmPart {
+                data: fcm,
+                priority: FcmPriority::High,
+                collapse_key: None,
+            });
+            Ok(Normalised::Event(Box::new(ev)))
+        }
+        _ => Ok(Normalised::Ignored {
+            reason: format!("{resource}/{event} does not ring a device"),
+        }),
+    }
+}
+
+fn check_person_id(field: &str, person: &str) -> Result<(), InvalidEnvelope> {
+    if person.is_empty() || person.len() > MAX_PERSON_ID || person.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "`{field}` must be 1 to {MAX_PERSON_ID} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn ring_expiry_in(payload: &RawValue) -> Option<u64> {
+    serde_json::from_str::<RingExpiry>(payload.get())
+        .ok()?
+        .ringexpiretime
+        .as_ref()
+        .and_then(epoch_ms)
+}
+
+/// Reads a Unix time given in seconds or milliseconds, as a number or numeric string.
+fn epoch_ms(value: &serde_json::Value) -> Option<u64> {
+    let n = match value {
+        serde_json::Value::Number(n) => n.as_f64()?,
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    if !n.is_finite() || n <= 0.0 {
+        return None;
+    }
+    // Below 10^11 it can only be seconds (10^11 ms is 1973, 10^11 s is year 5138).
+    Some(if n < 1e11 { (n * 1000.0) as u64 } else { n as u64 })
+}
+
+/// The payloads pushline builds for a `callMemberships` call, documented in
+/// `docs/contract.md`:
+///
+/// APNs (VoIP): `{"type":"incoming_call","source":"webex","callId":…,"callMembershipId":…,
+/// "personId":…,"orgId":…,"created":…,"ringexpiretime":<ms>}`; FCM `data`: the same keys,
+/// every value a string. Absent optional fields are left out.
+fn call_membership_payload(
+    member: &CallMembership<'_>,
+    call_id: &str,
+    person_id: &str,
+    deadline_ms: u64,
+) -> (Box<RawValue>, Box<RawValue>) {
+    let mut map = serde_json::Map::new();
+    map.insert("type".into(), "incoming_call".into());
+    map.insert("source".into(), SOURCE.into());
+    map.insert("callId".into(), call_id.into());
+    if let Some(id) = member.id.as_deref() {
+        map.insert("callMembershipId".into(), id.into());
+    }
+    map.insert("personId".into(), person_id.into());
+    if let Some(org) = member.org_id.as_deref() {
+        map.insert("orgId".into(), org.into());
+    }
+    if let Some(created) = member.created.as_deref() {
+        map.insert("created".into(), created.into());
+    }
+    let mut fcm = map.clone();
+    map.insert("ringexpiretime".into(), deadline_ms.into());
+    fcm.insert("ringexpiretime".into(), deadline_ms.to_string().into());
+    let to_raw = |m: serde_json::Map<String, serde_json::Value>| {
+        serde_json::value::to_raw_value(&m).unwrap_or_else(|_| RawValue::NULL.to_owned())
+    };
+    (to_raw(map), to_raw(fcm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn config() -> WebexConfig {
+        WebexConfig::default()
+    }
+
+    fn event(body: &str) -> Event {
+        match normalise(body.as_bytes(), &config(), NOW, None).expect("valid") {
+            Normalised::Event(e) => *e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn telephony_push_keeps_payloads_byte_for_byte() {
+        let apns = r#"{ "aps" : {}, "z":1.50, "a":"\u00e9" }"#;
+        let fcm = r#"{"b":"2","a":"1"}"#;
+        let body = format!(
+            r#"{{"resource":"telephony_push","event":"updated","actorId":"P1","data":{{"apnsPayload":{apns},"fcmPayload":{fcm}}}}}"#
+        );
+        let e = event(&body);
+        assert_eq!(e.person_id, "P1");
+        assert_eq!(e.class, Class::Call);
+        assert_eq!(e.apns.as_ref().expect("apns").payload.get(), apns);
+        assert_eq!(e.fcm.as_ref().expect("fcm").data.get(), fcm);
+        assert_eq!(e.deadline_ms, NOW + 60_000);
+        assert_eq!(e.id, event_id(SOURCE, body.as_bytes()));
+    }
+
+    #[test]
+    fn ring_expiry_sets_the_deadline_in_seconds_or_millis() {
+        let body = |v: &str| {
+            format!(
+                r#"{{"resource":"telephony_push","event":"updated","actorId":"P","data":{{"apnsPayload":{{"ringexpiretime":{v}}}}}}}"#
+            )
+        };
+        assert_eq!(event(&body(&(NOW + 30_000).to_string())).deadline_ms, NOW + 30_000);
+        assert_eq!(event(&body(&((NOW / 1000) + 20).to_string())).deadline_ms, NOW + 20_000);
+        assert_eq!(event(&body(&format!("\"{}\"", NOW + 5_000))).deadline_ms, NOW + 5_000);
+        // Never beyond the configured maximum.
+        assert_eq!(event(&body(&(NOW + 10_000_000).to_string())).deadline_ms, NOW + 600_000);
+    }
+
+    #[test]
+    fn past_ring_expiry_is_not_published() {
+        let body = format!(
+            r#"{{"resource":"telephony_push","event":"updated","actorId":"P","data":{{"ringexpiretime":{},"fcmPayload":{{}}}}}}"#,
+            NOW - 1
+        );
+        assert!(matches!(
+            normalise(body.as_bytes(), &config(), NOW, None),
+            Ok(Normalised::Expired)
+        ));
+    }
+
+    #[test]
+    fn created_by_can_name_the_callee() {
+        let mut cfg = config();
+        cfg.person_field = PersonField::CreatedBy;
+        let body = r#"{"resource":"telephony_push","event":"updated","actorId":"A","createdBy":"C","data":{"fcmPayload":{}}}"#;
+        match normalise(body.as_bytes(), &cfg, NOW, None) {
+            Ok(Normalised::Event(e)) => assert_eq!(e.person_id, "C"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn call_membership_builds_its_payloads() {
+        let body = r#"{"resource":"callMemberships","event":"created","data":{"id":"M","callId":"C1","personId":"P2","state":"notified"}}"#;
+        let e = event(body);
+        assert_eq!(e.person_id, "P2");
+        let apns: serde_json::Value =
+            serde_json::from_str(e.apns.expect("apns").payload.get()).expect("json");
+        assert_eq!(apns["type"], "incoming_call");
+        assert_eq!(apns["callId"], "C1");
+        assert_eq!(apns["ringexpiretime"], NOW + 60_000);
+        let fcm: serde_json::Value = serde_json::from_str(e.fcm.expect("fcm").data.get()).expect("json");
+        assert!(fcm.as_object().expect("map").values().all(|v| v.is_string()));
+    }
+
+    #[test]
+    fn other_resources_and_states_are_ignored() {
+        for body in [
+            r#"{"resource":"messages","event":"created","data":{}}"#,
+            r#"{"resource":"callMemberships","event":"created","data":{"callId":"C","personId":"P","state":"joined"}}"#,
+        ] {
+            assert!(matches!(
+                normalise(body.as_bytes(), &config(), NOW, None),
+                Ok(Normalised::Ignored { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn malformed_envelopes_name_the_field() {
+        let cases = [
+            ("not json", "envelope"),
+            (r#"{"event":"updated","data":{}}"#, "`resource`"),
+            (r#"{"resource":"telephony_push","event":"updated","data":{"fcmPayload":{}}}"#, "`actorId`"),
+            (r#"{"resource":"telephony_push","event":"updated","actorId":"P","data":{}}"#, "apnsPayload"),
+            (r#"{"resource":"telephony_push","event":"updated","actorId":"P","data":{"apnsPayload":"x"}}"#, "must be a JSON object"),
+            (r#"{"resource":"telephony_push","event":"updated","actorId":"","data":{"fcmPayload":{}}}"#, "`actorId`"),
+            (r#"{"resource":"callMemberships","event":"created","data":{"state":"notified","callId":"C"}}"#, "`data.personId`"),
+        ];
+        for (body, needle) in cases {
+            let err = normalise(body.as_bytes(), &config(), NOW, None).expect_err(body);
+            assert!(err.0.contains(needle), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_same_body_gets_the_same_id_and_a_different_one_does_not() {
+        assert_eq!(event_id(SOURCE, b"a"), event_id(SOURCE, b"a"));
+        assert_ne!(event_id(SOURCE, b"a"), event_id(SOURCE, b"b"));
+        assert_eq!(event_id(SOURCE, b"a").len(), 32);
+    }
+}
