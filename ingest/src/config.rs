@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use pipeline::config::{ConfigError, NatsConfig, Secret, TelemetryConfig, parse_addr, read_secret_file};
+use pipeline::config::{
+    ConfigError, NatsConfig, Secret, TelemetryConfig, parse_addr, read_secret_file,
+};
 use serde::{Deserialize, Serialize};
 
 /// The whole ingest configuration.
@@ -103,7 +105,10 @@ impl Config {
         let admin_listen = parse_addr("admin_listen", &self.admin_listen)?;
         self.nats.validate()?;
         if self.body_limit_bytes < 1024 || self.body_limit_bytes > 16 * 1024 * 1024 {
-            return Err(ConfigError::invalid("body_limit_bytes", "must be 1 KiB to 16 MiB"));
+            return Err(ConfigError::invalid(
+                "body_limit_bytes",
+                "must be 1 KiB to 16 MiB",
+            ));
         }
         if self.webex.call_ttl_secs == 0 || self.webex.call_ttl_secs > self.webex.max_ttl_secs {
             return Err(ConfigError::invalid(
@@ -111,8 +116,13 @@ impl Config {
                 "must be positive and not above webex.max_ttl_secs",
             ));
         }
-        let mut secrets: Vec<Secret> =
-            self.webex.secrets.iter().filter(|s| !s.is_empty()).cloned().collect();
+        let mut secrets: Vec<Secret> = self
+            .webex
+            .secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect();
         if let Some(path) = &self.webex.secrets_file {
             let text = read_secret_file("webex.secrets_file", path)?;
             secrets.extend(
@@ -164,7 +174,11 @@ mod tests {
         let mut cfg = Config::default();
         cfg.webex.secrets_file = Some(file);
         let resolved = cfg.resolve().expect("resolves");
-        let got: Vec<_> = resolved.secrets.iter().map(|s| s.expose().to_owned()).collect();
+        let got: Vec<_> = resolved
+            .secrets
+            .iter()
+            .map(|s| s.expose().to_owned())
+            .collect();
         assert_eq!(got, ["old", "new"]);
         let _ = std::fs::remove_dir_all(dir);
     }

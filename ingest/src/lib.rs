@@ -31,12 +31,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router, middleware};
 use bytes::Bytes;
+use pipeline::CancellationToken;
 use pipeline::admin::{self, BoxFuture, Readiness};
 use pipeline::config::Secret;
 use pipeline::contract::now_ms;
 use pipeline::metrics::Metrics;
 use pipeline::topology::{StreamKind, Topology};
-use pipeline::CancellationToken;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, WebexConfig};
@@ -68,7 +68,12 @@ struct Inner {
 
 impl AppState {
     /// Builds the state from a resolved configuration and a connected publisher.
-    pub fn new(config: &Config, secrets: Vec<Secret>, publisher: Publisher, metrics: Metrics) -> Self {
+    pub fn new(
+        config: &Config,
+        secrets: Vec<Secret>,
+        publisher: Publisher,
+        metrics: Metrics,
+    ) -> Self {
         AppState {
             inner: Arc::new(Inner {
                 webex: config.webex.clone(),
@@ -89,7 +94,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/webex", post(webex_webhook))
         .route("/webhook", post(webex_webhook))
-        .layer(middleware::from_fn_with_state((metrics, SERVICE), admin::track_http))
+        .layer(middleware::from_fn_with_state(
+            (metrics, SERVICE),
+            admin::track_http,
+        ))
         .with_state(state)
 }
 
@@ -125,11 +133,15 @@ async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > s.body_limit) {
-        return Err(ApiError::PayloadTooLarge { limit: s.body_limit });
+        return Err(ApiError::PayloadTooLarge {
+            limit: s.body_limit,
+        });
     }
     let body: Bytes = axum::body::to_bytes(Body::new(body), s.body_limit)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit: s.body_limit })?;
+        .map_err(|_| ApiError::PayloadTooLarge {
+            limit: s.body_limit,
+        })?;
 
     if s.webex.insecure_skip_signature {
         tracing::warn!("webhook accepted WITHOUT signature check (webex.insecure_skip_signature)");
@@ -167,7 +179,12 @@ async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str)
     let subject = s.topology.event_subject(&event.source, &event.resource);
     let stored = s
         .publisher
-        .publish(subject, &event.id, event.trace_id.as_deref(), payload.into())
+        .publish(
+            subject,
+            &event.id,
+            event.trace_id.as_deref(),
+            payload.into(),
+        )
         .await
         .map_err(|error| {
             tracing::warn!(%error, event_id = %event.id, "event not stored");
@@ -235,10 +252,12 @@ pub enum RunError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let resolved = config.resolve()?;
     let bind = |addr| async move {
-        TcpListener::bind(addr).await.map_err(|source| RunError::Io {
-            what: format!("cannot listen on {addr}"),
-            source,
-        })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Io {
+                what: format!("cannot listen on {addr}"),
+                source,
+            })
     };
     let api = bind(resolved.listen).await?;
     let admin = bind(resolved.admin_listen).await?;
@@ -254,7 +273,9 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     let resolved = config.resolve()?;
     if config.webex.insecure_skip_signature {
-        tracing::warn!("webex.insecure_skip_signature is ON: anyone can post webhooks. Development only!");
+        tracing::warn!(
+            "webex.insecure_skip_signature is ON: anyone can post webhooks. Development only!"
+        );
     }
     let metrics = Metrics::new(SERVICE);
     let client = pipeline::nats::connect(&config.nats, "pushline-ingest").await?;

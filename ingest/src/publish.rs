@@ -48,7 +48,12 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher on `client`; `stream_label` names the stream in metrics.
-    pub fn new(client: async_nats::Client, timeout: Duration, stream_label: String, metrics: Metrics) -> Self {
+    pub fn new(
+        client: async_nats::Client,
+        timeout: Duration,
+        stream_label: String,
+        metrics: Metrics,
+    ) -> Self {
         let js = pipeline::topology::jetstream(client.clone());
         Publisher {
             client,
@@ -99,7 +104,8 @@ impl Publisher {
         if !pipeline::nats::is_connected(&self.client) {
             return Err("NATS is not connected".into());
         }
-        match tokio::time::timeout(Duration::from_secs(2), self.js.get_stream_no_info(stream)).await {
+        match tokio::time::timeout(Duration::from_secs(2), self.js.get_stream_no_info(stream)).await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("JetStream stream {stream}: {e}")),
             Err(_) => Err(format!("JetStream stream {stream}: no answer within 2s")),

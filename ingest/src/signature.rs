@@ -24,9 +24,15 @@ pub enum SignatureError {
 }
 
 /// Checks `header` (the header's value, if present) against `body` under each secret.
-pub fn verify(body: &[u8], header: Option<&[u8]>, secrets: &[Secret]) -> Result<(), SignatureError> {
+pub fn verify(
+    body: &[u8],
+    header: Option<&[u8]>,
+    secrets: &[Secret],
+) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let header = std::str::from_utf8(header).map_err(|_| SignatureError::Malformed)?.trim();
+    let header = std::str::from_utf8(header)
+        .map_err(|_| SignatureError::Malformed)?
+        .trim();
     let mut expected = [0u8; 20];
     hex::decode_to_slice(header, &mut expected).map_err(|_| SignatureError::Malformed)?;
     let mut matched = false;
@@ -38,13 +44,18 @@ pub fn verify(body: &[u8], header: Option<&[u8]>, secrets: &[Secret]) -> Result<
         mac.update(body);
         matched |= mac.verify_slice(&expected).is_ok();
     }
-    if matched { Ok(()) } else { Err(SignatureError::Mismatch) }
+    if matched {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
 }
 
 /// The signature a sender with `secret` puts on `body` (for tests, tools and load
 /// generators).
 pub fn sign(body: &[u8], secret: &str) -> String {
-    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
 }
@@ -61,16 +72,25 @@ mod tests {
     fn known_vector_matches() {
         // HMAC-SHA1("key", "The quick brown fox jumps over the lazy dog")
         let body = b"The quick brown fox jumps over the lazy dog";
-        assert_eq!(sign(body, "key"), "de7c9b85b8b78aa6bc8a7a36f70a90701c9db4d9");
+        assert_eq!(
+            sign(body, "key"),
+            "de7c9b85b8b78aa6bc8a7a36f70a90701c9db4d9"
+        );
         let header = sign(body, "key");
-        assert_eq!(verify(body, Some(header.as_bytes()), &secrets(&["key"])), Ok(()));
+        assert_eq!(
+            verify(body, Some(header.as_bytes()), &secrets(&["key"])),
+            Ok(())
+        );
     }
 
     #[test]
     fn any_rotated_secret_is_accepted() {
         let body = b"{}";
         let header = sign(body, "new");
-        assert_eq!(verify(body, Some(header.as_bytes()), &secrets(&["old", "new"])), Ok(()));
+        assert_eq!(
+            verify(body, Some(header.as_bytes()), &secrets(&["old", "new"])),
+            Ok(())
+        );
     }
 
     #[test]
@@ -78,16 +98,28 @@ mod tests {
         let body = b"{}";
         let s = secrets(&["key"]);
         let other = sign(body, "other");
-        assert_eq!(verify(body, Some(other.as_bytes()), &s), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(body, Some(other.as_bytes()), &s),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(verify(body, None, &s), Err(SignatureError::Missing));
-        assert_eq!(verify(body, Some(b"xyz"), &s), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify(body, Some(b"xyz"), &s),
+            Err(SignatureError::Malformed)
+        );
         let tampered = sign(b"{ }", "key");
-        assert_eq!(verify(body, Some(tampered.as_bytes()), &s), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(body, Some(tampered.as_bytes()), &s),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
     fn no_secrets_means_nothing_matches() {
         let header = sign(b"{}", "key");
-        assert_eq!(verify(b"{}", Some(header.as_bytes()), &[]), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(b"{}", Some(header.as_bytes()), &[]),
+            Err(SignatureError::Mismatch)
+        );
     }
 }

@@ -115,10 +115,16 @@ pub fn normalise(
     now_ms: u64,
     trace_id: Option<String>,
 ) -> Result<Normalised, InvalidEnvelope> {
-    let envelope: Envelope<'_> =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("body is not a Webex webhook envelope: {e}")))?;
-    let resource = envelope.resource.as_deref().ok_or_else(|| invalid("`resource` is required"))?;
-    let event = envelope.event.as_deref().ok_or_else(|| invalid("`event` is required"))?;
+    let envelope: Envelope<'_> = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("body is not a Webex webhook envelope: {e}")))?;
+    let resource = envelope
+        .resource
+        .as_deref()
+        .ok_or_else(|| invalid("`resource` is required"))?;
+    let event = envelope
+        .event
+        .as_deref()
+        .ok_or_else(|| invalid("`event` is required"))?;
     let data = envelope.data.ok_or_else(|| invalid("`data` is required"))?;
     let base = |person_id: &str, class: Class, deadline_ms: u64| Event {
         v: VERSION,
@@ -153,9 +159,14 @@ pub fn normalise(
             let push: TelephonyPush<'_> = serde_json::from_str(data.get())
                 .map_err(|e| invalid(format!("`data` is not a telephony_push object: {e}")))?;
             if push.apns.is_none() && push.fcm.is_none() {
-                return Err(invalid("`data.apnsPayload` or `data.fcmPayload` is required"));
+                return Err(invalid(
+                    "`data.apnsPayload` or `data.fcmPayload` is required",
+                ));
             }
-            for (name, raw) in [("data.apnsPayload", push.apns), ("data.fcmPayload", push.fcm)] {
+            for (name, raw) in [
+                ("data.apnsPayload", push.apns),
+                ("data.fcmPayload", push.fcm),
+            ] {
                 if let Some(raw) = raw {
                     if !raw.get().starts_with('{') {
                         return Err(invalid(format!("`{name}` must be a JSON object")));
@@ -194,9 +205,15 @@ pub fn normalise(
                     reason: "callMemberships/created with state other than notified".into(),
                 });
             }
-            let person = member.person_id.as_deref().ok_or_else(|| invalid("`data.personId` is required"))?;
+            let person = member
+                .person_id
+                .as_deref()
+                .ok_or_else(|| invalid("`data.personId` is required"))?;
             check_person_id("data.personId", person)?;
-            let call_id = member.call_id.as_deref().ok_or_else(|| invalid("`data.callId` is required"))?;
+            let call_id = member
+                .call_id
+                .as_deref()
+                .ok_or_else(|| invalid("`data.callId` is required"))?;
             let (apns, fcm) = call_membership_payload(&member, call_id, person, call_deadline);
             let mut ev = base(person, Class::Call, call_deadline);
             ev.apns = Some(ApnsPart {
@@ -246,7 +263,11 @@ fn epoch_ms(value: &serde_json::Value) -> Option<u64> {
         return None;
     }
     // Below 10^11 it can only be seconds (10^11 ms is 1973, 10^11 s is year 5138).
-    Some(if n < 1e11 { (n * 1000.0) as u64 } else { n as u64 })
+    Some(if n < 1e11 {
+        (n * 1000.0) as u64
+    } else {
+        n as u64
+    })
 }
 
 /// The payloads pushline builds for a `callMemberships` call, documented in
@@ -324,11 +345,23 @@ mod tests {
                 r#"{{"resource":"telephony_push","event":"updated","actorId":"P","data":{{"apnsPayload":{{"ringexpiretime":{v}}}}}}}"#
             )
         };
-        assert_eq!(event(&body(&(NOW + 30_000).to_string())).deadline_ms, NOW + 30_000);
-        assert_eq!(event(&body(&((NOW / 1000) + 20).to_string())).deadline_ms, NOW + 20_000);
-        assert_eq!(event(&body(&format!("\"{}\"", NOW + 5_000))).deadline_ms, NOW + 5_000);
+        assert_eq!(
+            event(&body(&(NOW + 30_000).to_string())).deadline_ms,
+            NOW + 30_000
+        );
+        assert_eq!(
+            event(&body(&((NOW / 1000) + 20).to_string())).deadline_ms,
+            NOW + 20_000
+        );
+        assert_eq!(
+            event(&body(&format!("\"{}\"", NOW + 5_000))).deadline_ms,
+            NOW + 5_000
+        );
         // Never beyond the configured maximum.
-        assert_eq!(event(&body(&(NOW + 10_000_000).to_string())).deadline_ms, NOW + 600_000);
+        assert_eq!(
+            event(&body(&(NOW + 10_000_000).to_string())).deadline_ms,
+            NOW + 600_000
+        );
     }
 
     #[test]
@@ -364,8 +397,14 @@ mod tests {
         assert_eq!(apns["type"], "incoming_call");
         assert_eq!(apns["callId"], "C1");
         assert_eq!(apns["ringexpiretime"], NOW + 60_000);
-        let fcm: serde_json::Value = serde_json::from_str(e.fcm.expect("fcm").data.get()).expect("json");
-        assert!(fcm.as_object().expect("map").values().all(|v| v.is_string()));
+        let fcm: serde_json::Value =
+            serde_json::from_str(e.fcm.expect("fcm").data.get()).expect("json");
+        assert!(
+            fcm.as_object()
+                .expect("map")
+                .values()
+                .all(|v| v.is_string())
+        );
     }
 
     #[test]
@@ -386,11 +425,26 @@ mod tests {
         let cases = [
             ("not json", "envelope"),
             (r#"{"event":"updated","data":{}}"#, "`resource`"),
-            (r#"{"resource":"telephony_push","event":"updated","data":{"fcmPayload":{}}}"#, "`actorId`"),
-            (r#"{"resource":"telephony_push","event":"updated","actorId":"P","data":{}}"#, "apnsPayload"),
-            (r#"{"resource":"telephony_push","event":"updated","actorId":"P","data":{"apnsPayload":"x"}}"#, "must be a JSON object"),
-            (r#"{"resource":"telephony_push","event":"updated","actorId":"","data":{"fcmPayload":{}}}"#, "`actorId`"),
-            (r#"{"resource":"callMemberships","event":"created","data":{"state":"notified","callId":"C"}}"#, "`data.personId`"),
+            (
+                r#"{"resource":"telephony_push","event":"updated","data":{"fcmPayload":{}}}"#,
+                "`actorId`",
+            ),
+            (
+                r#"{"resource":"telephony_push","event":"updated","actorId":"P","data":{}}"#,
+                "apnsPayload",
+            ),
+            (
+                r#"{"resource":"telephony_push","event":"updated","actorId":"P","data":{"apnsPayload":"x"}}"#,
+                "must be a JSON object",
+            ),
+            (
+                r#"{"resource":"telephony_push","event":"updated","actorId":"","data":{"fcmPayload":{}}}"#,
+                "`actorId`",
+            ),
+            (
+                r#"{"resource":"callMemberships","event":"created","data":{"state":"notified","callId":"C"}}"#,
+                "`data.personId`",
+            ),
         ];
         for (body, needle) in cases {
             let err = normalise(body.as_bytes(), &config(), NOW, None).expect_err(body);

@@ -78,7 +78,11 @@ where
         }
         figment = figment.merge(Toml::file(path));
     }
-    figment.merge(env).extract().map_err(Box::new).map_err(Into::into)
+    figment
+        .merge(env)
+        .extract()
+        .map_err(Box::new)
+        .map_err(Into::into)
 }
 
 /// Returns the value of `--config <path>` (or `--config=<path>`) from the arguments.
@@ -330,9 +334,12 @@ impl WorkerConfig {
 
 /// Parses a `host:port` setting.
 pub fn parse_addr(setting: &str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::invalid(setting, format!("`{value}` is not an address like 0.0.0.0:8080")))
+    value.parse().map_err(|_| {
+        ConfigError::invalid(
+            setting,
+            format!("`{value}` is not an address like 0.0.0.0:8080"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -390,7 +397,12 @@ mod tests {
             prefix: "a.b".into(),
             ..NatsConfig::default()
         };
-        assert!(cfg.validate().expect_err("invalid").to_string().contains("nats.prefix"));
+        assert!(
+            cfg.validate()
+                .expect_err("invalid")
+                .to_string()
+                .contains("nats.prefix")
+        );
     }
 
     #[test]

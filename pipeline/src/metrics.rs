@@ -15,8 +15,8 @@ use prometheus::{
 
 /// Latency buckets for the fast path: 0.5 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
 ];
 
 /// The metric handles of one service instance.
@@ -115,36 +115,159 @@ impl Metrics {
     pub fn new(service: &str) -> Self {
         let r = Registry::new();
         let metrics = Metrics {
-            http_requests: counter(&r, "pushline_http_requests_total", "HTTP requests served.", &["service", "route", "method", "status"]),
-            http_duration: histogram(&r, "pushline_http_request_duration_seconds", "HTTP request duration.", &["service", "route", "method"]),
-            webhooks_received: counter(&r, "pushline_webhooks_received_total", "Webhooks received, by outcome.", &["source", "outcome"]),
-            events_published: counter(&r, "pushline_events_published_total", "Events published to EVENTS.", &["source", "resource", "class"]),
-            publish_duration: histogram(&r, "pushline_publish_seconds", "Time from publish to JetStream ack.", &["stream"]),
-            fanout_events: counter(&r, "pushline_fanout_events_total", "Events handled by the fan-out, by outcome.", &["outcome"]),
-            fanout_jobs: counter(&r, "pushline_fanout_jobs_total", "Push jobs published by the fan-out.", &["platform", "class"]),
-            device_operations: counter(&r, "pushline_device_operations_total", "Device API operations, by outcome.", &["operation", "outcome"]),
-            devices_removed: counter(&r, "pushline_devices_removed_total", "Device registrations removed, by reason.", &["reason"]),
-            feedback: counter(&r, "pushline_feedback_total", "Invalid-token feedback handled, by outcome.", &["platform", "outcome"]),
-            worker_messages: counter(&r, "pushline_worker_messages_total", "JetStream messages handled, by outcome.", &["stage", "outcome"]),
-            worker_in_flight: gauge(&r, "pushline_worker_in_flight", "Messages being handled now.", &["stage"]),
-            worker_duration: histogram(&r, "pushline_worker_handle_seconds", "Time to handle one message.", &["stage"]),
-            retries: counter(&r, "pushline_retries_total", "Messages scheduled for another attempt.", &["stage", "reason"]),
-            dead_letters: counter(&r, "pushline_dead_letters_total", "Messages dead-lettered.", &["stage", "reason"]),
-            expired: counter(&r, "pushline_expired_total", "Work dropped because its deadline had passed.", &["stage"]),
-            consumer_pending: gauge(&r, "pushline_consumer_pending_messages", "Messages in the stream not yet delivered to the consumer.", &["stream", "consumer"]),
-            consumer_ack_pending: gauge(&r, "pushline_consumer_ack_pending_messages", "Messages delivered and not yet acknowledged.", &["stream", "consumer"]),
-            pushes: counter(&r, "pushline_pushes_total", "Pushes sent to providers, by outcome.", &["provider", "app", "outcome", "reason"]),
-            provider_duration: histogram(&r, "pushline_provider_request_seconds", "Provider request duration.", &["provider", "app"]),
-            end_to_end: histogram(&r, "pushline_end_to_end_seconds", "Webhook received to provider accepted.", &["provider", "class"]),
+            http_requests: counter(
+                &r,
+                "pushline_http_requests_total",
+                "HTTP requests served.",
+                &["service", "route", "method", "status"],
+            ),
+            http_duration: histogram(
+                &r,
+                "pushline_http_request_duration_seconds",
+                "HTTP request duration.",
+                &["service", "route", "method"],
+            ),
+            webhooks_received: counter(
+                &r,
+                "pushline_webhooks_received_total",
+                "Webhooks received, by outcome.",
+                &["source", "outcome"],
+            ),
+            events_published: counter(
+                &r,
+                "pushline_events_published_total",
+                "Events published to EVENTS.",
+                &["source", "resource", "class"],
+            ),
+            publish_duration: histogram(
+                &r,
+                "pushline_publish_seconds",
+                "Time from publish to JetStream ack.",
+                &["stream"],
+            ),
+            fanout_events: counter(
+                &r,
+                "pushline_fanout_events_total",
+                "Events handled by the fan-out, by outcome.",
+                &["outcome"],
+            ),
+            fanout_jobs: counter(
+                &r,
+                "pushline_fanout_jobs_total",
+                "Push jobs published by the fan-out.",
+                &["platform", "class"],
+            ),
+            device_operations: counter(
+                &r,
+                "pushline_device_operations_total",
+                "Device API operations, by outcome.",
+                &["operation", "outcome"],
+            ),
+            devices_removed: counter(
+                &r,
+                "pushline_devices_removed_total",
+                "Device registrations removed, by reason.",
+                &["reason"],
+            ),
+            feedback: counter(
+                &r,
+                "pushline_feedback_total",
+                "Invalid-token feedback handled, by outcome.",
+                &["platform", "outcome"],
+            ),
+            worker_messages: counter(
+                &r,
+                "pushline_worker_messages_total",
+                "JetStream messages handled, by outcome.",
+                &["stage", "outcome"],
+            ),
+            worker_in_flight: gauge(
+                &r,
+                "pushline_worker_in_flight",
+                "Messages being handled now.",
+                &["stage"],
+            ),
+            worker_duration: histogram(
+                &r,
+                "pushline_worker_handle_seconds",
+                "Time to handle one message.",
+                &["stage"],
+            ),
+            retries: counter(
+                &r,
+                "pushline_retries_total",
+                "Messages scheduled for another attempt.",
+                &["stage", "reason"],
+            ),
+            dead_letters: counter(
+                &r,
+                "pushline_dead_letters_total",
+                "Messages dead-lettered.",
+                &["stage", "reason"],
+            ),
+            expired: counter(
+                &r,
+                "pushline_expired_total",
+                "Work dropped because its deadline had passed.",
+                &["stage"],
+            ),
+            consumer_pending: gauge(
+                &r,
+                "pushline_consumer_pending_messages",
+                "Messages in the stream not yet delivered to the consumer.",
+                &["stream", "consumer"],
+            ),
+            consumer_ack_pending: gauge(
+                &r,
+                "pushline_consumer_ack_pending_messages",
+                "Messages delivered and not yet acknowledged.",
+                &["stream", "consumer"],
+            ),
+            pushes: counter(
+                &r,
+                "pushline_pushes_total",
+                "Pushes sent to providers, by outcome.",
+                &["provider", "app", "outcome", "reason"],
+            ),
+            provider_duration: histogram(
+                &r,
+                "pushline_provider_request_seconds",
+                "Provider request duration.",
+                &["provider", "app"],
+            ),
+            end_to_end: histogram(
+                &r,
+                "pushline_end_to_end_seconds",
+                "Webhook received to provider accepted.",
+                &["provider", "class"],
+            ),
             credential_expiry: {
-                let m = prometheus::GaugeVec::new(Opts::new("pushline_credential_expiry_timestamp_seconds", "When each provider credential expires (Unix time)."), &["provider", "app"]).expect("valid metric");
-                r.register(Box::new(m.clone())).expect("metric names are unique");
+                let m = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "pushline_credential_expiry_timestamp_seconds",
+                        "When each provider credential expires (Unix time).",
+                    ),
+                    &["provider", "app"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(m.clone()))
+                    .expect("metric names are unique");
                 m
             },
-            build_info: gauge(&r, "pushline_build_info", "Build information; always 1.", &["service", "version"]),
+            build_info: gauge(
+                &r,
+                "pushline_build_info",
+                "Build information; always 1.",
+                &["service", "version"],
+            ),
             start_time: {
-                let g = Gauge::new("pushline_start_time_seconds", "Process start time (Unix time).").expect("valid metric");
-                r.register(Box::new(g.clone())).expect("metric names are unique");
+                let g = Gauge::new(
+                    "pushline_start_time_seconds",
+                    "Process start time (Unix time).",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone()))
+                    .expect("metric names are unique");
                 g
             },
             registry: r,
@@ -153,7 +276,9 @@ impl Metrics {
             .build_info
             .with_label_values(&[service, env!("CARGO_PKG_VERSION")])
             .set(1);
-        metrics.start_time.set(crate::contract::now_ms() as f64 / 1000.0);
+        metrics
+            .start_time
+            .set(crate::contract::now_ms() as f64 / 1000.0);
         metrics
     }
 
@@ -178,11 +303,17 @@ mod tests {
     #[test]
     fn every_name_follows_the_convention() {
         let m = Metrics::new("test");
-        m.webhooks_received.with_label_values(&["webex", "accepted"]).inc();
+        m.webhooks_received
+            .with_label_values(&["webex", "accepted"])
+            .inc();
         for family in m.registry().gather() {
             let name = family.name();
             assert!(name.starts_with("pushline_"), "{name}");
         }
-        assert!(m.render().contains("pushline_webhooks_received_total{outcome=\"accepted\",source=\"webex\"} 1"));
+        assert!(
+            m.render().contains(
+                "pushline_webhooks_received_total{outcome=\"accepted\",source=\"webex\"} 1"
+            )
+        );
     }
 }

@@ -43,7 +43,12 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
     if let Some(ca) = &config.tls_ca_file {
         options = options.add_root_certificates(ca.clone());
     }
-    let urls = config.url.split(',').map(str::trim).collect::<Vec<_>>().join(",");
+    let urls = config
+        .url
+        .split(',')
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(",");
     Ok(options.connect(urls).await?)
 }
 

@@ -65,7 +65,10 @@ mod tests {
     #[test]
     fn is_capped_at_max_even_for_huge_attempts() {
         assert_eq!(retry_delay(input(1_000), 1.0), Some(Duration::from_secs(5)));
-        assert_eq!(retry_delay(input(u64::MAX), 0.0), Some(Duration::from_millis(2_500)));
+        assert_eq!(
+            retry_delay(input(u64::MAX), 0.0),
+            Some(Duration::from_millis(2_500))
+        );
     }
 
     #[test]

@@ -258,13 +258,13 @@ impl Topology {
         worker: &WorkerConfig,
     ) -> Result<PullConsumer, TopologyError> {
         let stream_name = self.stream_name(kind.stream());
-        let stream = js
-            .get_stream(&stream_name)
-            .await
-            .map_err(|source| TopologyError::GetStream {
-                stream: stream_name.clone(),
-                source,
-            })?;
+        let stream =
+            js.get_stream(&stream_name)
+                .await
+                .map_err(|source| TopologyError::GetStream {
+                    stream: stream_name.clone(),
+                    source,
+                })?;
         stream
             .get_or_create_consumer(kind.durable_name(), self.consumer_config(kind, worker))
             .await
@@ -343,7 +343,10 @@ mod tests {
             t.push_subject(Platform::Apns, Environment::Sandbox),
             "t1_push.apns.sandbox"
         );
-        assert_eq!(t.push_subject(Platform::Fcm, Environment::Production), "t1_push.fcm");
+        assert_eq!(
+            t.push_subject(Platform::Fcm, Environment::Production),
+            "t1_push.fcm"
+        );
         assert_eq!(t.dead_subject("apns"), "t1_dead.apns");
     }
 
@@ -352,7 +355,10 @@ mod tests {
         let t = topology("");
         let apns = t.stream_config(StreamKind::PushApns).subjects[0].clone();
         assert_eq!(apns, "push.apns.*");
-        assert_eq!(t.stream_config(StreamKind::Dead).retention, RetentionPolicy::Limits);
+        assert_eq!(
+            t.stream_config(StreamKind::Dead).retention,
+            RetentionPolicy::Limits
+        );
         assert_eq!(
             t.stream_config(StreamKind::Events).retention,
             RetentionPolicy::WorkQueue

@@ -91,7 +91,8 @@ pub struct Worker<H> {
 }
 
 impl<H: Handler> Worker<H> {
-    /// Sets up the durable consumer for `kind` (creating it if needed).
+    /// Sets up the durable consumer for `kind` (creating it if needed). On failure the
+    /// handler is handed back so the caller can try again.
     pub async fn new(
         js: Context,
         topology: Topology,
@@ -99,8 +100,11 @@ impl<H: Handler> Worker<H> {
         config: WorkerConfig,
         handler: H,
         metrics: Metrics,
-    ) -> Result<Self, TopologyError> {
-        let consumer = topology.consumer(&js, kind, &config).await?;
+    ) -> Result<Self, (TopologyError, H)> {
+        let consumer = match topology.consumer(&js, kind, &config).await {
+            Ok(consumer) => consumer,
+            Err(error) => return Err((error, handler)),
+        };
         Ok(Worker {
             kind,
             consumer,
@@ -183,7 +187,11 @@ impl<H: Handler> Worker<H> {
                 while tasks.try_join_next().is_some() {}
             }
         }
-        tracing::info!(stage, in_flight = tasks.len(), "worker stopping; settling in-flight messages");
+        tracing::info!(
+            stage,
+            in_flight = tasks.len(),
+            "worker stopping; settling in-flight messages"
+        );
         while tasks.join_next().await.is_some() {}
         lag.abort();
         tracing::info!(stage, "worker stopped");
@@ -201,7 +209,10 @@ struct Shared {
 impl Shared {
     async fn process<H: Handler>(&self, handler: &H, message: jetstream::Message) {
         let stage = self.stage;
-        let attempt = message.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+        let attempt = message
+            .info()
+            .map(|i| i.delivered.max(1) as u64)
+            .unwrap_or(1);
         let in_flight = self.metrics.worker_in_flight.with_label_values(&[stage]);
         in_flight.inc();
         let started = Instant::now();
@@ -223,12 +234,10 @@ impl Shared {
                 .await
         };
         let outcome = match outcome {
-            Outcome::Retry { reason, error, .. } if attempt >= self.max_attempts => {
-                Outcome::Dead {
-                    reason,
-                    error: format!("gave up after {attempt} attempts: {error}"),
-                }
-            }
+            Outcome::Retry { reason, error, .. } if attempt >= self.max_attempts => Outcome::Dead {
+                reason,
+                error: format!("gave up after {attempt} attempts: {error}"),
+            },
             other => other,
         };
         self.settle(&message, attempt, outcome).await;
@@ -254,25 +263,36 @@ impl Shared {
                 error,
             } => {
                 tracing::info!(stage, attempt, reason, %error, delay_ms = delay.as_millis() as u64, "retrying");
-                self.metrics.retries.with_label_values(&[stage, reason]).inc();
+                self.metrics
+                    .retries
+                    .with_label_values(&[stage, reason])
+                    .inc();
                 message.ack_with(AckKind::Nak(Some(delay))).await
             }
             Outcome::Dead { reason, error } => {
                 match self.dead_letter(message, attempt, reason, &error).await {
                     Ok(()) => {
                         tracing::warn!(stage, attempt, reason, %error, "dead-lettered");
-                        self.metrics.dead_letters.with_label_values(&[stage, reason]).inc();
+                        self.metrics
+                            .dead_letters
+                            .with_label_values(&[stage, reason])
+                            .inc();
                         message.ack_with(AckKind::Term).await
                     }
                     Err(publish_error) => {
                         // Never terminate what was not safely dead-lettered.
                         tracing::error!(stage, reason, error = %publish_error, "cannot publish dead letter; will redeliver");
-                        message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+                        message
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await
                     }
                 }
             }
         };
-        self.metrics.worker_messages.with_label_values(&[stage, label]).inc();
+        self.metrics
+            .worker_messages
+            .with_label_values(&[stage, label])
+            .inc();
         if let Err(error) = result {
             // The server will redeliver after ack_wait; handlers are idempotent.
             tracing::warn!(stage, %error, "acknowledgement failed");
@@ -286,15 +306,14 @@ impl Shared {
         reason: &'static str,
         error: &str,
     ) -> Result<(), String> {
-        let (raw, base64) = match serde_json::from_slice::<Box<serde_json::value::RawValue>>(
-            &message.payload,
-        ) {
-            Ok(raw) => (Some(raw), None),
-            Err(_) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(&message.payload)),
-            ),
-        };
+        let (raw, base64) =
+            match serde_json::from_slice::<Box<serde_json::value::RawValue>>(&message.payload) {
+                Ok(raw) => (Some(raw), None),
+                Err(_) => (
+                    None,
+                    Some(base64::engine::general_purpose::STANDARD.encode(&message.payload)),
+                ),
+            };
         let letter = DeadLetter {
             v: VERSION,
             stage: self.stage.to_owned(),
@@ -325,8 +344,12 @@ async fn report_lag(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let pending = metrics.consumer_pending.with_label_values(&[&stream, durable]);
-    let ack_pending = metrics.consumer_ack_pending.with_label_values(&[&stream, durable]);
+    let pending = metrics
+        .consumer_pending
+        .with_label_values(&[&stream, durable]);
+    let ack_pending = metrics
+        .consumer_ack_pending
+        .with_label_values(&[&stream, durable]);
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {

@@ -1,0 +1,375 @@
+//! The device HTTP API (documented in `docs/registry-api.md`).
+//!
+//! - `PUT /v1/devices/{token}`: register or refresh (idempotent): 201 new, 200 refreshed.
+//! - `DELETE /v1/devices/{token}`: 204, or 404 when not registered.
+//! - `GET /v1/persons/{personId}/devices`: the person's live devices.
+//! - `DELETE /v1/persons/{personId}/devices`: removes them all.
+//! - `POST /register`, `DELETE /register/{device_token}`: the Webex sample push server's
+//!   API, which mobile samples already call.
+
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router, middleware};
+use pipeline::contract::{Environment, Platform, now_ms};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::store::{Channel, DeviceAttrs, Registered};
+use crate::{AppState, SERVICE, validate};
+
+/// The public router.
+pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/v1/devices/{token}", put(put_device).delete(delete_device))
+        .route(
+            "/v1/persons/{person_id}/devices",
+            get(list_devices).delete(delete_person),
+        )
+        .route("/register", post(sample_register))
+        .route("/register/{token}", delete(delete_device))
+        .layer(middleware::from_fn_with_state(
+            (metrics, SERVICE),
+            pipeline::admin::track_http,
+        ))
+        .with_state(state)
+}
+
+/// A JSON body extractor whose every refusal is an [`ApiError`] with a JSON body.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::to_bytes(request.into_body(), state.body_limit)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge)?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::Invalid(format!("body: {e}")))
+    }
+}
+
+/// `PUT /v1/devices/{token}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutDevice {
+    /// Owner.
+    pub person_id: String,
+    /// `apns` or `fcm`.
+    pub platform: Platform,
+    /// `voip` or `alert`; default `voip` for APNs, `alert` for FCM.
+    #[serde(default)]
+    pub channel: Option<Channel>,
+    /// Bundle id / project id; default from `devices.default_*_app`.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Default from `devices.default_environment`.
+    #[serde(default)]
+    pub environment: Option<Environment>,
+    /// Optional end-to-end encryption key of the app.
+    #[serde(default)]
+    pub e2e_key: Option<String>,
+}
+
+fn operation(state: &AppState, op: &str, outcome: &str) {
+    state
+        .metrics
+        .device_operations
+        .with_label_values(&[op, outcome])
+        .inc();
+}
+
+fn finish<T: IntoResponse>(state: &AppState, op: &str, result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(ok) => {
+            operation(state, op, "ok");
+            ok.into_response()
+        }
+        Err(error) => {
+            operation(state, op, error.code());
+            error.into_response()
+        }
+    }
+}
+
+/// One registration to validate and store.
+struct Registration<'a> {
+    token: &'a str,
+    token_field: &'a str,
+    person: &'a str,
+    platform: Platform,
+    channel: Channel,
+    app: Option<String>,
+    environment: Option<Environment>,
+    e2e_key: Option<String>,
+}
+
+impl AppState {
+    fn default_app(&self, platform: Platform) -> &str {
+        match platform {
+            Platform::Apns => &self.devices.default_apns_app,
+            Platform::Fcm => &self.devices.default_fcm_app,
+        }
+    }
+
+    /// Validates and stores one registration.
+    async fn register_one(&self, r: Registration<'_>) -> Result<Registered, ApiError> {
+        let Registration {
+            token,
+            token_field,
+            person,
+            platform,
+            channel,
+            app,
+            environment,
+            e2e_key,
+        } = r;
+        validate::token(token_field, platform, token).map_err(ApiError::Invalid)?;
+        validate::person_id("person_id", person).map_err(ApiError::Invalid)?;
+        let app = app.unwrap_or_else(|| self.default_app(platform).to_owned());
+        if app.is_empty() {
+            return Err(ApiError::Invalid(format!(
+                "`app` is required (no devices.default_{}_app is configured)",
+                platform.as_str()
+            )));
+        }
+        validate::app("app", &app).map_err(ApiError::Invalid)?;
+        if e2e_key
+            .as_ref()
+            .is_some_and(|k| k.len() > validate::MAX_E2E_KEY)
+        {
+            return Err(ApiError::Invalid(format!(
+                "`e2e_key` must be at most {} characters",
+                validate::MAX_E2E_KEY
+            )));
+        }
+        if platform == Platform::Fcm && channel == Channel::Voip {
+            return Err(ApiError::Invalid(
+                "`channel` voip exists only for apns".into(),
+            ));
+        }
+        let attrs = DeviceAttrs {
+            platform,
+            channel,
+            app,
+            environment: environment.unwrap_or(self.devices.default_environment),
+            e2e_key,
+        };
+        let registered = self.store.register(token, person, &attrs, now_ms()).await?;
+        if registered.moved_from.is_some() {
+            self.metrics
+                .devices_removed
+                .with_label_values(&["moved"])
+                .inc();
+        }
+        for (why, _) in &registered.removed {
+            self.metrics
+                .devices_removed
+                .with_label_values(&[why.as_str()])
+                .inc();
+        }
+        Ok(registered)
+    }
+}
+
+async fn put_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    body: Result<JsonBody<PutDevice>, ApiError>,
+) -> Response {
+    let result = async {
+        state.auth.authenticate(&headers)?;
+        let JsonBody(body) = body?;
+        let channel = body.channel.unwrap_or(match body.platform {
+            Platform::Apns => Channel::Voip,
+            Platform::Fcm => Channel::Alert,
+        });
+        let registered = state
+            .register_one(Registration {
+                token: &token,
+                token_field: "token",
+                person: &body.person_id,
+                platform: body.platform,
+                channel,
+                app: body.app,
+                environment: body.environment,
+                e2e_key: body.e2e_key,
+            })
+            .await?;
+        let devices = state.store.devices(&body.person_id, now_ms()).await?;
+        let device = devices.into_iter().find(|d| d.token == token);
+        let status = if registered.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((status, Json(device)))
+    }
+    .await;
+    finish(&state, "register", result)
+}
+
+async fn delete_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
+    let result = async {
+        state.auth.authenticate(&headers)?;
+        validate::any_token("token", &token).map_err(ApiError::Invalid)?;
+        match state.store.remove(&token).await? {
+            Some(_) => {
+                state
+                    .metrics
+                    .devices_removed
+                    .with_label_values(&["deleted"])
+                    .inc();
+                Ok(StatusCode::NO_CONTENT)
+            }
+            None => Err(ApiError::NotFound("device is not registered")),
+        }
+    }
+    .await;
+    finish(&state, "delete", result)
+}
+
+async fn list_devices(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(person): Path<String>,
+) -> Response {
+    let result = async {
+        state.auth.authenticate(&headers)?;
+        validate::person_id("personId", &person).map_err(ApiError::Invalid)?;
+        let devices = state.store.devices(&person, now_ms()).await?;
+        Ok(Json(
+            serde_json::json!({ "person_id": person, "devices": devices }),
+        ))
+    }
+    .await;
+    finish(&state, "list", result)
+}
+
+async fn delete_person(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(person): Path<String>,
+) -> Response {
+    let result = async {
+        state.auth.authenticate(&headers)?;
+        validate::person_id("personId", &person).map_err(ApiError::Invalid)?;
+        let removed = state.store.remove_person(&person).await?;
+        state
+            .metrics
+            .devices_removed
+            .with_label_values(&["deleted"])
+            .inc_by(removed as u64);
+        Ok(Json(
+            serde_json::json!({ "person_id": person, "removed": removed }),
+        ))
+    }
+    .await;
+    finish(&state, "delete_person", result)
+}
+
+/// The Webex sample push server's registration body.
+#[derive(Debug, Deserialize)]
+pub struct SampleRegister {
+    /// The user's e-mail (accepted, not stored).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// PushKit token → APNs `voip`.
+    #[serde(rename = "voipToken", default)]
+    pub voip_token: Option<String>,
+    /// Notification token → APNs `alert`.
+    #[serde(rename = "msgToken", default)]
+    pub msg_token: Option<String>,
+    /// FCM token → FCM `alert`.
+    #[serde(rename = "fcmToken", default)]
+    pub fcm_token: Option<String>,
+    /// The Webex person id.
+    #[serde(rename = "personId")]
+    pub person_id: String,
+}
+
+async fn sample_register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<SampleRegister>, ApiError>,
+) -> Response {
+    let result = async {
+        state.auth.authenticate(&headers)?;
+        let JsonBody(body) = body?;
+        let targets = [
+            (
+                "voipToken",
+                body.voip_token.as_deref(),
+                Platform::Apns,
+                Channel::Voip,
+            ),
+            (
+                "msgToken",
+                body.msg_token.as_deref(),
+                Platform::Apns,
+                Channel::Alert,
+            ),
+            (
+                "fcmToken",
+                body.fcm_token.as_deref(),
+                Platform::Fcm,
+                Channel::Alert,
+            ),
+        ];
+        let present: Vec<_> = targets
+            .into_iter()
+            .filter_map(|(f, t, p, c)| t.filter(|t| !t.is_empty()).map(|t| (f, t, p, c)))
+            .collect();
+        if present.is_empty() {
+            return Err(ApiError::Invalid(
+                "one of `voipToken`, `msgToken` or `fcmToken` is required".into(),
+            ));
+        }
+        // Validate everything before storing anything.
+        validate::person_id("personId", &body.person_id).map_err(ApiError::Invalid)?;
+        for (field, token, platform, _) in &present {
+            validate::token(field, *platform, token).map_err(ApiError::Invalid)?;
+        }
+        let mut registered = Vec::new();
+        for (field, token, platform, channel) in present {
+            state
+                .register_one(Registration {
+                    token,
+                    token_field: field,
+                    person: &body.person_id,
+                    platform,
+                    channel,
+                    app: None,
+                    environment: None,
+                    e2e_key: None,
+                })
+                .await?;
+            registered.push(field);
+        }
+        let _ = body.email;
+        Ok(Json(
+            serde_json::json!({ "personId": body.person_id, "registered": registered }),
+        ))
+    }
+    .await;
+    finish(&state, "register", result)
+}

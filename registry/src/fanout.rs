@@ -1,0 +1,276 @@
+//! The fan-out stage: one `Event` from `EVENTS` → one `PushJob` per matching device on
+//! `PUSH_APNS` / `PUSH_FCM`.
+//!
+//! Which devices get an event:
+//!
+//! | class | APNs devices | FCM devices |
+//! |---|---|---|
+//! | `call` | channel `voip`, when the event has an APNs part | all, when it has an FCM part |
+//! | `alert`, `background` | channel `alert`, with an APNs part | channel `alert`, with an FCM part |
+//!
+//! Every job is published with `Nats-Msg-Id = <event id>:<hash of token>`, all jobs of an
+//! event concurrently; the event is acked only when every job is stored. A retry
+//! republishes all of them and JetStream drops the ones it already has.
+
+use std::time::Duration;
+
+use async_nats::jetstream::Context;
+use async_nats::jetstream::message::PublishMessage;
+use futures::future::join_all;
+use pipeline::config::WorkerConfig;
+use pipeline::contract::{Class, Event, Platform, PushJob, VERSION, now_ms};
+use pipeline::metrics::Metrics;
+use pipeline::retry::{RetryInput, retry_delay};
+use pipeline::topology::Topology;
+use pipeline::worker::{Delivery, Handler, Outcome};
+
+use crate::store::{Channel, Device, Store};
+
+/// The fan-out handler.
+pub struct Fanout {
+    /// Device store.
+    pub store: Store,
+    /// JetStream, for publishing jobs.
+    pub js: Context,
+    /// Subjects.
+    pub topology: Topology,
+    /// Retry timing.
+    pub worker: WorkerConfig,
+    /// Publish-ack bound.
+    pub publish_timeout: Duration,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Does `device` get `event`, and on which platform?
+pub fn wants(event: &Event, device: &Device) -> bool {
+    let a = &device.attrs;
+    match (event.class, a.platform) {
+        (Class::Call, Platform::Apns) => a.channel == Channel::Voip && event.apns.is_some(),
+        (Class::Call, Platform::Fcm) => event.fcm.is_some(),
+        (_, Platform::Apns) => a.channel == Channel::Alert && event.apns.is_some(),
+        (_, Platform::Fcm) => a.channel == Channel::Alert && event.fcm.is_some(),
+    }
+}
+
+/// The job for one device.
+pub fn job(event: &Event, device: &Device) -> PushJob {
+    let platform = device.attrs.platform;
+    PushJob {
+        v: VERSION,
+        event_id: event.id.clone(),
+        token: device.token.clone(),
+        platform,
+        app: device.attrs.app.clone(),
+        environment: device.attrs.environment,
+        class: event.class,
+        received_at_ms: event.received_at_ms,
+        deadline_ms: event.deadline_ms,
+        apns: if platform == Platform::Apns {
+            event.apns.clone()
+        } else {
+            None
+        },
+        fcm: if platform == Platform::Fcm {
+            event.fcm.clone()
+        } else {
+            None
+        },
+        trace_id: event.trace_id.clone(),
+    }
+}
+
+/// The de-duplication id of the job for `token` in `event_id`.
+pub fn job_id(event_id: &str, token: &str) -> String {
+    format!("{event_id}:{}", pipeline::telemetry::token_tag(token))
+}
+
+impl Fanout {
+    fn retry(&self, attempt: u64, event: &Event, reason: &'static str, error: String) -> Outcome {
+        let now = now_ms();
+        let input = RetryInput {
+            attempt,
+            base: Duration::from_millis(self.worker.retry_base_ms),
+            max: Duration::from_millis(self.worker.retry_max_ms),
+            retry_after: None,
+            time_left: Some(Duration::from_millis(event.deadline_ms.saturating_sub(now))),
+        };
+        match retry_delay(input, rand::random::<f64>()) {
+            Some(delay) => Outcome::Retry {
+                delay,
+                reason,
+                error,
+            },
+            None => {
+                self.expired();
+                tracing::warn!(event_id = %event.id, %error, "event expired while retrying");
+                Outcome::Ack
+            }
+        }
+    }
+
+    fn expired(&self) {
+        self.metrics.expired.with_label_values(&["fanout"]).inc();
+        self.metrics
+            .fanout_events
+            .with_label_values(&["expired"])
+            .inc();
+    }
+
+    async fn publish_jobs(&self, event: &Event, devices: &[&Device]) -> Result<(), String> {
+        let sends = devices.iter().map(|device| async move {
+            let job = job(event, device);
+            let body = serde_json::to_vec(&job).map_err(|e| e.to_string())?;
+            let mut message = PublishMessage::build()
+                .payload(body.into())
+                .message_id(job_id(&event.id, &device.token));
+            if let Some(trace) = &event.trace_id {
+                message = message.header("Pushline-Trace-Id", trace.as_str());
+            }
+            let subject = self.topology.push_subject(job.platform, job.environment);
+            let ack = self
+                .js
+                .send_publish(subject, message)
+                .await
+                .map_err(|e| e.to_string())?;
+            ack.await.map_err(|e| e.to_string())?;
+            self.metrics
+                .fanout_jobs
+                .with_label_values(&[job.platform.as_str(), job.class.as_str()])
+                .inc();
+            Ok::<(), String>(())
+        });
+        let results = tokio::time::timeout(self.publish_timeout, join_all(sends))
+            .await
+            .map_err(|_| format!("push jobs not acked within {:?}", self.publish_timeout))?;
+        results.into_iter().collect()
+    }
+}
+
+impl Handler for Fanout {
+    async fn handle(&self, delivery: Delivery<'_>) -> Outcome {
+        let event: Event = match serde_json::from_slice(delivery.payload) {
+            Ok(event) => event,
+            Err(error) => {
+                return Outcome::Dead {
+                    reason: "malformed",
+                    error: format!("not an Event: {error}"),
+                };
+            }
+        };
+        if event.v != VERSION {
+            return Outcome::Dead {
+                reason: "unsupported_version",
+                error: format!("contract version {}", event.v),
+            };
+        }
+        let now = now_ms();
+        if now >= event.deadline_ms {
+            self.expired();
+            return Outcome::Ack;
+        }
+        let devices = match self.store.devices(&event.person_id, now).await {
+            Ok(devices) => devices,
+            Err(error) => return self.retry(delivery.attempt, &event, "redis", error.to_string()),
+        };
+        let targets: Vec<&Device> = devices.iter().filter(|d| wants(&event, d)).collect();
+        if targets.is_empty() {
+            self.metrics
+                .fanout_events
+                .with_label_values(&["no_devices"])
+                .inc();
+            tracing::debug!(event_id = %event.id, "no devices for event");
+            return Outcome::Ack;
+        }
+        if let Err(error) = self.publish_jobs(&event, &targets).await {
+            return self.retry(delivery.attempt, &event, "publish", error);
+        }
+        self.metrics
+            .fanout_events
+            .with_label_values(&["fanned_out"])
+            .inc();
+        tracing::debug!(event_id = %event.id, jobs = targets.len(), "event fanned out");
+        Outcome::Ack
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DeviceAttrs;
+    use pipeline::contract::{ApnsPart, ApnsPushType, Environment, FcmPart, FcmPriority};
+    use serde_json::value::RawValue;
+
+    fn event(class: Class, apns: bool, fcm: bool) -> Event {
+        Event {
+            v: VERSION,
+            id: "e".into(),
+            source: "webex".into(),
+            resource: "telephony_push".into(),
+            event: "updated".into(),
+            person_id: "p".into(),
+            class,
+            received_at_ms: 1,
+            deadline_ms: 2,
+            apns: apns.then(|| ApnsPart {
+                payload: RawValue::from_string("{}".into()).expect("raw"),
+                push_type: ApnsPushType::Voip,
+                priority: 10,
+                collapse_id: None,
+            }),
+            fcm: fcm.then(|| FcmPart {
+                data: RawValue::from_string("{}".into()).expect("raw"),
+                priority: FcmPriority::High,
+                collapse_key: None,
+            }),
+            trace_id: None,
+        }
+    }
+
+    fn device(platform: Platform, channel: Channel) -> Device {
+        Device {
+            token: "t".into(),
+            person_id: "p".into(),
+            attrs: DeviceAttrs {
+                platform,
+                channel,
+                app: "a".into(),
+                environment: Environment::Sandbox,
+                e2e_key: None,
+            },
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn calls_go_to_voip_and_fcm_devices_only() {
+        let call = event(Class::Call, true, true);
+        assert!(wants(&call, &device(Platform::Apns, Channel::Voip)));
+        assert!(!wants(&call, &device(Platform::Apns, Channel::Alert)));
+        assert!(wants(&call, &device(Platform::Fcm, Channel::Alert)));
+    }
+
+    #[test]
+    fn alerts_go_to_alert_devices_only() {
+        let alert = event(Class::Alert, true, true);
+        assert!(!wants(&alert, &device(Platform::Apns, Channel::Voip)));
+        assert!(wants(&alert, &device(Platform::Apns, Channel::Alert)));
+        assert!(wants(&alert, &device(Platform::Fcm, Channel::Alert)));
+    }
+
+    #[test]
+    fn a_missing_part_means_no_job_for_that_platform() {
+        let apns_only = event(Class::Call, true, false);
+        assert!(!wants(&apns_only, &device(Platform::Fcm, Channel::Alert)));
+    }
+
+    #[test]
+    fn jobs_carry_only_their_platforms_part() {
+        let e = event(Class::Call, true, true);
+        let j = job(&e, &device(Platform::Fcm, Channel::Alert));
+        assert!(j.apns.is_none() && j.fcm.is_some());
+        assert_eq!(j.environment, Environment::Sandbox);
+        assert_ne!(job_id("e", "t1"), job_id("e", "t2"));
+    }
+}

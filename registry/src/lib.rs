@@ -1,0 +1,272 @@
+//! pushline registry: owns device tokens in Redis, serves the device API, fans events out
+//! to per-device push jobs, and prunes tokens the providers reject.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed configuration.
+//! - [`store`]: the Redis store, its key layout and atomic scripts.
+//! - [`api`]: the device HTTP API; [`auth`] its API-key check; [`validate`] its input rules;
+//!   [`error`] its error type.
+//! - [`fanout`]: `EVENTS` → `PUSH_APNS` / `PUSH_FCM`.
+//! - [`prune`]: `FEEDBACK` → token removal.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod fanout;
+pub mod prune;
+pub mod store;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pipeline::CancellationToken;
+use pipeline::admin::{self, BoxFuture, Readiness};
+use pipeline::config::WorkerConfig;
+use pipeline::metrics::Metrics;
+use pipeline::topology::{ConsumerKind, StreamKind, Topology};
+use pipeline::worker::{Handler, Worker};
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::config::{Config, DevicesConfig};
+use crate::store::{Policy, Store};
+
+/// Service name in metrics and logs.
+pub const SERVICE: &str = "registry";
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct AppState {
+    store: Store,
+    auth: Authenticator,
+    devices: Arc<DevicesConfig>,
+    body_limit: usize,
+    metrics: Metrics,
+}
+
+/// Why the registry could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] pipeline::config::ConfigError),
+    /// NATS options refused.
+    #[error(transparent)]
+    Nats(#[from] pipeline::nats::ConnectError),
+    /// Redis URL or options refused.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A listener could not be bound or served.
+    #[error("{what}: {source}")]
+    Io {
+        /// Which listener.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+struct Ready {
+    client: async_nats::Client,
+    stream: String,
+    store: Store,
+}
+
+impl Readiness for Ready {
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if !pipeline::nats::is_connected(&self.client) {
+                return Err("NATS is not connected".into());
+            }
+            let js = pipeline::topology::jetstream(self.client.clone());
+            match tokio::time::timeout(Duration::from_secs(2), js.get_stream_no_info(&self.stream))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("JetStream stream {}: {e}", self.stream)),
+                Err(_) => return Err("JetStream: no answer within 2s".into()),
+            }
+            match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("Redis: {e}")),
+                Err(_) => Err("Redis: no answer within 2s".into()),
+            }
+        })
+    }
+}
+
+/// Binds `listen` and `admin_listen` and runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let resolved = config.resolve()?;
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Io {
+                what: format!("cannot listen on {addr}"),
+                source,
+            })
+    };
+    let api = bind(resolved.listen).await?;
+    let admin = bind(resolved.admin_listen).await?;
+    serve(config, api, admin, shutdown).await
+}
+
+/// Connects to Redis lazily (the registry starts while Redis is still down).
+pub fn connect_redis(
+    config: &config::RedisConfig,
+) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(config.url.as_str())?;
+    let timeout = Duration::from_millis(config.response_timeout_ms);
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    redis::aio::ConnectionManager::new_lazy_with_config(client, manager_config)
+}
+
+/// Serves on the given listeners and runs the fan-out and prune consumers until `shutdown`.
+pub async fn serve(
+    config: Config,
+    api_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    config.resolve()?;
+    if config.auth.insecure_no_auth {
+        tracing::warn!(
+            "auth.insecure_no_auth is ON: anyone can register devices. Development only!"
+        );
+    }
+    let metrics = Metrics::new(SERVICE);
+    let store = Store::new(
+        connect_redis(&config.redis)?,
+        config.redis.prefix.clone(),
+        Policy {
+            max_devices_per_person: config.devices.max_per_person,
+            ttl: Duration::from_secs(config.devices.ttl_secs),
+        },
+    );
+    let client = pipeline::nats::connect(&config.nats, "pushline-registry").await?;
+    let js = pipeline::topology::jetstream(client.clone());
+    let topology = Topology::new(&config.nats);
+
+    let ready = Arc::new(Ready {
+        client,
+        stream: topology.stream_name(StreamKind::Events),
+        store: store.clone(),
+    });
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin::router(metrics.clone(), ready),
+        shutdown.clone(),
+    ));
+
+    let fanout = fanout::Fanout {
+        store: store.clone(),
+        js: js.clone(),
+        topology: topology.clone(),
+        worker: config.fanout.clone(),
+        publish_timeout: Duration::from_millis(config.nats.publish_timeout_ms),
+        metrics: metrics.clone(),
+    };
+    let prune = prune::Prune {
+        store: store.clone(),
+        worker: config.prune.clone(),
+        metrics: metrics.clone(),
+    };
+    let workers = {
+        let (js, topology, metrics, shutdown) = (
+            js.clone(),
+            topology.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let (fanout_cfg, prune_cfg) = (config.fanout.clone(), config.prune.clone());
+        tokio::spawn(async move {
+            if !pipeline::topology::ensure_until_ready(&js, &topology, &shutdown).await {
+                return;
+            }
+            let f = start_worker(
+                &js,
+                &topology,
+                ConsumerKind::Fanout,
+                fanout_cfg,
+                fanout,
+                &metrics,
+                &shutdown,
+            );
+            let p = start_worker(
+                &js,
+                &topology,
+                ConsumerKind::Prune,
+                prune_cfg,
+                prune,
+                &metrics,
+                &shutdown,
+            );
+            tokio::join!(f, p);
+        })
+    };
+
+    let state = AppState {
+        store,
+        auth: Authenticator::new(&config.auth),
+        devices: Arc::new(config.devices.clone()),
+        body_limit: config.body_limit_bytes,
+        metrics,
+    };
+    tracing::info!(listen = %api_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry listening");
+    let served = admin::serve(api_listener, api::router(state), shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = workers.await;
+    let _ = admin_task.await;
+    served.map_err(|source| RunError::Io {
+        what: "public listener".into(),
+        source,
+    })
+}
+
+/// Creates the consumer (retrying while JetStream is not ready) and runs the worker.
+async fn start_worker<H: Handler>(
+    js: &async_nats::jetstream::Context,
+    topology: &Topology,
+    kind: ConsumerKind,
+    config: WorkerConfig,
+    handler: H,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) {
+    let mut handler = Some(handler);
+    loop {
+        let Some(h) = handler.take() else { return };
+        match Worker::new(
+            js.clone(),
+            topology.clone(),
+            kind,
+            config.clone(),
+            h,
+            metrics.clone(),
+        )
+        .await
+        {
+            Ok(worker) => {
+                tracing::info!(stage = kind.stage(), "consumer started");
+                worker.run(shutdown.clone()).await;
+                return;
+            }
+            Err((error, h)) => {
+                tracing::warn!(stage = kind.stage(), %error, "cannot create consumer; retrying");
+                handler = Some(h);
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

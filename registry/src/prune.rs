@@ -1,0 +1,85 @@
+//! The prune stage: `Feedback` from `FEEDBACK` → the rejected token is removed, unless it
+//! was registered again after the provider's verdict (APNs 410 `timestamp`, else when
+//! the dispatcher saw the answer).
+
+use std::time::Duration;
+
+use pipeline::config::WorkerConfig;
+use pipeline::contract::{Feedback, VERSION};
+use pipeline::metrics::Metrics;
+use pipeline::retry::{RetryInput, retry_delay};
+use pipeline::worker::{Delivery, Handler, Outcome};
+
+use crate::store::{Pruned, Store};
+
+/// The prune handler.
+pub struct Prune {
+    /// Device store.
+    pub store: Store,
+    /// Retry timing.
+    pub worker: WorkerConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl Handler for Prune {
+    async fn handle(&self, delivery: Delivery<'_>) -> Outcome {
+        let feedback: Feedback = match serde_json::from_slice(delivery.payload) {
+            Ok(f) => f,
+            Err(error) => {
+                return Outcome::Dead {
+                    reason: "malformed",
+                    error: format!("not a Feedback: {error}"),
+                };
+            }
+        };
+        if feedback.v != VERSION {
+            return Outcome::Dead {
+                reason: "unsupported_version",
+                error: format!("contract version {}", feedback.v),
+            };
+        }
+        let tag = pipeline::telemetry::token_tag(&feedback.token);
+        match self
+            .store
+            .prune(&feedback.token, feedback.invalid_since_ms())
+            .await
+        {
+            Ok(result) => {
+                let outcome = match result {
+                    Pruned::Removed => "pruned",
+                    Pruned::KeptNewer => "kept_reregistered",
+                    Pruned::NotFound => "unknown_token",
+                };
+                if result == Pruned::Removed {
+                    self.metrics
+                        .devices_removed
+                        .with_label_values(&["pruned"])
+                        .inc();
+                }
+                self.metrics
+                    .feedback
+                    .with_label_values(&[feedback.platform.as_str(), outcome])
+                    .inc();
+                tracing::info!(token = %tag, reason = %feedback.reason, outcome, "feedback handled");
+                Outcome::Ack
+            }
+            Err(error) => {
+                let input = RetryInput {
+                    attempt: delivery.attempt,
+                    base: Duration::from_millis(self.worker.retry_base_ms),
+                    max: Duration::from_millis(self.worker.retry_max_ms),
+                    retry_after: None,
+                    time_left: None,
+                };
+                let delay =
+                    retry_delay(input, rand::random::<f64>()).unwrap_or(Duration::from_secs(1));
+                Outcome::Retry {
+                    delay,
+                    reason: "redis",
+                    error: error.to_string(),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Input rules for device registrations: small pure functions, each naming the field.
+
+use pipeline::contract::Platform;
+
+/// Longest person id.
+pub const MAX_PERSON_ID: usize = 512;
+/// Longest FCM token.
+pub const MAX_FCM_TOKEN: usize = 4_096;
+/// Longest app id (bundle id / project id).
+pub const MAX_APP: usize = 255;
+/// Longest end-to-end key.
+pub const MAX_E2E_KEY: usize = 2_048;
+
+/// A person id: 1–512 characters, no control characters, no `{`/`}` (they would break
+/// the Redis Cluster hash tag).
+pub fn person_id(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty()
+        || value.len() > MAX_PERSON_ID
+        || value
+            .chars()
+            .any(|c| c.is_control() || c == '{' || c == '}')
+    {
+        return Err(format!(
+            "`{field}` must be 1 to {MAX_PERSON_ID} characters, without control characters or braces"
+        ));
+    }
+    Ok(())
+}
+
+/// A device token in the provider's format: APNs tokens are an even number (64 today, at
+/// most 200) of hex digits; FCM tokens are up to 4096 characters of `A-Z a-z 0-9 _ - :`.
+pub fn token(field: &str, platform: Platform, value: &str) -> Result<(), String> {
+    match platform {
+        Platform::Apns => {
+            if value.len() < 64
+                || value.len() > 200
+                || value.len() % 2 != 0
+                || !value.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(format!(
+                    "`{field}` must be an APNs token: 64 to 200 hex digits"
+                ));
+            }
+        }
+        Platform::Fcm => {
+            if value.len() < 16
+                || value.len() > MAX_FCM_TOKEN
+                || !value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'))
+            {
+                return Err(format!(
+                    "`{field}` must be an FCM token: 16 to {MAX_FCM_TOKEN} characters of A-Z a-z 0-9 _ - :"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A token of either platform (for deletes, where the platform is not given).
+pub fn any_token(field: &str, value: &str) -> Result<(), String> {
+    token(field, Platform::Apns, value)
+        .or_else(|_| token(field, Platform::Fcm, value))
+        .map_err(|_| format!("`{field}` is not an APNs or FCM device token"))
+}
+
+/// An app id: 1–255 characters of `A-Z a-z 0-9 . _ -`.
+pub fn app(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty()
+        || value.len() > MAX_APP
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "`{field}` must be 1 to {MAX_APP} characters of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apns_tokens_are_hex_of_sane_length() {
+        let good = "a".repeat(64);
+        assert!(token("t", Platform::Apns, &good).is_ok());
+        assert!(token("t", Platform::Apns, &"g".repeat(64)).is_err());
+        assert!(token("t", Platform::Apns, &"a".repeat(63)).is_err());
+        assert!(token("t", Platform::Apns, &"a".repeat(202)).is_err());
+    }
+
+    #[test]
+    fn fcm_tokens_allow_their_charset_only() {
+        assert!(token("t", Platform::Fcm, "dGVzdA:APA91bH-x_y0123456789").is_ok());
+        assert!(token("t", Platform::Fcm, "has space in it 0123456789").is_err());
+        assert!(token("t", Platform::Fcm, "short").is_err());
+    }
+
+    #[test]
+    fn person_ids_cannot_break_the_hash_tag() {
+        assert!(person_id("p", "Y2lzY29zcGFyazovL3VzL1BFT1BMRS8x").is_ok());
+        assert!(person_id("p", "a}b").is_err());
+        assert!(person_id("p", "").is_err());
+        assert!(person_id("p", "a\nb").is_err());
+        assert!(person_id("p", &"x".repeat(513)).is_err());
+    }
+
+    #[test]
+    fn app_ids_are_bundle_like() {
+        assert!(app("a", "com.example.app").is_ok());
+        assert!(app("a", "com/example").is_err());
+        assert!(app("a", "").is_err());
+    }
+}
