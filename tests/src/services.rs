@@ -1,0 +1,245 @@
+//! Runs pushline services in-process against the test's own NATS and Redis, on port-0
+//! listeners, and reads what they left in JetStream.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_nats::jetstream::message::StreamMessage;
+use pipeline::CancellationToken;
+use pipeline::config::{LogFormat, NatsConfig, Secret, TelemetryConfig};
+use pipeline::topology::{StreamKind, Topology};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::servers::{NatsServer, RedisServer};
+
+/// The webhook secret test configurations accept.
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+/// The registry API key test configurations accept.
+pub const API_KEY: &str = "test-api-key";
+/// The default APNs bundle id in test configurations.
+pub const APNS_APP: &str = "com.example.pushline";
+/// The default FCM project in test configurations.
+pub const FCM_APP: &str = "pushline-test";
+
+/// One test's NATS and Redis, and a unique prefix for names and keys.
+pub struct Env {
+    /// The NATS server.
+    pub nats: NatsServer,
+    /// The Redis server.
+    pub redis: RedisServer,
+    /// Prefix of streams, subjects and Redis keys.
+    pub prefix: String,
+}
+
+impl Env {
+    /// Starts NATS and Redis for one test.
+    pub fn start() -> Self {
+        let _ = tracing_init();
+        Env {
+            nats: NatsServer::start(),
+            redis: RedisServer::start(),
+            prefix: format!("t{}_", rand::random::<u32>()),
+        }
+    }
+
+    /// NATS settings pointing at this test's server.
+    pub fn nats_config(&self) -> NatsConfig {
+        NatsConfig {
+            url: self.nats.url(),
+            prefix: self.prefix.clone(),
+            publish_timeout_ms: 1_000,
+            ..NatsConfig::default()
+        }
+    }
+
+    /// Ingest configured for this test.
+    pub fn ingest_config(&self) -> ingest::config::Config {
+        let mut config = ingest::config::Config {
+            nats: self.nats_config(),
+            telemetry: telemetry(),
+            ..Default::default()
+        };
+        config.webex.secrets = vec![Secret::new(WEBHOOK_SECRET)];
+        config
+    }
+
+    /// The registry configured for this test.
+    pub fn registry_config(&self) -> registry::config::Config {
+        let mut config = registry::config::Config {
+            nats: self.nats_config(),
+            telemetry: telemetry(),
+            ..Default::default()
+        };
+        config.redis.url = self.redis.url();
+        config.redis.prefix = format!("{}:", self.prefix);
+        config.devices.default_apns_app = APNS_APP.into();
+        config.devices.default_fcm_app = FCM_APP.into();
+        config.auth.api_keys = vec![registry::config::ApiKey {
+            name: "test".into(),
+            sha256: hex::encode(Sha256::digest(API_KEY.as_bytes())),
+        }];
+        config.fanout.retry_base_ms = 20;
+        config.prune.retry_base_ms = 20;
+        config
+    }
+
+    /// The topology under this test's prefix.
+    pub fn topology(&self) -> Topology {
+        Topology::new(&self.nats_config())
+    }
+
+    /// A JetStream context on this test's server.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.nats.url())
+            .await
+            .expect("connect to test NATS");
+        async_nats::jetstream::new(client)
+    }
+
+    /// Every message now stored in a stream, oldest first (empty if it does not exist).
+    pub async fn stream_messages(&self, kind: StreamKind) -> Vec<StreamMessage> {
+        let js = self.jetstream().await;
+        let Ok(stream) = js.get_stream(self.topology().stream_name(kind)).await else {
+            return Vec::new();
+        };
+        let Ok(info) = stream.get_info().await else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if info.state.messages == 0 {
+            return out;
+        }
+        for seq in info.state.first_sequence..=info.state.last_sequence {
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                out.push(message);
+            }
+        }
+        out
+    }
+
+    /// Waits until `kind` holds exactly `count` messages and returns them.
+    pub async fn wait_messages(&self, kind: StreamKind, count: usize) -> Vec<StreamMessage> {
+        crate::wait::until(
+            &format!("{count} messages in {kind:?}"),
+            Duration::from_secs(10),
+            || async {
+                let messages = self.stream_messages(kind).await;
+                (messages.len() == count).then_some(messages)
+            },
+        )
+        .await
+    }
+}
+
+fn telemetry() -> TelemetryConfig {
+    TelemetryConfig {
+        format: LogFormat::Pretty,
+        filter: "warn".into(),
+    }
+}
+
+fn tracing_init() -> Option<()> {
+    pipeline::telemetry::init(&TelemetryConfig {
+        format: LogFormat::Pretty,
+        filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    });
+    Some(())
+}
+
+/// A service running in this process; stopped when dropped.
+pub struct Service {
+    /// Public address.
+    pub addr: SocketAddr,
+    /// Admin address (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: SocketAddr,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Service {
+    /// `http://<public address><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://<admin address><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Stops it gracefully and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let url = self.admin_url("/readyz");
+        let client = reqwest::Client::new();
+        crate::wait::until_true("/readyz to answer 200", Duration::from_secs(15), || {
+            let request = client.get(&url).send();
+            async move { request.await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn listeners() -> (TcpListener, TcpListener) {
+    let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    (api, admin)
+}
+
+async fn spawn<F, E>(run: impl FnOnce(TcpListener, TcpListener, CancellationToken) -> F) -> Service
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let (api, admin_listener) = listeners().await;
+    let addr = api.local_addr().expect("api addr");
+    let admin = admin_listener.local_addr().expect("admin addr");
+    let shutdown = CancellationToken::new();
+    let fut = run(api, admin_listener, shutdown.clone());
+    let handle = tokio::spawn(async move {
+        if let Err(error) = fut.await {
+            panic!("service failed: {error}");
+        }
+    });
+    Service {
+        addr,
+        admin,
+        shutdown,
+        handle: Some(handle),
+    }
+}
+
+/// Starts ingest with `config`.
+pub async fn start_ingest(config: ingest::config::Config) -> Service {
+    spawn(|api, admin, shutdown| ingest::serve(config, api, admin, shutdown)).await
+}
+
+/// Starts the registry with `config`.
+pub async fn start_registry(config: registry::config::Config) -> Service {
+    spawn(|api, admin, shutdown| registry::serve(config, api, admin, shutdown)).await
+}

@@ -1,0 +1,271 @@
+//! Ingest against a real NATS JetStream: signatures, limits, normalisation, de-duplication
+//! and NATS outages.
+
+use std::time::Duration;
+
+use harness::services::{Env, Service, WEBHOOK_SECRET, start_ingest};
+use harness::wait;
+use harness::webex::{apns_payload, fcm_payload, sign, telephony_push};
+use pipeline::contract::{Class, Event};
+use pipeline::topology::StreamKind;
+
+async fn post(service: &Service, body: &str, signature: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(service.url("/webhooks/webex"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(signature) = signature {
+        request = request.header("x-spark-signature", signature);
+    }
+    request.send().await.expect("POST webhook")
+}
+
+async fn post_signed(service: &Service, body: &str) -> reqwest::Response {
+    post(service, body, Some(&sign(body, WEBHOOK_SECRET))).await
+}
+
+async fn started(env: &Env) -> Service {
+    let service = start_ingest(env.ingest_config()).await;
+    service.wait_ready().await;
+    service
+}
+
+#[tokio::test]
+async fn signed_telephony_push_is_stored_with_byte_identical_payloads() {
+    let env = Env::start();
+    let ingest = started(&env).await;
+    let apns = apns_payload("call-1");
+    let fcm = fcm_payload("call-1");
+    let body = telephony_push("person-1", Some(&apns), Some(&fcm));
+
+    let response = post_signed(&ingest, &body).await;
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(answer["status"], "accepted");
+
+    let messages = env.wait_messages(StreamKind::Events, 1).await;
+    let message = &messages[0];
+    assert_eq!(
+        message.subject.as_str(),
+        format!("{}events.webex.telephony_push", env.prefix)
+    );
+    let msg_id = message
+        .headers
+        .get("Nats-Msg-Id")
+        .expect("Nats-Msg-Id")
+        .as_str();
+    assert_eq!(msg_id, answer["event_id"].as_str().expect("event_id"));
+    let event: Event = serde_json::from_slice(&message.payload).expect("an Event");
+    assert_eq!(event.person_id, "person-1");
+    assert_eq!(event.class, Class::Call);
+    assert_eq!(event.apns.expect("apns part").payload.get(), apns);
+    assert_eq!(event.fcm.expect("fcm part").data.get(), fcm);
+    assert!(event.deadline_ms > event.received_at_ms);
+}
+
+#[tokio::test]
+async fn forged_or_missing_signatures_are_refused_and_nothing_is_published() {
+    let env = Env::start();
+    let ingest = started(&env).await;
+    let body = telephony_push("person-1", Some(&apns_payload("c")), None);
+
+    let forged = sign(&body, "not-the-secret");
+    assert_eq!(post(&ingest, &body, Some(&forged)).await.status(), 401);
+    let missing = post(&ingest, &body, None).await;
+    assert_eq!(missing.status(), 401);
+    let error: serde_json::Value = missing.json().await.expect("json error");
+    assert_eq!(error["error"]["code"], "unauthorized");
+    // A valid signature over another body does not carry over.
+    let other = sign(
+        &telephony_push("person-2", None, Some("{}")),
+        WEBHOOK_SECRET,
+    );
+    assert_eq!(post(&ingest, &body, Some(&other)).await.status(), 401);
+
+    // Only now publish a good one: it must be the only message in the stream.
+    assert_eq!(post_signed(&ingest, &body).await.status(), 200);
+    env.wait_messages(StreamKind::Events, 1).await;
+    assert!(
+        ingest.metrics().await.contains(
+            r#"pushline_webhooks_received_total{outcome="unauthorized",source="webex"} 3"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_secret_is_accepted_alongside_the_old_one() {
+    let env = Env::start();
+    let mut config = env.ingest_config();
+    config
+        .webex
+        .secrets
+        .push(pipeline::config::Secret::new("the-new-secret"));
+    let ingest = start_ingest(config).await;
+    ingest.wait_ready().await;
+    let old = telephony_push("p-old", None, Some("{}"));
+    let new = telephony_push("p-new", None, Some("{}"));
+    assert_eq!(
+        post(&ingest, &old, Some(&sign(&old, WEBHOOK_SECRET)))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(&ingest, &new, Some(&sign(&new, "the-new-secret")))
+            .await
+            .status(),
+        200
+    );
+    env.wait_messages(StreamKind::Events, 2).await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_wrong_media_types_415() {
+    let env = Env::start();
+    let ingest = started(&env).await;
+    let big = telephony_push(
+        "p",
+        Some(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(70_000))),
+        None,
+    );
+    let response = post_signed(&ingest, &big).await;
+    assert_eq!(response.status(), 413);
+    let error: serde_json::Value = response.json().await.expect("json error");
+    assert_eq!(error["error"]["code"], "too_large");
+
+    let body = telephony_push("p", None, Some("{}"));
+    let response = reqwest::Client::new()
+        .post(ingest.url("/webhooks/webex"))
+        .header("content-type", "text/plain")
+        .header("x-spark-signature", sign(&body, WEBHOOK_SECRET))
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 415);
+    assert!(env.stream_messages(StreamKind::Events).await.is_empty());
+}
+
+#[tokio::test]
+async fn malformed_webhooks_get_400_naming_the_problem() {
+    let env = Env::start();
+    let ingest = started(&env).await;
+    let cases = [
+        ("{not json", "envelope"),
+        (
+            r#"{"resource":"telephony_push","event":"updated","data":{"fcmPayload":{}}}"#,
+            "actorId",
+        ),
+        (
+            r#"{"resource":"telephony_push","event":"updated","actorId":"p","data":{}}"#,
+            "apnsPayload",
+        ),
+        (
+            r#"{"resource":"telephony_push","event":"updated","actorId":"p","data":{"fcmPayload":[1]}}"#,
+            "fcmPayload",
+        ),
+    ];
+    for (body, needle) in cases {
+        let response = post_signed(&ingest, body).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let error: serde_json::Value = response.json().await.expect("json error");
+        assert_eq!(error["error"]["code"], "invalid");
+        let message = error["error"]["message"].as_str().expect("message");
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    assert!(env.stream_messages(StreamKind::Events).await.is_empty());
+}
+
+#[tokio::test]
+async fn other_resources_are_accepted_but_not_published() {
+    let env = Env::start();
+    let ingest = started(&env).await;
+    let body = r#"{"resource":"messages","event":"created","data":{"id":"m"}}"#;
+    let response = post_signed(&ingest, body).await;
+    assert_eq!(response.status(), 202);
+    // The sample server's path works too.
+    let response = reqwest::Client::new()
+        .post(ingest.url("/webhook"))
+        .header("content-type", "application/json")
+        .header("x-spark-signature", sign(body, WEBHOOK_SECRET))
+        .body(body)
+        .send()
+        .await
+        .expect("POST /webhook");
+    assert_eq!(response.status(), 202);
+    assert!(env.stream_messages(StreamKind::Events).await.is_empty());
+    assert!(
+        ingest
+            .metrics()
+            .await
+            .contains(r#"pushline_webhooks_received_total{outcome="ignored",source="webex"} 2"#)
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_webhook_is_published_once() {
+    let env = Env::start();
+    let ingest = started(&env).await;
+    let body = telephony_push("person-1", Some(&apns_payload("dup")), None);
+    let first: serde_json::Value = post_signed(&ingest, &body)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let second: serde_json::Value = post_signed(&ingest, &body)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(first["duplicate"], false);
+    assert_eq!(second["duplicate"], true);
+    assert_eq!(first["event_id"], second["event_id"]);
+    env.wait_messages(StreamKind::Events, 1).await;
+    // A different call for the same person is a new event.
+    let other = telephony_push("person-1", Some(&apns_payload("dup-2")), None);
+    assert_eq!(post_signed(&ingest, &other).await.status(), 200);
+    env.wait_messages(StreamKind::Events, 2).await;
+}
+
+#[tokio::test]
+async fn nats_outage_gives_503_with_retry_after_and_ingest_recovers_by_itself() {
+    let mut env = Env::start();
+    let ingest = started(&env).await;
+    let body = telephony_push("person-1", None, Some(&fcm_payload("outage")));
+
+    env.nats.stop();
+    let started = std::time::Instant::now();
+    let response = post_signed(&ingest, &body).await;
+    assert_eq!(response.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "503 must come within a bound"
+    );
+    assert_eq!(response.headers()["retry-after"], "1");
+    let ready = reqwest::get(ingest.admin_url("/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+
+    env.nats.restart();
+    wait::until_true(
+        "ingest to accept again after NATS returns",
+        Duration::from_secs(20),
+        || {
+            let request = post_signed(&ingest, &body);
+            async move { request.await.status() == 200 }
+        },
+    )
+    .await;
+    // Whatever the outage left in flight, the event is stored exactly once.
+    env.wait_messages(StreamKind::Events, 1).await;
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_a_webhook_secret() {
+    let env = Env::start();
+    let mut config = env.ingest_config();
+    config.webex.secrets.clear();
+    let error = config.resolve().expect_err("no secret");
+    assert!(error.to_string().contains("webex.secrets"));
+}
