@@ -189,7 +189,7 @@ impl<H: Handler> Worker<H> {
         }
         tracing::info!(
             stage,
-            in_flight = tasks.len(),
+            in_flight = self.config.concurrency - permits.available_permits(),
             "worker stopping; settling in-flight messages"
         );
         while tasks.join_next().await.is_some() {}

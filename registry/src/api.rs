@@ -57,9 +57,18 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         let bytes = axum::body::to_bytes(request.into_body(), state.body_limit)
             .await
             .map_err(|_| ApiError::PayloadTooLarge)?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::Invalid(format!("body: {e}")))
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                ApiError::Invalid(format!("body: {}", e.inner()))
+            } else {
+                ApiError::Invalid(format!("`{path}`: {}", e.inner()))
+            }
+        })?;
+        de.end()
+            .map_err(|e| ApiError::Invalid(format!("body: {e}")))?;
+        Ok(JsonBody(value))
     }
 }
 
