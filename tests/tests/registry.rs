@@ -548,3 +548,61 @@ async fn readyz_fails_when_redis_is_down() {
     .await;
     assert_eq!(response.status(), 503);
 }
+
+#[tokio::test]
+async fn registrations_expire_unless_refreshed_within_the_ttl() {
+    use registry::store::{Channel, DeviceAttrs, Policy, Store};
+    let env = Env::start();
+    let config = env.registry_config();
+    let store = Store::new(
+        registry::connect_redis(&config.redis).expect("redis"),
+        config.redis.prefix.clone(),
+        Policy {
+            max_devices_per_person: 10,
+            ttl: Duration::from_secs(3_600),
+        },
+    );
+    let attrs = DeviceAttrs {
+        platform: Platform::Apns,
+        channel: Channel::Voip,
+        app: APNS_APP.into(),
+        environment: Environment::Production,
+        e2e_key: None,
+    };
+    let t0 = 1_700_000_000_000u64;
+    let hour = 3_600_000u64;
+    store
+        .register(&apns_token(1), "gina", &attrs, t0)
+        .await
+        .expect("register");
+    store
+        .register(&apns_token(2), "gina", &attrs, t0)
+        .await
+        .expect("register");
+    // Token 2 is refreshed half-way through its TTL; token 1 is not.
+    store
+        .register(&apns_token(2), "gina", &attrs, t0 + hour / 2)
+        .await
+        .expect("refresh");
+
+    let later = t0 + hour + 1;
+    let live: Vec<String> = store
+        .devices("gina", later)
+        .await
+        .expect("devices")
+        .into_iter()
+        .map(|d| d.token)
+        .collect();
+    assert_eq!(live, vec![apns_token(2)]);
+
+    // The next write for the person removes the expired registration for good.
+    let registered = store
+        .register(&apns_token(3), "gina", &attrs, later)
+        .await
+        .expect("register");
+    assert_eq!(
+        registered.removed,
+        vec![(registry::store::Removal::Expired, apns_token(1))]
+    );
+    assert_eq!(store.owner(&apns_token(1)).await.expect("owner"), None);
+}
