@@ -1,1 +1,73 @@
-//! x
+//! pushline APNs dispatcher: consumes `PUSH_APNS` through the shared worker loop and sends
+//! each job to APNs over persistent HTTP/2 connections.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed configuration (apps, endpoints, CAs, pool size).
+//! - [`jwt`]: ES256 provider tokens, aligned and reused.
+//! - [`reason`]: every APNs reason and the action it maps to.
+//! - [`client`]: the [`pipeline::dispatch::Provider`] for APNs.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod jwt;
+pub mod reason;
+
+use pipeline::CancellationToken;
+use pipeline::dispatch::{DispatcherSetup, serve as serve_dispatcher};
+use pipeline::metrics::Metrics;
+use pipeline::topology::ConsumerKind;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// Service name in metrics and logs.
+pub const SERVICE: &str = "dispatcher-apns";
+
+/// Why the dispatcher could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration or credentials.
+    #[error(transparent)]
+    Config(#[from] pipeline::config::ConfigError),
+    /// NATS.
+    #[error(transparent)]
+    Dispatcher(#[from] pipeline::dispatch::DispatcherError),
+    /// The admin listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Io {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Binds `admin_listen` and runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let addr = config.resolve()?;
+    let admin = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Io { addr, source })?;
+    serve(config, admin, shutdown).await
+}
+
+/// Runs with the given admin listener until `shutdown`.
+pub async fn serve(
+    config: Config,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    config.resolve()?;
+    let provider = client::ApnsProvider::new(&config.apns)?;
+    let setup = DispatcherSetup {
+        service: SERVICE,
+        kind: ConsumerKind::DispatchApns,
+        nats: config.nats,
+        worker: config.worker,
+    };
+    tracing::info!("APNs dispatcher starting");
+    serve_dispatcher(setup, provider, Metrics::new(SERVICE), admin, shutdown).await?;
+    Ok(())
+}

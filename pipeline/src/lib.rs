@@ -6,8 +6,10 @@
 //! - [`topology`]: streams, subjects and durable consumers, created idempotently.
 //! - [`config`]: layered typed configuration (defaults → TOML → `PUSHLINE_*` env).
 //! - [`nats`]: connecting with credentials, TLS and a fast reconnect policy.
+//! - [`provider_http`]: the HTTP/2 client dispatchers use to reach APNs and FCM.
 //! - [`worker`]: the one JetStream consumer loop (bounded concurrency, ack/nak/dead-letter).
 //! - [`retry`]: the retry-delay function.
+//! - [`dispatch`]: the provider trait and the handler both dispatchers share.
 //! - [`metrics`]: the catalogue of every Prometheus metric.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the HTTP metrics middleware.
 //! - [`telemetry`]: log setup and token hashing for logs.
@@ -17,8 +19,10 @@
 pub mod admin;
 pub mod config;
 pub mod contract;
+pub mod dispatch;
 pub mod metrics;
 pub mod nats;
+pub mod provider_http;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

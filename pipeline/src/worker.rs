@@ -362,3 +362,43 @@ async fn report_lag(
         }
     }
 }
+
+/// Creates the consumer for `kind` (retrying every second while JetStream is not ready)
+/// and runs the worker until `shutdown`.
+pub async fn run_when_ready<H: Handler>(
+    js: Context,
+    topology: Topology,
+    kind: ConsumerKind,
+    config: WorkerConfig,
+    handler: H,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut handler = handler;
+    loop {
+        match Worker::new(
+            js.clone(),
+            topology.clone(),
+            kind,
+            config.clone(),
+            handler,
+            metrics.clone(),
+        )
+        .await
+        {
+            Ok(worker) => {
+                tracing::info!(stage = kind.stage(), "consumer started");
+                worker.run(shutdown).await;
+                return;
+            }
+            Err((error, returned)) => {
+                tracing::warn!(stage = kind.stage(), %error, "cannot create consumer; retrying");
+                handler = returned;
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -25,10 +25,9 @@ use std::time::Duration;
 
 use pipeline::CancellationToken;
 use pipeline::admin::{self, BoxFuture, Readiness};
-use pipeline::config::WorkerConfig;
 use pipeline::metrics::Metrics;
 use pipeline::topology::{ConsumerKind, StreamKind, Topology};
-use pipeline::worker::{Handler, Worker};
+use pipeline::worker::run_when_ready;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
@@ -191,23 +190,23 @@ pub async fn serve(
             if !pipeline::topology::ensure_until_ready(&js, &topology, &shutdown).await {
                 return;
             }
-            let f = start_worker(
-                &js,
-                &topology,
+            let f = run_when_ready(
+                js.clone(),
+                topology.clone(),
                 ConsumerKind::Fanout,
                 fanout_cfg,
                 fanout,
-                &metrics,
-                &shutdown,
+                metrics.clone(),
+                shutdown.clone(),
             );
-            let p = start_worker(
-                &js,
-                &topology,
+            let p = run_when_ready(
+                js,
+                topology,
                 ConsumerKind::Prune,
                 prune_cfg,
                 prune,
-                &metrics,
-                &shutdown,
+                metrics,
+                shutdown,
             );
             tokio::join!(f, p);
         })
@@ -229,44 +228,4 @@ pub async fn serve(
         what: "public listener".into(),
         source,
     })
-}
-
-/// Creates the consumer (retrying while JetStream is not ready) and runs the worker.
-async fn start_worker<H: Handler>(
-    js: &async_nats::jetstream::Context,
-    topology: &Topology,
-    kind: ConsumerKind,
-    config: WorkerConfig,
-    handler: H,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) {
-    let mut handler = Some(handler);
-    loop {
-        let Some(h) = handler.take() else { return };
-        match Worker::new(
-            js.clone(),
-            topology.clone(),
-            kind,
-            config.clone(),
-            h,
-            metrics.clone(),
-        )
-        .await
-        {
-            Ok(worker) => {
-                tracing::info!(stage = kind.stage(), "consumer started");
-                worker.run(shutdown.clone()).await;
-                return;
-            }
-            Err((error, h)) => {
-                tracing::warn!(stage = kind.stage(), %error, "cannot create consumer; retrying");
-                handler = Some(h);
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
 }

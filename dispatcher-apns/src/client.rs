@@ -1,0 +1,318 @@
+//! The APNs provider: per app and environment a small pool of persistent HTTP/2
+//! connections, provider tokens (or client certificates), and one request per push.
+//!
+//! `POST <base>/3/device/<token>` with `apns-push-type`, `apns-topic` (`<bundle>.voip` for
+//! VoIP), `apns-priority`, `apns-expiration` (the deadline, Unix seconds),
+//! `apns-collapse-id` when given and `apns-id` (a UUID derived from event and token, so a
+//! retry carries the same id). The body is the payload exactly as the webhook carried it.
+//! Connection loss and GOAWAY surface as request errors and are retried; hyper opens a
+//! new connection for the next request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pipeline::admin::BoxFuture;
+use pipeline::config::ConfigError;
+use pipeline::contract::{ApnsPart, ApnsPushType, Environment, Platform, PushJob};
+use pipeline::dispatch::{Provider, Verdict};
+use pipeline::provider_http::{self, ClientOptions};
+use sha2::{Digest, Sha256};
+
+use crate::config::{ApnsConfig, AppConfig};
+use crate::jwt::ProviderToken;
+use crate::reason::{Answer, Reason, classify};
+
+/// Largest VoIP payload APNs accepts.
+pub const MAX_VOIP_PAYLOAD: usize = 5_120;
+/// Largest payload of other push types.
+pub const MAX_PAYLOAD: usize = 4_096;
+
+enum Auth {
+    Token(Arc<ProviderToken>),
+    Certificate,
+}
+
+struct Route {
+    base_url: String,
+    auth: Auth,
+    clients: Vec<reqwest::Client>,
+    next: AtomicUsize,
+}
+
+impl Route {
+    fn client(&self) -> &reqwest::Client {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        &self.clients[i]
+    }
+}
+
+/// The APNs provider for every configured app and environment.
+pub struct ApnsProvider {
+    routes: HashMap<(String, Environment), Route>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    timestamp: Option<u64>,
+}
+
+fn read_file(setting: String, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::File {
+        setting,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl ApnsProvider {
+    /// Loads every app's credentials and builds its connections.
+    pub fn new(config: &ApnsConfig) -> Result<Self, ConfigError> {
+        let options = ClientOptions {
+            ca_files: config.ca_files.clone(),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            ca_setting: "apns.ca_files",
+        };
+        let mut routes = HashMap::new();
+        for (i, app) in config.apps.iter().enumerate() {
+            let (auth, identity) = Self::credentials(i, app, config.token_refresh_secs)?;
+            for env in &app.environments {
+                let base_url = match env {
+                    Environment::Production => {
+                        config.production_url.trim_end_matches('/').to_owned()
+                    }
+                    Environment::Sandbox => config.sandbox_url.trim_end_matches('/').to_owned(),
+                };
+                let clients = (0..config.connections)
+                    .map(|_| provider_http::client(&options, identity.clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let auth = match &auth {
+                    Auth::Token(token) => Auth::Token(token.clone()),
+                    Auth::Certificate => Auth::Certificate,
+                };
+                routes.insert(
+                    (app.bundle_id.clone(), *env),
+                    Route {
+                        base_url,
+                        auth,
+                        clients,
+                        next: AtomicUsize::new(0),
+                    },
+                );
+            }
+        }
+        Ok(ApnsProvider { routes })
+    }
+
+    fn credentials(
+        i: usize,
+        app: &AppConfig,
+        refresh: u64,
+    ) -> Result<(Auth, Option<reqwest::Identity>), ConfigError> {
+        let at = |key: &str| format!("apns.apps[{i}].{key}");
+        if let (Some(team), Some(key_id), Some(path)) = (&app.team_id, &app.key_id, &app.key_file) {
+            let pem = read_file(at("key_file"), path)?;
+            let pem = String::from_utf8(pem)
+                .map_err(|_| ConfigError::invalid(at("key_file"), "is not PEM text"))?;
+            let token = ProviderToken::from_p8(team, key_id, &pem, refresh)
+                .map_err(|e| ConfigError::invalid(at("key_file"), e.to_string()))?;
+            return Ok((Auth::Token(Arc::new(token)), None));
+        }
+        if let (Some(cert), Some(key)) = (&app.certificate_file, &app.certificate_key_file) {
+            let mut pem = read_file(at("certificate_file"), cert)?;
+            pem.push(b'\n');
+            pem.extend(read_file(at("certificate_key_file"), key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ConfigError::invalid(
+                    at("certificate_file"),
+                    format!("not a PEM certificate and key: {e}"),
+                )
+            })?;
+            return Ok((Auth::Certificate, Some(identity)));
+        }
+        Err(ConfigError::invalid(at("key_file"), "no credentials"))
+    }
+
+    async fn request(
+        &self,
+        route: &Route,
+        job: &PushJob,
+        apns: &ApnsPart,
+        bearer: Option<&str>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let topic = match apns.push_type {
+            ApnsPushType::Voip => format!("{}.voip", job.app),
+            _ => job.app.clone(),
+        };
+        let mut request = route
+            .client()
+            .post(format!("{}/3/device/{}", route.base_url, job.token))
+            .header("apns-push-type", apns.push_type.as_str())
+            .header("apns-topic", topic)
+            .header("apns-priority", apns.priority.to_string())
+            .header("apns-expiration", (job.deadline_ms / 1000).to_string())
+            .header("apns-id", apns_id(&job.event_id, &job.token))
+            .header("content-type", "application/json")
+            .body(apns.payload.get().to_owned());
+        if let Some(collapse) = &apns.collapse_id {
+            request = request.header("apns-collapse-id", collapse.as_str());
+        }
+        if let Some(bearer) = bearer {
+            request = request.header("authorization", format!("bearer {bearer}"));
+        }
+        request.send().await
+    }
+}
+
+/// `apns-id`: a UUID (8-4-4-4-12 hex) derived from the event and the token.
+pub fn apns_id(event_id: &str, token: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(event_id.as_bytes())
+        .chain_update([0u8])
+        .chain_update(token.as_bytes())
+        .finalize();
+    let h = hex::encode(&digest[..16]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn now_secs() -> u64 {
+    pipeline::contract::now_ms() / 1000
+}
+
+async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body: ErrorBody = response
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(ErrorBody {
+            reason: None,
+            timestamp: None,
+        });
+    Answer {
+        status,
+        reason: Reason::parse(body.reason.as_deref().unwrap_or("")),
+        timestamp_ms: body.timestamp,
+        retry_after,
+    }
+}
+
+fn transport_error(error: &reqwest::Error) -> Verdict {
+    let reason = if error.is_timeout() {
+        "timeout"
+    } else {
+        "connection"
+    };
+    Verdict::Retry {
+        reason,
+        detail: format!("APNs request failed: {error}"),
+        retry_after: None,
+    }
+}
+
+impl Provider for ApnsProvider {
+    const PLATFORM: Platform = Platform::Apns;
+
+    fn knows_app(&self, job: &PushJob) -> bool {
+        self.routes
+            .contains_key(&(job.app.clone(), job.environment))
+    }
+
+    async fn send(&self, job: &PushJob) -> Verdict {
+        let Some(route) = self.routes.get(&(job.app.clone(), job.environment)) else {
+            return Verdict::Reject {
+                reason: "unknown_app",
+                detail: format!("no APNs credentials for {}", job.app),
+            };
+        };
+        let Some(apns) = job.apns.as_ref() else {
+            return Verdict::Reject {
+                reason: "missing_payload",
+                detail: "APNs job without an APNs part".into(),
+            };
+        };
+        let limit = if apns.push_type == ApnsPushType::Voip {
+            MAX_VOIP_PAYLOAD
+        } else {
+            MAX_PAYLOAD
+        };
+        if apns.payload.get().len() > limit {
+            return Verdict::Reject {
+                reason: "PayloadTooLarge",
+                detail: format!(
+                    "payload is {} bytes; APNs accepts {limit} for {}",
+                    apns.payload.get().len(),
+                    apns.push_type.as_str()
+                ),
+            };
+        }
+        let bearer = match &route.auth {
+            Auth::Token(token) => Some(token.current(now_secs())),
+            Auth::Certificate => None,
+        };
+        let response = match self.request(route, job, apns, bearer.as_deref()).await {
+            Ok(response) => response,
+            Err(error) => return transport_error(&error),
+        };
+        if response.status().is_success() {
+            return Verdict::Delivered;
+        }
+        let first = answer(response).await;
+        if let (Reason::ExpiredProviderToken, Auth::Token(token), Some(old)) =
+            (&first.reason, &route.auth, &bearer)
+        {
+            // Re-sign once and resend; a second refusal is retried like any other.
+            let renewed = token.renew(now_secs(), old);
+            return match self.request(route, job, apns, Some(&renewed)).await {
+                Ok(response) if response.status().is_success() => Verdict::Delivered,
+                Ok(response) => classify(&answer(response).await),
+                Err(error) => transport_error(&error),
+            };
+        }
+        classify(&first)
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        // Credentials are loaded and validated at start-up; a token is signable.
+        Box::pin(async move {
+            for route in self.routes.values() {
+                if let Auth::Token(token) = &route.auth {
+                    token.current(now_secs());
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apns_id_is_a_stable_uuid_per_event_and_token() {
+        let id = apns_id("event", "token");
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.matches('-').count(), 4);
+        assert_eq!(id, apns_id("event", "token"));
+        assert_ne!(id, apns_id("event", "other"));
+    }
+}

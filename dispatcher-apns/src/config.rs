@@ -1,0 +1,193 @@
+//! APNs dispatcher configuration (`PUSHLINE_<SECTION>__<KEY>` for every field).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use pipeline::config::{ConfigError, NatsConfig, TelemetryConfig, WorkerConfig, parse_addr};
+use pipeline::contract::Environment;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Admin address for `/metrics`, `/healthz`, `/readyz`.
+    pub admin_listen: String,
+    /// APNs.
+    pub apns: ApnsConfig,
+    /// NATS connection and stream layout.
+    pub nats: NatsConfig,
+    /// The `dispatch-apns` consumer.
+    pub worker: WorkerConfig,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            admin_listen: "127.0.0.1:9082".into(),
+            apns: ApnsConfig::default(),
+            nats: NatsConfig::default(),
+            worker: WorkerConfig {
+                concurrency: 512,
+                ..WorkerConfig::default()
+            },
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// `[apns]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// Production endpoint.
+    pub production_url: String,
+    /// Sandbox (development) endpoint.
+    pub sandbox_url: String,
+    /// Extra CA certificates (PEM) to trust, e.g. a local mock's.
+    pub ca_files: Vec<PathBuf>,
+    /// Persistent HTTP/2 connections per app and environment.
+    pub connections: usize,
+    /// Upper bound on one request, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Provider-token lifetime before re-signing, seconds: Apple accepts 20 to 60 minutes.
+    /// `iat` is aligned to multiples of it so every replica presents the same token.
+    pub token_refresh_secs: u64,
+    /// The apps this deployment sends for.
+    pub apps: Vec<AppConfig>,
+}
+
+impl Default for ApnsConfig {
+    fn default() -> Self {
+        ApnsConfig {
+            production_url: "https://api.push.apple.com".into(),
+            sandbox_url: "https://api.sandbox.push.apple.com".into(),
+            ca_files: Vec::new(),
+            connections: 2,
+            request_timeout_ms: 5_000,
+            token_refresh_secs: 30 * 60,
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// One app (`[[apns.apps]]`): token auth (`team_id` + `key_id` + `key_file`) or
+/// certificate auth (`certificate_file` + `certificate_key_file`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Bundle id; VoIP pushes go to topic `<bundle_id>.voip`.
+    pub bundle_id: String,
+    /// Environments to serve (default both).
+    #[serde(default = "both_environments")]
+    pub environments: Vec<Environment>,
+    /// Apple team id (JWT `iss`).
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// Key id of the `.p8` key (JWT `kid`).
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// The `.p8` signing key (PKCS#8 PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Client certificate (PEM), for certificate auth.
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub certificate_key_file: Option<PathBuf>,
+}
+
+fn both_environments() -> Vec<Environment> {
+    vec![Environment::Production, Environment::Sandbox]
+}
+
+impl Config {
+    /// Validates every setting, naming the one at fault.
+    pub fn resolve(&self) -> Result<SocketAddr, ConfigError> {
+        let admin = parse_addr("admin_listen", &self.admin_listen)?;
+        self.nats.validate()?;
+        self.worker.validate("worker")?;
+        let a = &self.apns;
+        for (setting, url) in [
+            ("apns.production_url", &a.production_url),
+            ("apns.sandbox_url", &a.sandbox_url),
+        ] {
+            if !url.starts_with("https://") {
+                return Err(ConfigError::invalid(setting, "must be an https:// URL"));
+            }
+        }
+        if !(1..=64).contains(&a.connections) {
+            return Err(ConfigError::invalid("apns.connections", "must be 1 to 64"));
+        }
+        if a.request_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "apns.request_timeout_ms",
+                "must be positive",
+            ));
+        }
+        if !(20 * 60..=55 * 60).contains(&a.token_refresh_secs) {
+            return Err(ConfigError::invalid(
+                "apns.token_refresh_secs",
+                "must be 1200 to 3300: Apple refuses tokens older than an hour and refreshes more often than every 20 minutes",
+            ));
+        }
+        if a.apps.is_empty() {
+            return Err(ConfigError::invalid(
+                "apns.apps",
+                "is empty: configure at least one app",
+            ));
+        }
+        for (i, app) in a.apps.iter().enumerate() {
+            let at = |key: &str| format!("apns.apps[{i}].{key}");
+            if app.bundle_id.is_empty() || app.bundle_id.ends_with(".voip") {
+                return Err(ConfigError::invalid(
+                    at("bundle_id"),
+                    "must be the bundle id, without `.voip`",
+                ));
+            }
+            if app.environments.is_empty() {
+                return Err(ConfigError::invalid(
+                    at("environments"),
+                    "must name at least one environment",
+                ));
+            }
+            let token = app.team_id.is_some() || app.key_id.is_some() || app.key_file.is_some();
+            let cert = app.certificate_file.is_some() || app.certificate_key_file.is_some();
+            match (token, cert) {
+                (true, true) => {
+                    return Err(ConfigError::invalid(
+                        at("key_file"),
+                        "token auth and certificate auth are exclusive",
+                    ));
+                }
+                (false, false) => {
+                    return Err(ConfigError::invalid(
+                        at("key_file"),
+                        "set team_id + key_id + key_file, or certificate_file + certificate_key_file",
+                    ));
+                }
+                (true, false)
+                    if app.team_id.is_none() || app.key_id.is_none() || app.key_file.is_none() =>
+                {
+                    return Err(ConfigError::invalid(
+                        at("team_id"),
+                        "token auth needs team_id, key_id and key_file",
+                    ));
+                }
+                (false, true)
+                    if app.certificate_file.is_none() || app.certificate_key_file.is_none() =>
+                {
+                    return Err(ConfigError::invalid(
+                        at("certificate_file"),
+                        "certificate auth needs certificate_file and certificate_key_file",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(admin)
+    }
+}

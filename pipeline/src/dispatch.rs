@@ -1,0 +1,348 @@
+//! What both dispatchers share: the [`Provider`] trait each one implements, the
+//! [`Verdict`] a provider returns, and the [`Dispatch`] handler that turns verdicts into
+//! acks, retries, token feedback and dead letters with the same rules for APNs and FCM.
+//!
+//! | verdict | action |
+//! |---|---|
+//! | `Delivered` | ack; count; observe end-to-end latency |
+//! | `InvalidToken` | publish `Feedback` to `FEEDBACK` (wait for its ack), then ack |
+//! | `Retry` | nak with [`retry_delay`] (backoff, jitter, `Retry-After`), never past the deadline; after `max_attempts` → dead letter |
+//! | `Reject` | dead letter with the reason; no retry |
+//! | (deadline passed) | dropped before sending, counted as expired |
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, BoxFuture, Readiness};
+use crate::config::{NatsConfig, WorkerConfig};
+use crate::contract::{Feedback, Platform, PushJob, VERSION, now_ms};
+use crate::metrics::Metrics;
+use crate::retry::{RetryInput, retry_delay};
+use crate::topology::{ConsumerKind, Topology};
+use crate::worker::{Delivery, Handler, Outcome, run_when_ready};
+
+/// A provider's answer to one push, already classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted by the provider.
+    Delivered,
+    /// The token is dead; the registry should forget it.
+    InvalidToken {
+        /// Bounded reason (metric label).
+        reason: &'static str,
+        /// The provider's own reason text, kept in the feedback.
+        detail: String,
+        /// The provider's time of invalidation (APNs 410 `timestamp`), ms.
+        timestamp_ms: Option<u64>,
+    },
+    /// A transient failure: try again later.
+    Retry {
+        /// Bounded reason (metric label).
+        reason: &'static str,
+        /// Detail for logs and, if attempts run out, the dead letter.
+        detail: String,
+        /// The provider's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// A permanent failure for this push: dead-letter it.
+    Reject {
+        /// Bounded reason (metric label, dead-letter reason).
+        reason: &'static str,
+        /// Detail (an unknown provider reason is kept here as text).
+        detail: String,
+    },
+}
+
+/// A push provider client.
+pub trait Provider: Send + Sync + 'static {
+    /// Which provider this is.
+    const PLATFORM: Platform;
+
+    /// Whether pushes for `app` can be sent (the app is configured).
+    fn knows_app(&self, job: &PushJob) -> bool;
+
+    /// Sends one push and classifies the answer. Must bound its own time.
+    fn send(&self, job: &PushJob) -> impl Future<Output = Verdict> + Send;
+
+    /// Credential health for `/readyz`.
+    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// The worker handler of a dispatcher.
+pub struct Dispatch<P> {
+    provider: Arc<P>,
+    js: Context,
+    feedback_subject: String,
+    worker: WorkerConfig,
+    metrics: Metrics,
+}
+
+impl<P: Provider> Dispatch<P> {
+    /// A handler sending through `provider`.
+    pub fn new(
+        provider: Arc<P>,
+        js: Context,
+        topology: &Topology,
+        worker: WorkerConfig,
+        metrics: Metrics,
+    ) -> Self {
+        Dispatch {
+            provider,
+            js,
+            feedback_subject: topology.feedback_subject(P::PLATFORM),
+            worker,
+            metrics,
+        }
+    }
+
+    fn count(&self, app: &str, outcome: &str, reason: &str) {
+        self.metrics
+            .pushes
+            .with_label_values(&[P::PLATFORM.as_str(), app, outcome, reason])
+            .inc();
+    }
+
+    fn expired(&self, app: &str) {
+        self.count(app, "expired", "deadline");
+        self.metrics
+            .expired
+            .with_label_values(&[P::PLATFORM.as_str()])
+            .inc();
+    }
+
+    async fn publish_feedback(
+        &self,
+        job: &PushJob,
+        detail: &str,
+        timestamp_ms: Option<u64>,
+    ) -> Result<(), String> {
+        let feedback = Feedback {
+            v: VERSION,
+            platform: P::PLATFORM,
+            token: job.token.clone(),
+            app: job.app.clone(),
+            reason: detail.to_owned(),
+            provider_timestamp_ms: timestamp_ms,
+            observed_at_ms: now_ms(),
+        };
+        let body = serde_json::to_vec(&feedback).map_err(|e| e.to_string())?;
+        let ack = self
+            .js
+            .publish(self.feedback_subject.clone(), body.into())
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+impl<P: Provider> Handler for Dispatch<P> {
+    async fn handle(&self, delivery: Delivery<'_>) -> Outcome {
+        let job: PushJob = match serde_json::from_slice(delivery.payload) {
+            Ok(job) => job,
+            Err(error) => {
+                return Outcome::Dead {
+                    reason: "malformed",
+                    error: format!("not a PushJob: {error}"),
+                };
+            }
+        };
+        if job.v != VERSION || job.platform != P::PLATFORM {
+            return Outcome::Dead {
+                reason: "malformed",
+                error: format!(
+                    "job v{} for {} on the {} dispatcher",
+                    job.v,
+                    job.platform.as_str(),
+                    P::PLATFORM.as_str()
+                ),
+            };
+        }
+        if !self.provider.knows_app(&job) {
+            self.count("unconfigured", "rejected", "unknown_app");
+            return Outcome::Dead {
+                reason: "unknown_app",
+                error: format!(
+                    "no credentials configured for app `{}` ({})",
+                    job.app,
+                    job.environment.as_str()
+                ),
+            };
+        }
+        let app = job.app.as_str();
+        if now_ms() >= job.deadline_ms {
+            self.expired(app);
+            return Outcome::Ack;
+        }
+
+        let started = Instant::now();
+        let verdict = self.provider.send(&job).await;
+        self.metrics
+            .provider_duration
+            .with_label_values(&[P::PLATFORM.as_str(), app])
+            .observe(started.elapsed().as_secs_f64());
+        let token = crate::telemetry::token_tag(&job.token);
+
+        match verdict {
+            Verdict::Delivered => {
+                self.count(app, "delivered", "ok");
+                let e2e_ms = now_ms().saturating_sub(job.received_at_ms);
+                self.metrics
+                    .end_to_end
+                    .with_label_values(&[P::PLATFORM.as_str(), job.class.as_str()])
+                    .observe(e2e_ms as f64 / 1000.0);
+                tracing::debug!(event_id = %job.event_id, %token, e2e_ms, "delivered");
+                Outcome::Ack
+            }
+            Verdict::InvalidToken {
+                reason,
+                detail,
+                timestamp_ms,
+            } => {
+                if let Err(error) = self.publish_feedback(&job, &detail, timestamp_ms).await {
+                    // Keep the job until the feedback is safely stored.
+                    return Outcome::Retry {
+                        delay: Duration::from_millis(self.worker.retry_base_ms),
+                        reason: "feedback_publish",
+                        error,
+                    };
+                }
+                self.count(app, "invalid_token", reason);
+                tracing::info!(event_id = %job.event_id, %token, reason = %detail, "token rejected by provider");
+                Outcome::Ack
+            }
+            Verdict::Retry {
+                reason,
+                detail,
+                retry_after,
+            } => {
+                let input = RetryInput {
+                    attempt: delivery.attempt,
+                    base: Duration::from_millis(self.worker.retry_base_ms),
+                    max: Duration::from_millis(self.worker.retry_max_ms),
+                    retry_after,
+                    time_left: Some(Duration::from_millis(
+                        job.deadline_ms.saturating_sub(now_ms()),
+                    )),
+                };
+                match retry_delay(input, rand::random::<f64>()) {
+                    Some(delay) => {
+                        self.count(app, "retry", reason);
+                        Outcome::Retry {
+                            delay,
+                            reason,
+                            error: detail,
+                        }
+                    }
+                    None => {
+                        tracing::info!(event_id = %job.event_id, %token, reason, "deadline would pass before a retry; dropped");
+                        self.expired(app);
+                        Outcome::Ack
+                    }
+                }
+            }
+            Verdict::Reject { reason, detail } => {
+                self.count(app, "rejected", reason);
+                Outcome::Dead {
+                    reason,
+                    error: detail,
+                }
+            }
+        }
+    }
+}
+
+/// What a dispatcher service needs besides its provider.
+pub struct DispatcherSetup {
+    /// Service name (`dispatcher-apns`).
+    pub service: &'static str,
+    /// Which consumer it reads.
+    pub kind: ConsumerKind,
+    /// NATS.
+    pub nats: NatsConfig,
+    /// Worker settings.
+    pub worker: WorkerConfig,
+}
+
+/// Why a dispatcher could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    /// NATS options refused.
+    #[error(transparent)]
+    Nats(#[from] crate::nats::ConnectError),
+}
+
+struct Ready<P> {
+    client: async_nats::Client,
+    stream: String,
+    provider: Arc<P>,
+}
+
+impl<P: Provider> Readiness for Ready<P> {
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if !crate::nats::is_connected(&self.client) {
+                return Err("NATS is not connected".into());
+            }
+            let js = crate::topology::jetstream(self.client.clone());
+            match tokio::time::timeout(Duration::from_secs(2), js.get_stream_no_info(&self.stream))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("JetStream stream {}: {e}", self.stream)),
+                Err(_) => return Err("JetStream: no answer within 2s".into()),
+            }
+            self.provider.check().await
+        })
+    }
+}
+
+/// Runs a dispatcher: admin server, stream set-up, and the worker, until `shutdown`.
+pub async fn serve<P: Provider>(
+    setup: DispatcherSetup,
+    provider: P,
+    metrics: Metrics,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), DispatcherError> {
+    let provider = Arc::new(provider);
+    let client = crate::nats::connect(&setup.nats, &format!("pushline-{}", setup.service)).await?;
+    let js = crate::topology::jetstream(client.clone());
+    let topology = Topology::new(&setup.nats);
+    let ready = Arc::new(Ready {
+        client,
+        stream: topology.stream_name(setup.kind.stream()),
+        provider: provider.clone(),
+    });
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin::router(metrics.clone(), ready),
+        shutdown.clone(),
+    ));
+    if crate::topology::ensure_until_ready(&js, &topology, &shutdown).await {
+        let handler = Dispatch::new(
+            provider,
+            js.clone(),
+            &topology,
+            setup.worker.clone(),
+            metrics.clone(),
+        );
+        run_when_ready(
+            js,
+            topology,
+            setup.kind,
+            setup.worker,
+            handler,
+            metrics,
+            shutdown.clone(),
+        )
+        .await;
+    }
+    shutdown.cancel();
+    let _ = admin_task.await;
+    Ok(())
+}

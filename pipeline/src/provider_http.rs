@@ -1,0 +1,60 @@
+//! The HTTP/2 client both dispatchers use to reach their provider: HTTP/2 only, TLS by
+//! rustls (public roots compiled in, plus configured extra CAs so tests and staging can
+//! use a local peer), `TCP_NODELAY` on (without it each request waits on Nagle and
+//! delayed ACKs, ~40 ms), keep-alive pings so idle connections survive.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+/// How to build a provider client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Extra CA certificates (PEM files) to trust.
+    pub ca_files: Vec<PathBuf>,
+    /// Upper bound on one request, including connecting.
+    pub request_timeout: Duration,
+    /// The setting that names `ca_files`, for error messages.
+    pub ca_setting: &'static str,
+}
+
+/// Builds one client (one pool; with HTTP/2 that is one multiplexed connection per host).
+pub fn client(
+    options: &ClientOptions,
+    identity: Option<reqwest::Identity>,
+) -> Result<reqwest::Client, ConfigError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .http2_prior_knowledge()
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+        .http2_keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_while_idle(true)
+        .pool_idle_timeout(None)
+        .connect_timeout(options.request_timeout.min(Duration::from_secs(5)))
+        .timeout(options.request_timeout);
+    for path in &options.ca_files {
+        let pem = std::fs::read(path).map_err(|source| ConfigError::File {
+            setting: options.ca_setting.to_owned(),
+            path: path.clone(),
+            source,
+        })?;
+        let certificate = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+            ConfigError::invalid(
+                options.ca_setting,
+                format!("{}: not a PEM certificate: {e}", path.display()),
+            )
+        })?;
+        builder = builder.add_root_certificate(certificate);
+    }
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|e| {
+        ConfigError::invalid(
+            options.ca_setting,
+            format!("cannot build the HTTP/2 client: {e}"),
+        )
+    })
+}
