@@ -1,1 +1,76 @@
-//! x
+//! pushline FCM dispatcher: consumes `PUSH_FCM` through the shared worker loop and sends
+//! FCM HTTP v1 data messages over persistent HTTP/2 connections.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed configuration (projects, endpoint, CAs, pool size).
+//! - [`oauth`]: service-account OAuth2 access tokens, cached and refreshed.
+//! - [`message`]: the request body, `data` passed through unaltered.
+//! - [`error`]: every FCM error code and the action it maps to.
+//! - [`client`]: the [`pipeline::dispatch::Provider`] for FCM.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod message;
+pub mod oauth;
+
+use pipeline::CancellationToken;
+use pipeline::dispatch::{DispatcherSetup, serve as serve_dispatcher};
+use pipeline::metrics::Metrics;
+use pipeline::topology::ConsumerKind;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// Service name in metrics and logs.
+pub const SERVICE: &str = "dispatcher-fcm";
+
+/// Why the dispatcher could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration or credentials.
+    #[error(transparent)]
+    Config(#[from] pipeline::config::ConfigError),
+    /// NATS.
+    #[error(transparent)]
+    Dispatcher(#[from] pipeline::dispatch::DispatcherError),
+    /// The admin listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Io {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Binds `admin_listen` and runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let addr = config.resolve()?;
+    let admin = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Io { addr, source })?;
+    serve(config, admin, shutdown).await
+}
+
+/// Runs with the given admin listener until `shutdown`.
+pub async fn serve(
+    config: Config,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    config.resolve()?;
+    let metrics = Metrics::new(SERVICE);
+    let provider = client::FcmProvider::new(&config.fcm)?.with_metrics(metrics.clone());
+    let setup = DispatcherSetup {
+        service: SERVICE,
+        kind: ConsumerKind::DispatchFcm,
+        nats: config.nats,
+        worker: config.worker,
+    };
+    tracing::info!("FCM dispatcher starting");
+    serve_dispatcher(setup, provider, metrics, admin, shutdown).await?;
+    Ok(())
+}

@@ -24,9 +24,25 @@ pub fn client(
     options: &ClientOptions,
     identity: Option<reqwest::Identity>,
 ) -> Result<reqwest::Client, ConfigError> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .http2_prior_knowledge()
+    build(options, identity, true)
+}
+
+/// Like [`client`] but negotiating HTTP/2 or HTTP/1.1 by ALPN, for endpoints such as
+/// OAuth token servers that need not speak HTTP/2.
+pub fn negotiating_client(options: &ClientOptions) -> Result<reqwest::Client, ConfigError> {
+    build(options, None, false)
+}
+
+fn build(
+    options: &ClientOptions,
+    identity: Option<reqwest::Identity>,
+    http2_only: bool,
+) -> Result<reqwest::Client, ConfigError> {
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    if http2_only {
+        builder = builder.http2_prior_knowledge();
+    }
+    builder = builder
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Some(Duration::from_secs(30)))
         .http2_keep_alive_timeout(Duration::from_secs(10))

@@ -1,0 +1,222 @@
+//! The FCM provider: per project a small pool of persistent HTTP/2 connections and a
+//! cached OAuth2 access token; one `messages:send` per push.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pipeline::admin::BoxFuture;
+use pipeline::config::ConfigError;
+use pipeline::contract::{Platform, PushJob, now_ms};
+use pipeline::dispatch::{Provider, Verdict};
+use pipeline::provider_http::{self, ClientOptions};
+
+use crate::config::FcmConfig;
+use crate::error::{ErrorBody, classify};
+use crate::message;
+use crate::oauth::{ServiceAccount, TokenSource};
+
+struct Project {
+    url: String,
+    tokens: TokenSource,
+    clients: Vec<reqwest::Client>,
+    next: AtomicUsize,
+}
+
+/// The FCM provider for every configured project.
+pub struct FcmProvider {
+    projects: HashMap<String, Project>,
+    metrics: Option<pipeline::metrics::Metrics>,
+}
+
+impl FcmProvider {
+    /// Loads every project's service account and builds its connections.
+    pub fn new(config: &FcmConfig) -> Result<Self, ConfigError> {
+        let options = ClientOptions {
+            ca_files: config.ca_files.clone(),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            ca_setting: "fcm.ca_files",
+        };
+        let token_http = provider_http::negotiating_client(&options)?;
+        let base = config.base_url.trim_end_matches('/');
+        let mut projects = HashMap::new();
+        for (i, p) in config.projects.iter().enumerate() {
+            let setting = format!("fcm.projects[{i}].service_account_file");
+            let account = ServiceAccount::from_file(&setting, &p.service_account_file)?;
+            let id = p
+                .project_id
+                .clone()
+                .or_else(|| account.project_id.clone())
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("fcm.projects[{i}].project_id"),
+                        "is not set and the key file has none",
+                    )
+                })?;
+            let tokens = TokenSource::new(
+                &setting,
+                account,
+                token_http.clone(),
+                Duration::from_secs(config.token_refresh_margin_secs),
+            )?;
+            let clients = (0..config.connections)
+                .map(|_| provider_http::client(&options, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            projects.insert(
+                id.clone(),
+                Project {
+                    url: format!("{base}/v1/projects/{id}/messages:send"),
+                    tokens,
+                    clients,
+                    next: AtomicUsize::new(0),
+                },
+            );
+        }
+        Ok(FcmProvider {
+            projects,
+            metrics: None,
+        })
+    }
+
+    /// Reports each project's access-token expiry in
+    /// `pushline_credential_expiry_timestamp_seconds`.
+    pub fn with_metrics(mut self, metrics: pipeline::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    async fn post(
+        &self,
+        project: &Project,
+        bearer: &str,
+        body: String,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let i = project.next.fetch_add(1, Ordering::Relaxed) % project.clients.len();
+        project.clients[i]
+            .post(&project.url)
+            .bearer_auth(bearer)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+    }
+
+    async fn classify_response(response: reqwest::Response) -> (u16, Verdict) {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body: ErrorBody = response
+            .bytes()
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        (status, classify(status, &body, retry_after))
+    }
+}
+
+fn transport_error(error: &reqwest::Error) -> Verdict {
+    Verdict::Retry {
+        reason: if error.is_timeout() {
+            "timeout"
+        } else {
+            "connection"
+        },
+        detail: format!("FCM request failed: {error}"),
+        retry_after: None,
+    }
+}
+
+impl Provider for FcmProvider {
+    const PLATFORM: Platform = Platform::Fcm;
+
+    fn knows_app(&self, job: &PushJob) -> bool {
+        self.projects.contains_key(&job.app)
+    }
+
+    async fn send(&self, job: &PushJob) -> Verdict {
+        let Some(project) = self.projects.get(&job.app) else {
+            return Verdict::Reject {
+                reason: "unknown_app",
+                detail: format!("no FCM project {}", job.app),
+            };
+        };
+        let Some(part) = job.fcm.as_ref() else {
+            return Verdict::Reject {
+                reason: "missing_payload",
+                detail: "FCM job without an FCM part".into(),
+            };
+        };
+        let body = match message::body(&job.token, part, job.deadline_ms.saturating_sub(now_ms())) {
+            Ok(body) => body,
+            Err(problem) => {
+                return Verdict::Reject {
+                    reason: "invalid_data",
+                    detail: problem,
+                };
+            }
+        };
+        let bearer = match project.tokens.token().await {
+            Ok(token) => token,
+            Err(error) => {
+                return Verdict::Retry {
+                    reason: "oauth",
+                    detail: error.to_string(),
+                    retry_after: None,
+                };
+            }
+        };
+        let response = match self.post(project, &bearer, body.clone()).await {
+            Ok(response) => response,
+            Err(error) => return transport_error(&error),
+        };
+        if response.status().is_success() {
+            return Verdict::Delivered;
+        }
+        let (status, verdict) = Self::classify_response(response).await;
+        if status != 401 || matches!(verdict, Verdict::Reject { .. }) {
+            return verdict;
+        }
+        // Our access token was refused: renew once and resend.
+        let renewed = match project.tokens.renew(&bearer).await {
+            Ok(token) => token,
+            Err(error) => {
+                return Verdict::Retry {
+                    reason: "oauth",
+                    detail: error.to_string(),
+                    retry_after: None,
+                };
+            }
+        };
+        match self.post(project, &renewed, body).await {
+            Ok(response) if response.status().is_success() => Verdict::Delivered,
+            Ok(response) => Self::classify_response(response).await.1,
+            Err(error) => transport_error(&error),
+        }
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            for (id, project) in &self.projects {
+                project
+                    .tokens
+                    .token()
+                    .await
+                    .map_err(|e| format!("FCM project {id}: {e}"))?;
+                if let (Some(metrics), Some(expiry)) =
+                    (&self.metrics, project.tokens.expires_at_unix().await)
+                {
+                    metrics
+                        .credential_expiry
+                        .with_label_values(&["fcm", id])
+                        .set(expiry as f64);
+                }
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,13 @@
+//! The `pushline-dispatcher-fcm` binary: config → telemetry → [`dispatcher_fcm::run`].
+#![forbid(unsafe_code)]
+
+fn main() -> anyhow::Result<()> {
+    let path = pipeline::config::config_path_from_args(std::env::args());
+    let config: dispatcher_fcm::config::Config = pipeline::config::load(path.as_deref())?;
+    pipeline::telemetry::init(&config.telemetry);
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let shutdown = pipeline::shutdown::on_signal();
+        dispatcher_fcm::run(config, shutdown).await
+    })?;
+    Ok(())
+}
