@@ -4,12 +4,16 @@
 //! # Layout
 //!
 //! - [`servers`]: spawning and stopping `nats-server` and `redis-server`.
-//! - [`services`]: running ingest and the registry in-process with test configuration.
+//! - [`services`]: running each service in-process with test configuration.
+//! - [`stack`]: the whole pipeline with mock providers, for end-to-end tests.
+//! - [`mock`]: mock APNs and FCM (with its OAuth endpoint): real TLS HTTP/2 servers.
 //! - [`wait`]: waiting for a condition with a deadline.
 //! - [`webex`]: building and signing Webex webhooks.
 #![forbid(unsafe_code)]
 
+pub mod mock;
 pub mod servers;
 pub mod services;
+pub mod stack;
 pub mod wait;
 pub mod webex;

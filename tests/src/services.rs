@@ -243,3 +243,144 @@ pub async fn start_ingest(config: ingest::config::Config) -> Service {
 pub async fn start_registry(config: registry::config::Config) -> Service {
     spawn(|api, admin, shutdown| registry::serve(config, api, admin, shutdown)).await
 }
+
+/// The bundle id the mock APNs accepts in tests.
+pub const TEAM_ID: &str = "TEAM123456";
+/// The provider-token key id in tests.
+pub const KEY_ID: &str = "KEY1234567";
+
+/// Mock APNs and FCM with credentials on disk, ready for dispatcher configurations.
+pub struct Providers {
+    /// The mock APNs.
+    pub apns: crate::mock::apns::MockApns,
+    /// The mock FCM.
+    pub fcm: crate::mock::fcm::MockFcm,
+    /// The CA both mocks chain to, for issuing client certificates.
+    pub ca: crate::mock::tls::TestCa,
+    /// Where credentials and CA files live.
+    pub dir: tempfile::TempDir,
+    key_file: std::path::PathBuf,
+    ca_file: std::path::PathBuf,
+    service_account: std::path::PathBuf,
+}
+
+impl Providers {
+    /// Starts both mocks on free ports.
+    pub async fn start() -> Self {
+        let ca = crate::mock::tls::TestCa::new();
+        let key = crate::mock::apns::P8Key::generate(TEAM_ID, KEY_ID);
+        let apns = crate::mock::apns::MockApns::start_apns(&ca, &[APNS_APP], &[&key], 0).await;
+        let fcm = crate::mock::fcm::MockFcm::start_fcm(&ca, &[FCM_APP], 0).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_file = key.write(dir.path());
+        let ca_file = apns.write_ca(dir.path(), "ca.pem");
+        let service_account = fcm.write_service_account(dir.path(), FCM_APP);
+        Providers {
+            apns,
+            fcm,
+            ca,
+            dir,
+            key_file,
+            ca_file,
+            service_account,
+        }
+    }
+
+    /// An APNs dispatcher configured for the mock and `env`.
+    pub fn apns_config(&self, env: &Env) -> dispatcher_apns::config::Config {
+        let mut config = dispatcher_apns::config::Config {
+            nats: env.nats_config(),
+            telemetry: telemetry(),
+            ..Default::default()
+        };
+        config.apns.production_url = self.apns.url();
+        config.apns.sandbox_url = self.apns.url();
+        config.apns.ca_files = vec![self.ca_file.clone()];
+        config.apns.request_timeout_ms = 2_000;
+        config.apns.apps = vec![dispatcher_apns::config::AppConfig {
+            bundle_id: APNS_APP.into(),
+            environments: vec![
+                pipeline::contract::Environment::Production,
+                pipeline::contract::Environment::Sandbox,
+            ],
+            team_id: Some(TEAM_ID.into()),
+            key_id: Some(KEY_ID.into()),
+            key_file: Some(self.key_file.clone()),
+            certificate_file: None,
+            certificate_key_file: None,
+        }];
+        config.worker.retry_base_ms = 20;
+        config.worker.retry_max_ms = 500;
+        config
+    }
+
+    /// An FCM dispatcher configured for the mock and `env`.
+    pub fn fcm_config(&self, env: &Env) -> dispatcher_fcm::config::Config {
+        let mut config = dispatcher_fcm::config::Config {
+            nats: env.nats_config(),
+            telemetry: telemetry(),
+            ..Default::default()
+        };
+        config.fcm.base_url = self.fcm.url();
+        config.fcm.ca_files = vec![self.ca_file.clone()];
+        config.fcm.request_timeout_ms = 2_000;
+        config.fcm.projects = vec![dispatcher_fcm::config::ProjectConfig {
+            project_id: None,
+            service_account_file: self.service_account.clone(),
+        }];
+        config.worker.retry_base_ms = 20;
+        config.worker.retry_max_ms = 500;
+        config
+    }
+}
+
+async fn admin_only() -> (TcpListener, SocketAddr) {
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let addr = admin.local_addr().expect("admin addr");
+    (admin, addr)
+}
+
+fn spawn_admin_only<F, E>(admin: SocketAddr, shutdown: CancellationToken, fut: F) -> Service
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let handle = tokio::spawn(async move {
+        if let Err(error) = fut.await {
+            panic!("service failed: {error}");
+        }
+    });
+    Service {
+        addr: admin,
+        admin,
+        shutdown,
+        handle: Some(handle),
+    }
+}
+
+/// Starts an APNs dispatcher with `config` (it has only an admin listener).
+pub async fn start_dispatcher_apns(config: dispatcher_apns::config::Config) -> Service {
+    let (listener, addr) = admin_only().await;
+    let shutdown = CancellationToken::new();
+    let fut = dispatcher_apns::serve(config, listener, shutdown.clone());
+    spawn_admin_only(addr, shutdown, fut)
+}
+
+/// Starts an FCM dispatcher with `config`.
+pub async fn start_dispatcher_fcm(config: dispatcher_fcm::config::Config) -> Service {
+    let (listener, addr) = admin_only().await;
+    let shutdown = CancellationToken::new();
+    let fut = dispatcher_fcm::serve(config, listener, shutdown.clone());
+    spawn_admin_only(addr, shutdown, fut)
+}
+
+impl Service {
+    /// Stops it abruptly, as a crash would: the task is aborted, nothing is acked.
+    pub fn abort(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+        // Drop then cancels the token, which only stops helpers the aborted task spawned
+        // (its admin server); the aborted worker settles nothing.
+    }
+}

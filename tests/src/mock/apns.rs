@@ -1,0 +1,247 @@
+//! A mock APNs: HTTP/2 over TLS at `POST /3/device/<token>`, checking what APNs checks —
+//! path and token format, `apns-topic` present and one of the configured bundle ids
+//! (`.voip` for VoIP), ES256 provider tokens against the configured key (`kid`, `iss`,
+//! signature, age under an hour) or else a client certificate, priority, and payload size
+//! (5120 bytes VoIP, 4096 otherwise). Answers like APNs: `apns-id` on success,
+//! `{"reason": …}` (and `timestamp` on 410) on errors.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use p256::pkcs8::DecodePrivateKey;
+
+use super::tls::TestCa;
+use super::{Behaviour, Checked, Mock, Reply};
+
+/// A team's provider-token key as the mock knows it.
+struct TeamKey {
+    team_id: String,
+    key: VerifyingKey,
+}
+
+/// The APNs-specific checks.
+pub struct Apns {
+    bundles: Vec<String>,
+    keys: Mutex<HashMap<String, TeamKey>>,
+}
+
+/// A running mock APNs.
+pub type MockApns = Mock<Apns>;
+
+/// A generated provider-token key (the `.p8` a team downloads from Apple).
+pub struct P8Key {
+    /// Team id.
+    pub team_id: String,
+    /// Key id.
+    pub key_id: String,
+    /// PKCS#8 PEM.
+    pub pem: String,
+}
+
+impl P8Key {
+    /// A new P-256 key.
+    pub fn generate(team_id: &str, key_id: &str) -> Self {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+        P8Key {
+            team_id: team_id.into(),
+            key_id: key_id.into(),
+            pem: pair.serialize_pem(),
+        }
+    }
+
+    /// Writes the PEM to `dir/AuthKey_<key id>.p8`.
+    pub fn write(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join(format!("AuthKey_{}.p8", self.key_id));
+        std::fs::write(&path, &self.pem).expect("write .p8");
+        path
+    }
+}
+
+impl MockApns {
+    /// Starts a mock accepting pushes for `bundles` with provider tokens signed by `keys`,
+    /// on `port` (0 = any).
+    pub async fn start_apns(ca: &TestCa, bundles: &[&str], keys: &[&P8Key], port: u16) -> Self {
+        let behaviour = Apns {
+            bundles: bundles.iter().map(|b| b.to_string()).collect(),
+            keys: Mutex::new(HashMap::new()),
+        };
+        for key in keys {
+            behaviour.trust(key);
+        }
+        Mock::start(behaviour, ca.server_tls(), port).await
+    }
+
+    /// An APNs error answer.
+    pub fn error(status: u16, reason: &str) -> Reply {
+        Reply::Status {
+            status,
+            body: format!(r#"{{"reason":"{reason}"}}"#),
+            retry_after: None,
+        }
+    }
+
+    /// A 410 `Unregistered` with Apple's timestamp (ms).
+    pub fn unregistered(timestamp_ms: u64) -> Reply {
+        Reply::Status {
+            status: 410,
+            body: format!(r#"{{"reason":"Unregistered","timestamp":{timestamp_ms}}}"#),
+            retry_after: None,
+        }
+    }
+
+    /// A 429 `TooManyRequests` with `Retry-After`.
+    pub fn too_many(retry_after_secs: u64) -> Reply {
+        Reply::Status {
+            status: 429,
+            body: r#"{"reason":"TooManyRequests"}"#.into(),
+            retry_after: Some(retry_after_secs),
+        }
+    }
+
+    /// The device token of a recorded request.
+    pub fn token_of(path: &str) -> &str {
+        path.strip_prefix("/3/device/").unwrap_or("")
+    }
+}
+
+impl Apns {
+    fn trust(&self, key: &P8Key) {
+        let signing = p256::ecdsa::SigningKey::from_pkcs8_pem(&key.pem).expect("P-256 PKCS#8");
+        self.keys.lock().expect("keys lock").insert(
+            key.key_id.clone(),
+            TeamKey {
+                team_id: key.team_id.clone(),
+                key: *signing.verifying_key(),
+            },
+        );
+    }
+
+    /// Checks a provider token; the APNs reason on failure.
+    fn check_token(&self, token: &str) -> Result<(), &'static str> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("InvalidProviderToken");
+        };
+        let json = |part: &str| -> Option<serde_json::Value> {
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
+        };
+        let (Some(header), Some(claims)) = (json(h), json(c)) else {
+            return Err("InvalidProviderToken");
+        };
+        if header["alg"] != "ES256" {
+            return Err("InvalidProviderToken");
+        }
+        let keys = self.keys.lock().expect("keys lock");
+        let Some(team) = header["kid"].as_str().and_then(|kid| keys.get(kid)) else {
+            return Err("InvalidProviderToken");
+        };
+        if claims["iss"].as_str() != Some(team.team_id.as_str()) {
+            return Err("InvalidProviderToken");
+        }
+        let signature = URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()
+            .and_then(|b| Signature::from_slice(&b).ok());
+        let Some(signature) = signature else {
+            return Err("InvalidProviderToken");
+        };
+        if team
+            .key
+            .verify(format!("{h}.{c}").as_bytes(), &signature)
+            .is_err()
+        {
+            return Err("InvalidProviderToken");
+        }
+        let now = pipeline::contract::now_ms() / 1000;
+        match claims["iat"].as_u64() {
+            Some(iat) if iat <= now + 60 && now.saturating_sub(iat) < 3_600 => Ok(()),
+            Some(_) => Err("ExpiredProviderToken"),
+            None => Err("InvalidProviderToken"),
+        }
+    }
+}
+
+fn refuse(status: u16, reason: &str) -> Checked {
+    Checked::Refuse(status, format!(r#"{{"reason":"{reason}"}}"#))
+}
+
+impl Behaviour for Apns {
+    fn check(
+        &self,
+        path: &str,
+        headers: &HashMap<String, String>,
+        body: &Bytes,
+        client_cert: bool,
+    ) -> Checked {
+        let Some(token) = path.strip_prefix("/3/device/") else {
+            return refuse(404, "BadPath");
+        };
+        if token.len() < 64 || token.len() % 2 != 0 || !token.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return refuse(400, "BadDeviceToken");
+        }
+        let Some(topic) = headers.get("apns-topic") else {
+            return refuse(400, "MissingTopic");
+        };
+        let push_type = headers
+            .get("apns-push-type")
+            .map(String::as_str)
+            .unwrap_or("alert");
+        let bundle = topic.strip_suffix(".voip").unwrap_or(topic);
+        if !self.bundles.iter().any(|b| b == bundle) {
+            return refuse(400, "TopicDisallowed");
+        }
+        if (push_type == "voip") != topic.ends_with(".voip") {
+            return refuse(400, "BadTopic");
+        }
+        match headers.get("authorization") {
+            Some(value) => {
+                let Some(jwt) = value
+                    .strip_prefix("bearer ")
+                    .or_else(|| value.strip_prefix("Bearer "))
+                else {
+                    return refuse(403, "InvalidProviderToken");
+                };
+                if let Err(reason) = self.check_token(jwt) {
+                    return refuse(403, reason);
+                }
+            }
+            None if client_cert => {}
+            None => return refuse(403, "MissingProviderToken"),
+        }
+        if let Some(priority) = headers.get("apns-priority") {
+            if !matches!(priority.as_str(), "1" | "5" | "10") {
+                return refuse(400, "BadPriority");
+            }
+        }
+        if headers
+            .get("apns-expiration")
+            .is_some_and(|e| e.parse::<u64>().is_err())
+        {
+            return refuse(400, "BadExpirationDate");
+        }
+        if body.is_empty() {
+            return refuse(400, "PayloadEmpty");
+        }
+        let limit = if push_type == "voip" { 5_120 } else { 4_096 };
+        if body.len() > limit {
+            return refuse(413, "PayloadTooLarge");
+        }
+        let id = headers
+            .get("apns-id")
+            .cloned()
+            .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into());
+        Checked::Valid {
+            key: token.to_owned(),
+            ok: String::new(),
+            ok_headers: vec![("apns-id".into(), id)],
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The whole pipeline for one test: NATS, Redis, mock APNs and FCM, and ingest, registry
+//! and both dispatchers in-process.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::services::{
+    API_KEY, Env, Providers, Service, WEBHOOK_SECRET, start_dispatcher_apns, start_dispatcher_fcm,
+    start_ingest, start_registry,
+};
+
+/// Every service's configuration, for tests to adjust before start.
+pub struct Configs {
+    /// ingest.
+    pub ingest: ingest::config::Config,
+    /// registry.
+    pub registry: registry::config::Config,
+    /// dispatcher-apns.
+    pub apns: dispatcher_apns::config::Config,
+    /// dispatcher-fcm.
+    pub fcm: dispatcher_fcm::config::Config,
+}
+
+/// A running pipeline.
+pub struct Stack {
+    /// NATS and Redis.
+    pub env: Env,
+    /// Mock providers.
+    pub providers: Providers,
+    /// ingest.
+    pub ingest: Service,
+    /// registry.
+    pub registry: Service,
+    /// dispatcher-apns (`None` once taken by a test).
+    pub apns: Option<Service>,
+    /// dispatcher-fcm.
+    pub fcm: Service,
+    /// The configurations it started with.
+    pub configs: Configs,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts everything with test defaults.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts everything after `adjust` changed the configurations.
+    pub async fn start_with(adjust: impl FnOnce(&mut Configs)) -> Self {
+        let env = Env::start();
+        let providers = Providers::start().await;
+        let mut configs = Configs {
+            ingest: env.ingest_config(),
+            registry: env.registry_config(),
+            apns: providers.apns_config(&env),
+            fcm: providers.fcm_config(&env),
+        };
+        adjust(&mut configs);
+        let ingest = start_ingest(configs.ingest.clone()).await;
+        let registry = start_registry(configs.registry.clone()).await;
+        let apns = start_dispatcher_apns(configs.apns.clone()).await;
+        let fcm = start_dispatcher_fcm(configs.fcm.clone()).await;
+        for service in [&ingest, &registry, &apns, &fcm] {
+            service.wait_ready().await;
+        }
+        Stack {
+            env,
+            providers,
+            ingest,
+            registry,
+            apns: Some(apns),
+            fcm,
+            configs,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The APNs dispatcher.
+    pub fn apns(&self) -> &Service {
+        self.apns.as_ref().expect("the APNs dispatcher is running")
+    }
+
+    /// Registers `token` with `body` (`PUT /v1/devices/{token}`); panics unless 2xx.
+    pub async fn register(&self, token: &str, body: Value) {
+        let response = self
+            .http
+            .put(self.registry.url(&format!("/v1/devices/{token}")))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("register");
+        assert!(
+            response.status().is_success(),
+            "register {token}: {}",
+            response.status()
+        );
+    }
+
+    /// Registers an iOS VoIP device for `person`.
+    pub async fn register_ios(&self, person: &str, token: &str) {
+        self.register(
+            token,
+            serde_json::json!({"person_id": person, "platform": "apns", "channel": "voip"}),
+        )
+        .await;
+    }
+
+    /// Registers an Android device for `person`.
+    pub async fn register_android(&self, person: &str, token: &str) {
+        self.register(
+            token,
+            serde_json::json!({"person_id": person, "platform": "fcm"}),
+        )
+        .await;
+    }
+
+    /// Posts a signed webhook body; panics unless 200; returns the response JSON.
+    pub async fn webhook(&self, body: &str) -> Value {
+        let response = self
+            .http
+            .post(self.ingest.url("/webhooks/webex"))
+            .header("content-type", "application/json")
+            .header(
+                "x-spark-signature",
+                crate::webex::sign(body, WEBHOOK_SECRET),
+            )
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("webhook");
+        assert_eq!(response.status(), 200, "webhook refused");
+        response.json().await.expect("json")
+    }
+
+    /// Sends a `telephony_push` call for `person` with the given payloads.
+    pub async fn call(&self, person: &str, apns: Option<&str>, fcm: Option<&str>) -> Value {
+        self.webhook(&crate::webex::telephony_push(person, apns, fcm))
+            .await
+    }
+
+    /// Waits until a `/metrics` of `service` contains every line in `expected`.
+    pub async fn wait_metrics(service: &Service, expected: &[&str]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = service.metrics().await;
+            if expected.iter().all(|line| text.lines().any(|l| l == *line)) {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let shown: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.starts_with("pushline_"))
+                    .collect();
+                panic!(
+                    "metrics never showed {expected:#?}; last:\n{}",
+                    shown.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
