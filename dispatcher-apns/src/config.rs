@@ -105,6 +105,11 @@ fn both_environments() -> Vec<Environment> {
 }
 
 impl Config {
+    /// The configured apps, for adjusting in place.
+    pub fn apps_mut(&mut self) -> &mut Vec<AppConfig> {
+        &mut self.apns.apps
+    }
+
     /// Validates every setting, naming the one at fault.
     pub fn resolve(&self) -> Result<SocketAddr, ConfigError> {
         let admin = parse_addr("admin_listen", &self.admin_listen)?;

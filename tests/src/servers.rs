@@ -33,23 +33,46 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// Starts a server with `spawn(port)` and waits until it accepts connections; retries on
-/// another port if the chosen one was taken meanwhile.
-fn start_on_free_port(name: &str, mut spawn: impl FnMut(u16) -> Child) -> (Child, u16) {
-    for _ in 0..5 {
+/// How to tell that the server on a port is really ours and ready: what to send, and
+/// the prefix its answer starts with.
+#[derive(Clone, Copy)]
+struct Probe {
+    send: &'static [u8],
+    expect: &'static [u8],
+}
+
+const NATS_PROBE: Probe = Probe {
+    send: b"",
+    expect: b"INFO ",
+};
+const REDIS_PROBE: Probe = Probe {
+    send: b"PING\r\n",
+    expect: b"+PONG",
+};
+
+/// Starts a server with `spawn(port)` and waits until it answers its protocol; retries on
+/// another port if the chosen one was taken meanwhile (another test's listener may grab a
+/// released port before the server binds it).
+fn start_on_free_port(
+    name: &str,
+    probe: Probe,
+    mut spawn: impl FnMut(u16) -> Child,
+) -> (Child, u16) {
+    for _ in 0..8 {
         let port = free_port();
         let mut child = spawn(port);
-        if wait_listening(&mut child, port) {
+        if wait_listening(&mut child, port, probe) {
             return (child, port);
         }
         let _ = child.kill();
         let _ = child.wait();
     }
-    panic!("{name} did not start on any of 5 ports");
+    panic!("{name} did not start on any of 8 ports");
 }
 
-/// Waits (up to 10 s) for `port` to accept connections; false if the child exited first.
-fn wait_listening(child: &mut Child, port: u16) -> bool {
+/// Waits (up to 10 s) for `port` to answer `probe` while `child` runs; false if the child
+/// exited first (its port was taken).
+fn wait_listening(child: &mut Child, port: u16, probe: Probe) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut pause = Duration::from_millis(2);
@@ -57,13 +80,34 @@ fn wait_listening(child: &mut Child, port: u16) -> bool {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return true;
+        if answers(addr, probe) {
+            // Still ours? A server that lost the port race exits right after binding fails.
+            return matches!(child.try_wait(), Ok(None));
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
     false
+}
+
+fn answers(addr: SocketAddr, probe: Probe) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if !probe.send.is_empty() && stream.write_all(probe.send).is_err() {
+        return false;
+    }
+    let mut buffer = [0u8; 16];
+    let mut read = 0;
+    while read < probe.expect.len() {
+        match stream.read(&mut buffer[read..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => read += n,
+        }
+    }
+    buffer.starts_with(probe.expect)
 }
 
 /// A `nats-server -js` with its own store directory.
@@ -79,7 +123,8 @@ impl NatsServer {
         require("nats-server", "nats-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let store = dir.path().to_owned();
-        let (child, port) = start_on_free_port("nats-server", |port| spawn_nats(port, &store));
+        let (child, port) =
+            start_on_free_port("nats-server", NATS_PROBE, |port| spawn_nats(port, &store));
         NatsServer {
             child: Some(child),
             port,
@@ -106,7 +151,7 @@ impl NatsServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut child = spawn_nats(self.port, self.dir.path());
-            if wait_listening(&mut child, self.port) {
+            if wait_listening(&mut child, self.port, NATS_PROBE) {
                 self.child = Some(child);
                 return;
             }
@@ -151,7 +196,7 @@ impl RedisServer {
         require("redis-server", "redis-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().to_owned();
-        let (child, port) = start_on_free_port("redis-server", |port| {
+        let (child, port) = start_on_free_port("redis-server", REDIS_PROBE, |port| {
             Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--save", "", "--appendonly", "no", "--dir"])

@@ -177,15 +177,27 @@ impl Service {
         }
     }
 
-    /// Waits until `/readyz` answers 200.
+    /// Waits until `/readyz` answers 200; on timeout the panic says what it answered last.
     pub async fn wait_ready(&self) {
         let url = self.admin_url("/readyz");
         let client = reqwest::Client::new();
-        crate::wait::until_true("/readyz to answer 200", Duration::from_secs(15), || {
-            let request = client.get(&url).send();
-            async move { request.await.is_ok_and(|r| r.status() == 200) }
-        })
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let last = match client.get(&url).send().await {
+                Ok(response) if response.status() == 200 => return,
+                Ok(response) => format!(
+                    "{}: {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                ),
+                Err(error) => error.to_string(),
+            };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url} not ready after 20s; last answer: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The text of `/metrics`.

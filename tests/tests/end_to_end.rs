@@ -119,3 +119,451 @@ async fn a_call_rings_the_iphone_and_the_android_phone() {
         stack.env.wait_messages(kind, 0).await;
     }
 }
+
+#[tokio::test]
+async fn a_person_with_three_devices_gets_three_pushes() {
+    let stack = Stack::start().await;
+    stack.register_ios("bob", &ios(1)).await;
+    stack.register_ios("bob", &ios(2)).await;
+    stack.register_android("bob", &android(3)).await;
+    stack
+        .call("bob", Some(&apns_payload("c")), Some(&fcm_payload("c")))
+        .await;
+    let ios_pushes = stack.providers.apns.wait_delivered(2, WAIT).await;
+    assert_eq!(apns_tokens(&ios_pushes), vec![ios(1), ios(2)]);
+    let android_pushes = stack.providers.fcm.wait_delivered(1, WAIT).await;
+    assert_eq!(MockFcm::token_of(&android_pushes[0]), android(3));
+}
+
+#[tokio::test]
+async fn an_unregistered_token_is_pruned_and_the_next_call_skips_it() {
+    let stack = Stack::start().await;
+    stack.register_ios("carol", &ios(1)).await;
+    stack.register_ios("carol", &ios(2)).await;
+    let apple_says_gone_at = pipeline::contract::now_ms() - 1;
+    stack
+        .providers
+        .apns
+        .script(&ios(1), [MockApns::unregistered(apple_says_gone_at)]);
+    stack
+        .call("carol", Some(&apns_payload("first")), None)
+        .await;
+    Stack::wait_metrics(
+        &stack.registry,
+        &[r#"pushline_feedback_total{outcome="pruned",platform="apns"} 1"#],
+    )
+    .await;
+
+    stack
+        .call("carol", Some(&apns_payload("second")), None)
+        .await;
+    let delivered = stack.providers.apns.wait_delivered(2, WAIT).await;
+    // ios(2) got both calls; ios(1) got only the first, answered 410.
+    assert_eq!(apns_tokens(&delivered), vec![ios(2), ios(2)]);
+    let to_gone: Vec<_> = stack
+        .providers
+        .apns
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(&ios(1)))
+        .collect();
+    assert_eq!(to_gone.len(), 1);
+    assert_eq!(to_gone[0].status, 410);
+    Stack::wait_metrics(
+        stack.apns(),
+        &[&format!(r#"pushline_pushes_total{{app="{APNS_APP}",outcome="invalid_token",provider="apns",reason="Unregistered"}} 1"#)],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_unregistered_fcm_token_is_pruned_too() {
+    let stack = Stack::start().await;
+    stack.register_android("dan", &android(1)).await;
+    stack.providers.fcm.script(
+        &android(1),
+        [MockFcm::error(
+            404,
+            "UNREGISTERED",
+            "Requested entity was not found.",
+        )],
+    );
+    stack.call("dan", None, Some(&fcm_payload("x"))).await;
+    Stack::wait_metrics(
+        &stack.registry,
+        &[r#"pushline_feedback_total{outcome="pruned",platform="fcm"} 1"#],
+    )
+    .await;
+    let devices: serde_json::Value = reqwest::Client::new()
+        .get(stack.registry.url("/v1/persons/dan/devices"))
+        .bearer_auth(harness::services::API_KEY)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(devices["devices"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn two_service_unavailable_answers_then_success_deliver_exactly_once() {
+    let stack = Stack::start().await;
+    stack.register_ios("erin", &ios(1)).await;
+    stack.providers.apns.script(
+        &ios(1),
+        [
+            MockApns::error(503, "ServiceUnavailable"),
+            MockApns::error(503, "ServiceUnavailable"),
+        ],
+    );
+    stack.call("erin", Some(&apns_payload("retry")), None).await;
+    stack.providers.apns.wait_delivered(1, WAIT).await;
+    Stack::wait_metrics(
+        stack.apns(),
+        &[
+            r#"pushline_retries_total{reason="ServiceUnavailable",stage="apns"} 2"#,
+            r#"pushline_worker_messages_total{outcome="ack",stage="apns"} 1"#,
+        ],
+    )
+    .await;
+    stack.env.wait_messages(StreamKind::PushApns, 0).await;
+    let statuses: Vec<u16> = stack
+        .providers
+        .apns
+        .requests()
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![503, 503, 200]);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let stack = Stack::start().await;
+    stack.register_android("fay", &android(1)).await;
+    stack.providers.fcm.script(
+        &android(1),
+        [Reply::Status { status: 429, body: r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[{"errorCode":"QUOTA_EXCEEDED"}]}}"#.into(), retry_after: Some(1) }],
+    );
+    stack.call("fay", None, Some(&fcm_payload("q"))).await;
+    let all = stack
+        .providers
+        .fcm
+        .wait_for("a retry after a 429", WAIT, |r| {
+            r.iter().any(|r| r.status == 200)
+        })
+        .await;
+    let sends: Vec<&Recorded> = all
+        .iter()
+        .filter(|r| r.path.ends_with("messages:send"))
+        .collect();
+    assert_eq!(sends.len(), 2);
+    assert!(
+        sends[1].at_ms - sends[0].at_ms >= 1_000,
+        "retried after {} ms",
+        sends[1].at_ms - sends[0].at_ms
+    );
+}
+
+#[tokio::test]
+async fn a_bad_topic_is_dead_lettered_once_with_its_reason_and_not_retried() {
+    let stack = Stack::start().await;
+    stack.register_ios("gus", &ios(1)).await;
+    stack
+        .providers
+        .apns
+        .script(&ios(1), [MockApns::error(400, "BadTopic")]);
+    stack.call("gus", Some(&apns_payload("bad")), None).await;
+    let dead = stack.env.wait_messages(StreamKind::Dead, 1).await;
+    let letter: serde_json::Value = serde_json::from_slice(&dead[0].payload).expect("json");
+    assert_eq!(letter["stage"], "apns");
+    assert_eq!(letter["reason"], "BadTopic");
+    assert_eq!(letter["attempts"], 1);
+    assert!(
+        letter["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("BadTopic")
+    );
+    assert_eq!(letter["message"]["token"], ios(1));
+    assert_eq!(
+        dead[0].subject.as_str(),
+        format!("{}dead.apns", stack.env.prefix)
+    );
+    Stack::wait_metrics(
+        stack.apns(),
+        &[r#"pushline_dead_letters_total{reason="BadTopic",stage="apns"} 1"#],
+    )
+    .await;
+    stack.env.wait_messages(StreamKind::PushApns, 0).await;
+    assert_eq!(
+        stack.providers.apns.requests().len(),
+        1,
+        "no retry after a permanent error"
+    );
+}
+
+#[tokio::test]
+async fn a_call_whose_deadline_passes_while_apns_fails_is_never_delivered_late() {
+    let stack = Stack::start().await;
+    stack.register_ios("hal", &ios(1)).await;
+    stack.providers.apns.script_all(std::iter::repeat_n(
+        MockApns::error(503, "ServiceUnavailable"),
+        1_000,
+    ));
+    let ring_until = pipeline::contract::now_ms() + 1_500;
+    let body = harness::webex::telephony_push(
+        "hal",
+        Some(&format!(r#"{{"aps":{{}},"ringexpiretime":{ring_until}}}"#)),
+        None,
+    );
+    stack.webhook(&body).await;
+    Stack::wait_metrics(stack.apns(), &[r#"pushline_expired_total{stage="apns"} 1"#]).await;
+    stack.env.wait_messages(StreamKind::PushApns, 0).await;
+    let requests = stack.providers.apns.requests();
+    assert!(!requests.is_empty());
+    assert!(
+        requests.iter().all(|r| r.status != 200),
+        "nothing delivered"
+    );
+    assert!(
+        requests.iter().all(|r| r.at_ms < ring_until),
+        "nothing even attempted after the deadline"
+    );
+    assert!(
+        stack.env.stream_messages(StreamKind::Dead).await.is_empty(),
+        "an expired call is dropped, not dead-lettered"
+    );
+}
+
+#[tokio::test]
+async fn oversized_payloads_are_dead_lettered_before_sending() {
+    let stack = Stack::start().await;
+    stack.register_ios("ivy", &ios(1)).await;
+    let big = format!(r#"{{"aps":{{}},"pad":"{}"}}"#, "x".repeat(5_200));
+    stack.call("ivy", Some(&big), None).await;
+    let dead = stack.env.wait_messages(StreamKind::Dead, 1).await;
+    let letter: serde_json::Value = serde_json::from_slice(&dead[0].payload).expect("json");
+    assert_eq!(letter["reason"], "PayloadTooLarge");
+    assert!(stack.providers.apns.requests().is_empty(), "never sent");
+}
+
+#[tokio::test]
+async fn an_expired_provider_token_is_re_signed_once_and_the_push_goes_through() {
+    let stack = Stack::start().await;
+    stack.register_ios("jo", &ios(1)).await;
+    stack
+        .providers
+        .apns
+        .script(&ios(1), [MockApns::error(403, "ExpiredProviderToken")]);
+    stack.call("jo", Some(&apns_payload("jwt")), None).await;
+    stack.providers.apns.wait_delivered(1, WAIT).await;
+    let requests = stack.providers.apns.requests();
+    assert_eq!(requests.len(), 2);
+    assert_ne!(
+        requests[0].header("authorization"),
+        requests[1].header("authorization"),
+        "a new token was signed"
+    );
+    Stack::wait_metrics(
+        stack.apns(),
+        &[r#"pushline_worker_messages_total{outcome="ack",stage="apns"} 1"#],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_fcm_access_token_is_renewed_once() {
+    let stack = Stack::start().await;
+    stack.register_android("kim", &android(1)).await;
+    stack.call("kim", None, Some(&fcm_payload("1"))).await;
+    stack.providers.fcm.wait_delivered(1, WAIT).await;
+    let before = stack.providers.fcm.token_requests();
+    stack.providers.fcm.revoke_access_tokens();
+    stack.call("kim", None, Some(&fcm_payload("2"))).await;
+    stack.providers.fcm.wait_delivered(2, WAIT).await;
+    assert_eq!(stack.providers.fcm.token_requests(), before + 1);
+}
+
+#[tokio::test]
+async fn pushes_survive_goaway_and_dropped_connections() {
+    let stack = Stack::start().await;
+    for n in 1..=3 {
+        stack.register_ios(&format!("p{n}"), &ios(n)).await;
+    }
+    stack.providers.apns.script(&ios(1), [Reply::GoAway]);
+    stack.call("p1", Some(&apns_payload("a")), None).await;
+    stack.providers.apns.wait_delivered(1, WAIT).await;
+    stack.providers.apns.script(&ios(2), [Reply::Drop]);
+    stack.call("p2", Some(&apns_payload("b")), None).await;
+    stack.call("p3", Some(&apns_payload("c")), None).await;
+    let delivered = stack
+        .providers
+        .apns
+        .wait_for("both later calls delivered", WAIT, |r| {
+            let ok: HashSet<&str> = r
+                .iter()
+                .filter(|r| r.status == 200)
+                .map(|r| MockApns::token_of(&r.path))
+                .collect();
+            ok.contains(ios(2).as_str()) && ok.contains(ios(3).as_str())
+        })
+        .await;
+    assert!(
+        stack.providers.apns.connections() >= 2,
+        "the client reconnected"
+    );
+    assert!(delivered.iter().filter(|r| r.status == 200).count() >= 3);
+}
+
+#[tokio::test]
+async fn a_dispatcher_killed_mid_flight_loses_nothing_a_second_replica_delivers() {
+    let mut stack = Stack::start_with(|c| {
+        c.apns.worker.ack_wait_secs = 1;
+        c.apns.worker.concurrency = 16;
+    })
+    .await;
+    let people: Vec<String> = (1..=6).map(|n| format!("crash-{n}")).collect();
+    for (n, person) in people.iter().enumerate() {
+        stack.register_ios(person, &ios(n as u16 + 1)).await;
+    }
+    // APNs is slow: every push is still in flight when the first replica dies.
+    stack.providers.apns.set_delay(Duration::from_secs(3));
+    for person in &people {
+        stack.call(person, Some(&apns_payload(person)), None).await;
+    }
+    Stack::wait_metrics(
+        stack.apns(),
+        &[r#"pushline_worker_in_flight{stage="apns"} 6"#],
+    )
+    .await;
+    stack.apns.take().expect("first replica").abort();
+    let killed_at = pipeline::contract::now_ms();
+
+    stack.providers.apns.set_delay(Duration::ZERO);
+    let second = start_dispatcher_apns(stack.configs.apns.clone()).await;
+    let requests = stack
+        .providers
+        .apns
+        .wait_for("every call redelivered by the second replica", WAIT, |r| {
+            let after: HashSet<&str> = r
+                .iter()
+                .filter(|r| r.status == 200 && r.at_ms > killed_at)
+                .map(|r| MockApns::token_of(&r.path))
+                .collect();
+            after.len() == people.len()
+        })
+        .await;
+    let after: Vec<&Recorded> = requests.iter().filter(|r| r.at_ms > killed_at).collect();
+    assert_eq!(after.len(), people.len(), "each redelivered once");
+    Stack::wait_metrics(
+        &second,
+        &[r#"pushline_worker_messages_total{outcome="ack",stage="apns"} 6"#],
+    )
+    .await;
+    stack.env.wait_messages(StreamKind::PushApns, 0).await;
+}
+
+#[tokio::test]
+async fn two_dispatcher_replicas_share_the_load() {
+    let stack = Stack::start_with(|c| c.apns.worker.concurrency = 2).await;
+    let second = start_dispatcher_apns(stack.configs.apns.clone()).await;
+    second.wait_ready().await;
+    stack.providers.apns.set_delay(Duration::from_millis(30));
+    let count = 20u16;
+    for n in 1..=count {
+        stack.register_ios(&format!("share-{n}"), &ios(n)).await;
+    }
+    for n in 1..=count {
+        stack
+            .call(
+                &format!("share-{n}"),
+                Some(&apns_payload(&n.to_string())),
+                None,
+            )
+            .await;
+    }
+    let delivered = stack
+        .providers
+        .apns
+        .wait_delivered(count as usize, WAIT)
+        .await;
+    let unique: HashSet<String> = delivered
+        .iter()
+        .map(|r| MockApns::token_of(&r.path).to_owned())
+        .collect();
+    assert_eq!(unique.len(), count as usize);
+    let acked = |text: String| -> u64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with(r#"pushline_worker_messages_total{outcome="ack",stage="apns"}"#)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let first = acked(stack.apns().metrics().await);
+    let other = acked(second.metrics().await);
+    assert_eq!(first + other, count as u64);
+    assert!(
+        first > 0 && other > 0,
+        "both replicas delivered: {first} + {other}"
+    );
+}
+
+#[tokio::test]
+async fn certificate_auth_sends_without_a_provider_token() {
+    let mut stack = Stack::start().await;
+    let (cert, key) = stack.providers.ca.issue(&[], APNS_APP);
+    let cert_file = stack.providers.dir.path().join("apns-cert.pem");
+    let key_file = stack.providers.dir.path().join("apns-key.pem");
+    std::fs::write(&cert_file, cert).expect("write cert");
+    std::fs::write(&key_file, key).expect("write key");
+    let mut config = stack.configs.apns.clone();
+    let app = &mut config.apps_mut()[0];
+    app.team_id = None;
+    app.key_id = None;
+    app.key_file = None;
+    app.certificate_file = Some(cert_file);
+    app.certificate_key_file = Some(key_file);
+    stack
+        .apns
+        .take()
+        .expect("token-auth dispatcher")
+        .stop()
+        .await;
+    let cert_dispatcher = start_dispatcher_apns(config).await;
+    cert_dispatcher.wait_ready().await;
+    stack.register_ios("lee", &ios(1)).await;
+    stack.call("lee", Some(&apns_payload("cert")), None).await;
+    let push = &stack.providers.apns.wait_delivered(1, WAIT).await[0];
+    assert_eq!(push.header("authorization"), None);
+}
+
+#[tokio::test]
+async fn duplicate_webhooks_ring_once() {
+    let stack = Stack::start().await;
+    stack.register_ios("max", &ios(1)).await;
+    let body = harness::webex::telephony_push("max", Some(&apns_payload("once")), None);
+    stack.webhook(&body).await;
+    stack.webhook(&body).await;
+    stack.providers.apns.wait_delivered(1, WAIT).await;
+    Stack::wait_metrics(
+        &stack.ingest,
+        &[r#"pushline_webhooks_received_total{outcome="duplicate",source="webex"} 1"#],
+    )
+    .await;
+    stack.env.wait_messages(StreamKind::PushApns, 0).await;
+    let per_token: HashMap<String, usize> =
+        stack
+            .providers
+            .apns
+            .requests()
+            .iter()
+            .fold(HashMap::new(), |mut m, r| {
+                *m.entry(MockApns::token_of(&r.path).to_owned()).or_default() += 1;
+                m
+            });
+    assert_eq!(per_token.get(&ios(1)), Some(&1));
+}
