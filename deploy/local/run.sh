@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs pushline locally: NATS JetStream, Redis and the services, with a development
-# configuration; registers sample devices, sends a signed sample call webhook and shows
-# what came out. Runs until ctrl-c, then stops everything it started.
+# Runs pushline locally: NATS JetStream, Redis, the sandbox mock APNs/FCM and the four
+# services with a development configuration; registers a sample iOS and Android device,
+# sends a signed sample call webhook and shows both pushes arriving at the mocks. Runs
+# until ctrl-c, then stops everything it started.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -12,6 +13,13 @@ INGEST=127.0.0.1:8080
 INGEST_ADMIN=127.0.0.1:9080
 REGISTRY=127.0.0.1:8081
 REGISTRY_ADMIN=127.0.0.1:9081
+APNS_ADMIN=127.0.0.1:9082
+FCM_ADMIN=127.0.0.1:9083
+MOCK_APNS_PORT=${PUSHLINE_LOCAL_MOCK_APNS_PORT:-18443}
+MOCK_FCM_PORT=${PUSHLINE_LOCAL_MOCK_FCM_PORT:-18444}
+MOCK_CONTROL_PORT=${PUSHLINE_LOCAL_MOCK_CONTROL_PORT:-18445}
+BUNDLE=com.example.pushline
+PROJECT=pushline-local
 SECRET=local-webhook-secret
 API_KEY=local-api-key
 PERSON=Y2lzY29zcGFyazovL3VzL1BFT1BMRS9sb2NhbC1kZW1v
@@ -34,7 +42,8 @@ export PATH="$PATH:/usr/sbin"
 
 say "building release binaries"
 cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" \
-  -p pushline-ingest -p pushline-registry
+  -p pushline-ingest -p pushline-registry -p pushline-dispatcher-apns \
+  -p pushline-dispatcher-fcm -p pushline-tests --bins
 BIN="$ROOT/target/release"
 
 # --- 2. start everything, stop it all on exit ----------------------------------------
@@ -68,6 +77,11 @@ start nats nats-server -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR" -js -sd "
 start redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$WORK"
 wait_http "http://127.0.0.1:$NATS_MONITOR/healthz" "nats-server" nats
 
+say "starting the sandbox mock APNs (:$MOCK_APNS_PORT) and FCM (:$MOCK_FCM_PORT)"
+start mock "$BIN/pushline-mock" --dir "$WORK/mock" --apns-port "$MOCK_APNS_PORT" \
+  --fcm-port "$MOCK_FCM_PORT" --control-port "$MOCK_CONTROL_PORT" --bundle "$BUNDLE" --project "$PROJECT"
+wait_http "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" "pushline-mock" mock
+
 KEY_HASH=$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)
 cat >"$WORK/ingest.toml" <<TOML
 listen = "$INGEST"
@@ -85,8 +99,8 @@ admin_listen = "$REGISTRY_ADMIN"
 [redis]
 url = "redis://127.0.0.1:$REDIS_PORT"
 [devices]
-default_apns_app = "com.example.pushline"
-default_fcm_app = "pushline-local"
+default_apns_app = "$BUNDLE"
+default_fcm_app = "$PROJECT"
 default_environment = "sandbox"
 [auth]
 api_keys = [{ name = "local", sha256 = "$KEY_HASH" }]
@@ -96,11 +110,44 @@ url = "nats://127.0.0.1:$NATS_PORT"
 format = "pretty"
 TOML
 
-say "starting ingest on $INGEST and registry on $REGISTRY"
+cat >"$WORK/dispatcher-apns.toml" <<TOML
+admin_listen = "$APNS_ADMIN"
+[apns]
+production_url = "https://127.0.0.1:$MOCK_APNS_PORT"
+sandbox_url = "https://127.0.0.1:$MOCK_APNS_PORT"
+ca_files = ["$WORK/mock/ca.pem"]
+[[apns.apps]]
+bundle_id = "$BUNDLE"
+team_id = "TEAM123456"
+key_id = "KEY1234567"
+key_file = "$WORK/mock/AuthKey_KEY1234567.p8"
+[nats]
+url = "nats://127.0.0.1:$NATS_PORT"
+[telemetry]
+format = "pretty"
+TOML
+cat >"$WORK/dispatcher-fcm.toml" <<TOML
+admin_listen = "$FCM_ADMIN"
+[fcm]
+base_url = "https://127.0.0.1:$MOCK_FCM_PORT"
+ca_files = ["$WORK/mock/ca.pem"]
+[[fcm.projects]]
+service_account_file = "$WORK/mock/$PROJECT.json"
+[nats]
+url = "nats://127.0.0.1:$NATS_PORT"
+[telemetry]
+format = "pretty"
+TOML
+
+say "starting ingest ($INGEST), registry ($REGISTRY), dispatcher-apns and dispatcher-fcm"
 start ingest "$BIN/pushline-ingest" --config "$WORK/ingest.toml"
 start registry "$BIN/pushline-registry" --config "$WORK/registry.toml"
+start dispatcher-apns "$BIN/pushline-dispatcher-apns" --config "$WORK/dispatcher-apns.toml"
+start dispatcher-fcm "$BIN/pushline-dispatcher-fcm" --config "$WORK/dispatcher-fcm.toml"
 wait_http "http://$INGEST_ADMIN/readyz" "ingest" ingest
 wait_http "http://$REGISTRY_ADMIN/readyz" "registry" registry
+wait_http "http://$APNS_ADMIN/readyz" "dispatcher-apns" dispatcher-apns
+wait_http "http://$FCM_ADMIN/readyz" "dispatcher-fcm" dispatcher-fcm
 
 # --- 3. a sample call ------------------------------------------------------------------
 VOIP_TOKEN=$(printf 'ab%.0s' $(seq 1 32))
@@ -118,24 +165,33 @@ curl -fsS -X POST "http://$INGEST/webhooks/webex" -H 'content-type: application/
   -H "x-spark-signature: $SIG" -d "$BODY"
 echo
 
-say "waiting for the registry to fan the call out into push jobs"
-JOBS=0
-for _ in $(seq 1 50); do
-  JOBS=$(curl -fsS "http://127.0.0.1:$NATS_MONITOR/jsz" | grep -m1 '"messages"' | tr -dc 0-9 || true)
-  [ "${JOBS:-0}" -ge 2 ] && break
+say "waiting for both pushes to reach the sandbox providers"
+for _ in $(seq 1 100); do
+  DELIVERED=$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" | grep -o '"status":200' | wc -l)
+  [ "$DELIVERED" -ge 2 ] && break
   sleep 0.1
 done
-echo "  messages now stored in JetStream (push jobs for the two devices): ${JOBS:-0}"
-curl -fsS "http://$REGISTRY_ADMIN/metrics" | grep '^pushline_fanout_jobs_total' || true
+echo "  what the sandbox providers received:"
+sed 's/^/    /' "$WORK/mock.log" | grep -E 'APNs|FCM ' || true
+if [ "${DELIVERED:-0}" -ge 2 ]; then
+  say "both pushes delivered"
+else
+  say "only ${DELIVERED:-0} of 2 pushes arrived; see the logs below"
+fi
+for admin in "$APNS_ADMIN" "$FCM_ADMIN"; do
+  curl -fsS "http://$admin/metrics" | grep -E '^pushline_(pushes_total|end_to_end_seconds_count)' | sed 's/^/    /' || true
+done
 
 cat <<INFO
 
 pushline is running. Metrics: http://$INGEST_ADMIN/metrics  http://$REGISTRY_ADMIN/metrics
+  http://$APNS_ADMIN/metrics  http://$FCM_ADMIN/metrics
+Pushes the sandbox providers received: http://127.0.0.1:$MOCK_CONTROL_PORT/requests
 Device API: http://$REGISTRY (Bearer $API_KEY)   Webhooks: http://$INGEST/webhooks/webex (secret $SECRET)
 NATS monitoring: http://127.0.0.1:$NATS_MONITOR/jsz?streams=true
 Logs follow; ctrl-c stops everything.
 
 INFO
-tail -n +1 -f "$WORK/ingest.log" "$WORK/registry.log" &
+tail -n 0 -f "$WORK/ingest.log" "$WORK/registry.log" "$WORK/dispatcher-apns.log" "$WORK/dispatcher-fcm.log" "$WORK/mock.log" &
 PIDS+=($!)
 wait

@@ -247,6 +247,20 @@ impl<B: Behaviour> Mock<B> {
         }
     }
 
+    /// Waits, without a limit, until more than `seen` requests were recorded; returns them all.
+    pub async fn wait_beyond(&self, seen: usize) -> Vec<Recorded> {
+        loop {
+            let notified = self.shared.notify.notified();
+            {
+                let recorded = self.shared.recorded.lock().expect("record lock");
+                if recorded.len() > seen {
+                    return recorded.clone();
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until `n` pushes were answered 200.
     pub async fn wait_delivered(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
         self.wait_for(&format!("{n} delivered pushes"), timeout, |r| {

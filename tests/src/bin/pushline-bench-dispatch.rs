@@ -1,0 +1,284 @@
+//! `pushline-bench-dispatch`: how fast one APNs dispatcher pushes, against the mock APNs,
+//! compared in the same run with the ceilings it is judged against:
+//!
+//! 1. a bare HTTP/2 client: one connection, 100 requests in flight, same requests;
+//! 2. `h2load` (nghttp2) with one connection and 100 streams, when installed.
+//!
+//! The dispatcher drains a `PUSH_APNS` stream pre-filled with N jobs from a real
+//! `nats-server`; its rate is measured between the first and last push the mock receives.
+//! Loopback only, bounded by `--pushes`. Build with `--release`.
+//!
+//! ```text
+//! cargo run --release -p pushline-tests --bin pushline-bench-dispatch -- [--pushes 20000] [--json FILE]
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::message::PublishMessage;
+use harness::mock::apns::{MockApns, P8Key};
+use harness::mock::tls::TestCa;
+use harness::servers::NatsServer;
+use pipeline::contract::{
+    ApnsPart, ApnsPushType, Class, Environment, Platform, PushJob, VERSION, now_ms,
+};
+use serde_json::value::RawValue;
+
+const BUNDLE: &str = "com.example.bench";
+const PAYLOAD: &str =
+    r#"{"aps":{},"callId":"bench-call","caller":{"name":"Ada","number":"+15550100"}}"#;
+
+fn token(i: usize) -> String {
+    format!("{i:064x}")
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn json_path() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// Pushes per second between the first and the last 200 the mock recorded after `since`.
+fn rate(mock: &MockApns, since_ms: u64) -> (usize, f64) {
+    let times: Vec<u64> = mock
+        .delivered()
+        .iter()
+        .map(|r| r.at_ms)
+        .filter(|t| *t >= since_ms)
+        .collect();
+    let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
+        return (0, 0.0);
+    };
+    let span = (last - first).max(1) as f64 / 1000.0;
+    (times.len(), (times.len().saturating_sub(1)) as f64 / span)
+}
+
+async fn wait_count(mock: &MockApns, since_ms: u64, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while mock
+        .delivered()
+        .iter()
+        .filter(|r| r.at_ms >= since_ms)
+        .count()
+        < n
+    {
+        assert!(Instant::now() < deadline, "bench did not finish in 300 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The bare baseline: one HTTP/2 connection, `in_flight` requests at a time.
+async fn bare_client(mock: &MockApns, ca: &str, bearer: &str, n: usize, in_flight: usize) -> f64 {
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .http2_prior_knowledge()
+        .tcp_nodelay(true)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA"))
+        .build()
+        .expect("client");
+    let url = mock.url();
+    let started = now_ms();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let (client, url, next, bearer) =
+            (client.clone(), url.clone(), next.clone(), bearer.to_owned());
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let _ = client
+                    .post(format!("{url}/3/device/{}", token(1_000_000 + i)))
+                    .header("apns-push-type", "voip")
+                    .header("apns-topic", format!("{BUNDLE}.voip"))
+                    .header("apns-priority", "10")
+                    .header("authorization", format!("bearer {bearer}"))
+                    .body(PAYLOAD)
+                    .send()
+                    .await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    rate(mock, started).1
+}
+
+/// `h2load` with one connection and 100 streams, when installed.
+fn h2load(mock: &MockApns, bearer: &str, n: usize, dir: &std::path::Path) -> Option<f64> {
+    let body = dir.join("payload.json");
+    std::fs::write(&body, PAYLOAD).ok()?;
+    let output = std::process::Command::new("h2load")
+        .args(["-n", &n.to_string(), "-c", "1", "-m", "100", "-d"])
+        .arg(&body)
+        .args([
+            "-H",
+            "apns-push-type: voip",
+            "-H",
+            &format!("apns-topic: {BUNDLE}.voip"),
+            "-H",
+            "apns-priority: 10",
+        ])
+        .args(["-H", &format!("authorization: bearer {bearer}")])
+        .arg(format!("{}/3/device/{}", mock.url(), token(9_999_999)))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "finished in 1.23s, 40000.00 req/s, …"
+    let line = text.lines().find(|l| l.starts_with("finished in"))?;
+    line.split(", ")
+        .nth(1)?
+        .strip_suffix(" req/s")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn jobs(n: usize, deadline_ms: u64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            serde_json::to_vec(&PushJob {
+                v: VERSION,
+                event_id: format!("bench-{i}"),
+                token: token(i),
+                platform: Platform::Apns,
+                app: BUNDLE.into(),
+                environment: Environment::Production,
+                class: Class::Call,
+                received_at_ms: now_ms(),
+                deadline_ms,
+                apns: Some(ApnsPart {
+                    payload: RawValue::from_string(PAYLOAD.into()).expect("raw"),
+                    push_type: ApnsPushType::Voip,
+                    priority: 10,
+                    collapse_id: None,
+                }),
+                fcm: None,
+                trace_id: None,
+            })
+            .expect("job")
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n = arg("--pushes", 20_000);
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new();
+    let key = P8Key::generate("TEAM123456", "KEY1234567");
+    let mock = MockApns::start_apns(&ca, &[BUNDLE], &[&key], 0).await;
+    let ca_file = mock.write_ca(dir.path(), "ca.pem");
+    let key_file = key.write(dir.path());
+    let bearer =
+        dispatcher_apns::jwt::ProviderToken::from_p8("TEAM123456", "KEY1234567", &key.pem, 1800)?
+            .current(now_ms() / 1000)
+            .to_string();
+
+    // Fill PUSH_APNS before the dispatcher starts.
+    let mut nats_config = pipeline::config::NatsConfig {
+        url: nats.url(),
+        ..Default::default()
+    };
+    nats_config.publish_timeout_ms = 10_000;
+    let topology = pipeline::topology::Topology::new(&nats_config);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    topology.ensure(&js).await?;
+    let subject = topology.push_subject(Platform::Apns, Environment::Production);
+    let deadline = now_ms() + 600_000;
+    let all = jobs(n, deadline);
+    for (c, chunk) in all.chunks(1_000).enumerate() {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (i, body) in chunk.iter().enumerate() {
+            let id = format!("bench-{}", c * 1_000 + i);
+            let msg = PublishMessage::build()
+                .payload(body.clone().into())
+                .message_id(id);
+            acks.push(js.send_publish(subject.clone(), msg).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+
+    let mut config = dispatcher_apns::config::Config {
+        nats: nats_config,
+        ..Default::default()
+    };
+    config.apns.production_url = mock.url();
+    config.apns.sandbox_url = mock.url();
+    config.apns.ca_files = vec![ca_file];
+    config.apns.apps = vec![dispatcher_apns::config::AppConfig {
+        bundle_id: BUNDLE.into(),
+        environments: vec![Environment::Production],
+        team_id: Some("TEAM123456".into()),
+        key_id: Some("KEY1234567".into()),
+        key_file: Some(key_file),
+        certificate_file: None,
+        certificate_key_file: None,
+    }];
+    config.telemetry.filter = "warn".into();
+    let connections = config.apns.connections;
+    let concurrency = config.worker.concurrency;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let shutdown = pipeline::CancellationToken::new();
+    let started = now_ms();
+    let dispatcher = tokio::spawn(dispatcher_apns::serve(config, admin, shutdown.clone()));
+    wait_count(&mock, started, n).await;
+    let (delivered, dispatcher_rate) = rate(&mock, started);
+    shutdown.cancel();
+    let _ = dispatcher.await;
+
+    let bare = bare_client(&mock, mock.ca_pem(), &bearer, n, 100).await;
+    let h2 = h2load(&mock, &bearer, n, dir.path());
+
+    println!(
+        "one APNs dispatcher against the mock APNs, {n} pushes ({connections} connections, {concurrency} in flight)"
+    );
+    println!("{:<44} {:>12} {:>10}", "", "pushes/s", "ratio");
+    println!(
+        "{:<44} {:>12.0} {:>10}",
+        "dispatcher (NATS → APNs mock)", dispatcher_rate, ""
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2}",
+        "bare HTTP/2 client, 1 connection, 100 in flight",
+        bare,
+        dispatcher_rate / bare
+    );
+    match h2 {
+        Some(h2) => println!(
+            "{:<44} {:>12.0} {:>10.2}",
+            "h2load -c 1 -m 100",
+            h2,
+            dispatcher_rate / h2
+        ),
+        None => println!(
+            "{:<44} {:>12} {:>10}",
+            "h2load (not installed: apt-get install nghttp2-client)", "-", "-"
+        ),
+    }
+    if let Some(path) = json_path() {
+        let report = serde_json::json!({
+            "pushes": n, "delivered": delivered, "connections": connections, "in_flight": concurrency,
+            "dispatcher_per_s": dispatcher_rate, "bare_client_per_s": bare, "h2load_per_s": h2,
+            "ratio_to_bare_client": dispatcher_rate / bare,
+            "ratio_to_h2load": h2.map(|h| dispatcher_rate / h),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
