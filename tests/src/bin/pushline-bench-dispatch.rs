@@ -51,12 +51,7 @@ fn json_path() -> Option<String> {
 
 /// Pushes per second between the first and the last 200 the mock recorded after `since`.
 fn rate(mock: &MockApns, since_ms: u64) -> (usize, f64) {
-    let times: Vec<u64> = mock
-        .delivered()
-        .iter()
-        .map(|r| r.at_ms)
-        .filter(|t| *t >= since_ms)
-        .collect();
+    let times = mock.delivered_times(since_ms);
     let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
         return (0, 0.0);
     };
@@ -66,13 +61,7 @@ fn rate(mock: &MockApns, since_ms: u64) -> (usize, f64) {
 
 async fn wait_count(mock: &MockApns, since_ms: u64, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(300);
-    while mock
-        .delivered()
-        .iter()
-        .filter(|r| r.at_ms >= since_ms)
-        .count()
-        < n
-    {
+    while mock.delivered_count(since_ms) < n {
         assert!(Instant::now() < deadline, "bench did not finish in 300 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

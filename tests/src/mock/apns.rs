@@ -28,6 +28,9 @@ struct TeamKey {
 pub struct Apns {
     bundles: Vec<String>,
     keys: Mutex<HashMap<String, TeamKey>>,
+    /// Tokens whose signature was already checked, with their `iat`: like APNs, the
+    /// signature is verified once per token, the age on every request.
+    verified: Mutex<HashMap<String, u64>>,
 }
 
 /// A running mock APNs.
@@ -69,6 +72,7 @@ impl MockApns {
         let behaviour = Apns {
             bundles: bundles.iter().map(|b| b.to_string()).collect(),
             keys: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
         };
         for key in keys {
             behaviour.trust(key);
@@ -123,6 +127,33 @@ impl Apns {
 
     /// Checks a provider token; the APNs reason on failure.
     fn check_token(&self, token: &str) -> Result<(), &'static str> {
+        let known = self
+            .verified
+            .lock()
+            .expect("verified lock")
+            .get(token)
+            .copied();
+        let iat = match known {
+            Some(iat) => iat,
+            None => {
+                let iat = self.verify_signature(token)?;
+                self.verified
+                    .lock()
+                    .expect("verified lock")
+                    .insert(token.to_owned(), iat);
+                iat
+            }
+        };
+        let now = pipeline::contract::now_ms() / 1000;
+        if iat <= now + 60 && now.saturating_sub(iat) < 3_600 {
+            Ok(())
+        } else {
+            Err("ExpiredProviderToken")
+        }
+    }
+
+    /// Verifies a token's header, issuer and signature; returns its `iat`.
+    fn verify_signature(&self, token: &str) -> Result<u64, &'static str> {
         let mut parts = token.split('.');
         let (Some(h), Some(c), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -159,12 +190,7 @@ impl Apns {
         {
             return Err("InvalidProviderToken");
         }
-        let now = pipeline::contract::now_ms() / 1000;
-        match claims["iat"].as_u64() {
-            Some(iat) if iat <= now + 60 && now.saturating_sub(iat) < 3_600 => Ok(()),
-            Some(_) => Err("ExpiredProviderToken"),
-            None => Err("InvalidProviderToken"),
-        }
+        claims["iat"].as_u64().ok_or("InvalidProviderToken")
     }
 }
 

@@ -216,6 +216,26 @@ impl<B: Behaviour> Mock<B> {
             .collect()
     }
 
+    /// Receive times (Unix ms) of pushes answered 200 at or after `since_ms`, without
+    /// copying the requests (benchmarks poll this).
+    pub fn delivered_times(&self, since_ms: u64) -> Vec<u64> {
+        let recorded = self.shared.recorded.lock().expect("record lock");
+        recorded
+            .iter()
+            .filter(|r| r.status == 200 && r.at_ms >= since_ms)
+            .map(|r| r.at_ms)
+            .collect()
+    }
+
+    /// How many pushes were answered 200 at or after `since_ms`.
+    pub fn delivered_count(&self, since_ms: u64) -> usize {
+        let recorded = self.shared.recorded.lock().expect("record lock");
+        recorded
+            .iter()
+            .filter(|r| r.status == 200 && r.at_ms >= since_ms)
+            .count()
+    }
+
     /// How many connections clients opened.
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
