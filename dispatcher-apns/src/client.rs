@@ -50,7 +50,7 @@ impl Route {
 
 /// The APNs provider for every configured app and environment.
 pub struct ApnsProvider {
-    routes: HashMap<(String, Environment), Route>,
+    routes: HashMap<String, HashMap<Environment, Route>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -77,7 +77,7 @@ impl ApnsProvider {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             ca_setting: "apns.ca_files",
         };
-        let mut routes = HashMap::new();
+        let mut routes: HashMap<String, HashMap<Environment, Route>> = HashMap::new();
         for (i, app) in config.apps.iter().enumerate() {
             let (auth, identity) = Self::credentials(i, app, config.token_refresh_secs)?;
             for env in &app.environments {
@@ -94,8 +94,8 @@ impl ApnsProvider {
                     Auth::Token(token) => Auth::Token(token.clone()),
                     Auth::Certificate => Auth::Certificate,
                 };
-                routes.insert(
-                    (app.bundle_id.clone(), *env),
+                routes.entry(app.bundle_id.clone()).or_default().insert(
+                    *env,
                     Route {
                         base_url,
                         auth,
@@ -106,6 +106,10 @@ impl ApnsProvider {
             }
         }
         Ok(ApnsProvider { routes })
+    }
+
+    fn route(&self, job: &PushJob) -> Option<&Route> {
+        self.routes.get(job.app.as_str())?.get(&job.environment)
     }
 
     fn credentials(
@@ -232,12 +236,11 @@ impl Provider for ApnsProvider {
     const PLATFORM: Platform = Platform::Apns;
 
     fn knows_app(&self, job: &PushJob) -> bool {
-        self.routes
-            .contains_key(&(job.app.clone(), job.environment))
+        self.route(job).is_some()
     }
 
     async fn send(&self, job: &PushJob) -> Verdict {
-        let Some(route) = self.routes.get(&(job.app.clone(), job.environment)) else {
+        let Some(route) = self.route(job) else {
             return Verdict::Reject {
                 reason: "unknown_app",
                 detail: format!("no APNs credentials for {}", job.app),
@@ -293,7 +296,7 @@ impl Provider for ApnsProvider {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         // Credentials are loaded and validated at start-up; a token is signable.
         Box::pin(async move {
-            for route in self.routes.values() {
+            for route in self.routes.values().flat_map(HashMap::values) {
                 if let Auth::Token(token) = &route.auth {
                     token.current(now_secs());
                 }

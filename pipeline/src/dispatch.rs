@@ -185,7 +185,6 @@ impl<P: Provider> Handler for Dispatch<P> {
             .provider_duration
             .with_label_values(&[P::PLATFORM.as_str(), app])
             .observe(started.elapsed().as_secs_f64());
-        let token = crate::telemetry::token_tag(&job.token);
 
         match verdict {
             Verdict::Delivered => {
@@ -195,7 +194,7 @@ impl<P: Provider> Handler for Dispatch<P> {
                     .end_to_end
                     .with_label_values(&[P::PLATFORM.as_str(), job.class.as_str()])
                     .observe(e2e_ms as f64 / 1000.0);
-                tracing::debug!(event_id = %job.event_id, %token, e2e_ms, "delivered");
+                tracing::debug!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), e2e_ms, "delivered");
                 Outcome::Ack
             }
             Verdict::InvalidToken {
@@ -212,7 +211,7 @@ impl<P: Provider> Handler for Dispatch<P> {
                     };
                 }
                 self.count(app, "invalid_token", reason);
-                tracing::info!(event_id = %job.event_id, %token, reason = %detail, "token rejected by provider");
+                tracing::info!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), reason = %detail, "token rejected by provider");
                 Outcome::Ack
             }
             Verdict::Retry {
@@ -239,7 +238,7 @@ impl<P: Provider> Handler for Dispatch<P> {
                         }
                     }
                     None => {
-                        tracing::info!(event_id = %job.event_id, %token, reason, "deadline would pass before a retry; dropped");
+                        tracing::info!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), reason, "deadline would pass before a retry; dropped");
                         self.expired(app);
                         Outcome::Ack
                     }
