@@ -219,6 +219,15 @@ async fn answer(response: reqwest::Response) -> Answer {
     }
 }
 
+/// The error text without its URL: APNs URLs end in the device token.
+fn without_url(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(url) = error.url() {
+        text = text.replace(url.as_str(), "<apns>");
+    }
+    text
+}
+
 fn transport_error(error: &reqwest::Error) -> Verdict {
     let reason = if error.is_timeout() {
         "timeout"
@@ -227,7 +236,7 @@ fn transport_error(error: &reqwest::Error) -> Verdict {
     };
     Verdict::Retry {
         reason,
-        detail: format!("APNs request failed: {error}"),
+        detail: format!("APNs request failed: {}", without_url(error)),
         retry_after: None,
     }
 }

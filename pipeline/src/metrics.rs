@@ -48,6 +48,8 @@ pub struct Metrics {
     pub devices_removed: IntCounterVec,
     /// `pushline_feedback_total{platform,outcome}` (`pruned`, `kept_reregistered`, `unknown_token`).
     pub feedback: IntCounterVec,
+    /// `pushline_auth_refusals_total{service,reason}`: every refused caller, by reason.
+    pub auth_refusals: IntCounterVec,
 
     /// `pushline_worker_messages_total{stage,outcome}` (`ack`, `retry`, `dead`).
     pub worker_messages: IntCounterVec,
@@ -174,6 +176,12 @@ impl Metrics {
                 "pushline_feedback_total",
                 "Invalid-token feedback handled, by outcome.",
                 &["platform", "outcome"],
+            ),
+            auth_refusals: counter(
+                &r,
+                "pushline_auth_refusals_total",
+                "Callers refused, by reason.",
+                &["service", "reason"],
             ),
             worker_messages: counter(
                 &r,

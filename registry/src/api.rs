@@ -128,6 +128,18 @@ struct Registration<'a> {
 }
 
 impl AppState {
+    /// 403 (counted with `reason`) unless `allowed`.
+    fn require(&self, allowed: bool, reason: &'static str) -> Result<(), ApiError> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(self.auth.refuse(
+                reason,
+                ApiError::Forbidden("not allowed for this person's devices"),
+            ))
+        }
+    }
+
     fn default_app(&self, platform: Platform) -> &str {
         match platform {
             Platform::Apns => &self.devices.default_apns_app,
@@ -202,8 +214,9 @@ async fn put_device(
     body: Result<JsonBody<PutDevice>, ApiError>,
 ) -> Response {
     let result = async {
-        state.auth.authenticate(&headers)?;
+        let principal = state.auth.authenticate(&headers).await?;
         let JsonBody(body) = body?;
+        state.require(principal.may_write(&body.person_id), "not_owner")?;
         let channel = body.channel.unwrap_or(match body.platform {
             Platform::Apns => Channel::Voip,
             Platform::Fcm => Channel::Alert,
@@ -239,8 +252,21 @@ async fn delete_device(
     Path(token): Path<String>,
 ) -> Response {
     let result = async {
-        state.auth.authenticate(&headers)?;
+        let principal = state.auth.authenticate(&headers).await?;
         validate::any_token("token", &token).map_err(ApiError::Invalid)?;
+        if !principal.may_delete_any() {
+            // A person may delete only their own token; "not yours" and "not there" get
+            // the same answer, so nobody learns whether someone else's token exists.
+            let owner = state.store.owner(&token).await?;
+            if !owner.as_deref().is_some_and(|o| principal.is(o)) {
+                if owner.is_some() {
+                    state
+                        .auth
+                        .refuse("not_owner", ApiError::NotFound("device is not registered"));
+                }
+                return Err(ApiError::NotFound("device is not registered"));
+            }
+        }
         match state.store.remove(&token).await? {
             Some(_) => {
                 state
@@ -263,8 +289,9 @@ async fn list_devices(
     Path(person): Path<String>,
 ) -> Response {
     let result = async {
-        state.auth.authenticate(&headers)?;
+        let principal = state.auth.authenticate(&headers).await?;
         validate::person_id("personId", &person).map_err(ApiError::Invalid)?;
+        state.require(principal.may_read(&person), "not_owner")?;
         let devices = state.store.devices(&person, now_ms()).await?;
         Ok(Json(
             serde_json::json!({ "person_id": person, "devices": devices }),
@@ -280,8 +307,9 @@ async fn delete_person(
     Path(person): Path<String>,
 ) -> Response {
     let result = async {
-        state.auth.authenticate(&headers)?;
+        let principal = state.auth.authenticate(&headers).await?;
         validate::person_id("personId", &person).map_err(ApiError::Invalid)?;
+        state.require(principal.may_write(&person), "not_owner")?;
         let removed = state.store.remove_person(&person).await?;
         state
             .metrics
@@ -322,8 +350,9 @@ async fn sample_register(
     body: Result<JsonBody<SampleRegister>, ApiError>,
 ) -> Response {
     let result = async {
-        state.auth.authenticate(&headers)?;
+        let principal = state.auth.authenticate(&headers).await?;
         let JsonBody(body) = body?;
+        state.require(principal.may_write(&body.person_id), "not_owner")?;
         let targets = [
             (
                 "voipToken",

@@ -103,12 +103,18 @@ impl Default for DevicesConfig {
     }
 }
 
-/// `[auth]`: bearer API keys for the device API.
+/// `[auth]`: who may call the device API. Modes combine: a bearer that is a known API key
+/// is a service; else, with `jwt.keys` set, a JWT names the person in `sub`; else, with
+/// `webex.enabled`, Webex says whose access token it is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Accepted API keys, stored as SHA-256 hashes (`printf %s KEY | sha256sum`).
+    /// API keys for app backends, stored as SHA-256 hashes.
     pub api_keys: Vec<ApiKey>,
+    /// Mobile apps presenting the user's Webex access token.
+    pub webex: WebexAuthConfig,
+    /// JWTs from the customer's identity provider.
+    pub jwt: JwtAuthConfig,
     /// DEVELOPMENT ONLY: no authentication at all. Logged loudly.
     pub insecure_no_auth: bool,
 }
@@ -117,10 +123,114 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
-    /// Who holds it (for logs and metrics).
+    /// Who holds it (for logs).
     pub name: String,
-    /// Lowercase hex SHA-256 of the key.
+    /// Lowercase hex SHA-256 of the key (`printf %s KEY | sha256sum`).
     pub sha256: String,
+    /// What it may do: `register` (register and delete devices of any person), `read`
+    /// (list any person's devices), `admin` (everything). Default: register + read.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<Scope>,
+}
+
+fn default_scopes() -> Vec<Scope> {
+    vec![Scope::Register, Scope::Read]
+}
+
+/// An API-key scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Register and delete devices of any person.
+    Register,
+    /// List any person's devices.
+    Read,
+    /// Everything.
+    Admin,
+}
+
+/// `[auth.webex]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebexAuthConfig {
+    /// Accept Webex access tokens (checked with `GET {base_url}/v1/people/me`).
+    pub enabled: bool,
+    /// Webex API base URL.
+    pub base_url: String,
+    /// How long a positive answer is reused, seconds.
+    pub cache_secs: u64,
+    /// Upper bound on the Webex call, milliseconds; past it the request gets 503.
+    pub timeout_ms: u64,
+    /// Extra CA certificates (PEM) to trust for `base_url`.
+    pub ca_files: Vec<std::path::PathBuf>,
+}
+
+impl Default for WebexAuthConfig {
+    fn default() -> Self {
+        WebexAuthConfig {
+            enabled: false,
+            base_url: "https://webexapis.com".into(),
+            cache_secs: 60,
+            timeout_ms: 3_000,
+            ca_files: Vec::new(),
+        }
+    }
+}
+
+/// `[auth.jwt]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtAuthConfig {
+    /// Verification keys; JWT auth is on when there is at least one.
+    pub keys: Vec<JwtKey>,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtAuthConfig {
+    fn default() -> Self {
+        JwtAuthConfig {
+            keys: Vec::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// One JWT verification key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKey {
+    /// `HS256`, `RS256` or `ES256`.
+    pub algorithm: JwtAlgorithm,
+    /// Matched against the token's `kid` when both are set.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The shared secret, for HS256.
+    #[serde(default)]
+    pub secret: Option<pipeline::config::Secret>,
+    /// A file holding the shared secret, for HS256.
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The public key (PEM), for RS256 and ES256.
+    #[serde(default)]
+    pub public_key_file: Option<std::path::PathBuf>,
+}
+
+/// Supported JWT algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256.
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
 }
 
 /// Parsed addresses.
@@ -177,11 +287,44 @@ impl Config {
                     "must be 64 hex digits (the SHA-256 of the key, not the key)",
                 ));
             }
+            if key.scopes.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("auth.api_keys[{i}].scopes"),
+                    "must name at least one scope",
+                ));
+            }
         }
-        if self.auth.api_keys.is_empty() && !self.auth.insecure_no_auth {
+        let jwt = &self.auth.jwt;
+        if !jwt.keys.is_empty() && (jwt.issuer.is_empty() || jwt.audience.is_empty()) {
             return Err(ConfigError::invalid(
-                "auth.api_keys",
-                "is empty: add at least one key hash; auth.insecure_no_auth=true exists for local development only",
+                "auth.jwt.issuer",
+                "and auth.jwt.audience are required when auth.jwt.keys are set",
+            ));
+        }
+        for (i, key) in jwt.keys.iter().enumerate() {
+            let hs = key.algorithm == JwtAlgorithm::HS256;
+            let has_secret = key.secret.is_some() || key.secret_file.is_some();
+            if hs != has_secret || hs == key.public_key_file.is_some() {
+                return Err(ConfigError::invalid(
+                    format!("auth.jwt.keys[{i}]"),
+                    "HS256 needs secret or secret_file; RS256 and ES256 need public_key_file",
+                ));
+            }
+        }
+        let webex = &self.auth.webex;
+        if webex.enabled
+            && !(webex.base_url.starts_with("https://") || webex.base_url.starts_with("http://"))
+        {
+            return Err(ConfigError::invalid(
+                "auth.webex.base_url",
+                "must be an http(s) URL",
+            ));
+        }
+        let any_mode = !self.auth.api_keys.is_empty() || !jwt.keys.is_empty() || webex.enabled;
+        if !any_mode && !self.auth.insecure_no_auth {
+            return Err(ConfigError::invalid(
+                "auth",
+                "has no mode: set api_keys, jwt.keys or webex.enabled; auth.insecure_no_auth=true exists for local development only",
             ));
         }
         Ok(Resolved {

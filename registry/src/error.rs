@@ -11,6 +11,9 @@ pub enum ApiError {
     /// No or unknown credentials.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// Authenticated, but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// A field is missing or malformed; the message names it.
     #[error("{0}")]
     Invalid(String),
@@ -33,6 +36,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Invalid(_) => "invalid",
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge => "too_large",
@@ -44,6 +48,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -7,6 +7,7 @@
 //! - [`store`]: the Redis store, its key layout and atomic scripts.
 //! - [`api`]: the device HTTP API; [`auth`] its API-key check; [`validate`] its input rules;
 //!   [`error`] its error type.
+//! - [`person`]: canonical person ids (Webex base64 ids and bare uuids are one person).
 //! - [`fanout`]: `EVENTS` → `PUSH_APNS` / `PUSH_FCM`.
 //! - [`prune`]: `FEEDBACK` → token removal.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fanout;
+pub mod person;
 pub mod prune;
 pub mod store;
 pub mod validate;
@@ -41,7 +43,7 @@ pub const SERVICE: &str = "registry";
 #[derive(Clone)]
 pub struct AppState {
     store: Store,
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
     devices: Arc<DevicesConfig>,
     body_limit: usize,
     metrics: Metrics,
@@ -214,7 +216,7 @@ pub async fn serve(
 
     let state = AppState {
         store,
-        auth: Authenticator::new(&config.auth),
+        auth: Arc::new(Authenticator::new(&config.auth, metrics.clone())?),
         devices: Arc::new(config.devices.clone()),
         body_limit: config.body_limit_bytes,
         metrics,

@@ -17,6 +17,9 @@
 //! person whose keys are checked before acting, so a crash between the two steps leaves
 //! at worst a stale pointer, which later operations correct.
 //!
+//! Person ids are stored in canonical form ([`crate::person::canonical`]): a Webex base64
+//! id and its bare uuid address the same keys.
+//!
 //! Expiry: every registration refreshes `refreshed` and the keys' TTL. Registrations
 //! older than the TTL are invisible to reads at once and removed by the next write to
 //! that person; a person nobody refreshes disappears with the keys' TTL.
@@ -259,6 +262,7 @@ impl Store {
         attrs: &DeviceAttrs,
         now_ms: u64,
     ) -> Result<Registered, StoreError> {
+        let person = &*crate::person::canonical(person);
         let mut redis = self.redis.clone();
         let index = token_key(&self.prefix, token);
         let owner: Option<String> = redis.get(&index).await?;
@@ -391,6 +395,7 @@ impl Store {
 
     /// The live (not expired) devices of `person`, oldest registration first.
     pub async fn devices(&self, person: &str, now_ms: u64) -> Result<Vec<Device>, StoreError> {
+        let person = &*crate::person::canonical(person);
         let keys = person_keys(&self.prefix, person);
         let mut redis = self.redis.clone();
         let since = now_ms.saturating_sub(self.ttl_ms());
@@ -422,6 +427,7 @@ impl Store {
 
     /// Removes every device of `person`; returns how many.
     pub async fn remove_person(&self, person: &str) -> Result<usize, StoreError> {
+        let person = &*crate::person::canonical(person);
         let keys = person_keys(&self.prefix, person);
         let mut redis = self.redis.clone();
         let tokens: Vec<String> = redis.hkeys(&keys.devices).await?;

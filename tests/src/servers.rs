@@ -1,5 +1,11 @@
 //! Real `nats-server` (JetStream) and `redis-server` processes, one per test, on free
 //! loopback ports with their own temporary directories; killed when dropped.
+//!
+//! Ports are chosen by binding port 0 and releasing it, so another listener may take the
+//! port before the server binds it. Two guards make that harmless: a port is never handed
+//! out twice in one process, and each server is started with a unique name its readiness
+//! probe must see (NATS `server_name`, Redis `dbfilename`), so a server that lost the race
+//! is retried on another port instead of being mistaken for the winner.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -25,37 +31,53 @@ fn require(binary: &str, package: &str) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+/// A free TCP port on 127.0.0.1, never one handed out before in this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
-/// How to tell that the server on a port is really ours and ready: what to send, and
-/// the prefix its answer starts with.
-#[derive(Clone, Copy)]
+/// A name unique to one server process.
+fn unique_name(kind: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("pushline-test-{kind}-{}-{n}", std::process::id())
+}
+
+/// What to send, and the text the answer must contain, to know the server is ours and up.
 struct Probe {
     send: &'static [u8],
-    expect: &'static [u8],
+    expect: String,
 }
 
-const NATS_PROBE: Probe = Probe {
-    send: b"",
-    expect: b"INFO ",
-};
-const REDIS_PROBE: Probe = Probe {
-    send: b"PING\r\n",
-    expect: b"+PONG",
-};
+fn nats_probe(name: &str) -> Probe {
+    Probe {
+        send: b"",
+        expect: format!("\"server_name\":\"{name}\""),
+    }
+}
 
-/// Starts a server with `spawn(port)` and waits until it answers its protocol; retries on
-/// another port if the chosen one was taken meanwhile (another test's listener may grab a
-/// released port before the server binds it).
+fn redis_probe(name: &str) -> Probe {
+    Probe {
+        send: b"CONFIG GET dbfilename\r\n",
+        expect: name.to_owned(),
+    }
+}
+
+/// Starts a server with `spawn(port)` until one answers `probe` (at most 8 ports).
 fn start_on_free_port(
     name: &str,
-    probe: Probe,
+    probe: &Probe,
     mut spawn: impl FnMut(u16) -> Child,
 ) -> (Child, u16) {
     for _ in 0..8 {
@@ -70,9 +92,8 @@ fn start_on_free_port(
     panic!("{name} did not start on any of 8 ports");
 }
 
-/// Waits (up to 10 s) for `port` to answer `probe` while `child` runs; false if the child
-/// exited first (its port was taken).
-fn wait_listening(child: &mut Child, port: u16, probe: Probe) -> bool {
+/// Waits (up to 10 s) for `port` to answer `probe`; false if the child exited first.
+fn wait_listening(child: &mut Child, port: u16, probe: &Probe) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut pause = Duration::from_millis(2);
@@ -81,8 +102,7 @@ fn wait_listening(child: &mut Child, port: u16, probe: Probe) -> bool {
             return false;
         }
         if answers(addr, probe) {
-            // Still ours? A server that lost the port race exits right after binding fails.
-            return matches!(child.try_wait(), Ok(None));
+            return true;
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
@@ -90,7 +110,7 @@ fn wait_listening(child: &mut Child, port: u16, probe: Probe) -> bool {
     false
 }
 
-fn answers(addr: SocketAddr, probe: Probe) -> bool {
+fn answers(addr: SocketAddr, probe: &Probe) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
@@ -99,15 +119,18 @@ fn answers(addr: SocketAddr, probe: Probe) -> bool {
     if !probe.send.is_empty() && stream.write_all(probe.send).is_err() {
         return false;
     }
-    let mut buffer = [0u8; 16];
-    let mut read = 0;
-    while read < probe.expect.len() {
-        match stream.read(&mut buffer[read..]) {
+    let mut answer = Vec::with_capacity(1024);
+    let mut buffer = [0u8; 1024];
+    while answer.len() < 8192 {
+        match stream.read(&mut buffer) {
             Ok(0) | Err(_) => return false,
-            Ok(n) => read += n,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+        }
+        if String::from_utf8_lossy(&answer).contains(probe.expect.as_str()) {
+            return true;
         }
     }
-    buffer.starts_with(probe.expect)
+    false
 }
 
 /// A `nats-server -js` with its own store directory.
@@ -115,6 +138,7 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    name: String,
 }
 
 impl NatsServer {
@@ -123,12 +147,15 @@ impl NatsServer {
         require("nats-server", "nats-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let store = dir.path().to_owned();
-        let (child, port) =
-            start_on_free_port("nats-server", NATS_PROBE, |port| spawn_nats(port, &store));
+        let name = unique_name("nats");
+        let (child, port) = start_on_free_port("nats-server", &nats_probe(&name), |port| {
+            spawn_nats(port, &store, &name)
+        });
         NatsServer {
             child: Some(child),
             port,
             dir,
+            name,
         }
     }
 
@@ -148,10 +175,11 @@ impl NatsServer {
     /// Starts it again on the same port with the same store.
     pub fn restart(&mut self) {
         self.stop();
+        let probe = nats_probe(&self.name);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut child = spawn_nats(self.port, self.dir.path());
-            if wait_listening(&mut child, self.port, NATS_PROBE) {
+            let mut child = spawn_nats(self.port, self.dir.path(), &self.name);
+            if wait_listening(&mut child, self.port, &probe) {
                 self.child = Some(child);
                 return;
             }
@@ -167,9 +195,18 @@ impl NatsServer {
     }
 }
 
-fn spawn_nats(port: u16, store: &Path) -> Child {
+fn spawn_nats(port: u16, store: &Path, name: &str) -> Child {
     Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-n",
+            name,
+            "-js",
+            "-sd",
+        ])
         .arg(store)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -196,10 +233,19 @@ impl RedisServer {
         require("redis-server", "redis-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().to_owned();
-        let (child, port) = start_on_free_port("redis-server", REDIS_PROBE, |port| {
+        let name = unique_name("redis");
+        let (child, port) = start_on_free_port("redis-server", &redis_probe(&name), |port| {
             Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dbfilename",
+                    &name,
+                    "--dir",
+                ])
                 .arg(&path)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -79,6 +79,10 @@ impl Env {
         config.auth.api_keys = vec![registry::config::ApiKey {
             name: "test".into(),
             sha256: hex::encode(Sha256::digest(API_KEY.as_bytes())),
+            scopes: vec![
+                registry::config::Scope::Register,
+                registry::config::Scope::Read,
+            ],
         }];
         config.fanout.retry_base_ms = 20;
         config.prune.retry_base_ms = 20;

@@ -8,6 +8,7 @@
 pub mod apns;
 pub mod fcm;
 pub mod tls;
+pub mod webex_people;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

@@ -1,0 +1,381 @@
+//! Who may register, list and delete devices: API-key scopes, Webex user tokens and
+//! customer JWTs, against a real registry, Redis and NATS.
+
+use base64::Engine as _;
+use harness::mock::webex_people::MockWebexPeople;
+use harness::services::{Env, Service, start_registry};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use registry::config::{ApiKey, JwtAlgorithm, JwtKey, Scope};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const ALICE_UUID: &str = "0b7a9f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+const BOB_UUID: &str = "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a";
+const JWT_SECRET: &str = "customer-idp-shared-secret";
+const ISSUER: &str = "https://idp.example.com";
+const AUDIENCE: &str = "pushline";
+
+fn webex_id(uuid: &str) -> String {
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .encode(format!("ciscospark://us/PEOPLE/{uuid}"))
+}
+
+fn token(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
+}
+
+fn key(name: &str, secret: &str, scopes: Vec<Scope>) -> ApiKey {
+    ApiKey {
+        name: name.into(),
+        sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+        scopes,
+    }
+}
+
+async fn put(registry: &Service, bearer: &str, token: &str, person: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(registry.url(&format!("/v1/devices/{token}")))
+        .bearer_auth(bearer)
+        .json(&json!({"person_id": person, "platform": "apns"}))
+        .send()
+        .await
+        .expect("PUT")
+}
+
+async fn list(registry: &Service, bearer: &str, person: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(registry.url(&format!("/v1/persons/{person}/devices")))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("GET")
+}
+
+async fn delete(registry: &Service, bearer: &str, path: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .delete(registry.url(path))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("DELETE")
+}
+
+async fn refusals(registry: &Service, reason: &str) -> u64 {
+    let needle =
+        format!(r#"pushline_auth_refusals_total{{reason="{reason}",service="registry"}} "#);
+    registry
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+struct Fixture {
+    _env: Env,
+    webex: MockWebexPeople,
+    registry: Service,
+    _dir: tempfile::TempDir,
+    es256_pem: String,
+}
+
+async fn fixture() -> Fixture {
+    let env = Env::start();
+    let webex = MockWebexPeople::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let es256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let public = dir.path().join("idp-es256.pem");
+    std::fs::write(&public, es256.public_key_pem()).expect("write key");
+    let mut config = env.registry_config();
+    config.auth.api_keys = vec![
+        key("admin", "admin-key", vec![Scope::Admin]),
+        key("reader", "read-key", vec![Scope::Read]),
+        key("writer", "write-key", vec![Scope::Register]),
+    ];
+    config.auth.webex.enabled = true;
+    config.auth.webex.base_url = webex.url();
+    config.auth.jwt.issuer = ISSUER.into();
+    config.auth.jwt.audience = AUDIENCE.into();
+    config.auth.jwt.leeway_secs = 0;
+    config.auth.jwt.keys = vec![
+        JwtKey {
+            algorithm: JwtAlgorithm::HS256,
+            kid: None,
+            secret: Some(pipeline::config::Secret::new(JWT_SECRET)),
+            secret_file: None,
+            public_key_file: None,
+        },
+        JwtKey {
+            algorithm: JwtAlgorithm::ES256,
+            kid: Some("es".into()),
+            secret: None,
+            secret_file: None,
+            public_key_file: Some(public),
+        },
+    ];
+    let registry = start_registry(config).await;
+    registry.wait_ready().await;
+    webex.grant("alice-webex-token", &webex_id(ALICE_UUID));
+    webex.grant("bob-webex-token", &webex_id(BOB_UUID));
+    Fixture {
+        _env: env,
+        webex,
+        registry,
+        _dir: dir,
+        es256_pem: es256.serialize_pem(),
+    }
+}
+
+fn jwt_hs256(sub: &str, exp_offset: i64, aud: &str) -> String {
+    let now = pipeline::contract::now_ms() as i64 / 1000;
+    let claims =
+        json!({"sub": sub, "iss": ISSUER, "aud": aud, "exp": now + exp_offset, "iat": now});
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("jwt")
+}
+
+#[tokio::test]
+async fn a_webex_user_manages_only_their_own_devices() {
+    let f = fixture().await;
+    let r = &f.registry;
+    // Alice registers her phone, naming herself either way Webex spells her id.
+    assert_eq!(
+        put(r, "alice-webex-token", &token(1), ALICE_UUID)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        put(r, "alice-webex-token", &token(2), &webex_id(ALICE_UUID))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        list(r, "alice-webex-token", &webex_id(ALICE_UUID))
+            .await
+            .status(),
+        200
+    );
+
+    // Bob's phone, registered by Bob.
+    assert_eq!(
+        put(r, "bob-webex-token", &token(3), BOB_UUID)
+            .await
+            .status(),
+        201
+    );
+
+    // Alice can neither register for Bob nor see his devices.
+    let forged = put(r, "alice-webex-token", &token(4), BOB_UUID).await;
+    assert_eq!(forged.status(), 403);
+    let body: Value = forged.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!(list(r, "alice-webex-token", BOB_UUID).await.status(), 403);
+
+    // Deleting Bob's token answers exactly like deleting a token that does not exist.
+    let bobs = delete(r, "alice-webex-token", &format!("/v1/devices/{}", token(3))).await;
+    let nobodys = delete(
+        r,
+        "alice-webex-token",
+        &format!("/v1/devices/{}", token(99)),
+    )
+    .await;
+    assert_eq!(bobs.status(), 404);
+    assert_eq!(nobodys.status(), 404);
+    assert_eq!(
+        bobs.text().await.expect("body"),
+        nobodys.text().await.expect("body")
+    );
+    let sample = delete(r, "alice-webex-token", &format!("/register/{}", token(3))).await;
+    assert_eq!(sample.status(), 404);
+    // Bob still has it.
+    let bob_devices: Value = list(r, "bob-webex-token", BOB_UUID)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(bob_devices["devices"].as_array().map(Vec::len), Some(1));
+
+    // Alice deletes her own.
+    assert_eq!(
+        delete(r, "alice-webex-token", &format!("/v1/devices/{}", token(1)))
+            .await
+            .status(),
+        204
+    );
+    assert!(refusals(r, "not_owner").await >= 4);
+}
+
+#[tokio::test]
+async fn the_sample_register_body_is_held_to_the_same_rule() {
+    let f = fixture().await;
+    let body = json!({"voipToken": token(5), "msgToken": token(6), "personId": webex_id(BOB_UUID), "email": "x@example.com"});
+    let response = reqwest::Client::new()
+        .post(f.registry.url("/register"))
+        .bearer_auth("alice-webex-token")
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 403);
+    let devices: Value = list(&f.registry, "admin-key", BOB_UUID)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(devices["devices"], json!([]));
+}
+
+#[tokio::test]
+async fn webex_answers_are_cached_briefly_and_unknown_tokens_refused() {
+    let f = fixture().await;
+    assert_eq!(
+        list(&f.registry, "alice-webex-token", ALICE_UUID)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        list(&f.registry, "alice-webex-token", ALICE_UUID)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        f.webex.calls(),
+        1,
+        "the second request used the cached answer"
+    );
+    assert_eq!(
+        list(&f.registry, "stolen-or-made-up", ALICE_UUID)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(refusals(&f.registry, "webex_rejected").await, 1);
+}
+
+#[tokio::test]
+async fn webex_down_means_503_never_allow() {
+    let f = fixture().await;
+    f.webex.set_down(true);
+    let response = put(&f.registry, "alice-webex-token", &token(1), ALICE_UUID).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(refusals(&f.registry, "webex_unavailable").await, 1);
+    let devices: Value = list(&f.registry, "admin-key", ALICE_UUID)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(devices["devices"], json!([]));
+}
+
+#[tokio::test]
+async fn a_jwt_person_manages_only_their_own_devices() {
+    let f = fixture().await;
+    let carol = jwt_hs256("carol", 300, AUDIENCE);
+    assert_eq!(
+        put(&f.registry, &carol, &token(1), "carol").await.status(),
+        201
+    );
+    assert_eq!(
+        put(&f.registry, &carol, &token(2), "dave").await.status(),
+        403
+    );
+    assert_eq!(list(&f.registry, &carol, "dave").await.status(), 403);
+
+    // ES256 from the same identity provider, selected by kid.
+    let now = pipeline::contract::now_ms() / 1000;
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("es".into());
+    let claims = json!({"sub": "erin", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 300});
+    let erin = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_ec_pem(f.es256_pem.as_bytes()).expect("key"),
+    )
+    .expect("jwt");
+    assert_eq!(
+        put(&f.registry, &erin, &token(3), "erin").await.status(),
+        201
+    );
+}
+
+#[tokio::test]
+async fn expired_wrong_audience_and_forged_jwts_are_refused() {
+    let f = fixture().await;
+    let expired = jwt_hs256("carol", -10, AUDIENCE);
+    assert_eq!(
+        put(&f.registry, &expired, &token(1), "carol")
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(refusals(&f.registry, "expired_jwt").await, 1);
+
+    let other_audience = jwt_hs256("carol", 300, "another-service");
+    assert_eq!(
+        put(&f.registry, &other_audience, &token(1), "carol")
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(refusals(&f.registry, "wrong_audience").await, 1);
+
+    let now = pipeline::contract::now_ms() / 1000;
+    let claims = json!({"sub": "carol", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 300});
+    let forged = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(b"guessed"),
+    )
+    .expect("jwt");
+    assert_eq!(
+        put(&f.registry, &forged, &token(1), "carol").await.status(),
+        401
+    );
+    assert_eq!(refusals(&f.registry, "invalid_jwt").await, 1);
+    let devices: Value = list(&f.registry, "admin-key", "carol")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(devices["devices"], json!([]));
+}
+
+#[tokio::test]
+async fn api_keys_act_only_within_their_scopes() {
+    let f = fixture().await;
+    let r = &f.registry;
+    assert_eq!(put(r, "read-key", &token(1), "frank").await.status(), 403);
+    assert_eq!(refusals(r, "not_owner").await, 1);
+    assert_eq!(put(r, "write-key", &token(1), "frank").await.status(), 201);
+    assert_eq!(list(r, "write-key", "frank").await.status(), 403);
+    assert_eq!(list(r, "read-key", "frank").await.status(), 200);
+    assert_eq!(
+        delete(r, "read-key", &format!("/v1/devices/{}", token(1)))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        delete(r, "admin-key", &format!("/v1/devices/{}", token(1)))
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(list(r, "no-such-key", "frank").await.status(), 401);
+    let missing = reqwest::Client::new()
+        .get(r.url("/v1/persons/frank/devices"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(missing.status(), 401);
+    assert_eq!(refusals(r, "missing_credentials").await, 1);
+}
