@@ -21,8 +21,12 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// `Retry-After` sent with 503 when NATS cannot take the event, seconds.
     pub retry_after_secs: u64,
+    /// Deepest JSON nesting accepted in a body; deeper → 400.
+    pub max_json_depth: usize,
     /// Webex webhook settings.
     pub webex: WebexConfig,
+    /// The producer API (`POST /v1/notify`).
+    pub producers: ProducersConfig,
     /// NATS connection and stream layout.
     pub nats: NatsConfig,
     /// Logs.
@@ -36,7 +40,9 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9080".into(),
             body_limit_bytes: 64 * 1024,
             retry_after_secs: 1,
+            max_json_depth: 32,
             webex: WebexConfig::default(),
+            producers: ProducersConfig::default(),
             nats: NatsConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
@@ -63,6 +69,11 @@ pub struct WebexConfig {
     pub secrets: Vec<Secret>,
     /// A file with one secret per line, added to `secrets` (for Kubernetes Secrets).
     pub secrets_file: Option<PathBuf>,
+    /// A second signature header carrying a hex HMAC-SHA256 of the body (e.g.
+    /// `X-Spark-Signature-256`); when set and present it must match too. Empty = off.
+    pub sha256_header: String,
+    /// With `sha256_header` set: refuse webhooks that lack it.
+    pub require_sha256: bool,
     /// DEVELOPMENT ONLY: accept webhooks without checking `X-Spark-Signature`.
     /// Logged loudly at start-up and on every request it lets through.
     pub insecure_skip_signature: bool,
@@ -79,12 +90,54 @@ impl Default for WebexConfig {
         WebexConfig {
             secrets: Vec::new(),
             secrets_file: None,
+            sha256_header: String::new(),
+            require_sha256: false,
             insecure_skip_signature: false,
             person_field: PersonField::ActorId,
             call_ttl_secs: 60,
             max_ttl_secs: 600,
         }
     }
+}
+
+/// `[producers]`: other systems that ring or notify people through `POST /v1/notify`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducersConfig {
+    /// Producer API keys (SHA-256 hashes) with their rate limits; empty = API off.
+    pub keys: Vec<ProducerKey>,
+    /// Most persons one request may target.
+    pub max_targets: usize,
+    /// Deadline when the request gives neither `ttl_secs` nor `deadline_ms`, seconds.
+    pub default_ttl_secs: u64,
+    /// Longest deadline accepted, seconds after receipt.
+    pub max_ttl_secs: u64,
+}
+
+impl Default for ProducersConfig {
+    fn default() -> Self {
+        ProducersConfig {
+            keys: Vec::new(),
+            max_targets: 100,
+            default_ttl_secs: 60,
+            max_ttl_secs: 86_400,
+        }
+    }
+}
+
+/// One producer (`[[producers.keys]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerKey {
+    /// Producer name: letters, digits, `_` and `-` (it becomes a subject token and a
+    /// metric label).
+    pub name: String,
+    /// Lowercase hex SHA-256 of the key.
+    pub sha256: String,
+    /// Sustained rate, target persons per second.
+    pub rate_per_sec: f64,
+    /// Burst, target persons.
+    pub burst: u32,
 }
 
 /// Configuration checked and resolved for running.
@@ -115,6 +168,54 @@ impl Config {
                 "webex.call_ttl_secs",
                 "must be positive and not above webex.max_ttl_secs",
             ));
+        }
+        if !(2..=512).contains(&self.max_json_depth) {
+            return Err(ConfigError::invalid("max_json_depth", "must be 2 to 512"));
+        }
+        if self.webex.require_sha256 && self.webex.sha256_header.is_empty() {
+            return Err(ConfigError::invalid(
+                "webex.require_sha256",
+                "needs webex.sha256_header",
+            ));
+        }
+        let p = &self.producers;
+        if !(1..=10_000).contains(&p.max_targets) {
+            return Err(ConfigError::invalid(
+                "producers.max_targets",
+                "must be 1 to 10000",
+            ));
+        }
+        if p.default_ttl_secs == 0 || p.default_ttl_secs > p.max_ttl_secs {
+            return Err(ConfigError::invalid(
+                "producers.default_ttl_secs",
+                "must be positive and not above producers.max_ttl_secs",
+            ));
+        }
+        for (i, key) in p.keys.iter().enumerate() {
+            let at = |k: &str| format!("producers.keys[{i}].{k}");
+            if key.name.is_empty()
+                || !key
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(ConfigError::invalid(
+                    at("name"),
+                    "must be letters, digits, `_` or `-`",
+                ));
+            }
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::invalid(
+                    at("sha256"),
+                    "must be 64 hex digits (the SHA-256 of the key)",
+                ));
+            }
+            if !key.rate_per_sec.is_finite() || key.rate_per_sec <= 0.0 || key.burst == 0 {
+                return Err(ConfigError::invalid(
+                    at("rate_per_sec"),
+                    "rate_per_sec and burst must be positive",
+                ));
+            }
         }
         let mut secrets: Vec<Secret> = self
             .webex

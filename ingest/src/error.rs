@@ -24,6 +24,15 @@ pub enum ApiError {
     /// Malformed or missing fields; the message names the field.
     #[error("{0}")]
     Invalid(String),
+    /// Well-formed but unacceptable values; the message names the field.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// Over the producer's rate.
+    #[error("over this producer's rate; retry after {retry_after_secs} s")]
+    TooManyRequests {
+        /// Seconds for `Retry-After`.
+        retry_after_secs: u64,
+    },
     /// The event could not be stored; retry later.
     #[error("the event could not be stored right now; retry later")]
     Unavailable {
@@ -40,6 +49,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid",
+            ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable { .. } => "unavailable",
         }
     }
@@ -50,6 +61,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -61,7 +74,9 @@ impl IntoResponse for ApiError {
             "error": { "code": self.outcome(), "message": self.to_string() }
         }));
         let mut response = (self.status(), body).into_response();
-        if let ApiError::Unavailable { retry_after_secs } = self {
+        if let ApiError::Unavailable { retry_after_secs }
+        | ApiError::TooManyRequests { retry_after_secs } = self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

@@ -6,17 +6,19 @@
 //! - [`config`]: the typed configuration.
 //! - [`signature`]: `X-Spark-Signature` (HMAC-SHA1) verification.
 //! - [`webex`]: Webex envelopes → [`pipeline::contract::Event`].
+//! - [`notify`]: the producer API (`POST /v1/notify`): keys, rate limits, validation.
 //! - [`publish`]: bounded JetStream publishing with de-duplication ids.
 //! - [`error`]: the API error type and its JSON body.
 //!
 //! # Endpoints
 //!
 //! Public (`listen`): `POST /webhooks/webex`, `POST /webhook` (the path the Webex sample
-//! server used). Admin (`admin_listen`): `/metrics`, `/healthz`, `/readyz`.
+//! server used), `POST /v1/notify` (producers). Admin (`admin_listen`): `/metrics`, `/healthz`, `/readyz`.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod error;
+pub mod notify;
 pub mod publish;
 pub mod signature;
 pub mod webex;
@@ -60,7 +62,10 @@ struct Inner {
     webex: WebexConfig,
     secrets: Vec<Secret>,
     body_limit: usize,
+    max_json_depth: usize,
     retry_after_secs: u64,
+    producers_config: crate::config::ProducersConfig,
+    producers: notify::Producers,
     topology: Topology,
     publisher: Publisher,
     metrics: Metrics,
@@ -79,7 +84,10 @@ impl AppState {
                 webex: config.webex.clone(),
                 secrets,
                 body_limit: config.body_limit_bytes,
+                max_json_depth: config.max_json_depth,
                 retry_after_secs: config.retry_after_secs,
+                producers_config: config.producers.clone(),
+                producers: notify::Producers::new(&config.producers),
                 topology: Topology::new(&config.nats),
                 publisher,
                 metrics,
@@ -94,6 +102,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhooks/webex", post(webex_webhook))
         .route("/webhook", post(webex_webhook))
+        .route("/v1/notify", post(notify_handler))
         .layer(middleware::from_fn_with_state(
             (metrics, SERVICE),
             admin::track_http,
@@ -121,9 +130,13 @@ async fn webex_webhook(State(state): State<AppState>, request: Request) -> Respo
     }
 }
 
-async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str), ApiError> {
-    let received_at = now_ms();
-    let (parts, body) = request.into_parts();
+/// Reads a JSON body within the size limit, refusing other media types and bodies nested
+/// deeper than `max_json_depth`.
+async fn read_json_body(
+    s: &Inner,
+    parts: &axum::http::request::Parts,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
         return Err(ApiError::UnsupportedMediaType);
     }
@@ -132,16 +145,28 @@ async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str)
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let too_large = ApiError::PayloadTooLarge {
+        limit: s.body_limit,
+    };
     if declared.is_some_and(|len| len > s.body_limit) {
-        return Err(ApiError::PayloadTooLarge {
-            limit: s.body_limit,
-        });
+        return Err(too_large);
     }
-    let body: Bytes = axum::body::to_bytes(Body::new(body), s.body_limit)
+    let body = axum::body::to_bytes(body, s.body_limit)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge {
-            limit: s.body_limit,
-        })?;
+        .map_err(|_| too_large)?;
+    if pipeline::json::depth(&body) > s.max_json_depth {
+        return Err(ApiError::Invalid(format!(
+            "body nests deeper than {} levels",
+            s.max_json_depth
+        )));
+    }
+    Ok(body)
+}
+
+async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str), ApiError> {
+    let received_at = now_ms();
+    let (parts, body) = request.into_parts();
+    let body = read_json_body(s, &parts, Body::new(body)).await?;
 
     if s.webex.insecure_skip_signature {
         tracing::warn!("webhook accepted WITHOUT signature check (webex.insecure_skip_signature)");
@@ -151,15 +176,25 @@ async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str)
             parts.headers.get(signature::HEADER).map(|v| v.as_bytes()),
             &s.secrets,
         )
-        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        .map_err(|e| ApiError::Unauthorized(format!("X-Spark-Signature: {e}")))?;
+        if !s.webex.sha256_header.is_empty() {
+            match parts.headers.get(s.webex.sha256_header.as_str()) {
+                Some(value) => signature::verify_sha256(&body, Some(value.as_bytes()), &s.secrets)
+                    .map_err(|e| {
+                        ApiError::Unauthorized(format!("{}: {e}", s.webex.sha256_header))
+                    })?,
+                None if s.webex.require_sha256 => {
+                    return Err(ApiError::Unauthorized(format!(
+                        "{}: missing signature header",
+                        s.webex.sha256_header
+                    )));
+                }
+                None => {}
+            }
+        }
     }
 
-    let trace_id = parts
-        .headers
-        .get("trackingid")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= MAX_TRACE_ID)
-        .map(str::to_owned);
+    let trace_id = trace_id(&parts.headers);
     let event = match webex::normalise(&body, &s.webex, received_at, trace_id)
         .map_err(|e| ApiError::Invalid(e.0))?
     {
@@ -208,6 +243,137 @@ async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str)
         "duplicate": stored.duplicate,
     }));
     Ok(((StatusCode::OK, body).into_response(), outcome))
+}
+
+async fn notify_handler(State(state): State<AppState>, request: Request) -> Response {
+    let s = &state.inner;
+    let result = notify(s, request).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(error) => error.outcome(),
+    };
+    s.metrics
+        .webhooks_received
+        .with_label_values(&[notify::SOURCE, outcome])
+        .inc();
+    match result {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::info!(outcome, %error, "notify refused");
+            error.into_response()
+        }
+    }
+}
+
+async fn notify(s: &Inner, request: Request) -> Result<Response, ApiError> {
+    let received_at = now_ms();
+    let (parts, body) = request.into_parts();
+    let key = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let producer = match key.map(|k| s.producers.authenticate(k)) {
+        Some(Some(producer)) => producer.to_owned(),
+        missing_or_unknown => {
+            let reason = if missing_or_unknown.is_none() {
+                "missing_credentials"
+            } else {
+                "unknown_api_key"
+            };
+            s.metrics
+                .auth_refusals
+                .with_label_values(&[SERVICE, reason])
+                .inc();
+            return Err(ApiError::Unauthorized(
+                "a producer API key is required".into(),
+            ));
+        }
+    };
+    let body = read_json_body(s, &parts, Body::new(body)).await?;
+    let request: notify::NotifyRequest<'_> =
+        pipeline::json::parse(&body).map_err(ApiError::Invalid)?;
+    let trace_id = trace_id(&parts.headers);
+    let events = notify::events(
+        &request,
+        &producer,
+        &s.producers_config,
+        received_at,
+        trace_id,
+    )
+    .map_err(|e| ApiError::Unprocessable(e.0))?;
+    if events.len() > s.producers.burst(&producer) {
+        return Err(ApiError::Unprocessable(format!(
+            "`person_ids` holds more persons than this producer's burst ({})",
+            s.producers.burst(&producer)
+        )));
+    }
+    s.producers
+        .take(&producer, events.len(), std::time::Instant::now())
+        .map_err(|over| {
+            s.metrics
+                .auth_refusals
+                .with_label_values(&[SERVICE, "rate_limited"])
+                .inc();
+            ApiError::TooManyRequests {
+                retry_after_secs: over.retry_after_secs,
+            }
+        })?;
+
+    let publishes = events.iter().map(|event| async move {
+        let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+        let subject = s.topology.event_subject(&event.source, &event.resource);
+        s.publisher
+            .publish(
+                subject,
+                &event.id,
+                event.trace_id.as_deref(),
+                payload.into(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    });
+    let results = futures::future::join_all(publishes).await;
+    let mut accepted = Vec::with_capacity(events.len());
+    for (event, result) in events.iter().zip(results) {
+        match result {
+            Ok(stored) => {
+                if !stored.duplicate {
+                    s.metrics
+                        .events_published
+                        .with_label_values(&[&event.source, &event.resource, event.class.as_str()])
+                        .inc();
+                }
+                accepted.push(serde_json::json!({
+                    "person_id": event.person_id, "event_id": event.id, "duplicate": stored.duplicate,
+                }));
+            }
+            Err(error) => {
+                // Some may be stored; a retry with the same idempotency key stores the
+                // rest and de-duplicates these.
+                tracing::warn!(%error, event_id = %event.id, "notify event not stored");
+                return Err(ApiError::Unavailable {
+                    retry_after_secs: s.retry_after_secs,
+                });
+            }
+        }
+    }
+    Ok(Json(serde_json::json!({"status": "accepted", "events": accepted})).into_response())
+}
+
+fn trace_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("trackingid")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= MAX_TRACE_ID && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned)
 }
 
 fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {

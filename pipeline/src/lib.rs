@@ -9,6 +9,7 @@
 //! - [`provider_http`]: the HTTP/2 client dispatchers use to reach APNs and FCM.
 //! - [`worker`]: the one JetStream consumer loop (bounded concurrency, ack/nak/dead-letter).
 //! - [`retry`]: the retry-delay function.
+//! - [`json`]: structural limits (nesting depth) checked before parsing.
 //! - [`dispatch`]: the provider trait and the handler both dispatchers share.
 //! - [`metrics`]: the catalogue of every Prometheus metric.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the HTTP metrics middleware.
@@ -20,6 +21,7 @@ pub mod admin;
 pub mod config;
 pub mod contract;
 pub mod dispatch;
+pub mod json;
 pub mod metrics;
 pub mod nats;
 pub mod provider_http;

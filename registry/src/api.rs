@@ -57,17 +57,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         let bytes = axum::body::to_bytes(request.into_body(), state.body_limit)
             .await
             .map_err(|_| ApiError::PayloadTooLarge)?;
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                ApiError::Invalid(format!("body: {}", e.inner()))
-            } else {
-                ApiError::Invalid(format!("`{path}`: {}", e.inner()))
-            }
-        })?;
-        de.end()
-            .map_err(|e| ApiError::Invalid(format!("body: {e}")))?;
+        if pipeline::json::depth(&bytes) > state.max_json_depth {
+            return Err(ApiError::Invalid(format!(
+                "body nests deeper than {} levels",
+                state.max_json_depth
+            )));
+        }
+        let value = pipeline::json::parse(&bytes).map_err(ApiError::Invalid)?;
         Ok(JsonBody(value))
     }
 }

@@ -17,6 +17,8 @@ pub struct Config {
     pub admin_listen: String,
     /// Largest accepted request body, bytes.
     pub body_limit_bytes: usize,
+    /// Deepest JSON nesting accepted in a body; deeper → 400.
+    pub max_json_depth: usize,
     /// Redis.
     pub redis: RedisConfig,
     /// Device policies and defaults.
@@ -39,6 +41,7 @@ impl Default for Config {
             listen: "0.0.0.0:8081".into(),
             admin_listen: "127.0.0.1:9081".into(),
             body_limit_bytes: 16 * 1024,
+            max_json_depth: 16,
             redis: RedisConfig::default(),
             devices: DevicesConfig::default(),
             auth: AuthConfig::default(),
@@ -273,6 +276,9 @@ impl Config {
                 "devices.ttl_secs",
                 "must be at least 60",
             ));
+        }
+        if !(2..=512).contains(&self.max_json_depth) {
+            return Err(ConfigError::invalid("max_json_depth", "must be 2 to 512"));
         }
         if self.body_limit_bytes < 1024 {
             return Err(ConfigError::invalid(

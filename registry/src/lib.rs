@@ -46,6 +46,7 @@ pub struct AppState {
     auth: Arc<Authenticator>,
     devices: Arc<DevicesConfig>,
     body_limit: usize,
+    max_json_depth: usize,
     metrics: Metrics,
 }
 
@@ -219,6 +220,7 @@ pub async fn serve(
         auth: Arc::new(Authenticator::new(&config.auth, metrics.clone())?),
         devices: Arc::new(config.devices.clone()),
         body_limit: config.body_limit_bytes,
+        max_json_depth: config.max_json_depth,
         metrics,
     };
     tracing::info!(listen = %api_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry listening");

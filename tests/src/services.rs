@@ -16,6 +16,8 @@ use crate::servers::{NatsServer, RedisServer};
 
 /// The webhook secret test configurations accept.
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+/// The producer API key test configurations accept (producer `crm`).
+pub const PRODUCER_KEY: &str = "test-producer-key";
 /// The registry API key test configurations accept.
 pub const API_KEY: &str = "test-api-key";
 /// The default APNs bundle id in test configurations.
@@ -62,6 +64,12 @@ impl Env {
             ..Default::default()
         };
         config.webex.secrets = vec![Secret::new(WEBHOOK_SECRET)];
+        config.producers.keys = vec![ingest::config::ProducerKey {
+            name: "crm".into(),
+            sha256: hex::encode(Sha256::digest(PRODUCER_KEY.as_bytes())),
+            rate_per_sec: 1_000.0,
+            burst: 1_000,
+        }];
         config
     }
 
