@@ -94,3 +94,25 @@ mod tests {
         assert_eq!(depth(&[b'['; 10_000]), 10_000);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn depth_never_panics_and_bounds_serde(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let depth = super::depth(&bytes);
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                fn nesting(v: &serde_json::Value) -> usize {
+                    match v {
+                        serde_json::Value::Array(a) => 1 + a.iter().map(nesting).max().unwrap_or(0),
+                        serde_json::Value::Object(o) => 1 + o.values().map(nesting).max().unwrap_or(0),
+                        _ => 0,
+                    }
+                }
+                prop_assert_eq!(depth, nesting(&value));
+            }
+        }
+    }
+}

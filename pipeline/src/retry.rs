@@ -88,3 +88,34 @@ mod tests {
         assert_eq!(retry_delay(i, 0.0), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_delay_is_never_past_the_deadline_and_never_before_retry_after(
+            attempt in 0u64..10_000,
+            base_ms in 1u64..5_000,
+            extra_ms in 0u64..60_000,
+            retry_after_ms in proptest::option::of(0u64..120_000),
+            left_ms in proptest::option::of(0u64..120_000),
+            jitter in 0.0f64..1.0,
+        ) {
+            let input = RetryInput {
+                attempt,
+                base: Duration::from_millis(base_ms),
+                max: Duration::from_millis(base_ms + extra_ms),
+                retry_after: retry_after_ms.map(Duration::from_millis),
+                time_left: left_ms.map(Duration::from_millis),
+            };
+            if let Some(delay) = retry_delay(input, jitter) {
+                if let Some(left) = input.time_left { prop_assert!(delay < left); }
+                if let Some(after) = input.retry_after { prop_assert!(delay >= after); }
+                prop_assert!(delay <= input.max.max(input.retry_after.unwrap_or_default()));
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Property tests: registration bodies, tokens and person ids from arbitrary input never
+//! panic the validators or parsers.
+#![allow(missing_docs)]
+
+use pipeline::contract::Platform;
+use proptest::prelude::*;
+use registry::api::{PutDevice, SampleRegister};
+use registry::{person, validate};
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn validators_never_panic(value in any::<String>()) {
+        let _ = validate::person_id("p", &value);
+        let _ = validate::token("t", Platform::Apns, &value);
+        let _ = validate::token("t", Platform::Fcm, &value);
+        let _ = validate::any_token("t", &value);
+        let _ = validate::app("a", &value);
+        let _ = person::canonical(&value);
+    }
+
+    #[test]
+    fn accepted_person_ids_never_break_the_hash_tag(value in any::<String>()) {
+        if validate::person_id("p", &value).is_ok() {
+            let braces = value.contains('{') || value.contains('}');
+            prop_assert!(!braces, "braces accepted");
+            prop_assert!(!value.is_empty() && value.len() <= validate::MAX_PERSON_ID);
+        }
+    }
+
+    #[test]
+    fn registration_bodies_from_arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = pipeline::json::parse::<PutDevice>(&body);
+        let _ = pipeline::json::parse::<SampleRegister>(&body);
+    }
+
+    #[test]
+    fn canonical_ids_are_stable(value in "[A-Za-z0-9+/=_-]{0,80}") {
+        let once = person::canonical(&value).into_owned();
+        prop_assert_eq!(person::canonical(&once).into_owned(), once);
+    }
+}
