@@ -49,6 +49,9 @@ use crate::webex::Normalised;
 /// Service name in metrics and logs.
 pub const SERVICE: &str = "ingest";
 
+/// The OpenAPI document of the public API, served at `/openapi.yaml` on the admin port.
+pub const OPENAPI: &str = include_str!("../../docs/openapi/ingest.yaml");
+
 /// The longest producer trace id carried along.
 const MAX_TRACE_ID: usize = 128;
 
@@ -103,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/webex", post(webex_webhook))
         .route("/webhook", post(webex_webhook))
         .route("/v1/notify", post(notify_handler))
+        .layer(middleware::from_fn(admin::json_errors))
         .layer(middleware::from_fn_with_state(
             (metrics, SERVICE),
             admin::track_http,
@@ -458,7 +462,7 @@ pub async fn serve(
     });
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
-        admin::router(metrics.clone(), ready),
+        admin::router(metrics.clone(), ready).merge(admin::openapi(OPENAPI)),
         shutdown.clone(),
     ));
     // Streams are created in the background: until they exist publishes fail and

@@ -107,3 +107,49 @@ pub async fn track_http(
         .inc();
     response
 }
+
+/// Middleware making every error answer JSON: axum's own refusals (an undecodable path,
+/// an unknown route, a wrong method, …) arrive as plain text or empty bodies; they are
+/// rewritten to `{"error":{"code","message"}}` with the same status and headers.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !is_error || is_json {
+        return response;
+    }
+    let code = match status.as_u16() {
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        s if s >= 500 => "unavailable",
+        _ => "invalid",
+    };
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4_096).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// A route serving an OpenAPI document (YAML) on the admin listener.
+pub fn openapi(document: &'static str) -> Router {
+    Router::new().route(
+        "/openapi.yaml",
+        get(move || async move { ([(header::CONTENT_TYPE, "application/yaml")], document) }),
+    )
+}

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/register", post(sample_register))
         .route("/register/{token}", delete(delete_device))
+        .layer(middleware::from_fn(pipeline::admin::json_errors))
         .layer(middleware::from_fn_with_state(
             (metrics, SERVICE),
             pipeline::admin::track_http,

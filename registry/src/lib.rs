@@ -39,6 +39,9 @@ use crate::store::{Policy, Store};
 /// Service name in metrics and logs.
 pub const SERVICE: &str = "registry";
 
+/// The OpenAPI document of the device API, served at `/openapi.yaml` on the admin port.
+pub const OPENAPI: &str = include_str!("../../docs/openapi/registry.yaml");
+
 /// Shared state of the API handlers.
 #[derive(Clone)]
 pub struct AppState {
@@ -164,7 +167,7 @@ pub async fn serve(
     });
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
-        admin::router(metrics.clone(), ready),
+        admin::router(metrics.clone(), ready).merge(admin::openapi(OPENAPI)),
         shutdown.clone(),
     ));
 
