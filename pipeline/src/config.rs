@@ -85,6 +85,19 @@ where
         .map_err(Into::into)
 }
 
+/// With `--print-config` among the arguments: prints the effective configuration as JSON
+/// (secrets show as `<redacted>`) and returns true, so `main` can exit.
+pub fn print_if_asked<T: Serialize>(config: &T, args: impl IntoIterator<Item = String>) -> bool {
+    if !args.into_iter().any(|a| a == "--print-config") {
+        return false;
+    }
+    match serde_json::to_string_pretty(config) {
+        Ok(text) => println!("{text}"),
+        Err(error) => eprintln!("cannot print the configuration: {error}"),
+    }
+    true
+}
+
 /// Returns the value of `--config <path>` (or `--config=<path>`) from the arguments.
 pub fn config_path_from_args(args: impl IntoIterator<Item = String>) -> Option<PathBuf> {
     let mut args = args.into_iter();
@@ -382,6 +395,29 @@ mod tests {
             .extract::<Sample>()
             .expect_err("unknown key");
         assert!(err.to_string().contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn config_dumps_redact_secrets() {
+        #[derive(Serialize)]
+        struct WithSecrets {
+            nats: NatsConfig,
+            webhook: Vec<Secret>,
+        }
+        let config = WithSecrets {
+            nats: NatsConfig {
+                password: Some(Secret::new("nats-password")),
+                user: Some("u".into()),
+                token: Some(Secret::new("nats-token")),
+                ..NatsConfig::default()
+            },
+            webhook: vec![Secret::new("webhook-secret")],
+        };
+        let dump = serde_json::to_string(&config).expect("json");
+        for secret in ["nats-password", "nats-token", "webhook-secret"] {
+            assert!(!dump.contains(secret), "{dump}");
+        }
+        assert!(dump.contains("<redacted>"));
     }
 
     #[test]

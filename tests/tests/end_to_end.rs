@@ -567,3 +567,25 @@ async fn duplicate_webhooks_ring_once() {
             });
     assert_eq!(per_token.get(&ios(1)), Some(&1));
 }
+
+#[tokio::test]
+async fn a_producer_notification_reaches_the_phone() {
+    let stack = Stack::start().await;
+    stack.register_ios("nia", &ios(1)).await;
+    stack.register_android("nia", &android(1)).await;
+    let body = r#"{"person_ids":["nia"],"class":"call","apns":{"payload":{"aps":{},"callId":"p-1"}},"fcm":{"data":{"callId":"p-1"}},"ttl_secs":30,"idempotency_key":"crm-42"}"#;
+    let response = reqwest::Client::new()
+        .post(stack.ingest.url("/v1/notify"))
+        .bearer_auth(harness::services::PRODUCER_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("notify");
+    assert_eq!(response.status(), 200);
+    let push = &stack.providers.apns.wait_delivered(1, WAIT).await[0];
+    assert_eq!(push.body, r#"{"aps":{},"callId":"p-1"}"#.as_bytes());
+    assert_eq!(push.header("apns-push-type"), Some("voip"));
+    let android_push = &stack.providers.fcm.wait_delivered(1, WAIT).await[0];
+    assert_eq!(MockFcm::token_of(android_push), android(1));
+}
