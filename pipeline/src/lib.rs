@@ -13,6 +13,7 @@
 //! - [`dispatch`]: the provider trait and the handler both dispatchers share.
 //! - [`metrics`]: the catalogue of every Prometheus metric.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the HTTP metrics middleware.
+//! - [`operate`]: stream status and dead-letter replay for operators (`pushctl`).
 //! - [`telemetry`]: log setup and token hashing for logs.
 //! - [`shutdown`]: the signal → `CancellationToken` bridge.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod dispatch;
 pub mod json;
 pub mod metrics;
 pub mod nats;
+pub mod operate;
 pub mod provider_http;
 pub mod retry;
 pub mod shutdown;

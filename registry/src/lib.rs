@@ -9,11 +9,13 @@
 //!   [`error`] its error type.
 //! - [`person`]: canonical person ids (Webex base64 ids and bare uuids are one person).
 //! - [`fanout`]: `EVENTS` → `PUSH_APNS` / `PUSH_FCM`.
+//! - [`cli`]: `pushctl`, the operators' command line.
 //! - [`prune`]: `FEEDBACK` → token removal.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fanout;

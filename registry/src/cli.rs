@@ -1,0 +1,296 @@
+//! `pushctl`, the operators' command line: parsing (a pure function) and execution
+//! against NATS and Redis, returning the text to print so tests can run it directly.
+//!
+//! ```text
+//! pushctl [--config registry.toml] streams
+//! pushctl [--config …] dead list   [--stage S] [--reason R] [--older-than SECS] [--newer-than SECS] [--limit N]
+//! pushctl [--config …] dead replay [same filters] [--dry-run]
+//! pushctl [--config …] devices <personId>
+//! pushctl health <url>            exit 0 when the URL answers 2xx (container health checks)
+//! ```
+//!
+//! Connection settings come from the registry's configuration (`[nats]`, `[redis]`), so
+//! the same file and `PUSHLINE_*` variables work.
+
+use std::time::Duration;
+
+use pipeline::contract::now_ms;
+use pipeline::operate::{self, DeadFilter};
+use pipeline::topology::Topology;
+
+use crate::config::Config;
+use crate::store::{Policy, Store};
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Stream and consumer status.
+    Streams,
+    /// List dead letters.
+    DeadList(Filter),
+    /// Replay dead letters.
+    DeadReplay {
+        /// Which.
+        filter: Filter,
+        /// Only say what would be replayed.
+        dry_run: bool,
+    },
+    /// A person's devices.
+    Devices(String),
+    /// Probe a health URL.
+    Health(String),
+}
+
+/// Dead-letter filter as given on the command line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// `--stage`.
+    pub stage: Option<String>,
+    /// `--reason`.
+    pub reason: Option<String>,
+    /// `--older-than` seconds.
+    pub older_than_secs: Option<u64>,
+    /// `--newer-than` seconds.
+    pub newer_than_secs: Option<u64>,
+    /// `--limit`.
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    fn to_dead(&self) -> DeadFilter {
+        DeadFilter {
+            stage: self.stage.clone(),
+            reason: self.reason.clone(),
+            older_than: self.older_than_secs.map(Duration::from_secs),
+            newer_than: self.newer_than_secs.map(Duration::from_secs),
+            limit: self.limit,
+        }
+    }
+}
+
+/// The usage text.
+pub const USAGE: &str = "usage: pushctl [--config FILE] (streams | dead list [FILTERS] | dead replay [FILTERS] [--dry-run] | devices PERSON_ID | health URL)
+filters: --stage S --reason R --older-than SECS --newer-than SECS --limit N";
+
+/// Parses the arguments after the program name (and after `--config FILE`).
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["streams"] => Ok(Command::Streams),
+        ["devices", person] => Ok(Command::Devices((*person).to_owned())),
+        ["health", url] => Ok(Command::Health((*url).to_owned())),
+        ["dead", "list", rest @ ..] => {
+            let (filter, dry_run) = filters(rest)?;
+            if dry_run {
+                return Err("--dry-run goes with `dead replay`".into());
+            }
+            Ok(Command::DeadList(filter))
+        }
+        ["dead", "replay", rest @ ..] => {
+            let (filter, dry_run) = filters(rest)?;
+            Ok(Command::DeadReplay { filter, dry_run })
+        }
+        _ => Err(USAGE.into()),
+    }
+}
+
+fn filters(words: &[&str]) -> Result<(Filter, bool), String> {
+    let mut filter = Filter::default();
+    let mut dry_run = false;
+    let mut it = words.iter();
+    while let Some(flag) = it.next() {
+        if *flag == "--dry-run" {
+            dry_run = true;
+            continue;
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag} takes a whole number, not `{v}`"))
+        };
+        match *flag {
+            "--stage" => filter.stage = Some((*value).to_owned()),
+            "--reason" => filter.reason = Some((*value).to_owned()),
+            "--older-than" => filter.older_than_secs = Some(number(value)?),
+            "--newer-than" => filter.newer_than_secs = Some(number(value)?),
+            "--limit" => filter.limit = Some(number(value)? as usize),
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    Ok((filter, dry_run))
+}
+
+/// Runs `command` and returns what to print.
+pub async fn execute(command: &Command, config: &Config) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let topology = Topology::new(&config.nats);
+    let js = || async {
+        let client = pipeline::nats::connect(&config.nats, "pushctl")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(pipeline::topology::jetstream(client))
+    };
+    match command {
+        Command::Health(url) => {
+            let response = reqwest::get(url).await.map_err(|e| format!("{url}: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!("{url}: {}", response.status()));
+            }
+            writeln!(out, "ok").ok();
+        }
+        Command::Streams => {
+            let js = js().await?;
+            writeln!(
+                out,
+                "{:<22} {:>10} {:>12}   consumer: pending ack_pending redelivered",
+                "stream", "messages", "bytes"
+            )
+            .ok();
+            for s in operate::streams(&js, &topology).await? {
+                let consumers: Vec<String> = s
+                    .consumers
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}: {} {} {}",
+                            c.name, c.pending, c.ack_pending, c.redelivered
+                        )
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "{:<22} {:>10} {:>12}   {}",
+                    s.name,
+                    s.messages,
+                    s.bytes,
+                    consumers.join(", ")
+                )
+                .ok();
+            }
+        }
+        Command::DeadList(filter) => {
+            let js = js().await?;
+            let entries = operate::dead_letters(&js, &topology, &filter.to_dead()).await?;
+            let now = now_ms();
+            writeln!(
+                out,
+                "{:>8} {:>8} {:<8} {:<24} {:>8}  subject / last error",
+                "seq", "age_s", "stage", "reason", "attempts"
+            )
+            .ok();
+            for e in &entries {
+                let l = &e.letter;
+                writeln!(
+                    out,
+                    "{:>8} {:>8} {:<8} {:<24} {:>8}  {} / {}",
+                    e.sequence,
+                    now.saturating_sub(l.dead_at_ms) / 1000,
+                    l.stage,
+                    l.reason,
+                    l.attempts,
+                    l.subject,
+                    l.last_error
+                )
+                .ok();
+            }
+            writeln!(out, "{} dead letter(s)", entries.len()).ok();
+        }
+        Command::DeadReplay { filter, dry_run } => {
+            let js = js().await?;
+            let entries = operate::dead_letters(&js, &topology, &filter.to_dead()).await?;
+            if *dry_run {
+                writeln!(out, "would replay {} dead letter(s)", entries.len()).ok();
+            } else {
+                let n = operate::replay(&js, &topology, &entries).await?;
+                writeln!(out, "replayed {n} dead letter(s)").ok();
+            }
+        }
+        Command::Devices(person) => {
+            let redis = crate::connect_redis(&config.redis).map_err(|e| e.to_string())?;
+            let store = Store::new(
+                redis,
+                config.redis.prefix.clone(),
+                Policy {
+                    max_devices_per_person: config.devices.max_per_person,
+                    ttl: Duration::from_secs(config.devices.ttl_secs),
+                },
+            );
+            let devices = store
+                .devices(person, now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            for d in &devices {
+                writeln!(
+                    out,
+                    "{}  {} {} app={} env={} updated={}",
+                    pipeline::telemetry::token_tag(&d.token),
+                    d.attrs.platform.as_str(),
+                    match d.attrs.channel {
+                        crate::store::Channel::Voip => "voip",
+                        crate::store::Channel::Alert => "alert",
+                    },
+                    d.attrs.app,
+                    d.attrs.environment.as_str(),
+                    d.updated_at_ms
+                )
+                .ok();
+            }
+            writeln!(out, "{} device(s)", devices.len()).ok();
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn commands_and_filters_parse() {
+        assert_eq!(parse(&args("streams")), Ok(Command::Streams));
+        assert_eq!(
+            parse(&args("devices p1")),
+            Ok(Command::Devices("p1".into()))
+        );
+        assert_eq!(
+            parse(&args(
+                "dead replay --stage apns --reason BadTopic --older-than 60 --limit 5 --dry-run"
+            )),
+            Ok(Command::DeadReplay {
+                filter: Filter {
+                    stage: Some("apns".into()),
+                    reason: Some("BadTopic".into()),
+                    older_than_secs: Some(60),
+                    newer_than_secs: None,
+                    limit: Some(5)
+                },
+                dry_run: true
+            })
+        );
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        assert!(
+            parse(&args("dead list --limit many"))
+                .expect_err("number")
+                .contains("whole number")
+        );
+        assert!(parse(&args("dead list --dry-run")).is_err());
+        assert!(
+            parse(&args("dead list --colour red"))
+                .expect_err("unknown")
+                .contains("unknown option")
+        );
+        assert!(
+            parse(&args("frobnicate"))
+                .expect_err("usage")
+                .starts_with("usage")
+        );
+    }
+}
