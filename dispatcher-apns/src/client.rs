@@ -51,6 +51,7 @@ impl Route {
 /// The APNs provider for every configured app and environment.
 pub struct ApnsProvider {
     routes: HashMap<String, HashMap<Environment, Route>>,
+    certificate_expiries: Vec<(String, i64)>,
 }
 
 #[derive(serde::Deserialize)]
@@ -78,7 +79,15 @@ impl ApnsProvider {
             ca_setting: "apns.ca_files",
         };
         let mut routes: HashMap<String, HashMap<Environment, Route>> = HashMap::new();
+        let mut certificate_expiries = Vec::new();
         for (i, app) in config.apps.iter().enumerate() {
+            if let Some(cert) = &app.certificate_file {
+                let pem = read_file(format!("apns.apps[{i}].certificate_file"), cert)?;
+                let not_after = certificate_not_after(&pem).map_err(|e| {
+                    ConfigError::invalid(format!("apns.apps[{i}].certificate_file"), e)
+                })?;
+                certificate_expiries.push((app.bundle_id.clone(), not_after));
+            }
             let (auth, identity) = Self::credentials(i, app, config.token_refresh_secs)?;
             for env in &app.environments {
                 let base_url = match env {
@@ -105,7 +114,15 @@ impl ApnsProvider {
                 );
             }
         }
-        Ok(ApnsProvider { routes })
+        Ok(ApnsProvider {
+            routes,
+            certificate_expiries,
+        })
+    }
+
+    /// For each app using certificate auth: when its certificate expires (Unix seconds).
+    pub fn certificate_expiries(&self) -> &[(String, i64)] {
+        &self.certificate_expiries
     }
 
     fn route(&self, job: &PushJob) -> Option<&Route> {
@@ -170,6 +187,16 @@ impl ApnsProvider {
         }
         request.send().await
     }
+}
+
+/// The `notAfter` (Unix seconds) of the first certificate in a PEM file.
+pub fn certificate_not_after(pem: &[u8]) -> Result<i64, String> {
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 /// `apns-id`: a UUID (8-4-4-4-12 hex) derived from the event and the token.

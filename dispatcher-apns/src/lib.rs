@@ -61,6 +61,13 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     config.resolve()?;
     let provider = client::ApnsProvider::new(&config.apns)?;
+    let metrics = Metrics::new(SERVICE);
+    for (app, not_after) in provider.certificate_expiries() {
+        metrics
+            .credential_expiry
+            .with_label_values(&["apns", app])
+            .set(*not_after as f64);
+    }
     let setup = DispatcherSetup {
         service: SERVICE,
         kind: ConsumerKind::DispatchApns,
@@ -68,6 +75,6 @@ pub async fn serve(
         worker: config.worker,
     };
     tracing::info!("APNs dispatcher starting");
-    serve_dispatcher(setup, provider, Metrics::new(SERVICE), admin, shutdown).await?;
+    serve_dispatcher(setup, provider, metrics, admin, shutdown).await?;
     Ok(())
 }

@@ -26,7 +26,6 @@ struct Project {
 /// The FCM provider for every configured project.
 pub struct FcmProvider {
     projects: HashMap<String, Project>,
-    metrics: Option<pipeline::metrics::Metrics>,
 }
 
 impl FcmProvider {
@@ -72,17 +71,7 @@ impl FcmProvider {
                 },
             );
         }
-        Ok(FcmProvider {
-            projects,
-            metrics: None,
-        })
-    }
-
-    /// Reports each project's access-token expiry in
-    /// `pushline_credential_expiry_timestamp_seconds`.
-    pub fn with_metrics(mut self, metrics: pipeline::metrics::Metrics) -> Self {
-        self.metrics = Some(metrics);
-        self
+        Ok(FcmProvider { projects })
     }
 
     async fn post(
@@ -207,14 +196,6 @@ impl Provider for FcmProvider {
                     .token()
                     .await
                     .map_err(|e| format!("FCM project {id}: {e}"))?;
-                if let (Some(metrics), Some(expiry)) =
-                    (&self.metrics, project.tokens.expires_at_unix().await)
-                {
-                    metrics
-                        .credential_expiry
-                        .with_label_values(&["fcm", id])
-                        .set(expiry as f64);
-                }
             }
             Ok(())
         })

@@ -63,7 +63,7 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     config.resolve()?;
     let metrics = Metrics::new(SERVICE);
-    let provider = client::FcmProvider::new(&config.fcm)?.with_metrics(metrics.clone());
+    let provider = client::FcmProvider::new(&config.fcm)?;
     let setup = DispatcherSetup {
         service: SERVICE,
         kind: ConsumerKind::DispatchFcm,

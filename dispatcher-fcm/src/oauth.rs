@@ -68,7 +68,6 @@ pub struct OAuthError {
 struct Cached {
     token: Arc<str>,
     refresh_at: Instant,
-    expires_at_unix: u64,
 }
 
 #[derive(Deserialize)]
@@ -145,11 +144,6 @@ impl TokenSource {
         self.token().await
     }
 
-    /// When the current token expires (Unix seconds), if one is cached.
-    pub async fn expires_at_unix(&self) -> Option<u64> {
-        self.cached.read().await.as_ref().map(|c| c.expires_at_unix)
-    }
-
     fn assertion(&self, now: u64) -> String {
         let kid = self
             .account
@@ -202,7 +196,6 @@ impl TokenSource {
         Ok(Cached {
             token: Arc::from(body.access_token),
             refresh_at: Instant::now() + refresh_in,
-            expires_at_unix: now + body.expires_in,
         })
     }
 }

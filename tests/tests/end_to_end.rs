@@ -539,6 +539,17 @@ async fn certificate_auth_sends_without_a_provider_token() {
     stack.call("lee", Some(&apns_payload("cert")), None).await;
     let push = &stack.providers.apns.wait_delivered(1, WAIT).await[0];
     assert_eq!(push.header("authorization"), None);
+    // The certificate's expiry is exported for the "credentials expiring" alert.
+    let metrics = cert_dispatcher.metrics().await;
+    let prefix = format!(
+        r#"pushline_credential_expiry_timestamp_seconds{{app="{APNS_APP}",provider="apns"}} "#
+    );
+    let expiry: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .expect("credential expiry exported");
+    assert!(expiry > (pipeline::contract::now_ms() / 1000) as f64);
 }
 
 #[tokio::test]
