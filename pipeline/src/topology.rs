@@ -223,14 +223,34 @@ impl Topology {
         }
     }
 
-    /// Creates every stream, or updates it to the current definition. Idempotent.
+    /// Creates every missing stream and updates a stream only when its definition
+    /// differs. Idempotent, and safe when many replicas start at once: nats-server 2.9
+    /// crashes (nil dereference in `updateWithAdvisory`) when a stream update races with
+    /// that stream's creation, so streams that already match are never updated, and a
+    /// creation lost to another replica is accepted once the stream exists.
     pub async fn ensure(&self, js: &Context) -> Result<(), TopologyError> {
         for kind in StreamKind::ALL {
-            let config = self.stream_config(kind);
-            let stream = config.name.clone();
-            js.create_or_update_stream(config)
-                .await
-                .map_err(|source| TopologyError::Stream { stream, source })?;
+            let desired = self.stream_config(kind);
+            let stream = desired.name.clone();
+            match js.get_stream(&stream).await {
+                Ok(existing) => {
+                    if !same_definition(&existing.cached_info().config, &desired) {
+                        tracing::info!(%stream, "updating stream definition");
+                        js.update_stream(desired)
+                            .await
+                            .map_err(|source| TopologyError::Stream { stream, source })?;
+                    }
+                }
+                Err(error) if is_not_found(&error) => {
+                    if let Err(source) = js.create_stream(desired).await {
+                        // Another replica may have created it meanwhile.
+                        if js.get_stream(&stream).await.is_err() {
+                            return Err(TopologyError::Stream { stream, source });
+                        }
+                    }
+                }
+                Err(source) => return Err(TopologyError::GetStream { stream, source }),
+            }
         }
         Ok(())
     }
@@ -274,6 +294,23 @@ impl Topology {
                 source,
             })
     }
+}
+
+/// Whether the server's stream definition already is what pushline wants (the server
+/// fills in defaults for fields pushline leaves alone, so only pushline's fields count).
+fn same_definition(current: &StreamConfig, desired: &StreamConfig) -> bool {
+    current.subjects == desired.subjects
+        && current.retention == desired.retention
+        && current.storage == desired.storage
+        && current.num_replicas == desired.num_replicas
+        && current.duplicate_window == desired.duplicate_window
+        && current.max_age == desired.max_age
+}
+
+fn is_not_found(error: &async_nats::jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    matches!(error.kind(), GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// Makes `value` safe as one subject token: characters other than ASCII letters, digits,

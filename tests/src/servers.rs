@@ -31,20 +31,37 @@ fn require(binary: &str, package: &str) {
     }
 }
 
-/// A free TCP port on 127.0.0.1, never one handed out before in this process.
+/// A free TCP port on 127.0.0.1 for a test server, never one handed out before in this
+/// process. It is drawn from below the kernel's ephemeral range (which starts at 32768 by
+/// default), so it cannot be reused meanwhile by an outgoing connection or a port-0
+/// listener between this check and the server binding it.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let (low, high) = ephemeral_range();
+    let (from, to) = if low > 12_000 {
+        (10_000, low.min(32_000))
+    } else {
+        (high + 1, 65_000)
+    };
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
+        let port = rand::random_range(from..to);
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        given.push(port);
+        return port;
     }
+}
+
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 /// A name unique to one server process.
@@ -196,6 +213,11 @@ impl NatsServer {
 }
 
 fn spawn_nats(port: u16, store: &Path, name: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(store.join("nats-server.log"))
+        .expect("nats-server log file");
     Command::new("nats-server")
         .args([
             "-a",
@@ -209,13 +231,31 @@ fn spawn_nats(port: u16, store: &Path, name: &str) -> Child {
         ])
         .arg(store)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn nats-server")
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        // A server that died during the test explains failures that look like timeouts;
+        // a failing test gets the server's log either way.
+        if let Some(child) = self.child.as_mut() {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || std::thread::panicking() {
+                let status = exited
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "still running".into());
+                let log = std::fs::read_to_string(self.dir.path().join("nats-server.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!(
+                    "nats-server {} ({status}); last log lines:\n{}",
+                    self.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
         self.stop();
     }
 }

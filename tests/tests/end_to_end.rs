@@ -306,7 +306,8 @@ async fn a_bad_topic_is_dead_lettered_once_with_its_reason_and_not_retried() {
 
 #[tokio::test]
 async fn a_call_whose_deadline_passes_while_apns_fails_is_never_delivered_late() {
-    let stack = Stack::start().await;
+    // Attempts must not run out before the deadline does: the deadline is what is pinned.
+    let stack = Stack::start_with(|c| c.apns.worker.max_attempts = 1_000).await;
     stack.register_ios("hal", &ios(1)).await;
     stack.providers.apns.script_all(std::iter::repeat_n(
         MockApns::error(503, "ServiceUnavailable"),

@@ -4,13 +4,15 @@
 //! ```text
 //! pushline-mock --dir DIR [--apns-port 8443] [--fcm-port 8444] [--control-port 8445]
 //!               [--bundle com.example.pushline] [--project pushline-local]
+//!               [--bind 127.0.0.1] [--host 127.0.0.1]
 //! ```
 //!
 //! It writes into DIR what a dispatcher needs: `ca.pem` (trust it), `AuthKey_<kid>.p8`
 //! (team `TEAM123456`, key `KEY1234567`), `<project>.json` (a service account whose
 //! `token_uri` is this mock) and `apns-bearer.txt` (a valid provider token, for `h2load`).
 //! Every push received is printed as one line; `GET /requests` on the control port
-//! returns them all as JSON.
+//! returns them all as JSON. In a container, `--bind 0.0.0.0 --host <service name>` makes
+//! it reachable (the name goes into its certificate and the service account's `token_uri`).
 
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ use axum::{Json, Router};
 use harness::mock::apns::{MockApns, P8Key};
 use harness::mock::fcm::MockFcm;
 use harness::mock::tls::TestCa;
-use harness::mock::{Behaviour, Mock, Recorded};
+use harness::mock::{Behaviour, Listen, Mock, Recorded};
 
 const TEAM_ID: &str = "TEAM123456";
 const KEY_ID: &str = "KEY1234567";
@@ -31,6 +33,8 @@ struct Args {
     control_port: u16,
     bundle: String,
     project: String,
+    bind: String,
+    host: String,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -41,6 +45,8 @@ fn args() -> anyhow::Result<Args> {
         control_port: 8445,
         bundle: "com.example.pushline".into(),
         project: "pushline-local".into(),
+        bind: "127.0.0.1".into(),
+        host: "127.0.0.1".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +61,8 @@ fn args() -> anyhow::Result<Args> {
             "--control-port" => args.control_port = value()?.parse()?,
             "--bundle" => args.bundle = value()?,
             "--project" => args.project = value()?,
+            "--bind" => args.bind = value()?,
+            "--host" => args.host = value()?,
             other => anyhow::bail!("unknown flag {other}; see the module docs"),
         }
     }
@@ -110,8 +118,14 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let ca = TestCa::new();
     let key = P8Key::generate(TEAM_ID, KEY_ID);
-    let apns = Arc::new(MockApns::start_apns(&ca, &[&args.bundle], &[&key], args.apns_port).await);
-    let fcm = Arc::new(MockFcm::start_fcm(&ca, &[&args.project], args.fcm_port).await);
+    let at = |port| Listen {
+        bind: args.bind.clone(),
+        port,
+        host: args.host.clone(),
+    };
+    let apns =
+        Arc::new(MockApns::start_apns_at(&ca, &[&args.bundle], &[&key], &at(args.apns_port)).await);
+    let fcm = Arc::new(MockFcm::start_fcm_at(&ca, &[&args.project], &at(args.fcm_port)).await);
     apns.write_ca(&args.dir, "ca.pem");
     key.write(&args.dir);
     fcm.write_service_account(&args.dir, &args.project);
@@ -137,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.control_port)).await?;
+    let listener = tokio::net::TcpListener::bind((args.bind.as_str(), args.control_port)).await?;
     println!(
         "mock APNs on {} and FCM on {}; requests at http://127.0.0.1:{}/requests; credentials in {}",
         apns.url(),

@@ -69,6 +69,16 @@ impl MockApns {
     /// Starts a mock accepting pushes for `bundles` with provider tokens signed by `keys`,
     /// on `port` (0 = any).
     pub async fn start_apns(ca: &TestCa, bundles: &[&str], keys: &[&P8Key], port: u16) -> Self {
+        Self::start_apns_at(ca, bundles, keys, &super::Listen::loopback(port)).await
+    }
+
+    /// Like [`MockApns::start_apns`], listening as `at` says.
+    pub async fn start_apns_at(
+        ca: &TestCa,
+        bundles: &[&str],
+        keys: &[&P8Key],
+        at: &super::Listen,
+    ) -> Self {
         let behaviour = Apns {
             bundles: bundles.iter().map(|b| b.to_string()).collect(),
             keys: Mutex::new(HashMap::new()),
@@ -77,7 +87,7 @@ impl MockApns {
         for key in keys {
             behaviour.trust(key);
         }
-        Mock::start(behaviour, ca.server_tls(), port).await
+        Mock::start(behaviour, ca, at).await
     }
 
     /// An APNs error answer.

@@ -44,6 +44,11 @@ pub type MockFcm = Mock<Fcm>;
 impl MockFcm {
     /// Starts a mock serving `projects` on `port` (0 = any).
     pub async fn start_fcm(ca: &TestCa, projects: &[&str], port: u16) -> Self {
+        Self::start_fcm_at(ca, projects, &super::Listen::loopback(port)).await
+    }
+
+    /// Like [`MockFcm::start_fcm`], listening as `at` says.
+    pub async fn start_fcm_at(ca: &TestCa, projects: &[&str], at: &super::Listen) -> Self {
         let private = RsaPrivateKey::from_pkcs8_pem(SERVICE_ACCOUNT_KEY).expect("fixture key");
         let behaviour = Fcm {
             projects: projects.iter().map(|p| p.to_string()).collect(),
@@ -53,7 +58,7 @@ impl MockFcm {
             counter: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
         };
-        let mock = Mock::start(behaviour, ca.server_tls(), port).await;
+        let mock = Mock::start(behaviour, ca, at).await;
         *mock.shared.behaviour.token_uri.lock().expect("lock") = format!("{}/token", mock.url());
         mock
     }

@@ -26,6 +26,28 @@ use pipeline::CancellationToken;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+/// Where a mock listens and the name clients use for it.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Address to bind (`127.0.0.1`; `0.0.0.0` inside a container).
+    pub bind: String,
+    /// Port (0 = any).
+    pub port: u16,
+    /// Host name clients use; it goes into the certificate and the URLs the mock hands out.
+    pub host: String,
+}
+
+impl Listen {
+    /// Loopback on `port`.
+    pub fn loopback(port: u16) -> Self {
+        Listen {
+            bind: "127.0.0.1".into(),
+            port,
+            host: "127.0.0.1".into(),
+        }
+    }
+}
+
 /// One request a mock received, with what it answered.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -117,6 +139,7 @@ pub(crate) struct Shared<B> {
 /// A running mock server; stops when dropped.
 pub struct Mock<B: Behaviour> {
     addr: SocketAddr,
+    host: String,
     ca_pem: String,
     pub(crate) shared: Arc<Shared<B>>,
     shutdown: CancellationToken,
@@ -129,8 +152,9 @@ impl<B: Behaviour> Drop for Mock<B> {
 }
 
 impl<B: Behaviour> Mock<B> {
-    pub(crate) async fn start(behaviour: B, tls: tls::ServerTls, port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port))
+    pub(crate) async fn start(behaviour: B, ca: &tls::TestCa, at: &Listen) -> Self {
+        let tls = ca.server_tls(&at.host);
+        let listener = TcpListener::bind((at.bind.as_str(), at.port))
             .await
             .expect("bind mock");
         let addr = listener.local_addr().expect("mock addr");
@@ -150,15 +174,16 @@ impl<B: Behaviour> Mock<B> {
         ));
         Mock {
             addr,
+            host: at.host.clone(),
             ca_pem: tls.ca_pem,
             shared,
             shutdown,
         }
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://<host>:<port>`.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.addr.port())
+        format!("https://{}:{}", self.host, self.addr.port())
     }
 
     /// The address it listens on.

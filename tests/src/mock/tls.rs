@@ -57,11 +57,13 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
-    pub(crate) fn server_tls(&self) -> ServerTls {
+    pub(crate) fn server_tls(&self, host: &str) -> ServerTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("params");
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        if !names.iter().any(|n| n == host) {
+            names.push(host.to_owned());
+        }
+        let mut params = CertificateParams::new(names).expect("params");
         params
             .distinguished_name
             .push(DnType::CommonName, "pushline mock provider");
