@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Checks on the running services, with real NATS JetStream and Redis behind them:
+# 1. schemathesis against ingest and the registry, using the OpenAPI documents they serve
+#    on their admin ports; fails on any 5xx, schema violation, undocumented status or
+#    wrong content type;
+# 2. a call pushed through both dispatchers to the sandbox mocks, then
+#    `promtool check metrics` on a live /metrics scrape of all four services.
+# Usage: deploy/ci/live-checks.sh [max examples per operation, default 40]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+EXAMPLES=${1:-40}
+export PATH="$PATH:/usr/sbin"
+command -v schemathesis >/dev/null || { echo "schemathesis missing: pip install schemathesis"; exit 1; }
+
+command -v promtool >/dev/null || { echo "promtool missing: apt-get install prometheus"; exit 1; }
+cargo build --locked --quiet --manifest-path "$ROOT/Cargo.toml" -p pushline-ingest -p pushline-registry \
+  -p pushline-dispatcher-apns -p pushline-dispatcher-fcm -p pushline-tests --bins
+BIN="$ROOT/target/debug"
+WORK=$(mktemp -d -t pushline-st.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+NATS=$(port); REDIS=$(port); INGEST=$(port); INGEST_ADMIN=$(port); REGISTRY=$(port); REGISTRY_ADMIN=$(port)
+OPEN=$(port); OPEN_ADMIN=$(port)
+APNS_ADMIN=$(port); FCM_ADMIN=$(port); MOCK_APNS=$(port); MOCK_FCM=$(port); MOCK_CONTROL=$(port)
+
+nats-server -a 127.0.0.1 -p "$NATS" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 & PIDS+=($!)
+redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 & PIDS+=($!)
+
+API_KEY=schemathesis-admin-key
+PRODUCER_KEY=schemathesis-producer-key
+sha() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
+cat >"$WORK/ingest.toml" <<TOML
+listen = "127.0.0.1:$INGEST"
+admin_listen = "127.0.0.1:$INGEST_ADMIN"
+[webex]
+secrets = ["schemathesis-webhook-secret"]
+[producers]
+keys = [{ name = "schemathesis", sha256 = "$(sha $PRODUCER_KEY)", rate_per_sec = 100000.0, burst = 100000 }]
+[nats]
+url = "nats://127.0.0.1:$NATS"
+[telemetry]
+filter = "warn"
+TOML
+cat >"$WORK/registry.toml" <<TOML
+listen = "127.0.0.1:$REGISTRY"
+admin_listen = "127.0.0.1:$REGISTRY_ADMIN"
+[redis]
+url = "redis://127.0.0.1:$REDIS"
+[devices]
+default_apns_app = "com.example.pushline"
+default_fcm_app = "pushline-local"
+[auth]
+api_keys = [{ name = "schemathesis", sha256 = "$(sha $API_KEY)", scopes = ["admin"] }]
+[nats]
+url = "nats://127.0.0.1:$NATS"
+[telemetry]
+filter = "warn"
+TOML
+# A second ingest with the development switch that skips signatures, so generated bodies
+# reach envelope parsing (signature checking itself is covered by property tests).
+sed -e "s/127.0.0.1:$INGEST\"/127.0.0.1:$OPEN\"/" -e "s/127.0.0.1:$INGEST_ADMIN/127.0.0.1:$OPEN_ADMIN/" \
+  -e 's/^\[webex\]$/[webex]\ninsecure_skip_signature = true/' "$WORK/ingest.toml" >"$WORK/ingest-open.toml"
+"$BIN/pushline-ingest" --config "$WORK/ingest.toml" >"$WORK/ingest.log" 2>&1 & PIDS+=($!)
+"$BIN/pushline-ingest" --config "$WORK/ingest-open.toml" >"$WORK/ingest-open.log" 2>&1 & PIDS+=($!)
+"$BIN/pushline-registry" --config "$WORK/registry.toml" >"$WORK/registry.log" 2>&1 & PIDS+=($!)
+for admin in "$INGEST_ADMIN" "$OPEN_ADMIN" "$REGISTRY_ADMIN"; do
+  for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$admin/readyz" 2>/dev/null && break; sleep 0.1; done
+  curl -fsS -o /dev/null "http://127.0.0.1:$admin/readyz" || { cat "$WORK"/*.log; exit 1; }
+done
+
+CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance
+status=0
+run() { # name schema-url api-url header
+  echo "== schemathesis: $1 (at most $EXAMPLES examples per operation)"
+  schemathesis run "$2" --url "$3" --checks "$CHECKS" --max-examples "$EXAMPLES" \
+    --header "$4" --seed 1 --no-color || status=1
+}
+run registry "http://127.0.0.1:$REGISTRY_ADMIN/openapi.yaml" "http://127.0.0.1:$REGISTRY" "Authorization: Bearer $API_KEY"
+run ingest "http://127.0.0.1:$INGEST_ADMIN/openapi.yaml" "http://127.0.0.1:$INGEST" "Authorization: Bearer $PRODUCER_KEY"
+run "ingest (signatures skipped)" "http://127.0.0.1:$OPEN_ADMIN/openapi.yaml" "http://127.0.0.1:$OPEN" "Authorization: Bearer $PRODUCER_KEY"
+echo "== a call through both dispatchers, then promtool check metrics on every service"
+"$BIN/pushline-mock" --dir "$WORK/mock" --apns-port "$MOCK_APNS" --fcm-port "$MOCK_FCM" \
+  --control-port "$MOCK_CONTROL" >"$WORK/mock.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 1 100); do [ -f "$WORK/mock/pushline-local.json" ] && break; sleep 0.1; done
+cat >"$WORK/apns.toml" <<TOML
+admin_listen = "127.0.0.1:$APNS_ADMIN"
+[apns]
+production_url = "https://127.0.0.1:$MOCK_APNS"
+sandbox_url = "https://127.0.0.1:$MOCK_APNS"
+ca_files = ["$WORK/mock/ca.pem"]
+[[apns.apps]]
+bundle_id = "com.example.pushline"
+team_id = "TEAM123456"
+key_id = "KEY1234567"
+key_file = "$WORK/mock/AuthKey_KEY1234567.p8"
+[nats]
+url = "nats://127.0.0.1:$NATS"
+[telemetry]
+filter = "warn"
+TOML
+cat >"$WORK/fcm.toml" <<TOML
+admin_listen = "127.0.0.1:$FCM_ADMIN"
+[fcm]
+base_url = "https://127.0.0.1:$MOCK_FCM"
+ca_files = ["$WORK/mock/ca.pem"]
+[[fcm.projects]]
+service_account_file = "$WORK/mock/pushline-local.json"
+[nats]
+url = "nats://127.0.0.1:$NATS"
+[telemetry]
+filter = "warn"
+TOML
+"$BIN/pushline-dispatcher-apns" --config "$WORK/apns.toml" >"$WORK/apns.log" 2>&1 & PIDS+=($!)
+"$BIN/pushline-dispatcher-fcm" --config "$WORK/fcm.toml" >"$WORK/fcm.log" 2>&1 & PIDS+=($!)
+for admin in "$APNS_ADMIN" "$FCM_ADMIN"; do
+  for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$admin/readyz" 2>/dev/null && break; sleep 0.1; done
+done
+PERSON=live-check-person
+curl -fsS -X POST "http://127.0.0.1:$REGISTRY/register" -H "authorization: Bearer $API_KEY" -H 'content-type: application/json' \
+  -d "{\"voipToken\":\"$(printf 'cd%.0s' $(seq 1 32))\",\"fcmToken\":\"live-check:APA91bHPRgkFLJu6ck_q\",\"personId\":\"$PERSON\"}" >/dev/null
+BODY="{\"resource\":\"telephony_push\",\"event\":\"updated\",\"actorId\":\"$PERSON\",\"data\":{\"apnsPayload\":{\"aps\":{}},\"fcmPayload\":{\"k\":\"v\"}}}"
+SIG=$(printf %s "$BODY" | openssl dgst -sha1 -hmac schemathesis-webhook-secret | sed 's/^.*= //')
+curl -fsS -X POST "http://127.0.0.1:$INGEST/webhooks/webex" -H 'content-type: application/json' -H "x-spark-signature: $SIG" -d "$BODY" >/dev/null
+for _ in $(seq 1 100); do
+  [ "$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL/requests" | grep -o '"status":200' | wc -l)" -ge 2 ] && break
+  sleep 0.1
+done
+[ "$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL/requests" | grep -o '"status":200' | wc -l)" -ge 2 ] || { echo "the call was not delivered"; status=1; }
+for admin in "$INGEST_ADMIN" "$REGISTRY_ADMIN" "$APNS_ADMIN" "$FCM_ADMIN"; do
+  if curl -fsS "http://127.0.0.1:$admin/metrics" | promtool check metrics; then
+    echo "promtool check metrics 127.0.0.1:$admin: ok"
+  else
+    echo "promtool check metrics 127.0.0.1:$admin: FAILED"; status=1
+  fi
+done
+
+if [ "$status" -ne 0 ]; then
+  echo "== service logs"; tail -n 50 "$WORK"/*.log
+fi
+exit "$status"
