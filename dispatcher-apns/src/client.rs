@@ -54,7 +54,7 @@ pub struct ApnsProvider {
     certificate_expiries: Vec<(String, i64)>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(Default, serde::Deserialize)]
 struct ErrorBody {
     #[serde(default)]
     reason: Option<String>,
@@ -222,22 +222,8 @@ fn now_secs() -> u64 {
 }
 
 async fn answer(response: reqwest::Response) -> Answer {
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let body: ErrorBody = response
-        .bytes()
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(ErrorBody {
-            reason: None,
-            timestamp: None,
-        });
+    let (status, retry_after, body): (u16, _, ErrorBody) =
+        provider_http::error_answer(response).await;
     Answer {
         status,
         reason: Reason::parse(body.reason.as_deref().unwrap_or("")),

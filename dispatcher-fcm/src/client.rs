@@ -91,19 +91,8 @@ impl FcmProvider {
     }
 
     async fn classify_response(response: reqwest::Response) -> (u16, Verdict) {
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body: ErrorBody = response
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let (status, retry_after, body): (u16, _, ErrorBody) =
+            provider_http::error_answer(response).await;
         (status, classify(status, &body, retry_after))
     }
 }

@@ -28,30 +28,11 @@ use crate::config::Config;
 pub const SERVICE: &str = "dispatcher-fcm";
 
 /// Why the dispatcher could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// Bad configuration or credentials.
-    #[error(transparent)]
-    Config(#[from] pipeline::config::ConfigError),
-    /// NATS.
-    #[error(transparent)]
-    Dispatcher(#[from] pipeline::dispatch::DispatcherError),
-    /// The admin listener.
-    #[error("cannot listen on {addr}: {source}")]
-    Io {
-        /// Address.
-        addr: std::net::SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-}
+pub use pipeline::dispatch::DispatcherError as RunError;
 
 /// Binds `admin_listen` and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let addr = config.resolve()?;
-    let admin = TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Io { addr, source })?;
+    let admin = pipeline::dispatch::bind_admin(config.resolve()?).await?;
     serve(config, admin, shutdown).await
 }
 

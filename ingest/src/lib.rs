@@ -272,16 +272,7 @@ async fn notify_handler(State(state): State<AppState>, request: Request) -> Resp
 async fn notify(s: &Inner, request: Request) -> Result<Response, ApiError> {
     let received_at = now_ms();
     let (parts, body) = request.into_parts();
-    let key = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
+    let key = admin::bearer(&parts.headers);
     let producer = match key.map(|k| s.producers.authenticate(k)) {
         Some(Some(producer)) => producer.to_owned(),
         missing_or_unknown => {

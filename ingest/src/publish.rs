@@ -101,14 +101,6 @@ impl Publisher {
 
     /// Readiness: connected, and the stream answers.
     pub async fn check(&self, stream: &str) -> Result<(), String> {
-        if !pipeline::nats::is_connected(&self.client) {
-            return Err("NATS is not connected".into());
-        }
-        match tokio::time::timeout(Duration::from_secs(2), self.js.get_stream_no_info(stream)).await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("JetStream stream {stream}: {e}")),
-            Err(_) => Err(format!("JetStream stream {stream}: no answer within 2s")),
-        }
+        pipeline::nats::check_stream(&self.client, stream).await
     }
 }

@@ -153,3 +153,16 @@ pub fn openapi(document: &'static str) -> Router {
         get(move || async move { ([(header::CONTENT_TYPE, "application/yaml")], document) }),
     )
 }
+
+/// The credential of an `Authorization: Bearer …` header, if there is a non-empty one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}

@@ -270,9 +270,27 @@ pub struct DispatcherSetup {
 /// Why a dispatcher could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatcherError {
+    /// Bad configuration or credentials.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// NATS options refused.
     #[error(transparent)]
     Nats(#[from] crate::nats::ConnectError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Io {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Binds a dispatcher's admin listener.
+pub async fn bind_admin(addr: std::net::SocketAddr) -> Result<TcpListener, DispatcherError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DispatcherError::Io { addr, source })
 }
 
 struct Ready<P> {
@@ -284,17 +302,7 @@ struct Ready<P> {
 impl<P: Provider> Readiness for Ready<P> {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            if !crate::nats::is_connected(&self.client) {
-                return Err("NATS is not connected".into());
-            }
-            let js = crate::topology::jetstream(self.client.clone());
-            match tokio::time::timeout(Duration::from_secs(2), js.get_stream_no_info(&self.stream))
-                .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(format!("JetStream stream {}: {e}", self.stream)),
-                Err(_) => return Err("JetStream: no answer within 2s".into()),
-            }
+            crate::nats::check_stream(&self.client, &self.stream).await?;
             self.provider.check().await
         })
     }

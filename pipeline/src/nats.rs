@@ -56,3 +56,16 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
 pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
+
+/// Readiness: connected, and JetStream answers for `stream` within 2 s.
+pub async fn check_stream(client: &async_nats::Client, stream: &str) -> Result<(), String> {
+    if !is_connected(client) {
+        return Err("NATS is not connected".into());
+    }
+    let js = async_nats::jetstream::new(client.clone());
+    match tokio::time::timeout(Duration::from_secs(2), js.get_stream_no_info(stream)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("JetStream stream {stream}: {e}")),
+        Err(_) => Err(format!("JetStream stream {stream}: no answer within 2s")),
+    }
+}

@@ -74,3 +74,24 @@ fn build(
         )
     })
 }
+
+/// A provider's error answer: status, `Retry-After` (seconds), and the JSON body parsed as
+/// `T` (its default when the body is missing or not that shape).
+pub async fn error_answer<T: serde::de::DeserializeOwned + Default>(
+    response: reqwest::Response,
+) -> (u16, Option<Duration>, T) {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = response
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    (status, retry_after, body)
+}

@@ -143,15 +143,7 @@ impl Authenticator {
         if self.insecure {
             return Ok(Principal::Insecure);
         }
-        let bearer = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|v| !v.is_empty());
+        let bearer = pipeline::admin::bearer(headers);
         let Some(bearer) = bearer else {
             return Err(self.refuse(
                 "missing_credentials",

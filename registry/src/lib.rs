@@ -86,17 +86,7 @@ struct Ready {
 impl Readiness for Ready {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            if !pipeline::nats::is_connected(&self.client) {
-                return Err("NATS is not connected".into());
-            }
-            let js = pipeline::topology::jetstream(self.client.clone());
-            match tokio::time::timeout(Duration::from_secs(2), js.get_stream_no_info(&self.stream))
-                .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(format!("JetStream stream {}: {e}", self.stream)),
-                Err(_) => return Err("JetStream: no answer within 2s".into()),
-            }
+            pipeline::nats::check_stream(&self.client, &self.stream).await?;
             match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(format!("Redis: {e}")),

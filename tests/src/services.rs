@@ -38,7 +38,7 @@ pub struct Env {
 impl Env {
     /// Starts NATS and Redis for one test.
     pub fn start() -> Self {
-        let _ = tracing_init();
+        tracing_init();
         Env {
             nats: NatsServer::start(),
             redis: RedisServer::start(),
@@ -152,12 +152,13 @@ fn telemetry() -> TelemetryConfig {
     }
 }
 
-fn tracing_init() -> Option<()> {
+/// Logs of in-process services at `warn` (or `RUST_LOG`); a no-op once a test installed
+/// its own subscriber.
+fn tracing_init() {
     pipeline::telemetry::init(&TelemetryConfig {
         format: LogFormat::Pretty,
         filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
     });
-    Some(())
 }
 
 /// A service running in this process; stopped when dropped.
