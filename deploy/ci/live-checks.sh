@@ -19,6 +19,7 @@ BIN="$ROOT/target/debug"
 WORK=$(mktemp -d -t pushline-st.XXXXXX)
 PIDS=()
 cleanup() {
+  trap '' INT TERM
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"

@@ -50,6 +50,7 @@ BIN="$ROOT/target/release"
 WORK=$(mktemp -d -t pushline-local.XXXXXX)
 PIDS=()
 cleanup() {
+  trap '' INT TERM # a second ctrl-c must not cut the clean-up short
   say "stopping"
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
