@@ -10,8 +10,8 @@
 //!
 //! With a prefix `p` (config `nats.prefix`) stream names become `pEVENTS` and subjects
 //! `pevents.…`, so several tenants or tests share one server without colliding.
-//! [`Topology::ensure`] creates or updates all streams and is safe to run from every
-//! replica at every start.
+//! [`Topology::ensure`] creates missing streams and updates only those whose definition
+//! differs; it is safe to run from every replica at every start.
 
 use std::time::Duration;
 
