@@ -59,6 +59,8 @@ pub struct Recorded {
     pub body: Bytes,
     /// When it was received (Unix ms).
     pub at_ms: u64,
+    /// When it was received (Unix µs), for latency measurements.
+    pub at_us: u64,
     /// The status answered.
     pub status: u16,
     /// Which connection it came on (counting from 1).
@@ -422,7 +424,7 @@ async fn handle<B: Behaviour>(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let at_ms = pipeline::contract::now_ms();
+    let at_us = now_us();
     let checked = if method_ok {
         shared
             .behaviour
@@ -433,7 +435,7 @@ async fn handle<B: Behaviour>(
     let (key, ok, ok_headers) = match checked {
         Checked::Direct(status, body) => return response(status, body, &[]),
         Checked::Refuse(status, reply) => {
-            record(shared, conn, path, headers, body, at_ms, status);
+            record(shared, conn, path, headers, body, at_us, status);
             return response(status, reply, &[]);
         }
         Checked::Valid {
@@ -461,16 +463,16 @@ async fn handle<B: Behaviour>(
     }
     match reply {
         None | Some(Reply::Delay(..)) => {
-            record(shared, conn, path, headers, body, at_ms, 200);
+            record(shared, conn, path, headers, body, at_us, 200);
             response(200, ok, &ok_headers)
         }
         Some(Reply::GoAway) => {
             conn.goaway.cancel();
-            record(shared, conn, path, headers, body, at_ms, 200);
+            record(shared, conn, path, headers, body, at_us, 200);
             response(200, ok, &ok_headers)
         }
         Some(Reply::Drop) => {
-            record(shared, conn, path, headers, body, at_ms, 0);
+            record(shared, conn, path, headers, body, at_us, 0);
             conn.drop.cancel();
             std::future::pending::<()>().await;
             unreachable!("the connection is dropped")
@@ -480,7 +482,7 @@ async fn handle<B: Behaviour>(
             body: reply,
             retry_after,
         }) => {
-            record(shared, conn, path, headers, body, at_ms, status);
+            record(shared, conn, path, headers, body, at_us, status);
             let extra: Vec<(String, String)> = retry_after
                 .map(|s| ("retry-after".to_owned(), s.to_string()))
                 .into_iter()
@@ -490,20 +492,29 @@ async fn handle<B: Behaviour>(
     }
 }
 
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 fn record<B>(
     shared: &Shared<B>,
     conn: &Connection,
     path: String,
     headers: HashMap<String, String>,
     body: Bytes,
-    at_ms: u64,
+    at_us: u64,
     status: u16,
 ) {
     shared.recorded.lock().expect("record lock").push(Recorded {
         path,
         headers,
         body,
-        at_ms,
+        at_ms: at_us / 1000,
+        at_us,
         status,
         connection: conn.id,
     });

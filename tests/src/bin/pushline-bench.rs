@@ -1,0 +1,399 @@
+//! `pushline-bench`: the whole pipeline under an open-loop webhook load, on this machine.
+//!
+//! Starts nats-server and redis-server, the mock APNs and FCM (in this process: they
+//! timestamp every push they receive), and the four services as separate release
+//! processes (so each one's CPU time and peak RSS can be read); registers `--persons`
+//! persons with one iOS VoIP and one Android device each; then sends signed
+//! `telephony_push` webhooks at a fixed arrival rate for a fixed duration — open loop: each
+//! is sent at its scheduled time whether or not earlier ones were answered — over many
+//! keep-alive connections. Loopback only, bounded by `--rate × --duration`.
+//!
+//! Report: offered and accepted webhooks/s, pushes delivered/s, lost (accepted but not
+//! delivered before the deadline) and duplicates, end-to-end latency from webhook sent to
+//! push received (p50/p90/p99/p99.9), ingest response latency, CPU seconds and peak RSS
+//! per service. A table on stdout, JSON with `--json FILE`.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/pushline-bench [--rate 1000] [--duration 10] [--persons 500] [--json FILE]
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::mock::apns::{MockApns, P8Key};
+use harness::mock::fcm::MockFcm;
+use harness::mock::now_us;
+use harness::mock::tls::TestCa;
+use harness::servers::{NatsServer, RedisServer, free_port};
+use harness::webex::{sign, telephony_push};
+
+const SECRET: &str = "bench-webhook-secret";
+const API_KEY: &str = "bench-api-key";
+const BUNDLE: &str = "com.example.bench";
+const PROJECT: &str = "pushline-bench";
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn json_path() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// Per webhook: when it was sent (µs), how long ingest took to answer (µs), the status.
+type Sent = Arc<Mutex<HashMap<u64, (u64, u64, u16)>>>;
+
+struct Service {
+    name: &'static str,
+    child: Child,
+    admin: u16,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU seconds (user + system) and peak RSS (MiB) of a running process.
+fn usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command: utime is field 14, stime 15 (1-based).
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / 100.0; // USER_HZ is 100 on Linux
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu, hwm_kib / 1024.0)
+}
+
+fn spawn(
+    bin_dir: &Path,
+    name: &'static str,
+    config: &Path,
+    admin: u16,
+    log_dir: &Path,
+) -> anyhow::Result<Service> {
+    let binary = bin_dir.join(format!("pushline-{name}"));
+    anyhow::ensure!(
+        binary.exists(),
+        "{} missing: run `cargo build --release --bins` first",
+        binary.display()
+    );
+    let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
+    let child = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(Service { name, child, admin })
+}
+
+async fn wait_ready(http: &reqwest::Client, admin: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("service on admin port {admin} not ready in 30 s")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn call_id(body: &[u8], provider: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let id = match provider {
+        "apns" => v["callId"].as_str()?.to_owned(),
+        _ => v["message"]["data"]["callId"].as_str()?.to_owned(),
+    };
+    id.parse().ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let rate = arg("--rate", 1_000).max(1);
+    let duration = arg("--duration", 10).max(1);
+    let persons = arg("--persons", 500).max(1) as usize;
+    let total = (rate * duration) as usize;
+    let bin_dir: PathBuf = std::env::current_exe()?
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let ca = TestCa::new();
+    let key = P8Key::generate("TEAM123456", "KEY1234567");
+    let apns = MockApns::start_apns(&ca, &[BUNDLE], &[&key], 0).await;
+    let fcm = MockFcm::start_fcm(&ca, &[PROJECT], 0).await;
+    let ca_file = apns.write_ca(dir, "ca.pem");
+    let key_file = key.write(dir);
+    let account = fcm.write_service_account(dir, PROJECT);
+
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let (ingest_port, registry_port) = (ports[0], ports[1]);
+    let (ingest_admin, registry_admin, apns_admin, fcm_admin) =
+        (ports[2], ports[3], ports[4], ports[5]);
+    let key_hash = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(API_KEY.as_bytes()))
+    };
+    let nats_section = format!(
+        "[nats]\nurl = \"{}\"\n[telemetry]\nfilter = \"warn\"\n",
+        nats.url()
+    );
+    let configs = [
+        (
+            "ingest",
+            format!(
+                "listen = \"127.0.0.1:{ingest_port}\"\nadmin_listen = \"127.0.0.1:{ingest_admin}\"\n[webex]\nsecrets = [\"{SECRET}\"]\n{nats_section}"
+            ),
+        ),
+        (
+            "registry",
+            format!(
+                "listen = \"127.0.0.1:{registry_port}\"\nadmin_listen = \"127.0.0.1:{registry_admin}\"\n[redis]\nurl = \"{}\"\n[devices]\ndefault_apns_app = \"{BUNDLE}\"\ndefault_fcm_app = \"{PROJECT}\"\n[auth]\napi_keys = [{{ name = \"bench\", sha256 = \"{key_hash}\", scopes = [\"admin\"] }}]\n{nats_section}",
+                redis.url()
+            ),
+        ),
+        (
+            "dispatcher-apns",
+            format!(
+                "admin_listen = \"127.0.0.1:{apns_admin}\"\n[apns]\nproduction_url = \"{0}\"\nsandbox_url = \"{0}\"\nca_files = [\"{1}\"]\n[[apns.apps]]\nbundle_id = \"{BUNDLE}\"\nteam_id = \"TEAM123456\"\nkey_id = \"KEY1234567\"\nkey_file = \"{2}\"\n{nats_section}",
+                apns.url(),
+                ca_file.display(),
+                key_file.display()
+            ),
+        ),
+        (
+            "dispatcher-fcm",
+            format!(
+                "admin_listen = \"127.0.0.1:{fcm_admin}\"\n[fcm]\nbase_url = \"{}\"\nca_files = [\"{}\"]\n[[fcm.projects]]\nservice_account_file = \"{}\"\n{nats_section}",
+                fcm.url(),
+                ca_file.display(),
+                account.display()
+            ),
+        ),
+    ];
+    let mut services = Vec::new();
+    for ((name, text), admin) in
+        configs
+            .iter()
+            .zip([ingest_admin, registry_admin, apns_admin, fcm_admin])
+    {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text)?;
+        services.push(spawn(&bin_dir, name, &path, admin, dir)?);
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1_024)
+        .tcp_nodelay(true)
+        .build()?;
+    for service in &services {
+        wait_ready(&http, service.admin).await?;
+    }
+
+    // Register every person's two devices.
+    let registry = format!("http://127.0.0.1:{registry_port}/register");
+    let person = |p: usize| format!("bench-person-{p}");
+    let mut registrations = tokio::task::JoinSet::new();
+    for p in 0..persons {
+        let (http, url) = (http.clone(), registry.clone());
+        let body = serde_json::json!({"voipToken": format!("{p:064x}"), "fcmToken": format!("bench-{p}:APA91bHPRgkFLJu6ck_q"), "personId": person(p)});
+        registrations.spawn(async move {
+            http.post(url)
+                .bearer_auth(API_KEY)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status())
+        });
+        while registrations.len() >= 64 {
+            registrations.join_next().await;
+        }
+    }
+    while registrations.join_next().await.is_some() {}
+
+    // Open-loop load: webhook i is sent at start + i/rate, whatever happened before.
+    let ingest = format!("http://127.0.0.1:{ingest_port}/webhooks/webex");
+    let sent: Sent = Arc::new(Mutex::new(HashMap::with_capacity(total)));
+    let start = Instant::now() + Duration::from_millis(200);
+    let load_started_us = now_us() + 200_000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let p = i % persons;
+        let apns_payload = format!(r#"{{"aps":{{}},"callId":"{i}","caller":"Bench"}}"#);
+        let fcm_payload = format!(r#"{{"type":"incoming_call","callId":"{i}"}}"#);
+        let body = telephony_push(&person(p), Some(&apns_payload), Some(&fcm_payload));
+        let signature = sign(&body, SECRET);
+        let (http, url, sent) = (http.clone(), ingest.clone(), sent.clone());
+        tasks.spawn(async move {
+            let t0 = now_us();
+            let status = http
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-spark-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            sent.lock()
+                .expect("sent")
+                .insert(i as u64, (t0, now_us() - t0, status));
+        });
+        while let Some(_done) = tasks.try_join_next() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let load_seconds = (now_us() - load_started_us) as f64 / 1e6;
+
+    // Wait for the pushes (the call deadline is 60 s; stop early once all arrived).
+    let accepted: HashSet<u64> = sent
+        .lock()
+        .expect("sent")
+        .iter()
+        .filter(|(_, v)| v.2 == 200)
+        .map(|(k, _)| *k)
+        .collect();
+    let expected = accepted.len() * 2;
+    let settle = Instant::now() + Duration::from_secs(30);
+    while apns.delivered_count(0) + fcm.delivered_count(0) < expected && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let sent = sent.lock().expect("sent").clone();
+    let mut e2e_ms = Vec::new();
+    let mut seen = HashSet::new();
+    let mut duplicates = 0usize;
+    let (mut first_us, mut last_us) = (u64::MAX, 0u64);
+    for (provider, requests) in [("apns", apns.delivered()), ("fcm", fcm.delivered())] {
+        for r in requests.iter().filter(|r| r.path != "/token") {
+            let Some(id) = call_id(&r.body, provider) else {
+                continue;
+            };
+            if !seen.insert((provider, id)) {
+                duplicates += 1;
+                continue;
+            }
+            first_us = first_us.min(r.at_us);
+            last_us = last_us.max(r.at_us);
+            if let Some((t0, _, _)) = sent.get(&id) {
+                e2e_ms.push(r.at_us.saturating_sub(*t0) as f64 / 1000.0);
+            }
+        }
+    }
+    let delivered = seen.iter().filter(|(_, id)| accepted.contains(id)).count();
+    let lost = expected.saturating_sub(delivered);
+    e2e_ms.sort_by(f64::total_cmp);
+    let mut response_ms: Vec<f64> = sent.values().map(|v| v.1 as f64 / 1000.0).collect();
+    response_ms.sort_by(f64::total_cmp);
+    let push_seconds = (last_us.saturating_sub(first_us) as f64 / 1e6).max(1e-3);
+
+    println!(
+        "pushline whole-pipeline benchmark: {rate} webhooks/s offered for {duration} s, {persons} persons × (1 iOS + 1 Android)"
+    );
+    println!(
+        "{:<34} {:>12}",
+        "offered webhooks/s",
+        format!("{:.0}", total as f64 / load_seconds)
+    );
+    println!(
+        "{:<34} {:>12}",
+        "accepted webhooks/s",
+        format!("{:.0}", accepted.len() as f64 / load_seconds)
+    );
+    println!(
+        "{:<34} {:>12}",
+        "pushes delivered/s",
+        format!("{:.0}", delivered as f64 / push_seconds)
+    );
+    println!("{:<34} {:>12}", "lost (accepted, not delivered)", lost);
+    println!("{:<34} {:>12}", "duplicates", duplicates);
+    for (label, data) in [
+        ("end-to-end ms", &e2e_ms),
+        ("ingest response ms", &response_ms),
+    ] {
+        println!(
+            "{:<34} {:>12}",
+            format!("{label} p50/p90/p99/p99.9"),
+            format!(
+                "{:.2}/{:.2}/{:.2}/{:.2}",
+                percentile(data, 50.0),
+                percentile(data, 90.0),
+                percentile(data, 99.0),
+                percentile(data, 99.9)
+            )
+        );
+    }
+    let mut usage_report = serde_json::Map::new();
+    for service in &services {
+        let (cpu, rss) = usage(service.child.id());
+        println!(
+            "{:<34} {:>12}",
+            format!("{} cpu s / peak RSS MiB", service.name),
+            format!("{cpu:.1} / {rss:.1}")
+        );
+        usage_report.insert(
+            service.name.to_owned(),
+            serde_json::json!({"cpu_seconds": cpu, "peak_rss_mib": rss}),
+        );
+    }
+    if let Some(path) = json_path() {
+        let report = serde_json::json!({
+            "rate": rate, "duration_s": duration, "persons": persons,
+            "offered_per_s": total as f64 / load_seconds,
+            "accepted_per_s": accepted.len() as f64 / load_seconds,
+            "delivered_per_s": delivered as f64 / push_seconds,
+            "lost": lost, "duplicates": duplicates,
+            "e2e_ms": {"p50": percentile(&e2e_ms, 50.0), "p90": percentile(&e2e_ms, 90.0), "p99": percentile(&e2e_ms, 99.0), "p99_9": percentile(&e2e_ms, 99.9)},
+            "ingest_response_ms": {"p50": percentile(&response_ms, 50.0), "p99": percentile(&response_ms, 99.0)},
+            "services": usage_report,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    drop(services);
+    Ok(())
+}
