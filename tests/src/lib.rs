@@ -6,11 +6,13 @@
 //! - [`servers`]: spawning and stopping `nats-server` and `redis-server`.
 //! - [`services`]: running each service in-process with test configuration.
 //! - [`stack`]: the whole pipeline with mock providers, for end-to-end tests.
+//! - [`bench`]: helpers shared by the benchmark binaries.
 //! - [`mock`]: mock APNs and FCM (with its OAuth endpoint): real TLS HTTP/2 servers.
 //! - [`wait`]: waiting for a condition with a deadline.
 //! - [`webex`]: building and signing Webex webhooks.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod mock;
 pub mod servers;
 pub mod services;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::PublishMessage;
+use harness::bench::{arg, json_path};
 use harness::mock::apns::{MockApns, P8Key};
 use harness::mock::tls::TestCa;
 use harness::servers::NatsServer;
@@ -30,23 +31,6 @@ const PAYLOAD: &str =
 
 fn token(i: usize) -> String {
     format!("{i:064x}")
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn json_path() -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
 }
 
 /// Pushes per second between the first and the last 200 the mock recorded after `since`.
@@ -105,34 +89,21 @@ async fn bare_client(mock: &MockApns, ca: &str, bearer: &str, n: usize, in_fligh
     rate(mock, started).1
 }
 
-/// `h2load` with one connection and 100 streams, when installed.
+/// `h2load` with one connection and 100 streams against the mock, when installed.
 fn h2load(mock: &MockApns, bearer: &str, n: usize, dir: &std::path::Path) -> Option<f64> {
-    let body = dir.join("payload.json");
-    std::fs::write(&body, PAYLOAD).ok()?;
-    let output = std::process::Command::new("h2load")
-        .args(["-n", &n.to_string(), "-c", "1", "-m", "100", "-d"])
-        .arg(&body)
-        .args([
-            "-H",
-            "apns-push-type: voip",
-            "-H",
-            &format!("apns-topic: {BUNDLE}.voip"),
-            "-H",
-            "apns-priority: 10",
-        ])
-        .args(["-H", &format!("authorization: bearer {bearer}")])
-        .arg(format!("{}/3/device/{}", mock.url(), token(9_999_999)))
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    // "finished in 1.23s, 40000.00 req/s, …"
-    let line = text.lines().find(|l| l.starts_with("finished in"))?;
-    line.split(", ")
-        .nth(1)?
-        .strip_suffix(" req/s")?
-        .trim()
-        .parse()
-        .ok()
+    let headers = [
+        "apns-push-type: voip".to_owned(),
+        format!("apns-topic: {BUNDLE}.voip"),
+        "apns-priority: 10".to_owned(),
+        format!("authorization: bearer {bearer}"),
+    ];
+    harness::bench::h2load(
+        &format!("{}/3/device/{}", mock.url(), token(9_999_999)),
+        &headers,
+        PAYLOAD,
+        n,
+        dir,
+    )
 }
 
 fn jobs(n: usize, deadline_ms: u64) -> Vec<Vec<u8>> {
@@ -164,7 +135,7 @@ fn jobs(n: usize, deadline_ms: u64) -> Vec<Vec<u8>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n = arg("--pushes", 20_000);
+    let n = arg("--pushes", 20_000) as usize;
     let nats = NatsServer::start();
     let dir = tempfile::tempdir()?;
     let ca = TestCa::new();

@@ -13,6 +13,11 @@
 //! push received (p50/p90/p99/p99.9), ingest response latency, CPU seconds and peak RSS
 //! per service. A table on stdout, JSON with `--json FILE`.
 //!
+//! Ceilings measured in the same run, each printed with the pipeline's ratio to it:
+//! pipelined JetStream publish on the same server; a bare HTTP handler doing the same
+//! signature check and JSON parse as ingest, and ingest itself, both under the same
+//! closed-loop load (64 keep-alive connections); the mock APNs under `h2load`.
+//!
 //! ```text
 //! cargo build --release --bins
 //! target/release/pushline-bench [--rate 1000] [--duration 10] [--persons 500] [--json FILE]
@@ -24,6 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use harness::bench::{arg, closed_loop, json_path, percentile};
 use harness::mock::apns::{MockApns, P8Key};
 use harness::mock::fcm::MockFcm;
 use harness::mock::now_us;
@@ -35,23 +41,6 @@ const SECRET: &str = "bench-webhook-secret";
 const API_KEY: &str = "bench-api-key";
 const BUNDLE: &str = "com.example.bench";
 const PROJECT: &str = "pushline-bench";
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn json_path() -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
 
 /// Per webhook: when it was sent (µs), how long ingest took to answer (µs), the status.
 type Sent = Arc<Mutex<HashMap<u64, (u64, u64, u16)>>>;
@@ -129,14 +118,6 @@ async fn wait_ready(http: &reqwest::Client, admin: u16) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::bail!("service on admin port {admin} not ready in 30 s")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn call_id(body: &[u8], provider: &str) -> Option<u64> {
@@ -368,6 +349,11 @@ async fn main() -> anyhow::Result<()> {
             )
         );
     }
+    let ceilings = ceilings(&http, ingest_port, &nats, &apns, &key, dir).await?;
+    for (label, value, ratio) in &ceilings.rows {
+        let ratio = ratio.map(|r| format!("{r:.2}×")).unwrap_or_default();
+        println!("{label:<34} {:>12} {ratio}", format!("{value:.0}"));
+    }
     let mut usage_report = serde_json::Map::new();
     for service in &services {
         let (cpu, rss) = usage(service.child.id());
@@ -391,9 +377,140 @@ async fn main() -> anyhow::Result<()> {
             "e2e_ms": {"p50": percentile(&e2e_ms, 50.0), "p90": percentile(&e2e_ms, 90.0), "p99": percentile(&e2e_ms, 99.0), "p99_9": percentile(&e2e_ms, 99.9)},
             "ingest_response_ms": {"p50": percentile(&response_ms, 50.0), "p99": percentile(&response_ms, 99.0)},
             "services": usage_report,
+            "ceilings": ceilings.json,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     drop(services);
     Ok(())
+}
+
+struct Ceilings {
+    rows: Vec<(String, f64, Option<f64>)>,
+    json: serde_json::Value,
+}
+
+/// The ceilings the pipeline is judged against, measured now on the same machine.
+async fn ceilings(
+    http: &reqwest::Client,
+    ingest_port: u16,
+    nats: &NatsServer,
+    apns: &MockApns,
+    key: &P8Key,
+    dir: &Path,
+) -> anyhow::Result<Ceilings> {
+    let n = 20_000;
+    let webhook = |i: usize| {
+        // A person with no devices: measures ingest, not the rest of the pipeline.
+        let body = telephony_push(
+            "bench-nobody",
+            Some(&format!(r#"{{"aps":{{}},"callId":"c{i}"}}"#)),
+            None,
+        );
+        let signature = sign(&body, SECRET);
+        (body, signature)
+    };
+
+    // A bare handler: the same signature check, parse and serialisation, no NATS.
+    let config = ingest::config::WebexConfig::default();
+    let secrets = vec![pipeline::config::Secret::new(SECRET)];
+    let bare = axum::Router::new().route(
+        "/webhooks/webex",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let (config, secrets) = (config.clone(), secrets.clone());
+            async move {
+                let signature = headers.get("x-spark-signature").map(|v| v.as_bytes());
+                if ingest::signature::verify(&body, signature, &secrets).is_err() {
+                    return axum::http::StatusCode::UNAUTHORIZED;
+                }
+                match ingest::webex::normalise(&body, &config, pipeline::contract::now_ms(), None) {
+                    Ok(ingest::webex::Normalised::Event(event))
+                        if serde_json::to_vec(&event).is_ok() =>
+                    {
+                        axum::http::StatusCode::OK
+                    }
+                    _ => axum::http::StatusCode::BAD_REQUEST,
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let bare_port = listener.local_addr()?.port();
+    let server = tokio::spawn(async move { axum::serve(listener, bare).await });
+    let post = |port: u16| {
+        let http = http.clone();
+        move |i: usize| {
+            let (body, signature) = webhook(i);
+            http.post(format!("http://127.0.0.1:{port}/webhooks/webex"))
+                .header("content-type", "application/json")
+                .header("x-spark-signature", signature)
+                .body(body)
+        }
+    };
+    let bare_rate = closed_loop(n, 64, post(bare_port)).await;
+    server.abort();
+    let ingest_rate = closed_loop(n, 64, post(ingest_port)).await;
+
+    // Pipelined JetStream publishes of event-sized messages on the same server.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCHCEILING".into(),
+        subjects: vec!["benchceiling".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let message = bytes::Bytes::from(vec![b'x'; webhook(0).0.len() + 200]);
+    let started = Instant::now();
+    let mut acks = Vec::with_capacity(1_000);
+    for i in 0..50_000 {
+        acks.push(js.publish("benchceiling", message.clone()).await?);
+        if acks.len() == 1_000 || i == 49_999 {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    let publish_rate = 50_000.0 / started.elapsed().as_secs_f64();
+
+    let bearer =
+        dispatcher_apns::jwt::ProviderToken::from_p8(&key.team_id, &key.key_id, &key.pem, 1800)?
+            .current(pipeline::contract::now_ms() / 1000)
+            .to_string();
+    let headers = [
+        "apns-push-type: voip".to_owned(),
+        format!("apns-topic: {BUNDLE}.voip"),
+        format!("authorization: bearer {bearer}"),
+    ];
+    let h2 = harness::bench::h2load(
+        &format!("{}/3/device/{}", apns.url(), "ab".repeat(32)),
+        &headers,
+        r#"{"aps":{}}"#,
+        n,
+        dir,
+    );
+
+    let ceiling = bare_rate.min(publish_rate);
+    let mut rows = vec![
+        ("ceiling: bare handler req/s".to_owned(), bare_rate, None),
+        (
+            "ceiling: JetStream publish msg/s".to_owned(),
+            publish_rate,
+            None,
+        ),
+        (
+            "ingest req/s (same load)".to_owned(),
+            ingest_rate,
+            Some(ingest_rate / ceiling),
+        ),
+    ];
+    if let Some(h2) = h2 {
+        rows.push(("ceiling: mock APNs under h2load".to_owned(), h2, None));
+    }
+    let json = serde_json::json!({
+        "bare_handler_per_s": bare_rate, "jetstream_publish_per_s": publish_rate,
+        "ingest_per_s": ingest_rate, "ingest_ratio_to_min_ceiling": ingest_rate / ceiling,
+        "mock_apns_h2load_per_s": h2,
+    });
+    Ok(Ceilings { rows, json })
 }
