@@ -21,6 +21,7 @@
 //! ```text
 //! cargo build --release --bins
 //! target/release/pushline-bench [--rate 1000] [--duration 10] [--persons 500] [--json FILE]
+//! target/release/pushline-bench --sweep 500,1000,2000,5000,10000 [--duration 10]
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -134,7 +135,6 @@ async fn main() -> anyhow::Result<()> {
     let rate = arg("--rate", 1_000).max(1);
     let duration = arg("--duration", 10).max(1);
     let persons = arg("--persons", 500).max(1) as usize;
-    let total = (rate * duration) as usize;
     let bin_dir: PathBuf = std::env::current_exe()?
         .parent()
         .map(Path::to_owned)
@@ -236,21 +236,166 @@ async fn main() -> anyhow::Result<()> {
     }
     while registrations.join_next().await.is_some() {}
 
-    // Open-loop load: webhook i is sent at start + i/rate, whatever happened before.
     let ingest = format!("http://127.0.0.1:{ingest_port}/webhooks/webex");
+    let sweep = sweep_rates();
+    if !sweep.is_empty() {
+        println!("rate sweep, {duration} s per rate, {persons} persons × (1 iOS + 1 Android)");
+        println!(
+            "{:>8} {:>9} {:>9} {:>6} {:>5} {:>24} {:>11}",
+            "offered", "accepted", "pushes/s", "lost", "dup", "e2e p50/p99/p99.9 ms", "ingest p99"
+        );
+        let mut broke = false;
+        for (n, r) in sweep.iter().enumerate() {
+            let base = (n as u64 + 1) * 10_000_000;
+            let result = load(&http, &ingest, *r, duration, persons, base).await;
+            let m = measure(&result, &apns, &fcm).await;
+            let breaks = !broke && (m.lost > 0 || m.e2e_ms.p(99.0) > 15.0);
+            broke |= breaks;
+            println!(
+                "{:>8.0} {:>9.0} {:>9.0} {:>6} {:>5} {:>24} {:>11.2}{}",
+                m.offered_per_s,
+                m.accepted_per_s,
+                m.delivered_per_s,
+                m.lost,
+                m.duplicates,
+                format!(
+                    "{:.2}/{:.2}/{:.2}",
+                    m.e2e_ms.p(50.0),
+                    m.e2e_ms.p(99.0),
+                    m.e2e_ms.p(99.9)
+                ),
+                m.response_ms.p(99.0),
+                if breaks {
+                    "  <- breaks: p99 over 15 ms or loss"
+                } else {
+                    ""
+                }
+            );
+        }
+        return Ok(());
+    }
+
+    let result = load(&http, &ingest, rate, duration, persons, 0).await;
+    let m = measure(&result, &apns, &fcm).await;
+    println!(
+        "pushline whole-pipeline benchmark: {rate} webhooks/s offered for {duration} s, {persons} persons × (1 iOS + 1 Android)"
+    );
+    let row = |label: &str, value: String| println!("{label:<34} {value:>12}");
+    row("offered webhooks/s", format!("{:.0}", m.offered_per_s));
+    row("accepted webhooks/s", format!("{:.0}", m.accepted_per_s));
+    row("pushes delivered/s", format!("{:.0}", m.delivered_per_s));
+    row("lost (accepted, not delivered)", m.lost.to_string());
+    row("duplicates", m.duplicates.to_string());
+    for (label, data) in [
+        ("end-to-end ms", &m.e2e_ms),
+        ("ingest response ms", &m.response_ms),
+    ] {
+        row(
+            &format!("{label} p50/p90/p99/p99.9"),
+            format!(
+                "{:.2}/{:.2}/{:.2}/{:.2}",
+                data.p(50.0),
+                data.p(90.0),
+                data.p(99.0),
+                data.p(99.9)
+            ),
+        );
+    }
+    let ceilings = ceilings(&http, ingest_port, &nats, &apns, &key, dir).await?;
+    for (label, value, ratio) in &ceilings.rows {
+        let ratio = ratio.map(|r| format!(" {r:.2}×")).unwrap_or_default();
+        row(label, format!("{value:.0}{ratio}"));
+    }
+    let mut usage_report = serde_json::Map::new();
+    for service in &services {
+        let (cpu, rss) = usage(service.child.id());
+        row(
+            &format!("{} cpu s / peak RSS MiB", service.name),
+            format!("{cpu:.1} / {rss:.1}"),
+        );
+        usage_report.insert(
+            service.name.to_owned(),
+            serde_json::json!({"cpu_seconds": cpu, "peak_rss_mib": rss}),
+        );
+    }
+    if let Some(path) = json_path() {
+        let report = serde_json::json!({
+            "rate": rate, "duration_s": duration, "persons": persons,
+            "offered_per_s": m.offered_per_s, "accepted_per_s": m.accepted_per_s,
+            "delivered_per_s": m.delivered_per_s, "lost": m.lost, "duplicates": m.duplicates,
+            "e2e_ms": {"p50": m.e2e_ms.p(50.0), "p90": m.e2e_ms.p(90.0), "p99": m.e2e_ms.p(99.0), "p99_9": m.e2e_ms.p(99.9)},
+            "ingest_response_ms": {"p50": m.response_ms.p(50.0), "p99": m.response_ms.p(99.0)},
+            "services": usage_report,
+            "ceilings": ceilings.json,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    drop(services);
+    Ok(())
+}
+
+/// `--sweep 500,1000,2000`: the rates to sweep, if asked.
+fn sweep_rates() -> Vec<u64> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--sweep")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// What one load phase sent: per id, (sent at µs, response µs, status).
+struct LoadResult {
+    sent: HashMap<u64, (u64, u64, u16)>,
+    seconds: f64,
+}
+
+/// Sorted samples.
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn p(&self, p: f64) -> f64 {
+        percentile(&self.0, p)
+    }
+}
+
+struct Measured {
+    offered_per_s: f64,
+    accepted_per_s: f64,
+    delivered_per_s: f64,
+    lost: usize,
+    duplicates: usize,
+    e2e_ms: Samples,
+    response_ms: Samples,
+}
+
+/// Open loop: webhook `base + i` is sent at start + i/rate, whatever happened before.
+async fn load(
+    http: &reqwest::Client,
+    ingest: &str,
+    rate: u64,
+    duration: u64,
+    persons: usize,
+    base: u64,
+) -> LoadResult {
+    let total = (rate * duration) as usize;
     let sent: Sent = Arc::new(Mutex::new(HashMap::with_capacity(total)));
     let start = Instant::now() + Duration::from_millis(200);
-    let load_started_us = now_us() + 200_000;
+    let started_us = now_us() + 200_000;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
         tokio::time::sleep_until(at.into()).await;
-        let p = i % persons;
-        let apns_payload = format!(r#"{{"aps":{{}},"callId":"{i}","caller":"Bench"}}"#);
-        let fcm_payload = format!(r#"{{"type":"incoming_call","callId":"{i}"}}"#);
-        let body = telephony_push(&person(p), Some(&apns_payload), Some(&fcm_payload));
+        let id = base + i as u64;
+        let apns_payload = format!(r#"{{"aps":{{}},"callId":"{id}","caller":"Bench"}}"#);
+        let fcm_payload = format!(r#"{{"type":"incoming_call","callId":"{id}"}}"#);
+        let body = telephony_push(
+            &format!("bench-person-{}", i % persons),
+            Some(&apns_payload),
+            Some(&fcm_payload),
+        );
         let signature = sign(&body, SECRET);
-        let (http, url, sent) = (http.clone(), ingest.clone(), sent.clone());
+        let (http, url, sent) = (http.clone(), ingest.to_owned(), sent.clone());
         tasks.spawn(async move {
             let t0 = now_us();
             let status = http
@@ -264,35 +409,50 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(0);
             sent.lock()
                 .expect("sent")
-                .insert(i as u64, (t0, now_us() - t0, status));
+                .insert(id, (t0, now_us() - t0, status));
         });
-        while let Some(_done) = tasks.try_join_next() {}
+        while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    let load_seconds = (now_us() - load_started_us) as f64 / 1e6;
+    let seconds = (now_us() - started_us) as f64 / 1e6;
+    let sent = sent.lock().expect("sent").clone();
+    LoadResult { sent, seconds }
+}
 
-    // Wait for the pushes (the call deadline is 60 s; stop early once all arrived).
-    let accepted: HashSet<u64> = sent
-        .lock()
-        .expect("sent")
+/// Waits (30 s at most) for the accepted webhooks' pushes and measures them.
+async fn measure(result: &LoadResult, apns: &MockApns, fcm: &MockFcm) -> Measured {
+    let accepted: HashSet<u64> = result
+        .sent
         .iter()
         .filter(|(_, v)| v.2 == 200)
         .map(|(k, _)| *k)
         .collect();
     let expected = accepted.len() * 2;
     let settle = Instant::now() + Duration::from_secs(30);
-    while apns.delivered_count(0) + fcm.delivered_count(0) < expected && Instant::now() < settle {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    loop {
+        let got = [("apns", apns.delivered()), ("fcm", fcm.delivered())]
+            .iter()
+            .flat_map(|(p, rs)| {
+                rs.iter()
+                    .filter_map(|r| call_id(&r.body, p).map(|id| (*p, id)))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|(_, id)| accepted.contains(id))
+            .collect::<HashSet<_>>()
+            .len();
+        if got >= expected || Instant::now() > settle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-
-    let sent = sent.lock().expect("sent").clone();
-    let mut e2e_ms = Vec::new();
+    let mut e2e = Vec::new();
     let mut seen = HashSet::new();
-    let mut duplicates = 0usize;
+    let mut duplicates = 0;
     let (mut first_us, mut last_us) = (u64::MAX, 0u64);
     for (provider, requests) in [("apns", apns.delivered()), ("fcm", fcm.delivered())] {
-        for r in requests.iter().filter(|r| r.path != "/token") {
-            let Some(id) = call_id(&r.body, provider) else {
+        for r in &requests {
+            let Some(id) = call_id(&r.body, provider).filter(|id| result.sent.contains_key(id))
+            else {
                 continue;
             };
             if !seen.insert((provider, id)) {
@@ -301,88 +461,25 @@ async fn main() -> anyhow::Result<()> {
             }
             first_us = first_us.min(r.at_us);
             last_us = last_us.max(r.at_us);
-            if let Some((t0, _, _)) = sent.get(&id) {
-                e2e_ms.push(r.at_us.saturating_sub(*t0) as f64 / 1000.0);
+            if let Some((t0, _, _)) = result.sent.get(&id) {
+                e2e.push(r.at_us.saturating_sub(*t0) as f64 / 1000.0);
             }
         }
     }
     let delivered = seen.iter().filter(|(_, id)| accepted.contains(id)).count();
-    let lost = expected.saturating_sub(delivered);
-    e2e_ms.sort_by(f64::total_cmp);
-    let mut response_ms: Vec<f64> = sent.values().map(|v| v.1 as f64 / 1000.0).collect();
-    response_ms.sort_by(f64::total_cmp);
+    e2e.sort_by(f64::total_cmp);
+    let mut response: Vec<f64> = result.sent.values().map(|v| v.1 as f64 / 1000.0).collect();
+    response.sort_by(f64::total_cmp);
     let push_seconds = (last_us.saturating_sub(first_us) as f64 / 1e6).max(1e-3);
-
-    println!(
-        "pushline whole-pipeline benchmark: {rate} webhooks/s offered for {duration} s, {persons} persons × (1 iOS + 1 Android)"
-    );
-    println!(
-        "{:<34} {:>12}",
-        "offered webhooks/s",
-        format!("{:.0}", total as f64 / load_seconds)
-    );
-    println!(
-        "{:<34} {:>12}",
-        "accepted webhooks/s",
-        format!("{:.0}", accepted.len() as f64 / load_seconds)
-    );
-    println!(
-        "{:<34} {:>12}",
-        "pushes delivered/s",
-        format!("{:.0}", delivered as f64 / push_seconds)
-    );
-    println!("{:<34} {:>12}", "lost (accepted, not delivered)", lost);
-    println!("{:<34} {:>12}", "duplicates", duplicates);
-    for (label, data) in [
-        ("end-to-end ms", &e2e_ms),
-        ("ingest response ms", &response_ms),
-    ] {
-        println!(
-            "{:<34} {:>12}",
-            format!("{label} p50/p90/p99/p99.9"),
-            format!(
-                "{:.2}/{:.2}/{:.2}/{:.2}",
-                percentile(data, 50.0),
-                percentile(data, 90.0),
-                percentile(data, 99.0),
-                percentile(data, 99.9)
-            )
-        );
+    Measured {
+        offered_per_s: result.sent.len() as f64 / result.seconds,
+        accepted_per_s: accepted.len() as f64 / result.seconds,
+        delivered_per_s: delivered as f64 / push_seconds,
+        lost: expected.saturating_sub(delivered),
+        duplicates,
+        e2e_ms: Samples(e2e),
+        response_ms: Samples(response),
     }
-    let ceilings = ceilings(&http, ingest_port, &nats, &apns, &key, dir).await?;
-    for (label, value, ratio) in &ceilings.rows {
-        let ratio = ratio.map(|r| format!("{r:.2}×")).unwrap_or_default();
-        println!("{label:<34} {:>12} {ratio}", format!("{value:.0}"));
-    }
-    let mut usage_report = serde_json::Map::new();
-    for service in &services {
-        let (cpu, rss) = usage(service.child.id());
-        println!(
-            "{:<34} {:>12}",
-            format!("{} cpu s / peak RSS MiB", service.name),
-            format!("{cpu:.1} / {rss:.1}")
-        );
-        usage_report.insert(
-            service.name.to_owned(),
-            serde_json::json!({"cpu_seconds": cpu, "peak_rss_mib": rss}),
-        );
-    }
-    if let Some(path) = json_path() {
-        let report = serde_json::json!({
-            "rate": rate, "duration_s": duration, "persons": persons,
-            "offered_per_s": total as f64 / load_seconds,
-            "accepted_per_s": accepted.len() as f64 / load_seconds,
-            "delivered_per_s": delivered as f64 / push_seconds,
-            "lost": lost, "duplicates": duplicates,
-            "e2e_ms": {"p50": percentile(&e2e_ms, 50.0), "p90": percentile(&e2e_ms, 90.0), "p99": percentile(&e2e_ms, 99.0), "p99_9": percentile(&e2e_ms, 99.9)},
-            "ingest_response_ms": {"p50": percentile(&response_ms, 50.0), "p99": percentile(&response_ms, 99.0)},
-            "services": usage_report,
-            "ceilings": ceilings.json,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-    }
-    drop(services);
-    Ok(())
 }
 
 struct Ceilings {
