@@ -301,7 +301,16 @@ async fn main() -> anyhow::Result<()> {
             ),
         );
     }
-    let ceilings = ceilings(&http, ingest_port, &nats, &apns, &key, dir).await?;
+    let ceilings = ceilings(
+        &http,
+        ingest_port,
+        &nats,
+        &apns,
+        &key,
+        dir,
+        m.delivered_per_s,
+    )
+    .await?;
     for (label, value, ratio) in &ceilings.rows {
         let ratio = ratio.map(|r| format!(" {r:.2}×")).unwrap_or_default();
         row(label, format!("{value:.0}{ratio}"));
@@ -495,6 +504,7 @@ async fn ceilings(
     apns: &MockApns,
     key: &P8Key,
     dir: &Path,
+    pushes_per_s: f64,
 ) -> anyhow::Result<Ceilings> {
     let n = 20_000;
     let webhook = |i: usize| {
@@ -603,6 +613,11 @@ async fn ceilings(
     ];
     if let Some(h2) = h2 {
         rows.push(("ceiling: mock APNs under h2load".to_owned(), h2, None));
+        rows.push((
+            "pushes delivered/s (both providers)".to_owned(),
+            pushes_per_s,
+            Some(pushes_per_s / h2),
+        ));
     }
     let json = serde_json::json!({
         "bare_handler_per_s": bare_rate, "jetstream_publish_per_s": publish_rate,
