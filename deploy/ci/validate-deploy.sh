@@ -77,7 +77,9 @@ promtool check rules deploy/prometheus/rules.yml
 promtool check config deploy/prometheus/prometheus.yml >/dev/null 2>&1 || promtool check config --syntax-only deploy/prometheus/prometheus.yml
 
 echo "== Grafana dashboard queries"
-python3 - <<'PY' > /tmp/pushline-dashboard-rules.yml
+QUERIES=$(mktemp --suffix=.yml)
+trap 'rm -f "$QUERIES"' EXIT
+python3 - <<'PY' > "$QUERIES"
 import json, yaml
 d = json.load(open("deploy/grafana/dashboards/pushline.json"))
 uid = yaml.safe_load(open("deploy/grafana/provisioning/datasources/prometheus.yml"))["datasources"][0]["uid"]
@@ -88,5 +90,5 @@ for p in d["panels"]:
         rules.append({"record": f"dashboard:panel{p['id']}:{t['refId']}", "expr": t["expr"]})
 print(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
 PY
-promtool check rules /tmp/pushline-dashboard-rules.yml
+promtool check rules "$QUERIES"
 echo "deploy validation: ok"

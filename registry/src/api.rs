@@ -400,7 +400,6 @@ async fn sample_register(
                 .await?;
             registered.push(field);
         }
-        let _ = body.email;
         Ok(Json(
             serde_json::json!({ "personId": body.person_id, "registered": registered }),
         ))
