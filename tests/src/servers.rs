@@ -14,9 +14,26 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// The server binary: from PATH, else from the system directories Debian installs into
+/// (`nats-server` lives in `/usr/sbin`, often not on a user's PATH).
+fn locate(binary: &str) -> std::path::PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
+        .unwrap_or(false);
+    if !on_path {
+        for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+            let candidate = Path::new(dir).join(binary);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    std::path::PathBuf::from(binary)
+}
+
 /// Fails with a message naming the binary and the package that provides it.
 fn require(binary: &str, package: &str) {
-    match Command::new(binary)
+    match Command::new(locate(binary))
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -218,7 +235,7 @@ fn spawn_nats(port: u16, store: &Path, name: &str) -> Child {
         .append(true)
         .open(store.join("nats-server.log"))
         .expect("nats-server log file");
-    Command::new("nats-server")
+    Command::new(locate("nats-server"))
         .args([
             "-a",
             "127.0.0.1",
@@ -275,7 +292,7 @@ impl RedisServer {
         let path = dir.path().to_owned();
         let name = unique_name("redis");
         let (child, port) = start_on_free_port("redis-server", &redis_probe(&name), |port| {
-            Command::new("redis-server")
+            Command::new(locate("redis-server"))
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args([
                     "--save",
