@@ -381,12 +381,12 @@ fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
 
 struct Ready {
     publisher: Publisher,
-    stream: String,
+    topology: Topology,
 }
 
 impl Readiness for Ready {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(self.publisher.check(&self.stream))
+        Box::pin(self.publisher.check(&self.topology))
     }
 }
 
@@ -444,12 +444,13 @@ pub async fn serve(
     let publisher = Publisher::new(
         client.clone(),
         Duration::from_millis(config.nats.publish_timeout_ms),
+        Duration::from_millis(config.nats.publish_retry_budget_ms),
         topology.stream_name(StreamKind::Events),
         metrics.clone(),
     );
     let ready = Arc::new(Ready {
         publisher: publisher.clone(),
-        stream: topology.stream_name(StreamKind::Events),
+        topology: topology.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,

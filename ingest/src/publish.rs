@@ -1,9 +1,13 @@
 //! Publishing events to `EVENTS` and waiting for the JetStream ack, within a bound.
 //!
-//! A webhook is answered 200 only once JetStream has stored its event. When NATS is
-//! disconnected the publisher fails at once; when it is slow, after
-//! `nats.publish_timeout_ms`. Either way the webhook gets 503 and the producer retries;
-//! a retry of an event that did reach the stream is de-duplicated by `Nats-Msg-Id`.
+//! A webhook is answered 200 only once JetStream has stored its event. A refused call
+//! webhook is a phone that does not ring, so a failed publish is not answered at once:
+//! while a stream leader is being elected, or a server restarts, or the client
+//! reconnects, the publisher keeps the request and tries again (each try bounded by
+//! `nats.publish_timeout_ms`, pauses growing from 20 ms to 500 ms) until
+//! `nats.publish_retry_budget_ms` is spent, and only then answers 503. Every try carries
+//! the same `Nats-Msg-Id`, so a try whose ack was lost but whose message was stored is
+//! de-duplicated by JetStream, as is a producer's own retry.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,16 @@ pub enum PublishError {
     /// No ack within the bound.
     #[error("no JetStream ack within {0:?}")]
     Timeout(Duration),
+    /// The retry budget ran out; the last failure is kept.
+    #[error("not stored within the retry budget of {budget:?} ({tries} tries): {last}")]
+    Exhausted {
+        /// The budget.
+        budget: Duration,
+        /// How many tries were made.
+        tries: u32,
+        /// The last try's failure.
+        last: Box<PublishError>,
+    },
     /// JetStream refused or the request failed.
     #[error("JetStream publish failed: {0}")]
     Failed(String),
@@ -42,15 +56,18 @@ pub struct Publisher {
     client: async_nats::Client,
     js: Context,
     timeout: Duration,
+    budget: Duration,
     stream_label: String,
     metrics: Metrics,
 }
 
 impl Publisher {
-    /// A publisher on `client`; `stream_label` names the stream in metrics.
+    /// A publisher on `client`: each try waits at most `timeout` for its ack, and tries
+    /// go on for `budget`; `stream_label` names the stream in metrics.
     pub fn new(
         client: async_nats::Client,
         timeout: Duration,
+        budget: Duration,
         stream_label: String,
         metrics: Metrics,
     ) -> Self {
@@ -59,12 +76,14 @@ impl Publisher {
             client,
             js,
             timeout,
+            budget,
             stream_label,
             metrics,
         }
     }
 
-    /// Publishes `payload` on `subject` with `Nats-Msg-Id: msg_id` and waits for the ack.
+    /// Publishes `payload` on `subject` with `Nats-Msg-Id: msg_id` and waits for the ack,
+    /// trying again within the retry budget.
     pub async fn publish(
         &self,
         subject: String,
@@ -72,35 +91,87 @@ impl Publisher {
         trace_id: Option<&str>,
         payload: Bytes,
     ) -> Result<Stored, PublishError> {
+        let started = Instant::now();
+        let give_up = started + self.budget;
+        let mut pause = Duration::from_millis(20);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let left = give_up.saturating_duration_since(Instant::now());
+            let error = match self
+                .try_once(&subject, msg_id, trace_id, &payload, left)
+                .await
+            {
+                Ok(stored) => {
+                    self.metrics
+                        .publish_duration
+                        .with_label_values(&[&self.stream_label])
+                        .observe(started.elapsed().as_secs_f64());
+                    return Ok(stored);
+                }
+                Err(error) => error,
+            };
+            if Instant::now() + pause >= give_up {
+                return Err(PublishError::Exhausted {
+                    budget: self.budget,
+                    tries,
+                    last: Box::new(error),
+                });
+            }
+            if tries == 1 {
+                tracing::info!(%error, "event not stored yet; retrying within the budget");
+            }
+            self.metrics
+                .retries
+                .with_label_values(&["ingest", "publish"])
+                .inc();
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// One try, waiting at most `min(timeout, left)` for the ack.
+    async fn try_once(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        trace_id: Option<&str>,
+        payload: &Bytes,
+        left: Duration,
+    ) -> Result<Stored, PublishError> {
         if !pipeline::nats::is_connected(&self.client) {
             return Err(PublishError::Disconnected);
         }
-        let mut message = PublishMessage::build().payload(payload).message_id(msg_id);
+        let mut message = PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(msg_id);
         if let Some(trace) = trace_id {
             message = message.header(TRACE_HEADER, trace);
         }
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, async {
+        let bound = self.timeout.min(left).max(Duration::from_millis(1));
+        let ack = tokio::time::timeout(bound, async {
             let ack = self
                 .js
-                .send_publish(subject, message)
+                .send_publish(subject.to_owned(), message)
                 .await
                 .map_err(|e| PublishError::Failed(e.to_string()))?;
             ack.await.map_err(|e| PublishError::Failed(e.to_string()))
         })
         .await
-        .map_err(|_| PublishError::Timeout(self.timeout))??;
-        self.metrics
-            .publish_duration
-            .with_label_values(&[&self.stream_label])
-            .observe(started.elapsed().as_secs_f64());
+        .map_err(|_| PublishError::Timeout(bound))??;
         Ok(Stored {
-            duplicate: result.duplicate,
+            duplicate: ack.duplicate,
         })
     }
 
-    /// Readiness: connected, and the stream answers.
-    pub async fn check(&self, stream: &str) -> Result<(), String> {
-        pipeline::nats::check_stream(&self.client, stream).await
+    /// Readiness: connected, JetStream answers, and `EVENTS` exists.
+    pub async fn check(&self, topology: &pipeline::topology::Topology) -> Result<(), String> {
+        pipeline::nats::check_topology(
+            &self.client,
+            topology,
+            &[pipeline::topology::StreamKind::Events],
+            &[],
+        )
+        .await
     }
 }

@@ -183,6 +183,10 @@ pub struct NatsConfig {
     pub dead_letter_max_age_days: u64,
     /// Upper bound on one publish waiting for its JetStream ack, milliseconds.
     pub publish_timeout_ms: u64,
+    /// ingest: how long a webhook's event is retried (leader election, server restart,
+    /// reconnect) before the webhook is answered 503, milliseconds. Sized to fit inside
+    /// a sender's webhook timeout (Webex waits about 10 s); 0 means one try.
+    pub publish_retry_budget_ms: u64,
     /// User name, with `password`.
     pub user: Option<String>,
     /// Password, with `user`.
@@ -206,6 +210,7 @@ impl Default for NatsConfig {
             duplicate_window_secs: 120,
             dead_letter_max_age_days: 14,
             publish_timeout_ms: 2_000,
+            publish_retry_budget_ms: 8_000,
             user: None,
             password: None,
             token: None,
@@ -292,8 +297,16 @@ pub enum LogFormat {
 pub struct WorkerConfig {
     /// Messages handled at once by one replica.
     pub concurrency: usize,
-    /// Deliveries before a message that keeps failing is dead-lettered.
+    /// Failed tries before work *without a deadline* is dead-lettered (work with a
+    /// deadline is retried until the deadline). Counted by the worker, not the server.
     pub max_attempts: u64,
+    /// Crash-loop guard: a message the server has delivered more often than this
+    /// without it being settled is dead-lettered unseen. Far above `max_attempts`,
+    /// because the server also counts deliveries to connections that were already gone.
+    pub max_deliveries: u64,
+    /// dispatchers: a push with less time than this left before its deadline is not
+    /// handed to the provider (it could not arrive in time), milliseconds.
+    pub deadline_margin_ms: u64,
     /// How long the server waits for an ack before redelivering, seconds.
     pub ack_wait_secs: u64,
     /// First retry delay, milliseconds; doubles per attempt, with jitter.
@@ -307,6 +320,8 @@ impl Default for WorkerConfig {
         WorkerConfig {
             concurrency: 256,
             max_attempts: 8,
+            max_deliveries: 200,
+            deadline_margin_ms: 100,
             ack_wait_secs: 30,
             retry_base_ms: 200,
             retry_max_ms: 10_000,
@@ -327,6 +342,12 @@ impl WorkerConfig {
             return Err(ConfigError::invalid(
                 format!("{section}.max_attempts"),
                 "must be at least 1",
+            ));
+        }
+        if self.max_deliveries < self.max_attempts.saturating_mul(4) {
+            return Err(ConfigError::invalid(
+                format!("{section}.max_deliveries"),
+                "must be at least 4 × max_attempts: the server also counts deliveries nobody saw",
             ));
         }
         if self.ack_wait_secs == 0 {

@@ -6,9 +6,11 @@
 //! |---|---|
 //! | `Delivered` | ack; count; observe end-to-end latency |
 //! | `InvalidToken` | publish `Feedback` to `FEEDBACK` (wait for its ack), then ack |
-//! | `Retry` | nak with [`retry_delay`] (backoff, jitter, `Retry-After`), never past the deadline; after `max_attempts` → dead letter |
+//! | `Retry` | nak with [`retry_delay`] (backoff, jitter, `Retry-After`) until the deadline; a retry that would land after it → dropped, counted as expired |
 //! | `Reject` | dead letter with the reason; no retry |
-//! | (deadline passed) | dropped before sending, counted as expired |
+//! | (less than `deadline_margin_ms` left) | dropped before sending, counted as expired |
+//! | (no answer by the deadline) | request cancelled, counted as expired |
+//! | (job already delivered by this replica) | acked unsent, counted as `duplicate` ([`DeliveredJobs`]) |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, BoxFuture, Readiness};
 use crate::config::{NatsConfig, WorkerConfig};
 use crate::contract::{Feedback, Platform, PushJob, VERSION, now_ms};
+use crate::delivered::{DeliveredJobs, Seen};
 use crate::metrics::Metrics;
 use crate::retry::{RetryInput, retry_delay};
-use crate::topology::{ConsumerKind, Topology};
+use crate::topology::{ConsumerKind, StreamKind, Topology};
 use crate::worker::{Delivery, Handler, Outcome, run_when_ready};
 
 /// A provider's answer to one push, already classified.
@@ -80,6 +83,7 @@ pub struct Dispatch<P> {
     feedback_subject: String,
     worker: WorkerConfig,
     metrics: Metrics,
+    delivered: DeliveredJobs,
 }
 
 impl<P: Provider> Dispatch<P> {
@@ -97,7 +101,26 @@ impl<P: Provider> Dispatch<P> {
             feedback_subject: topology.feedback_subject(P::PLATFORM),
             worker,
             metrics,
+            delivered: DeliveredJobs::default(),
         }
+    }
+
+    /// Sends `job` unless it was delivered already, bounding the wait by its deadline.
+    /// `None` when the deadline came first (the request is cancelled).
+    async fn send_once(&self, job: &PushJob, job_id: &str, now: u64) -> Option<Verdict> {
+        let left = Duration::from_millis(job.deadline_ms.saturating_sub(now));
+        let started = Instant::now();
+        let verdict = tokio::time::timeout(left, self.provider.send(job)).await.ok();
+        self.metrics
+            .provider_duration
+            .with_label_values(&[P::PLATFORM.as_str(), &job.app])
+            .observe(started.elapsed().as_secs_f64());
+        if verdict == Some(Verdict::Delivered) {
+            self.delivered.delivered(job_id);
+        } else {
+            self.delivered.released(job_id);
+        }
+        verdict
     }
 
     fn count(&self, app: &str, outcome: &str, reason: &str) {
@@ -174,17 +197,37 @@ impl<P: Provider> Handler for Dispatch<P> {
             };
         }
         let app = job.app.as_str();
-        if now_ms() >= job.deadline_ms {
+        let now = now_ms();
+        if now.saturating_add(self.worker.deadline_margin_ms) >= job.deadline_ms {
             self.expired(app);
             return Outcome::Ack;
         }
-
-        let started = Instant::now();
-        let verdict = self.provider.send(&job).await;
-        self.metrics
-            .provider_duration
-            .with_label_values(&[P::PLATFORM.as_str(), app])
-            .observe(started.elapsed().as_secs_f64());
+        let job_id = delivery
+            .headers
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_else(|| format!("{}:{}", job.event_id, job.token));
+        match self.delivered.claim(&job_id, job.deadline_ms, now) {
+            Seen::New => {}
+            Seen::Delivered => {
+                self.count(app, "duplicate", "already_delivered");
+                tracing::info!(event_id = %job.event_id, "job came back after it was delivered; not sent again");
+                return Outcome::Ack;
+            }
+            Seen::InFlight => {
+                return Outcome::Retry {
+                    delay: Duration::from_millis(self.worker.retry_base_ms),
+                    reason: "in_flight",
+                    error: "the same job is being sent by this replica".into(),
+                    deadline_ms: Some(job.deadline_ms),
+                };
+            }
+        }
+        let Some(verdict) = self.send_once(&job, &job_id, now).await else {
+            tracing::info!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), "no provider answer before the deadline; cancelled");
+            self.expired(app);
+            return Outcome::Ack;
+        };
 
         match verdict {
             Verdict::Delivered => {
@@ -208,6 +251,7 @@ impl<P: Provider> Handler for Dispatch<P> {
                         delay: Duration::from_millis(self.worker.retry_base_ms),
                         reason: "feedback_publish",
                         error,
+                        deadline_ms: None,
                     };
                 }
                 self.count(app, "invalid_token", reason);
@@ -225,7 +269,9 @@ impl<P: Provider> Handler for Dispatch<P> {
                     max: Duration::from_millis(self.worker.retry_max_ms),
                     retry_after,
                     time_left: Some(Duration::from_millis(
-                        job.deadline_ms.saturating_sub(now_ms()),
+                        job.deadline_ms
+                            .saturating_sub(now_ms())
+                            .saturating_sub(self.worker.deadline_margin_ms),
                     )),
                 };
                 match retry_delay(input, rand::random::<f64>()) {
@@ -235,6 +281,7 @@ impl<P: Provider> Handler for Dispatch<P> {
                             delay,
                             reason,
                             error: detail,
+                            deadline_ms: Some(job.deadline_ms),
                         }
                     }
                     None => {
@@ -295,14 +342,21 @@ pub async fn bind_admin(addr: std::net::SocketAddr) -> Result<TcpListener, Dispa
 
 struct Ready<P> {
     client: async_nats::Client,
-    stream: String,
+    topology: Topology,
+    kind: ConsumerKind,
     provider: Arc<P>,
 }
 
 impl<P: Provider> Readiness for Ready<P> {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            crate::nats::check_stream(&self.client, &self.stream).await?;
+            crate::nats::check_topology(
+                &self.client,
+                &self.topology,
+                &[self.kind.stream(), StreamKind::Feedback],
+                &[self.kind],
+            )
+            .await?;
             self.provider.check().await
         })
     }
@@ -322,7 +376,8 @@ pub async fn serve<P: Provider>(
     let topology = Topology::new(&setup.nats);
     let ready = Arc::new(Ready {
         client,
-        stream: topology.stream_name(setup.kind.stream()),
+        topology: topology.clone(),
+        kind: setup.kind,
         provider: provider.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(

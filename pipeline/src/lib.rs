@@ -11,6 +11,7 @@
 //! - [`retry`]: the retry-delay function.
 //! - [`json`]: structural limits (nesting depth) checked before parsing.
 //! - [`dispatch`]: the provider trait and the handler both dispatchers share.
+//! - [`delivered`]: a dispatcher's memory of jobs already delivered (no second ring).
 //! - [`metrics`]: the catalogue of every Prometheus metric.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the HTTP metrics middleware.
 //! - [`operate`]: stream status and dead-letter replay for operators (`pushctl`).
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod config;
 pub mod contract;
+pub mod delivered;
 pub mod dispatch;
 pub mod json;
 pub mod metrics;

@@ -7,13 +7,25 @@
 //! | outcome | action |
 //! |---|---|
 //! | [`Outcome::Ack`] | `ack` |
-//! | [`Outcome::Retry`] | `nak` with the delay; at `max_attempts` → dead letter |
+//! | [`Outcome::Retry`] with a deadline | `nak` with the delay (the handler drops the work once the deadline would pass) |
+//! | [`Outcome::Retry`] without one | `nak` with the delay; after `max_attempts` tries → dead letter |
 //! | [`Outcome::Dead`] | publish a [`DeadLetter`] to `DEAD`, wait for its ack, **then** `term` |
 //!
 //! A dead letter that cannot be published is never terminated: the message is nak'ed and
-//! comes back, so nothing is lost. A message delivered more than `max_attempts` times
-//! (say, because its handler keeps crashing the process) is dead-lettered before the
-//! handler sees it again.
+//! comes back, so nothing is lost.
+//!
+//! # Attempts are pushline's count, not the server's
+//!
+//! JetStream's delivery count also counts deliveries that no handler ever saw: nats-server
+//! 2.9 hands messages to pull requests of a connection that is already gone (a node
+//! failure, a reconnect), and each of those counts. So the attempt a handler sees, and
+//! the count that dead-letters, is the number of times *this process* ran the handler
+//! on the message and got [`Outcome::Retry`] ([`Attempts`], keyed by stream sequence).
+//! The server's count is only a crash-loop guard: a message delivered more than
+//! `max_deliveries` times (far above `max_attempts`; say its handler keeps crashing the
+//! process) is dead-lettered before the handler sees it again. The count is per replica:
+//! a retry that the server hands to another replica starts that replica's count, so with
+//! `n` replicas work without a deadline gets at most `n · max_attempts` tries.
 //!
 //! Shutdown: when the token is cancelled the loop stops pulling, waits for every running
 //! handler to finish and acknowledge, and returns.
@@ -50,6 +62,10 @@ pub enum Outcome {
         reason: &'static str,
         /// Detail for logs and the dead letter.
         error: String,
+        /// The work's deadline (ms since the epoch), when it has one: then the deadline,
+        /// not the attempt count, ends the retries (the handler drops the work once the
+        /// next try would land after it).
+        deadline_ms: Option<u64>,
     },
     /// Give up: dead-letter it.
     Dead {
@@ -69,7 +85,7 @@ pub struct Delivery<'a> {
     pub payload: &'a Bytes,
     /// The message headers.
     pub headers: Option<&'a async_nats::HeaderMap>,
-    /// Which delivery this is, from 1.
+    /// Which try this is, from 1, as counted by this process (see [`Attempts`]).
     pub attempt: u64,
 }
 
@@ -124,6 +140,8 @@ impl<H: Handler> Worker<H> {
             js: self.js.clone(),
             dead_subject: self.topology.dead_subject(stage),
             max_attempts: self.config.max_attempts,
+            max_deliveries: self.config.max_deliveries,
+            attempts: Attempts::default(),
             metrics: self.metrics.clone(),
         });
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
@@ -203,24 +221,89 @@ struct Shared {
     js: Context,
     dead_subject: String,
     max_attempts: u64,
+    max_deliveries: u64,
+    attempts: Attempts,
     metrics: Metrics,
+}
+
+/// How many times this process has tried each message that is being retried, keyed by
+/// stream sequence. An entry lives from a message's first retry until it is settled for
+/// good; entries of messages the server handed to another replica meanwhile are swept
+/// after an hour, so the map stays bounded by the work in retry.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    tries: std::sync::Mutex<std::collections::HashMap<u64, (u64, Instant)>>,
+}
+
+impl Attempts {
+    const FORGET_AFTER: Duration = Duration::from_secs(3_600);
+
+    /// Tries made so far on the message with stream sequence `sequence`.
+    pub fn made(&self, sequence: u64) -> u64 {
+        self.lock().get(&sequence).map_or(0, |(tries, _)| *tries)
+    }
+
+    /// Records one more failed try; returns the tries made now.
+    pub fn failed(&self, sequence: u64) -> u64 {
+        let now = Instant::now();
+        let mut tries = self.lock();
+        if tries.len() >= 4_096 && tries.len().is_power_of_two() {
+            tries.retain(|_, (_, at)| now.duration_since(*at) < Self::FORGET_AFTER);
+        }
+        let entry = tries.entry(sequence).or_insert((0, now));
+        entry.0 += 1;
+        entry.1 = now;
+        entry.0
+    }
+
+    /// Forgets a message that is settled for good.
+    pub fn settled(&self, sequence: u64) {
+        self.lock().remove(&sequence);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, (u64, Instant)>> {
+        self.tries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The settle rule for a handler's outcome after `tries` failed tries (this one
+/// included when it is a retry): work without a deadline is dead-lettered once
+/// `max_attempts` tries failed; work with a deadline is retried until its handler drops it.
+pub fn settle_rule(outcome: Outcome, tries: u64, max_attempts: u64) -> Outcome {
+    match outcome {
+        Outcome::Retry {
+            reason,
+            error,
+            deadline_ms: None,
+            ..
+        } if tries >= max_attempts => Outcome::Dead {
+            reason,
+            error: format!("gave up after {tries} attempts: {error}"),
+        },
+        other => other,
+    }
 }
 
 impl Shared {
     async fn process<H: Handler>(&self, handler: &H, message: jetstream::Message) {
         let stage = self.stage;
-        let attempt = message
+        let (sequence, delivered) = message
             .info()
-            .map(|i| i.delivered.max(1) as u64)
-            .unwrap_or(1);
+            .map(|i| (i.stream_sequence, i.delivered.max(1) as u64))
+            .unwrap_or((0, 1));
+        let made = self.attempts.made(sequence);
+        let attempt = made + 1;
         let in_flight = self.metrics.worker_in_flight.with_label_values(&[stage]);
         in_flight.inc();
         let started = Instant::now();
         let span = tracing::debug_span!("message", stage, attempt);
-        let outcome = if attempt > self.max_attempts {
+        let outcome = if delivered > self.max_deliveries {
             Outcome::Dead {
-                reason: "max_attempts",
-                error: format!("delivered {attempt} times without being settled"),
+                reason: "redelivered",
+                error: format!(
+                    "delivered {delivered} times by the server without being settled \
+                     ({made} tries failed here)"
+                ),
             }
         } else {
             handler
@@ -233,14 +316,15 @@ impl Shared {
                 .instrument(span)
                 .await
         };
-        let outcome = match outcome {
-            Outcome::Retry { reason, error, .. } if attempt >= self.max_attempts => Outcome::Dead {
-                reason,
-                error: format!("gave up after {attempt} attempts: {error}"),
-            },
-            other => other,
+        let tries = match outcome {
+            Outcome::Retry { .. } => self.attempts.failed(sequence),
+            _ => made,
         };
-        self.settle(&message, attempt, outcome).await;
+        let outcome = settle_rule(outcome, tries, self.max_attempts);
+        if !matches!(outcome, Outcome::Retry { .. }) {
+            self.attempts.settled(sequence);
+        }
+        self.settle(&message, tries.max(1), outcome).await;
         self.metrics
             .worker_duration
             .with_label_values(&[stage])
@@ -261,6 +345,7 @@ impl Shared {
                 delay,
                 reason,
                 error,
+                ..
             } => {
                 tracing::info!(stage, attempt, reason, %error, delay_ms = delay.as_millis() as u64, "retrying");
                 self.metrics
@@ -400,5 +485,57 @@ pub async fn run_when_ready<H: Handler>(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(deadline_ms: Option<u64>) -> Outcome {
+        Outcome::Retry {
+            delay: Duration::from_millis(100),
+            reason: "redis",
+            error: "connection refused".into(),
+            deadline_ms,
+        }
+    }
+
+    #[test]
+    fn work_without_a_deadline_is_dead_lettered_after_max_attempts_tries() {
+        assert_eq!(settle_rule(retry(None), 7, 8), retry(None));
+        match settle_rule(retry(None), 8, 8) {
+            Outcome::Dead { reason, error } => {
+                assert_eq!(reason, "redis");
+                assert!(error.contains("gave up after 8 attempts"), "{error}");
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn work_with_a_deadline_is_retried_whatever_the_count() {
+        assert_eq!(settle_rule(retry(Some(1)), 1_000, 8), retry(Some(1)));
+    }
+
+    #[test]
+    fn acks_and_dead_letters_pass_through() {
+        assert_eq!(settle_rule(Outcome::Ack, 100, 8), Outcome::Ack);
+        let dead = Outcome::Dead {
+            reason: "bad_topic",
+            error: "x".into(),
+        };
+        assert_eq!(settle_rule(dead.clone(), 0, 8), dead);
+    }
+
+    #[test]
+    fn attempts_count_failed_tries_per_message_until_settled() {
+        let attempts = Attempts::default();
+        assert_eq!(attempts.made(7), 0);
+        assert_eq!(attempts.failed(7), 1);
+        assert_eq!(attempts.failed(7), 2);
+        assert_eq!(attempts.made(8), 0, "another message has its own count");
+        attempts.settled(7);
+        assert_eq!(attempts.made(7), 0);
     }
 }

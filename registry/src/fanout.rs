@@ -100,6 +100,7 @@ impl Fanout {
                 delay,
                 reason,
                 error,
+                deadline_ms: Some(event.deadline_ms),
             },
             None => {
                 self.expired();

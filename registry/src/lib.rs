@@ -79,14 +79,25 @@ pub enum RunError {
 
 struct Ready {
     client: async_nats::Client,
-    stream: String,
+    topology: Topology,
     store: Store,
 }
 
 impl Readiness for Ready {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            pipeline::nats::check_stream(&self.client, &self.stream).await?;
+            pipeline::nats::check_topology(
+                &self.client,
+                &self.topology,
+                &[
+                    StreamKind::Events,
+                    StreamKind::Feedback,
+                    StreamKind::PushApns,
+                    StreamKind::PushFcm,
+                ],
+                &[ConsumerKind::Fanout, ConsumerKind::Prune],
+            )
+            .await?;
             match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(format!("Redis: {e}")),
@@ -154,7 +165,7 @@ pub async fn serve(
 
     let ready = Arc::new(Ready {
         client,
-        stream: topology.stream_name(StreamKind::Events),
+        topology: topology.clone(),
         store: store.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(

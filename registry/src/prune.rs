@@ -78,6 +78,7 @@ impl Handler for Prune {
                     delay,
                     reason: "redis",
                     error: error.to_string(),
+                    deadline_ms: None,
                 }
             }
         }

@@ -228,18 +228,22 @@ async fn a_redelivered_webhook_is_published_once() {
 }
 
 #[tokio::test]
-async fn nats_outage_gives_503_with_retry_after_and_ingest_recovers_by_itself() {
+async fn nats_outage_gives_503_with_retry_after_once_the_retry_budget_is_spent() {
     let mut env = Env::start();
-    let ingest = started(&env).await;
+    let mut config = env.ingest_config();
+    config.nats.publish_retry_budget_ms = 1_500;
+    let ingest = start_ingest(config).await;
+    ingest.wait_ready().await;
     let body = telephony_push("person-1", None, Some(&fcm_payload("outage")));
 
     env.nats.stop();
     let started = std::time::Instant::now();
     let response = post_signed(&ingest, &body).await;
     assert_eq!(response.status(), 503);
+    let waited = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "503 must come within a bound"
+        waited >= Duration::from_millis(1_000) && waited < Duration::from_secs(5),
+        "503 must come once the budget is spent, not before and not much later: {waited:?}"
     );
     assert_eq!(response.headers()["retry-after"], "1");
     let ready = reqwest::get(ingest.admin_url("/readyz"))
