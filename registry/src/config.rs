@@ -60,8 +60,18 @@ impl Default for Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db`.
+    /// How Redis is run: `single`, `sentinel` or `cluster`.
+    pub mode: RedisMode,
+    /// `single`: the server, `redis://[user:password@]host:port/db` (`rediss://` for TLS).
+    /// `sentinel`: the primary's credentials, db and TLS (its host is ignored: Sentinel
+    /// names it).
     pub url: String,
+    /// `sentinel`: the sentinels (`redis://host:26379`, credentials for the sentinels
+    /// themselves if they need any); `cluster`: seed nodes (any reachable node is enough;
+    /// the client learns the rest).
+    pub nodes: Vec<String>,
+    /// `sentinel`: the monitored primary's name (`sentinel monitor <name> …`).
+    pub master_name: String,
     /// Prefix of every key, so several deployments or tests share a server.
     pub prefix: String,
     /// Upper bound on one Redis command, milliseconds.
@@ -71,10 +81,68 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
+            mode: RedisMode::Single,
             url: "redis://127.0.0.1:6379".into(),
+            nodes: Vec::new(),
+            master_name: String::new(),
             prefix: "pushline:".into(),
             response_timeout_ms: 1_000,
         }
+    }
+}
+
+/// How Redis is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One server (or a managed endpoint that fails over behind one address).
+    Single,
+    /// A primary with replicas, watched by Redis Sentinel.
+    Sentinel,
+    /// Redis Cluster.
+    Cluster,
+}
+
+impl RedisConfig {
+    /// Checks the settings of the chosen mode, naming the one at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let is_url = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+        if !is_url(&self.url) {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        if self.response_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "redis.response_timeout_ms",
+                "must be positive",
+            ));
+        }
+        match self.mode {
+            RedisMode::Single => {}
+            RedisMode::Sentinel | RedisMode::Cluster => {
+                if self.nodes.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "redis.nodes",
+                        "must list the sentinels (mode sentinel) or seed nodes (mode cluster)",
+                    ));
+                }
+                if let Some(bad) = self.nodes.iter().find(|n| !is_url(n)) {
+                    return Err(ConfigError::invalid(
+                        "redis.nodes",
+                        format!("`{bad}` must start with redis:// or rediss://"),
+                    ));
+                }
+            }
+        }
+        if self.mode == RedisMode::Sentinel && self.master_name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "redis.master_name",
+                "must name the primary the sentinels monitor",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -253,18 +321,7 @@ impl Config {
         self.nats.validate()?;
         self.fanout.validate("fanout")?;
         self.prune.validate("prune")?;
-        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
-            return Err(ConfigError::invalid(
-                "redis.url",
-                "must start with redis:// or rediss://",
-            ));
-        }
-        if self.redis.response_timeout_ms == 0 {
-            return Err(ConfigError::invalid(
-                "redis.response_timeout_ms",
-                "must be positive",
-            ));
-        }
+        self.redis.validate()?;
         if !(1..=1_000).contains(&self.devices.max_per_person) {
             return Err(ConfigError::invalid(
                 "devices.max_per_person",

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: the typed configuration.
 //! - [`store`]: the Redis store, its key layout and atomic scripts.
+//! - [`connection`]: Redis as a single server, behind Sentinel, or as a cluster.
 //! - [`api`]: the device HTTP API; [`auth`] its API-key check; [`validate`] its input rules;
 //!   [`error`] its error type.
 //! - [`person`]: canonical person ids (Webex base64 ids and bare uuids are one person).
@@ -17,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod fanout;
 pub mod person;
@@ -98,7 +100,7 @@ impl Readiness for Ready {
                 &[ConsumerKind::Fanout, ConsumerKind::Prune],
             )
             .await?;
-            match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
+            match tokio::time::timeout(Duration::from_secs(2), self.store.check()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(format!("Redis: {e}")),
                 Err(_) => Err("Redis: no answer within 2s".into()),
@@ -123,18 +125,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     serve(config, api, admin, shutdown).await
 }
 
-/// Connects to Redis lazily (the registry starts while Redis is still down).
+/// Connects to Redis lazily, in the configured mode (the registry starts while Redis is
+/// still down).
 pub fn connect_redis(
     config: &config::RedisConfig,
-) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(config.url.as_str())?;
-    let timeout = Duration::from_millis(config.response_timeout_ms);
-    let manager_config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(timeout))
-        .set_connection_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
-    redis::aio::ConnectionManager::new_lazy_with_config(client, manager_config)
+) -> Result<connection::Connection, redis::RedisError> {
+    connection::connect(config)
 }
 
 /// Serves on the given listeners and runs the fan-out and prune consumers until `shutdown`.

@@ -9,13 +9,30 @@
 //! | `p` `person:{<person>}:devices`   | hash | token → device attributes (JSON) |
 //! | `p` `person:{<person>}:refreshed` | zset | token → last registration, ms |
 //! | `p` `person:{<person>}:created`   | hash | token → first registration, ms |
-//! | `p` `token:{<token>}`             | string | the person owning the token |
+//! | `p` `token:{<token>}`             | string | the person owning the token, then (one per line) persons it is being moved away from |
 //!
 //! The `{…}` hash tags put a person's three keys in one Redis Cluster slot, so every
-//! change to a person's devices is one atomic Lua script. The token index lives in the
-//! token's own slot; it is written after the person's keys and only ever points at a
-//! person whose keys are checked before acting, so a crash between the two steps leaves
-//! at worst a stale pointer, which later operations correct.
+//! change to a person's devices is one atomic Lua script, and every script touches one
+//! slot. The token index lives in the token's own slot.
+//!
+//! # Changes that span two slots
+//!
+//! Registering a token that another person holds changes three slots (the index, the
+//! old owner, the new owner), and no Redis deployment makes that atomic. The rule is
+//! **intent first, one owner at a time**:
+//!
+//! 1. the index is set to the new owner *followed by every person the token is leaving*;
+//! 2. the token is removed from each person it is leaving;
+//! 3. the token is added to the new owner (one script, with the eviction and expiry rules);
+//! 4. the index is set to the new owner alone.
+//!
+//! Whatever step a crash, a timeout, a failover or a `MOVED` interrupts, the token is
+//! held by at most one person (never rung for the person who gave it up), and the index
+//! names everyone who may still hold it. The next registration, deletion or prune of that
+//! token reads the index and finishes the move (a registration repeats the steps; a
+//! deletion or prune removes the token from everyone the index names), so nothing stays
+//! half-applied. A registration the client saw fail is retried by the client anyway.
+//! Indexes written before this rule (the owner alone) read the same way.
 //!
 //! Person ids are stored in canonical form ([`crate::person::canonical`]): a Webex base64
 //! id and its bare uuid address the same keys.
@@ -27,8 +44,9 @@
 use std::time::Duration;
 
 use pipeline::contract::{Environment, Platform};
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
+
+use crate::connection::Connection;
 use serde::{Deserialize, Serialize};
 
 /// Which pushes a device registration is for.
@@ -129,7 +147,7 @@ pub struct Policy {
 /// The Redis device store.
 #[derive(Clone)]
 pub struct Store {
-    redis: ConnectionManager,
+    redis: Connection,
     prefix: String,
     policy: Policy,
     scripts: std::sync::Arc<Scripts>,
@@ -203,11 +221,51 @@ end
 return out
 "#;
 
-/// Deletes `KEYS[1]` only while it still holds `ARGV[1]`.
+/// Deletes the index `KEYS[1]` only while it names `ARGV[1]` as the owner (its first line).
 const COMPARE_AND_DELETE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local v = redis.call('GET', KEYS[1])
+if v and (v == ARGV[1] or string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '\n') then
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 "#;
+
+/// What the token index says: the owner, and the persons the token is being moved away
+/// from (a move that was interrupted; see the module's rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The person the token belongs to.
+    pub owner: String,
+    /// Persons that may still hold the token from an interrupted move.
+    pub leaving: Vec<String>,
+}
+
+impl IndexEntry {
+    /// Reads an index value: the owner, then one leaving person per line.
+    pub fn parse(value: &str) -> Option<IndexEntry> {
+        let mut lines = value.split('\n').filter(|l| !l.is_empty());
+        let owner = lines.next()?.to_owned();
+        Some(IndexEntry {
+            leaving: lines.filter(|l| *l != owner).map(str::to_owned).collect(),
+            owner,
+        })
+    }
+
+    /// The index value.
+    pub fn value(&self) -> String {
+        let mut value = self.owner.clone();
+        for person in &self.leaving {
+            value.push('\n');
+            value.push_str(person);
+        }
+        value
+    }
+
+    /// Everyone who may hold the token: the owner first.
+    pub fn holders(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.owner.as_str()).chain(self.leaving.iter().map(String::as_str))
+    }
+}
 
 /// The keys of one person, built in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,7 +294,7 @@ pub fn token_key(prefix: &str, token: &str) -> String {
 
 impl Store {
     /// A store over a (lazily connecting) Redis connection.
-    pub fn new(redis: ConnectionManager, prefix: String, policy: Policy) -> Self {
+    pub fn new(redis: Connection, prefix: String, policy: Policy) -> Self {
         Store {
             redis,
             prefix,
@@ -254,7 +312,8 @@ impl Store {
         self.policy.ttl.as_millis() as u64
     }
 
-    /// Registers or refreshes `token` for `person`, moving it from any other owner.
+    /// Registers or refreshes `token` for `person`, moving it from any other owner (by
+    /// the rule in the module documentation).
     pub async fn register(
         &self,
         token: &str,
@@ -263,13 +322,29 @@ impl Store {
         now_ms: u64,
     ) -> Result<Registered, StoreError> {
         let person = &*crate::person::canonical(person);
-        let mut redis = self.redis.clone();
         let index = token_key(&self.prefix, token);
-        let owner: Option<String> = redis.get(&index).await?;
+        let leaving: Vec<String> = self
+            .index_entry(token)
+            .await?
+            .map(|entry| {
+                entry
+                    .holders()
+                    .filter(|p| *p != person)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut moved_from = None;
-        if let Some(owner) = owner.filter(|o| o != person) {
-            if self.remove_from(&owner, token, None).await? == Pruned::Removed {
-                moved_from = Some(owner);
+        if !leaving.is_empty() {
+            let intent = IndexEntry {
+                owner: person.to_owned(),
+                leaving: leaving.clone(),
+            };
+            self.set_index(&index, &intent.value()).await?;
+            for (n, old) in leaving.iter().enumerate() {
+                if self.remove_from(old, token, None).await? == Pruned::Removed && n == 0 {
+                    moved_from = Some(old.clone());
+                }
             }
         }
         let keys = person_keys(&self.prefix, person);
@@ -280,6 +355,7 @@ impl Store {
                 e.to_string(),
             ))
         })?;
+        let mut redis = self.redis.clone();
         let reply: Vec<redis::Value> = self
             .scripts
             .register
@@ -307,13 +383,7 @@ impl Store {
                 removed.push((why, removed_token));
             }
         }
-        let () = redis
-            .set_options(
-                &index,
-                person,
-                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
-            )
-            .await?;
+        self.set_index(&index, person).await?;
         for (_, removed_token) in &removed {
             self.unindex(removed_token, person).await?;
         }
@@ -322,6 +392,23 @@ impl Store {
             moved_from,
             removed,
         })
+    }
+
+    async fn set_index(&self, index: &str, value: &str) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        redis
+            .set_options(
+                index,
+                value,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
+            )
+            .await
+    }
+
+    async fn index_entry(&self, token: &str) -> Result<Option<IndexEntry>, StoreError> {
+        let mut redis = self.redis.clone();
+        let value: Option<String> = redis.get(token_key(&self.prefix, token)).await?;
+        Ok(value.as_deref().and_then(IndexEntry::parse))
     }
 
     /// Removes `token` from `person` unless refreshed after `not_after_ms`.
@@ -364,31 +451,43 @@ impl Store {
 
     /// The person owning `token`, per the token index.
     pub async fn owner(&self, token: &str) -> Result<Option<String>, StoreError> {
-        let mut redis = self.redis.clone();
-        redis.get(token_key(&self.prefix, token)).await
+        Ok(self.index_entry(token).await?.map(|entry| entry.owner))
     }
 
-    /// Removes `token` wherever it is registered. Returns the former owner.
+    /// Removes `token` wherever it is registered (finishing an interrupted move). Returns
+    /// the former owner.
     pub async fn remove(&self, token: &str) -> Result<Option<String>, StoreError> {
-        let Some(owner) = self.owner(token).await? else {
+        let Some(entry) = self.index_entry(token).await? else {
             return Ok(None);
         };
-        let removed = self.remove_from(&owner, token, None).await?;
-        self.unindex(token, &owner).await?;
-        Ok((removed == Pruned::Removed).then_some(owner))
+        let mut removed = Pruned::NotFound;
+        for (n, holder) in entry.holders().enumerate() {
+            let result = self.remove_from(holder, token, None).await?;
+            if n == 0 {
+                removed = result;
+            }
+        }
+        self.unindex(token, &entry.owner).await?;
+        Ok((removed == Pruned::Removed).then_some(entry.owner))
     }
 
     /// Prunes `token` after a provider rejected it at `invalid_since_ms`, unless it was
     /// registered again after that instant.
     pub async fn prune(&self, token: &str, invalid_since_ms: u64) -> Result<Pruned, StoreError> {
-        let Some(owner) = self.owner(token).await? else {
+        let Some(entry) = self.index_entry(token).await? else {
             return Ok(Pruned::NotFound);
         };
-        let result = self
-            .remove_from(&owner, token, Some(invalid_since_ms))
-            .await?;
+        let mut result = Pruned::NotFound;
+        for (n, holder) in entry.holders().enumerate() {
+            let pruned = self
+                .remove_from(holder, token, Some(invalid_since_ms))
+                .await?;
+            if n == 0 {
+                result = pruned;
+            }
+        }
         if result != Pruned::KeptNewer {
-            self.unindex(token, &owner).await?;
+            self.unindex(token, &entry.owner).await?;
         }
         Ok(result)
     }
@@ -440,13 +539,9 @@ impl Store {
         Ok(tokens.len())
     }
 
-    /// Readiness: Redis answers `PING`.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut redis = self.redis.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut redis)
-            .await
-            .map(|_| ())
+    /// Readiness: the store can serve (see [`Connection::check`]).
+    pub async fn check(&self) -> Result<(), String> {
+        self.redis.check().await
     }
 }
 
@@ -463,5 +558,27 @@ mod tests {
         }
         assert_ne!(keys.devices, keys.refreshed);
         assert_eq!(token_key("p:", "abc"), "p:token:{abc}");
+    }
+
+    #[test]
+    fn an_index_names_the_owner_first_then_the_persons_a_move_is_leaving() {
+        let plain = IndexEntry::parse("alice").expect("entry");
+        assert_eq!(plain.owner, "alice");
+        assert!(plain.leaving.is_empty(), "indexes written before moves were recorded");
+        let moving = IndexEntry {
+            owner: "bob".into(),
+            leaving: vec!["alice".into(), "carol".into()],
+        };
+        assert_eq!(IndexEntry::parse(&moving.value()), Some(moving.clone()));
+        assert_eq!(
+            moving.holders().collect::<Vec<_>>(),
+            vec!["bob", "alice", "carol"]
+        );
+        assert_eq!(IndexEntry::parse(""), None);
+        assert_eq!(
+            IndexEntry::parse("bob\nbob").expect("entry").leaving,
+            Vec::<String>::new(),
+            "an owner is never also leaving"
+        );
     }
 }

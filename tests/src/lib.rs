@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`servers`]: spawning and stopping `nats-server` and `redis-server`.
+//! - [`clusters`]: a JetStream cluster, Redis Cluster and Redis Sentinel, with node kills.
 //! - [`services`]: running each service in-process with test configuration.
 //! - [`stack`]: the whole pipeline with mock providers, for end-to-end tests.
 //! - [`bench`]: helpers shared by the benchmark binaries.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod clusters;
 pub mod mock;
 pub mod servers;
 pub mod services;

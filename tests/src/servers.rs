@@ -16,7 +16,7 @@ use tempfile::TempDir;
 
 /// The server binary: from PATH, else from the system directories Debian installs into
 /// (`nats-server` lives in `/usr/sbin`, often not on a user's PATH).
-fn locate(binary: &str) -> std::path::PathBuf {
+pub(crate) fn locate(binary: &str) -> std::path::PathBuf {
     let on_path = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
         .unwrap_or(false);
@@ -32,7 +32,7 @@ fn locate(binary: &str) -> std::path::PathBuf {
 }
 
 /// Fails with a message naming the binary and the package that provides it.
-fn require(binary: &str, package: &str) {
+pub(crate) fn require(binary: &str, package: &str) {
     match Command::new(locate(binary))
         .arg("--version")
         .stdout(Stdio::null())
@@ -82,26 +82,26 @@ fn ephemeral_range() -> (u16, u16) {
 }
 
 /// A name unique to one server process.
-fn unique_name(kind: &str) -> String {
+pub(crate) fn unique_name(kind: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("pushline-test-{kind}-{}-{n}", std::process::id())
 }
 
 /// What to send, and the text the answer must contain, to know the server is ours and up.
-struct Probe {
+pub(crate) struct Probe {
     send: &'static [u8],
     expect: String,
 }
 
-fn nats_probe(name: &str) -> Probe {
+pub(crate) fn nats_probe(name: &str) -> Probe {
     Probe {
         send: b"",
         expect: format!("\"server_name\":\"{name}\""),
     }
 }
 
-fn redis_probe(name: &str) -> Probe {
+pub(crate) fn redis_probe(name: &str) -> Probe {
     Probe {
         send: b"CONFIG GET dbfilename\r\n",
         expect: name.to_owned(),
@@ -109,7 +109,7 @@ fn redis_probe(name: &str) -> Probe {
 }
 
 /// Starts a server with `spawn(port)` until one answers `probe` (at most 8 ports).
-fn start_on_free_port(
+pub(crate) fn start_on_free_port(
     name: &str,
     probe: &Probe,
     mut spawn: impl FnMut(u16) -> Child,
@@ -127,7 +127,7 @@ fn start_on_free_port(
 }
 
 /// Waits (up to 10 s) for `port` to answer `probe`; false if the child exited first.
-fn wait_listening(child: &mut Child, port: u16, probe: &Probe) -> bool {
+pub(crate) fn wait_listening(child: &mut Child, port: u16, probe: &Probe) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut pause = Duration::from_millis(2);
@@ -230,6 +230,12 @@ impl NatsServer {
 }
 
 fn spawn_nats(port: u16, store: &Path, name: &str) -> Child {
+    spawn_nats_with(port, store, name, &[])
+}
+
+/// Spawns `nats-server -js` with `extra` arguments (cluster settings), logging to the
+/// store directory's `nats-server.log`.
+pub(crate) fn spawn_nats_with(port: u16, store: &Path, name: &str, extra: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -247,6 +253,7 @@ fn spawn_nats(port: u16, store: &Path, name: &str) -> Child {
             "-sd",
         ])
         .arg(store)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -281,38 +288,53 @@ impl Drop for NatsServer {
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
-    _dir: TempDir,
+    dir: TempDir,
+    name: String,
+    extra: Vec<String>,
+}
+
+/// Spawns `redis-server` on `port` with `extra` arguments, without persistence.
+pub(crate) fn spawn_redis(port: u16, dir: &Path, name: &str, extra: &[String]) -> Child {
+    Command::new(locate("redis-server"))
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dbfilename",
+            name,
+            "--dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server")
 }
 
 impl RedisServer {
     /// Starts a fresh server.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a fresh server with extra `redis-server` arguments.
+    pub fn start_with(extra: &[String]) -> Self {
         require("redis-server", "redis-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().to_owned();
         let name = unique_name("redis");
         let (child, port) = start_on_free_port("redis-server", &redis_probe(&name), |port| {
-            Command::new(locate("redis-server"))
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dbfilename",
-                    &name,
-                    "--dir",
-                ])
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server")
+            spawn_redis(port, &path, &name, extra)
         });
         RedisServer {
             child: Some(child),
             port,
-            _dir: dir,
+            dir,
+            name,
+            extra: extra.to_vec(),
         }
     }
 
@@ -321,11 +343,39 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server.
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (`SIGKILL`).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same arguments (empty, unless they
+    /// turned persistence on: `--appendonly yes`).
+    pub fn restart(&mut self) {
+        self.stop();
+        let probe = redis_probe(&self.name);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = spawn_redis(self.port, self.dir.path(), &self.name, &self.extra);
+            if wait_listening(&mut child, self.port, &probe) {
+                self.child = Some(child);
+                return;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
