@@ -8,6 +8,13 @@
 //! `nats.publish_retry_budget_ms` is spent, and only then answers 503. Every try carries
 //! the same `Nats-Msg-Id`, so a try whose ack was lost but whose message was stored is
 //! de-duplicated by JetStream, as is a producer's own retry.
+//!
+//! The tries run on their own task: a sender that hangs up before the answer (its own
+//! timeout may be shorter than the budget) does not cancel them, so the event is still
+//! stored if it can be within the budget, and the call still rings.
+//!
+//! The default budget (12 s) is sized by nats-server's Raft: a killed stream leader is
+//! replaced after an election timeout of 4 to 9 s, plus the client's reconnect.
 
 use std::time::{Duration, Instant};
 
@@ -83,8 +90,27 @@ impl Publisher {
     }
 
     /// Publishes `payload` on `subject` with `Nats-Msg-Id: msg_id` and waits for the ack,
-    /// trying again within the retry budget.
+    /// trying again within the retry budget (on a task of its own, so the tries go on if
+    /// the caller is dropped).
     pub async fn publish(
+        &self,
+        subject: String,
+        msg_id: &str,
+        trace_id: Option<&str>,
+        payload: Bytes,
+    ) -> Result<Stored, PublishError> {
+        let this = self.clone();
+        let msg_id = msg_id.to_owned();
+        let trace_id = trace_id.map(str::to_owned);
+        tokio::spawn(async move {
+            this.publish_within_budget(subject, &msg_id, trace_id.as_deref(), payload)
+                .await
+        })
+        .await
+        .map_err(|e| PublishError::Failed(format!("publish task: {e}")))?
+    }
+
+    async fn publish_within_budget(
         &self,
         subject: String,
         msg_id: &str,

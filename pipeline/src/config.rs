@@ -184,8 +184,9 @@ pub struct NatsConfig {
     /// Upper bound on one publish waiting for its JetStream ack, milliseconds.
     pub publish_timeout_ms: u64,
     /// ingest: how long a webhook's event is retried (leader election, server restart,
-    /// reconnect) before the webhook is answered 503, milliseconds. Sized to fit inside
-    /// a sender's webhook timeout (Webex waits about 10 s); 0 means one try.
+    /// reconnect) before the webhook is answered 503, milliseconds; 0 means one try.
+    /// Sized to cover a JetStream leader election (4–9 s on nats-server) and a
+    /// reconnect; the tries go on even if the sender hangs up sooner.
     pub publish_retry_budget_ms: u64,
     /// User name, with `password`.
     pub user: Option<String>,
@@ -210,7 +211,7 @@ impl Default for NatsConfig {
             duplicate_window_secs: 120,
             dead_letter_max_age_days: 14,
             publish_timeout_ms: 2_000,
-            publish_retry_budget_ms: 8_000,
+            publish_retry_budget_ms: 12_000,
             user: None,
             password: None,
             token: None,
@@ -307,7 +308,10 @@ pub struct WorkerConfig {
     /// dispatchers: a push with less time than this left before its deadline is not
     /// handed to the provider (it could not arrive in time), milliseconds.
     pub deadline_margin_ms: u64,
-    /// How long the server waits for an ack before redelivering, seconds.
+    /// How long the server waits for an ack before redelivering, seconds. Short,
+    /// because it is how soon work that was handed to a connection that vanished (a
+    /// node failure, a reconnect, a crashed replica) comes back; the worker tells the
+    /// server it is still working on slower messages every third of it.
     pub ack_wait_secs: u64,
     /// First retry delay, milliseconds; doubles per attempt, with jitter.
     pub retry_base_ms: u64,
@@ -322,9 +326,9 @@ impl Default for WorkerConfig {
             max_attempts: 8,
             max_deliveries: 200,
             deadline_margin_ms: 100,
-            ack_wait_secs: 30,
+            ack_wait_secs: 4,
             retry_base_ms: 200,
-            retry_max_ms: 10_000,
+            retry_max_ms: 2_000,
         }
     }
 }

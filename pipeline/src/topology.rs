@@ -270,7 +270,8 @@ impl Topology {
         }
     }
 
-    /// Gets or creates the durable pull consumer for `kind`.
+    /// Gets or creates the durable pull consumer for `kind`; a consumer made by an older
+    /// version with another `ack_wait` or `max_ack_pending` is updated to this one.
     pub async fn consumer(
         &self,
         js: &Context,
@@ -285,14 +286,27 @@ impl Topology {
                     stream: stream_name.clone(),
                     source,
                 })?;
-        stream
-            .get_or_create_consumer(kind.durable_name(), self.consumer_config(kind, worker))
+        let desired = self.consumer_config(kind, worker);
+        let mut consumer: PullConsumer = stream
+            .get_or_create_consumer(kind.durable_name(), desired.clone())
             .await
             .map_err(|source| TopologyError::Consumer {
-                stream: stream_name,
+                stream: stream_name.clone(),
                 consumer: kind.durable_name().to_owned(),
                 source,
-            })
+            })?;
+        let current = &consumer.cached_info().config;
+        if current.ack_wait != desired.ack_wait || current.max_ack_pending != desired.max_ack_pending
+        {
+            tracing::info!(stream = %stream_name, consumer = kind.durable_name(), "updating consumer definition");
+            match stream.create_consumer(desired).await {
+                Ok(updated) => consumer = updated,
+                Err(error) => {
+                    tracing::warn!(stream = %stream_name, %error, "cannot update the consumer; keeping its definition")
+                }
+            }
+        }
+        Ok(consumer)
     }
 }
 

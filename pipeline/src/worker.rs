@@ -141,6 +141,7 @@ impl<H: Handler> Worker<H> {
             dead_subject: self.topology.dead_subject(stage),
             max_attempts: self.config.max_attempts,
             max_deliveries: self.config.max_deliveries,
+            progress_every: Duration::from_millis(self.config.ack_wait_secs * 1_000 / 3),
             attempts: Attempts::default(),
             metrics: self.metrics.clone(),
         });
@@ -156,12 +157,16 @@ impl<H: Handler> Worker<H> {
         let batch = self.config.concurrency.clamp(1, 1_000);
 
         'pull: while !shutdown.is_cancelled() {
+            // Short-lived pull requests with 1 s heartbeats: when the consumer's leader
+            // dies with a pull request (a node failure), the client notices within
+            // about two heartbeats and pulls from the new leader, instead of waiting out
+            // a long request.
             let messages = self
                 .consumer
                 .stream()
                 .max_messages_per_batch(batch)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
+                .heartbeat(Duration::from_secs(1))
+                .expires(Duration::from_secs(10))
                 .messages()
                 .await;
             let mut messages = match messages {
@@ -222,8 +227,30 @@ struct Shared {
     dead_subject: String,
     max_attempts: u64,
     max_deliveries: u64,
+    progress_every: Duration,
     attempts: Attempts,
     metrics: Metrics,
+}
+
+/// Runs `work`, telling the server every `every` that the message is still being worked
+/// on (`+WPI`), so a short `ack_wait` redelivers only messages nobody holds any more.
+async fn while_working<F: Future>(
+    message: &jetstream::Message,
+    every: Duration,
+    work: F,
+) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = tick.tick() => {
+                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(%error, "cannot signal progress");
+                }
+            }
+        }
+    }
 }
 
 /// How many times this process has tried each message that is being retried, keyed by
@@ -306,15 +333,15 @@ impl Shared {
                 ),
             }
         } else {
-            handler
+            let work = handler
                 .handle(Delivery {
                     subject: message.subject.as_str(),
                     payload: &message.payload,
                     headers: message.headers.as_ref(),
                     attempt,
                 })
-                .instrument(span)
-                .await
+                .instrument(span);
+            while_working(&message, self.progress_every, work).await
         };
         let tries = match outcome {
             Outcome::Retry { .. } => self.attempts.failed(sequence),

@@ -127,7 +127,8 @@ impl NatsCluster {
         self.nodes[n].spawn();
     }
 
-    /// Waits until the cluster has a JetStream meta leader (account info answers).
+    /// Waits until the cluster has a JetStream meta leader (account info answers without
+    /// an error).
     pub async fn wait_jetstream(&self) {
         let url = self.url();
         crate::wait::until_true("the JetStream cluster to answer", Duration::from_secs(30), || {
@@ -139,10 +140,17 @@ impl NatsCluster {
                 let Ok(client) = async_nats::connect(servers).await else {
                     return false;
                 };
-                let js = async_nats::jetstream::new(client);
-                tokio::time::timeout(Duration::from_secs(2), js.query_account())
-                    .await
-                    .is_ok_and(|r| r.is_ok())
+                // Asked raw: async-nats cannot decode nats-server 2.9's clustered answer.
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.request("$JS.API.INFO", bytes::Bytes::new()),
+                )
+                .await;
+                let Ok(Ok(message)) = answer else {
+                    return false;
+                };
+                serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    .is_ok_and(|v| v.get("error").is_none())
             }
         })
         .await;
@@ -441,6 +449,15 @@ impl RedisSentinel {
                 _ => None,
             }
         })
+    }
+
+    /// Waits until the replica has every write the primary acknowledged (`WAIT 1`), so a
+    /// failover loses none of the set-up.
+    pub fn wait_replicated(&self) {
+        match redis_command(self.primary.port, &["WAIT", "1", "5000"]) {
+            Ok(redis::Value::Int(1)) => {}
+            other => panic!("the replica did not acknowledge the writes: {other:?}"),
+        }
     }
 
     /// `kill -9` of the primary, then waits until the sentinels have promoted the replica.

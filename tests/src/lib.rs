@@ -5,6 +5,7 @@
 //!
 //! - [`servers`]: spawning and stopping `nats-server` and `redis-server`.
 //! - [`clusters`]: a JetStream cluster, Redis Cluster and Redis Sentinel, with node kills.
+//! - [`drill`]: fault drills under load and their reports (tests and `pushline-drill`).
 //! - [`services`]: running each service in-process with test configuration.
 //! - [`stack`]: the whole pipeline with mock providers, for end-to-end tests.
 //! - [`bench`]: helpers shared by the benchmark binaries.
@@ -15,6 +16,7 @@
 
 pub mod bench;
 pub mod clusters;
+pub mod drill;
 pub mod mock;
 pub mod servers;
 pub mod services;

@@ -38,10 +38,15 @@ pub struct Env {
 impl Env {
     /// Starts NATS and Redis for one test.
     pub fn start() -> Self {
+        Self::start_with_redis_args(&[])
+    }
+
+    /// Like [`Env::start`], with extra `redis-server` arguments (persistence, say).
+    pub fn start_with_redis_args(redis_args: &[String]) -> Self {
         tracing_init();
         Env {
             nats: NatsServer::start(),
-            redis: RedisServer::start(),
+            redis: RedisServer::start_with(redis_args),
             prefix: format!("t{}_", rand::random::<u32>()),
         }
     }

@@ -49,7 +49,15 @@ impl Stack {
 
     /// Starts everything after `adjust` changed the configurations.
     pub async fn start_with(adjust: impl FnOnce(&mut Configs)) -> Self {
-        let env = Env::start();
+        Self::start_on(Env::start(), adjust).await
+    }
+
+    /// Starts everything with extra `redis-server` arguments.
+    pub async fn start_with_redis_args(redis_args: &[String]) -> Self {
+        Self::start_on(Env::start_with_redis_args(redis_args), |_| {}).await
+    }
+
+    async fn start_on(env: Env, adjust: impl FnOnce(&mut Configs)) -> Self {
         let providers = Providers::start().await;
         let mut configs = Configs {
             ingest: env.ingest_config(),

@@ -1,0 +1,495 @@
+//! Fault drills: the whole pipeline under an open-loop load of signed call webhooks while
+//! a distributed engine fails, and a report of what happened to every call.
+//!
+//! The same scenarios run short in the test suite (`tests/tests/distributed.rs`, which
+//! asserts on the report) and long in `pushline-drill` (which prints it). Each call has
+//! its own id and ring deadline, and each person one iPhone and one Android phone, so
+//! every accepted call must reach the mock APNs once and the mock FCM once, before its
+//! deadline.
+//!
+//! | drill | fault |
+//! |---|---|
+//! | `nats-node` | three-node JetStream cluster (R3): `kill -9` of a node that leads no stream, restarted later |
+//! | `nats-leader` | the same cluster: `kill -9` of the `EVENTS` stream leader, restarted later |
+//! | `nats-restart` | single nats-server: `kill -9`, down for the fault time, restarted |
+//! | `redis-sentinel` | Redis primary + replica + 3 sentinels: `kill -9` of the primary |
+//! | `redis-cluster` | Redis Cluster (3 primaries): registrations moving tokens between persons during the load |
+//! | `redis-outage` | single Redis (persistent): `kill -9`, down for the fault time, restarted |
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pipeline::contract::now_ms;
+use pipeline::topology::StreamKind;
+use registry::config::RedisMode;
+
+use crate::clusters::{NatsCluster, RedisCluster, RedisSentinel, SENTINEL_MASTER};
+use crate::mock::Recorded;
+use crate::services::WEBHOOK_SECRET;
+use crate::stack::{Configs, Stack};
+
+/// Every drill, by name.
+pub const DRILLS: [&str; 6] = [
+    "nats-node",
+    "nats-leader",
+    "nats-restart",
+    "redis-sentinel",
+    "redis-cluster",
+    "redis-outage",
+];
+
+/// How hard and how long a drill runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    /// Call webhooks per second (open loop).
+    pub rate: u32,
+    /// Load before the fault.
+    pub before: Duration,
+    /// How long the fault lasts (for faults that heal: restarts, outages).
+    pub fault: Duration,
+    /// Load after the fault healed.
+    pub after: Duration,
+    /// Each call's ring time (its deadline is sent time + this).
+    pub ring: Duration,
+    /// Persons (each with one iOS and one Android device).
+    pub persons: usize,
+}
+
+impl Scale {
+    /// Short enough for the test suite.
+    pub fn test() -> Self {
+        Scale {
+            rate: 50,
+            before: Duration::from_secs(1),
+            fault: Duration::from_secs(2),
+            after: Duration::from_secs(2),
+            ring: Duration::from_secs(30),
+            persons: 20,
+        }
+    }
+}
+
+/// What happened to the calls of one drill.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The drill.
+    pub drill: String,
+    /// Webhooks sent.
+    pub sent: usize,
+    /// Answered 200 (stored).
+    pub accepted: usize,
+    /// Answered otherwise (503 after the retry budget), or not answered.
+    pub refused: usize,
+    /// Of those, sent while the fault lasted.
+    pub refused_during_fault: usize,
+    /// Webhooks sent while the fault lasted.
+    pub sent_during_fault: usize,
+    /// Pushes the accepted calls owe (two each).
+    pub expected: usize,
+    /// Distinct pushes the mocks accepted for accepted calls.
+    pub delivered: usize,
+    /// Pushes owed but never delivered.
+    pub lost: usize,
+    /// Pushes a device got more than once.
+    pub duplicates: usize,
+    /// Pushes received after their call's deadline.
+    pub late: usize,
+    /// Messages in `DEAD`.
+    pub dead_letters: usize,
+    /// From the fault's start to the first push of a call sent after it, ms.
+    pub recovery_ms: Option<u64>,
+    /// p99 of webhook sent → push received, ms.
+    pub e2e_p99_ms: u64,
+    /// Longest webhook answer (ingest holding a request while it retries), ms.
+    pub ingest_max_ms: u64,
+}
+
+impl Report {
+    /// The table header [`Report::row`] fits.
+    pub fn header() -> String {
+        "| drill | webhooks sent | accepted | refused (during fault) | pushes owed | delivered | lost | duplicates | late | dead letters | recovery | e2e p99 | longest webhook answer |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|".into()
+    }
+
+    /// One Markdown table row.
+    pub fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} ({} of {}, {:.2}%) | {} | {} | {} | {} | {} | {} | {} | {} ms | {} ms |",
+            self.drill,
+            self.sent,
+            self.accepted,
+            self.refused,
+            self.refused_during_fault,
+            self.sent_during_fault,
+            100.0 * self.refused_during_fault as f64 / self.sent_during_fault.max(1) as f64,
+            self.expected,
+            self.delivered,
+            self.lost,
+            self.duplicates,
+            self.late,
+            self.dead_letters,
+            self.recovery_ms
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "-".into()),
+            self.e2e_p99_ms,
+            self.ingest_max_ms,
+        )
+    }
+
+    /// Panics unless nothing was lost, duplicated, late or dead-lettered and the
+    /// webhooks refused (during the fault or not) are at most `max_refused_share` of those
+    /// sent during the fault.
+    pub fn assert_clean(&self, max_refused_share: f64) {
+        eprintln!("{}\n{}", Self::header(), self.row());
+        assert!(
+            self.lost == 0
+                && self.duplicates == 0
+                && self.late == 0
+                && self.dead_letters == 0
+                && self.refused as f64 <= max_refused_share * self.sent_during_fault.max(1) as f64,
+            "drill {} was not clean:\n{}\n{}",
+            self.drill,
+            Self::header(),
+            self.row()
+        );
+    }
+}
+
+/// One webhook the load sent.
+#[derive(Debug, Clone)]
+struct Call {
+    id: String,
+    sent_ms: u64,
+    answered_ms: u64,
+    deadline_ms: u64,
+    status: u16,
+}
+
+/// An open-loop load of call webhooks: each is sent at its scheduled time, on its own
+/// task, whatever happened to earlier ones.
+struct Load {
+    calls: Arc<Mutex<Vec<Call>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(stack: &Stack, scale: Scale, total: Duration) -> Load {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let url = stack.ingest.url("/webhooks/webex");
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        let count = (scale.rate as f64 * total.as_secs_f64()).ceil() as u64;
+        let interval = Duration::from_secs_f64(1.0 / f64::from(scale.rate.max(1)));
+        let run = format!("{:08x}", rand::random::<u32>());
+        let recorded = calls.clone();
+        let task = tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut requests = tokio::task::JoinSet::new();
+            for n in 0..count {
+                tokio::time::sleep_until(started + interval * n as u32).await;
+                let person = format!("drill-person-{}", n as usize % scale.persons);
+                let id = format!("{run}-{n}");
+                let sent_ms = now_ms();
+                let deadline_ms = sent_ms + scale.ring.as_millis() as u64;
+                let body = crate::webex::telephony_push(
+                    &person,
+                    Some(&format!(
+                        r#"{{"aps":{{}},"callId":"{id}","ringexpiretime":{deadline_ms}}}"#
+                    )),
+                    Some(&format!(r#"{{"type":"incoming_call","callId":"{id}"}}"#)),
+                );
+                let request = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-spark-signature", crate::webex::sign(&body, WEBHOOK_SECRET))
+                    .body(body);
+                let recorded = recorded.clone();
+                requests.spawn(async move {
+                    let status = match request.send().await {
+                        Ok(response) => response.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    recorded.lock().expect("calls").push(Call {
+                        id,
+                        sent_ms,
+                        answered_ms: now_ms(),
+                        deadline_ms,
+                        status,
+                    });
+                });
+                while requests.try_join_next().is_some() {}
+            }
+            while requests.join_next().await.is_some() {}
+        });
+        Load { calls, task }
+    }
+
+    async fn finish(self) -> Vec<Call> {
+        let _ = self.task.await;
+        let calls = self.calls.lock().expect("calls").clone();
+        calls
+    }
+}
+
+/// The call id a push carries (`"callId":"…"` in the APNs body and the FCM data).
+fn call_id(recorded: &Recorded) -> Option<String> {
+    let body = std::str::from_utf8(&recorded.body).ok()?;
+    let start = body.find("callId")? + "callId".len();
+    let rest = body[start..].trim_start_matches(['"', '\\', ':', ' ']);
+    let end = rest.find(['"', '\\'])?;
+    Some(rest[..end].to_owned())
+}
+
+/// Registers every drill person's two devices.
+async fn register_devices(stack: &Stack, persons: usize) {
+    for n in 0..persons {
+        let person = format!("drill-person-{n}");
+        stack.register_ios(&person, &format!("{:064x}", n + 1)).await;
+        stack
+            .register_android(&person, &format!("drill-fcm-token-{n}"))
+            .await;
+    }
+}
+
+/// Waits until every accepted call is delivered twice or the last deadline passed, then
+/// reports.
+async fn report(
+    drill: &str,
+    stack: &Stack,
+    calls: Vec<Call>,
+    fault: (u64, u64),
+) -> Report {
+    let accepted: HashMap<&str, &Call> = calls
+        .iter()
+        .filter(|c| c.status == 200)
+        .map(|c| (c.id.as_str(), c))
+        .collect();
+    let expected = accepted.len() * 2;
+    let last_deadline = calls.iter().map(|c| c.deadline_ms).max().unwrap_or(0);
+    let pushes = |stack: &Stack| {
+        let mut all = stack.providers.apns.delivered();
+        let apns = all.len();
+        all.extend(stack.providers.fcm.delivered());
+        (all, apns)
+    };
+    let distinct = |stack: &Stack| {
+        let (all, apns) = pushes(stack);
+        let mut seen = std::collections::HashSet::new();
+        for (n, push) in all.iter().enumerate() {
+            if let Some(id) = call_id(push) {
+                if accepted.contains_key(id.as_str()) {
+                    seen.insert((n < apns, id));
+                }
+            }
+        }
+        seen.len()
+    };
+    while distinct(stack) < expected && now_ms() < last_deadline + 1_000 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let any second ring that is coming arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (all, apns) = pushes(stack);
+    let mut per_device: HashMap<(bool, String), Vec<&Recorded>> = HashMap::new();
+    for (n, push) in all.iter().enumerate() {
+        if let Some(id) = call_id(push) {
+            per_device.entry((n < apns, id)).or_default().push(push);
+        }
+    }
+    let mut report = Report {
+        drill: drill.to_owned(),
+        sent: calls.len(),
+        accepted: accepted.len(),
+        refused: calls.len() - accepted.len(),
+        expected,
+        ..Report::default()
+    };
+    let (fault_start, fault_end) = fault;
+    let during = |c: &Call| c.sent_ms >= fault_start && c.sent_ms <= fault_end;
+    report.sent_during_fault = calls.iter().filter(|c| during(c)).count();
+    report.refused_during_fault = calls
+        .iter()
+        .filter(|c| c.status != 200 && during(c))
+        .count();
+    let mut e2e = Vec::new();
+    for ((_, id), received) in &per_device {
+        let Some(call) = accepted.get(id.as_str()) else {
+            continue;
+        };
+        report.delivered += 1;
+        report.duplicates += received.len() - 1;
+        report.late += received.iter().filter(|r| r.at_ms > call.deadline_ms).count();
+        let first = received.iter().map(|r| r.at_ms).min().unwrap_or(0);
+        e2e.push(first.saturating_sub(call.sent_ms));
+        if call.sent_ms >= fault_start {
+            let recovery = first.saturating_sub(fault_start);
+            report.recovery_ms = Some(report.recovery_ms.map_or(recovery, |r| r.min(recovery)));
+        }
+    }
+    e2e.sort_unstable();
+    report.e2e_p99_ms = e2e
+        .get((e2e.len() * 99 / 100).min(e2e.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0);
+    report.lost = expected.saturating_sub(report.delivered);
+    report.ingest_max_ms = calls
+        .iter()
+        .map(|c| c.answered_ms.saturating_sub(c.sent_ms))
+        .max()
+        .unwrap_or(0);
+    report.dead_letters = stack.env.stream_messages(StreamKind::Dead).await.len();
+    report
+}
+
+/// Points every service at a NATS cluster with three replicas per stream.
+fn on_nats_cluster(configs: &mut Configs, url: &str) {
+    for nats in [
+        &mut configs.ingest.nats,
+        &mut configs.registry.nats,
+        &mut configs.apns.nats,
+        &mut configs.fcm.nats,
+    ] {
+        nats.url = url.to_owned();
+        nats.replicas = 3;
+    }
+}
+
+/// Runs the blocking harness call `f` without stalling the services on this runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Runs one drill by name. Needs a multi-threaded runtime.
+pub async fn run(drill: &str, scale: Scale) -> Report {
+    match drill {
+        "nats-node" | "nats-leader" => nats_cluster(drill, scale).await,
+        "nats-restart" => nats_restart(scale).await,
+        "redis-sentinel" => redis_sentinel(scale).await,
+        "redis-cluster" => redis_cluster(scale).await,
+        "redis-outage" => redis_outage(scale).await,
+        other => panic!("no drill named {other}; drills: {}", DRILLS.join(", ")),
+    }
+}
+
+async fn nats_cluster(drill: &str, scale: Scale) -> Report {
+    let mut cluster = NatsCluster::start().await;
+    let url = cluster.url();
+    let stack = Stack::start_with(|c| on_nats_cluster(c, &url)).await;
+    register_devices(&stack, scale.persons).await;
+    let load = Load::start(&stack, scale, scale.before + scale.fault + scale.after);
+    tokio::time::sleep(scale.before).await;
+    let events = stack.env.topology().stream_name(StreamKind::Events);
+    let leader = cluster
+        .stream_leader(&events)
+        .await
+        .expect("the EVENTS stream has a leader");
+    let leader = cluster.index_of(&leader).expect("leader is a cluster node");
+    let victim = if drill == "nats-leader" {
+        leader
+    } else {
+        (leader + 1) % 3
+    };
+    let start = now_ms();
+    blocking(|| cluster.kill(victim));
+    tokio::time::sleep(scale.fault).await;
+    blocking(|| cluster.restart(victim));
+    let end = now_ms();
+    let calls = load.finish().await;
+    report(drill, &stack, calls, (start, end)).await
+}
+
+async fn nats_restart(scale: Scale) -> Report {
+    let mut stack = Stack::start().await;
+    register_devices(&stack, scale.persons).await;
+    let load = Load::start(&stack, scale, scale.before + scale.fault + scale.after);
+    tokio::time::sleep(scale.before).await;
+    let start = now_ms();
+    blocking(|| stack.env.nats.stop());
+    tokio::time::sleep(scale.fault).await;
+    blocking(|| stack.env.nats.restart());
+    let end = now_ms();
+    let calls = load.finish().await;
+    report("nats-restart", &stack, calls, (start, end)).await
+}
+
+async fn redis_sentinel(scale: Scale) -> Report {
+    let mut sentinel = blocking(RedisSentinel::start);
+    let nodes = sentinel.sentinel_urls();
+    let stack = Stack::start_with(|c| {
+        c.registry.redis.mode = RedisMode::Sentinel;
+        c.registry.redis.nodes = nodes;
+        c.registry.redis.master_name = SENTINEL_MASTER.into();
+    })
+    .await;
+    register_devices(&stack, scale.persons).await;
+    blocking(|| sentinel.wait_replicated());
+    let load = Load::start(&stack, scale, scale.before + scale.fault + scale.after);
+    tokio::time::sleep(scale.before).await;
+    let start = now_ms();
+    blocking(|| sentinel.kill_primary_and_wait_for_failover());
+    let end = now_ms();
+    let calls = load.finish().await;
+    // Registrations keep working on the promoted primary, without a restart.
+    stack
+        .register_ios("drill-after-failover", &format!("{:064x}", 999_999))
+        .await;
+    report("redis-sentinel", &stack, calls, (start, end)).await
+}
+
+async fn redis_cluster(scale: Scale) -> Report {
+    let cluster = blocking(RedisCluster::start);
+    let nodes = cluster.urls();
+    let stack = Stack::start_with(|c| {
+        c.registry.redis.mode = RedisMode::Cluster;
+        c.registry.redis.nodes = nodes;
+    })
+    .await;
+    register_devices(&stack, scale.persons).await;
+    for n in 0..3 {
+        assert!(
+            cluster.keys_on(n) > 0,
+            "devices spread over every primary (node {n} holds none)"
+        );
+    }
+    let total = scale.before + scale.fault + scale.after;
+    let load = Load::start(&stack, scale, total);
+    // During the load: tokens of extra persons move between them, across slots.
+    let start = now_ms();
+    let churn_until = Instant::now() + total;
+    let mut moves = 0u64;
+    while Instant::now() < churn_until {
+        let token = format!("{:064x}", 500_000 + moves % 10);
+        stack
+            .register_ios(&format!("drill-mover-{}", moves % 7), &token)
+            .await;
+        moves += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let end = now_ms();
+    let calls = load.finish().await;
+    report("redis-cluster", &stack, calls, (start, end)).await
+}
+
+async fn redis_outage(scale: Scale) -> Report {
+    let mut stack = Stack::start_with_redis_args(&[
+        "--appendonly".into(),
+        "yes".into(),
+        "--appendfsync".into(),
+        "always".into(),
+    ])
+    .await;
+    register_devices(&stack, scale.persons).await;
+    let load = Load::start(&stack, scale, scale.before + scale.fault + scale.after);
+    tokio::time::sleep(scale.before).await;
+    let start = now_ms();
+    blocking(|| stack.env.redis.stop());
+    tokio::time::sleep(scale.fault).await;
+    blocking(|| stack.env.redis.restart());
+    let end = now_ms();
+    let calls = load.finish().await;
+    report("redis-outage", &stack, calls, (start, end)).await
+}
