@@ -19,7 +19,7 @@
 //! the first one's verdict instead of racing it.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 /// What the memory knows of a job id.
@@ -59,9 +59,7 @@ impl Default for DeliveredJobs {
 
 impl DeliveredJobs {
     fn key(&self, job_id: &str) -> u64 {
-        let mut hasher = self.hasher.build_hasher();
-        job_id.hash(&mut hasher);
-        hasher.finish()
+        self.hasher.hash_one(job_id)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {

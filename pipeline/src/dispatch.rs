@@ -110,7 +110,9 @@ impl<P: Provider> Dispatch<P> {
     async fn send_once(&self, job: &PushJob, job_id: &str, now: u64) -> Option<Verdict> {
         let left = Duration::from_millis(job.deadline_ms.saturating_sub(now));
         let started = Instant::now();
-        let verdict = tokio::time::timeout(left, self.provider.send(job)).await.ok();
+        let verdict = tokio::time::timeout(left, self.provider.send(job))
+            .await
+            .ok();
         self.metrics
             .provider_duration
             .with_label_values(&[P::PLATFORM.as_str(), &job.app])

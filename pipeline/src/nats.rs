@@ -132,8 +132,11 @@ mod tests {
 
     #[test]
     fn a_bad_seed_is_named() {
-        let error = seed_servers("nats://127.0.0.1:4222,nats://host:notaport")
-            .expect_err("bad port");
-        assert!(error.to_string().contains("nats://host:notaport"), "{error}");
+        let error =
+            seed_servers("nats://127.0.0.1:4222,nats://host:notaport").expect_err("bad port");
+        assert!(
+            error.to_string().contains("nats://host:notaport"),
+            "{error}"
+        );
     }
 }

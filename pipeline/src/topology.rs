@@ -296,7 +296,8 @@ impl Topology {
                 source,
             })?;
         let current = &consumer.cached_info().config;
-        if current.ack_wait != desired.ack_wait || current.max_ack_pending != desired.max_ack_pending
+        if current.ack_wait != desired.ack_wait
+            || current.max_ack_pending != desired.max_ack_pending
         {
             tracing::info!(stream = %stream_name, consumer = kind.durable_name(), "updating consumer definition");
             match stream.create_consumer(desired).await {

@@ -155,14 +155,14 @@ impl<H: Handler> Worker<H> {
             shutdown.clone(),
         ));
         let batch = self.config.concurrency.clamp(1, 1_000);
+        let mut consumer = self.consumer.clone();
 
         'pull: while !shutdown.is_cancelled() {
             // Short-lived pull requests with 1 s heartbeats: when the consumer's leader
             // dies with a pull request (a node failure), the client notices within
             // about two heartbeats and pulls from the new leader, instead of waiting out
             // a long request.
-            let messages = self
-                .consumer
+            let messages = consumer
                 .stream()
                 .max_messages_per_batch(batch)
                 .heartbeat(Duration::from_secs(1))
@@ -175,8 +175,10 @@ impl<H: Handler> Worker<H> {
                     tracing::warn!(stage, %error, "cannot start pulling; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => break 'pull,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue 'pull,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
+                    self.find_consumer(&mut consumer).await;
+                    continue 'pull;
                 }
             };
             loop {
@@ -203,6 +205,20 @@ impl<H: Handler> Worker<H> {
                         });
                     }
                     Some(Err(error)) => {
+                        use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+                        if matches!(
+                            error.kind(),
+                            MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders
+                        ) {
+                            tracing::warn!(stage, %error, "consumer gone; setting it up again");
+                            if !self.find_consumer(&mut consumer).await {
+                                tokio::select! {
+                                    () = shutdown.cancelled() => break 'pull,
+                                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                }
+                            }
+                            continue 'pull;
+                        }
                         tracing::debug!(stage, %error, "pull stream hiccup");
                     }
                     None => continue 'pull,
@@ -218,6 +234,27 @@ impl<H: Handler> Worker<H> {
         while tasks.join_next().await.is_some() {}
         lag.abort();
         tracing::info!(stage, "worker stopped");
+    }
+}
+
+impl<H> Worker<H> {
+    /// Looks the consumer up again, creating it if it is gone (deleted, or lost with a
+    /// restored cluster). False when that failed.
+    async fn find_consumer(&self, consumer: &mut PullConsumer) -> bool {
+        match self
+            .topology
+            .consumer(&self.js, self.kind, &self.config)
+            .await
+        {
+            Ok(found) => {
+                *consumer = found;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(stage = self.kind.stage(), %error, "cannot set up the consumer");
+                false
+            }
+        }
     }
 }
 

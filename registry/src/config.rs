@@ -396,3 +396,40 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis(mode: RedisMode) -> RedisConfig {
+        RedisConfig {
+            mode,
+            ..RedisConfig::default()
+        }
+    }
+
+    #[test]
+    fn sentinel_and_cluster_need_their_nodes_and_say_which_setting() {
+        let error = redis(RedisMode::Cluster).validate().expect_err("no nodes");
+        assert!(error.to_string().contains("redis.nodes"), "{error}");
+        let mut sentinel = redis(RedisMode::Sentinel);
+        sentinel.nodes = vec!["redis://127.0.0.1:26379".into()];
+        let error = sentinel.validate().expect_err("no master name");
+        assert!(error.to_string().contains("redis.master_name"), "{error}");
+        sentinel.master_name = "mymaster".into();
+        sentinel.validate().expect("complete sentinel settings");
+        let mut cluster = redis(RedisMode::Cluster);
+        cluster.nodes = vec!["127.0.0.1:7000".into()];
+        let error = cluster.validate().expect_err("not a URL");
+        assert!(error.to_string().contains("127.0.0.1:7000"), "{error}");
+    }
+
+    #[test]
+    fn the_mode_is_read_from_its_name() {
+        let config: RedisConfig =
+            serde_json::from_str(r#"{"mode":"cluster","nodes":["redis://a:7000"]}"#)
+                .expect("parse");
+        assert_eq!(config.mode, RedisMode::Cluster);
+        config.validate().expect("valid");
+    }
+}

@@ -168,7 +168,10 @@ impl SentinelPrimary {
     const ASK_AT_MOST_EVERY: Duration = Duration::from_millis(100);
 
     fn current(&self) -> Option<(String, ConnectionManager)> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Asks the sentinels for the primary (unless they were asked moments ago) and
@@ -189,16 +192,14 @@ impl SentinelPrimary {
                 return Ok((manager.clone(), false));
             }
         }
-        let manager =
-            ConnectionManager::new_lazy_with_config(client, self.manager_config.clone())?;
+        let manager = ConnectionManager::new_lazy_with_config(client, self.manager_config.clone())?;
         match &before {
             Some((old, _)) => {
                 tracing::warn!(from = %old, to = %address, "Redis primary moved (Sentinel failover); following")
             }
             None => tracing::info!(primary = %address, "Redis primary found through Sentinel"),
         }
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-            Some((address, manager.clone()));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((address, manager.clone()));
         Ok((manager, before.is_some()))
     }
 
@@ -220,7 +221,12 @@ impl SentinelPrimary {
         }
     }
 
-    async fn pipeline(&self, cmd: &Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+    async fn pipeline(
+        &self,
+        cmd: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
         let mut manager = self.manager().await?;
         match manager.req_packed_commands(cmd, offset, count).await {
             Err(error) if failover_explains(&error) => match self.follow().await {
@@ -250,7 +256,12 @@ impl LazyCluster {
         self.connection().await?.req_packed_command(cmd).await
     }
 
-    async fn pipeline(&self, cmd: &Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+    async fn pipeline(
+        &self,
+        cmd: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
         self.connection()
             .await?
             .req_packed_commands(cmd, offset, count)

@@ -564,7 +564,10 @@ mod tests {
     fn an_index_names_the_owner_first_then_the_persons_a_move_is_leaving() {
         let plain = IndexEntry::parse("alice").expect("entry");
         assert_eq!(plain.owner, "alice");
-        assert!(plain.leaving.is_empty(), "indexes written before moves were recorded");
+        assert!(
+            plain.leaving.is_empty(),
+            "indexes written before moves were recorded"
+        );
         let moving = IndexEntry {
             owner: "bob".into(),
             leaving: vec!["alice".into(), "carol".into()],

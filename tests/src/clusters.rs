@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::servers::{
-    free_port, locate, nats_probe, redis_probe, require, spawn_nats_with, spawn_redis,
-    unique_name, wait_listening,
+    free_port, locate, nats_probe, redis_probe, require, spawn_nats_with, spawn_redis, unique_name,
+    wait_listening,
 };
 
 /// One node of a [`NatsCluster`].
@@ -131,28 +131,32 @@ impl NatsCluster {
     /// an error).
     pub async fn wait_jetstream(&self) {
         let url = self.url();
-        crate::wait::until_true("the JetStream cluster to answer", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move {
-                let Ok(servers) = pipeline::nats::seed_servers(&url) else {
-                    return false;
-                };
-                let Ok(client) = async_nats::connect(servers).await else {
-                    return false;
-                };
-                // Asked raw: async-nats cannot decode nats-server 2.9's clustered answer.
-                let answer = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    client.request("$JS.API.INFO", bytes::Bytes::new()),
-                )
-                .await;
-                let Ok(Ok(message)) = answer else {
-                    return false;
-                };
-                serde_json::from_slice::<serde_json::Value>(&message.payload)
-                    .is_ok_and(|v| v.get("error").is_none())
-            }
-        })
+        crate::wait::until_true(
+            "the JetStream cluster to answer",
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move {
+                    let Ok(servers) = pipeline::nats::seed_servers(&url) else {
+                        return false;
+                    };
+                    let Ok(client) = async_nats::connect(servers).await else {
+                        return false;
+                    };
+                    // Asked raw: async-nats cannot decode nats-server 2.9's clustered answer.
+                    let answer = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        client.request("$JS.API.INFO", bytes::Bytes::new()),
+                    )
+                    .await;
+                    let Ok(Ok(message)) = answer else {
+                        return false;
+                    };
+                    serde_json::from_slice::<serde_json::Value>(&message.payload)
+                        .is_ok_and(|v| v.get("error").is_none())
+                }
+            },
+        )
         .await;
     }
 
@@ -178,8 +182,7 @@ impl Drop for NatsCluster {
 /// Sends one command to a Redis node over a plain connection.
 fn redis_command(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let mut connection =
-        client.get_connection_with_timeout(Duration::from_millis(500))?;
+    let mut connection = client.get_connection_with_timeout(Duration::from_millis(500))?;
     let mut cmd = redis::cmd(args[0]);
     for arg in &args[1..] {
         cmd.arg(*arg);
@@ -199,7 +202,10 @@ fn redis_text(port: u16, args: &[&str]) -> Option<String> {
 fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -313,12 +319,16 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout)
         );
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-        wait_for("Redis Cluster to serve every slot", Duration::from_secs(20), || {
-            ports.iter().all(|port| {
-                redis_text(*port, &["CLUSTER", "INFO"])
-                    .is_some_and(|info| info.contains("cluster_state:ok"))
-            })
-        });
+        wait_for(
+            "Redis Cluster to serve every slot",
+            Duration::from_secs(20),
+            || {
+                ports.iter().all(|port| {
+                    redis_text(*port, &["CLUSTER", "INFO"])
+                        .is_some_and(|info| info.contains("cluster_state:ok"))
+                })
+            },
+        );
         RedisCluster { nodes, _dir: dir }
     }
 
@@ -465,14 +475,18 @@ impl RedisSentinel {
         let old = self.primary.port;
         self.primary.kill();
         let replica = self.replica.port;
-        wait_for("Sentinel to promote the replica", Duration::from_secs(30), || {
-            self.primary_port() == Some(replica)
-                && matches!(
-                    redis_command(replica, &["ROLE"]),
-                    Ok(redis::Value::Array(ref items))
-                        if matches!(items.first(), Some(redis::Value::BulkString(role)) if role == b"master")
-                )
-        });
+        wait_for(
+            "Sentinel to promote the replica",
+            Duration::from_secs(30),
+            || {
+                self.primary_port() == Some(replica)
+                    && matches!(
+                        redis_command(replica, &["ROLE"]),
+                        Ok(redis::Value::Array(ref items))
+                            if matches!(items.first(), Some(redis::Value::BulkString(role)) if role == b"master")
+                    )
+            },
+        );
         assert_ne!(old, replica);
     }
 }

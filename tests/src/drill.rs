@@ -204,7 +204,10 @@ impl Load {
                 let request = http
                     .post(&url)
                     .header("content-type", "application/json")
-                    .header("x-spark-signature", crate::webex::sign(&body, WEBHOOK_SECRET))
+                    .header(
+                        "x-spark-signature",
+                        crate::webex::sign(&body, WEBHOOK_SECRET),
+                    )
                     .body(body);
                 let recorded = recorded.clone();
                 requests.spawn(async move {
@@ -229,8 +232,7 @@ impl Load {
 
     async fn finish(self) -> Vec<Call> {
         let _ = self.task.await;
-        let calls = self.calls.lock().expect("calls").clone();
-        calls
+        self.calls.lock().expect("calls").clone()
     }
 }
 
@@ -247,7 +249,9 @@ fn call_id(recorded: &Recorded) -> Option<String> {
 async fn register_devices(stack: &Stack, persons: usize) {
     for n in 0..persons {
         let person = format!("drill-person-{n}");
-        stack.register_ios(&person, &format!("{:064x}", n + 1)).await;
+        stack
+            .register_ios(&person, &format!("{:064x}", n + 1))
+            .await;
         stack
             .register_android(&person, &format!("drill-fcm-token-{n}"))
             .await;
@@ -256,12 +260,7 @@ async fn register_devices(stack: &Stack, persons: usize) {
 
 /// Waits until every accepted call is delivered twice or the last deadline passed, then
 /// reports.
-async fn report(
-    drill: &str,
-    stack: &Stack,
-    calls: Vec<Call>,
-    fault: (u64, u64),
-) -> Report {
+async fn report(drill: &str, stack: &Stack, calls: Vec<Call>, fault: (u64, u64)) -> Report {
     let accepted: HashMap<&str, &Call> = calls
         .iter()
         .filter(|c| c.status == 200)
@@ -322,7 +321,10 @@ async fn report(
         };
         report.delivered += 1;
         report.duplicates += received.len() - 1;
-        report.late += received.iter().filter(|r| r.at_ms > call.deadline_ms).count();
+        report.late += received
+            .iter()
+            .filter(|r| r.at_ms > call.deadline_ms)
+            .count();
         let first = received.iter().map(|r| r.at_ms).min().unwrap_or(0);
         e2e.push(first.saturating_sub(call.sent_ms));
         if call.sent_ms >= fault_start {

@@ -71,3 +71,62 @@ async fn a_changed_definition_is_applied_and_an_unchanged_one_left_alone() {
         Duration::from_secs(300)
     );
 }
+
+#[tokio::test]
+async fn readiness_asks_the_server_for_every_stream_and_consumer() {
+    let nats = NatsServer::start();
+    let config = NatsConfig {
+        url: nats.url(),
+        ..NatsConfig::default()
+    };
+    let topology = Topology::new(&config);
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    let kind = pipeline::topology::ConsumerKind::DispatchFcm;
+    let (streams, consumers) = ([StreamKind::PushFcm], [kind]);
+    let check = || pipeline::nats::check_topology(&client, &topology, &streams, &consumers);
+    let error = check().await.expect_err("no streams yet");
+    assert!(error.contains("PUSH_FCM"), "{error}");
+    topology.ensure(&js).await.expect("streams");
+    let error = check().await.expect_err("no consumer yet");
+    assert!(error.contains("dispatch-fcm"), "{error}");
+    topology
+        .consumer(&js, kind, &pipeline::config::WorkerConfig::default())
+        .await
+        .expect("consumer");
+    check().await.expect("streams and consumer exist");
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_is_recreated_by_its_worker() {
+    let env = harness::services::Env::start();
+    let providers = harness::services::Providers::start().await;
+    let fcm = harness::services::start_dispatcher_fcm(providers.fcm_config(&env)).await;
+    fcm.wait_ready().await;
+    let topology = env.topology();
+    let js = env.jetstream().await;
+    js.get_stream(topology.stream_name(StreamKind::PushFcm))
+        .await
+        .expect("PUSH_FCM")
+        .delete_consumer("dispatch-fcm")
+        .await
+        .expect("delete the consumer");
+    let readyz = || async {
+        reqwest::get(fcm.admin_url("/readyz"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    harness::wait::until_true(
+        "the worker to recreate its consumer and readiness to pass",
+        Duration::from_secs(20),
+        || async { readyz().await == 200 },
+    )
+    .await;
+    js.get_stream(topology.stream_name(StreamKind::PushFcm))
+        .await
+        .expect("PUSH_FCM")
+        .consumer_info("dispatch-fcm")
+        .await
+        .expect("the consumer exists again");
+}

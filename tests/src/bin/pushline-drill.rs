@@ -41,7 +41,10 @@ fn drills() -> Vec<&'static str> {
     match DRILLS.iter().find(|d| **d == chosen) {
         Some(drill) => vec![drill],
         None => {
-            eprintln!("no drill named {chosen}; drills: all, {}", DRILLS.join(", "));
+            eprintln!(
+                "no drill named {chosen}; drills: all, {}",
+                DRILLS.join(", ")
+            );
             std::process::exit(2);
         }
     }
