@@ -103,18 +103,21 @@ pub struct Report {
     pub e2e_p99_ms: u64,
     /// Longest webhook answer (ingest holding a request while it retries), ms.
     pub ingest_max_ms: u64,
+    /// Jobs that came back after delivery and were not sent again (dispatchers'
+    /// `pushline_pushes_total{outcome="duplicate"}`).
+    pub second_rings_stopped: u64,
 }
 
 impl Report {
     /// The table header [`Report::row`] fits.
     pub fn header() -> String {
-        "| drill | webhooks sent | accepted | refused (during fault) | pushes owed | delivered | lost | duplicates | late | dead letters | recovery | e2e p99 | longest webhook answer |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|".into()
+        "| drill | webhooks sent | accepted | refused (during fault) | pushes owed | delivered | lost | duplicates | late | dead letters | recovery | e2e p99 | longest webhook answer | second rings stopped |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into()
     }
 
     /// One Markdown table row.
     pub fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {} ({} of {}, {:.2}%) | {} | {} | {} | {} | {} | {} | {} | {} ms | {} ms |",
+            "| {} | {} | {} | {} ({} of {}, {:.2}%) | {} | {} | {} | {} | {} | {} | {} | {} ms | {} ms | {} |",
             self.drill,
             self.sent,
             self.accepted,
@@ -133,6 +136,7 @@ impl Report {
                 .unwrap_or_else(|| "-".into()),
             self.e2e_p99_ms,
             self.ingest_max_ms,
+            self.second_rings_stopped,
         )
     }
 
@@ -344,6 +348,17 @@ async fn report(drill: &str, stack: &Stack, calls: Vec<Call>, fault: (u64, u64))
         .max()
         .unwrap_or(0);
     report.dead_letters = stack.env.stream_messages(StreamKind::Dead).await.len();
+    for dispatcher in [stack.apns(), &stack.fcm] {
+        report.second_rings_stopped += dispatcher
+            .metrics()
+            .await
+            .lines()
+            .filter(|l| {
+                l.starts_with("pushline_pushes_total{") && l.contains(r#"outcome="duplicate""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
     report
 }
 

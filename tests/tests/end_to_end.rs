@@ -611,3 +611,37 @@ async fn a_producer_notification_reaches_the_phone() {
     let android_push = &stack.providers.fcm.wait_delivered(1, WAIT).await[0];
     assert_eq!(MockFcm::token_of(android_push), android(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_sent_again_after_a_nats_restart_does_not_ring_twice() {
+    // Acked work-queue messages are deleted, so a restarted server's duplicate window no
+    // longer knows the event or its jobs: only the dispatchers' memory stops a second ring.
+    let mut stack = Stack::start().await;
+    stack.register_android("nina", &android(1)).await;
+    let body = harness::webex::telephony_push("nina", None, Some(&fcm_payload("restart")));
+    let first = stack.webhook(&body).await;
+    stack.providers.fcm.wait_delivered(1, WAIT).await;
+    stack.env.wait_messages(StreamKind::PushFcm, 0).await;
+
+    tokio::task::block_in_place(|| stack.env.nats.restart());
+    let second = stack.webhook(&body).await;
+    assert_eq!(first["event_id"], second["event_id"]);
+    if second["duplicate"] == false {
+        // The server forgot the event (nats-server 2.9 does): fan-out publishes the same
+        // job again, and the dispatcher acks it unsent.
+        Stack::wait_metrics(
+            &stack.fcm,
+            &[&format!(
+                r#"pushline_pushes_total{{app="{FCM_APP}",outcome="duplicate",provider="fcm",reason="already_delivered"}} 1"#
+            )],
+        )
+        .await;
+    }
+    stack.env.wait_messages(StreamKind::Events, 0).await;
+    stack.env.wait_messages(StreamKind::PushFcm, 0).await;
+    assert_eq!(
+        stack.providers.fcm.delivered().len(),
+        1,
+        "the phone rang once"
+    );
+}

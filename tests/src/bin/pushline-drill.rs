@@ -51,6 +51,14 @@ fn drills() -> Vec<&'static str> {
 }
 
 fn main() {
+    // Logs to stderr: stdout is the report.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
     let scale = Scale {
         rate: arg("--rate", 300) as u32,
         before: Duration::from_secs(arg("--before", 10)),
