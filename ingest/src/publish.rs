@@ -19,7 +19,6 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
-use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use pipeline::metrics::Metrics;
 
@@ -168,23 +167,19 @@ impl Publisher {
         if !pipeline::nats::is_connected(&self.client) {
             return Err(PublishError::Disconnected);
         }
-        let mut message = PublishMessage::build()
-            .payload(payload.clone())
-            .message_id(msg_id);
-        if let Some(trace) = trace_id {
-            message = message.header(TRACE_HEADER, trace);
-        }
+        let headers = trace_id.map(|trace| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(TRACE_HEADER, trace);
+            headers
+        });
         let bound = self.timeout.min(left).max(Duration::from_millis(1));
-        let ack = tokio::time::timeout(bound, async {
-            let ack = self
-                .js
-                .send_publish(subject.to_owned(), message)
-                .await
-                .map_err(|e| PublishError::Failed(e.to_string()))?;
-            ack.await.map_err(|e| PublishError::Failed(e.to_string()))
-        })
+        let ack = tokio::time::timeout(
+            bound,
+            pipeline::nats::publish_stored(&self.js, subject, msg_id, headers.as_ref(), payload),
+        )
         .await
-        .map_err(|_| PublishError::Timeout(bound))??;
+        .map_err(|_| PublishError::Timeout(bound))?
+        .map_err(|e| PublishError::Failed(e.to_string()))?;
         Ok(Stored {
             duplicate: ack.duplicate,
         })

@@ -5,10 +5,11 @@
 //! node failed (the server redelivers it), or fan-out published it again after a restart
 //! (an event whose ack was lost is fanned out again, and the restarted server's duplicate
 //! window no longer knows job ids whose messages were already acked and deleted). Either
-//! way it carries the same job id (`Nats-Msg-Id`), and ringing a phone twice for one call
-//! is a bug users see.
+//! way it is the same job (event id and device token; its `Nats-Msg-Id` may differ, see
+//! [`crate::nats::publish_stored`]), and ringing a phone twice for one call is a bug users
+//! see.
 //!
-//! The memory is per replica (the 64-bit hash of the job id → its deadline), checked
+//! The memory is per replica (a 64-bit hash of event id and token → the deadline), checked
 //! before every send, and an entry is forgotten once its deadline has passed, since a job
 //! past its deadline is dropped anyway. It costs one hash lookup per job and about 40
 //! bytes per job whose deadline has not passed (60 s of calls at 7,500 pushes/s is ~18
@@ -58,18 +59,19 @@ impl Default for DeliveredJobs {
 }
 
 impl DeliveredJobs {
-    fn key(&self, job_id: &str) -> u64 {
-        self.hasher.hash_one(job_id)
+    /// The memory's key for the job of `event_id` to `token`.
+    pub fn key(&self, event_id: &str, token: &str) -> u64 {
+        self.hasher.hash_one((event_id, token))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Claims `job_id` for sending: [`Seen::New`] means the caller now owns it (in flight)
-    /// and must call [`DeliveredJobs::delivered`] or [`DeliveredJobs::released`].
-    pub fn claim(&self, job_id: &str, deadline_ms: u64, now_ms: u64) -> Seen {
-        let key = self.key(job_id);
+    /// Claims the job with `key` ([`DeliveredJobs::key`]) for sending: [`Seen::New`] means
+    /// the caller now owns it (in flight) and must call [`DeliveredJobs::delivered`] or
+    /// [`DeliveredJobs::released`].
+    pub fn claim(&self, key: u64, deadline_ms: u64, now_ms: u64) -> Seen {
         let mut entries = self.lock();
         self.sweep_if_due(&mut entries, now_ms);
         match entries.get(&key) {
@@ -94,16 +96,14 @@ impl DeliveredJobs {
     }
 
     /// The provider accepted the claimed job.
-    pub fn delivered(&self, job_id: &str) {
-        let key = self.key(job_id);
+    pub fn delivered(&self, key: u64) {
         if let Some(entry) = self.lock().get_mut(&key) {
             entry.delivered = true;
         }
     }
 
     /// The claimed job was not delivered (it will be retried, or is settled otherwise).
-    pub fn released(&self, job_id: &str) {
-        let key = self.key(job_id);
+    pub fn released(&self, key: u64) {
         let mut entries = self.lock();
         if entries.get(&key).is_some_and(|e| !e.delivered) {
             entries.remove(&key);
@@ -140,32 +140,40 @@ mod tests {
     #[test]
     fn a_delivered_job_is_not_sent_again_before_its_deadline() {
         let memory = DeliveredJobs::default();
-        assert_eq!(memory.claim("e1:t1", 1_000, 10), Seen::New);
-        assert_eq!(memory.claim("e1:t1", 1_000, 20), Seen::InFlight);
-        memory.delivered("e1:t1");
-        assert_eq!(memory.claim("e1:t1", 1_000, 30), Seen::Delivered);
-        assert_eq!(memory.claim("e1:t2", 1_000, 30), Seen::New);
+        let job = memory.key("e1", "t1");
+        assert_eq!(memory.claim(job, 1_000, 10), Seen::New);
+        assert_eq!(memory.claim(job, 1_000, 20), Seen::InFlight);
+        memory.delivered(job);
+        assert_eq!(memory.claim(job, 1_000, 30), Seen::Delivered);
+        assert_eq!(memory.claim(memory.key("e1", "t2"), 1_000, 30), Seen::New);
+        assert_eq!(memory.claim(memory.key("e2", "t1"), 1_000, 30), Seen::New);
     }
 
     #[test]
     fn a_released_job_can_be_claimed_again() {
         let memory = DeliveredJobs::default();
-        assert_eq!(memory.claim("e1:t1", 1_000, 10), Seen::New);
-        memory.released("e1:t1");
-        assert_eq!(memory.claim("e1:t1", 1_000, 20), Seen::New);
+        let job = memory.key("e1", "t1");
+        assert_eq!(memory.claim(job, 1_000, 10), Seen::New);
+        memory.released(job);
+        assert_eq!(memory.claim(job, 1_000, 20), Seen::New);
     }
 
     #[test]
     fn entries_past_their_deadline_are_forgotten_and_swept() {
         let memory = DeliveredJobs::default();
         for n in 0..2_000 {
-            let id = format!("e{n}");
-            assert_eq!(memory.claim(&id, 100, 10), Seen::New);
-            memory.delivered(&id);
+            let job = memory.key(&format!("e{n}"), "t");
+            assert_eq!(memory.claim(job, 100, 10), Seen::New);
+            memory.delivered(job);
         }
-        assert_eq!(memory.claim("e1", 100, 200), Seen::New, "past its deadline");
+        let first = memory.key("e1", "t");
+        assert_eq!(
+            memory.claim(first, 100, 200),
+            Seen::New,
+            "past its deadline"
+        );
         for n in 0..2_000 {
-            memory.claim(&format!("late{n}"), 10_000, 300);
+            memory.claim(memory.key(&format!("late{n}"), "t"), 10_000, 300);
         }
         assert!(memory.len() <= 2_100, "{} entries", memory.len());
     }

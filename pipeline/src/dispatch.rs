@@ -105,9 +105,10 @@ impl<P: Provider> Dispatch<P> {
         }
     }
 
-    /// Sends `job` unless it was delivered already, bounding the wait by its deadline.
-    /// `None` when the deadline came first (the request is cancelled).
-    async fn send_once(&self, job: &PushJob, job_id: &str, now: u64) -> Option<Verdict> {
+    /// Sends the claimed `job`, waiting no longer than its deadline, and records a
+    /// delivery (or releases the claim). `None` when the deadline came first (the request
+    /// is cancelled).
+    async fn send_once(&self, job: &PushJob, job_id: u64, now: u64) -> Option<Verdict> {
         let left = Duration::from_millis(job.deadline_ms.saturating_sub(now));
         let started = Instant::now();
         let verdict = tokio::time::timeout(left, self.provider.send(job))
@@ -204,12 +205,8 @@ impl<P: Provider> Handler for Dispatch<P> {
             self.expired(app);
             return Outcome::Ack;
         }
-        let job_id = delivery
-            .headers
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|id| id.as_str().to_owned())
-            .unwrap_or_else(|| format!("{}:{}", job.event_id, job.token));
-        match self.delivered.claim(&job_id, job.deadline_ms, now) {
+        let job_id = self.delivered.key(&job.event_id, &job.token);
+        match self.delivered.claim(job_id, job.deadline_ms, now) {
             Seen::New => {}
             Seen::Delivered => {
                 self.count(app, "duplicate", "already_delivered");
@@ -225,7 +222,7 @@ impl<P: Provider> Handler for Dispatch<P> {
                 };
             }
         }
-        let Some(verdict) = self.send_once(&job, &job_id, now).await else {
+        let Some(verdict) = self.send_once(&job, job_id, now).await else {
             tracing::info!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), "no provider answer before the deadline; cancelled");
             self.expired(app);
             return Outcome::Ack;

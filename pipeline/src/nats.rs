@@ -131,6 +131,26 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_without_a_sequence_proves_nothing() {
+        let ack = |sequence, duplicate| async_nats::jetstream::publish::PublishAck {
+            stream: "EVENTS".into(),
+            sequence,
+            domain: String::new(),
+            duplicate,
+            value: None,
+        };
+        assert!(ack_proves_stored(&ack(7, false)));
+        assert!(
+            ack_proves_stored(&ack(7, true)),
+            "a duplicate of a stored message"
+        );
+        assert!(
+            !ack_proves_stored(&ack(0, true)),
+            "staged, maybe never stored"
+        );
+    }
+
+    #[test]
     fn a_bad_seed_is_named() {
         let error =
             seed_servers("nats://127.0.0.1:4222,nats://host:notaport").expect_err("bad port");
@@ -139,4 +159,63 @@ mod tests {
             "{error}"
         );
     }
+}
+
+/// Why [`publish_stored`] could not store a message.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The publish, or waiting for its ack, failed.
+    #[error("JetStream publish failed: {0}")]
+    Publish(String),
+    /// Every id tried was answered as an unconfirmed duplicate.
+    #[error("JetStream kept answering `duplicate` without a sequence for `{0}`")]
+    Unconfirmed(String),
+}
+
+/// How many derived ids [`publish_stored`] tries after an unconfirmed duplicate.
+const DERIVED_IDS: u32 = 3;
+
+/// Whether an ack proves the message is in the stream. nats-server before 2.11 stages a
+/// message id with sequence 0 when a publish is proposed; when a leader election drops
+/// the proposal, every later publish with that id is answered `duplicate` with sequence 0
+/// until the duplicate window has passed, although nothing was stored (fixed upstream in
+/// nats-server 2.11). Such an answer is no proof.
+pub fn ack_proves_stored(ack: &async_nats::jetstream::publish::PublishAck) -> bool {
+    !(ack.duplicate && ack.sequence == 0)
+}
+
+/// Publishes `payload` with `Nats-Msg-Id: msg_id` (and `headers`) and waits for the ack,
+/// until the ack proves the message is stored ([`ack_proves_stored`]). After an
+/// unconfirmed duplicate it publishes again under a derived id (`<msg_id>~1`, `~2`, …):
+/// if the first copy was stored after all, the stream then holds the message twice, which
+/// is what every consumer already handles (events fan out to the same job ids, and
+/// dispatchers never send a delivered job again), while a message lost to the election
+/// would be a call that never rings.
+pub async fn publish_stored(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &bytes::Bytes,
+) -> Result<async_nats::jetstream::publish::PublishAck, StoreError> {
+    use async_nats::jetstream::message::PublishMessage;
+    let mut id = std::borrow::Cow::Borrowed(msg_id);
+    for derived in 1..=DERIVED_IDS + 1 {
+        let mut message = PublishMessage::build().payload(payload.clone());
+        if let Some(headers) = headers {
+            message = message.headers(headers.clone());
+        }
+        let ack = js
+            .send_publish(subject.to_owned(), message.message_id(id.as_ref()))
+            .await
+            .map_err(|e| StoreError::Publish(e.to_string()))?
+            .await
+            .map_err(|e| StoreError::Publish(e.to_string()))?;
+        if ack_proves_stored(&ack) {
+            return Ok(ack);
+        }
+        tracing::warn!(msg_id = %id, "JetStream answered an unconfirmed duplicate; publishing under a derived id");
+        id = format!("{msg_id}~{derived}").into();
+    }
+    Err(StoreError::Unconfirmed(msg_id.to_owned()))
 }

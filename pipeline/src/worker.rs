@@ -282,8 +282,12 @@ async fn while_working<F: Future>(
         tokio::select! {
             output = &mut work => return output,
             _ = tick.tick() => {
-                if let Err(error) = message.ack_with(AckKind::Progress).await {
-                    tracing::debug!(%error, "cannot signal progress");
+                // Bounded, so a client that cannot send right now never stalls the work.
+                let signal = message.ack_with(AckKind::Progress);
+                match tokio::time::timeout(Duration::from_millis(100), signal).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::debug!(%error, "cannot signal progress"),
+                    Err(_) => tracing::debug!("progress signal not sent within 100 ms"),
                 }
             }
         }
@@ -355,7 +359,12 @@ impl Shared {
             .info()
             .map(|i| (i.stream_sequence, i.delivered.max(1) as u64))
             .unwrap_or((0, 1));
-        let made = self.attempts.made(sequence);
+        // A first delivery has no tries behind it: the common case takes no lock.
+        let made = if delivered > 1 {
+            self.attempts.made(sequence)
+        } else {
+            0
+        };
         let attempt = made + 1;
         let in_flight = self.metrics.worker_in_flight.with_label_values(&[stage]);
         in_flight.inc();
@@ -385,7 +394,7 @@ impl Shared {
             _ => made,
         };
         let outcome = settle_rule(outcome, tries, self.max_attempts);
-        if !matches!(outcome, Outcome::Retry { .. }) {
+        if made > 0 && !matches!(outcome, Outcome::Retry { .. }) {
             self.attempts.settled(sequence);
         }
         self.settle(&message, tries.max(1), outcome).await;

@@ -15,7 +15,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use async_nats::jetstream::message::PublishMessage;
 use futures::future::join_all;
 use pipeline::config::WorkerConfig;
 use pipeline::contract::{Class, Event, Platform, PushJob, VERSION, now_ms};
@@ -119,22 +118,25 @@ impl Fanout {
     }
 
     async fn publish_jobs(&self, event: &Event, devices: &[&Device]) -> Result<(), String> {
+        let headers = event.trace_id.as_deref().map(|trace| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Pushline-Trace-Id", trace);
+            headers
+        });
+        let headers = &headers;
         let sends = devices.iter().map(|device| async move {
             let job = job(event, device);
             let body = serde_json::to_vec(&job).map_err(|e| e.to_string())?;
-            let mut message = PublishMessage::build()
-                .payload(body.into())
-                .message_id(job_id(&event.id, &device.token));
-            if let Some(trace) = &event.trace_id {
-                message = message.header("Pushline-Trace-Id", trace.as_str());
-            }
             let subject = self.topology.push_subject(job.platform, job.environment);
-            let ack = self
-                .js
-                .send_publish(subject, message)
-                .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map_err(|e| e.to_string())?;
+            pipeline::nats::publish_stored(
+                &self.js,
+                &subject,
+                &job_id(&event.id, &device.token),
+                headers.as_ref(),
+                &body.into(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             self.metrics
                 .fanout_jobs
                 .with_label_values(&[job.platform.as_str(), job.class.as_str()])

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::servers::{
-    free_port, locate, nats_probe, redis_probe, require, spawn_nats_with, spawn_redis, unique_name,
-    wait_listening,
+    free_port, locate, nats_probe, redis_probe, require, respawn_on, spawn_nats_with, spawn_redis,
+    unique_name, wait_listening,
 };
 
 /// One node of a [`NatsCluster`].
@@ -25,24 +25,10 @@ struct NatsNode {
 
 impl NatsNode {
     fn spawn(&mut self) {
-        let probe = nats_probe(&self.name);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut child = spawn_nats_with(self.port, &self.store, &self.name, &self.args);
-            if wait_listening(&mut child, self.port, &probe) {
-                self.child = Some(child);
-                return;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} did not start on port {}",
-                self.name,
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (port, store, name, args) = (self.port, &self.store, &self.name, &self.args);
+        self.child = Some(respawn_on(port, &nats_probe(name), name, || {
+            spawn_nats_with(port, store, name, args)
+        }));
     }
 
     fn kill(&mut self) {

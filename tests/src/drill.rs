@@ -348,6 +348,18 @@ async fn report(drill: &str, stack: &Stack, calls: Vec<Call>, fault: (u64, u64))
         .max()
         .unwrap_or(0);
     report.dead_letters = stack.env.stream_messages(StreamKind::Dead).await.len();
+    if report.lost > 0 {
+        let lost_apns = accepted
+            .keys()
+            .filter(|id| !per_device.contains_key(&(true, id.to_string())))
+            .count();
+        let lost_fcm = accepted
+            .keys()
+            .filter(|id| !per_device.contains_key(&(false, id.to_string())))
+            .count();
+        eprintln!("drill {drill}: lost {lost_apns} APNs and {lost_fcm} FCM pushes");
+        eprintln!("{}", jetstream_state(stack).await);
+    }
     for dispatcher in [stack.apns(), &stack.fcm] {
         report.second_rings_stopped += dispatcher
             .metrics()
@@ -360,6 +372,63 @@ async fn report(drill: &str, stack: &Stack, calls: Vec<Call>, fault: (u64, u64))
             .sum::<u64>();
     }
     report
+}
+
+/// Where messages sit: every stream's count and every consumer's pending, ack-pending
+/// and redelivered counts and floors (printed when a drill lost something).
+async fn jetstream_state(stack: &Stack) -> String {
+    use pipeline::topology::ConsumerKind;
+    let connected = match pipeline::nats::seed_servers(&stack.configs.registry.nats.url) {
+        Ok(servers) => async_nats::connect(servers)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let client = match connected {
+        Ok(client) => client,
+        Err(e) => return format!("cannot connect to NATS for diagnostics: {e}"),
+    };
+    let js = async_nats::jetstream::new(client);
+    let topology = stack.env.topology();
+    let mut out = String::new();
+    for kind in StreamKind::ALL {
+        let name = topology.stream_name(kind);
+        match js.get_stream(&name).await {
+            Ok(stream) => {
+                let state = &stream.cached_info().state;
+                out += &format!(
+                    "stream {name}: {} messages, first {} last {}\n",
+                    state.messages, state.first_sequence, state.last_sequence
+                );
+            }
+            Err(e) => out += &format!("stream {name}: {e}\n"),
+        }
+    }
+    for kind in [
+        ConsumerKind::Fanout,
+        ConsumerKind::DispatchApns,
+        ConsumerKind::DispatchFcm,
+    ] {
+        let stream = topology.stream_name(kind.stream());
+        let Ok(s) = js.get_stream(&stream).await else {
+            continue;
+        };
+        match s.consumer_info(kind.durable_name()).await {
+            Ok(info) => {
+                out += &format!(
+                    "consumer {stream}/{}: pending {}, ack pending {}, redelivered {}, delivered stream seq {}, ack floor stream seq {}\n",
+                    kind.durable_name(),
+                    info.num_pending,
+                    info.num_ack_pending,
+                    info.num_redelivered,
+                    info.delivered.stream_sequence,
+                    info.ack_floor.stream_sequence
+                )
+            }
+            Err(e) => out += &format!("consumer {stream}/{}: {e}\n", kind.durable_name()),
+        }
+    }
+    out
 }
 
 /// Points every service at a NATS cluster with three replicas per stream.

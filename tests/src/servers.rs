@@ -126,6 +126,30 @@ pub(crate) fn start_on_free_port(
     panic!("{name} did not start on any of 8 ports");
 }
 
+/// Starts a server on a port it must have (a restart, a cluster node whose peers know
+/// the port), retrying for up to 10 s while the port is still held by its predecessor.
+pub(crate) fn respawn_on(
+    port: u16,
+    probe: &Probe,
+    name: &str,
+    mut spawn: impl FnMut() -> Child,
+) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut child = spawn();
+        if wait_listening(&mut child, port, probe) {
+            return child;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits (up to 10 s) for `port` to answer `probe`; false if the child exited first.
 pub(crate) fn wait_listening(child: &mut Child, port: u16, probe: &Probe) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -209,23 +233,10 @@ impl NatsServer {
     /// Starts it again on the same port with the same store.
     pub fn restart(&mut self) {
         self.stop();
-        let probe = nats_probe(&self.name);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut child = spawn_nats(self.port, self.dir.path(), &self.name);
-            if wait_listening(&mut child, self.port, &probe) {
-                self.child = Some(child);
-                return;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not restart on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (port, dir, name) = (self.port, self.dir.path(), &self.name);
+        self.child = Some(respawn_on(port, &nats_probe(name), name, || {
+            spawn_nats(port, dir, name)
+        }));
     }
 }
 
@@ -360,23 +371,10 @@ impl RedisServer {
     /// turned persistence on: `--appendonly yes`).
     pub fn restart(&mut self) {
         self.stop();
-        let probe = redis_probe(&self.name);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut child = spawn_redis(self.port, self.dir.path(), &self.name, &self.extra);
-            if wait_listening(&mut child, self.port, &probe) {
-                self.child = Some(child);
-                return;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not restart on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (port, dir, name, extra) = (self.port, self.dir.path(), &self.name, &self.extra);
+        self.child = Some(respawn_on(port, &redis_probe(name), name, || {
+            spawn_redis(port, dir, name, extra)
+        }));
     }
 }
 
