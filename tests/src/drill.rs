@@ -557,6 +557,32 @@ async fn redis_cluster(scale: Scale) -> Report {
     }
     let end = now_ms();
     let calls = load.finish().await;
+    // Every moved token ends with exactly one person, across slots.
+    let http = reqwest::Client::new();
+    let mut holders: HashMap<String, usize> = HashMap::new();
+    for mover in 0..7 {
+        let url = stack
+            .registry
+            .url(&format!("/v1/persons/drill-mover-{mover}/devices"));
+        let devices: serde_json::Value = http
+            .get(url)
+            .bearer_auth(crate::services::API_KEY)
+            .send()
+            .await
+            .expect("list devices")
+            .json()
+            .await
+            .expect("devices JSON");
+        for device in devices["devices"].as_array().into_iter().flatten() {
+            if let Some(token) = device["token"].as_str() {
+                *holders.entry(token.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    assert!(
+        holders.len() == moves.min(10) as usize && holders.values().all(|n| *n == 1),
+        "moved tokens and how many persons hold each: {holders:?}"
+    );
     report("redis-cluster", &stack, calls, (start, end)).await
 }
 

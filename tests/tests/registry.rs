@@ -606,3 +606,85 @@ async fn registrations_expire_unless_refreshed_within_the_ttl() {
     );
     assert_eq!(store.owner(&apns_token(1)).await.expect("owner"), None);
 }
+
+#[tokio::test]
+async fn an_interrupted_move_is_finished_by_the_next_operation_on_the_token() {
+    use registry::store::{Channel, DeviceAttrs, Policy, Store, token_key};
+    let env = Env::start();
+    let config = env.registry_config();
+    let store = Store::new(
+        registry::connect_redis(&config.redis).expect("redis"),
+        config.redis.prefix.clone(),
+        Policy {
+            max_devices_per_person: 10,
+            ttl: Duration::from_secs(3_600),
+        },
+    );
+    let attrs = DeviceAttrs {
+        platform: Platform::Apns,
+        channel: Channel::Voip,
+        app: APNS_APP.into(),
+        environment: Environment::Production,
+        e2e_key: None,
+    };
+    let now = pipeline::contract::now_ms();
+    let tokens_of = |person: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .devices(person, now)
+                .await
+                .expect("devices")
+                .into_iter()
+                .map(|d| d.token)
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut redis = redis::Client::open(env.redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let interrupt_move_to_bob = |token: String| {
+        // What a crash right after the first step of moving `token` from alice to bob
+        // leaves: the index records the intent, alice still holds the token.
+        redis::cmd("SET")
+            .arg(token_key(&config.redis.prefix, &token))
+            .arg("bob\nalice")
+            .to_owned()
+    };
+
+    // A registration repeats the move and finishes it.
+    store
+        .register(&apns_token(1), "alice", &attrs, now)
+        .await
+        .expect("register");
+    let () = interrupt_move_to_bob(apns_token(1))
+        .query_async(&mut redis)
+        .await
+        .expect("set");
+    store
+        .register(&apns_token(1), "bob", &attrs, now)
+        .await
+        .expect("register again");
+    assert_eq!(tokens_of("alice").await, Vec::<String>::new());
+    assert_eq!(tokens_of("bob").await, vec![apns_token(1)]);
+    assert_eq!(
+        store.owner(&apns_token(1)).await.expect("owner"),
+        Some("bob".into())
+    );
+
+    // A deletion removes the token from everyone the index names.
+    store
+        .register(&apns_token(2), "alice", &attrs, now)
+        .await
+        .expect("register");
+    let () = interrupt_move_to_bob(apns_token(2))
+        .query_async(&mut redis)
+        .await
+        .expect("set");
+    store.remove(&apns_token(2)).await.expect("remove");
+    assert!(!tokens_of("alice").await.contains(&apns_token(2)));
+    assert!(!tokens_of("bob").await.contains(&apns_token(2)));
+    assert_eq!(store.owner(&apns_token(2)).await.expect("owner"), None);
+}
