@@ -210,15 +210,25 @@ impl SentinelPrimary {
         }
     }
 
-    async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
-        let mut manager = self.manager().await?;
-        match manager.req_packed_command(cmd).await {
+    /// Sends with `send` on the primary; when a failover explains the error and the
+    /// sentinels name a new primary, sends once more there.
+    async fn on_primary<T, F, Fut>(&self, send: F) -> RedisResult<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        match send(self.manager().await?).await {
             Err(error) if failover_explains(&error) => match self.follow().await {
-                Ok((mut moved, true)) => moved.req_packed_command(cmd).await,
+                Ok((moved, true)) => send(moved).await,
                 _ => Err(error),
             },
             other => other,
         }
+    }
+
+    async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
+        self.on_primary(|mut manager| async move { manager.req_packed_command(cmd).await })
+            .await
     }
 
     async fn pipeline(
@@ -227,14 +237,10 @@ impl SentinelPrimary {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
-        let mut manager = self.manager().await?;
-        match manager.req_packed_commands(cmd, offset, count).await {
-            Err(error) if failover_explains(&error) => match self.follow().await {
-                Ok((mut moved, true)) => moved.req_packed_commands(cmd, offset, count).await,
-                _ => Err(error),
-            },
-            other => other,
-        }
+        self.on_primary(|mut manager| async move {
+            manager.req_packed_commands(cmd, offset, count).await
+        })
+        .await
     }
 }
 

@@ -549,11 +549,12 @@ async fn readyz_fails_when_redis_is_down() {
     assert_eq!(response.status(), 503);
 }
 
-#[tokio::test]
-async fn registrations_expire_unless_refreshed_within_the_ttl() {
+/// A store on the test's Redis (at most 10 devices, one hour's TTL) and the attributes
+/// of an iOS VoIP device.
+fn store_with_an_hour_ttl(
+    config: &registry::config::Config,
+) -> (registry::store::Store, registry::store::DeviceAttrs) {
     use registry::store::{Channel, DeviceAttrs, Policy, Store};
-    let env = Env::start();
-    let config = env.registry_config();
     let store = Store::new(
         registry::connect_redis(&config.redis).expect("redis"),
         config.redis.prefix.clone(),
@@ -569,6 +570,14 @@ async fn registrations_expire_unless_refreshed_within_the_ttl() {
         environment: Environment::Production,
         e2e_key: None,
     };
+    (store, attrs)
+}
+
+#[tokio::test]
+async fn registrations_expire_unless_refreshed_within_the_ttl() {
+    let env = Env::start();
+    let config = env.registry_config();
+    let (store, attrs) = store_with_an_hour_ttl(&config);
     let t0 = 1_700_000_000_000u64;
     let hour = 3_600_000u64;
     store
@@ -609,24 +618,10 @@ async fn registrations_expire_unless_refreshed_within_the_ttl() {
 
 #[tokio::test]
 async fn an_interrupted_move_is_finished_by_the_next_operation_on_the_token() {
-    use registry::store::{Channel, DeviceAttrs, Policy, Store, token_key};
+    use registry::store::token_key;
     let env = Env::start();
     let config = env.registry_config();
-    let store = Store::new(
-        registry::connect_redis(&config.redis).expect("redis"),
-        config.redis.prefix.clone(),
-        Policy {
-            max_devices_per_person: 10,
-            ttl: Duration::from_secs(3_600),
-        },
-    );
-    let attrs = DeviceAttrs {
-        platform: Platform::Apns,
-        channel: Channel::Voip,
-        app: APNS_APP.into(),
-        environment: Environment::Production,
-        e2e_key: None,
-    };
+    let (store, attrs) = store_with_an_hour_ttl(&config);
     let now = pipeline::contract::now_ms();
     let tokens_of = |person: &'static str| {
         let store = store.clone();
