@@ -110,14 +110,10 @@ impl DeliveredJobs {
         }
     }
 
-    /// Jobs remembered now (for tests and the benchmark).
-    pub fn len(&self) -> usize {
+    /// Jobs remembered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// True when nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Drops entries past their deadline whenever the map has doubled since the last

@@ -92,11 +92,6 @@ impl NatsCluster {
             .join(",")
     }
 
-    /// Node `n`'s server name.
-    pub fn name(&self, n: usize) -> &str {
-        &self.nodes[n].name
-    }
-
     /// The index of the node named `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)

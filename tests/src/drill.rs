@@ -9,7 +9,7 @@
 //!
 //! | drill | fault |
 //! |---|---|
-//! | `nats-node` | three-node JetStream cluster (R3): `kill -9` of a node that leads no stream, restarted later |
+//! | `nats-node` | three-node JetStream cluster (R3): `kill -9` of a node that is not the `EVENTS` leader (it may lead other streams and consumers), restarted later |
 //! | `nats-leader` | the same cluster: `kill -9` of the `EVENTS` stream leader, restarted later |
 //! | `nats-restart` | single nats-server: `kill -9`, down for the fault time, restarted |
 //! | `redis-sentinel` | Redis primary + replica + 3 sentinels: `kill -9` of the primary |
