@@ -13,7 +13,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use pipeline::contract::{ApnsPart, ApnsPushType, Class, Event, FcmPart, FcmPriority, VERSION};
+use pipeline::contract::{
+    ApnsPart, ApnsPushType, Class, Event, FCM_DATA_MAX_BYTES, FcmPart, FcmPriority, VERSION,
+    apns_max_bytes,
+};
+use pipeline::jwe;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -52,6 +56,10 @@ pub struct NotifyRequest<'a> {
     pub deadline_ms: Option<u64>,
     /// The producer's key for this notification; a retry with the same key is stored once.
     pub idempotency_key: String,
+    /// Encrypt the payload for each device with the device's registered key (JWE, see
+    /// `docs/providers.md`); devices without a key get nothing.
+    #[serde(default)]
+    pub encrypt: bool,
 }
 
 /// `apns`.
@@ -165,12 +173,12 @@ pub fn events(
     let apns = request
         .apns
         .as_ref()
-        .map(|a| apns_part(a, request.class))
+        .map(|a| apns_part(a, request.class, request.encrypt))
         .transpose()?;
     let fcm = request
         .fcm
         .as_ref()
-        .map(|f| fcm_part(f, request.class))
+        .map(|f| fcm_part(f, request.class, request.encrypt))
         .transpose()?;
     Ok(request
         .person_ids
@@ -188,11 +196,12 @@ pub fn events(
             apns: apns.clone(),
             fcm: fcm.clone(),
             trace_id: trace_id.clone(),
+            encrypt: request.encrypt,
         })
         .collect())
 }
 
-fn apns_part(a: &ApnsRequest<'_>, class: Class) -> Result<ApnsPart, Unacceptable> {
+fn apns_part(a: &ApnsRequest<'_>, class: Class, encrypt: bool) -> Result<ApnsPart, Unacceptable> {
     if !a.payload.get().starts_with('{') {
         return Err(bad("`apns.payload` must be a JSON object"));
     }
@@ -205,16 +214,21 @@ fn apns_part(a: &ApnsRequest<'_>, class: Class) -> Result<ApnsPart, Unacceptable
         // iOS terminates apps that receive a VoIP push without reporting a call.
         return Err(bad("`apns.push_type` voip is only for class call"));
     }
-    let limit = if push_type == ApnsPushType::Voip {
-        5_120
-    } else {
-        4_096
-    };
+    let limit = apns_max_bytes(push_type);
     if a.payload.get().len() > limit {
         return Err(bad(format!(
             "`apns.payload` is over APNs' {limit} bytes for {}",
             push_type.as_str()
         )));
+    }
+    if encrypt {
+        let sealed = jwe::apns_envelope_len(a.payload, jwe::MAX_KID).map_err(bad)?;
+        if sealed > limit {
+            return Err(bad(format!(
+                "`apns.payload` is over APNs' {limit} bytes for {} once encrypted ({sealed} bytes)",
+                push_type.as_str()
+            )));
+        }
     }
     let priority = a
         .priority
@@ -238,12 +252,20 @@ fn apns_part(a: &ApnsRequest<'_>, class: Class) -> Result<ApnsPart, Unacceptable
     })
 }
 
-fn fcm_part(f: &FcmRequest<'_>, class: Class) -> Result<FcmPart, Unacceptable> {
+fn fcm_part(f: &FcmRequest<'_>, class: Class, encrypt: bool) -> Result<FcmPart, Unacceptable> {
     if !f.data.get().starts_with('{') {
         return Err(bad("`fcm.data` must be a JSON object"));
     }
-    if f.data.get().len() > 4_096 {
-        return Err(bad("`fcm.data` is over FCM's 4096 bytes"));
+    if f.data.get().len() > FCM_DATA_MAX_BYTES {
+        return Err(bad(format!(
+            "`fcm.data` is over FCM's {FCM_DATA_MAX_BYTES} bytes"
+        )));
+    }
+    let sealed = jwe::fcm_envelope_len(f.data, jwe::MAX_KID);
+    if encrypt && sealed > FCM_DATA_MAX_BYTES {
+        return Err(bad(format!(
+            "`fcm.data` is over FCM's {FCM_DATA_MAX_BYTES} bytes once encrypted ({sealed} bytes)"
+        )));
     }
     if f.collapse_key
         .as_ref()

@@ -139,6 +139,7 @@ pub fn normalise(
         apns: None,
         fcm: None,
         trace_id: trace_id.clone(),
+        encrypt: false,
     };
     let call_deadline = now_ms + config.call_ttl_secs * 1000;
     let max_deadline = now_ms + config.max_ttl_secs * 1000;

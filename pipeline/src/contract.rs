@@ -125,6 +125,26 @@ pub struct Event {
     /// The producer's trace id (e.g. Webex `TrackingID`), for correlating logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The producer asked for every device's payload to be encrypted with the device's
+    /// key (see [`crate::jwe`]); devices without a key get nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypt: bool,
+}
+
+/// Largest APNs body for a VoIP push, bytes.
+pub const APNS_VOIP_MAX_BYTES: usize = 5_120;
+/// Largest APNs body for every other push, bytes.
+pub const APNS_MAX_BYTES: usize = 4_096;
+/// Largest FCM `data` map, bytes (as pushline counts it: its JSON).
+pub const FCM_DATA_MAX_BYTES: usize = 4_096;
+
+/// The APNs body limit for `push_type`.
+pub fn apns_max_bytes(push_type: ApnsPushType) -> usize {
+    if push_type == ApnsPushType::Voip {
+        APNS_VOIP_MAX_BYTES
+    } else {
+        APNS_MAX_BYTES
+    }
 }
 
 /// Push provider.

@@ -9,6 +9,7 @@
 //! - [`provider_http`]: the HTTP/2 client dispatchers use to reach APNs and FCM.
 //! - [`worker`]: the one JetStream consumer loop (bounded concurrency, ack/nak/dead-letter).
 //! - [`retry`]: the retry-delay function.
+//! - [`jwe`]: per-device payload encryption (JWE `dir` + `A256GCM`) and its envelopes.
 //! - [`json`]: structural limits (nesting depth) checked before parsing.
 //! - [`dispatch`]: the provider trait and the handler both dispatchers share.
 //! - [`delivered`]: a dispatcher's memory of jobs already delivered (no second ring).
@@ -25,6 +26,7 @@ pub mod contract;
 pub mod delivered;
 pub mod dispatch;
 pub mod json;
+pub mod jwe;
 pub mod metrics;
 pub mod nats;
 pub mod operate;

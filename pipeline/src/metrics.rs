@@ -42,9 +42,14 @@ pub struct Metrics {
     pub fanout_events: IntCounterVec,
     /// `pushline_fanout_jobs_total{platform,class}`: push jobs published.
     pub fanout_jobs: IntCounterVec,
+    /// `pushline_fanout_skipped_total{platform,reason}`: devices an event was not sent to
+    /// because it had to be encrypted and could not be (`no_key`, `key_unreadable`,
+    /// `too_large`).
+    pub fanout_skipped: IntCounterVec,
     /// `pushline_device_operations_total{operation,outcome}` on the device API.
     pub device_operations: IntCounterVec,
-    /// `pushline_devices_removed_total{reason}` (`evicted`, `expired`, `moved`, `pruned`, `deleted`).
+    /// `pushline_devices_removed_total{reason}` (`evicted`, `expired`, `replaced`, `moved`,
+    /// `pruned`, `deleted`).
     pub devices_removed: IntCounterVec,
     /// `pushline_feedback_total{platform,outcome}` (`pruned`, `kept_reregistered`, `unknown_token`).
     pub feedback: IntCounterVec,
@@ -158,6 +163,12 @@ impl Metrics {
                 "pushline_fanout_jobs_total",
                 "Push jobs published by the fan-out.",
                 &["platform", "class"],
+            ),
+            fanout_skipped: counter(
+                &r,
+                "pushline_fanout_skipped_total",
+                "Devices an event was not sent to because its payload had to be encrypted and could not be.",
+                &["platform", "reason"],
             ),
             device_operations: counter(
                 &r,

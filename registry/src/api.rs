@@ -7,17 +7,19 @@
 //! - `POST /register`, `DELETE /register/{device_token}`: the Webex sample push server's
 //!   API, which mobile samples already call.
 
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router, middleware};
 use pipeline::contract::{Environment, Platform, now_ms};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
+use crate::config::DeviceLimit;
 use crate::error::ApiError;
-use crate::store::{Channel, DeviceAttrs, Registered};
+use crate::store::{Channel, Device, DeviceAttrs, Registered, Rules, SealedKey, token_device_id};
 use crate::{AppState, SERVICE, validate};
 
 /// The public router.
@@ -86,9 +88,116 @@ pub struct PutDevice {
     /// Default from `devices.default_environment`.
     #[serde(default)]
     pub environment: Option<Environment>,
-    /// Optional end-to-end encryption key of the app.
+    /// The device (phone or app install) this token belongs to; tokens sent with the same
+    /// id are one device. Default: the token is a device of its own.
     #[serde(default)]
-    pub e2e_key: Option<String>,
+    pub device_id: Option<String>,
+    /// The device's 256-bit payload-encryption key, base64. Stored sealed, never returned.
+    #[serde(default)]
+    pub e2e_key: Option<pipeline::config::Secret>,
+    /// The key's algorithm: `A256GCM` (the default and the only one).
+    #[serde(default)]
+    pub e2e_algorithm: Option<String>,
+    /// The key id the device will see in every JWE header; default derived from the key.
+    #[serde(default)]
+    pub e2e_kid: Option<String>,
+}
+
+/// A registration as the API shows it: the key appears only as its algorithm and id.
+#[derive(Debug, Serialize)]
+pub struct DeviceView {
+    /// The device the token belongs to.
+    pub device_id: String,
+    /// The provider token.
+    pub token: String,
+    /// The owner (canonical).
+    pub person_id: String,
+    /// Provider.
+    pub platform: Platform,
+    /// Channel.
+    pub channel: Channel,
+    /// App.
+    pub app: String,
+    /// Provider environment.
+    pub environment: Environment,
+    /// The registered payload-encryption key, by algorithm and key id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<KeyView>,
+    /// First registration, ms.
+    pub created_at_ms: u64,
+    /// Last registration, ms.
+    pub updated_at_ms: u64,
+}
+
+/// A key as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct KeyView {
+    /// `A256GCM`.
+    pub algorithm: String,
+    /// The key id.
+    pub kid: String,
+}
+
+impl From<Device> for DeviceView {
+    fn from(device: Device) -> Self {
+        DeviceView {
+            device_id: device.device_id(),
+            e2e: device.attrs.e2e.map(|key| KeyView {
+                algorithm: key.alg,
+                kid: key.kid,
+            }),
+            token: device.token,
+            person_id: device.person_id,
+            platform: device.attrs.platform,
+            channel: device.attrs.channel,
+            app: device.attrs.app,
+            environment: device.attrs.environment,
+            created_at_ms: device.created_at_ms,
+            updated_at_ms: device.updated_at_ms,
+        }
+    }
+}
+
+/// A device key as registered: validated, not yet sealed.
+struct NewKey {
+    key: pipeline::jwe::ContentKey,
+    kid: String,
+}
+
+impl NewKey {
+    fn read(
+        key: Option<pipeline::config::Secret>,
+        algorithm: Option<String>,
+        kid: Option<String>,
+    ) -> Result<Option<NewKey>, ApiError> {
+        let Some(key) = key else {
+            if algorithm.is_some() || kid.is_some() {
+                return Err(ApiError::Invalid(
+                    "`e2e_algorithm` and `e2e_kid` need `e2e_key`".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if let Some(alg) = algorithm.filter(|a| a != pipeline::jwe::ALGORITHM) {
+            return Err(ApiError::Invalid(format!(
+                "`e2e_algorithm` `{}` is not supported; use A256GCM",
+                alg.chars().take(32).collect::<String>()
+            )));
+        }
+        let key = pipeline::jwe::ContentKey::from_base64(key.expose())
+            .map_err(|why| ApiError::Invalid(format!("`e2e_key` {why}")))?;
+        let kid = match kid {
+            Some(kid) if pipeline::jwe::valid_kid(&kid) => kid,
+            Some(_) => {
+                return Err(ApiError::Invalid(format!(
+                    "`e2e_kid` must be 1 to {} characters of A-Z a-z 0-9 . _ - :",
+                    pipeline::jwe::MAX_KID
+                )));
+            }
+            None => key.default_kid(),
+        };
+        Ok(Some(NewKey { key, kid }))
+    }
 }
 
 fn operation(state: &AppState, op: &str, outcome: &str) {
@@ -121,7 +230,8 @@ struct Registration<'a> {
     channel: Channel,
     app: Option<String>,
     environment: Option<Environment>,
-    e2e_key: Option<String>,
+    device_id: String,
+    e2e: Option<NewKey>,
 }
 
 impl AppState {
@@ -154,7 +264,8 @@ impl AppState {
             channel,
             app,
             environment,
-            e2e_key,
+            device_id,
+            e2e,
         } = r;
         validate::token(token_field, platform, token).map_err(ApiError::Invalid)?;
         validate::person_id("person_id", person).map_err(ApiError::Invalid)?;
@@ -166,15 +277,22 @@ impl AppState {
             )));
         }
         validate::app("app", &app).map_err(ApiError::Invalid)?;
-        if e2e_key
-            .as_ref()
-            .is_some_and(|k| k.len() > validate::MAX_E2E_KEY)
-        {
-            return Err(ApiError::Invalid(format!(
-                "`e2e_key` must be at most {} characters",
-                validate::MAX_E2E_KEY
-            )));
-        }
+        let e2e = match e2e {
+            None => None,
+            Some(_) if !self.keyring.can_seal() => {
+                return Err(ApiError::Invalid(
+                    "`e2e_key` is not accepted: this registry has no devices.key_encryption_keys to store it under".into(),
+                ));
+            }
+            Some(NewKey { key, kid }) => Some(SealedKey {
+                alg: pipeline::jwe::ALGORITHM.into(),
+                kid,
+                sealed: self.keyring.seal(token, &key).map_err(|error| {
+                    tracing::error!(%error, "cannot seal a device key");
+                    ApiError::Unavailable
+                })?,
+            }),
+        };
         if platform == Platform::Fcm && channel == Channel::Voip {
             return Err(ApiError::Invalid(
                 "`channel` voip exists only for apns".into(),
@@ -185,9 +303,25 @@ impl AppState {
             channel,
             app,
             environment: environment.unwrap_or(self.devices.default_environment),
-            e2e_key,
+            device_id: Some(device_id),
+            e2e,
         };
-        let registered = self.store.register(token, person, &attrs, now_ms()).await?;
+        let policy = self.devices.policy(&attrs.app);
+        let rules = Rules {
+            multi_user: policy.multi_user,
+            single_device: policy.single_device,
+            refuse_over_limit: policy.device_limit == DeviceLimit::Refuse,
+        };
+        let registered = self
+            .store
+            .register(token, person, &attrs, now_ms(), rules)
+            .await?;
+        if registered.refused {
+            return Err(ApiError::DeviceLimit(format!(
+                "Device limit exceeded: the person already has {} devices; remove one first",
+                self.devices.max_per_person
+            )));
+        }
         if registered.moved_from.is_some() {
             self.metrics
                 .devices_removed
@@ -214,6 +348,14 @@ async fn put_device(
         let principal = state.auth.authenticate(&headers).await?;
         let JsonBody(body) = body?;
         state.require(principal.may_write(&body.person_id), "not_owner")?;
+        let device_id = match body.device_id {
+            Some(id) => {
+                validate::device_id("device_id", &id).map_err(ApiError::Invalid)?;
+                id
+            }
+            None => token_device_id(&token),
+        };
+        let e2e = NewKey::read(body.e2e_key, body.e2e_algorithm, body.e2e_kid)?;
         let channel = body.channel.unwrap_or(match body.platform {
             Platform::Apns => Channel::Voip,
             Platform::Fcm => Channel::Alert,
@@ -227,11 +369,15 @@ async fn put_device(
                 channel,
                 app: body.app,
                 environment: body.environment,
-                e2e_key: body.e2e_key,
+                device_id,
+                e2e,
             })
             .await?;
         let devices = state.store.devices(&body.person_id, now_ms()).await?;
-        let device = devices.into_iter().find(|d| d.token == token);
+        let device = devices
+            .into_iter()
+            .find(|d| d.token == token)
+            .map(DeviceView::from);
         let status = if registered.created {
             StatusCode::CREATED
         } else {
@@ -243,38 +389,66 @@ async fn put_device(
     finish(&state, "register", result)
 }
 
+/// `DELETE /v1/devices/{token}` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Remove the device from this person only (logging out of a shared device). A
+    /// person's own credentials imply it.
+    #[serde(default)]
+    pub person_id: Option<String>,
+}
+
 async fn delete_device(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(token): Path<String>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
         let principal = state.auth.authenticate(&headers).await?;
         validate::any_token("token", &token).map_err(ApiError::Invalid)?;
-        if !principal.may_delete_any() {
-            // A person may delete only their own token; "not yours" and "not there" get
-            // the same answer, so nobody learns whether someone else's token exists.
-            let owner = state.store.owner(&token).await?;
-            if !owner.as_deref().is_some_and(|o| principal.is(o)) {
-                if owner.is_some() {
-                    state
-                        .auth
-                        .refuse("not_owner", ApiError::NotFound("device is not registered"));
+        let Query(query) =
+            query.map_err(|e| ApiError::Invalid(format!("query: {}", e.body_text())))?;
+        if let Some(person) = &query.person_id {
+            validate::person_id("person_id", person).map_err(ApiError::Invalid)?;
+        }
+        // A person may delete only their own registration; "not yours" and "not there"
+        // get the same answer, so nobody learns whether someone else's token exists.
+        let only = match (&query.person_id, principal.may_delete_any()) {
+            (Some(person), true) => Some(person.clone()),
+            (None, true) => None,
+            (named, false) => {
+                let me = principal.person().unwrap_or_default().to_owned();
+                let entry = state.store.index_entry(&token).await?;
+                let mine = named.as_deref().is_none_or(|n| principal.is(n))
+                    && entry
+                        .as_ref()
+                        .is_some_and(|e| e.owners.iter().any(|o| principal.is(o)));
+                if !mine {
+                    if entry.is_some() {
+                        state
+                            .auth
+                            .refuse("not_owner", ApiError::NotFound("device is not registered"));
+                    }
+                    return Err(ApiError::NotFound("device is not registered"));
                 }
-                return Err(ApiError::NotFound("device is not registered"));
+                Some(me)
             }
+        };
+        let removed = match only {
+            Some(person) => state.store.remove_for(&token, &person).await?,
+            None => state.store.remove(&token).await?,
+        };
+        if removed == 0 {
+            return Err(ApiError::NotFound("device is not registered"));
         }
-        match state.store.remove(&token).await? {
-            Some(_) => {
-                state
-                    .metrics
-                    .devices_removed
-                    .with_label_values(&["deleted"])
-                    .inc();
-                Ok(StatusCode::NO_CONTENT)
-            }
-            None => Err(ApiError::NotFound("device is not registered")),
-        }
+        state
+            .metrics
+            .devices_removed
+            .with_label_values(&["deleted"])
+            .inc_by(removed as u64);
+        Ok(StatusCode::NO_CONTENT)
     }
     .await;
     finish(&state, "delete", result)
@@ -289,7 +463,13 @@ async fn list_devices(
         let principal = state.auth.authenticate(&headers).await?;
         validate::person_id("personId", &person).map_err(ApiError::Invalid)?;
         state.require(principal.may_read(&person), "not_owner")?;
-        let devices = state.store.devices(&person, now_ms()).await?;
+        let devices: Vec<DeviceView> = state
+            .store
+            .devices(&person, now_ms())
+            .await?
+            .into_iter()
+            .map(DeviceView::from)
+            .collect();
         Ok(Json(
             serde_json::json!({ "person_id": person, "devices": devices }),
         ))
@@ -339,6 +519,10 @@ pub struct SampleRegister {
     /// The Webex person id.
     #[serde(rename = "personId")]
     pub person_id: String,
+    /// The phone these tokens belong to; default derived from the first token given, so
+    /// the tokens of one call are one device.
+    #[serde(rename = "deviceId", default)]
+    pub device_id: Option<String>,
 }
 
 async fn sample_register(
@@ -382,8 +566,15 @@ async fn sample_register(
         // Validate everything before storing anything.
         validate::person_id("personId", &body.person_id).map_err(ApiError::Invalid)?;
         for (field, token, platform, _) in &present {
-            validate::token(field, *platform, token).map_err(ApiError::Invalid)?;
+            validate::sample_token(field, *platform, token).map_err(ApiError::Invalid)?;
         }
+        let device_id = match body.device_id {
+            Some(id) => {
+                validate::device_id("deviceId", &id).map_err(ApiError::Invalid)?;
+                id
+            }
+            None => token_device_id(present[0].1),
+        };
         let mut registered = Vec::new();
         for (field, token, platform, channel) in present {
             state
@@ -395,13 +586,14 @@ async fn sample_register(
                     channel,
                     app: None,
                     environment: None,
-                    e2e_key: None,
+                    device_id: device_id.clone(),
+                    e2e: None,
                 })
                 .await?;
             registered.push(field);
         }
         Ok(Json(
-            serde_json::json!({ "personId": body.person_id, "registered": registered }),
+            serde_json::json!({ "personId": body.person_id, "deviceId": device_id, "registered": registered }),
         ))
     }
     .await;

@@ -60,6 +60,14 @@ impl Principal {
         }
     }
 
+    /// The person this is, when it is one.
+    pub fn person(&self) -> Option<&str> {
+        match self {
+            Principal::Person { id } => Some(id),
+            _ => None,
+        }
+    }
+
     /// Whether this is `person` themselves.
     pub fn is(&self, person: &str) -> bool {
         matches!(self, Principal::Person { id } if person::same(id, person))

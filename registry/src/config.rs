@@ -1,6 +1,7 @@
 //! Registry configuration. Every field can come from the TOML file or from
 //! `PUSHLINE_<SECTION>__<KEY>` (e.g. `PUSHLINE_REDIS__URL`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use pipeline::config::{ConfigError, NatsConfig, TelemetryConfig, WorkerConfig, parse_addr};
@@ -150,7 +151,8 @@ impl RedisConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DevicesConfig {
-    /// Most devices per person; registering one more evicts the least recently refreshed.
+    /// Most devices per person (a device's tokens count once); what one more does is the
+    /// app's `device_limit`.
     pub max_per_person: usize,
     /// A registration not refreshed within this many seconds expires.
     pub ttl_secs: u64,
@@ -160,6 +162,49 @@ pub struct DevicesConfig {
     pub default_fcm_app: String,
     /// Environment used when a registration names none.
     pub default_environment: Environment,
+    /// Key-encryption keys sealing devices' end-to-end keys at rest: the first seals, all
+    /// open (rotation: put the new one first). Without one, registrations carrying
+    /// `e2e_key` are refused.
+    pub key_encryption_keys: Vec<crate::keyring::KekConfig>,
+    /// Per-app policies, by APNs bundle id or FCM project id; apps not listed get
+    /// [`AppPolicy::default`].
+    pub apps: BTreeMap<String, AppPolicy>,
+}
+
+/// `[devices.apps."<bundle id or project id>"]`: how one app's devices behave.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppPolicy {
+    /// Several persons may hold one device (a shared phone): each receives their pushes,
+    /// and one person logging out removes only that person. Otherwise a device registered
+    /// by a second person moves to them.
+    pub multi_user: bool,
+    /// One device per person: registering a new device removes the person's other
+    /// devices of this app, which stop receiving pushes.
+    pub single_device: bool,
+    /// What a registration beyond `devices.max_per_person` devices does.
+    pub device_limit: DeviceLimit,
+    /// Encrypt every push to this app's devices with the device's key (devices without a
+    /// key get none); otherwise only `/v1/notify` requests with `encrypt: true` are.
+    pub encrypt_payloads: bool,
+}
+
+/// What happens when a person registers one device more than allowed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceLimit {
+    /// The least recently registered device is removed.
+    #[default]
+    EvictOldest,
+    /// The registration is refused with 409 `device_limit`.
+    Refuse,
+}
+
+impl DevicesConfig {
+    /// The policy of `app`.
+    pub fn policy(&self, app: &str) -> AppPolicy {
+        self.apps.get(app).cloned().unwrap_or_default()
+    }
 }
 
 impl Default for DevicesConfig {
@@ -170,6 +215,8 @@ impl Default for DevicesConfig {
             default_apns_app: String::new(),
             default_fcm_app: String::new(),
             default_environment: Environment::Production,
+            key_encryption_keys: Vec::new(),
+            apps: BTreeMap::new(),
         }
     }
 }
@@ -333,6 +380,11 @@ impl Config {
                 "devices.ttl_secs",
                 "must be at least 60",
             ));
+        }
+        crate::keyring::Keyring::from_config(&self.devices.key_encryption_keys)?;
+        for app in self.devices.apps.keys() {
+            crate::validate::app("devices.apps", app)
+                .map_err(|problem| ConfigError::invalid(format!("devices.apps.{app}"), problem))?;
         }
         if !(2..=512).contains(&self.max_json_depth) {
             return Err(ConfigError::invalid("max_json_depth", "must be 2 to 512"));

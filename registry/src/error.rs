@@ -26,6 +26,9 @@ pub enum ApiError {
     /// Not JSON.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// The person is at the device limit and the app refuses new devices.
+    #[error("{0}")]
+    DeviceLimit(String),
     /// Redis failed; details are logged.
     #[error("device store unavailable; retry later")]
     Unavailable,
@@ -41,6 +44,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge => "too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::DeviceLimit(_) => "device_limit",
             ApiError::Unavailable => "unavailable",
         }
     }
@@ -53,6 +57,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::DeviceLimit(_) => StatusCode::CONFLICT,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

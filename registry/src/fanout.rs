@@ -8,6 +8,13 @@
 //! | `call` | channel `voip`, when the event has an APNs part | all, when it has an FCM part |
 //! | `alert`, `background` | channel `alert`, with an APNs part | channel `alert`, with an FCM part |
 //!
+//! When the event asks for encryption, or the device's app policy does
+//! (`encrypt_payloads`), each device's payload is encrypted with that device's key
+//! ([`pipeline::jwe`]) before its job is published: the key never leaves the registry, and
+//! the job carries only ciphertext. Devices that cannot get an encrypted payload (no key,
+//! a key sealed under a KEK no longer configured, a body over the provider's limit once
+//! encrypted) get nothing and are counted in `pushline_fanout_skipped_total`.
+//!
 //! Every job is published with `Nats-Msg-Id = <event id>:<hash of token>`, all jobs of an
 //! event concurrently; the event is acked only when every job is stored. A retry
 //! republishes all of them and JetStream drops the ones it already has.
@@ -17,12 +24,17 @@ use std::time::Duration;
 use async_nats::jetstream::Context;
 use futures::future::join_all;
 use pipeline::config::WorkerConfig;
-use pipeline::contract::{Class, Event, Platform, PushJob, VERSION, now_ms};
+use pipeline::contract::{
+    ApnsPart, Class, Event, FCM_DATA_MAX_BYTES, FcmPart, Platform, PushJob, VERSION,
+    apns_max_bytes, now_ms,
+};
 use pipeline::metrics::Metrics;
 use pipeline::retry::{RetryInput, retry_delay};
 use pipeline::topology::Topology;
 use pipeline::worker::{Delivery, Handler, Outcome};
 
+use crate::config::DevicesConfig;
+use crate::keyring::Keyring;
 use crate::store::{Channel, Device, Store};
 
 /// The fan-out handler.
@@ -39,6 +51,69 @@ pub struct Fanout {
     pub publish_timeout: Duration,
     /// Metrics.
     pub metrics: Metrics,
+    /// App policies (which apps' payloads are encrypted).
+    pub devices: std::sync::Arc<DevicesConfig>,
+    /// Opens devices' sealed keys.
+    pub keyring: std::sync::Arc<Keyring>,
+}
+
+/// Why a device got no encrypted payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The device registered no key.
+    NoKey,
+    /// Its key was sealed under a KEK that is no longer configured, or is damaged.
+    KeyUnreadable,
+    /// The encrypted body is over the provider's limit.
+    TooLarge,
+}
+
+impl Skip {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::NoKey => "no_key",
+            Skip::KeyUnreadable => "key_unreadable",
+            Skip::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Replaces the job's payload with its encryption for the device holding `key`.
+pub fn encrypt_job(
+    job: &mut PushJob,
+    key: &pipeline::jwe::ContentKey,
+    kid: &str,
+) -> Result<(), Skip> {
+    if let Some(apns) = &mut job.apns {
+        let len = pipeline::jwe::apns_envelope_len(&apns.payload, kid.len())
+            .map_err(|_| Skip::TooLarge)?;
+        if len > apns_max_bytes(apns.push_type) {
+            return Err(Skip::TooLarge);
+        }
+        let body = pipeline::jwe::apns_envelope(key, kid, &apns.payload).map_err(|error| {
+            tracing::error!(%error, "cannot encrypt an APNs payload");
+            Skip::KeyUnreadable
+        })?;
+        *apns = ApnsPart {
+            payload: body,
+            ..apns.clone()
+        };
+    }
+    if let Some(fcm) = &mut job.fcm {
+        if pipeline::jwe::fcm_envelope_len(&fcm.data, kid.len()) > FCM_DATA_MAX_BYTES {
+            return Err(Skip::TooLarge);
+        }
+        let data = pipeline::jwe::fcm_envelope(key, kid, &fcm.data).map_err(|error| {
+            tracing::error!(%error, "cannot encrypt an FCM payload");
+            Skip::KeyUnreadable
+        })?;
+        *fcm = FcmPart {
+            data,
+            ..fcm.clone()
+        };
+    }
+    Ok(())
 }
 
 /// Does `device` get `event`, and on which platform?
@@ -117,21 +192,57 @@ impl Fanout {
             .inc();
     }
 
-    async fn publish_jobs(&self, event: &Event, devices: &[&Device]) -> Result<(), String> {
+    /// The job for `device`, encrypted when the event or the app's policy asks for it.
+    fn job_for(&self, event: &Event, device: &Device) -> Result<PushJob, Skip> {
+        let mut job = job(event, device);
+        if !(event.encrypt || self.devices.policy(&device.attrs.app).encrypt_payloads) {
+            return Ok(job);
+        }
+        let sealed = device.attrs.e2e.as_ref().ok_or(Skip::NoKey)?;
+        let key = self
+            .keyring
+            .unseal(&device.token, &sealed.sealed)
+            .map_err(|error| {
+                tracing::error!(%error, token = %pipeline::telemetry::token_tag(&device.token), "device key cannot be opened");
+                Skip::KeyUnreadable
+            })?;
+        encrypt_job(&mut job, &key, &sealed.kid)?;
+        Ok(job)
+    }
+
+    /// The jobs of `event` for `devices`, leaving out (and counting) the devices that
+    /// cannot get the encrypted payload it needs.
+    fn jobs(&self, event: &Event, devices: &[&Device]) -> Vec<PushJob> {
+        devices
+            .iter()
+            .filter_map(|device| match self.job_for(event, device) {
+                Ok(job) => Some(job),
+                Err(skip) => {
+                    self.metrics
+                        .fanout_skipped
+                        .with_label_values(&[device.attrs.platform.as_str(), skip.as_str()])
+                        .inc();
+                    tracing::warn!(event_id = %event.id, token = %pipeline::telemetry::token_tag(&device.token), reason = skip.as_str(), "device skipped: its payload must be encrypted");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    async fn publish_jobs(&self, event: &Event, jobs: &[PushJob]) -> Result<(), String> {
         let headers = event.trace_id.as_deref().map(|trace| {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Pushline-Trace-Id", trace);
             headers
         });
         let headers = &headers;
-        let sends = devices.iter().map(|device| async move {
-            let job = job(event, device);
-            let body = serde_json::to_vec(&job).map_err(|e| e.to_string())?;
+        let sends = jobs.iter().map(|job| async move {
+            let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
             let subject = self.topology.push_subject(job.platform, job.environment);
             pipeline::nats::publish_stored(
                 &self.js,
                 &subject,
-                &job_id(&event.id, &device.token),
+                &job_id(&event.id, &job.token),
                 headers.as_ref(),
                 &body.into(),
             )
@@ -177,7 +288,8 @@ impl Handler for Fanout {
             Err(error) => return self.retry(delivery.attempt, &event, "redis", error.to_string()),
         };
         let targets: Vec<&Device> = devices.iter().filter(|d| wants(&event, d)).collect();
-        if targets.is_empty() {
+        let jobs = self.jobs(&event, &targets);
+        if jobs.is_empty() {
             self.metrics
                 .fanout_events
                 .with_label_values(&["no_devices"])
@@ -185,14 +297,14 @@ impl Handler for Fanout {
             tracing::debug!(event_id = %event.id, "no devices for event");
             return Outcome::Ack;
         }
-        if let Err(error) = self.publish_jobs(&event, &targets).await {
+        if let Err(error) = self.publish_jobs(&event, &jobs).await {
             return self.retry(delivery.attempt, &event, "publish", error);
         }
         self.metrics
             .fanout_events
             .with_label_values(&["fanned_out"])
             .inc();
-        tracing::debug!(event_id = %event.id, jobs = targets.len(), "event fanned out");
+        tracing::debug!(event_id = %event.id, jobs = jobs.len(), "event fanned out");
         Outcome::Ack
     }
 }
@@ -227,6 +339,7 @@ mod tests {
                 collapse_key: None,
             }),
             trace_id: None,
+            encrypt: false,
         }
     }
 
@@ -239,7 +352,8 @@ mod tests {
                 channel,
                 app: "a".into(),
                 environment: Environment::Sandbox,
-                e2e_key: None,
+                device_id: None,
+                e2e: None,
             },
             created_at_ms: 0,
             updated_at_ms: 0,
@@ -275,5 +389,34 @@ mod tests {
         assert!(j.apns.is_none() && j.fcm.is_some());
         assert_eq!(j.environment, Environment::Sandbox);
         assert_ne!(job_id("e", "t1"), job_id("e", "t2"));
+    }
+
+    #[test]
+    fn an_encrypted_job_carries_only_ciphertext_and_keeps_its_headers() {
+        let key = pipeline::jwe::ContentKey::from_bytes([3; 32]);
+        let mut e = event(Class::Call, true, true);
+        e.apns = Some(ApnsPart {
+            payload: RawValue::from_string(r#"{"aps":{},"caller":"Alice"}"#.into()).expect("raw"),
+            push_type: ApnsPushType::Voip,
+            priority: 10,
+            collapse_id: Some("c".into()),
+        });
+        let mut j = job(&e, &device(Platform::Apns, Channel::Voip));
+        encrypt_job(&mut j, &key, "k").expect("encrypt");
+        let apns = j.apns.expect("apns");
+        assert!(!apns.payload.get().contains("Alice"));
+        assert_eq!(apns.collapse_id.as_deref(), Some("c"));
+        let body: serde_json::Value = serde_json::from_str(apns.payload.get()).expect("json");
+        let plain = pipeline::jwe::decrypt(&key, body["jwe"].as_str().expect("jwe")).expect("open");
+        assert_eq!(plain, br#"{"aps":{},"caller":"Alice"}"#);
+
+        e.fcm = Some(FcmPart {
+            data: RawValue::from_string(format!(r#"{{"m":"{}"}}"#, "x".repeat(3_500)))
+                .expect("raw"),
+            priority: FcmPriority::High,
+            collapse_key: None,
+        });
+        let mut big = job(&e, &device(Platform::Fcm, Channel::Alert));
+        assert_eq!(encrypt_job(&mut big, &key, "k"), Err(Skip::TooLarge));
     }
 }

@@ -8,6 +8,7 @@
 //! - [`connection`]: Redis as a single server, behind Sentinel, or as a cluster.
 //! - [`api`]: the device HTTP API; [`auth`] its API-key check; [`validate`] its input rules;
 //!   [`error`] its error type.
+//! - [`keyring`]: devices' end-to-end keys sealed at rest under configured KEKs.
 //! - [`person`]: canonical person ids (Webex base64 ids and bare uuids are one person).
 //! - [`fanout`]: `EVENTS` → `PUSH_APNS` / `PUSH_FCM`.
 //! - [`cli`]: `pushctl`, the operators' command line.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod fanout;
+pub mod keyring;
 pub mod person;
 pub mod prune;
 pub mod store;
@@ -52,6 +54,7 @@ pub struct AppState {
     store: Store,
     auth: Arc<Authenticator>,
     devices: Arc<DevicesConfig>,
+    keyring: Arc<keyring::Keyring>,
     body_limit: usize,
     max_json_depth: usize,
     metrics: Metrics,
@@ -147,6 +150,9 @@ pub async fn serve(
         );
     }
     let metrics = Metrics::new(SERVICE);
+    let keyring = Arc::new(keyring::Keyring::from_config(
+        &config.devices.key_encryption_keys,
+    )?);
     let store = Store::new(
         connect_redis(&config.redis)?,
         config.redis.prefix.clone(),
@@ -177,6 +183,8 @@ pub async fn serve(
         worker: config.fanout.clone(),
         publish_timeout: Duration::from_millis(config.nats.publish_timeout_ms),
         metrics: metrics.clone(),
+        devices: Arc::new(config.devices.clone()),
+        keyring: keyring.clone(),
     };
     let prune = prune::Prune {
         store: store.clone(),
@@ -221,6 +229,7 @@ pub async fn serve(
         store,
         auth: Arc::new(Authenticator::new(&config.auth, metrics.clone())?),
         devices: Arc::new(config.devices.clone()),
+        keyring,
         body_limit: config.body_limit_bytes,
         max_json_depth: config.max_json_depth,
         metrics,

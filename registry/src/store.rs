@@ -9,7 +9,7 @@
 //! | `p` `person:{<person>}:devices`   | hash | token → device attributes (JSON) |
 //! | `p` `person:{<person>}:refreshed` | zset | token → last registration, ms |
 //! | `p` `person:{<person>}:created`   | hash | token → first registration, ms |
-//! | `p` `token:{<token>}`             | string | the person owning the token, then (one per line) persons it is being moved away from |
+//! | `p` `token:{<token>}`             | string | the persons holding the token (tab-separated; several only for multi-user apps), then (one per line) persons it is being moved away from |
 //!
 //! The `{…}` hash tags put a person's three keys in one Redis Cluster slot, so every
 //! change to a person's devices is one atomic Lua script, and every script touches one
@@ -33,6 +33,20 @@
 //! deletion or prune removes the token from everyone the index names), so nothing stays
 //! half-applied. A registration the client saw fail is retried by the client anyway.
 //! Indexes written before this rule (the owner alone) read the same way.
+//!
+//! # Devices
+//!
+//! A device is one phone (or app install) and may hold several tokens: an iPhone's VoIP
+//! and alert tokens share one `device` id in their attributes. Limits count devices, a
+//! device's tokens are refreshed together (so they expire together), and deleting any
+//! token of a device removes all of them for that person. Records written before devices
+//! had ids have no `device` field: each such token is a device of its own.
+//!
+//! Per-app rules ([`Rules`]) decide what a registration does to the person's other
+//! devices (one device per person; refuse or evict beyond the limit) and whether a token
+//! held by another person moves (the default) or is shared (multi-user devices: the
+//! index then names every holder, and each holder's registration lives and expires on
+//! its own).
 //!
 //! Person ids are stored in canonical form ([`crate::person::canonical`]): a Webex base64
 //! id and its bare uuid address the same keys.
@@ -70,9 +84,30 @@ pub struct DeviceAttrs {
     pub app: String,
     /// Provider environment.
     pub environment: Environment,
-    /// The app's end-to-end encryption key, when it registered one.
+    /// The device the token belongs to; absent in records written before devices had
+    /// ids (the token is then a device of its own, see [`Device::device_id`]).
+    #[serde(default, rename = "device", skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// The device's end-to-end key, sealed (records of earlier versions may carry a
+    /// plain `e2e_key` field, which is ignored and dropped by the next registration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub e2e_key: Option<String>,
+    pub e2e: Option<SealedKey>,
+}
+
+/// A device's end-to-end key as stored: sealed by [`crate::keyring::Keyring`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedKey {
+    /// Content encryption, `A256GCM`.
+    pub alg: String,
+    /// The key id sent in every JWE header.
+    pub kid: String,
+    /// The sealed key.
+    pub sealed: String,
+}
+
+/// The device id of a token registered without one: the token is its own device.
+pub fn token_device_id(token: &str) -> String {
+    format!("t-{}", pipeline::telemetry::token_tag(token))
 }
 
 /// A device registration as read back.
@@ -91,13 +126,25 @@ pub struct Device {
     pub updated_at_ms: u64,
 }
 
+impl Device {
+    /// The device this token belongs to.
+    pub fn device_id(&self) -> String {
+        self.attrs
+            .device_id
+            .clone()
+            .unwrap_or_else(|| token_device_id(&self.token))
+    }
+}
+
 /// Why a registration was removed as a side effect of another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
-    /// Over the per-person cap; it was the least recently refreshed.
+    /// Over the per-person cap; its device was the least recently refreshed.
     Evicted,
     /// Not refreshed within the TTL.
     Expired,
+    /// Another device of the same app replaced it (one device per person).
+    Replaced,
 }
 
 impl Removal {
@@ -106,8 +153,20 @@ impl Removal {
         match self {
             Removal::Evicted => "evicted",
             Removal::Expired => "expired",
+            Removal::Replaced => "replaced",
         }
     }
+}
+
+/// What an app's policy asks of one registration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// The token may be held by several persons at once.
+    pub multi_user: bool,
+    /// The person's other devices of the same app are removed.
+    pub single_device: bool,
+    /// At the device limit a new device is refused instead of evicting the oldest.
+    pub refuse_over_limit: bool,
 }
 
 /// The result of a registration.
@@ -115,6 +174,9 @@ impl Removal {
 pub struct Registered {
     /// The token was new for this person.
     pub created: bool,
+    /// Refused: the person is at the device limit and the app refuses new devices. Nothing
+    /// was registered (registrations that had expired were still removed).
+    pub refused: bool,
     /// The token belonged to another person and was moved.
     pub moved_from: Option<String>,
     /// Registrations of the same person removed to make room or because they expired.
@@ -138,7 +200,7 @@ pub type StoreError = redis::RedisError;
 /// Store policies.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// Most devices one person may have; the least recently refreshed is evicted.
+    /// Most devices one person may have (a device's tokens count once).
     pub max_devices_per_person: usize,
     /// A registration not refreshed within this is gone.
     pub ttl: Duration,
@@ -156,15 +218,23 @@ pub struct Store {
 struct Scripts {
     register: Script,
     remove: Script,
+    remove_device: Script,
     live: Script,
-    compare_and_delete: Script,
+    index_drop: Script,
+    index_join: Script,
 }
 
-/// Adds or refreshes `ARGV[1]` for a person; drops expired registrations; evicts beyond
-/// the cap; refreshes key TTLs. Returns `{created, reason1, token1, reason2, token2, …}`.
+/// Adds or refreshes the token `ARGV[1]` (attributes `ARGV[2]`, device `ARGV[6]`, app
+/// `ARGV[7]`) for a person: drops expired registrations; with `ARGV[8]` = 1 removes the
+/// person's other devices of the app; refreshes the device's other tokens with it; beyond
+/// `ARGV[5]` devices evicts the least recently refreshed devices, or with `ARGV[9]` = 1
+/// refuses (first element -1) before changing anything else. Refreshes key TTLs.
+/// Returns `{created, reason1, token1, reason2, token2, …}`.
 const REGISTER: &str = r#"
 local token, attrs = ARGV[1], ARGV[2]
 local now, ttl, max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local device, app = ARGV[6], ARGV[7]
+local single, refuse = ARGV[8] == '1', ARGV[9] == '1'
 local out = {0}
 local function drop(t, why)
   redis.call('HDEL', KEYS[1], t)
@@ -176,15 +246,54 @@ end
 for _, t in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - ttl))) do
   if t ~= token then drop(t, 'expired') end
 end
+local devices, order, replaced = {}, {}, {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local t = all[i]
+  if t ~= token then
+    local d, a_app = '\0' .. t, nil
+    local ok, a = pcall(cjson.decode, all[i + 1])
+    if ok and type(a) == 'table' then
+      if type(a.device) == 'string' then d = a.device end
+      a_app = a.app
+    end
+    if single and a_app == app and d ~= device then
+      table.insert(replaced, t)
+    else
+      local score = tonumber(redis.call('ZSCORE', KEYS[2], t) or '0')
+      local g = devices[d]
+      if not g then
+        g = {score = score, tokens = {}}
+        devices[d] = g
+        table.insert(order, d)
+      end
+      if score > g.score then g.score = score end
+      table.insert(g.tokens, t)
+    end
+  end
+end
+local is_new = devices[device] == nil
+if is_new and #order >= max and refuse then
+  out[1] = -1
+  return out
+end
+for _, t in ipairs(replaced) do drop(t, 'replaced') end
 out[1] = redis.call('HSET', KEYS[1], token, attrs)
 redis.call('ZADD', KEYS[2], now, token)
 redis.call('HSETNX', KEYS[3], token, now)
-local n = redis.call('ZCARD', KEYS[2])
-if n > max then
-  local excess = n - max
-  for _, t in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    if excess == 0 then break end
-    if t ~= token then drop(t, 'evicted'); excess = excess - 1 end
+if not is_new then
+  for _, t in ipairs(devices[device].tokens) do redis.call('ZADD', KEYS[2], now, t) end
+end
+local count = #order
+if is_new then count = count + 1 end
+if count > max then
+  table.sort(order, function(x, y) return devices[x].score < devices[y].score end)
+  for _, d in ipairs(order) do
+    if count <= max then break end
+    if d ~= device then
+      for _, t in ipairs(devices[d].tokens) do drop(t, 'evicted') end
+      count = count - 1
+    end
   end
 end
 for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ttl) end
@@ -221,39 +330,109 @@ end
 return out
 "#;
 
-/// Deletes the index `KEYS[1]` only while it names `ARGV[1]` as the owner (its first line).
-const COMPARE_AND_DELETE: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v and (v == ARGV[1] or string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '\n') then
-  return redis.call('DEL', KEYS[1])
+/// Removes the token `ARGV[1]` and every other token of its device from a person.
+/// Returns the removed tokens.
+const REMOVE_DEVICE: &str = r#"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return {} end
+local function device_of(t, r)
+  local ok, a = pcall(cjson.decode, r)
+  if ok and type(a) == 'table' and type(a.device) == 'string' then return a.device end
+  return '\0' .. t
 end
-return 0
+local d = device_of(ARGV[1], raw)
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local t = all[i]
+  if t == ARGV[1] or device_of(t, all[i + 1]) == d then
+    redis.call('HDEL', KEYS[1], t)
+    redis.call('ZREM', KEYS[2], t)
+    redis.call('HDEL', KEYS[3], t)
+    table.insert(out, t)
+  end
+end
+return out
 "#;
 
-/// What the token index says: the owner, and the persons the token is being moved away
-/// from (a move that was interrupted; see the module's rule).
+/// Takes the person `ARGV[1]` off the token index `KEYS[1]` (its first line lists the
+/// holders, tab-separated); deletes the index when nobody is left. Returns 1 when the
+/// person was named.
+const INDEX_DROP: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local first, rest = v, ''
+local nl = string.find(v, '\n', 1, true)
+if nl then first, rest = string.sub(v, 1, nl - 1), string.sub(v, nl) end
+local holders, found = {}, false
+for h in string.gmatch(first, '[^\t]+') do
+  if h == ARGV[1] then found = true else table.insert(holders, h) end
+end
+if not found then return 0 end
+if #holders == 0 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], table.concat(holders, '\t') .. rest, 'KEEPTTL')
+end
+return 1
+"#;
+
+/// Adds the person `ARGV[1]` to the holders of the token index `KEYS[1]` (a multi-user
+/// device) and sets its TTL to `ARGV[2]` ms.
+const INDEX_JOIN: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+local first, rest = v, ''
+local nl = string.find(v, '\n', 1, true)
+if nl then first, rest = string.sub(v, 1, nl - 1), string.sub(v, nl) end
+for h in string.gmatch(first, '[^\t]+') do
+  if h == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], first .. '\t' .. ARGV[1] .. rest, 'PX', ARGV[2])
+return 1
+"#;
+
+/// What the token index says: who holds the token, and the persons it is being moved
+/// away from (a move that was interrupted; see the module's rule).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
-    /// The person the token belongs to.
-    pub owner: String,
+    /// The persons the token belongs to: one, or several on a multi-user device.
+    pub owners: Vec<String>,
     /// Persons that may still hold the token from an interrupted move.
     pub leaving: Vec<String>,
 }
 
 impl IndexEntry {
-    /// Reads an index value: the owner, then one leaving person per line.
+    /// Reads an index value: the owners (tab-separated), then one leaving person per line.
     pub fn parse(value: &str) -> Option<IndexEntry> {
         let mut lines = value.split('\n').filter(|l| !l.is_empty());
-        let owner = lines.next()?.to_owned();
+        let owners: Vec<String> = lines
+            .next()?
+            .split('\t')
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if owners.is_empty() {
+            return None;
+        }
         Some(IndexEntry {
-            leaving: lines.filter(|l| *l != owner).map(str::to_owned).collect(),
-            owner,
+            leaving: lines
+                .filter(|l| !owners.iter().any(|o| o == l))
+                .map(str::to_owned)
+                .collect(),
+            owners,
         })
     }
 
     /// The index value.
     pub fn value(&self) -> String {
-        let mut value = self.owner.clone();
+        let mut value = self.owners.join("\t");
         for person in &self.leaving {
             value.push('\n');
             value.push_str(person);
@@ -261,9 +440,17 @@ impl IndexEntry {
         value
     }
 
-    /// Everyone who may hold the token: the owner first.
+    /// Everyone who may hold the token: the owners first.
     pub fn holders(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.owner.as_str()).chain(self.leaving.iter().map(String::as_str))
+        self.owners
+            .iter()
+            .chain(self.leaving.iter())
+            .map(String::as_str)
+    }
+
+    /// Whether `person` (canonical) is one of the owners.
+    pub fn is_owner(&self, person: &str) -> bool {
+        self.owners.iter().any(|o| o == person)
     }
 }
 
@@ -292,6 +479,14 @@ pub fn token_key(prefix: &str, token: &str) -> String {
     format!("{prefix}token:{{{token}}}")
 }
 
+fn encode_error(e: serde_json::Error) -> StoreError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "cannot encode device",
+        e.to_string(),
+    ))
+}
+
 impl Store {
     /// A store over a (lazily connecting) Redis connection.
     pub fn new(redis: Connection, prefix: String, policy: Policy) -> Self {
@@ -302,8 +497,10 @@ impl Store {
             scripts: std::sync::Arc::new(Scripts {
                 register: Script::new(REGISTER),
                 remove: Script::new(REMOVE),
+                remove_device: Script::new(REMOVE_DEVICE),
                 live: Script::new(LIVE),
-                compare_and_delete: Script::new(COMPARE_AND_DELETE),
+                index_drop: Script::new(INDEX_DROP),
+                index_join: Script::new(INDEX_JOIN),
             }),
         }
     }
@@ -312,49 +509,61 @@ impl Store {
         self.policy.ttl.as_millis() as u64
     }
 
-    /// Registers or refreshes `token` for `person`, moving it from any other owner (by
-    /// the rule in the module documentation).
+    /// Registers or refreshes `token` for `person` as part of the device named in
+    /// `attrs` (or its own device), by the app's `rules`: a token another person holds is
+    /// moved (by the rule in the module documentation) or, on a multi-user device, shared.
     pub async fn register(
         &self,
         token: &str,
         person: &str,
         attrs: &DeviceAttrs,
         now_ms: u64,
+        rules: Rules,
     ) -> Result<Registered, StoreError> {
         let person = &*crate::person::canonical(person);
         let index = token_key(&self.prefix, token);
-        let leaving: Vec<String> = self
-            .index_entry(token)
-            .await?
-            .map(|entry| {
-                entry
-                    .holders()
-                    .filter(|p| *p != person)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut moved_from = None;
-        if !leaving.is_empty() {
-            let intent = IndexEntry {
-                owner: person.to_owned(),
-                leaving: leaving.clone(),
-            };
-            self.set_index(&index, &intent.value()).await?;
-            for (n, old) in leaving.iter().enumerate() {
-                if self.remove_from(old, token, None).await? == Pruned::Removed && n == 0 {
-                    moved_from = Some(old.clone());
+        if rules.multi_user {
+            let mut redis = self.redis.clone();
+            let _: i64 = self
+                .scripts
+                .index_join
+                .key(&index)
+                .arg(person)
+                .arg(self.ttl_ms())
+                .invoke_async(&mut redis)
+                .await?;
+        } else {
+            let leaving: Vec<String> = self
+                .index_entry(token)
+                .await?
+                .map(|entry| {
+                    entry
+                        .holders()
+                        .filter(|p| *p != person)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !leaving.is_empty() {
+                let intent = IndexEntry {
+                    owners: vec![person.to_owned()],
+                    leaving: leaving.clone(),
+                };
+                self.set_index(&index, &intent.value()).await?;
+                for (n, old) in leaving.iter().enumerate() {
+                    if self.remove_from(old, token, None).await? == Pruned::Removed && n == 0 {
+                        moved_from = Some(old.clone());
+                    }
                 }
             }
         }
         let keys = person_keys(&self.prefix, person);
-        let attrs_json = serde_json::to_string(attrs).map_err(|e| {
-            redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "cannot encode device",
-                e.to_string(),
-            ))
-        })?;
+        let device = attrs
+            .device_id
+            .clone()
+            .unwrap_or_else(|| token_device_id(token));
+        let attrs_json = serde_json::to_string(attrs).map_err(encode_error)?;
         let mut redis = self.redis.clone();
         let reply: Vec<redis::Value> = self
             .scripts
@@ -367,28 +576,41 @@ impl Store {
             .arg(now_ms)
             .arg(self.ttl_ms())
             .arg(self.policy.max_devices_per_person)
+            .arg(device)
+            .arg(&attrs.app)
+            .arg(u8::from(rules.single_device))
+            .arg(u8::from(rules.refuse_over_limit))
             .invoke_async(&mut redis)
             .await?;
-        let created = matches!(reply.first(), Some(redis::Value::Int(1)));
+        let first = match reply.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        };
         let mut removed = Vec::new();
         for pair in reply.get(1..).unwrap_or_default().chunks(2) {
             if let [why, removed_token] = pair {
                 let why: String = redis::from_redis_value_ref(why)?;
                 let removed_token: String = redis::from_redis_value_ref(removed_token)?;
-                let why = if why == "evicted" {
-                    Removal::Evicted
-                } else {
-                    Removal::Expired
+                let why = match why.as_str() {
+                    "evicted" => Removal::Evicted,
+                    "replaced" => Removal::Replaced,
+                    _ => Removal::Expired,
                 };
                 removed.push((why, removed_token));
             }
         }
-        self.set_index(&index, person).await?;
+        let refused = first < 0;
+        if refused {
+            self.index_drop(token, person).await?;
+        } else if !rules.multi_user {
+            self.set_index(&index, person).await?;
+        }
         for (_, removed_token) in &removed {
-            self.unindex(removed_token, person).await?;
+            self.index_drop(removed_token, person).await?;
         }
         Ok(Registered {
-            created,
+            created: first == 1,
+            refused,
             moved_from,
             removed,
         })
@@ -405,10 +627,20 @@ impl Store {
             .await
     }
 
-    async fn index_entry(&self, token: &str) -> Result<Option<IndexEntry>, StoreError> {
+    /// Who holds `token`, per the token index.
+    pub async fn index_entry(&self, token: &str) -> Result<Option<IndexEntry>, StoreError> {
         let mut redis = self.redis.clone();
         let value: Option<String> = redis.get(token_key(&self.prefix, token)).await?;
         Ok(value.as_deref().and_then(IndexEntry::parse))
+    }
+
+    /// The persons holding `token` (empty when nobody does).
+    pub async fn owners(&self, token: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .index_entry(token)
+            .await?
+            .map(|entry| entry.owners)
+            .unwrap_or_default())
     }
 
     /// Removes `token` from `person` unless refreshed after `not_after_ms`.
@@ -437,11 +669,11 @@ impl Store {
         })
     }
 
-    async fn unindex(&self, token: &str, person: &str) -> Result<(), StoreError> {
+    async fn index_drop(&self, token: &str, person: &str) -> Result<(), StoreError> {
         let mut redis = self.redis.clone();
         let _: i64 = self
             .scripts
-            .compare_and_delete
+            .index_drop
             .key(token_key(&self.prefix, token))
             .arg(person)
             .invoke_async(&mut redis)
@@ -449,45 +681,72 @@ impl Store {
         Ok(())
     }
 
-    /// The person owning `token`, per the token index.
-    pub async fn owner(&self, token: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.index_entry(token).await?.map(|entry| entry.owner))
-    }
-
-    /// Removes `token` wherever it is registered (finishing an interrupted move). Returns
-    /// the former owner.
-    pub async fn remove(&self, token: &str) -> Result<Option<String>, StoreError> {
-        let Some(entry) = self.index_entry(token).await? else {
-            return Ok(None);
-        };
-        let mut removed = Pruned::NotFound;
-        for (n, holder) in entry.holders().enumerate() {
-            let result = self.remove_from(holder, token, None).await?;
-            if n == 0 {
-                removed = result;
-            }
+    /// Removes the device holding `token` (all its tokens) from `person` and takes the
+    /// person off the removed tokens' indexes. Returns the removed tokens.
+    async fn remove_device_of(&self, person: &str, token: &str) -> Result<Vec<String>, StoreError> {
+        let keys = person_keys(&self.prefix, person);
+        let mut redis = self.redis.clone();
+        let removed: Vec<String> = self
+            .scripts
+            .remove_device
+            .key(&keys.devices)
+            .key(&keys.refreshed)
+            .key(&keys.created)
+            .arg(token)
+            .invoke_async(&mut redis)
+            .await?;
+        for removed_token in &removed {
+            self.index_drop(removed_token, person).await?;
         }
-        self.unindex(token, &entry.owner).await?;
-        Ok((removed == Pruned::Removed).then_some(entry.owner))
+        self.index_drop(token, person).await?;
+        Ok(removed)
     }
 
-    /// Prunes `token` after a provider rejected it at `invalid_since_ms`, unless it was
-    /// registered again after that instant.
+    /// Removes the device holding `token` from everyone holding it (finishing an
+    /// interrupted move): every token of that device goes. Returns how many registrations
+    /// were removed (0: the token was not registered).
+    pub async fn remove(&self, token: &str) -> Result<usize, StoreError> {
+        let Some(entry) = self.index_entry(token).await? else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for holder in entry.holders() {
+            removed += self.remove_device_of(holder, token).await?.len();
+        }
+        Ok(removed)
+    }
+
+    /// Removes the device holding `token` from `person` only (a person logging out of a
+    /// shared device). Returns how many registrations were removed.
+    pub async fn remove_for(&self, token: &str, person: &str) -> Result<usize, StoreError> {
+        let person = &*crate::person::canonical(person);
+        Ok(self.remove_device_of(person, token).await?.len())
+    }
+
+    /// Prunes `token` after a provider rejected it at `invalid_since_ms`, from everyone
+    /// holding it, unless they registered it again after that instant.
     pub async fn prune(&self, token: &str, invalid_since_ms: u64) -> Result<Pruned, StoreError> {
         let Some(entry) = self.index_entry(token).await? else {
             return Ok(Pruned::NotFound);
         };
         let mut result = Pruned::NotFound;
-        for (n, holder) in entry.holders().enumerate() {
-            let pruned = self
+        for holder in entry.holders() {
+            match self
                 .remove_from(holder, token, Some(invalid_since_ms))
-                .await?;
-            if n == 0 {
-                result = pruned;
+                .await?
+            {
+                Pruned::KeptNewer => {
+                    if result == Pruned::NotFound {
+                        result = Pruned::KeptNewer;
+                    }
+                }
+                pruned => {
+                    if pruned == Pruned::Removed {
+                        result = Pruned::Removed;
+                    }
+                    self.index_drop(token, holder).await?;
+                }
             }
-        }
-        if result != Pruned::KeptNewer {
-            self.unindex(token, &entry.owner).await?;
         }
         Ok(result)
     }
@@ -524,7 +783,7 @@ impl Store {
         Ok(devices)
     }
 
-    /// Removes every device of `person`; returns how many.
+    /// Removes every device of `person`; returns how many tokens.
     pub async fn remove_person(&self, person: &str) -> Result<usize, StoreError> {
         let person = &*crate::person::canonical(person);
         let keys = person_keys(&self.prefix, person);
@@ -534,7 +793,7 @@ impl Store {
             .del(&[&keys.devices, &keys.refreshed, &keys.created])
             .await?;
         for token in &tokens {
-            self.unindex(token, person).await?;
+            self.index_drop(token, person).await?;
         }
         Ok(tokens.len())
     }
@@ -563,13 +822,13 @@ mod tests {
     #[test]
     fn an_index_names_the_owner_first_then_the_persons_a_move_is_leaving() {
         let plain = IndexEntry::parse("alice").expect("entry");
-        assert_eq!(plain.owner, "alice");
+        assert_eq!(plain.owners, vec!["alice"]);
         assert!(
             plain.leaving.is_empty(),
             "indexes written before moves were recorded"
         );
         let moving = IndexEntry {
-            owner: "bob".into(),
+            owners: vec!["bob".into()],
             leaving: vec!["alice".into(), "carol".into()],
         };
         assert_eq!(IndexEntry::parse(&moving.value()), Some(moving.clone()));
@@ -583,5 +842,10 @@ mod tests {
             Vec::<String>::new(),
             "an owner is never also leaving"
         );
+        let shared = IndexEntry::parse("alice\tbob\ncarol").expect("shared");
+        assert_eq!(shared.owners, vec!["alice", "bob"]);
+        assert_eq!(shared.leaving, vec!["carol"]);
+        assert!(shared.is_owner("bob") && !shared.is_owner("carol"));
+        assert_eq!(IndexEntry::parse(&shared.value()), Some(shared));
     }
 }

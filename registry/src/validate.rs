@@ -8,8 +8,8 @@ pub const MAX_PERSON_ID: usize = 512;
 pub const MAX_FCM_TOKEN: usize = 4_096;
 /// Longest app id (bundle id / project id).
 pub const MAX_APP: usize = 255;
-/// Longest end-to-end key.
-pub const MAX_E2E_KEY: usize = 2_048;
+/// Longest device id.
+pub const MAX_DEVICE_ID: usize = 128;
 
 /// A person id: 1–512 characters, no control characters, no `{`/`}` (they would break
 /// the Redis Cluster hash tag).
@@ -54,6 +54,34 @@ pub fn token(field: &str, platform: Platform, value: &str) -> Result<(), String>
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// A token in a field of the Webex sample server's `/register`, which names the provider
+/// by field: an FCM token in `voipToken` or `msgToken` is refused with where it belongs.
+/// (An APNs token is hex, which FCM's alphabet includes, so `fcmToken` cannot tell.)
+pub fn sample_token(field: &str, platform: Platform, value: &str) -> Result<(), String> {
+    token(field, platform, value).map_err(|error| {
+        if platform == Platform::Apns && token(field, Platform::Fcm, value).is_ok() {
+            format!("`{field}` holds an FCM token, not an APNs one; send it as fcmToken")
+        } else {
+            error
+        }
+    })
+}
+
+/// A device id: 1–128 characters of `A-Z a-z 0-9 . _ - :`.
+pub fn device_id(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty()
+        || value.len() > MAX_DEVICE_ID
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+    {
+        return Err(format!(
+            "`{field}` must be 1 to {MAX_DEVICE_ID} characters of A-Z a-z 0-9 . _ - :"
+        ));
     }
     Ok(())
 }
@@ -107,6 +135,28 @@ mod tests {
         assert!(person_id("p", "").is_err());
         assert!(person_id("p", "a\nb").is_err());
         assert!(person_id("p", &"x".repeat(513)).is_err());
+    }
+
+    #[test]
+    fn a_token_in_the_wrong_sample_field_says_where_it_belongs() {
+        let fcm = "dGVzdA:APA91bH-x_y0123456789";
+        let error = sample_token("msgToken", Platform::Apns, fcm).expect_err("fcm in msgToken");
+        assert!(
+            error.contains("FCM token, not an APNs one; send it as fcmToken"),
+            "{error}"
+        );
+        let apns = "ab".repeat(32);
+        let error = sample_token("voipToken", Platform::Apns, "x").expect_err("neither");
+        assert!(error.contains("64 to 200 hex digits"), "{error}");
+        assert!(sample_token("voipToken", Platform::Apns, &apns).is_ok());
+    }
+
+    #[test]
+    fn device_ids_are_plain() {
+        assert!(device_id("d", "5F2C-iPhone:1").is_ok());
+        assert!(device_id("d", "").is_err());
+        assert!(device_id("d", "a b").is_err());
+        assert!(device_id("d", &"d".repeat(129)).is_err());
     }
 
     #[test]

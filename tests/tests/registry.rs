@@ -11,6 +11,7 @@ use pipeline::contract::{
     PushJob, VERSION, now_ms,
 };
 use pipeline::topology::StreamKind;
+use registry::store::Rules;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
@@ -87,6 +88,7 @@ fn call_event(id: &str, person: &str, deadline_ms: u64) -> Event {
             collapse_key: None,
         }),
         trace_id: None,
+        encrypt: false,
     }
 }
 
@@ -262,15 +264,23 @@ async fn the_sample_servers_register_body_registers_each_token() {
     assert_eq!(by_token(&apns_token(2))["channel"], "alert");
     assert_eq!(by_token(&fcm_token(3))["platform"], "fcm");
     assert_eq!(by_token(&fcm_token(3))["app"], FCM_APP);
+    // The tokens one registration brought together are one device.
+    let device = by_token(&apns_token(1))["device_id"].clone();
+    assert!(device.is_string());
+    assert!(
+        listed.iter().all(|d| d["device_id"] == device),
+        "{listed:?}"
+    );
 
+    // Logging the phone out removes all its tokens, whichever one names it.
     let deleted = client()
-        .delete(registry.url(&format!("/register/{}", apns_token(1))))
+        .delete(registry.url(&format!("/register/{}", apns_token(2))))
         .bearer_auth(API_KEY)
         .send()
         .await
         .expect("DELETE");
     assert_eq!(deleted.status(), 204);
-    assert_eq!(devices(&registry, "ada").await.len(), 2);
+    assert_eq!(devices(&registry, "ada").await, Vec::<Value>::new());
 }
 
 #[tokio::test]
@@ -568,7 +578,8 @@ fn store_with_an_hour_ttl(
         channel: Channel::Voip,
         app: APNS_APP.into(),
         environment: Environment::Production,
-        e2e_key: None,
+        device_id: None,
+        e2e: None,
     };
     (store, attrs)
 }
@@ -581,16 +592,22 @@ async fn registrations_expire_unless_refreshed_within_the_ttl() {
     let t0 = 1_700_000_000_000u64;
     let hour = 3_600_000u64;
     store
-        .register(&apns_token(1), "gina", &attrs, t0)
+        .register(&apns_token(1), "gina", &attrs, t0, Rules::default())
         .await
         .expect("register");
     store
-        .register(&apns_token(2), "gina", &attrs, t0)
+        .register(&apns_token(2), "gina", &attrs, t0, Rules::default())
         .await
         .expect("register");
     // Token 2 is refreshed half-way through its TTL; token 1 is not.
     store
-        .register(&apns_token(2), "gina", &attrs, t0 + hour / 2)
+        .register(
+            &apns_token(2),
+            "gina",
+            &attrs,
+            t0 + hour / 2,
+            Rules::default(),
+        )
         .await
         .expect("refresh");
 
@@ -606,14 +623,17 @@ async fn registrations_expire_unless_refreshed_within_the_ttl() {
 
     // The next write for the person removes the expired registration for good.
     let registered = store
-        .register(&apns_token(3), "gina", &attrs, later)
+        .register(&apns_token(3), "gina", &attrs, later, Rules::default())
         .await
         .expect("register");
     assert_eq!(
         registered.removed,
         vec![(registry::store::Removal::Expired, apns_token(1))]
     );
-    assert_eq!(store.owner(&apns_token(1)).await.expect("owner"), None);
+    assert_eq!(
+        store.owners(&apns_token(1)).await.expect("owner"),
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test]
@@ -651,7 +671,7 @@ async fn an_interrupted_move_is_finished_by_the_next_operation_on_the_token() {
 
     // A registration repeats the move and finishes it.
     store
-        .register(&apns_token(1), "alice", &attrs, now)
+        .register(&apns_token(1), "alice", &attrs, now, Rules::default())
         .await
         .expect("register");
     let () = interrupt_move_to_bob(apns_token(1))
@@ -659,19 +679,19 @@ async fn an_interrupted_move_is_finished_by_the_next_operation_on_the_token() {
         .await
         .expect("set");
     store
-        .register(&apns_token(1), "bob", &attrs, now)
+        .register(&apns_token(1), "bob", &attrs, now, Rules::default())
         .await
         .expect("register again");
     assert_eq!(tokens_of("alice").await, Vec::<String>::new());
     assert_eq!(tokens_of("bob").await, vec![apns_token(1)]);
     assert_eq!(
-        store.owner(&apns_token(1)).await.expect("owner"),
-        Some("bob".into())
+        store.owners(&apns_token(1)).await.expect("owner"),
+        vec!["bob".to_owned()]
     );
 
     // A deletion removes the token from everyone the index names.
     store
-        .register(&apns_token(2), "alice", &attrs, now)
+        .register(&apns_token(2), "alice", &attrs, now, Rules::default())
         .await
         .expect("register");
     let () = interrupt_move_to_bob(apns_token(2))
@@ -681,5 +701,8 @@ async fn an_interrupted_move_is_finished_by_the_next_operation_on_the_token() {
     store.remove(&apns_token(2)).await.expect("remove");
     assert!(!tokens_of("alice").await.contains(&apns_token(2)));
     assert!(!tokens_of("bob").await.contains(&apns_token(2)));
-    assert_eq!(store.owner(&apns_token(2)).await.expect("owner"), None);
+    assert_eq!(
+        store.owners(&apns_token(2)).await.expect("owner"),
+        Vec::<String>::new()
+    );
 }
