@@ -223,8 +223,9 @@ pub async fn execute(command: &Command, config: &Config) -> Result<String, Strin
             for d in &devices {
                 writeln!(
                     out,
-                    "{}  {} {} app={} env={} updated={}",
+                    "{}  device={} {} {} app={} env={} e2e={} updated={}",
                     pipeline::telemetry::token_tag(&d.token),
+                    d.device_id(),
                     d.attrs.platform.as_str(),
                     match d.attrs.channel {
                         crate::store::Channel::Voip => "voip",
@@ -232,6 +233,7 @@ pub async fn execute(command: &Command, config: &Config) -> Result<String, Strin
                     },
                     d.attrs.app,
                     d.attrs.environment.as_str(),
+                    d.attrs.e2e.as_ref().map_or("-", |k| k.kid.as_str()),
                     d.updated_at_ms
                 )
                 .ok();

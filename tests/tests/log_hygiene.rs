@@ -4,6 +4,8 @@
 //! searched for every one of them.
 
 use std::io::Write;
+
+use base64::Engine;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,13 +37,27 @@ async fn no_secret_or_token_is_ever_logged_in_clear() {
         .with_ansi(false)
         .init();
 
-    let stack = Stack::start().await;
+    let kek = base64::engine::general_purpose::STANDARD.encode([0x5au8; 32]);
+    let device_key = base64::engine::general_purpose::STANDARD.encode([0xa5u8; 32]);
+    let stack = Stack::start_with(|c| {
+        c.registry.devices.key_encryption_keys = vec![registry::keyring::KekConfig {
+            id: "log-kek".into(),
+            key: Some(pipeline::config::Secret::new(kek.clone())),
+            key_file: None,
+        }];
+    })
+    .await;
     let gone = "feedfacecafebeef".repeat(4);
     let flaky = "0123456789abcdef".repeat(4);
     let android = "fcm-secret-token:APA91bHPRgkFLJu6ck_q";
     stack.register_ios("eve", &gone).await;
     stack.register_ios("eve", &flaky).await;
-    stack.register_android("eve", android).await;
+    stack
+        .register(
+            android,
+            serde_json::json!({"person_id": "eve", "platform": "fcm", "e2e_key": device_key}),
+        )
+        .await;
     stack.providers.apns.script(
         &gone,
         [MockApns::unregistered(pipeline::contract::now_ms() - 1)],
@@ -73,7 +89,7 @@ async fn no_secret_or_token_is_ever_logged_in_clear() {
         .body(forged)
         .send()
         .await;
-    let notify = r#"{"person_ids":["eve"],"class":"alert","fcm":{"data":{"m":"x"}},"idempotency_key":"log-1"}"#;
+    let notify = r#"{"person_ids":["eve"],"class":"alert","fcm":{"data":{"m":"x"}},"idempotency_key":"log-1","encrypt":true}"#;
     let _ = http
         .post(stack.ingest.url("/v1/notify"))
         .bearer_auth(PRODUCER_KEY)
@@ -120,6 +136,8 @@ async fn no_secret_or_token_is_ever_logged_in_clear() {
         ("APNs token (503)", flaky.as_str()),
         ("FCM token", android),
         ("forged signer's secret", "attacker-secret"),
+        ("key-encryption key", kek.as_str()),
+        ("device's end-to-end key", device_key.as_str()),
     ] {
         assert!(!log.contains(secret), "the {what} appears in the log");
     }
