@@ -57,6 +57,7 @@ url = "redis://127.0.0.1:$REDIS"
 [devices]
 default_apns_app = "com.example.pushline"
 default_fcm_app = "pushline-local"
+key_encryption_keys = [{ id = "ci", key = "$(head -c 32 /dev/urandom | base64)" }]
 [auth]
 api_keys = [{ name = "schemathesis", sha256 = "$(sha $API_KEY)", scopes = ["admin"] }]
 [nats]

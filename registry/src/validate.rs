@@ -15,7 +15,7 @@ pub const MAX_DEVICE_ID: usize = 128;
 /// the Redis Cluster hash tag).
 pub fn person_id(field: &str, value: &str) -> Result<(), String> {
     if value.is_empty()
-        || value.len() > MAX_PERSON_ID
+        || value.chars().count() > MAX_PERSON_ID
         || value
             .chars()
             .any(|c| c.is_control() || c == '{' || c == '}')
