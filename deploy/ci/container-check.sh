@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# The deployment we ship is the deployment we test: builds the pushline image from the
+# release binaries of this checkout, brings up docker-compose.yml (NATS, Redis, the four
+# services, the sandbox mocks, Prometheus), sends a signed call webhook, and checks that
+# both pushes reach the mocks, that Prometheus scraped pushline_pushes_total, and that the
+# services' health checks pass; then `down` must leave nothing behind.
+#
+# No image registry is reachable here, so the base images are made from Debian packages
+# with mmdebstrap and `docker import`ed; docker-compose.yml takes them by variable. Nothing
+# in the containers reaches beyond the network compose creates: ports are published on
+# 127.0.0.1, and the images are built without network.
+#
+# Installs what it needs when missing (docker.io, docker-compose 1.29, mmdebstrap) and
+# starts dockerd if no daemon answers (stopping it again at the end).
+# Usage: deploy/ci/container-check.sh   (needs root for apt-get and dockerd)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+MIRROR=${PUSHLINE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SUITE=bookworm
+PROJECT=pushline-ci
+API_KEY=local-api-key
+SECRET=$(head -n 1 deploy/compose/webhook_secrets.txt | tr -d '\r\n')
+say() { printf '== %s\n' "$*"; }
+started=$(date +%s)
+
+# --- tools --------------------------------------------------------------------------
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 \
+  || missing+=(docker-compose)
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
+# BuildKit (which skips the Dockerfile stages a build does not need) comes with buildx or,
+# without it, with Debian's docker CLI talking to its own daemon.
+DOCKER=docker
+if ! docker buildx version >/dev/null 2>&1 && [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker; fi
+
+WORK=$(mktemp -d -t pushline-containers.XXXXXX)
+DOCKERD_PID=
+cleanup() {
+  status=$?
+  if [ "$status" -ne 0 ]; then
+    say "failed; the stack's last logs:"
+    "${COMPOSE[@]}" -p "$PROJECT" logs --no-color --tail 40 2>/dev/null || true
+  fi
+  "${COMPOSE[@]}" -p "$PROJECT" --profile sandbox down -v --remove-orphans >/dev/null 2>&1 || true
+  if [ -n "$DOCKERD_PID" ]; then kill "$DOCKERD_PID" 2>/dev/null || true; wait "$DOCKERD_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+
+if ! docker info >/dev/null 2>&1; then
+  say "starting dockerd"
+  dockerd >"$WORK/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { cat "$WORK/dockerd.log"; exit 1; }
+fi
+say "docker $(docker version --format '{{.Server.Version}}'), $("${COMPOSE[@]}" version | head -n 1)"
+
+# --- images ---------------------------------------------------------------------------
+image_missing() { ! docker image inspect "$1" >/dev/null 2>&1; }
+if image_missing pushline-ci/base:$SUITE; then
+  say "making the base image (mmdebstrap $SUITE minbase + ca-certificates)"
+  mmdebstrap --quiet --variant=minbase --include=ca-certificates "$SUITE" "$WORK/base.tar" "$MIRROR"
+  docker import "$WORK/base.tar" pushline-ci/base:$SUITE >/dev/null
+fi
+if image_missing pushline-ci/deps:$SUITE; then
+  say "making the dependencies' image (Debian's nats-server, redis-server, prometheus)"
+  mmdebstrap --quiet --variant=minbase --aptopt='APT::Install-Recommends "false"' \
+    --include=ca-certificates,wget,nats-server,redis-server,prometheus \
+    --customize-hook='mkdir -p "$1/data" "$1/prometheus"' "$SUITE" "$WORK/deps.tar" "$MIRROR"
+  docker import "$WORK/deps.tar" pushline-ci/deps:$SUITE >/dev/null
+fi
+# One image per dependency: only the entry point differs (no network needed).
+printf 'FROM pushline-ci/deps:%s\nWORKDIR /data\nENTRYPOINT ["/usr/sbin/nats-server"]\n' "$SUITE" \
+  | DOCKER_BUILDKIT=0 "$DOCKER" build -q -t pushline-ci/nats:$SUITE - >/dev/null
+printf 'FROM pushline-ci/deps:%s\nWORKDIR /data\n' "$SUITE" \
+  | DOCKER_BUILDKIT=0 "$DOCKER" build -q -t pushline-ci/redis:$SUITE - >/dev/null
+printf 'FROM pushline-ci/deps:%s\nWORKDIR /prometheus\nENTRYPOINT ["/usr/bin/prometheus"]\nCMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]\n' "$SUITE" \
+  | DOCKER_BUILDKIT=0 "$DOCKER" build -q -t pushline-ci/prometheus:$SUITE - >/dev/null
+
+say "building the release binaries and the pushline image from them"
+cargo build --release --locked \
+  -p pushline-ingest -p pushline-registry -p pushline-dispatcher-apns -p pushline-dispatcher-fcm \
+  -p pushline-tests --bin pushline-ingest --bin pushline-registry --bin pushctl \
+  --bin pushline-dispatcher-apns --bin pushline-dispatcher-fcm --bin pushline-mock
+DOCKER_BUILDKIT=1 "$DOCKER" build --quiet -f deploy/Dockerfile \
+  --build-arg BINARIES=prebuilt --build-arg RUNTIME_BASE=pushline-ci/base:$SUITE \
+  -t pushline:ci . >/dev/null
+# The binaries run on the base (glibc, certificates), as the image's user, without network.
+docker run --rm --network none pushline:ci sh -c 'id -u && pushline-ingest --print-config >/dev/null' \
+  | grep -qx 10001
+
+# --- the stack ------------------------------------------------------------------------
+export PUSHLINE_IMAGE=pushline:ci
+export PUSHLINE_NATS_IMAGE=pushline-ci/nats:$SUITE
+export PUSHLINE_REDIS_IMAGE=pushline-ci/redis:$SUITE
+export PUSHLINE_PROMETHEUS_IMAGE=pushline-ci/prometheus:$SUITE
+SERVICES=(nats redis mock ingest registry dispatcher-apns dispatcher-fcm prometheus)
+say "docker-compose.yml up: ${SERVICES[*]}"
+"${COMPOSE[@]}" -p "$PROJECT" --profile sandbox up -d --no-build "${SERVICES[@]}"
+
+health() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$("${COMPOSE[@]}" -p "$PROJECT" ps -q "$1")"; }
+for service in ingest registry dispatcher-apns dispatcher-fcm mock; do
+  for _ in $(seq 1 120); do [ "$(health "$service")" = healthy ] && break; sleep 0.5; done
+  state=$(health "$service")
+  echo "  $service: $state"
+  [ "$state" = healthy ] || exit 1
+done
+
+say "a signed call webhook through the containers"
+PERSON=Y2lzY29zcGFyazovL3VzL1BFT1BMRS9jb250YWluZXJz
+VOIP_TOKEN=$(printf 'cd%.0s' $(seq 1 32))
+FCM_TOKEN="fcm-containers:APA91bHPRgkFLJu6ck_q"
+curl -fsS -X POST http://127.0.0.1:8081/register -H "authorization: Bearer $API_KEY" \
+  -H 'content-type: application/json' \
+  -d "{\"voipToken\":\"$VOIP_TOKEN\",\"fcmToken\":\"$FCM_TOKEN\",\"personId\":\"$PERSON\"}" >/dev/null
+BODY="{\"resource\":\"telephony_push\",\"event\":\"updated\",\"actorId\":\"$PERSON\",\"data\":{\"apnsPayload\":{\"aps\":{},\"callId\":\"container-call\"},\"fcmPayload\":{\"type\":\"incoming_call\",\"callId\":\"container-call\"}}}"
+SIG=$(printf %s "$BODY" | openssl dgst -sha1 -hmac "$SECRET" | sed 's/^.*= //')
+curl -fsS -X POST http://127.0.0.1:8080/webhooks/webex -H 'content-type: application/json' \
+  -H "x-spark-signature: $SIG" -d "$BODY"
+echo
+delivered=0
+for _ in $(seq 1 100); do
+  requests=$(curl -fsS http://127.0.0.1:8445/requests)
+  delivered=$(printf %s "$requests" | grep -o '"status":200' | wc -l)
+  [ "$delivered" -ge 2 ] && break
+  sleep 0.2
+done
+echo "  pushes the sandbox providers accepted: $delivered"
+printf %s "$requests" | grep -q "/3/device/$VOIP_TOKEN" || { echo "no APNs push for the VoIP token"; exit 1; }
+printf %s "$requests" | grep -q "container-call" || { echo "the call's payload did not arrive"; exit 1; }
+[ "$delivered" -ge 2 ] || exit 1
+
+say "Prometheus scrapes pushline_pushes_total"
+query='sum(pushline_pushes_total{outcome="delivered"})'
+scraped=0
+for _ in $(seq 1 60); do
+  scraped=$(curl -fsS -G http://127.0.0.1:9090/api/v1/query --data-urlencode "query=$query" \
+    | sed -n 's/.*"value":\[[^,]*,"\([0-9.]*\)"\].*/\1/p')
+  [ "${scraped%.*}" -ge 2 ] 2>/dev/null && break
+  sleep 1
+done
+echo "  $query = ${scraped:-none}"
+[ "${scraped%.*}" -ge 2 ] 2>/dev/null || exit 1
+curl -fsS http://127.0.0.1:9090/api/v1/targets | grep -o '"health":"[a-z]*"' | sort | uniq -c
+
+say "down leaves nothing behind"
+"${COMPOSE[@]}" -p "$PROJECT" --profile sandbox down -v --remove-orphans
+left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"; \
+  docker network ls -q --filter "label=com.docker.compose.project=$PROJECT"; \
+  docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT")
+if [ -n "$left" ]; then echo "left behind: $left"; exit 1; fi
+echo "  no containers, networks or volumes of $PROJECT remain"
+say "container check passed in $(( $(date +%s) - started )) s"
