@@ -21,6 +21,11 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// `Retry-After` sent with 503 when NATS cannot take the event, seconds.
     pub retry_after_secs: u64,
+    /// Most requests (webhooks and `/v1/notify`) handled at once, their publishes
+    /// included; one more is refused at once with 503 `overloaded` and `Retry-After`,
+    /// before its body is read. Bounds ingest's memory by configuration (at most this
+    /// many bodies of `body_limit_bytes`) instead of by load.
+    pub max_in_flight: usize,
     /// Deepest JSON nesting accepted in a body; deeper → 400.
     pub max_json_depth: usize,
     /// Webex webhook settings.
@@ -40,6 +45,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9080".into(),
             body_limit_bytes: 64 * 1024,
             retry_after_secs: 1,
+            max_in_flight: 512,
             max_json_depth: 32,
             webex: WebexConfig::default(),
             producers: ProducersConfig::default(),
@@ -161,6 +167,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "body_limit_bytes",
                 "must be 1 KiB to 16 MiB",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_in_flight) {
+            return Err(ConfigError::invalid(
+                "max_in_flight",
+                "must be 1 to 1000000",
             ));
         }
         if self.webex.call_ttl_secs == 0 || self.webex.call_ttl_secs > self.webex.max_ttl_secs {

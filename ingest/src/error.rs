@@ -33,6 +33,12 @@ pub enum ApiError {
         /// Seconds for `Retry-After`.
         retry_after_secs: u64,
     },
+    /// More requests in flight than `max_in_flight`: refused before reading the body.
+    #[error("ingest is at its limit of requests in flight; retry after {retry_after_secs} s")]
+    Overloaded {
+        /// Seconds for `Retry-After`.
+        retry_after_secs: u64,
+    },
     /// The event could not be stored; retry later.
     #[error("the event could not be stored right now; retry later")]
     Unavailable {
@@ -51,6 +57,7 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid",
             ApiError::Unprocessable(_) => "unprocessable",
             ApiError::TooManyRequests { .. } => "rate_limited",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::Unavailable { .. } => "unavailable",
         }
     }
@@ -63,6 +70,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -75,6 +83,7 @@ impl IntoResponse for ApiError {
         }));
         let mut response = (self.status(), body).into_response();
         if let ApiError::Unavailable { retry_after_secs }
+        | ApiError::Overloaded { retry_after_secs }
         | ApiError::TooManyRequests { retry_after_secs } = self
         {
             response

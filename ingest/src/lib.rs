@@ -71,6 +71,7 @@ struct Inner {
     producers: notify::Producers,
     topology: Topology,
     publisher: Publisher,
+    admission: publish::Admission,
     metrics: Metrics,
 }
 
@@ -93,6 +94,7 @@ impl AppState {
                 producers: notify::Producers::new(&config.producers),
                 topology: Topology::new(&config.nats),
                 publisher,
+                admission: publish::Admission::new(config.max_in_flight),
                 metrics,
             }),
         }
@@ -114,9 +116,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+impl Inner {
+    /// A permit for one more request, or the fast refusal.
+    fn admit(&self) -> Result<publish::Admitted, ApiError> {
+        self.admission.try_admit().ok_or(ApiError::Overloaded {
+            retry_after_secs: self.retry_after_secs,
+        })
+    }
+}
+
 async fn webex_webhook(State(state): State<AppState>, request: Request) -> Response {
     let s = &state.inner;
-    let result = receive(s, request).await;
+    let result = match s.admit() {
+        Ok(admitted) => receive(s, request, admitted).await,
+        Err(overloaded) => Err(overloaded),
+    };
     let outcome = match &result {
         Ok((_, outcome)) => *outcome,
         Err(error) => error.outcome(),
@@ -167,7 +181,11 @@ async fn read_json_body(
     Ok(body)
 }
 
-async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str), ApiError> {
+async fn receive(
+    s: &Inner,
+    request: Request,
+    admitted: publish::Admitted,
+) -> Result<(Response, &'static str), ApiError> {
     let received_at = now_ms();
     let (parts, body) = request.into_parts();
     let body = read_json_body(s, &parts, Body::new(body)).await?;
@@ -223,6 +241,7 @@ async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str)
             &event.id,
             event.trace_id.as_deref(),
             payload.into(),
+            admitted,
         )
         .await
         .map_err(|error| {
@@ -251,7 +270,10 @@ async fn receive(s: &Inner, request: Request) -> Result<(Response, &'static str)
 
 async fn notify_handler(State(state): State<AppState>, request: Request) -> Response {
     let s = &state.inner;
-    let result = notify(s, request).await;
+    let result = match s.admit() {
+        Ok(admitted) => notify(s, request, admitted).await,
+        Err(overloaded) => Err(overloaded),
+    };
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(error) => error.outcome(),
@@ -269,7 +291,11 @@ async fn notify_handler(State(state): State<AppState>, request: Request) -> Resp
     }
 }
 
-async fn notify(s: &Inner, request: Request) -> Result<Response, ApiError> {
+async fn notify(
+    s: &Inner,
+    request: Request,
+    admitted: publish::Admitted,
+) -> Result<Response, ApiError> {
     let received_at = now_ms();
     let (parts, body) = request.into_parts();
     let key = admin::bearer(&parts.headers);
@@ -320,7 +346,7 @@ async fn notify(s: &Inner, request: Request) -> Result<Response, ApiError> {
             }
         })?;
 
-    let publishes = events.iter().map(|event| async move {
+    let publishes = events.iter().map(|event| async {
         let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
         let subject = s.topology.event_subject(&event.source, &event.resource);
         s.publisher
@@ -329,6 +355,7 @@ async fn notify(s: &Inner, request: Request) -> Result<Response, ApiError> {
                 &event.id,
                 event.trace_id.as_deref(),
                 payload.into(),
+                admitted.clone(),
             )
             .await
             .map_err(|e| e.to_string())

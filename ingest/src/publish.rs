@@ -13,14 +13,19 @@
 //! timeout may be shorter than the budget) does not cancel them, so the event is still
 //! stored if it can be within the budget, and the call still rings.
 //!
+//! Each try holds the request's admission permit ([`Admission`]), so requests whose
+//! sender hung up still count against `max_in_flight` until their publish ends.
+//!
 //! The default budget (12 s) is sized by nats-server's Raft: a killed stream leader is
 //! replaced after an election timeout of 4 to 9 s, plus the client's reconnect.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
 use bytes::Bytes;
 use pipeline::metrics::Metrics;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Header carrying the producer's trace id through NATS.
 pub const TRACE_HEADER: &str = "Pushline-Trace-Id";
@@ -47,6 +52,40 @@ pub enum PublishError {
     /// JetStream refused or the request failed.
     #[error("JetStream publish failed: {0}")]
     Failed(String),
+}
+
+/// Ingest's bound on requests in flight (`max_in_flight`): a permit is taken before a
+/// request's body is read and released when the request, and every publish it started,
+/// is done.
+#[derive(Clone)]
+pub struct Admission {
+    permits: Arc<Semaphore>,
+}
+
+/// A request's admission, shared with the publishes it starts.
+#[derive(Clone)]
+pub struct Admitted {
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+impl Admission {
+    /// At most `max_in_flight` requests at once.
+    pub fn new(max_in_flight: usize) -> Self {
+        Admission {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+        }
+    }
+
+    /// A permit, or `None` at the limit (the request is to be refused, not queued).
+    pub fn try_admit(&self) -> Option<Admitted> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| Admitted {
+                _permit: Arc::new(permit),
+            })
+    }
 }
 
 /// The result of a stored publish.
@@ -90,20 +129,24 @@ impl Publisher {
 
     /// Publishes `payload` on `subject` with `Nats-Msg-Id: msg_id` and waits for the ack,
     /// trying again within the retry budget (on a task of its own, so the tries go on if
-    /// the caller is dropped).
+    /// the caller is dropped; the task holds the request's `admitted` permit).
     pub async fn publish(
         &self,
         subject: String,
         msg_id: &str,
         trace_id: Option<&str>,
         payload: Bytes,
+        admitted: Admitted,
     ) -> Result<Stored, PublishError> {
         let this = self.clone();
         let msg_id = msg_id.to_owned();
         let trace_id = trace_id.map(str::to_owned);
         tokio::spawn(async move {
-            this.publish_within_budget(subject, &msg_id, trace_id.as_deref(), payload)
-                .await
+            let stored = this
+                .publish_within_budget(subject, &msg_id, trace_id.as_deref(), payload)
+                .await;
+            drop(admitted);
+            stored
         })
         .await
         .map_err(|e| PublishError::Failed(format!("publish task: {e}")))?

@@ -273,3 +273,72 @@ async fn refuses_to_start_without_a_webhook_secret() {
     let error = config.resolve().expect_err("no secret");
     assert!(error.to_string().contains("webex.secrets"));
 }
+
+#[tokio::test]
+async fn beyond_max_in_flight_requests_are_refused_at_once_not_parked() {
+    let mut env = Env::start();
+    let mut config = env.ingest_config();
+    config.max_in_flight = 1;
+    config.nats.publish_retry_budget_ms = 20_000;
+    let ingest = start_ingest(config).await;
+    ingest.wait_ready().await;
+    let body = telephony_push("person-1", None, Some(&fcm_payload("parked")));
+
+    // One webhook waits for NATS within its retry budget and holds the only slot...
+    env.nats.stop();
+    let first = tokio::spawn({
+        let url = ingest.url("/webhooks/webex");
+        let body = body.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-spark-signature", sign(&body, WEBHOOK_SECRET))
+                .body(body)
+                .send()
+                .await
+                .expect("first webhook")
+                .status()
+        }
+    });
+    wait::until_true(
+        "the first webhook to be retrying its publish",
+        Duration::from_secs(10),
+        || {
+            let metrics = ingest.metrics();
+            async move {
+                metrics
+                    .await
+                    .contains(r#"pushline_retries_total{reason="publish",stage="ingest"}"#)
+            }
+        },
+    )
+    .await;
+    // ...so the next is refused at once, without being read, and says when to come back.
+    let other = telephony_push("person-2", None, Some(&fcm_payload("refused")));
+    let refused = post_signed(&ingest, &other).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let error: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "overloaded");
+    let notify = reqwest::Client::new()
+        .post(ingest.url("/v1/notify"))
+        .bearer_auth(harness::services::PRODUCER_KEY)
+        .json(&serde_json::json!({"person_ids": ["p"], "class": "alert", "fcm": {"data": {"m": "x"}}, "idempotency_key": "k"}))
+        .send()
+        .await
+        .expect("notify");
+    assert_eq!(notify.status(), 503, "the producer API shares the bound");
+
+    // NATS back: the parked webhook is stored, and its slot is free again.
+    env.nats.restart();
+    assert_eq!(first.await.expect("first"), 200);
+    assert_eq!(post_signed(&ingest, &other).await.status(), 200);
+    let metrics = ingest.metrics().await;
+    assert!(
+        metrics
+            .contains(r#"pushline_webhooks_received_total{outcome="overloaded",source="webex"} 1"#),
+        "{metrics}"
+    );
+    env.wait_messages(StreamKind::Events, 2).await;
+}
