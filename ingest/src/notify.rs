@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use pipeline::contract::{
     ApnsPart, ApnsPushType, Class, Event, FCM_DATA_MAX_BYTES, FcmPart, FcmPriority, VERSION,
-    apns_max_bytes,
+    apns_max_bytes, check_person_id,
 };
 use pipeline::jwe;
 use serde::Deserialize;
@@ -31,8 +31,6 @@ pub const SOURCE: &str = "api";
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Longest `apns-collapse-id` APNs accepts, bytes.
 pub const MAX_COLLAPSE_ID: usize = 64;
-/// Longest person id.
-pub const MAX_PERSON_ID: usize = 512;
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -132,16 +130,7 @@ pub fn events(
         )));
     }
     for (i, person) in request.person_ids.iter().enumerate() {
-        if person.is_empty()
-            || person.len() > MAX_PERSON_ID
-            || person
-                .chars()
-                .any(|c| c.is_control() || c == '{' || c == '}')
-        {
-            return Err(bad(format!(
-                "`person_ids[{i}]` must be 1 to {MAX_PERSON_ID} characters without control characters or braces"
-            )));
-        }
+        check_person_id(&format!("person_ids[{i}]"), person).map_err(bad)?;
     }
     let key = &request.idempotency_key;
     if key.is_empty()

@@ -27,9 +27,6 @@ use crate::config::{PersonField, WebexConfig};
 /// The source name of Webex events (`events.webex.<resource>`).
 pub const SOURCE: &str = "webex";
 
-/// The longest person id accepted from a webhook.
-const MAX_PERSON_ID: usize = 512;
-
 /// What became of an envelope.
 #[derive(Debug)]
 pub enum Normalised {
@@ -237,12 +234,7 @@ pub fn normalise(
 }
 
 fn check_person_id(field: &str, person: &str) -> Result<(), InvalidEnvelope> {
-    if person.is_empty() || person.len() > MAX_PERSON_ID || person.chars().any(char::is_control) {
-        return Err(invalid(format!(
-            "`{field}` must be 1 to {MAX_PERSON_ID} characters without control characters"
-        )));
-    }
-    Ok(())
+    pipeline::contract::check_person_id(field, person).map_err(InvalidEnvelope)
 }
 
 fn ring_expiry_in(payload: &RawValue) -> Option<u64> {
@@ -374,6 +366,30 @@ mod tests {
         assert!(matches!(
             normalise(body.as_bytes(), &config(), NOW, None),
             Ok(Normalised::Expired)
+        ));
+    }
+
+    #[test]
+    fn person_ids_follow_the_registrys_rule() {
+        let body = |person: &str| {
+            format!(
+                r#"{{"resource":"telephony_push","event":"updated","actorId":"{person}","data":{{"fcmPayload":{{}}}}}}"#
+            )
+        };
+        let error = normalise(body("a{b}").as_bytes(), &config(), 1_000, None)
+            .expect_err("braces break the person's Redis hash tag");
+        assert!(
+            error.0.starts_with("`actorId` must be 1 to 512 characters"),
+            "{error}"
+        );
+        assert!(matches!(
+            normalise(
+                body("ciscospark://us/PEOPLE/1").as_bytes(),
+                &config(),
+                1_000,
+                None
+            ),
+            Ok(Normalised::Event(_))
         ));
     }
 

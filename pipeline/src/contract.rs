@@ -131,6 +131,27 @@ pub struct Event {
     pub encrypt: bool,
 }
 
+/// Longest person id, in characters.
+pub const MAX_PERSON_ID: usize = 512;
+
+/// The one rule for person ids, wherever one enters (webhooks, `/v1/notify`, the device
+/// API): 1 to [`MAX_PERSON_ID`] characters, no control characters, no `{` or `}` (they
+/// would break the Redis Cluster hash tag of the person's keys). The message names
+/// `field`.
+pub fn check_person_id(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty()
+        || value.chars().count() > MAX_PERSON_ID
+        || value
+            .chars()
+            .any(|c| c.is_control() || c == '{' || c == '}')
+    {
+        return Err(format!(
+            "`{field}` must be 1 to {MAX_PERSON_ID} characters, without control characters or braces"
+        ));
+    }
+    Ok(())
+}
+
 /// Largest APNs body for a VoIP push, bytes.
 pub const APNS_VOIP_MAX_BYTES: usize = 5_120;
 /// Largest APNs body for every other push, bytes.
@@ -301,6 +322,21 @@ mod tests {
         let again = serde_json::to_string(&event).expect("serialise");
         let event: Event = serde_json::from_str(&again).expect("parse again");
         assert_eq!(event.apns.expect("apns").payload.get(), payload);
+    }
+
+    #[test]
+    fn person_ids_follow_one_rule() {
+        assert!(check_person_id("p", "Y2lzY29zcGFyazovL3VzL1BFT1BMRS8x").is_ok());
+        assert!(check_person_id("p", "ciscospark://us/PEOPLE/1").is_ok());
+        assert!(
+            check_person_id("p", &"é".repeat(512)).is_ok(),
+            "characters, not bytes"
+        );
+        assert!(check_person_id("p", &"x".repeat(513)).is_err());
+        for bad in ["", "a{b", "a}b", "a\nb", "a\u{85}b"] {
+            let error = check_person_id("person_ids[0]", bad).expect_err(bad);
+            assert!(error.starts_with("`person_ids[0]`"), "{error}");
+        }
     }
 
     #[test]

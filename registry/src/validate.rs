@@ -2,8 +2,8 @@
 
 use pipeline::contract::Platform;
 
-/// Longest person id.
-pub const MAX_PERSON_ID: usize = 512;
+/// Longest person id, in characters.
+pub use pipeline::contract::MAX_PERSON_ID;
 /// Longest FCM token.
 pub const MAX_FCM_TOKEN: usize = 4_096;
 /// Longest app id (bundle id / project id).
@@ -11,20 +11,9 @@ pub const MAX_APP: usize = 255;
 /// Longest device id.
 pub const MAX_DEVICE_ID: usize = 128;
 
-/// A person id: 1–512 characters, no control characters, no `{`/`}` (they would break
-/// the Redis Cluster hash tag).
+/// A person id, by the one rule of [`pipeline::contract::check_person_id`].
 pub fn person_id(field: &str, value: &str) -> Result<(), String> {
-    if value.is_empty()
-        || value.chars().count() > MAX_PERSON_ID
-        || value
-            .chars()
-            .any(|c| c.is_control() || c == '{' || c == '}')
-    {
-        return Err(format!(
-            "`{field}` must be 1 to {MAX_PERSON_ID} characters, without control characters or braces"
-        ));
-    }
-    Ok(())
+    pipeline::contract::check_person_id(field, value)
 }
 
 /// A device token in the provider's format: APNs tokens are an even number (64 today, at

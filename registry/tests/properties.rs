@@ -25,7 +25,7 @@ proptest! {
         if validate::person_id("p", &value).is_ok() {
             let braces = value.contains('{') || value.contains('}');
             prop_assert!(!braces, "braces accepted");
-            prop_assert!(!value.is_empty() && value.len() <= validate::MAX_PERSON_ID);
+            prop_assert!(!value.is_empty() && value.chars().count() <= validate::MAX_PERSON_ID);
         }
     }
 
