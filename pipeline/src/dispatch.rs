@@ -157,12 +157,16 @@ impl<P: Provider> Dispatch<P> {
             observed_at_ms: now_ms(),
         };
         let body = serde_json::to_vec(&feedback).map_err(|e| e.to_string())?;
-        let ack = self
-            .js
-            .publish(self.feedback_subject.clone(), body.into())
+        // One verdict per job, however often the job is tried.
+        let id = format!(
+            "feedback:{}:{}",
+            job.event_id,
+            crate::telemetry::token_tag(&job.token)
+        );
+        crate::nats::publish_stored(&self.js, &self.feedback_subject, &id, None, &body.into())
             .await
-            .map_err(|e| e.to_string())?;
-        ack.await.map(|_| ()).map_err(|e| e.to_string())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -179,12 +179,17 @@ pub async fn replay(
                 return Err(format!("dead letter {} carries no message", entry.sequence));
             }
         };
-        let ack = js
-            .publish(letter.subject.clone(), body.into())
-            .await
-            .map_err(|e| format!("dead letter {}: publish: {e}", entry.sequence))?;
-        ack.await
-            .map_err(|e| format!("dead letter {}: publish ack: {e}", entry.sequence))?;
+        // A replay interrupted before the letter was deleted, and run again, stores the
+        // message once.
+        crate::nats::publish_stored(
+            js,
+            &letter.subject,
+            &format!("replay:{}", entry.sequence),
+            None,
+            &body.into(),
+        )
+        .await
+        .map_err(|e| format!("dead letter {}: publish: {e}", entry.sequence))?;
         stream.delete_message(entry.sequence).await.map_err(|e| {
             format!(
                 "dead letter {}: replayed but not deleted: {e}",

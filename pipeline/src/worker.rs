@@ -485,12 +485,22 @@ impl Shared {
             message_base64: base64,
         };
         let body = serde_json::to_vec(&letter).map_err(|e| e.to_string())?;
-        let ack = self
-            .js
-            .publish(self.dead_subject.clone(), body.into())
+        // One dead letter per stream message, however often this is tried.
+        let id = match message.info() {
+            Ok(info) => format!(
+                "dead:{}:{}:{}",
+                self.stage, info.stream, info.stream_sequence
+            ),
+            Err(_) => format!(
+                "dead:{}:{}",
+                self.stage,
+                crate::telemetry::token_tag(&letter.subject)
+            ),
+        };
+        crate::nats::publish_stored(&self.js, &self.dead_subject, &id, None, &body.into())
             .await
-            .map_err(|e| e.to_string())?;
-        ack.await.map(|_| ()).map_err(|e| e.to_string())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
