@@ -44,7 +44,7 @@ pub struct Metrics {
     pub fanout_jobs: IntCounterVec,
     /// `pushline_fanout_skipped_total{platform,reason}`: devices an event was not sent to
     /// because it had to be encrypted and could not be (`no_key`, `key_unreadable`,
-    /// `too_large`).
+    /// `too_large`, `malformed`).
     pub fanout_skipped: IntCounterVec,
     /// `pushline_device_operations_total{operation,outcome}` on the device API.
     pub device_operations: IntCounterVec,

@@ -66,6 +66,8 @@ pub enum Skip {
     KeyUnreadable,
     /// The encrypted body is over the provider's limit.
     TooLarge,
+    /// The APNs payload is not a JSON object, so its `aps` cannot be kept in clear.
+    Malformed,
 }
 
 impl Skip {
@@ -75,6 +77,7 @@ impl Skip {
             Skip::NoKey => "no_key",
             Skip::KeyUnreadable => "key_unreadable",
             Skip::TooLarge => "too_large",
+            Skip::Malformed => "malformed",
         }
     }
 }
@@ -87,7 +90,7 @@ pub fn encrypt_job(
 ) -> Result<(), Skip> {
     if let Some(apns) = &mut job.apns {
         let len = pipeline::jwe::apns_envelope_len(&apns.payload, kid.len())
-            .map_err(|_| Skip::TooLarge)?;
+            .map_err(|_| Skip::Malformed)?;
         if len > apns_max_bytes(apns.push_type) {
             return Err(Skip::TooLarge);
         }
