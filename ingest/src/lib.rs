@@ -245,7 +245,7 @@ async fn receive(
         )
         .await
         .map_err(|error| {
-            tracing::warn!(%error, event_id = %event.id, "event not stored");
+            tracing::warn!(%error, event_id = %event.id, trace_id = event.trace_id.as_deref().unwrap_or("-"), "event not stored");
             ApiError::Unavailable {
                 retry_after_secs: s.retry_after_secs,
             }
@@ -259,7 +259,7 @@ async fn receive(
             .inc();
         "accepted"
     };
-    tracing::debug!(event_id = %event.id, outcome, "event stored");
+    tracing::debug!(event_id = %event.id, trace_id = event.trace_id.as_deref().unwrap_or("-"), outcome, "event stored");
     let body = Json(serde_json::json!({
         "status": "accepted",
         "event_id": event.id,

@@ -28,7 +28,7 @@ use pipeline::metrics::Metrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Header carrying the producer's trace id through NATS.
-pub const TRACE_HEADER: &str = "Pushline-Trace-Id";
+pub use pipeline::contract::TRACE_HEADER;
 
 /// Why an event was not stored.
 #[derive(Debug, thiserror::Error)]

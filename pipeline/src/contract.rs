@@ -13,6 +13,10 @@ use serde_json::value::RawValue;
 /// The contract version every message carries in its `v` field.
 pub const VERSION: u8 = 1;
 
+/// The NATS header carrying the producer's trace id (Webex `TrackingID`) on events, jobs
+/// and feedback; the worker puts it on the log span of every message it handles.
+pub const TRACE_HEADER: &str = "Pushline-Trace-Id";
+
 /// How urgent an event is; decides which devices get it and how providers treat it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -163,10 +163,21 @@ impl<P: Provider> Dispatch<P> {
             job.event_id,
             crate::telemetry::token_tag(&job.token)
         );
-        crate::nats::publish_stored(&self.js, &self.feedback_subject, &id, None, &body.into())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let headers = job.trace_id.as_deref().map(|trace| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(crate::contract::TRACE_HEADER, trace);
+            headers
+        });
+        crate::nats::publish_stored(
+            &self.js,
+            &self.feedback_subject,
+            &id,
+            headers.as_ref(),
+            &body.into(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -369,7 +369,15 @@ impl Shared {
         let in_flight = self.metrics.worker_in_flight.with_label_values(&[stage]);
         in_flight.inc();
         let started = Instant::now();
-        let span = tracing::debug_span!("message", stage, attempt);
+        // Every line logged while handling and settling the message names the producer's
+        // trace id, so one call can be followed through every stage's logs.
+        let trace_id = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(crate::contract::TRACE_HEADER))
+            .map(|value| value.as_str())
+            .unwrap_or("-");
+        let span = tracing::info_span!("message", stage, attempt, trace_id);
         let outcome = if delivered > self.max_deliveries {
             Outcome::Dead {
                 reason: "redelivered",
@@ -386,7 +394,7 @@ impl Shared {
                     headers: message.headers.as_ref(),
                     attempt,
                 })
-                .instrument(span);
+                .instrument(span.clone());
             while_working(&message, self.progress_every, work).await
         };
         let tries = match outcome {
@@ -397,7 +405,9 @@ impl Shared {
         if made > 0 && !matches!(outcome, Outcome::Retry { .. }) {
             self.attempts.settled(sequence);
         }
-        self.settle(&message, tries.max(1), outcome).await;
+        self.settle(&message, tries.max(1), outcome)
+            .instrument(span)
+            .await;
         self.metrics
             .worker_duration
             .with_label_values(&[stage])

@@ -235,7 +235,7 @@ impl Fanout {
     async fn publish_jobs(&self, event: &Event, jobs: &[PushJob]) -> Result<(), String> {
         let headers = event.trace_id.as_deref().map(|trace| {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Pushline-Trace-Id", trace);
+            headers.insert(pipeline::contract::TRACE_HEADER, trace);
             headers
         });
         let headers = &headers;

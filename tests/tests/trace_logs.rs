@@ -1,0 +1,90 @@
+//! "Did Alice's phone ring?" starts in the logs: the producer's trace id (Webex
+//! `TrackingID`) is on every line each stage logs about the call — ingest storing it, the
+//! fan-out, the dispatcher's retry and delivery, and the registry pruning a token the
+//! provider rejected.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use harness::mock::apns::MockApns;
+use harness::services::WEBHOOK_SECRET;
+use harness::stack::Stack;
+use harness::webex::{apns_payload, sign, telephony_push};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_stage_logs_the_calls_trace_id() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("warn,pipeline=debug,ingest=debug,registry=debug")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let stack = Stack::start().await;
+    let (flaky, gone) = ("0123456789abcdef".repeat(4), "feedfacecafebeef".repeat(4));
+    stack.register_ios("tess", &flaky).await;
+    stack.register_ios("tess", &gone).await;
+    stack
+        .providers
+        .apns
+        .script(&flaky, [MockApns::error(503, "ServiceUnavailable")]);
+    stack.providers.apns.script(
+        &gone,
+        [MockApns::unregistered(pipeline::contract::now_ms() - 1)],
+    );
+
+    let trace = "ROUTER_6a1f2b3c-tess-call";
+    let body = telephony_push("tess", Some(&apns_payload("traced")), None);
+    let response = reqwest::Client::new()
+        .post(stack.ingest.url("/webhooks/webex"))
+        .header("content-type", "application/json")
+        .header("x-spark-signature", sign(&body, WEBHOOK_SECRET))
+        .header("trackingid", trace)
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(response.status(), 200);
+    stack
+        .providers
+        .apns
+        .wait_delivered(1, Duration::from_secs(15))
+        .await;
+    Stack::wait_metrics(
+        &stack.registry,
+        &[r#"pushline_feedback_total{outcome="pruned",platform="apns"} 1"#],
+    )
+    .await;
+
+    let log = String::from_utf8_lossy(&capture.0.lock().expect("capture")).into_owned();
+    for (stage, line) in [
+        ("ingest", "event stored"),
+        ("fan-out", "event fanned out"),
+        ("dispatcher retry", "retrying"),
+        ("dispatcher delivery", "delivered"),
+        ("dispatcher verdict", "token rejected by provider"),
+        ("registry prune", "feedback handled"),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(line)).collect();
+        assert!(!lines.is_empty(), "no `{line}` line ({stage}) in:\n{log}");
+        assert!(
+            lines.iter().all(|l| l.contains(trace)),
+            "the {stage} line lacks the trace id: {lines:#?}"
+        );
+    }
+}
