@@ -6,6 +6,7 @@
 //! - [`servers`]: spawning and stopping `nats-server` and `redis-server`.
 //! - [`clusters`]: a JetStream cluster, Redis Cluster and Redis Sentinel, with node kills.
 //! - [`drill`]: fault drills under load and their reports (tests and `pushline-drill`).
+//! - [`logs`]: capturing the services' log for tests that read it.
 //! - [`services`]: running each service in-process with test configuration.
 //! - [`stack`]: the whole pipeline with mock providers, for end-to-end tests.
 //! - [`bench`]: helpers shared by the benchmark binaries.
@@ -17,6 +18,7 @@
 pub mod bench;
 pub mod clusters;
 pub mod drill;
+pub mod logs;
 pub mod mock;
 pub mod servers;
 pub mod services;

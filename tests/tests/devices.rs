@@ -63,6 +63,18 @@ async fn put(
     (status, response.text().await.expect("body"))
 }
 
+/// `DELETE <path>` on the registry with the test API key; the status.
+async fn delete(registry: &harness::services::Service, path: &str) -> u16 {
+    reqwest::Client::new()
+        .delete(registry.url(path))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("DELETE")
+        .status()
+        .as_u16()
+}
+
 async fn list(registry: &harness::services::Service, person: &str) -> (Vec<Value>, String) {
     let text = reqwest::Client::new()
         .get(registry.url(&format!("/v1/persons/{person}/devices")))
@@ -349,13 +361,10 @@ async fn a_devices_key_is_never_returned_nor_stored_in_clear_and_survives_kek_ro
     );
 
     // Deleting the device deletes its key.
-    let deleted = reqwest::Client::new()
-        .delete(stack.registry.url(&format!("/v1/devices/{token}")))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(
+        delete(&stack.registry, &format!("/v1/devices/{token}")).await,
+        204
+    );
     assert!(!redis_dump(&stack.env).await.contains("sealed"));
 
     // Without a KEK there is nowhere safe to keep a key: refused, not stored in clear.
@@ -417,17 +426,14 @@ async fn a_shared_device_rings_every_person_on_it_and_a_logout_removes_only_that
     );
 
     // Ben logs out of the shared phone: Ann keeps it.
-    let deleted = reqwest::Client::new()
-        .delete(
-            stack
-                .registry
-                .url(&format!("/v1/devices/{shared}?person_id=ben")),
+    assert_eq!(
+        delete(
+            &stack.registry,
+            &format!("/v1/devices/{shared}?person_id=ben")
         )
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(deleted.status(), 204);
+        .await,
+        204
+    );
     assert_eq!(
         tokens(&list(&stack.registry, "ann").await.0),
         vec![shared.clone()]
@@ -519,24 +525,19 @@ async fn a_phones_tokens_are_one_device_counted_once_and_removed_together() {
     );
     assert!(devices.iter().all(|d| d["device_id"] == "dans-iphone"));
 
-    let deleted = reqwest::Client::new()
-        .delete(registry.url(&format!("/v1/devices/{alert}")))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(
+        delete(&registry, &format!("/v1/devices/{alert}")).await,
+        204
+    );
     assert!(
         list(&registry, "dan").await.0.is_empty(),
         "the VoIP token went with it"
     );
-    let gone = reqwest::Client::new()
-        .delete(registry.url(&format!("/v1/devices/{voip}")))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(gone.status(), 404, "its index went too");
+    assert_eq!(
+        delete(&registry, &format!("/v1/devices/{voip}")).await,
+        404,
+        "its index went too"
+    );
 
     // The sample server's body says where a misplaced token belongs.
     let response = reqwest::Client::new()
@@ -646,12 +647,9 @@ async fn registrations_written_by_the_previous_version_keep_working() {
             .await
             .contains("legacy-plaintext-key")
     );
-    let deleted = reqwest::Client::new()
-        .delete(stack.registry.url(&format!("/v1/devices/{android}")))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(
+        delete(&stack.registry, &format!("/v1/devices/{android}")).await,
+        204
+    );
     assert_eq!(tokens(&list(&stack.registry, "gus").await.0), vec![ios]);
 }

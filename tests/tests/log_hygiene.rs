@@ -3,39 +3,19 @@
 //! signed webhooks, producer calls, invalid tokens and retries, and the captured log is
 //! searched for every one of them.
 
-use std::io::Write;
-
-use base64::Engine;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine;
 use harness::mock::apns::MockApns;
 use harness::services::{API_KEY, PRODUCER_KEY, WEBHOOK_SECRET};
 use harness::stack::Stack;
 use harness::webex::apns_payload;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn no_secret_or_token_is_ever_logged_in_clear() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("info,pipeline=debug,ingest=debug,registry=debug,dispatcher_apns=debug,dispatcher_fcm=debug")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let capture = harness::logs::capture(
+        "info,pipeline=debug,ingest=debug,registry=debug,dispatcher_apns=debug,dispatcher_fcm=debug",
+    );
 
     let kek = base64::engine::general_purpose::STANDARD.encode([0x5au8; 32]);
     let device_key = base64::engine::general_purpose::STANDARD.encode([0xa5u8; 32]);
@@ -121,7 +101,7 @@ async fn no_secret_or_token_is_ever_logged_in_clear() {
     )
     .await;
 
-    let log = String::from_utf8_lossy(&capture.0.lock().expect("capture")).into_owned();
+    let log = capture.text();
     assert!(
         log.contains("token rejected by provider"),
         "the flows above were logged:\n{log}"

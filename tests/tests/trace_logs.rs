@@ -3,8 +3,6 @@
 //! fan-out, the dispatcher's retry and delivery, and the registry pruning a token the
 //! provider rejected.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::mock::apns::MockApns;
@@ -12,28 +10,9 @@ use harness::services::WEBHOOK_SECRET;
 use harness::stack::Stack;
 use harness::webex::{apns_payload, sign, telephony_push};
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn every_stage_logs_the_calls_trace_id() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("warn,pipeline=debug,ingest=debug,registry=debug")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let capture = harness::logs::capture("warn,pipeline=debug,ingest=debug,registry=debug");
 
     let stack = Stack::start().await;
     let (flaky, gone) = ("0123456789abcdef".repeat(4), "feedfacecafebeef".repeat(4));
@@ -71,7 +50,7 @@ async fn every_stage_logs_the_calls_trace_id() {
     )
     .await;
 
-    let log = String::from_utf8_lossy(&capture.0.lock().expect("capture")).into_owned();
+    let log = capture.text();
     for (stage, line) in [
         ("ingest", "event stored"),
         ("fan-out", "event fanned out"),
