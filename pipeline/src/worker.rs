@@ -219,6 +219,15 @@ impl<H: Handler> Worker<H> {
                             }
                             continue 'pull;
                         }
+                        if matches!(error.kind(), MessagesErrorKind::MissingHeartbeat) {
+                            // Silence from the server: the consumer's leader moved, or the
+                            // consumer was deleted while no pull request was waiting to
+                            // be told. Look it up (setting it up again if it is gone) and
+                            // pull afresh, rather than wait on a consumer that is no more.
+                            tracing::info!(stage, %error, "no heartbeat; looking the consumer up again");
+                            self.find_consumer(&mut consumer).await;
+                            continue 'pull;
+                        }
                         tracing::debug!(stage, %error, "pull stream hiccup");
                     }
                     None => continue 'pull,
@@ -501,11 +510,8 @@ impl Shared {
                 "dead:{}:{}:{}",
                 self.stage, info.stream, info.stream_sequence
             ),
-            Err(_) => format!(
-                "dead:{}:{}",
-                self.stage,
-                crate::telemetry::token_tag(&letter.subject)
-            ),
+            // Not a JetStream message: nothing identifies it, so nothing is de-duplicated.
+            Err(_) => format!("dead:{}:{:016x}", self.stage, rand::random::<u64>()),
         };
         crate::nats::publish_stored(&self.js, &self.dead_subject, &id, None, &body.into())
             .await
