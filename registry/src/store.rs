@@ -698,7 +698,10 @@ impl Store {
         for removed_token in &removed {
             self.index_drop(removed_token, person).await?;
         }
-        self.index_drop(token, person).await?;
+        if !removed.iter().any(|t| t == token) {
+            // Not held (an interrupted move named this person): the index still lets go.
+            self.index_drop(token, person).await?;
+        }
         Ok(removed)
     }
 
