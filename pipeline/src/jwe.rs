@@ -61,6 +61,13 @@ impl ContentKey {
         Ok(ContentKey(bytes))
     }
 
+    /// The key as AES-256-GCM, for sealing and opening.
+    fn aead(&self) -> Result<LessSafeKey, String> {
+        UnboundKey::new(&AES_256_GCM, &self.0)
+            .map(LessSafeKey::new)
+            .map_err(|_| "unusable content key".to_owned())
+    }
+
     /// The raw key, for sealing at rest.
     pub fn expose(&self) -> &[u8; 32] {
         &self.0
@@ -106,9 +113,7 @@ pub fn encrypt(key: &ContentKey, kid: &str, plaintext: &[u8]) -> Result<String, 
     SystemRandom::new()
         .fill(&mut iv)
         .map_err(|_| "no randomness for the IV")?;
-    let sealing = LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, &key.0).map_err(|_| "unusable content key")?,
-    );
+    let sealing = key.aead()?;
     let protected = header(kid);
     let mut body = plaintext.to_vec();
     let tag = sealing
@@ -148,9 +153,7 @@ pub fn decrypt(key: &ContentKey, compact: &str) -> Result<Vec<u8>, String> {
     let iv: [u8; NONCE_LEN] = decode(iv)?.try_into().map_err(|_| "IV is not 96 bits")?;
     let mut in_out = decode(body)?;
     in_out.extend_from_slice(&decode(tag)?);
-    let opening = LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, &key.0).map_err(|_| "unusable content key")?,
-    );
+    let opening = key.aead()?;
     let plain = opening
         .open_in_place(
             Nonce::assume_unique_for_key(iv),
