@@ -1,7 +1,7 @@
 //! Fault drills: the whole pipeline under an open-loop load of signed call webhooks while
 //! a distributed engine fails, and a report of what happened to every call.
 //!
-//! The same scenarios run short in the test suite (`tests/tests/distributed.rs`, which
+//! The same scenarios run short in the test suite (`tests/tests/e2e/distributed.rs`, which
 //! asserts on the report) and long in `pushline-drill` (which prints it). Each call has
 //! its own id and ring deadline, and each person one iPhone and one Android phone, so
 //! every accepted call must reach the mock APNs once and the mock FCM once, before its

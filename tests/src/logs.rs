@@ -1,8 +1,9 @@
-//! Capturing what the services log, for tests that read their own log: one capture per
-//! test binary (the subscriber is process-wide).
+//! Capturing what the services log, for tests that read their own log. The subscriber is
+//! process-wide, so such a test has a test binary of its own: another test in the same
+//! process would log lines of its own into the capture.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Everything logged since [`capture`] was called.
 #[derive(Clone, Default)]
@@ -25,15 +26,24 @@ impl Write for Capture {
     }
 }
 
-/// Installs the process-wide subscriber with `filter` (as `RUST_LOG` reads it), writing
-/// plain text into the returned capture. Call once per test binary.
-pub fn capture(filter: &str) -> Capture {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
-    capture
+/// What the shared capture records: pushline's crates at `debug`, everything else at `info`.
+pub const FILTER: &str =
+    "info,pipeline=debug,ingest=debug,registry=debug,dispatcher_apns=debug,dispatcher_fcm=debug";
+
+/// The process-wide capture of everything logged at [`FILTER`], installed by the first
+/// caller; later callers get the same capture.
+pub fn shared() -> Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = Capture::default();
+            let writer = capture.clone();
+            tracing_subscriber::fmt()
+                .with_env_filter(FILTER)
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .init();
+            capture
+        })
+        .clone()
 }

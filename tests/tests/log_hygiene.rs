@@ -13,9 +13,7 @@ use harness::webex::apns_payload;
 
 #[tokio::test]
 async fn no_secret_or_token_is_ever_logged_in_clear() {
-    let capture = harness::logs::capture(
-        "info,pipeline=debug,ingest=debug,registry=debug,dispatcher_apns=debug,dispatcher_fcm=debug",
-    );
+    let capture = harness::logs::shared();
 
     let kek = base64::engine::general_purpose::STANDARD.encode([0x5au8; 32]);
     let device_key = base64::engine::general_purpose::STANDARD.encode([0xa5u8; 32]);

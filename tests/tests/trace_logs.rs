@@ -12,7 +12,7 @@ use harness::webex::{apns_payload, sign, telephony_push};
 
 #[tokio::test]
 async fn every_stage_logs_the_calls_trace_id() {
-    let capture = harness::logs::capture("warn,pipeline=debug,ingest=debug,registry=debug");
+    let capture = harness::logs::shared();
 
     let stack = Stack::start().await;
     let (flaky, gone) = ("0123456789abcdef".repeat(4), "feedfacecafebeef".repeat(4));

@@ -1,0 +1,15 @@
+//! pushline's end-to-end tests, in one test binary: every module starts what it needs (real
+//! nats-server and redis-server processes, the services, mock providers) on ports of its
+//! own, so the tests run in parallel. One binary instead of one per file keeps the build
+//! small: each test binary links the whole workspace.
+
+mod authorization;
+mod devices;
+mod distributed;
+mod end_to_end;
+mod ingest;
+mod producers;
+mod pushctl;
+mod registry;
+mod topology;
+mod webhook_to_jobs;
