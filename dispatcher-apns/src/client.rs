@@ -298,7 +298,7 @@ impl Provider for ApnsProvider {
             Err(error) => return transport_error(&error),
         };
         if response.status().is_success() {
-            return Verdict::Delivered;
+            return delivered(&response);
         }
         let first = answer(response).await;
         if let (Reason::ExpiredProviderToken, Auth::Token(token), Some(old)) =
@@ -307,7 +307,7 @@ impl Provider for ApnsProvider {
             // Re-sign once and resend; a second refusal is retried like any other.
             let renewed = token.renew(now_secs(), old);
             return match self.request(route, job, apns, Some(&renewed)).await {
-                Ok(response) if response.status().is_success() => Verdict::Delivered,
+                Ok(response) if response.status().is_success() => delivered(&response),
                 Ok(response) => classify(&answer(response).await),
                 Err(error) => transport_error(&error),
             };
@@ -326,6 +326,16 @@ impl Provider for ApnsProvider {
             Ok(())
         })
     }
+}
+
+/// An accepted push, with the `apns-id` APNs answered (the one pushline sent).
+fn delivered(response: &reqwest::Response) -> Verdict {
+    let id = response
+        .headers()
+        .get("apns-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Verdict::Delivered { id }
 }
 
 #[cfg(test)]

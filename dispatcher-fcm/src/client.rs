@@ -97,6 +97,22 @@ impl FcmProvider {
     }
 }
 
+/// An accepted message, with the name FCM gave it (`projects/…/messages/…`). The body is
+/// read for it; a body that is not the documented answer still means accepted.
+async fn delivered(response: reqwest::Response) -> Verdict {
+    #[derive(serde::Deserialize)]
+    struct Accepted {
+        name: String,
+    }
+    let id = response
+        .bytes()
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_slice::<Accepted>(&body).ok())
+        .map(|accepted| accepted.name);
+    Verdict::Delivered { id }
+}
+
 fn transport_error(error: &reqwest::Error) -> Verdict {
     Verdict::Retry {
         reason: if error.is_timeout() {
@@ -153,7 +169,7 @@ impl Provider for FcmProvider {
             Err(error) => return transport_error(&error),
         };
         if response.status().is_success() {
-            return Verdict::Delivered;
+            return delivered(response).await;
         }
         let (status, verdict) = Self::classify_response(response).await;
         if status != 401 || matches!(verdict, Verdict::Reject { .. }) {
@@ -171,7 +187,7 @@ impl Provider for FcmProvider {
             }
         };
         match self.post(project, &renewed, body).await {
-            Ok(response) if response.status().is_success() => Verdict::Delivered,
+            Ok(response) if response.status().is_success() => delivered(response).await,
             Ok(response) => Self::classify_response(response).await.1,
             Err(error) => transport_error(&error),
         }

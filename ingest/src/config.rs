@@ -112,6 +112,9 @@ impl Default for WebexConfig {
 pub struct ProducersConfig {
     /// Producer API keys (SHA-256 hashes) with their rate limits; empty = API off.
     pub keys: Vec<ProducerKey>,
+    /// Keys that read the delivery status of every event, webhooks' included
+    /// (`GET /v1/events/…`), and can do nothing else: for operators and support tools.
+    pub admin_keys: Vec<AdminKey>,
     /// Most persons one request may target.
     pub max_targets: usize,
     /// Deadline when the request gives neither `ttl_secs` nor `deadline_ms`, seconds.
@@ -124,6 +127,7 @@ impl Default for ProducersConfig {
     fn default() -> Self {
         ProducersConfig {
             keys: Vec::new(),
+            admin_keys: Vec::new(),
             max_targets: 100,
             default_ttl_secs: 60,
             max_ttl_secs: 86_400,
@@ -144,6 +148,16 @@ pub struct ProducerKey {
     pub rate_per_sec: f64,
     /// Burst, target persons.
     pub burst: u32,
+}
+
+/// A key that reads every event's status (`[[producers.admin_keys]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminKey {
+    /// Who holds it (logs): letters, digits, `_` and `-`.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the key.
+    pub sha256: String,
 }
 
 /// Configuration checked and resolved for running.
@@ -203,11 +217,17 @@ impl Config {
                 "must be positive and not above producers.max_ttl_secs",
             ));
         }
-        for (i, key) in p.keys.iter().enumerate() {
-            let at = |k: &str| format!("producers.keys[{i}].{k}");
-            if key.name.is_empty()
-                || !key
-                    .name
+        let named_keys = (p.keys.iter().enumerate())
+            .map(|(i, k)| (format!("producers.keys[{i}]"), &k.name, &k.sha256))
+            .chain(
+                (p.admin_keys.iter().enumerate())
+                    .map(|(i, k)| (format!("producers.admin_keys[{i}]"), &k.name, &k.sha256)),
+            );
+        let mut hashes = std::collections::HashSet::new();
+        for (entry, name, sha256) in named_keys {
+            let at = |k: &str| format!("{entry}.{k}");
+            if name.is_empty()
+                || !name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             {
@@ -216,12 +236,21 @@ impl Config {
                     "must be letters, digits, `_` or `-`",
                 ));
             }
-            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ConfigError::invalid(
                     at("sha256"),
                     "must be 64 hex digits (the SHA-256 of the key)",
                 ));
             }
+            if !hashes.insert(sha256.to_ascii_lowercase()) {
+                return Err(ConfigError::invalid(
+                    at("sha256"),
+                    "is the hash of a key listed before: every key holds one role",
+                ));
+            }
+        }
+        for (i, key) in p.keys.iter().enumerate() {
+            let at = |k: &str| format!("producers.keys[{i}].{k}");
             if !key.rate_per_sec.is_finite() || key.rate_per_sec <= 0.0 || key.burst == 0 {
                 return Err(ConfigError::invalid(
                     at("rate_per_sec"),

@@ -27,6 +27,9 @@ pub enum ApiError {
     /// Well-formed but unacceptable values; the message names the field.
     #[error("{0}")]
     Unprocessable(String),
+    /// Nothing the caller may see is known under this id.
+    #[error("{0}")]
+    NotFound(String),
     /// Over the producer's rate.
     #[error("over this producer's rate; retry after {retry_after_secs} s")]
     TooManyRequests {
@@ -45,6 +48,12 @@ pub enum ApiError {
         /// Seconds for `Retry-After`.
         retry_after_secs: u64,
     },
+    /// Delivery status could not be read (NATS); retry later.
+    #[error("delivery status cannot be read right now; retry later")]
+    StatusUnavailable {
+        /// Seconds for `Retry-After`.
+        retry_after_secs: u64,
+    },
 }
 
 impl ApiError {
@@ -56,9 +65,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid",
             ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::NotFound(_) => "not_found",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Overloaded { .. } => "overloaded",
-            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Unavailable { .. } | ApiError::StatusUnavailable { .. } => "unavailable",
         }
     }
 
@@ -69,9 +79,12 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::StatusUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -83,6 +96,7 @@ impl IntoResponse for ApiError {
         }));
         let mut response = (self.status(), body).into_response();
         if let ApiError::Unavailable { retry_after_secs }
+        | ApiError::StatusUnavailable { retry_after_secs }
         | ApiError::Overloaded { retry_after_secs }
         | ApiError::TooManyRequests { retry_after_secs } = self
         {

@@ -8,12 +8,14 @@
 //! - [`webex`]: Webex envelopes → [`pipeline::contract::Event`].
 //! - [`notify`]: the producer API (`POST /v1/notify`): keys, rate limits, validation.
 //! - [`publish`]: bounded JetStream publishing with de-duplication ids.
+//! - [`status`]: delivery status of events (`GET /v1/events/…`).
 //! - [`error`]: the API error type and its JSON body.
 //!
 //! # Endpoints
 //!
 //! Public (`listen`): `POST /webhooks/webex`, `POST /webhook` (the path the Webex sample
-//! server used), `POST /v1/notify` (producers). Admin (`admin_listen`): `/metrics`, `/healthz`, `/readyz`.
+//! server used), `POST /v1/notify` (producers), `GET /v1/events/{id}` and
+//! `GET /v1/events?trace_id=…` (delivery status). Admin (`admin_listen`): `/metrics`, `/healthz`, `/readyz`.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -21,6 +23,7 @@ pub mod error;
 pub mod notify;
 pub mod publish;
 pub mod signature;
+pub mod status;
 pub mod webex;
 
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use bytes::Bytes;
 use pipeline::CancellationToken;
@@ -39,6 +42,7 @@ use pipeline::config::Secret;
 use pipeline::contract::now_ms;
 use pipeline::metrics::Metrics;
 use pipeline::topology::{StreamKind, Topology};
+use pipeline::tracking::StatusRecord;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, WebexConfig};
@@ -72,6 +76,7 @@ struct Inner {
     topology: Topology,
     publisher: Publisher,
     admission: publish::Admission,
+    tracker: pipeline::tracking::Tracker,
     metrics: Metrics,
 }
 
@@ -93,6 +98,12 @@ impl AppState {
                 producers_config: config.producers.clone(),
                 producers: notify::Producers::new(&config.producers),
                 topology: Topology::new(&config.nats),
+                tracker: pipeline::tracking::Tracker::new(
+                    publisher.client().clone(),
+                    Topology::new(&config.nats),
+                    config.nats.tracking,
+                    metrics.clone(),
+                ),
                 publisher,
                 admission: publish::Admission::new(config.max_in_flight),
                 metrics,
@@ -108,6 +119,8 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/webex", post(webex_webhook))
         .route("/webhook", post(webex_webhook))
         .route("/v1/notify", post(notify_handler))
+        .route("/v1/events", get(status::by_trace))
+        .route("/v1/events/{id}", get(status::event))
         .layer(middleware::from_fn(admin::json_errors))
         .layer(middleware::from_fn_with_state(
             (metrics, SERVICE),
@@ -257,6 +270,7 @@ async fn receive(
             .events_published
             .with_label_values(&[&event.source, &event.resource, event.class.as_str()])
             .inc();
+        s.tracker.record(&StatusRecord::received(&event)).await;
         "accepted"
     };
     tracing::debug!(event_id = %event.id, trace_id = event.trace_id.as_deref().unwrap_or("-"), outcome, "event stored");
@@ -370,6 +384,7 @@ async fn notify(
                         .events_published
                         .with_label_values(&[&event.source, &event.resource, event.class.as_str()])
                         .inc();
+                    s.tracker.record(&StatusRecord::received(event)).await;
                 }
                 accepted.push(serde_json::json!({
                     "person_id": event.person_id, "event_id": event.id, "duplicate": stored.duplicate,

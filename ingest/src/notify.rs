@@ -287,10 +287,26 @@ struct Producer {
     burst: f64,
 }
 
-/// Producer keys and their token buckets.
+/// Producer keys and their token buckets, and the admin keys.
 pub struct Producers {
     producers: Vec<Producer>,
+    admins: Vec<(String, [u8; 32])>,
     buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// Who asks for an event's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reader {
+    /// A producer: sees the events it sent.
+    Producer(String),
+    /// An admin key: sees every event.
+    Admin(String),
+}
+
+fn key_hash(hex_sha256: &str) -> Option<[u8; 32]> {
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(hex_sha256.to_ascii_lowercase(), &mut hash).ok()?;
+    Some(hash)
 }
 
 /// A request over its producer's rate.
@@ -307,20 +323,39 @@ impl Producers {
             .keys
             .iter()
             .filter_map(|k| {
-                let mut hash = [0u8; 32];
-                hex::decode_to_slice(k.sha256.to_ascii_lowercase(), &mut hash).ok()?;
                 Some(Producer {
                     name: k.name.clone(),
-                    hash,
+                    hash: key_hash(&k.sha256)?,
                     rate: k.rate_per_sec,
                     burst: f64::from(k.burst),
                 })
             })
             .collect();
+        let admins = config
+            .admin_keys
+            .iter()
+            .filter_map(|k| Some((k.name.clone(), key_hash(&k.sha256)?)))
+            .collect();
         Producers {
             producers,
+            admins,
             buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Who holds `key`, for reading event status: a producer or an admin key.
+    pub fn reader(&self, key: &str) -> Option<Reader> {
+        if let Some(producer) = self.authenticate(key) {
+            return Some(Reader::Producer(producer.to_owned()));
+        }
+        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let mut found = None;
+        for (name, admin) in &self.admins {
+            if bool::from(admin.ct_eq(&hash)) {
+                found = Some(Reader::Admin(name.clone()));
+            }
+        }
+        found
     }
 
     /// The producer holding `key`, if any.

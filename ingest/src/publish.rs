@@ -127,6 +127,16 @@ impl Publisher {
         }
     }
 
+    /// The NATS client it publishes on.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Its JetStream context.
+    pub fn jetstream(&self) -> &Context {
+        &self.js
+    }
+
     /// Publishes `payload` on `subject` with `Nats-Msg-Id: msg_id` and waits for the ack,
     /// trying again within the retry budget (on a task of its own, so the tries go on if
     /// the caller is dropped; the task holds the request's `admitted` permit).

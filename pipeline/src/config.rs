@@ -181,6 +181,12 @@ pub struct NatsConfig {
     pub duplicate_window_secs: u64,
     /// How long dead letters are kept in `DEAD`, days.
     pub dead_letter_max_age_days: u64,
+    /// Record each event's delivery status in `STATUS` ([`crate::tracking`]).
+    pub tracking: bool,
+    /// How long status records are kept, seconds.
+    pub tracking_max_age_secs: u64,
+    /// Upper bound on `STATUS`, bytes per replica; the oldest records go first.
+    pub tracking_max_bytes: u64,
     /// Upper bound on one publish waiting for its JetStream ack, milliseconds.
     pub publish_timeout_ms: u64,
     /// ingest: how long a webhook's event is retried (leader election, server restart,
@@ -210,6 +216,9 @@ impl Default for NatsConfig {
             replicas: 1,
             duplicate_window_secs: 120,
             dead_letter_max_age_days: 14,
+            tracking: true,
+            tracking_max_age_secs: 86_400,
+            tracking_max_bytes: 1 << 30,
             publish_timeout_ms: 2_000,
             publish_retry_budget_ms: 12_000,
             user: None,
@@ -245,6 +254,18 @@ impl NatsConfig {
             return Err(ConfigError::invalid(
                 "nats.duplicate_window_secs",
                 "must be at least 120 so producer retries are de-duplicated",
+            ));
+        }
+        if self.tracking_max_age_secs < 60 {
+            return Err(ConfigError::invalid(
+                "nats.tracking_max_age_secs",
+                "must be at least 60",
+            ));
+        }
+        if self.tracking_max_bytes < 1 << 20 || self.tracking_max_bytes > i64::MAX as u64 {
+            return Err(ConfigError::invalid(
+                "nats.tracking_max_bytes",
+                "must be at least 1 MiB",
             ));
         }
         if self.publish_timeout_ms == 0 {

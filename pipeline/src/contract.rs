@@ -267,6 +267,9 @@ pub struct Feedback {
     pub provider_timestamp_ms: Option<u64>,
     /// When the dispatcher saw the answer.
     pub observed_at_ms: u64,
+    /// The event whose push got the verdict, for its delivery status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
 }
 
 impl Feedback {
@@ -353,6 +356,7 @@ mod tests {
             reason: "Unregistered".into(),
             provider_timestamp_ms: Some(10),
             observed_at_ms: 20,
+            event_id: None,
         };
         assert_eq!(fb.invalid_since_ms(), 10);
         fb.provider_timestamp_ms = None;

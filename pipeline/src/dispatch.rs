@@ -1,6 +1,7 @@
 //! What both dispatchers share: the [`Provider`] trait each one implements, the
 //! [`Verdict`] a provider returns, and the [`Dispatch`] handler that turns verdicts into
 //! acks, retries, token feedback and dead letters with the same rules for APNs and FCM.
+//! Each verdict is also written to the event's delivery status ([`crate::tracking`]).
 //!
 //! | verdict | action |
 //! |---|---|
@@ -27,13 +28,17 @@ use crate::delivered::{DeliveredJobs, Seen};
 use crate::metrics::Metrics;
 use crate::retry::{RetryInput, retry_delay};
 use crate::topology::{ConsumerKind, StreamKind, Topology};
+use crate::tracking::{Stage, StatusRecord, Tracker};
 use crate::worker::{Delivery, Handler, Outcome, run_when_ready};
 
 /// A provider's answer to one push, already classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Accepted by the provider.
-    Delivered,
+    Delivered {
+        /// The provider's id of the push (APNs `apns-id`, FCM message name).
+        id: Option<String>,
+    },
     /// The token is dead; the registry should forget it.
     InvalidToken {
         /// Bounded reason (metric label).
@@ -84,6 +89,7 @@ pub struct Dispatch<P> {
     worker: WorkerConfig,
     metrics: Metrics,
     delivered: DeliveredJobs,
+    tracker: Tracker,
 }
 
 impl<P: Provider> Dispatch<P> {
@@ -94,6 +100,7 @@ impl<P: Provider> Dispatch<P> {
         topology: &Topology,
         worker: WorkerConfig,
         metrics: Metrics,
+        tracker: Tracker,
     ) -> Self {
         Dispatch {
             provider,
@@ -102,6 +109,7 @@ impl<P: Provider> Dispatch<P> {
             worker,
             metrics,
             delivered: DeliveredJobs::default(),
+            tracker,
         }
     }
 
@@ -118,7 +126,7 @@ impl<P: Provider> Dispatch<P> {
             .provider_duration
             .with_label_values(&[P::PLATFORM.as_str(), &job.app])
             .observe(started.elapsed().as_secs_f64());
-        if verdict == Some(Verdict::Delivered) {
+        if matches!(verdict, Some(Verdict::Delivered { .. })) {
             self.delivered.delivered(job_id);
         } else {
             self.delivered.released(job_id);
@@ -133,8 +141,13 @@ impl<P: Provider> Dispatch<P> {
             .inc();
     }
 
-    fn expired(&self, app: &str) {
-        self.count(app, "expired", "deadline");
+    async fn track(&self, record: StatusRecord) {
+        self.tracker.record(&record).await;
+    }
+
+    async fn expired(&self, job: &PushJob, record: StatusRecord) {
+        self.track(record).await;
+        self.count(&job.app, "expired", "deadline");
         self.metrics
             .expired
             .with_label_values(&[P::PLATFORM.as_str()])
@@ -155,6 +168,7 @@ impl<P: Provider> Dispatch<P> {
             reason: detail.to_owned(),
             provider_timestamp_ms: timestamp_ms,
             observed_at_ms: now_ms(),
+            event_id: Some(job.event_id.clone()),
         };
         let body = serde_json::to_vec(&feedback).map_err(|e| e.to_string())?;
         // One verdict per job, however often the job is tried.
@@ -205,6 +219,8 @@ impl<P: Provider> Handler for Dispatch<P> {
         }
         if !self.provider.knows_app(&job) {
             self.count("unconfigured", "rejected", "unknown_app");
+            self.track(StatusRecord::job(&job, Stage::DeadLettered).because("unknown_app"))
+                .await;
             return Outcome::Dead {
                 reason: "unknown_app",
                 error: format!(
@@ -217,7 +233,9 @@ impl<P: Provider> Handler for Dispatch<P> {
         let app = job.app.as_str();
         let now = now_ms();
         if now.saturating_add(self.worker.deadline_margin_ms) >= job.deadline_ms {
-            self.expired(app);
+            let record = StatusRecord::job(&job, Stage::Expired).because("deadline");
+            self.expired(&job, record.attempt(delivery.attempt, None))
+                .await;
             return Outcome::Ack;
         }
         let job_id = self.delivered.key(&job.event_id, &job.token);
@@ -225,6 +243,7 @@ impl<P: Provider> Handler for Dispatch<P> {
             Seen::New => {}
             Seen::Delivered => {
                 self.count(app, "duplicate", "already_delivered");
+                self.track(StatusRecord::job(&job, Stage::Duplicate)).await;
                 tracing::info!(event_id = %job.event_id, "job came back after it was delivered; not sent again");
                 return Outcome::Ack;
             }
@@ -237,20 +256,28 @@ impl<P: Provider> Handler for Dispatch<P> {
                 };
             }
         }
+        // Every record of this try says which try it was and when it was sent.
+        let tried = |stage| StatusRecord::job(&job, stage).attempt(delivery.attempt, Some(now));
         let Some(verdict) = self.send_once(&job, job_id, now).await else {
             tracing::info!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), "no provider answer before the deadline; cancelled");
-            self.expired(app);
+            self.expired(&job, tried(Stage::Expired).because("no_answer"))
+                .await;
             return Outcome::Ack;
         };
 
         match verdict {
-            Verdict::Delivered => {
+            Verdict::Delivered { id } => {
                 self.count(app, "delivered", "ok");
                 let e2e_ms = now_ms().saturating_sub(job.received_at_ms);
                 self.metrics
                     .end_to_end
                     .with_label_values(&[P::PLATFORM.as_str(), job.class.as_str()])
                     .observe(e2e_ms as f64 / 1000.0);
+                self.track(StatusRecord {
+                    provider_id: id,
+                    ..tried(Stage::Accepted)
+                })
+                .await;
                 tracing::debug!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), e2e_ms, "delivered");
                 Outcome::Ack
             }
@@ -269,6 +296,8 @@ impl<P: Provider> Handler for Dispatch<P> {
                     };
                 }
                 self.count(app, "invalid_token", reason);
+                self.track(tried(Stage::InvalidToken).because(detail.as_str()))
+                    .await;
                 tracing::info!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), reason = %detail, "token rejected by provider");
                 Outcome::Ack
             }
@@ -291,6 +320,7 @@ impl<P: Provider> Handler for Dispatch<P> {
                 match retry_delay(input, rand::random::<f64>()) {
                     Some(delay) => {
                         self.count(app, "retry", reason);
+                        self.track(tried(Stage::Retried).because(reason)).await;
                         Outcome::Retry {
                             delay,
                             reason,
@@ -300,13 +330,15 @@ impl<P: Provider> Handler for Dispatch<P> {
                     }
                     None => {
                         tracing::info!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), reason, "deadline would pass before a retry; dropped");
-                        self.expired(app);
+                        self.expired(&job, tried(Stage::Expired).because(reason))
+                            .await;
                         Outcome::Ack
                     }
                 }
             }
             Verdict::Reject { reason, detail } => {
                 self.count(app, "rejected", reason);
+                self.track(tried(Stage::DeadLettered).because(reason)).await;
                 Outcome::Dead {
                     reason,
                     error: detail,
@@ -389,7 +421,7 @@ pub async fn serve<P: Provider>(
     let js = crate::topology::jetstream(client.clone());
     let topology = Topology::new(&setup.nats);
     let ready = Arc::new(Ready {
-        client,
+        client: client.clone(),
         topology: topology.clone(),
         kind: setup.kind,
         provider: provider.clone(),
@@ -400,12 +432,19 @@ pub async fn serve<P: Provider>(
         shutdown.clone(),
     ));
     if crate::topology::ensure_until_ready(&js, &topology, &shutdown).await {
+        let tracker = Tracker::new(
+            client,
+            topology.clone(),
+            setup.nats.tracking,
+            metrics.clone(),
+        );
         let handler = Dispatch::new(
             provider,
             js.clone(),
             &topology,
             setup.worker.clone(),
             metrics.clone(),
+            tracker,
         );
         run_when_ready(
             js,

@@ -35,6 +35,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod tracking;
 pub mod worker;
 
 pub use tokio_util::sync::CancellationToken;

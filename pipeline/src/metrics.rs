@@ -79,6 +79,9 @@ pub struct Metrics {
     pub provider_duration: HistogramVec,
     /// `pushline_end_to_end_seconds{provider,class}`: webhook received → provider accepted.
     pub end_to_end: HistogramVec,
+    /// `pushline_status_records_total{stage,result}`: delivery status records written
+    /// (`written`) or lost on the way to NATS (`failed`); see [`crate::tracking`].
+    pub status_records: IntCounterVec,
     /// `pushline_credential_expiry_timestamp_seconds{provider,app}`.
     pub credential_expiry: prometheus::GaugeVec,
 
@@ -259,6 +262,12 @@ impl Metrics {
                 "pushline_end_to_end_seconds",
                 "Webhook received to provider accepted.",
                 &["provider", "class"],
+            ),
+            status_records: counter(
+                &r,
+                "pushline_status_records_total",
+                "Delivery status records written to STATUS, or lost on the way.",
+                &["stage", "result"],
             ),
             credential_expiry: {
                 let m = prometheus::GaugeVec::new(

@@ -7,6 +7,7 @@
 //! | `PUSH_FCM`  | `push.fcm`                   | work queue | `dispatch-fcm`   |
 //! | `FEEDBACK`  | `feedback.<platform>`        | work queue | `prune`          |
 //! | `DEAD`      | `dead.<stage>`               | limits     | (operators)      |
+//! | `STATUS`    | `status.e.<event>`, `status.t.<trace>` | limits (age, bytes) | (read by id) |
 //!
 //! With a prefix `p` (config `nats.prefix`) stream names become `pEVENTS` and subjects
 //! `pevents.…`, so several tenants or tests share one server without colliding.
@@ -17,7 +18,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{
+    Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType,
+};
 use async_nats::jetstream::{self, Context};
 
 use crate::config::{NatsConfig, WorkerConfig};
@@ -36,16 +39,19 @@ pub enum StreamKind {
     Feedback,
     /// Dead letters from every stage.
     Dead,
+    /// Per-event delivery status records ([`crate::tracking`]).
+    Status,
 }
 
 impl StreamKind {
     /// Every stream, in creation order.
-    pub const ALL: [StreamKind; 5] = [
+    pub const ALL: [StreamKind; 6] = [
         StreamKind::Events,
         StreamKind::PushApns,
         StreamKind::PushFcm,
         StreamKind::Feedback,
         StreamKind::Dead,
+        StreamKind::Status,
     ];
 
     fn base_name(self) -> &'static str {
@@ -55,6 +61,7 @@ impl StreamKind {
             StreamKind::PushFcm => "PUSH_FCM",
             StreamKind::Feedback => "FEEDBACK",
             StreamKind::Dead => "DEAD",
+            StreamKind::Status => "STATUS",
         }
     }
 
@@ -65,6 +72,7 @@ impl StreamKind {
             StreamKind::PushFcm => "push.fcm",
             StreamKind::Feedback => "feedback.*",
             StreamKind::Dead => "dead.>",
+            StreamKind::Status => "status.>",
         }
     }
 }
@@ -152,6 +160,8 @@ pub struct Topology {
     replicas: usize,
     duplicate_window: Duration,
     dead_max_age: Duration,
+    status_max_age: Duration,
+    status_max_bytes: i64,
 }
 
 impl Topology {
@@ -162,6 +172,8 @@ impl Topology {
             replicas: config.replicas,
             duplicate_window: Duration::from_secs(config.duplicate_window_secs),
             dead_max_age: Duration::from_secs(config.dead_letter_max_age_days * 86_400),
+            status_max_age: Duration::from_secs(config.tracking_max_age_secs),
+            status_max_bytes: i64::try_from(config.tracking_max_bytes).unwrap_or(i64::MAX),
         }
     }
 
@@ -203,8 +215,33 @@ impl Topology {
         format!("{}dead.{}", self.prefix, subject_token(stage))
     }
 
+    /// `status.e.<hash of the event id>`: an event's status records.
+    pub fn status_subject(&self, event_id: &str) -> String {
+        format!("{}status.e.{}", self.prefix, id_token(event_id))
+    }
+
+    /// `status.t.<hash of the trace id>`: the `received` records of a trace id's events.
+    pub fn trace_subject(&self, trace_id: &str) -> String {
+        format!("{}status.t.{}", self.prefix, id_token(trace_id))
+    }
+
     /// The stream definition for `kind`.
     pub fn stream_config(&self, kind: StreamKind) -> StreamConfig {
+        if kind == StreamKind::Status {
+            // Records carry no message ids; the window only has to fit inside max_age.
+            return StreamConfig {
+                name: self.stream_name(kind),
+                subjects: vec![format!("{}{}", self.prefix, kind.subject_filter())],
+                retention: RetentionPolicy::Limits,
+                storage: StorageType::File,
+                num_replicas: self.replicas,
+                duplicate_window: Duration::from_secs(1),
+                max_age: self.status_max_age,
+                max_bytes: self.status_max_bytes,
+                discard: DiscardPolicy::Old,
+                ..Default::default()
+            };
+        }
         let (retention, max_age) = match kind {
             StreamKind::Dead => (RetentionPolicy::Limits, self.dead_max_age),
             // Work-queue streams are emptied by acks; the age bound only stops a stream
@@ -320,6 +357,7 @@ fn same_definition(current: &StreamConfig, desired: &StreamConfig) -> bool {
         && current.num_replicas == desired.num_replicas
         && current.duplicate_window == desired.duplicate_window
         && current.max_age == desired.max_age
+        && (desired.max_bytes <= 0 || current.max_bytes == desired.max_bytes)
 }
 
 fn is_not_found(error: &async_nats::jetstream::context::GetStreamError) -> bool {
@@ -344,6 +382,14 @@ pub fn subject_token(value: &str) -> String {
             }
         })
         .collect()
+}
+
+/// An id as one subject token of fixed length: the first 128 bits of its SHA-256, in hex.
+/// Ids may hold any character (dots and wildcards included), and two ids never share a
+/// token by accident, which [`subject_token`] cannot promise.
+pub fn id_token(id: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(id.as_bytes())[..16])
 }
 
 /// A JetStream context on a client.
@@ -400,6 +446,11 @@ mod tests {
             "t1_push.fcm"
         );
         assert_eq!(t.dead_subject("apns"), "t1_dead.apns");
+        let status = t.status_subject("evt.with*dots>");
+        assert!(status.starts_with("t1_status.e."));
+        assert_eq!(status.len(), "t1_status.e.".len() + 32);
+        assert_ne!(t.status_subject("a.b"), t.status_subject("a_b"));
+        assert_ne!(t.status_subject("x"), t.trace_subject("x"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! pushctl [--config …] dead list   [--stage S] [--reason R] [--older-than SECS] [--newer-than SECS] [--limit N]
 //! pushctl [--config …] dead replay [same filters] [--dry-run]
 //! pushctl [--config …] devices <personId>
+//! pushctl [--config …] trace <event id | trace id>   what became of an event on each device
 //! pushctl health <url>            exit 0 when the URL answers 2xx (container health checks)
 //! ```
 //!
@@ -17,6 +18,7 @@ use std::time::Duration;
 use pipeline::contract::now_ms;
 use pipeline::operate::{self, DeadFilter};
 use pipeline::topology::Topology;
+use pipeline::tracking;
 
 use crate::config::Config;
 use crate::store::{Policy, Store};
@@ -37,6 +39,8 @@ pub enum Command {
     },
     /// A person's devices.
     Devices(String),
+    /// Delivery status of an event (by event id, or every event of a trace id).
+    Trace(String),
     /// Probe a health URL.
     Health(String),
 }
@@ -69,7 +73,7 @@ impl Filter {
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: pushctl [--config FILE] (streams | dead list [FILTERS] | dead replay [FILTERS] [--dry-run] | devices PERSON_ID | health URL)
+pub const USAGE: &str = "usage: pushctl [--config FILE] (streams | dead list [FILTERS] | dead replay [FILTERS] [--dry-run] | devices PERSON_ID | trace EVENT_OR_TRACE_ID | health URL)
 filters: --stage S --reason R --older-than SECS --newer-than SECS --limit N";
 
 /// Parses the arguments after the program name (and after `--config FILE`).
@@ -78,6 +82,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     match words.as_slice() {
         ["streams"] => Ok(Command::Streams),
         ["devices", person] => Ok(Command::Devices((*person).to_owned())),
+        ["trace", id] => Ok(Command::Trace((*id).to_owned())),
         ["health", url] => Ok(Command::Health((*url).to_owned())),
         ["dead", "list", rest @ ..] => {
             let (filter, dry_run) = filters(rest)?;
@@ -206,6 +211,37 @@ pub async fn execute(command: &Command, config: &Config) -> Result<String, Strin
                 writeln!(out, "replayed {n} dead letter(s)").ok();
             }
         }
+        Command::Trace(id) => {
+            let js = js().await?;
+            let mut found = Vec::new();
+            match tracking::read_event(&js, &topology, id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(status) => found.push(status),
+                None => {
+                    for event_id in tracking::events_of_trace(&js, &topology, id)
+                        .await
+                        .map_err(|e| e.to_string())?
+                    {
+                        if let Some(status) = tracking::read_event(&js, &topology, &event_id)
+                            .await
+                            .map_err(|e| e.to_string())?
+                        {
+                            found.push(status);
+                        }
+                    }
+                }
+            }
+            if found.is_empty() {
+                return Err(format!(
+                    "no delivery status for `{id}` (neither an event id nor a trace id recorded in the last nats.tracking_max_age_secs)"
+                ));
+            }
+            for status in &found {
+                write_status(&mut out, status);
+            }
+        }
         Command::Devices(person) => {
             let redis = crate::connect_redis(&config.redis).map_err(|e| e.to_string())?;
             let store = Store::new(
@@ -244,6 +280,58 @@ pub async fn execute(command: &Command, config: &Config) -> Result<String, Strin
     Ok(out)
 }
 
+/// One event's status as text: a summary line, one line per device, then the history.
+fn write_status(out: &mut String, status: &tracking::EventStatus) {
+    use std::fmt::Write as _;
+    let ms = |at: Option<u64>| at.map_or("-".to_owned(), |t| t.to_string());
+    writeln!(out, "event {}  outcome={}", status.event_id, status.outcome).ok();
+    if let Some(r) = &status.received {
+        writeln!(
+            out,
+            "  from {}/{} for {} class={} received={} deadline={} trace={}",
+            r.source,
+            r.resource,
+            r.person_id,
+            r.class.as_str(),
+            ms(status.received_at_ms),
+            r.deadline_ms,
+            r.trace_id.as_deref().unwrap_or("-")
+        )
+        .ok();
+    }
+    for d in &status.devices {
+        writeln!(
+            out,
+            "  device {} {} app={} outcome={} at={} queued={} sent={} retries={} reason={} provider_id={}",
+            d.device,
+            d.platform.map_or("-", |p| p.as_str()),
+            d.app.as_deref().unwrap_or("-"),
+            d.outcome.as_str(),
+            d.outcome_at_ms,
+            ms(d.queued_at_ms),
+            ms(d.sent_at_ms),
+            d.retries,
+            d.last_reason.as_deref().unwrap_or("-"),
+            d.provider_id.as_deref().unwrap_or("-"),
+        )
+        .ok();
+    }
+    for r in &status.history {
+        writeln!(
+            out,
+            "    {} {:<14} {}{}{}",
+            r.at_ms,
+            r.stage.as_str(),
+            r.device.as_deref().unwrap_or("(event)"),
+            r.attempt.map_or(String::new(), |a| format!(" attempt={a}")),
+            r.reason
+                .as_deref()
+                .map_or(String::new(), |reason| format!(" reason={reason}")),
+        )
+        .ok();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +346,10 @@ mod tests {
         assert_eq!(
             parse(&args("devices p1")),
             Ok(Command::Devices("p1".into()))
+        );
+        assert_eq!(
+            parse(&args("trace ROUTER_5f2a")),
+            Ok(Command::Trace("ROUTER_5f2a".into()))
         );
         assert_eq!(
             parse(&args(

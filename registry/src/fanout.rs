@@ -31,6 +31,7 @@ use pipeline::contract::{
 use pipeline::metrics::Metrics;
 use pipeline::retry::{RetryInput, retry_delay};
 use pipeline::topology::Topology;
+use pipeline::tracking::{Stage, StatusRecord, Tracker};
 use pipeline::worker::{Delivery, Handler, Outcome};
 
 use crate::config::DevicesConfig;
@@ -55,6 +56,8 @@ pub struct Fanout {
     pub devices: std::sync::Arc<DevicesConfig>,
     /// Opens devices' sealed keys.
     pub keyring: std::sync::Arc<Keyring>,
+    /// Writes each event's delivery status.
+    pub tracker: Tracker,
 }
 
 /// Why a device got no encrypted payload.
@@ -163,7 +166,13 @@ pub fn job_id(event_id: &str, token: &str) -> String {
 }
 
 impl Fanout {
-    fn retry(&self, attempt: u64, event: &Event, reason: &'static str, error: String) -> Outcome {
+    async fn retry(
+        &self,
+        attempt: u64,
+        event: &Event,
+        reason: &'static str,
+        error: String,
+    ) -> Outcome {
         let now = now_ms();
         let input = RetryInput {
             attempt,
@@ -180,14 +189,16 @@ impl Fanout {
                 deadline_ms: Some(event.deadline_ms),
             },
             None => {
-                self.expired();
+                self.expired(event, reason).await;
                 tracing::warn!(event_id = %event.id, %error, "event expired while retrying");
                 Outcome::Ack
             }
         }
     }
 
-    fn expired(&self) {
+    async fn expired(&self, event: &Event, reason: &str) {
+        let record = StatusRecord::event(&event.id, Stage::Expired).because(reason);
+        self.tracker.record(&record).await;
         self.metrics.expired.with_label_values(&["fanout"]).inc();
         self.metrics
             .fanout_events
@@ -214,22 +225,30 @@ impl Fanout {
     }
 
     /// The jobs of `event` for `devices`, leaving out (and counting) the devices that
-    /// cannot get the encrypted payload it needs.
-    fn jobs(&self, event: &Event, devices: &[&Device]) -> Vec<PushJob> {
-        devices
-            .iter()
-            .filter_map(|device| match self.job_for(event, device) {
-                Ok(job) => Some(job),
+    /// cannot get the encrypted payload it needs; their `skipped` records come second.
+    fn jobs(&self, event: &Event, devices: &[&Device]) -> (Vec<PushJob>, Vec<StatusRecord>) {
+        let mut jobs = Vec::with_capacity(devices.len());
+        let mut skipped = Vec::new();
+        for device in devices {
+            match self.job_for(event, device) {
+                Ok(job) => jobs.push(job),
                 Err(skip) => {
                     self.metrics
                         .fanout_skipped
                         .with_label_values(&[device.attrs.platform.as_str(), skip.as_str()])
                         .inc();
-                    tracing::warn!(event_id = %event.id, token = %pipeline::telemetry::token_tag(&device.token), reason = skip.as_str(), "device skipped: its payload must be encrypted");
-                    None
+                    let tag = pipeline::telemetry::token_tag(&device.token);
+                    tracing::warn!(event_id = %event.id, token = %tag, reason = skip.as_str(), "device skipped: its payload must be encrypted");
+                    skipped.push(StatusRecord {
+                        device: Some(tag),
+                        platform: Some(device.attrs.platform),
+                        app: Some(device.attrs.app.clone()),
+                        ..StatusRecord::event(&event.id, Stage::Skipped).because(skip.as_str())
+                    });
                 }
-            })
-            .collect()
+            }
+        }
+        (jobs, skipped)
     }
 
     async fn publish_jobs(&self, event: &Event, jobs: &[PushJob]) -> Result<(), String> {
@@ -283,30 +302,51 @@ impl Handler for Fanout {
         }
         let now = now_ms();
         if now >= event.deadline_ms {
-            self.expired();
+            self.expired(&event, "deadline").await;
             return Outcome::Ack;
         }
         let devices = match self.store.devices(&event.person_id, now).await {
             Ok(devices) => devices,
-            Err(error) => return self.retry(delivery.attempt, &event, "redis", error.to_string()),
+            Err(error) => {
+                return self
+                    .retry(delivery.attempt, &event, "redis", error.to_string())
+                    .await;
+            }
         };
         let targets: Vec<&Device> = devices.iter().filter(|d| wants(&event, d)).collect();
-        let jobs = self.jobs(&event, &targets);
+        let (jobs, skipped) = self.jobs(&event, &targets);
+        for record in &skipped {
+            self.tracker.record(record).await;
+        }
         if jobs.is_empty() {
             self.metrics
                 .fanout_events
                 .with_label_values(&["no_devices"])
                 .inc();
+            self.tracker
+                .record(&StatusRecord::event(&event.id, Stage::NoDevices))
+                .await;
             tracing::debug!(event_id = %event.id, "no devices for event");
             return Outcome::Ack;
         }
         if let Err(error) = self.publish_jobs(&event, &jobs).await {
-            return self.retry(delivery.attempt, &event, "publish", error);
+            return self.retry(delivery.attempt, &event, "publish", error).await;
         }
         self.metrics
             .fanout_events
             .with_label_values(&["fanned_out"])
             .inc();
+        for job in &jobs {
+            self.tracker
+                .record(&StatusRecord::job(job, Stage::Queued))
+                .await;
+        }
+        self.tracker
+            .record(&StatusRecord {
+                jobs: Some(jobs.len()),
+                ..StatusRecord::event(&event.id, Stage::FannedOut)
+            })
+            .await;
         tracing::debug!(event_id = %event.id, jobs = jobs.len(), "event fanned out");
         Outcome::Ack
     }

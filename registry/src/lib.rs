@@ -165,6 +165,12 @@ pub async fn serve(
     let js = pipeline::topology::jetstream(client.clone());
     let topology = Topology::new(&config.nats);
 
+    let tracker = pipeline::tracking::Tracker::new(
+        client.clone(),
+        topology.clone(),
+        config.nats.tracking,
+        metrics.clone(),
+    );
     let ready = Arc::new(Ready {
         client,
         topology: topology.clone(),
@@ -185,11 +191,13 @@ pub async fn serve(
         metrics: metrics.clone(),
         devices: Arc::new(config.devices.clone()),
         keyring: keyring.clone(),
+        tracker: tracker.clone(),
     };
     let prune = prune::Prune {
         store: store.clone(),
         worker: config.prune.clone(),
         metrics: metrics.clone(),
+        tracker,
     };
     let workers = {
         let (js, topology, metrics, shutdown) = (

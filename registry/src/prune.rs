@@ -8,6 +8,7 @@ use pipeline::config::WorkerConfig;
 use pipeline::contract::{Feedback, VERSION};
 use pipeline::metrics::Metrics;
 use pipeline::retry::{RetryInput, retry_delay};
+use pipeline::tracking::{Stage, StatusRecord, Tracker};
 use pipeline::worker::{Delivery, Handler, Outcome};
 
 use crate::store::{Pruned, Store};
@@ -20,6 +21,8 @@ pub struct Prune {
     pub worker: WorkerConfig,
     /// Metrics.
     pub metrics: Metrics,
+    /// Writes the `pruned` stage of the event whose push got the verdict.
+    pub tracker: Tracker,
 }
 
 impl Handler for Prune {
@@ -56,6 +59,16 @@ impl Handler for Prune {
                         .devices_removed
                         .with_label_values(&["pruned"])
                         .inc();
+                    if let Some(event_id) = &feedback.event_id {
+                        let record = StatusRecord {
+                            device: Some(tag.clone()),
+                            platform: Some(feedback.platform),
+                            app: Some(feedback.app.clone()),
+                            ..StatusRecord::event(event_id, Stage::Pruned)
+                                .because(feedback.reason.as_str())
+                        };
+                        self.tracker.record(&record).await;
+                    }
                 }
                 self.metrics
                     .feedback

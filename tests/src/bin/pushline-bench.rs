@@ -22,6 +22,7 @@
 //! cargo build --release --bins
 //! target/release/pushline-bench [--rate 1000] [--duration 10] [--persons 500] [--json FILE]
 //! target/release/pushline-bench --sweep 500,1000,2000,5000,10000 [--duration 10]
+//! target/release/pushline-bench --no-tracking …   # the same without delivery status records
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -160,8 +161,10 @@ async fn main() -> anyhow::Result<()> {
         use sha2::{Digest, Sha256};
         hex::encode(Sha256::digest(API_KEY.as_bytes()))
     };
+    // `--no-tracking`: the baseline of what writing delivery status records costs.
+    let tracking = !std::env::args().any(|a| a == "--no-tracking");
     let nats_section = format!(
-        "[nats]\nurl = \"{}\"\n[telemetry]\nfilter = \"warn\"\n",
+        "[nats]\nurl = \"{}\"\ntracking = {tracking}\n[telemetry]\nfilter = \"warn\"\n",
         nats.url()
     );
     let configs = [
@@ -278,7 +281,8 @@ async fn main() -> anyhow::Result<()> {
     let result = load(&http, &ingest, rate, duration, persons, 0).await;
     let m = measure(&result, &apns, &fcm).await;
     println!(
-        "pushline whole-pipeline benchmark: {rate} webhooks/s offered for {duration} s, {persons} persons × (1 iOS + 1 Android)"
+        "pushline whole-pipeline benchmark: {rate} webhooks/s offered for {duration} s, {persons} persons × (1 iOS + 1 Android), delivery tracking {}",
+        if tracking { "on" } else { "off" }
     );
     let row = |label: &str, value: String| println!("{label:<34} {value:>12}");
     row("offered webhooks/s", format!("{:.0}", m.offered_per_s));

@@ -12,4 +12,5 @@ mod producers;
 mod pushctl;
 mod registry;
 mod topology;
+mod tracking;
 mod webhook_to_jobs;

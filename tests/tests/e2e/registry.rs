@@ -474,6 +474,7 @@ async fn feedback(env: &Env, token: &str, provider_timestamp_ms: Option<u64>) {
         reason: "Unregistered".into(),
         provider_timestamp_ms,
         observed_at_ms: now_ms(),
+        event_id: None,
     };
     let js = env.jetstream().await;
     js.publish(
