@@ -19,6 +19,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// The `dispatch-apns` consumer.
     pub worker: WorkerConfig,
+    /// Mass-pruning protection (`[prune_guard]`).
+    pub prune_guard: pipeline::prune_guard::PruneGuardConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -33,6 +35,7 @@ impl Default for Config {
                 concurrency: 512,
                 ..WorkerConfig::default()
             },
+            prune_guard: Default::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -115,6 +118,7 @@ impl Config {
         let admin = parse_addr("admin_listen", &self.admin_listen)?;
         self.nats.validate()?;
         self.worker.validate("worker")?;
+        self.prune_guard.validate()?;
         let a = &self.apns;
         for (setting, url) in [
             ("apns.production_url", &a.production_url),

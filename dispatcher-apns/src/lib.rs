@@ -54,6 +54,7 @@ pub async fn serve(
         kind: ConsumerKind::DispatchApns,
         nats: config.nats,
         worker: config.worker,
+        prune_guard: config.prune_guard,
     };
     tracing::info!("APNs dispatcher starting");
     serve_dispatcher(setup, provider, metrics, admin, shutdown).await?;

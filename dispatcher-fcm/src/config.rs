@@ -18,6 +18,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// The `dispatch-fcm` consumer.
     pub worker: WorkerConfig,
+    /// Mass-pruning protection (`[prune_guard]`).
+    pub prune_guard: pipeline::prune_guard::PruneGuardConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -32,6 +34,7 @@ impl Default for Config {
                 concurrency: 512,
                 ..WorkerConfig::default()
             },
+            prune_guard: Default::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -85,6 +88,7 @@ impl Config {
         let admin = parse_addr("admin_listen", &self.admin_listen)?;
         self.nats.validate()?;
         self.worker.validate("worker")?;
+        self.prune_guard.validate()?;
         if !self.fcm.base_url.starts_with("https://") {
             return Err(ConfigError::invalid(
                 "fcm.base_url",

@@ -50,6 +50,7 @@ pub async fn serve(
         kind: ConsumerKind::DispatchFcm,
         nats: config.nats,
         worker: config.worker,
+        prune_guard: config.prune_guard,
     };
     tracing::info!("FCM dispatcher starting");
     serve_dispatcher(setup, provider, metrics, admin, shutdown).await?;

@@ -6,7 +6,7 @@
 //! | verdict | action |
 //! |---|---|
 //! | `Delivered` | ack; count; observe end-to-end latency |
-//! | `InvalidToken` | publish `Feedback` to `FEEDBACK` (wait for its ack), then ack |
+//! | `InvalidToken` | publish `Feedback` to `FEEDBACK` (wait for its ack), then ack; marked held while most of the app's answers are invalid ([`crate::prune_guard`]) |
 //! | `Retry` | nak with [`retry_delay`] (backoff, jitter, `Retry-After`) until the deadline; a retry that would land after it → dropped, counted as expired |
 //! | `Reject` | dead letter with the reason; no retry |
 //! | (less than `deadline_margin_ms` left) | dropped before sending, counted as expired |
@@ -26,6 +26,7 @@ use crate::config::{NatsConfig, WorkerConfig};
 use crate::contract::{Feedback, Platform, PushJob, VERSION, now_ms};
 use crate::delivered::{DeliveredJobs, Seen};
 use crate::metrics::Metrics;
+use crate::prune_guard::{PruneGuard, PruneGuardConfig};
 use crate::retry::{RetryInput, retry_delay};
 use crate::topology::{ConsumerKind, StreamKind, Topology};
 use crate::tracking::{Stage, StatusRecord, Tracker};
@@ -90,6 +91,7 @@ pub struct Dispatch<P> {
     metrics: Metrics,
     delivered: DeliveredJobs,
     tracker: Tracker,
+    guard: PruneGuard,
 }
 
 impl<P: Provider> Dispatch<P> {
@@ -101,12 +103,14 @@ impl<P: Provider> Dispatch<P> {
         worker: WorkerConfig,
         metrics: Metrics,
         tracker: Tracker,
+        guard: PruneGuardConfig,
     ) -> Self {
         Dispatch {
             provider,
             js,
             feedback_subject: topology.feedback_subject(P::PLATFORM),
             worker,
+            guard: PruneGuard::new(guard, P::PLATFORM, metrics.clone()),
             metrics,
             delivered: DeliveredJobs::default(),
             tracker,
@@ -154,11 +158,14 @@ impl<P: Provider> Dispatch<P> {
             .inc();
     }
 
+    /// Publishes the verdict that `job`'s token is dead; `held` marks it for the prune
+    /// stage to keep the token ([`crate::prune_guard`]).
     async fn publish_feedback(
         &self,
         job: &PushJob,
         detail: &str,
         timestamp_ms: Option<u64>,
+        held: bool,
     ) -> Result<(), String> {
         let feedback = Feedback {
             v: VERSION,
@@ -177,11 +184,14 @@ impl<P: Provider> Dispatch<P> {
             job.event_id,
             crate::telemetry::token_tag(&job.token)
         );
-        let headers = job.trace_id.as_deref().map(|trace| {
-            let mut headers = async_nats::HeaderMap::new();
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(trace) = job.trace_id.as_deref() {
             headers.insert(crate::contract::TRACE_HEADER, trace);
-            headers
-        });
+        }
+        if held {
+            headers.insert(crate::prune_guard::HOLD_HEADER, "invalid_share");
+        }
+        let headers = (!headers.is_empty()).then_some(headers);
         crate::nats::publish_stored(
             &self.js,
             &self.feedback_subject,
@@ -267,6 +277,7 @@ impl<P: Provider> Handler for Dispatch<P> {
 
         match verdict {
             Verdict::Delivered { id } => {
+                self.guard.observe(app, false, now_ms());
                 self.count(app, "delivered", "ok");
                 let e2e_ms = now_ms().saturating_sub(job.received_at_ms);
                 self.metrics
@@ -286,7 +297,11 @@ impl<P: Provider> Handler for Dispatch<P> {
                 detail,
                 timestamp_ms,
             } => {
-                if let Err(error) = self.publish_feedback(&job, &detail, timestamp_ms).await {
+                let held = self.guard.observe(app, true, now_ms());
+                if let Err(error) = self
+                    .publish_feedback(&job, &detail, timestamp_ms, held)
+                    .await
+                {
                     // Keep the job until the feedback is safely stored.
                     return Outcome::Retry {
                         delay: Duration::from_millis(self.worker.retry_base_ms),
@@ -358,6 +373,8 @@ pub struct DispatcherSetup {
     pub nats: NatsConfig,
     /// Worker settings.
     pub worker: WorkerConfig,
+    /// Mass-pruning protection.
+    pub prune_guard: PruneGuardConfig,
 }
 
 /// Why a dispatcher could not run.
@@ -445,6 +462,7 @@ pub async fn serve<P: Provider>(
             setup.worker.clone(),
             metrics.clone(),
             tracker,
+            setup.prune_guard.clone(),
         );
         run_when_ready(
             js,

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod nats;
 pub mod operate;
 pub mod provider_http;
+pub mod prune_guard;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

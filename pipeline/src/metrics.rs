@@ -51,7 +51,8 @@ pub struct Metrics {
     /// `pushline_devices_removed_total{reason}` (`evicted`, `expired`, `replaced`, `moved`,
     /// `pruned`, `deleted`).
     pub devices_removed: IntCounterVec,
-    /// `pushline_feedback_total{platform,outcome}` (`pruned`, `kept_reregistered`, `unknown_token`).
+    /// `pushline_feedback_total{platform,outcome}` (`pruned`, `kept_reregistered`, `unknown_token`,
+    /// `held`).
     pub feedback: IntCounterVec,
     /// `pushline_auth_refusals_total{service,reason}`: every refused caller, by reason.
     pub auth_refusals: IntCounterVec,
@@ -79,6 +80,9 @@ pub struct Metrics {
     pub provider_duration: HistogramVec,
     /// `pushline_end_to_end_seconds{provider,class}`: webhook received → provider accepted.
     pub end_to_end: HistogramVec,
+    /// `pushline_pruning_held{provider,app}`: 1 while this dispatcher holds the app's
+    /// token pruning because most answers call tokens invalid ([`crate::prune_guard`]).
+    pub pruning_held: IntGaugeVec,
     /// `pushline_status_records_total{stage,result}`: delivery status records written
     /// (`written`) or lost on the way to NATS (`failed`); see [`crate::tracking`].
     pub status_records: IntCounterVec,
@@ -262,6 +266,12 @@ impl Metrics {
                 "pushline_end_to_end_seconds",
                 "Webhook received to provider accepted.",
                 &["provider", "class"],
+            ),
+            pruning_held: gauge(
+                &r,
+                "pushline_pruning_held",
+                "1 while token pruning for an app is held because most provider answers call its tokens invalid.",
+                &["provider", "app"],
             ),
             status_records: counter(
                 &r,

@@ -1,6 +1,8 @@
 //! The prune stage: `Feedback` from `FEEDBACK` → the rejected token is removed, unless it
 //! was registered again after the provider's verdict (APNs 410 `timestamp`, else when
-//! the dispatcher saw the answer).
+//! the dispatcher saw the answer), or the dispatcher held pruning for the app because
+//! most of its answers called tokens invalid ([`pipeline::prune_guard`]): held feedback is
+//! dead-lettered (`pruning_held`) with the token kept, for operators to replay or drop.
 
 use std::time::Duration;
 
@@ -43,6 +45,26 @@ impl Handler for Prune {
             };
         }
         let tag = pipeline::telemetry::token_tag(&feedback.token);
+        if let Some(hold) = delivery
+            .headers
+            .and_then(|h| h.get(pipeline::prune_guard::HOLD_HEADER))
+        {
+            self.metrics
+                .feedback
+                .with_label_values(&[feedback.platform.as_str(), "held"])
+                .inc();
+            tracing::warn!(token = %tag, app = %feedback.app, reason = %feedback.reason, "token kept: pruning is held for this app");
+            return Outcome::Dead {
+                reason: "pruning_held",
+                error: format!(
+                    "{} said `{}` while most of app `{}`'s answers called tokens invalid ({}); the token was kept",
+                    feedback.platform.as_str(),
+                    feedback.reason,
+                    feedback.app,
+                    hold.as_str()
+                ),
+            };
+        }
         match self
             .store
             .prune(&feedback.token, feedback.invalid_since_ms())

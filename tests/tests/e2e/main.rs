@@ -9,6 +9,7 @@ mod distributed;
 mod end_to_end;
 mod ingest;
 mod producers;
+mod prune_guard;
 mod pushctl;
 mod registry;
 mod topology;
