@@ -74,6 +74,22 @@ kubernetes-validate --quiet --strict -k "$K8S_VERSION" $(ls deploy/k8s/*.yaml | 
 echo "== Prometheus rules"
 promtool check rules deploy/prometheus/rules.yml
 (cd deploy/prometheus && promtool test rules rules.test.yml)
+# Every alert is tested and points at a runbook entry that exists.
+python3 - <<'PY'
+import re, sys, yaml
+rules = [r for g in yaml.safe_load(open("deploy/prometheus/rules.yml"))["groups"] for r in g["rules"] if "alert" in r]
+tests = open("deploy/prometheus/rules.test.yml").read()
+anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip("# ").lower()).replace(" ", "-")
+           for h in open("docs/operations.md") if h.startswith("#")}
+for r in rules:
+    name, description = r["alert"], r["annotations"]["description"]
+    if f"alertname: {name}\n" not in tests:
+        sys.exit(f"alert {name} has no promtool test")
+    link = re.search(r"docs/operations\.md#([a-z0-9_-]+)", description)
+    if not link or link.group(1) not in anchors:
+        sys.exit(f"alert {name}: its runbook link is missing or points at no heading of docs/operations.md")
+print(f"ok: {len(rules)} alerts, each with a promtool test and a runbook entry")
+PY
 promtool check config deploy/prometheus/prometheus.yml >/dev/null 2>&1 || promtool check config --syntax-only deploy/prometheus/prometheus.yml
 
 echo "== Grafana dashboard queries"
