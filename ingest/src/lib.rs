@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod notify;
 pub mod publish;
+pub mod shared;
 pub mod signature;
 pub mod status;
 pub mod webex;
@@ -77,6 +78,7 @@ struct Inner {
     publisher: Publisher,
     admission: publish::Admission,
     tracker: pipeline::tracking::Tracker,
+    shared: shared::Shared,
     metrics: Metrics,
 }
 
@@ -104,6 +106,12 @@ impl AppState {
                     config.nats.tracking,
                     metrics.clone(),
                 ),
+                shared: shared::Shared::new(
+                    publisher.jetstream().clone(),
+                    &config.nats.prefix,
+                    config.nats.replicas,
+                    Duration::from_secs(config.producers.max_ttl_secs),
+                ),
                 publisher,
                 admission: publish::Admission::new(config.max_in_flight),
                 metrics,
@@ -130,6 +138,37 @@ pub fn router(state: AppState) -> Router {
 }
 
 impl Inner {
+    /// Whether an event with this id was stored before (a producer's retry), by the
+    /// shared record; `false` when it cannot be read (the de-duplication window still
+    /// catches a retry within it).
+    async fn already_stored(&self, event_id: &str) -> bool {
+        self.shared.seen(event_id).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "shared idempotency keys unavailable; relying on the de-duplication window");
+            false
+        })
+    }
+
+    /// Takes `cost` tokens from `producer`'s shared bucket, or this replica's when the
+    /// shared one cannot be reached.
+    async fn take_rate(&self, producer: &str, cost: usize) -> Result<(), notify::OverRate> {
+        let Some((rate, burst)) = self.producers.rate(producer) else {
+            return Err(notify::OverRate {
+                retry_after_secs: 1,
+            });
+        };
+        match self
+            .shared
+            .take(producer, rate, burst, cost, now_ms())
+            .await
+        {
+            Ok(taken) => taken,
+            Err(error) => {
+                tracing::warn!(%error, "shared rate bucket unavailable; using this replica's");
+                self.producers.take(producer, cost, now_ms())
+            }
+        }
+    }
+
     /// A permit for one more request, or the fast refusal.
     fn admit(&self) -> Result<publish::Admitted, ApiError> {
         self.admission.try_admit().ok_or(ApiError::Overloaded {
@@ -348,9 +387,15 @@ async fn notify(
             s.producers.burst(&producer)
         )));
     }
-    s.producers
-        .take(&producer, events.len(), std::time::Instant::now())
-        .map_err(|over| {
+    // A producer's retry of events already stored is answered as a duplicate, without
+    // publishing them again or charging for them.
+    let mut stored_before = Vec::with_capacity(events.len());
+    for event in &events {
+        stored_before.push(s.already_stored(&event.id).await);
+    }
+    let cost = stored_before.iter().filter(|seen| !**seen).count();
+    if cost > 0 {
+        s.take_rate(&producer, cost).await.map_err(|over| {
             s.metrics
                 .auth_refusals
                 .with_label_values(&[SERVICE, "rate_limited"])
@@ -359,11 +404,16 @@ async fn notify(
                 retry_after_secs: over.retry_after_secs,
             }
         })?;
+    }
 
-    let publishes = events.iter().map(|event| async {
+    let publishes = events.iter().zip(&stored_before).map(|(event, seen)| async {
+        if *seen {
+            return Ok(publish::Stored { duplicate: true });
+        }
         let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
         let subject = s.topology.event_subject(&event.source, &event.resource);
-        s.publisher
+        let stored = s
+            .publisher
             .publish(
                 subject,
                 &event.id,
@@ -372,7 +422,11 @@ async fn notify(
                 admitted.clone(),
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if let Err(error) = s.shared.remember(&event.id).await {
+            tracing::warn!(%error, event_id = %event.id, "stored event not remembered for idempotency; the de-duplication window still covers it");
+        }
+        Ok::<_, String>(stored)
     });
     let results = futures::future::join_all(publishes).await;
     let mut accepted = Vec::with_capacity(events.len());

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use pipeline::contract::{
     ApnsPart, ApnsPushType, Class, Event, FCM_DATA_MAX_BYTES, FcmPart, FcmPriority, VERSION,
@@ -275,9 +274,42 @@ fn fcm_part(f: &FcmRequest<'_>, class: Class, encrypt: bool) -> Result<FcmPart, 
     })
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+/// A producer's token bucket: `tokens` left at `at_ms`. Kept per replica, and shared by
+/// all replicas in NATS ([`crate::shared`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, Deserialize)]
+pub struct Bucket {
+    /// Tokens (target persons) left.
+    pub tokens: f64,
+    /// When `tokens` was counted, ms.
+    pub at_ms: u64,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn full(burst: f64, now_ms: u64) -> Self {
+        Bucket {
+            tokens: burst,
+            at_ms: now_ms,
+        }
+    }
+
+    /// The bucket refilled at `rate` up to `burst` by `now_ms`, with `cost` taken; or when
+    /// to come back.
+    pub fn take(self, now_ms: u64, rate: f64, burst: f64, cost: usize) -> Result<Self, OverRate> {
+        let elapsed = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
+        let tokens = (self.tokens + elapsed * rate).min(burst);
+        let cost = cost as f64;
+        if tokens >= cost {
+            return Ok(Bucket {
+                tokens: tokens - cost,
+                at_ms: now_ms.max(self.at_ms),
+            });
+        }
+        let wait = ((cost.min(burst) - tokens) / rate).ceil().max(1.0);
+        Err(OverRate {
+            retry_after_secs: wait as u64,
+        })
+    }
 }
 
 struct Producer {
@@ -370,32 +402,28 @@ impl Producers {
         found
     }
 
-    /// Takes `cost` tokens from `producer`'s bucket at `now`, or says when to come back.
-    pub fn take(&self, producer: &str, cost: usize, now: Instant) -> Result<(), OverRate> {
-        let Some(p) = self.producers.iter().find(|p| p.name == producer) else {
+    /// Takes `cost` tokens from this replica's bucket of `producer` at `now_ms`, or says
+    /// when to come back. Used when the shared buckets cannot be reached.
+    pub fn take(&self, producer: &str, cost: usize, now_ms: u64) -> Result<(), OverRate> {
+        let Some((rate, burst)) = self.rate(producer) else {
             return Err(OverRate {
                 retry_after_secs: 1,
             });
         };
-        let cost = cost as f64;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = buckets.entry(p.name.clone()).or_insert(Bucket {
-            tokens: p.burst,
-            at: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * p.rate).min(p.burst);
-        bucket.at = now;
-        if bucket.tokens >= cost {
-            bucket.tokens -= cost;
-            return Ok(());
-        }
-        let wait = ((cost.min(p.burst) - bucket.tokens) / p.rate)
-            .ceil()
-            .max(1.0);
-        Err(OverRate {
-            retry_after_secs: wait as u64,
-        })
+        let bucket = buckets
+            .entry(producer.to_owned())
+            .or_insert(Bucket::full(burst, now_ms));
+        *bucket = bucket.take(now_ms, rate, burst, cost)?;
+        Ok(())
+    }
+
+    /// The rate (per second) and burst of `producer`.
+    pub fn rate(&self, producer: &str) -> Option<(f64, f64)> {
+        self.producers
+            .iter()
+            .find(|p| p.name == producer)
+            .map(|p| (p.rate, p.burst))
     }
 
     /// The burst of `producer` (requests costing more can never pass).
@@ -412,7 +440,6 @@ impl Producers {
 mod tests {
     use super::*;
     use crate::config::ProducerKey;
-    use std::time::Duration;
 
     fn config() -> ProducersConfig {
         ProducersConfig {
@@ -433,7 +460,7 @@ mod tests {
     #[test]
     fn the_bucket_refills_at_its_rate() {
         let p = Producers::new(&config());
-        let t0 = Instant::now();
+        let t0 = 1_000_000;
         assert_eq!(p.take("crm", 4, t0), Ok(()));
         assert_eq!(
             p.take("crm", 1, t0),
@@ -442,12 +469,12 @@ mod tests {
             })
         );
         assert_eq!(
-            p.take("crm", 3, t0 + Duration::from_millis(500)),
+            p.take("crm", 3, t0 + 500),
             Err(OverRate {
                 retry_after_secs: 1
             })
         );
-        assert_eq!(p.take("crm", 2, t0 + Duration::from_secs(1)), Ok(()));
+        assert_eq!(p.take("crm", 2, t0 + 1_000), Ok(()));
     }
 
     #[test]

@@ -114,6 +114,79 @@ async fn a_producer_over_its_rate_gets_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_producers_rate_holds_across_ingest_replicas() {
+    let env = Env::start();
+    let slow = |c: &mut ingest::config::Config| {
+        c.producers.keys[0].rate_per_sec = 0.01;
+        c.producers.keys[0].burst = 3;
+    };
+    let (a, b) = (started(&env, slow).await, started(&env, slow).await);
+    let body = |k: u32| {
+        format!(
+            r#"{{"person_ids":["a"],"class":"alert","fcm":{{"data":{{"m":"hi"}}}},"idempotency_key":"r{k}"}}"#
+        )
+    };
+    // Three tokens in all, whichever replica takes them.
+    for (k, ingest) in [(0, &a), (1, &b), (2, &a)] {
+        let response = notify(ingest, Some(PRODUCER_KEY), &body(k)).await;
+        assert_eq!(response.status(), 200);
+    }
+    for (k, ingest) in [(3, &b), (4, &a)] {
+        let response = notify(ingest, Some(PRODUCER_KEY), &body(k)).await;
+        assert_eq!(response.status(), 429, "the bucket is shared");
+    }
+    // A retry of a stored request costs nothing and is still a duplicate.
+    let retry = notify(&b, Some(PRODUCER_KEY), &body(0)).await;
+    assert_eq!(retry.status(), 200);
+    let answer: Value = retry.json().await.expect("json");
+    assert_eq!(answer["events"][0]["duplicate"], true);
+    env.wait_messages(StreamKind::Events, 3).await;
+}
+
+#[tokio::test]
+async fn a_retry_after_the_server_forgot_the_message_id_rings_once() {
+    let mut env = Env::start();
+    let ingest = started(&env, |_| {}).await;
+    let body = r#"{"person_ids":["p1"],"class":"call","apns":{"payload":{"aps":{}}},"ttl_secs":600,"idempotency_key":"late-retry"}"#;
+    let first: Value = notify(&ingest, Some(PRODUCER_KEY), body)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(first["events"][0]["duplicate"], false);
+
+    // The event is consumed (gone from the work queue) and the server restarts: its
+    // de-duplication state no longer knows the id, as after the window has passed.
+    env.wait_messages(StreamKind::Events, 1).await;
+    env.jetstream()
+        .await
+        .get_stream(env.topology().stream_name(StreamKind::Events))
+        .await
+        .expect("EVENTS")
+        .purge()
+        .await
+        .expect("purge");
+    env.nats.restart();
+    ingest.wait_ready().await;
+
+    let retried: Value = notify(&ingest, Some(PRODUCER_KEY), body)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(retried["events"][0]["duplicate"], true, "{retried}");
+    let other = body.replace("late-retry", "another-call");
+    let stored: Value = notify(&ingest, Some(PRODUCER_KEY), &other)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stored["events"][0]["duplicate"], false, "{stored}");
+    let events = env.wait_messages(StreamKind::Events, 1).await;
+    assert_eq!(events.len(), 1, "the retry was not stored again");
+}
+
+#[tokio::test]
 async fn bad_notify_requests_get_400_413_415_or_422_naming_the_problem() {
     let env = Env::start();
     let ingest = started(&env, |_| {}).await;
