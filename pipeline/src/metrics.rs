@@ -83,6 +83,14 @@ pub struct Metrics {
     /// `pushline_pruning_held{provider,app}`: 1 while this dispatcher holds the app's
     /// token pruning because most answers call tokens invalid ([`crate::prune_guard`]).
     pub pruning_held: IntGaugeVec,
+    /// `pushline_webex_webhook_status{name}`: 1 while the Webex webhook is active, 0 while
+    /// it is inactive or missing (registry watchdog).
+    pub webex_webhook_status: IntGaugeVec,
+    /// `pushline_webex_webhook_checks_total{outcome}` (`ok`, `failed`: Webex unreachable or
+    /// refused the token).
+    pub webex_webhook_checks: IntCounterVec,
+    /// `pushline_webex_webhook_reactivations_total{name}`.
+    pub webex_webhook_reactivations: IntCounterVec,
     /// `pushline_status_records_total{stage,result}`: delivery status records written
     /// (`written`) or lost on the way to NATS (`failed`); see [`crate::tracking`].
     pub status_records: IntCounterVec,
@@ -272,6 +280,24 @@ impl Metrics {
                 "pushline_pruning_held",
                 "1 while token pruning for an app is held because most provider answers call its tokens invalid.",
                 &["provider", "app"],
+            ),
+            webex_webhook_status: gauge(
+                &r,
+                "pushline_webex_webhook_status",
+                "1 while the Webex webhook is active, 0 while it is inactive or missing.",
+                &["name"],
+            ),
+            webex_webhook_checks: counter(
+                &r,
+                "pushline_webex_webhook_checks_total",
+                "Checks of the Webex webhook, by outcome.",
+                &["outcome"],
+            ),
+            webex_webhook_reactivations: counter(
+                &r,
+                "pushline_webex_webhook_reactivations_total",
+                "Inactive Webex webhooks set active again.",
+                &["name"],
             ),
             status_records: counter(
                 &r,

@@ -7,6 +7,7 @@
 //! pushctl [--config …] dead replay [same filters] [--dry-run]
 //! pushctl [--config …] devices <personId>
 //! pushctl [--config …] trace <event id | trace id>   what became of an event on each device
+//! pushctl [--config …] webhooks list | ensure | reactivate   the Webex webhook ([webex_webhooks])
 //! pushctl health <url>            exit 0 when the URL answers 2xx (container health checks)
 //! ```
 //!
@@ -41,6 +42,12 @@ pub enum Command {
     Devices(String),
     /// Delivery status of an event (by event id, or every event of a trace id).
     Trace(String),
+    /// The Webex webhooks of the configured owner.
+    WebhooksList,
+    /// Create or update pushline's Webex webhook.
+    WebhooksEnsure,
+    /// Set pushline's Webex webhook active again.
+    WebhooksReactivate,
     /// Probe a health URL.
     Health(String),
 }
@@ -73,7 +80,7 @@ impl Filter {
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: pushctl [--config FILE] (streams | dead list [FILTERS] | dead replay [FILTERS] [--dry-run] | devices PERSON_ID | trace EVENT_OR_TRACE_ID | health URL)
+pub const USAGE: &str = "usage: pushctl [--config FILE] (streams | dead list [FILTERS] | dead replay [FILTERS] [--dry-run] | devices PERSON_ID | trace EVENT_OR_TRACE_ID | webhooks (list | ensure | reactivate) | health URL)
 filters: --stage S --reason R --older-than SECS --newer-than SECS --limit N";
 
 /// Parses the arguments after the program name (and after `--config FILE`).
@@ -83,6 +90,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         ["streams"] => Ok(Command::Streams),
         ["devices", person] => Ok(Command::Devices((*person).to_owned())),
         ["trace", id] => Ok(Command::Trace((*id).to_owned())),
+        ["webhooks", "list"] => Ok(Command::WebhooksList),
+        ["webhooks", "ensure"] => Ok(Command::WebhooksEnsure),
+        ["webhooks", "reactivate"] => Ok(Command::WebhooksReactivate),
         ["health", url] => Ok(Command::Health((*url).to_owned())),
         ["dead", "list", rest @ ..] => {
             let (filter, dry_run) = filters(rest)?;
@@ -240,6 +250,46 @@ pub async fn execute(command: &Command, config: &Config) -> Result<String, Strin
             }
             for status in &found {
                 write_status(&mut out, status);
+            }
+        }
+        Command::WebhooksList | Command::WebhooksEnsure | Command::WebhooksReactivate => {
+            let client =
+                crate::webhooks::Client::new(&config.webex_webhooks).map_err(|e| e.to_string())?;
+            match command {
+                Command::WebhooksList => {
+                    for w in client.list().await? {
+                        writeln!(
+                            out,
+                            "{}  {:<8} {}/{}  {}  {}{}",
+                            w.id,
+                            w.status,
+                            w.resource,
+                            w.event,
+                            w.name,
+                            w.target_url,
+                            w.filter.map_or(String::new(), |f| format!("  filter={f}"))
+                        )
+                        .ok();
+                    }
+                }
+                Command::WebhooksEnsure => match client.ensure().await? {
+                    crate::webhooks::Ensured::Created(id) => {
+                        writeln!(out, "created webhook {id}").ok();
+                    }
+                    crate::webhooks::Ensured::Updated(id) => {
+                        writeln!(out, "updated webhook {id} (active, URL and secret set)").ok();
+                    }
+                },
+                _ => {
+                    let webhook = client.find().await?.ok_or_else(|| {
+                        format!(
+                            "no webhook named `{}` (pushctl webhooks ensure)",
+                            config.webex_webhooks.name
+                        )
+                    })?;
+                    client.reactivate(&webhook).await?;
+                    writeln!(out, "webhook {} is active", webhook.id).ok();
+                }
             }
         }
         Command::Devices(person) => {

@@ -32,6 +32,8 @@ pub struct Config {
     pub fanout: WorkerConfig,
     /// The prune consumer (`FEEDBACK` → token removal).
     pub prune: WorkerConfig,
+    /// The Webex webhook pushline depends on (`pushctl webhooks`, the watchdog).
+    pub webex_webhooks: crate::webhooks::WebhooksConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -52,6 +54,7 @@ impl Default for Config {
                 concurrency: 32,
                 ..WorkerConfig::default()
             },
+            webex_webhooks: crate::webhooks::WebhooksConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -369,6 +372,9 @@ impl Config {
         self.fanout.validate("fanout")?;
         self.prune.validate("prune")?;
         self.redis.validate()?;
+        if self.webex_webhooks.enabled {
+            crate::webhooks::Client::new(&self.webex_webhooks)?;
+        }
         if !(1..=1_000).contains(&self.devices.max_per_person) {
             return Err(ConfigError::invalid(
                 "devices.max_per_person",

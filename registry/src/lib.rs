@@ -27,6 +27,7 @@ pub mod person;
 pub mod prune;
 pub mod store;
 pub mod validate;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,6 +234,9 @@ pub async fn serve(
         })
     };
 
+    let watchdog = webhooks::Watchdog::new(&config.webex_webhooks, metrics.clone())?
+        .map(|watchdog| tokio::spawn(watchdog.run(shutdown.clone())));
+
     let state = AppState {
         store,
         auth: Arc::new(Authenticator::new(&config.auth, metrics.clone())?),
@@ -246,6 +250,9 @@ pub async fn serve(
     let served = admin::serve(api_listener, api::router(state), shutdown.clone()).await;
     shutdown.cancel();
     let _ = workers.await;
+    if let Some(watchdog) = watchdog {
+        let _ = watchdog.await;
+    }
     let _ = admin_task.await;
     served.map_err(|source| RunError::Io {
         what: "public listener".into(),

@@ -9,6 +9,7 @@ pub mod apns;
 pub mod fcm;
 pub mod tls;
 pub mod webex_people;
+pub mod webex_webhooks;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

@@ -15,3 +15,4 @@ mod registry;
 mod topology;
 mod tracking;
 mod webhook_to_jobs;
+mod webhooks;
