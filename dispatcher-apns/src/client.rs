@@ -254,8 +254,89 @@ fn transport_error(error: &reqwest::Error) -> Verdict {
     }
 }
 
+impl ApnsProvider {
+    /// Asks APNs whether `route`'s credential is accepted: a background push to a token
+    /// that cannot exist. With a good credential APNs refuses the token (400
+    /// `BadDeviceToken`); with a revoked key or a wrong certificate it refuses the
+    /// credential (403). Nothing reaches a device either way.
+    async fn probe(&self, app: &str, environment: Environment, route: &Route) -> Option<bool> {
+        let now = pipeline::contract::now_ms();
+        let job = PushJob {
+            v: pipeline::contract::VERSION,
+            event_id: format!("credential-check-{now}"),
+            token: "0".repeat(64),
+            platform: Platform::Apns,
+            app: app.to_owned(),
+            environment,
+            class: pipeline::contract::Class::Background,
+            received_at_ms: now,
+            deadline_ms: now + 60_000,
+            apns: None,
+            fcm: None,
+            trace_id: None,
+        };
+        let part = ApnsPart {
+            payload: serde_json::value::RawValue::from_string(
+                r#"{"aps":{"content-available":1}}"#.into(),
+            )
+            .ok()?,
+            push_type: ApnsPushType::Background,
+            priority: 5,
+            collapse_id: None,
+        };
+        let bearer = match &route.auth {
+            Auth::Token(token) => Some(token.current(now_secs())),
+            Auth::Certificate => None,
+        };
+        let response = self
+            .request(route, &job, &part, bearer.as_deref())
+            .await
+            .ok()?;
+        if response.status().is_success() {
+            return Some(true);
+        }
+        let answer = answer(response).await;
+        match classify(&answer) {
+            Verdict::InvalidToken { .. } => Some(true),
+            Verdict::Retry { reason, .. } | Verdict::Reject { reason, .. }
+                if Self::CREDENTIAL_FAILURES.contains(&reason) =>
+            {
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+}
+
 impl Provider for ApnsProvider {
     const PLATFORM: Platform = Platform::Apns;
+    const CREDENTIAL_FAILURES: &'static [&'static str] = &[
+        "InvalidProviderToken",
+        "ExpiredProviderToken",
+        "MissingProviderToken",
+        "BadCertificate",
+        "BadCertificateEnvironment",
+        "Forbidden",
+    ];
+
+    fn probe_credentials(&self) -> BoxFuture<'_, Vec<(String, Option<bool>)>> {
+        Box::pin(async move {
+            let mut results = Vec::new();
+            for (app, routes) in &self.routes {
+                // Valid only if every environment's endpoint accepts it.
+                let mut app_valid = Some(true);
+                for (environment, route) in routes {
+                    app_valid = match (app_valid, self.probe(app, *environment, route).await) {
+                        (_, Some(false)) | (Some(false), _) => Some(false),
+                        (Some(true), Some(true)) => Some(true),
+                        _ => None,
+                    };
+                }
+                results.push((app.clone(), app_valid));
+            }
+            results
+        })
+    }
 
     fn knows_app(&self, job: &PushJob) -> bool {
         self.route(job).is_some()

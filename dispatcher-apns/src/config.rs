@@ -58,6 +58,9 @@ pub struct ApnsConfig {
     /// Provider-token lifetime before re-signing, seconds: Apple accepts 20 to 60 minutes.
     /// `iat` is aligned to multiples of it so every replica presents the same token.
     pub token_refresh_secs: u64,
+    /// How often every app's credential is checked with the provider, seconds (0: only
+    /// by the answers to real pushes).
+    pub credential_check_secs: u64,
     /// The apps this deployment sends for.
     pub apps: Vec<AppConfig>,
 }
@@ -71,6 +74,7 @@ impl Default for ApnsConfig {
             connections: 2,
             request_timeout_ms: 5_000,
             token_refresh_secs: 30 * 60,
+            credential_check_secs: 300,
             apps: Vec::new(),
         }
     }

@@ -55,6 +55,7 @@ pub async fn serve(
         nats: config.nats,
         worker: config.worker,
         prune_guard: config.prune_guard,
+        credential_check_secs: config.apns.credential_check_secs,
     };
     tracing::info!("APNs dispatcher starting");
     serve_dispatcher(setup, provider, metrics, admin, shutdown).await?;

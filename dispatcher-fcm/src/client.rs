@@ -97,6 +97,20 @@ impl FcmProvider {
     }
 }
 
+/// No access token: retried; a refusal of the service account is told apart, since it
+/// means the credential is dead.
+fn oauth_failed(error: &crate::oauth::OAuthError) -> Verdict {
+    Verdict::Retry {
+        reason: if error.refused() {
+            "oauth_refused"
+        } else {
+            "oauth"
+        },
+        detail: error.to_string(),
+        retry_after: None,
+    }
+}
+
 /// An accepted message, with the name FCM gave it (`projects/…/messages/…`). The body is
 /// read for it; a body that is not the documented answer still means accepted.
 async fn delivered(response: reqwest::Response) -> Verdict {
@@ -127,6 +141,29 @@ fn transport_error(error: &reqwest::Error) -> Verdict {
 
 impl Provider for FcmProvider {
     const PLATFORM: Platform = Platform::Fcm;
+    const CREDENTIAL_FAILURES: &'static [&'static str] = &[
+        "oauth_refused",
+        "status_401",
+        "status_403",
+        "THIRD_PARTY_AUTH_ERROR",
+    ];
+
+    fn probe_credentials(&self) -> BoxFuture<'_, Vec<(String, Option<bool>)>> {
+        // A fresh access token from Google's token server: refused for a deleted service
+        // account or a revoked key.
+        Box::pin(async move {
+            let mut results = Vec::new();
+            for (id, project) in &self.projects {
+                let valid = match project.tokens.fetch_new().await {
+                    Ok(()) => Some(true),
+                    Err(error) if error.refused() => Some(false),
+                    Err(_) => None,
+                };
+                results.push((id.clone(), valid));
+            }
+            results
+        })
+    }
 
     fn knows_app(&self, job: &PushJob) -> bool {
         self.projects.contains_key(&job.app)
@@ -156,13 +193,7 @@ impl Provider for FcmProvider {
         };
         let bearer = match project.tokens.token().await {
             Ok(token) => token,
-            Err(error) => {
-                return Verdict::Retry {
-                    reason: "oauth",
-                    detail: error.to_string(),
-                    retry_after: None,
-                };
-            }
+            Err(error) => return oauth_failed(&error),
         };
         let response = match self.post(project, &bearer, body.clone()).await {
             Ok(response) => response,
@@ -178,13 +209,7 @@ impl Provider for FcmProvider {
         // Our access token was refused: renew once and resend.
         let renewed = match project.tokens.renew(&bearer).await {
             Ok(token) => token,
-            Err(error) => {
-                return Verdict::Retry {
-                    reason: "oauth",
-                    detail: error.to_string(),
-                    retry_after: None,
-                };
-            }
+            Err(error) => return oauth_failed(&error),
         };
         match self.post(project, &renewed, body).await {
             Ok(response) if response.status().is_success() => delivered(response).await,

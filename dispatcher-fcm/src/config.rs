@@ -54,6 +54,9 @@ pub struct FcmConfig {
     pub request_timeout_ms: u64,
     /// Refresh an access token this many seconds before it expires.
     pub token_refresh_margin_secs: u64,
+    /// How often every app's credential is checked with the provider, seconds (0: only
+    /// by the answers to real pushes).
+    pub credential_check_secs: u64,
     /// The Firebase projects this deployment sends for.
     pub projects: Vec<ProjectConfig>,
 }
@@ -66,6 +69,7 @@ impl Default for FcmConfig {
             connections: 2,
             request_timeout_ms: 5_000,
             token_refresh_margin_secs: 300,
+            credential_check_secs: 300,
             projects: Vec::new(),
         }
     }

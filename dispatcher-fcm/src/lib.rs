@@ -51,6 +51,7 @@ pub async fn serve(
         nats: config.nats,
         worker: config.worker,
         prune_guard: config.prune_guard,
+        credential_check_secs: config.fcm.credential_check_secs,
     };
     tracing::info!("FCM dispatcher starting");
     serve_dispatcher(setup, provider, metrics, admin, shutdown).await?;

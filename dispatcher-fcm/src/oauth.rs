@@ -62,6 +62,15 @@ impl ServiceAccount {
 pub struct OAuthError {
     uri: String,
     problem: String,
+    refused: bool,
+}
+
+impl OAuthError {
+    /// Whether the token server refused the service account (4xx: a deleted account, a
+    /// revoked key), rather than being unreachable or failing.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
 }
 
 #[derive(Clone)]
@@ -132,6 +141,14 @@ impl TokenSource {
         Ok(token)
     }
 
+    /// A new access token from the token server, whatever is cached: the credential check.
+    pub async fn fetch_new(&self) -> Result<(), OAuthError> {
+        let _guard = self.refreshing.lock().await;
+        let fresh = self.fetch().await?;
+        *self.cached.write().await = Some(fresh);
+        Ok(())
+    }
+
     /// After FCM refused `rejected` as unauthenticated: drops it (unless already replaced)
     /// and fetches a new one.
     pub async fn renew(&self, rejected: &str) -> Result<Arc<str>, OAuthError> {
@@ -170,6 +187,7 @@ impl TokenSource {
         let error = |problem: String| OAuthError {
             uri: uri.clone(),
             problem,
+            refused: false,
         };
         let now = pipeline::contract::now_ms() / 1000;
         let response = self
@@ -184,7 +202,10 @@ impl TokenSource {
             .map_err(|e| error(e.to_string()))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(error(format!("status {status}")));
+            return Err(OAuthError {
+                refused: status.is_client_error(),
+                ..error(format!("status {status}"))
+            });
         }
         let body: TokenResponse = response
             .json()

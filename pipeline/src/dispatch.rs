@@ -80,6 +80,57 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Credential health for `/readyz`.
     fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+
+    /// Verdict reasons that mean the provider refused pushline's credential (a revoked
+    /// key, a deleted service account, a wrong certificate), not the push.
+    const CREDENTIAL_FAILURES: &'static [&'static str];
+
+    /// Asks the provider whether each app's credential is accepted, without pushing to a
+    /// device: `(app, Some(valid))`, or `None` when the provider could not be asked.
+    fn probe_credentials(&self) -> BoxFuture<'_, Vec<(String, Option<bool>)>>;
+}
+
+/// `pushline_credential_valid{provider,app}`: what the last answer about an app's
+/// credential said.
+fn credential_seen(metrics: &Metrics, platform: Platform, app: &str, valid: bool) {
+    let gauge = metrics
+        .credential_valid
+        .with_label_values(&[platform.as_str(), app]);
+    if !valid && gauge.get() != 0 {
+        tracing::error!(
+            provider = platform.as_str(),
+            app,
+            "the provider refuses this app's credential: no push for it can be delivered"
+        );
+    }
+    gauge.set(i64::from(valid));
+}
+
+/// Probes every app's credential at once and then every `every`, until `shutdown`.
+async fn probe_credentials<P: Provider>(
+    provider: Arc<P>,
+    metrics: Metrics,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        for (app, valid) in provider.probe_credentials().await {
+            match valid {
+                Some(false) => {
+                    tracing::error!(provider = P::PLATFORM.as_str(), %app, "credential check: the provider refuses this app's credential");
+                    credential_seen(&metrics, P::PLATFORM, &app, false);
+                }
+                Some(true) => credential_seen(&metrics, P::PLATFORM, &app, true),
+                None => {
+                    tracing::warn!(provider = P::PLATFORM.as_str(), %app, "credential check could not reach the provider")
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// The worker handler of a dispatcher.
@@ -275,6 +326,17 @@ impl<P: Provider> Handler for Dispatch<P> {
             return Outcome::Ack;
         };
 
+        match &verdict {
+            Verdict::Delivered { .. } | Verdict::InvalidToken { .. } => {
+                credential_seen(&self.metrics, P::PLATFORM, app, true);
+            }
+            Verdict::Retry { reason, .. } | Verdict::Reject { reason, .. }
+                if P::CREDENTIAL_FAILURES.contains(reason) =>
+            {
+                credential_seen(&self.metrics, P::PLATFORM, app, false);
+            }
+            _ => {}
+        }
         match verdict {
             Verdict::Delivered { id } => {
                 self.guard.observe(app, false, now_ms());
@@ -375,6 +437,8 @@ pub struct DispatcherSetup {
     pub worker: WorkerConfig,
     /// Mass-pruning protection.
     pub prune_guard: PruneGuardConfig,
+    /// How often every app's credential is checked with the provider (0: never).
+    pub credential_check_secs: u64,
 }
 
 /// Why a dispatcher could not run.
@@ -448,6 +512,14 @@ pub async fn serve<P: Provider>(
         admin::router(metrics.clone(), ready),
         shutdown.clone(),
     ));
+    let prober = (setup.credential_check_secs > 0).then(|| {
+        tokio::spawn(probe_credentials(
+            provider.clone(),
+            metrics.clone(),
+            Duration::from_secs(setup.credential_check_secs),
+            shutdown.clone(),
+        ))
+    });
     if crate::topology::ensure_until_ready(&js, &topology, &shutdown).await {
         let tracker = Tracker::new(
             client,
@@ -476,6 +548,9 @@ pub async fn serve<P: Provider>(
         .await;
     }
     shutdown.cancel();
+    if let Some(prober) = prober {
+        let _ = prober.await;
+    }
     let _ = admin_task.await;
     Ok(())
 }

@@ -94,6 +94,9 @@ pub struct Metrics {
     /// `pushline_status_records_total{stage,result}`: delivery status records written
     /// (`written`) or lost on the way to NATS (`failed`); see [`crate::tracking`].
     pub status_records: IntCounterVec,
+    /// `pushline_credential_valid{provider,app}`: 1 while the provider accepts the app's
+    /// credential, 0 once it refused it (a push's answer or the periodic check).
+    pub credential_valid: IntGaugeVec,
     /// `pushline_credential_expiry_timestamp_seconds{provider,app}`.
     pub credential_expiry: prometheus::GaugeVec,
 
@@ -304,6 +307,12 @@ impl Metrics {
                 "pushline_status_records_total",
                 "Delivery status records written to STATUS, or lost on the way.",
                 &["stage", "result"],
+            ),
+            credential_valid: gauge(
+                &r,
+                "pushline_credential_valid",
+                "1 while the provider accepts the app's credential, 0 once it refused it.",
+                &["provider", "app"],
             ),
             credential_expiry: {
                 let m = prometheus::GaugeVec::new(

@@ -181,9 +181,10 @@ impl StatusRecord {
         }
     }
 
-    /// The `received` record of `event`.
+    /// The `received` record of `event`, at the time the webhook or request arrived.
     pub fn received(event: &Event) -> Self {
         StatusRecord {
+            at_ms: event.received_at_ms,
             received: Some(Received {
                 source: event.source.clone(),
                 resource: event.resource.clone(),

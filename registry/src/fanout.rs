@@ -329,6 +329,8 @@ impl Handler for Fanout {
             tracing::debug!(event_id = %event.id, "no devices for event");
             return Outcome::Ack;
         }
+        // Stamped before publishing: a dispatcher may send a job before its record is written.
+        let queued_at_ms = now_ms();
         if let Err(error) = self.publish_jobs(&event, &jobs).await {
             return self.retry(delivery.attempt, &event, "publish", error).await;
         }
@@ -337,13 +339,16 @@ impl Handler for Fanout {
             .with_label_values(&["fanned_out"])
             .inc();
         for job in &jobs {
-            self.tracker
-                .record(&StatusRecord::job(job, Stage::Queued))
-                .await;
+            let record = StatusRecord {
+                at_ms: queued_at_ms,
+                ..StatusRecord::job(job, Stage::Queued)
+            };
+            self.tracker.record(&record).await;
         }
         self.tracker
             .record(&StatusRecord {
                 jobs: Some(jobs.len()),
+                at_ms: queued_at_ms,
                 ..StatusRecord::event(&event.id, Stage::FannedOut)
             })
             .await;

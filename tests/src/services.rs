@@ -327,6 +327,9 @@ impl Providers {
         config.apns.sandbox_url = self.apns.url();
         config.apns.ca_files = vec![self.ca_file.clone()];
         config.apns.request_timeout_ms = 2_000;
+        // Tests that count provider requests see only their own; the credential test
+        // turns the check on.
+        config.apns.credential_check_secs = 0;
         config.apns.apps = vec![dispatcher_apns::config::AppConfig {
             bundle_id: APNS_APP.into(),
             environments: vec![
@@ -354,6 +357,7 @@ impl Providers {
         config.fcm.base_url = self.fcm.url();
         config.fcm.ca_files = vec![self.ca_file.clone()];
         config.fcm.request_timeout_ms = 2_000;
+        config.fcm.credential_check_secs = 0;
         config.fcm.projects = vec![dispatcher_fcm::config::ProjectConfig {
             project_id: None,
             service_account_file: self.service_account.clone(),

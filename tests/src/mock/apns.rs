@@ -66,6 +66,14 @@ impl P8Key {
 }
 
 impl MockApns {
+    /// Revokes the provider-token key `key_id`, as a team does in the Apple portal: every
+    /// token it signed is refused from now on (403 `InvalidProviderToken`).
+    pub fn revoke_key(&self, key_id: &str) {
+        let apns = &self.shared.behaviour;
+        apns.keys.lock().expect("keys lock").remove(key_id);
+        apns.verified.lock().expect("verified lock").clear();
+    }
+
     /// Starts a mock accepting pushes for `bundles` with provider tokens signed by `keys`,
     /// on `port` (0 = any).
     pub async fn start_apns(ca: &TestCa, bundles: &[&str], keys: &[&P8Key], port: u16) -> Self {
@@ -265,6 +273,10 @@ impl Behaviour for Apns {
         }
         if body.is_empty() {
             return refuse(400, "PayloadEmpty");
+        }
+        // A token no device can have (what credential checks push to), as APNs answers it.
+        if !token.is_empty() && token.bytes().all(|b| b == b'0') {
+            return refuse(400, "BadDeviceToken");
         }
         let limit = if push_type == "voip" { 5_120 } else { 4_096 };
         if body.len() > limit {

@@ -36,6 +36,7 @@ pub struct Fcm {
     issued: Mutex<HashSet<String>>,
     counter: AtomicU64,
     token_requests: AtomicU64,
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 /// A running mock FCM.
@@ -57,6 +58,7 @@ impl MockFcm {
             issued: Mutex::new(HashSet::new()),
             counter: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
+            deleted: std::sync::atomic::AtomicBool::new(false),
         };
         let mock = Mock::start(behaviour, ca, at).await;
         *mock.shared.behaviour.token_uri.lock().expect("lock") = format!("{}/token", mock.url());
@@ -91,6 +93,14 @@ impl MockFcm {
     /// Forgets every access token issued so far (the next send gets 401).
     pub fn revoke_access_tokens(&self) {
         self.shared.behaviour.issued.lock().expect("lock").clear();
+    }
+
+    /// Deletes the service account: access tokens are no longer issued (400
+    /// `invalid_grant`) and the ones issued are refused (401).
+    pub fn delete_service_account(&self) {
+        let fcm = &self.shared.behaviour;
+        fcm.deleted.store(true, Ordering::Relaxed);
+        fcm.issued.lock().expect("lock").clear();
     }
 
     /// How many access tokens were requested.
@@ -160,6 +170,9 @@ impl Fcm {
         let Some(assertion) = form.get("assertion") else {
             return refused("assertion missing");
         };
+        if self.deleted.load(Ordering::Relaxed) {
+            return refused("Invalid grant: account not found");
+        }
         if let Err(why) = self.check_assertion(assertion) {
             return refused(why);
         }

@@ -4,6 +4,7 @@
 //! small: each test binary links the whole workspace.
 
 mod authorization;
+mod credentials;
 mod devices;
 mod distributed;
 mod end_to_end;
