@@ -6,8 +6,8 @@
 //! | stage | who | record |
 //! |---|---|---|
 //! | `received` | ingest | producer, person, class, deadline, trace id (also on the trace id's subject) |
-//! | `fanned_out`, `no_devices`, `expired` | fan-out | the event as a whole (`jobs`: how many) |
-//! | `queued`, `skipped` | fan-out | one per device (`skipped`: why it got nothing) |
+//! | `fanned_out`, `no_devices`, `expired` | fan-out | the event as a whole; `fanned_out` lists the devices whose jobs it queued (`queued`) |
+//! | `skipped` | fan-out | one per device that got nothing (why) |
 //! | `accepted`, `retried`, `expired`, `invalid_token`, `dead_lettered`, `duplicate` | dispatcher | one per try: when it was sent, the provider's id (APNs `apns-id`, FCM message name), the reason |
 //! | `pruned` | registry | the token was deleted after the provider's verdict |
 //!
@@ -42,7 +42,7 @@ pub enum Stage {
     FannedOut,
     /// The person had no device for the event.
     NoDevices,
-    /// A device's job was published.
+    /// A device's job was published (listed in the `fanned_out` record).
     Queued,
     /// A device got nothing (its payload had to be encrypted and could not be).
     Skipped,
@@ -128,12 +128,35 @@ pub struct StatusRecord {
     /// The provider's id of the accepted push.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_id: Option<String>,
-    /// How many jobs the fan-out published (`fanned_out`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jobs: Option<usize>,
+    /// The devices whose jobs the fan-out published (`fanned_out`): one record for all of
+    /// them, not one each, to keep the records per push few.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queued: Vec<Queued>,
     /// What ingest received (`received` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received: Option<Received>,
+}
+
+/// A device whose job was published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Queued {
+    /// The token's tag.
+    pub device: String,
+    /// Its provider.
+    pub platform: Platform,
+    /// Its app.
+    pub app: String,
+}
+
+impl Queued {
+    /// The device of `job`.
+    pub fn of(job: &PushJob) -> Self {
+        Queued {
+            device: crate::telemetry::token_tag(&job.token),
+            platform: job.platform,
+            app: job.app.clone(),
+        }
+    }
 }
 
 /// The event as ingest stored it, without its payloads.
@@ -176,7 +199,7 @@ impl StatusRecord {
             sent_at_ms: None,
             reason: None,
             provider_id: None,
-            jobs: None,
+            queued: Vec::new(),
             received: None,
         }
     }
@@ -484,21 +507,39 @@ pub fn fold(event_id: &str, mut records: Vec<StatusRecord>) -> Option<EventStatu
                 if stage == Stage::FannedOut {
                     status.fanned_out_at_ms = Some(record.at_ms);
                 }
+                for queued in &record.queued {
+                    let queued = StatusRecord {
+                        device: Some(queued.device.clone()),
+                        platform: Some(queued.platform),
+                        app: Some(queued.app.clone()),
+                        at_ms: record.at_ms,
+                        ..StatusRecord::event(event_id, Stage::Queued)
+                    };
+                    status.device(&queued);
+                }
                 event_stage = Some(stage);
             }
-            (Some(device), _) => match status.devices.iter_mut().find(|d| &d.device == device) {
-                Some(existing) => existing.apply(record),
-                None => {
-                    let mut new = DeviceStatus::new(record, device);
-                    new.apply(record);
-                    status.devices.push(new);
-                }
-            },
+            (Some(_), _) => status.device(record),
         }
     }
     status.outcome = outcome(event_stage, &status.devices).to_owned();
     status.history = records;
     Some(status)
+}
+
+impl EventStatus {
+    /// Applies a record about one device.
+    fn device(&mut self, record: &StatusRecord) {
+        let Some(device) = &record.device else { return };
+        match self.devices.iter_mut().find(|d| &d.device == device) {
+            Some(existing) => existing.apply(record),
+            None => {
+                let mut new = DeviceStatus::new(record, device);
+                new.apply(record);
+                self.devices.push(new);
+            }
+        }
+    }
 }
 
 fn outcome(event_stage: Option<Stage>, devices: &[DeviceStatus]) -> &'static str {
@@ -563,8 +604,14 @@ mod tests {
             "e1",
             vec![
                 at(Stage::Received, 10),
-                at(Stage::FannedOut, 20),
-                device(Stage::Queued, "d1", 20),
+                StatusRecord {
+                    queued: vec![Queued {
+                        device: "d1".into(),
+                        platform: Platform::Apns,
+                        app: "com.example".into(),
+                    }],
+                    ..at(Stage::FannedOut, 20)
+                },
                 device(Stage::Retried, "d1", 30)
                     .attempt(1, Some(25))
                     .because("ServiceUnavailable"),
@@ -583,7 +630,7 @@ mod tests {
         );
         assert_eq!(d.provider_id.as_deref(), Some("apns-id-1"));
         assert_eq!(d.last_reason.as_deref(), Some("ServiceUnavailable"));
-        assert_eq!(status.history.len(), 5);
+        assert_eq!(status.history.len(), 4);
     }
 
     #[test]

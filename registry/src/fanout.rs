@@ -31,7 +31,7 @@ use pipeline::contract::{
 use pipeline::metrics::Metrics;
 use pipeline::retry::{RetryInput, retry_delay};
 use pipeline::topology::Topology;
-use pipeline::tracking::{Stage, StatusRecord, Tracker};
+use pipeline::tracking::{Queued, Stage, StatusRecord, Tracker};
 use pipeline::worker::{Delivery, Handler, Outcome};
 
 use crate::config::DevicesConfig;
@@ -338,16 +338,9 @@ impl Handler for Fanout {
             .fanout_events
             .with_label_values(&["fanned_out"])
             .inc();
-        for job in &jobs {
-            let record = StatusRecord {
-                at_ms: queued_at_ms,
-                ..StatusRecord::job(job, Stage::Queued)
-            };
-            self.tracker.record(&record).await;
-        }
         self.tracker
             .record(&StatusRecord {
-                jobs: Some(jobs.len()),
+                queued: jobs.iter().map(Queued::of).collect(),
                 at_ms: queued_at_ms,
                 ..StatusRecord::event(&event.id, Stage::FannedOut)
             })

@@ -222,6 +222,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (its store stays for [`NatsServer::restart`]).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -29,8 +29,10 @@ const BUNDLE: &str = "com.example.bench";
 const PAYLOAD: &str =
     r#"{"aps":{},"callId":"bench-call","caller":{"name":"Ada","number":"+15550100"}}"#;
 
+/// A distinct device token; never all zeros, which APNs (and the mock) refuse as a token
+/// no device can have.
 fn token(i: usize) -> String {
-    format!("{i:064x}")
+    format!("{:064x}", i + 1)
 }
 
 /// Pushes per second between the first and the last 200 the mock recorded after `since`.

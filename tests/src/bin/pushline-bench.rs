@@ -224,7 +224,7 @@ async fn main() -> anyhow::Result<()> {
     let mut registrations = tokio::task::JoinSet::new();
     for p in 0..persons {
         let (http, url) = (http.clone(), registry.clone());
-        let body = serde_json::json!({"voipToken": format!("{p:064x}"), "fcmToken": format!("bench-{p}:APA91bHPRgkFLJu6ck_q"), "personId": person(p)});
+        let body = serde_json::json!({"voipToken": format!("{:064x}", p + 1), "fcmToken": format!("bench-{p}:APA91bHPRgkFLJu6ck_q"), "personId": person(p)});
         registrations.spawn(async move {
             http.post(url)
                 .bearer_auth(API_KEY)
@@ -320,14 +320,19 @@ async fn main() -> anyhow::Result<()> {
         row(label, format!("{value:.0}{ratio}"));
     }
     let mut usage_report = serde_json::Map::new();
-    for service in &services {
-        let (cpu, rss) = usage(service.child.id());
+    let processes = services
+        .iter()
+        .map(|s| (s.name, Some(s.child.id())))
+        .chain([("nats-server", nats.pid())]);
+    for (name, pid) in processes {
+        let Some(pid) = pid else { continue };
+        let (cpu, rss) = usage(pid);
         row(
-            &format!("{} cpu s / peak RSS MiB", service.name),
+            &format!("{name} cpu s / peak RSS MiB"),
             format!("{cpu:.1} / {rss:.1}"),
         );
         usage_report.insert(
-            service.name.to_owned(),
+            name.to_owned(),
             serde_json::json!({"cpu_seconds": cpu, "peak_rss_mib": rss}),
         );
     }
@@ -480,6 +485,16 @@ async fn measure(result: &LoadResult, apns: &MockApns, fcm: &MockFcm) -> Measure
         }
     }
     let delivered = seen.iter().filter(|(_, id)| accepted.contains(id)).count();
+    if delivered < expected {
+        let mut missing: Vec<(&str, u64)> = accepted
+            .iter()
+            .flat_map(|id| [("apns", *id), ("fcm", *id)])
+            .filter(|pair| !seen.contains(pair))
+            .collect();
+        missing.sort_unstable();
+        missing.truncate(20);
+        eprintln!("not delivered (provider, call id), first 20: {missing:?}");
+    }
     e2e.sort_by(f64::total_cmp);
     let mut response: Vec<f64> = result.sent.values().map(|v| v.1 as f64 / 1000.0).collect();
     response.sort_by(f64::total_cmp);
