@@ -389,10 +389,8 @@ async fn notify(
     }
     // A producer's retry of events already stored is answered as a duplicate, without
     // publishing them again or charging for them.
-    let mut stored_before = Vec::with_capacity(events.len());
-    for event in &events {
-        stored_before.push(s.already_stored(&event.id).await);
-    }
+    let stored_before =
+        futures::future::join_all(events.iter().map(|event| s.already_stored(&event.id))).await;
     let cost = stored_before.iter().filter(|seen| !**seen).count();
     if cost > 0 {
         s.take_rate(&producer, cost).await.map_err(|over| {
