@@ -127,18 +127,24 @@ impl Stack {
 
     /// Posts a signed webhook body; panics unless 200; returns the response JSON.
     pub async fn webhook(&self, body: &str) -> Value {
-        let response = self
+        self.traced_webhook(body, None).await
+    }
+
+    /// Posts a signed webhook body with Webex's `TrackingID` header when `trace` is given;
+    /// panics unless 200; returns the response JSON.
+    pub async fn traced_webhook(&self, body: &str, trace: Option<&str>) -> Value {
+        let mut request = self
             .http
             .post(self.ingest.url("/webhooks/webex"))
             .header("content-type", "application/json")
             .header(
                 "x-spark-signature",
                 crate::webex::sign(body, WEBHOOK_SECRET),
-            )
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("webhook");
+            );
+        if let Some(trace) = trace {
+            request = request.header("trackingid", trace);
+        }
+        let response = request.body(body.to_owned()).send().await.expect("webhook");
         assert_eq!(response.status(), 200, "webhook refused");
         response.json().await.expect("json")
     }

@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use harness::mock::apns::MockApns;
-use harness::services::WEBHOOK_SECRET;
 use harness::stack::Stack;
-use harness::webex::{apns_payload, sign, telephony_push};
+use harness::webex::{apns_payload, telephony_push};
 
 #[tokio::test]
 async fn every_stage_logs_the_calls_trace_id() {
@@ -29,16 +28,7 @@ async fn every_stage_logs_the_calls_trace_id() {
 
     let trace = "ROUTER_6a1f2b3c-tess-call";
     let body = telephony_push("tess", Some(&apns_payload("traced")), None);
-    let response = reqwest::Client::new()
-        .post(stack.ingest.url("/webhooks/webex"))
-        .header("content-type", "application/json")
-        .header("x-spark-signature", sign(&body, WEBHOOK_SECRET))
-        .header("trackingid", trace)
-        .body(body)
-        .send()
-        .await
-        .expect("webhook");
-    assert_eq!(response.status(), 200);
+    stack.traced_webhook(&body, Some(trace)).await;
     stack
         .providers
         .apns

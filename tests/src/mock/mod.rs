@@ -493,6 +493,23 @@ async fn handle<B: Behaviour>(
     }
 }
 
+/// Serves `app` over plain HTTP on a free loopback port until the returned token is
+/// cancelled: the small mocks of Webex's APIs.
+pub async fn serve_loopback(app: axum::Router) -> (SocketAddr, pipeline::CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = pipeline::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    (addr, shutdown)
+}
+
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
     std::time::SystemTime::now()

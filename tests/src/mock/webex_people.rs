@@ -53,20 +53,10 @@ impl MockWebexPeople {
     /// Starts on a free loopback port.
     pub async fn start() -> Self {
         let people = Arc::new(People::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
         let app = Router::new()
             .route("/v1/people/me", get(me))
             .with_state(people.clone());
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
+        let (addr, shutdown) = super::serve_loopback(app).await;
         MockWebexPeople {
             addr,
             people,

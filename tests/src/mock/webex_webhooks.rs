@@ -172,21 +172,11 @@ impl MockWebexWebhooks {
             hooks: Mutex::new(Vec::new()),
             next: Mutex::new(0),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
         let app = Router::new()
             .route("/v1/webhooks", get(list).post(create))
             .route("/v1/webhooks/{id}", put(update))
             .with_state(api.clone());
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
+        let (addr, shutdown) = super::serve_loopback(app).await;
         MockWebexWebhooks {
             addr,
             api,

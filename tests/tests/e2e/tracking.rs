@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use harness::mock::apns::MockApns;
-use harness::services::{PRODUCER_KEY, WEBHOOK_SECRET};
+use harness::services::PRODUCER_KEY;
 use harness::stack::Stack;
-use harness::webex::{apns_payload, fcm_payload, sign, telephony_push};
+use harness::webex::{apns_payload, fcm_payload, telephony_push};
 use pipeline::telemetry::token_tag;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -88,18 +88,7 @@ async fn a_calls_status_shows_what_became_of_it_on_every_device() {
 
     let trace = "ROUTER_tracking-tess.1";
     let body = telephony_push("tess", Some(&apns_payload("c1")), Some(&fcm_payload("c1")));
-    let answer: Value = reqwest::Client::new()
-        .post(stack.ingest.url("/webhooks/webex"))
-        .header("content-type", "application/json")
-        .header("x-spark-signature", sign(&body, WEBHOOK_SECRET))
-        .header("trackingid", trace)
-        .body(body)
-        .send()
-        .await
-        .expect("webhook")
-        .json()
-        .await
-        .expect("json");
+    let answer = stack.traced_webhook(&body, Some(trace)).await;
     let event_id = answer["event_id"].as_str().expect("event id").to_owned();
 
     let status = status_when(&stack, &event_id, |s| {
