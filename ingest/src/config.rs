@@ -32,6 +32,8 @@ pub struct Config {
     pub webex: WebexConfig,
     /// The producer API (`POST /v1/notify`).
     pub producers: ProducersConfig,
+    /// The consumer sending producers' callbacks (`CALLBACKS`).
+    pub callbacks: pipeline::config::WorkerConfig,
     /// NATS connection and stream layout.
     pub nats: NatsConfig,
     /// Logs.
@@ -49,6 +51,10 @@ impl Default for Config {
             max_json_depth: 32,
             webex: WebexConfig::default(),
             producers: ProducersConfig::default(),
+            callbacks: pipeline::config::WorkerConfig {
+                concurrency: 64,
+                ..pipeline::config::WorkerConfig::default()
+            },
             nats: NatsConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
@@ -121,6 +127,11 @@ pub struct ProducersConfig {
     pub default_ttl_secs: u64,
     /// Longest deadline accepted, seconds after receipt.
     pub max_ttl_secs: u64,
+    /// Upper bound on one callback request, milliseconds.
+    pub callback_timeout_ms: u64,
+    /// How long after an event's deadline its callback waits for devices still pending,
+    /// seconds; then the outcome is sent as it stands.
+    pub callback_settle_secs: u64,
 }
 
 impl Default for ProducersConfig {
@@ -131,6 +142,8 @@ impl Default for ProducersConfig {
             max_targets: 100,
             default_ttl_secs: 60,
             max_ttl_secs: 86_400,
+            callback_timeout_ms: 5_000,
+            callback_settle_secs: 30,
         }
     }
 }
@@ -148,6 +161,13 @@ pub struct ProducerKey {
     pub rate_per_sec: f64,
     /// Burst, target persons.
     pub burst: u32,
+    /// Where each of this producer's events' outcome is POSTed once settled.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// The signing secret of the callbacks (Standard Webhooks: `whsec_<base64>`, or any
+    /// other string used as is).
+    #[serde(default)]
+    pub callback_secret: Option<Secret>,
 }
 
 /// A key that reads every event's status (`[[producers.admin_keys]]`).
@@ -177,6 +197,7 @@ impl Config {
         let listen = parse_addr("listen", &self.listen)?;
         let admin_listen = parse_addr("admin_listen", &self.admin_listen)?;
         self.nats.validate()?;
+        self.callbacks.validate("callbacks")?;
         if self.body_limit_bytes < 1024 || self.body_limit_bytes > 16 * 1024 * 1024 {
             return Err(ConfigError::invalid(
                 "body_limit_bytes",
@@ -251,6 +272,18 @@ impl Config {
         }
         for (i, key) in p.keys.iter().enumerate() {
             let at = |k: &str| format!("producers.keys[{i}].{k}");
+            match (&key.callback_url, &key.callback_secret) {
+                (None, None) => {}
+                (Some(url), Some(secret))
+                    if (url.starts_with("https://") || url.starts_with("http://"))
+                        && !secret.expose().is_empty() => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        at("callback_url"),
+                        "an http(s) callback_url goes with a non-empty callback_secret",
+                    ));
+                }
+            }
             if !key.rate_per_sec.is_finite() || key.rate_per_sec <= 0.0 || key.burst == 0 {
                 return Err(ConfigError::invalid(
                     at("rate_per_sec"),

@@ -18,6 +18,7 @@
 //! `GET /v1/events?trace_id=…` (delivery status). Admin (`admin_listen`): `/metrics`, `/healthz`, `/readyz`.
 #![forbid(unsafe_code)]
 
+pub mod callbacks;
 pub mod config;
 pub mod error;
 pub mod notify;
@@ -166,6 +167,31 @@ impl Inner {
                 tracing::warn!(%error, "shared rate bucket unavailable; using this replica's");
                 self.producers.take(producer, cost, now_ms())
             }
+        }
+    }
+
+    /// Stores the callback job of a stored event. A failure is logged: the event rings
+    /// anyway, only the producer's callback is missing.
+    async fn queue_callback(&self, event: &pipeline::contract::Event, producer: &str) {
+        let job = pipeline::contract::CallbackJob {
+            v: pipeline::contract::VERSION,
+            event_id: event.id.clone(),
+            producer: producer.to_owned(),
+            deadline_ms: event.deadline_ms,
+        };
+        let Ok(body) = serde_json::to_vec(&job) else {
+            return;
+        };
+        let stored = pipeline::nats::publish_stored(
+            self.publisher.jetstream(),
+            &self.topology.callback_subject(producer),
+            &format!("callback:{}", event.id),
+            None,
+            &body.into(),
+        )
+        .await;
+        if let Err(error) = stored {
+            tracing::error!(%error, event_id = %event.id, producer, "callback not queued; the producer will not hear of this event");
         }
     }
 
@@ -424,6 +450,9 @@ async fn notify(
         if let Err(error) = s.shared.remember(&event.id).await {
             tracing::warn!(%error, event_id = %event.id, "stored event not remembered for idempotency; the de-duplication window still covers it");
         }
+        if !stored.duplicate && callbacks::Callbacks::wanted(&s.producers_config, &producer) {
+            s.queue_callback(event, &producer).await;
+        }
         Ok::<_, String>(stored)
     });
     let results = futures::future::join_all(publishes).await;
@@ -554,17 +583,36 @@ pub async fn serve(
     // Streams are created in the background: until they exist publishes fail and
     // webhooks get 503, which producers retry.
     let js = pipeline::topology::jetstream(client);
+    let callbacks = callbacks::Callbacks::new(
+        &config.producers,
+        &config.callbacks,
+        js.clone(),
+        topology.clone(),
+        metrics.clone(),
+    )?;
     let setup_shutdown = shutdown.clone();
     let setup_topology = topology.clone();
-    tokio::spawn(async move {
+    let (worker_config, worker_metrics) = (config.callbacks.clone(), metrics.clone());
+    let setup = tokio::spawn(async move {
         if pipeline::topology::ensure_until_ready(&js, &setup_topology, &setup_shutdown).await {
             tracing::info!("JetStream streams ready");
+            pipeline::worker::run_when_ready(
+                js,
+                setup_topology,
+                pipeline::topology::ConsumerKind::Callbacks,
+                worker_config,
+                callbacks,
+                worker_metrics,
+                setup_shutdown,
+            )
+            .await;
         }
     });
     tracing::info!(listen = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ingest listening");
     let state = AppState::new(&config, resolved.secrets, publisher, metrics);
     let served = admin::serve(api, router(state), shutdown.clone()).await;
     shutdown.cancel();
+    let _ = setup.await;
     let _ = admin_task.await;
     served.map_err(|source| RunError::Io {
         what: "public listener".into(),

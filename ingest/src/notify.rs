@@ -448,6 +448,8 @@ mod tests {
                 sha256: hex::encode(Sha256::digest(b"k")),
                 rate_per_sec: 2.0,
                 burst: 4,
+                callback_url: None,
+                callback_secret: None,
             }],
             ..ProducersConfig::default()
         }

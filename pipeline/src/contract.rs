@@ -247,6 +247,21 @@ pub struct PushJob {
     pub trace_id: Option<String>,
 }
 
+/// A producer's callback still to be sent: ingest publishes one to `CALLBACKS` for each
+/// event of a producer with a callback URL; its worker sends the event's outcome once it
+/// is settled (or its deadline has passed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallbackJob {
+    /// Contract version, always [`VERSION`].
+    pub v: u8,
+    /// The event.
+    pub event_id: String,
+    /// The producer (its `[[producers.keys]]` name).
+    pub producer: String,
+    /// The event's deadline, ms.
+    pub deadline_ms: u64,
+}
+
 /// A provider's verdict that a token is no longer valid, published by dispatchers to
 /// `FEEDBACK` and consumed by the registry, which prunes the token.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -91,6 +91,9 @@ pub struct Metrics {
     pub webex_webhook_checks: IntCounterVec,
     /// `pushline_webex_webhook_reactivations_total{name}`.
     pub webex_webhook_reactivations: IntCounterVec,
+    /// `pushline_callbacks_total{producer,outcome}`: producer callbacks `sent` or `failed`
+    /// (each failed try; retried, then dead-lettered).
+    pub callbacks: IntCounterVec,
     /// `pushline_status_records_total{stage,result}`: delivery status records written
     /// (`written`) or lost on the way to NATS (`failed`); see [`crate::tracking`].
     pub status_records: IntCounterVec,
@@ -301,6 +304,12 @@ impl Metrics {
                 "pushline_webex_webhook_reactivations_total",
                 "Inactive Webex webhooks set active again.",
                 &["name"],
+            ),
+            callbacks: counter(
+                &r,
+                "pushline_callbacks_total",
+                "Producer callbacks sent, or failed tries.",
+                &["producer", "outcome"],
             ),
             status_records: counter(
                 &r,

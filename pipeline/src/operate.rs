@@ -51,6 +51,7 @@ pub async fn streams(js: &Context, topology: &Topology) -> Result<Vec<StreamStat
         ConsumerKind::Prune,
         ConsumerKind::DispatchApns,
         ConsumerKind::DispatchFcm,
+        ConsumerKind::Callbacks,
     ];
     let mut out = Vec::new();
     for kind in StreamKind::ALL {

@@ -8,6 +8,7 @@
 //! | `FEEDBACK`  | `feedback.<platform>`        | work queue | `prune`          |
 //! | `DEAD`      | `dead.<stage>`               | limits     | (operators)      |
 //! | `STATUS`    | `status.e.<event>`, `status.t.<trace>` | limits (age, bytes) | (read by id) |
+//! | `CALLBACKS` | `callbacks.<producer>`       | work queue | `callbacks`      |
 //!
 //! With a prefix `p` (config `nats.prefix`) stream names become `pEVENTS` and subjects
 //! `pevents.…`, so several tenants or tests share one server without colliding.
@@ -41,17 +42,20 @@ pub enum StreamKind {
     Dead,
     /// Per-event delivery status records ([`crate::tracking`]).
     Status,
+    /// Producers' outcome callbacks still to be sent.
+    Callbacks,
 }
 
 impl StreamKind {
     /// Every stream, in creation order.
-    pub const ALL: [StreamKind; 6] = [
+    pub const ALL: [StreamKind; 7] = [
         StreamKind::Events,
         StreamKind::PushApns,
         StreamKind::PushFcm,
         StreamKind::Feedback,
         StreamKind::Dead,
         StreamKind::Status,
+        StreamKind::Callbacks,
     ];
 
     fn base_name(self) -> &'static str {
@@ -62,6 +66,7 @@ impl StreamKind {
             StreamKind::Feedback => "FEEDBACK",
             StreamKind::Dead => "DEAD",
             StreamKind::Status => "STATUS",
+            StreamKind::Callbacks => "CALLBACKS",
         }
     }
 
@@ -73,6 +78,7 @@ impl StreamKind {
             StreamKind::Feedback => "feedback.*",
             StreamKind::Dead => "dead.>",
             StreamKind::Status => "status.>",
+            StreamKind::Callbacks => "callbacks.*",
         }
     }
 }
@@ -88,6 +94,8 @@ pub enum ConsumerKind {
     DispatchApns,
     /// dispatcher-fcm: `PUSH_FCM`.
     DispatchFcm,
+    /// ingest: `CALLBACKS` → producers' callback URLs.
+    Callbacks,
 }
 
 impl ConsumerKind {
@@ -98,6 +106,7 @@ impl ConsumerKind {
             ConsumerKind::Prune => "prune",
             ConsumerKind::DispatchApns => "dispatch-apns",
             ConsumerKind::DispatchFcm => "dispatch-fcm",
+            ConsumerKind::Callbacks => "callbacks",
         }
     }
 
@@ -108,6 +117,7 @@ impl ConsumerKind {
             ConsumerKind::Prune => StreamKind::Feedback,
             ConsumerKind::DispatchApns => StreamKind::PushApns,
             ConsumerKind::DispatchFcm => StreamKind::PushFcm,
+            ConsumerKind::Callbacks => StreamKind::Callbacks,
         }
     }
 
@@ -118,6 +128,7 @@ impl ConsumerKind {
             ConsumerKind::Prune => "prune",
             ConsumerKind::DispatchApns => "apns",
             ConsumerKind::DispatchFcm => "fcm",
+            ConsumerKind::Callbacks => "callback",
         }
     }
 }
@@ -208,6 +219,11 @@ impl Topology {
     /// `feedback.<platform>`.
     pub fn feedback_subject(&self, platform: Platform) -> String {
         format!("{}feedback.{}", self.prefix, platform.as_str())
+    }
+
+    /// `callbacks.<producer>`.
+    pub fn callback_subject(&self, producer: &str) -> String {
+        format!("{}callbacks.{}", self.prefix, subject_token(producer))
     }
 
     /// `dead.<stage>`.

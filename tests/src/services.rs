@@ -74,6 +74,8 @@ impl Env {
             sha256: hex::encode(Sha256::digest(PRODUCER_KEY.as_bytes())),
             rate_per_sec: 1_000.0,
             burst: 1_000,
+            callback_url: None,
+            callback_secret: None,
         }];
         config
     }

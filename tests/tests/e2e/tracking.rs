@@ -30,6 +30,8 @@ async fn started() -> Stack {
             sha256: hex::encode(Sha256::digest(OTHER_PRODUCER_KEY.as_bytes())),
             rate_per_sec: 10.0,
             burst: 10,
+            callback_url: None,
+            callback_secret: None,
         });
     })
     .await

@@ -1,0 +1,118 @@
+//! Producer callbacks: a producer with a `callback_url` gets one signed POST per event once
+//! its devices are settled — retried when its endpoint fails — and the signature checks
+//! out with an HMAC computed here, independently, the Standard Webhooks way.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use harness::services::PRODUCER_KEY;
+use harness::stack::Stack;
+use hmac::{Hmac, Mac};
+use pipeline::config::Secret;
+use serde_json::Value;
+use sha2::Sha256;
+
+const KEY: [u8; 24] = *b"producer-callback-key-24";
+
+#[derive(Default)]
+struct Received {
+    calls: Mutex<Vec<(HeaderMap, String, u16)>>,
+}
+
+/// Fails the first callback with a 500, accepts the rest.
+async fn endpoint(
+    State(received): State<Arc<Received>>,
+    headers: HeaderMap,
+    body: String,
+) -> StatusCode {
+    let mut calls = received.calls.lock().expect("calls");
+    let status = if calls.is_empty() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    calls.push((headers, body, status.as_u16()));
+    status
+}
+
+#[tokio::test]
+async fn a_producer_hears_each_events_outcome_signed_and_retried() {
+    let received = Arc::new(Received::default());
+    let app = Router::new()
+        .route("/hooks/pushline", post(endpoint))
+        .with_state(received.clone());
+    let (addr, _stop) = harness::mock::serve_loopback(app).await;
+    let stack = Stack::start_with(|c| {
+        let producer = &mut c.ingest.producers.keys[0];
+        producer.callback_url = Some(format!("http://{addr}/hooks/pushline"));
+        producer.callback_secret = Some(Secret::new(format!("whsec_{}", STANDARD.encode(KEY))));
+        c.ingest.callbacks.retry_base_ms = 20;
+    })
+    .await;
+    let token = "5c".repeat(32);
+    stack.register_ios("nia", &token).await;
+    let answer: Value = reqwest::Client::new()
+        .post(stack.ingest.url("/v1/notify"))
+        .bearer_auth(PRODUCER_KEY)
+        .json(&serde_json::json!({
+            "person_ids": ["nia"], "class": "call", "ttl_secs": 30,
+            "apns": {"payload": {"aps": {}, "callId": "cb-1"}},
+            "idempotency_key": "callback-call-1",
+        }))
+        .send()
+        .await
+        .expect("notify")
+        .json()
+        .await
+        .expect("json");
+    let event_id = answer["events"][0]["event_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let calls = loop {
+        let calls = received.calls.lock().expect("calls").clone();
+        if calls.iter().any(|(_, _, status)| *status == 204) {
+            break calls;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no accepted callback: {calls:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(calls.len(), 2, "one failed try, then the accepted one");
+
+    let (headers, body, _) = &calls[1];
+    let header = |name: &str| headers[name].to_str().expect("ascii").to_owned();
+    assert_eq!(header("webhook-id"), event_id);
+    let timestamp = header("webhook-timestamp");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&KEY).expect("key");
+    mac.update(format!("{event_id}.{timestamp}.{body}").as_bytes());
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    assert_eq!(header("webhook-signature"), expected);
+
+    let callback: Value = serde_json::from_str(body).expect("json body");
+    assert_eq!(callback["type"], "event.settled");
+    assert_eq!(callback["data"]["event_id"], event_id.as_str());
+    assert_eq!(callback["data"]["outcome"], "delivered", "{callback:#}");
+    assert_eq!(callback["data"]["devices"][0]["outcome"], "accepted");
+    assert!(callback["data"].get("history").is_none());
+    assert!(!body.contains(&token), "no device token in a callback");
+
+    Stack::wait_metrics(
+        &stack.ingest,
+        &[
+            r#"pushline_callbacks_total{outcome="failed",producer="crm"} 1"#,
+            r#"pushline_callbacks_total{outcome="sent",producer="crm"} 1"#,
+        ],
+    )
+    .await;
+}
