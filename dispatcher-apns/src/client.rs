@@ -62,14 +62,6 @@ struct ErrorBody {
     timestamp: Option<u64>,
 }
 
-fn read_file(setting: String, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|source| ConfigError::File {
-        setting,
-        path: path.to_owned(),
-        source,
-    })
-}
-
 impl ApnsProvider {
     /// Loads every app's credentials and builds its connections.
     pub fn new(config: &ApnsConfig) -> Result<Self, ConfigError> {
@@ -81,8 +73,7 @@ impl ApnsProvider {
         let mut routes: HashMap<String, HashMap<Environment, Route>> = HashMap::new();
         let mut certificate_expiries = Vec::new();
         for (i, app) in config.apps.iter().enumerate() {
-            if let Some(cert) = &app.certificate_file {
-                let pem = read_file(format!("apns.apps[{i}].certificate_file"), cert)?;
+            if let Some(pem) = app.certificate(i)? {
                 let not_after = certificate_not_after(&pem).map_err(|e| {
                     ConfigError::invalid(format!("apns.apps[{i}].certificate_file"), e)
                 })?;
@@ -135,18 +126,16 @@ impl ApnsProvider {
         refresh: u64,
     ) -> Result<(Auth, Option<reqwest::Identity>), ConfigError> {
         let at = |key: &str| format!("apns.apps[{i}].{key}");
-        if let (Some(team), Some(key_id), Some(path)) = (&app.team_id, &app.key_id, &app.key_file) {
-            let pem = read_file(at("key_file"), path)?;
+        if let (Some(team), Some(key_id), Some(pem)) = (&app.team_id, &app.key_id, app.key(i)?) {
             let pem = String::from_utf8(pem)
                 .map_err(|_| ConfigError::invalid(at("key_file"), "is not PEM text"))?;
             let token = ProviderToken::from_p8(team, key_id, &pem, refresh)
                 .map_err(|e| ConfigError::invalid(at("key_file"), e.to_string()))?;
             return Ok((Auth::Token(Arc::new(token)), None));
         }
-        if let (Some(cert), Some(key)) = (&app.certificate_file, &app.certificate_key_file) {
-            let mut pem = read_file(at("certificate_file"), cert)?;
+        if let (Some(mut pem), Some(key)) = (app.certificate(i)?, app.certificate_key(i)?) {
             pem.push(b'\n');
-            pem.extend(read_file(at("certificate_key_file"), key)?);
+            pem.extend(key);
             let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
                 ConfigError::invalid(
                     at("certificate_file"),

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use pipeline::config::{ConfigError, NatsConfig, TelemetryConfig, WorkerConfig, parse_addr};
+use pipeline::config::{
+    ConfigError, NatsConfig, Secret, TelemetryConfig, WorkerConfig, credential_bytes, parse_addr,
+};
 use pipeline::contract::Environment;
 use serde::{Deserialize, Serialize};
 
@@ -81,7 +83,8 @@ impl Default for ApnsConfig {
 }
 
 /// One app (`[[apns.apps]]`): token auth (`team_id` + `key_id` + `key_file`) or
-/// certificate auth (`certificate_file` + `certificate_key_file`).
+/// certificate auth (`certificate_file` + `certificate_key_file`); each file can be given
+/// inline as base64 instead (`key_base64`, `certificate_base64`, `certificate_key_base64`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
@@ -99,12 +102,54 @@ pub struct AppConfig {
     /// The `.p8` signing key (PKCS#8 PEM).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// The `.p8` file's bytes as base64, instead of `key_file`.
+    #[serde(default)]
+    pub key_base64: Option<Secret>,
     /// Client certificate (PEM), for certificate auth.
     #[serde(default)]
     pub certificate_file: Option<PathBuf>,
+    /// The certificate file's bytes as base64, instead of `certificate_file`.
+    #[serde(default)]
+    pub certificate_base64: Option<String>,
     /// Its private key (PEM).
     #[serde(default)]
     pub certificate_key_file: Option<PathBuf>,
+    /// The private key file's bytes as base64, instead of `certificate_key_file`.
+    #[serde(default)]
+    pub certificate_key_base64: Option<Secret>,
+}
+
+impl AppConfig {
+    /// The `.p8` key (PEM bytes), from `key_file` or `key_base64`.
+    pub fn key(&self, i: usize) -> Result<Option<Vec<u8>>, ConfigError> {
+        credential_bytes(
+            &format!("apns.apps[{i}].key_file"),
+            self.key_file.as_deref(),
+            &format!("apns.apps[{i}].key_base64"),
+            self.key_base64.as_ref(),
+        )
+    }
+
+    /// The client certificate (PEM bytes), from `certificate_file` or `certificate_base64`.
+    pub fn certificate(&self, i: usize) -> Result<Option<Vec<u8>>, ConfigError> {
+        let inline = self.certificate_base64.clone().map(Secret::new);
+        credential_bytes(
+            &format!("apns.apps[{i}].certificate_file"),
+            self.certificate_file.as_deref(),
+            &format!("apns.apps[{i}].certificate_base64"),
+            inline.as_ref(),
+        )
+    }
+
+    /// The certificate's private key (PEM bytes), from either setting.
+    pub fn certificate_key(&self, i: usize) -> Result<Option<Vec<u8>>, ConfigError> {
+        credential_bytes(
+            &format!("apns.apps[{i}].certificate_key_file"),
+            self.certificate_key_file.as_deref(),
+            &format!("apns.apps[{i}].certificate_key_base64"),
+            self.certificate_key_base64.as_ref(),
+        )
+    }
 }
 
 fn both_environments() -> Vec<Environment> {
@@ -167,8 +212,12 @@ impl Config {
                     "must name at least one environment",
                 ));
             }
-            let token = app.team_id.is_some() || app.key_id.is_some() || app.key_file.is_some();
-            let cert = app.certificate_file.is_some() || app.certificate_key_file.is_some();
+            let has_key = app.key_file.is_some() || app.key_base64.is_some();
+            let has_cert = app.certificate_file.is_some() || app.certificate_base64.is_some();
+            let has_cert_key =
+                app.certificate_key_file.is_some() || app.certificate_key_base64.is_some();
+            let token = app.team_id.is_some() || app.key_id.is_some() || has_key;
+            let cert = has_cert || has_cert_key;
             match (token, cert) {
                 (true, true) => {
                     return Err(ConfigError::invalid(
@@ -179,27 +228,27 @@ impl Config {
                 (false, false) => {
                     return Err(ConfigError::invalid(
                         at("key_file"),
-                        "set team_id + key_id + key_file, or certificate_file + certificate_key_file",
+                        "set team_id + key_id + key_file (or key_base64), or certificate_file + certificate_key_file (or their _base64 forms)",
                     ));
                 }
-                (true, false)
-                    if app.team_id.is_none() || app.key_id.is_none() || app.key_file.is_none() =>
-                {
+                (true, false) if app.team_id.is_none() || app.key_id.is_none() || !has_key => {
                     return Err(ConfigError::invalid(
                         at("team_id"),
-                        "token auth needs team_id, key_id and key_file",
+                        "token auth needs team_id, key_id and key_file (or key_base64)",
                     ));
                 }
-                (false, true)
-                    if app.certificate_file.is_none() || app.certificate_key_file.is_none() =>
-                {
+                (false, true) if !has_cert || !has_cert_key => {
                     return Err(ConfigError::invalid(
                         at("certificate_file"),
-                        "certificate auth needs certificate_file and certificate_key_file",
+                        "certificate auth needs certificate_file and certificate_key_file (or their _base64 forms)",
                     ));
                 }
                 _ => {}
             }
+            // Both forms of one credential, or bad base64, are named here.
+            app.key(i)?;
+            app.certificate(i)?;
+            app.certificate_key(i)?;
         }
         Ok(admin)
     }

@@ -41,7 +41,7 @@ impl FcmProvider {
         let mut projects = HashMap::new();
         for (i, p) in config.projects.iter().enumerate() {
             let setting = format!("fcm.projects[{i}].service_account_file");
-            let account = ServiceAccount::from_file(&setting, &p.service_account_file)?;
+            let account = ServiceAccount::from_bytes(&setting, &p.service_account(i)?)?;
             let id = p
                 .project_id
                 .clone()

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use pipeline::config::{ConfigError, NatsConfig, TelemetryConfig, WorkerConfig, parse_addr};
+use pipeline::config::{
+    ConfigError, NatsConfig, Secret, TelemetryConfig, WorkerConfig, credential_bytes, parse_addr,
+};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
@@ -83,7 +85,28 @@ pub struct ProjectConfig {
     #[serde(default)]
     pub project_id: Option<String>,
     /// The service-account key file (JSON) with `client_email`, `private_key`, `token_uri`.
-    pub service_account_file: PathBuf,
+    #[serde(default)]
+    pub service_account_file: Option<PathBuf>,
+    /// The key file's bytes as base64, instead of `service_account_file`.
+    #[serde(default)]
+    pub service_account_base64: Option<Secret>,
+}
+
+impl ProjectConfig {
+    /// The service-account key file's bytes, from either setting (exactly one).
+    pub fn service_account(&self, i: usize) -> Result<Vec<u8>, ConfigError> {
+        let (file, inline) = (
+            format!("fcm.projects[{i}].service_account_file"),
+            format!("fcm.projects[{i}].service_account_base64"),
+        );
+        credential_bytes(
+            &file,
+            self.service_account_file.as_deref(),
+            &inline,
+            self.service_account_base64.as_ref(),
+        )?
+        .ok_or_else(|| ConfigError::invalid(file, "is required (or service_account_base64)"))
+    }
 }
 
 impl Config {

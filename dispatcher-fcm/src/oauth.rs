@@ -4,7 +4,6 @@
 //! refreshed `token_refresh_margin_secs` before it expires; one refresh runs at a time and
 //! concurrent callers wait for it.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,18 +39,10 @@ pub struct ServiceAccount {
 }
 
 impl ServiceAccount {
-    /// Reads a key file; `setting` names it in errors.
-    pub fn from_file(setting: &str, path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read(path).map_err(|source| ConfigError::File {
-            setting: setting.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_json::from_slice(&text).map_err(|e| {
-            ConfigError::invalid(
-                setting,
-                format!("{}: not a service-account key file: {e}", path.display()),
-            )
+    /// Parses a key file's bytes; `setting` names it in errors.
+    pub fn from_bytes(setting: &str, bytes: &[u8]) -> Result<Self, ConfigError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            ConfigError::invalid(setting, format!("not a service-account key file: {e}"))
         })
     }
 }

@@ -156,6 +156,43 @@ impl Serialize for Secret {
     }
 }
 
+/// A credential given either as a file or inline as base64 of the file's bytes (the form
+/// some developer portals hand out; whitespace in it is ignored): never both, `None` when
+/// neither. Errors name the setting at fault.
+pub fn credential_bytes(
+    file_setting: &str,
+    file: Option<&Path>,
+    inline_setting: &str,
+    inline: Option<&Secret>,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    use base64::Engine;
+    match (file, inline) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            inline_setting,
+            format!("give {file_setting} or {inline_setting}, not both"),
+        )),
+        (Some(path), None) => std::fs::read(path)
+            .map(Some)
+            .map_err(|source| ConfigError::File {
+                setting: file_setting.to_owned(),
+                path: path.to_owned(),
+                source,
+            }),
+        (None, Some(inline)) => {
+            let text: String = inline
+                .expose()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map(Some)
+                .map_err(|_| ConfigError::invalid(inline_setting, "is not base64"))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Reads a secret file named by `setting`, trimming one trailing newline.
 pub fn read_secret_file(setting: &str, path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
@@ -403,6 +440,29 @@ pub fn parse_addr(setting: &str, value: &str) -> Result<std::net::SocketAddr, Co
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_credential_is_a_file_or_inline_base64_never_both() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("key.p8");
+        std::fs::write(&path, b"-----BEGIN PRIVATE KEY-----").expect("write");
+        let inline = Secret::new(format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode(b"-----BEGIN PRIVATE KEY-----")
+        ));
+        let from_file = credential_bytes("k_file", Some(&path), "k_b64", None).expect("file");
+        let from_inline = credential_bytes("k_file", None, "k_b64", Some(&inline)).expect("b64");
+        assert_eq!(from_file, from_inline);
+        assert_eq!(
+            credential_bytes("k_file", None, "k_b64", None).expect("none"),
+            None
+        );
+        let both = credential_bytes("k_file", Some(&path), "k_b64", Some(&inline));
+        assert!(both.expect_err("both").to_string().contains("not both"));
+        let bad = credential_bytes("k_file", None, "k_b64", Some(&Secret::new("not base64!")));
+        assert!(bad.expect_err("bad").to_string().contains("k_b64"));
+    }
     use super::*;
 
     #[derive(Debug, Default, Serialize, Deserialize)]

@@ -343,6 +343,9 @@ impl Providers {
             key_file: Some(self.key_file.clone()),
             certificate_file: None,
             certificate_key_file: None,
+            key_base64: None,
+            certificate_base64: None,
+            certificate_key_base64: None,
         }];
         config.worker.retry_base_ms = 20;
         config.worker.retry_max_ms = 500;
@@ -362,7 +365,8 @@ impl Providers {
         config.fcm.credential_check_secs = 0;
         config.fcm.projects = vec![dispatcher_fcm::config::ProjectConfig {
             project_id: None,
-            service_account_file: self.service_account.clone(),
+            service_account_file: Some(self.service_account.clone()),
+            service_account_base64: None,
         }];
         config.worker.retry_base_ms = 20;
         config.worker.retry_max_ms = 500;

@@ -191,6 +191,9 @@ async fn main() -> anyhow::Result<()> {
         key_file: Some(key_file),
         certificate_file: None,
         certificate_key_file: None,
+        key_base64: None,
+        certificate_base64: None,
+        certificate_key_base64: None,
     }];
     config.telemetry.filter = "warn".into();
     let connections = config.apns.connections;

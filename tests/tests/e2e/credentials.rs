@@ -1,7 +1,7 @@
 //! Credentials that stop working are seen, not discovered by a silent phone: the periodic
 //! check asks APNs and Google's token server, and every push's answer counts too, so
 //! `pushline_credential_valid` goes to 0 when the provider refuses the key or the
-//! service account.
+//! service account; and credentials given inline as base64 work like files.
 
 use harness::services::{APNS_APP, FCM_APP, KEY_ID};
 use harness::stack::Stack;
@@ -51,4 +51,45 @@ async fn a_push_refused_for_its_credential_marks_the_app_invalid() {
         ],
     )
     .await;
+}
+
+#[tokio::test]
+async fn credentials_given_inline_as_base64_deliver_like_files() {
+    use base64::Engine;
+    let b64 = |path: &std::path::Path| {
+        pipeline::config::Secret::new(
+            base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).expect("read")),
+        )
+    };
+    let stack = Stack::start_with(|c| {
+        let app = &mut c.apns.apns.apps[0];
+        app.key_base64 = Some(b64(app.key_file.as_deref().expect("key file")));
+        app.key_file = None;
+        let project = &mut c.fcm.fcm.projects[0];
+        project.service_account_base64 = Some(b64(project
+            .service_account_file
+            .as_deref()
+            .expect("account file")));
+        project.service_account_file = None;
+    })
+    .await;
+    stack.register_ios("ines", &"3e".repeat(32)).await;
+    stack.register_android("ines", "fcm-token-of-ines").await;
+    stack
+        .call(
+            "ines",
+            Some(&apns_payload("inline")),
+            Some(&harness::webex::fcm_payload("inline")),
+        )
+        .await;
+    stack
+        .providers
+        .apns
+        .wait_delivered(1, std::time::Duration::from_secs(15))
+        .await;
+    stack
+        .providers
+        .fcm
+        .wait_delivered(1, std::time::Duration::from_secs(15))
+        .await;
 }
