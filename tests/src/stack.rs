@@ -125,6 +125,40 @@ impl Stack {
         .await;
     }
 
+    /// `POST /v1/notify` with producer `key`; returns the first event's id (panics without).
+    pub async fn notify(&self, key: &str, body: &Value) -> String {
+        let answer: Value = self
+            .http
+            .post(self.ingest.url("/v1/notify"))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("notify")
+            .json()
+            .await
+            .expect("json");
+        answer["events"][0]["event_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no event id in {answer}"))
+            .to_owned()
+    }
+
+    /// `GET /v1/persons/{person}/devices`: the person's devices.
+    pub async fn devices(&self, person: &str) -> Vec<Value> {
+        let answer: Value = self
+            .http
+            .get(self.registry.url(&format!("/v1/persons/{person}/devices")))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("GET devices")
+            .json()
+            .await
+            .expect("json");
+        answer["devices"].as_array().cloned().unwrap_or_default()
+    }
+
     /// Posts a signed webhook body; panics unless 200; returns the response JSON.
     pub async fn webhook(&self, body: &str) -> Value {
         self.traced_webhook(body, None).await

@@ -57,24 +57,16 @@ async fn a_producer_hears_each_events_outcome_signed_and_retried() {
     .await;
     let token = "5c".repeat(32);
     stack.register_ios("nia", &token).await;
-    let answer: Value = reqwest::Client::new()
-        .post(stack.ingest.url("/v1/notify"))
-        .bearer_auth(PRODUCER_KEY)
-        .json(&serde_json::json!({
-            "person_ids": ["nia"], "class": "call", "ttl_secs": 30,
-            "apns": {"payload": {"aps": {}, "callId": "cb-1"}},
-            "idempotency_key": "callback-call-1",
-        }))
-        .send()
-        .await
-        .expect("notify")
-        .json()
-        .await
-        .expect("json");
-    let event_id = answer["events"][0]["event_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let event_id = stack
+        .notify(
+            PRODUCER_KEY,
+            &serde_json::json!({
+                "person_ids": ["nia"], "class": "call", "ttl_secs": 30,
+                "apns": {"payload": {"aps": {}, "callId": "cb-1"}},
+                "idempotency_key": "callback-call-1",
+            }),
+        )
+        .await;
 
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let calls = loop {

@@ -9,19 +9,9 @@ use harness::stack::Stack;
 use harness::webex::apns_payload;
 use pipeline::topology::StreamKind;
 use registry::cli::{Command, execute, parse};
-use serde_json::Value;
 
 async fn has_devices(stack: &Stack, person: &str) -> bool {
-    let answer: Value = reqwest::Client::new()
-        .get(stack.registry.url(&format!("/v1/persons/{person}/devices")))
-        .bearer_auth(harness::services::API_KEY)
-        .send()
-        .await
-        .expect("GET devices")
-        .json()
-        .await
-        .expect("json");
-    !answer["devices"].as_array().is_none_or(Vec::is_empty)
+    !stack.devices(person).await.is_empty()
 }
 
 #[tokio::test]

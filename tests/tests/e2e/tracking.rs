@@ -189,23 +189,6 @@ async fn a_calls_status_shows_what_became_of_it_on_every_device() {
     assert!(unknown.contains("no delivery status"), "{unknown}");
 }
 
-async fn notify(stack: &Stack, key: &str, body: Value) -> String {
-    let answer: Value = reqwest::Client::new()
-        .post(stack.ingest.url("/v1/notify"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .expect("notify")
-        .json()
-        .await
-        .expect("json");
-    answer["events"][0]["event_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no event id in {answer}"))
-        .to_owned()
-}
-
 #[tokio::test]
 async fn producers_see_their_own_events_expire_or_find_no_device() {
     let stack = started().await;
@@ -216,26 +199,26 @@ async fn producers_see_their_own_events_expire_or_find_no_device() {
         &unreachable,
         (0..200).map(|_| MockApns::error(503, "ServiceUnavailable")),
     );
-    let expiring = notify(
-        &stack,
-        PRODUCER_KEY,
-        serde_json::json!({
-            "person_ids": ["uma"], "class": "call", "ttl_secs": 1,
-            "apns": {"payload": {"aps": {}, "callId": "short"}},
-            "idempotency_key": "short-call",
-        }),
-    )
-    .await;
-    let nobody = notify(
-        &stack,
-        PRODUCER_KEY,
-        serde_json::json!({
-            "person_ids": ["nobody-registered"], "class": "alert",
-            "apns": {"payload": {"aps": {"alert": "hi"}}},
-            "idempotency_key": "alert-1",
-        }),
-    )
-    .await;
+    let expiring = stack
+        .notify(
+            PRODUCER_KEY,
+            &serde_json::json!({
+                "person_ids": ["uma"], "class": "call", "ttl_secs": 1,
+                "apns": {"payload": {"aps": {}, "callId": "short"}},
+                "idempotency_key": "short-call",
+            }),
+        )
+        .await;
+    let nobody = stack
+        .notify(
+            PRODUCER_KEY,
+            &serde_json::json!({
+                "person_ids": ["nobody-registered"], "class": "alert",
+                "apns": {"payload": {"aps": {"alert": "hi"}}},
+                "idempotency_key": "alert-1",
+            }),
+        )
+        .await;
 
     let expired = status_when(&stack, &expiring, |s| s["outcome"] != "pending").await;
     assert_eq!(expired["outcome"], "failed", "{expired:#}");
