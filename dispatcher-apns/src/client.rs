@@ -73,13 +73,11 @@ impl ApnsProvider {
         let mut routes: HashMap<String, HashMap<Environment, Route>> = HashMap::new();
         let mut certificate_expiries = Vec::new();
         for (i, app) in config.apps.iter().enumerate() {
-            if let Some(pem) = app.certificate(i)? {
-                let not_after = certificate_not_after(&pem).map_err(|e| {
-                    ConfigError::invalid(format!("apns.apps[{i}].certificate_file"), e)
-                })?;
+            let (auth, certificate) = Self::credentials(i, app, config.token_refresh_secs)?;
+            let identity = certificate.map(|(identity, not_after)| {
                 certificate_expiries.push((app.bundle_id.clone(), not_after));
-            }
-            let (auth, identity) = Self::credentials(i, app, config.token_refresh_secs)?;
+                identity
+            });
             for env in &app.environments {
                 let base_url = match env {
                     Environment::Production => {
@@ -124,7 +122,7 @@ impl ApnsProvider {
         i: usize,
         app: &AppConfig,
         refresh: u64,
-    ) -> Result<(Auth, Option<reqwest::Identity>), ConfigError> {
+    ) -> Result<(Auth, Option<(reqwest::Identity, i64)>), ConfigError> {
         let at = |key: &str| format!("apns.apps[{i}].{key}");
         if let (Some(team), Some(key_id), Some(pem)) = (&app.team_id, &app.key_id, app.key(i)?) {
             let pem = String::from_utf8(pem)
@@ -133,16 +131,14 @@ impl ApnsProvider {
                 .map_err(|e| ConfigError::invalid(at("key_file"), e.to_string()))?;
             return Ok((Auth::Token(Arc::new(token)), None));
         }
-        if let (Some(mut pem), Some(key)) = (app.certificate(i)?, app.certificate_key(i)?) {
-            pem.push(b'\n');
-            pem.extend(key);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+        if let Some(certificate) = app.client_certificate(i)? {
+            let identity = reqwest::Identity::from_pem(&certificate.identity_pem).map_err(|e| {
                 ConfigError::invalid(
                     at("certificate_file"),
-                    format!("not a PEM certificate and key: {e}"),
+                    format!("not a usable certificate and key: {e}"),
                 )
             })?;
-            return Ok((Auth::Certificate, Some(identity)));
+            return Ok((Auth::Certificate, Some((identity, certificate.not_after))));
         }
         Err(ConfigError::invalid(at("key_file"), "no credentials"))
     }
@@ -176,16 +172,6 @@ impl ApnsProvider {
         }
         request.send().await
     }
-}
-
-/// The `notAfter` (Unix seconds) of the first certificate in a PEM file.
-pub fn certificate_not_after(pem: &[u8]) -> Result<i64, String> {
-    let (_, pem) =
-        x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not a PEM certificate: {e}"))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    Ok(cert.validity().not_after.timestamp())
 }
 
 /// `apns-id`: a UUID (8-4-4-4-12 hex) derived from the event and the token.

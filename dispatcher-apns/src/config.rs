@@ -7,6 +7,8 @@ use pipeline::config::{
     ConfigError, NatsConfig, Secret, TelemetryConfig, WorkerConfig, credential_bytes, parse_addr,
 };
 use pipeline::contract::Environment;
+
+use crate::certificate::ClientCertificate;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
@@ -83,8 +85,9 @@ impl Default for ApnsConfig {
 }
 
 /// One app (`[[apns.apps]]`): token auth (`team_id` + `key_id` + `key_file`) or
-/// certificate auth (`certificate_file` + `certificate_key_file`); each file can be given
-/// inline as base64 instead (`key_base64`, `certificate_base64`, `certificate_key_base64`).
+/// certificate auth (`certificate_file` + `certificate_key_file` in PEM, or a PKCS#12
+/// `certificate_file` + `certificate_password`); each file can be given inline as base64
+/// instead (`key_base64`, `certificate_base64`, `certificate_key_base64`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
@@ -105,18 +108,21 @@ pub struct AppConfig {
     /// The `.p8` file's bytes as base64, instead of `key_file`.
     #[serde(default)]
     pub key_base64: Option<Secret>,
-    /// Client certificate (PEM), for certificate auth.
+    /// Client certificate, for certificate auth: PEM, or PKCS#12 (`.p12`, key included).
     #[serde(default)]
     pub certificate_file: Option<PathBuf>,
     /// The certificate file's bytes as base64, instead of `certificate_file`.
     #[serde(default)]
     pub certificate_base64: Option<String>,
-    /// Its private key (PEM).
+    /// Its private key (PEM); not with a PKCS#12 certificate, which holds its key.
     #[serde(default)]
     pub certificate_key_file: Option<PathBuf>,
     /// The private key file's bytes as base64, instead of `certificate_key_file`.
     #[serde(default)]
     pub certificate_key_base64: Option<Secret>,
+    /// The password of a PKCS#12 `certificate_file` (absent: the empty password).
+    #[serde(default)]
+    pub certificate_password: Option<Secret>,
 }
 
 impl AppConfig {
@@ -149,6 +155,19 @@ impl AppConfig {
             &format!("apns.apps[{i}].certificate_key_base64"),
             self.certificate_key_base64.as_ref(),
         )
+    }
+
+    /// The client certificate for certificate auth, read from PEM or PKCS#12; `None` for
+    /// token auth. Errors name the setting at fault.
+    pub fn client_certificate(&self, i: usize) -> Result<Option<ClientCertificate>, ConfigError> {
+        let Some(certificate) = self.certificate(i)? else {
+            return Ok(None);
+        };
+        let key = self.certificate_key(i)?;
+        let password = self.certificate_password.as_ref().map(Secret::expose);
+        crate::certificate::read(&certificate, key.as_deref(), password)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(format!("apns.apps[{i}].{}", e.setting), e.message))
     }
 }
 
@@ -214,8 +233,9 @@ impl Config {
             }
             let has_key = app.key_file.is_some() || app.key_base64.is_some();
             let has_cert = app.certificate_file.is_some() || app.certificate_base64.is_some();
-            let has_cert_key =
-                app.certificate_key_file.is_some() || app.certificate_key_base64.is_some();
+            let has_cert_key = app.certificate_key_file.is_some()
+                || app.certificate_key_base64.is_some()
+                || app.certificate_password.is_some();
             let token = app.team_id.is_some() || app.key_id.is_some() || has_key;
             let cert = has_cert || has_cert_key;
             match (token, cert) {
@@ -228,7 +248,7 @@ impl Config {
                 (false, false) => {
                     return Err(ConfigError::invalid(
                         at("key_file"),
-                        "set team_id + key_id + key_file (or key_base64), or certificate_file + certificate_key_file (or their _base64 forms)",
+                        "set team_id + key_id + key_file (or key_base64), or certificate_file + certificate_key_file (PEM) or certificate_file + certificate_password (PKCS#12), or their _base64 forms",
                     ));
                 }
                 (true, false) if app.team_id.is_none() || app.key_id.is_none() || !has_key => {
@@ -237,18 +257,17 @@ impl Config {
                         "token auth needs team_id, key_id and key_file (or key_base64)",
                     ));
                 }
-                (false, true) if !has_cert || !has_cert_key => {
+                (false, true) if !has_cert => {
                     return Err(ConfigError::invalid(
                         at("certificate_file"),
-                        "certificate auth needs certificate_file and certificate_key_file (or their _base64 forms)",
+                        "certificate auth needs certificate_file (PEM with certificate_key_file, or PKCS#12 with certificate_password), or certificate_base64",
                     ));
                 }
                 _ => {}
             }
             // Both forms of one credential, or bad base64, are named here.
             app.key(i)?;
-            app.certificate(i)?;
-            app.certificate_key(i)?;
+            app.client_certificate(i)?;
         }
         Ok(admin)
     }

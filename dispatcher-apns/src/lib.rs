@@ -9,6 +9,7 @@
 //! - [`client`]: the [`pipeline::dispatch::Provider`] for APNs.
 #![forbid(unsafe_code)]
 
+pub mod certificate;
 pub mod client;
 pub mod config;
 pub mod jwt;

@@ -346,6 +346,7 @@ impl Providers {
             key_base64: None,
             certificate_base64: None,
             certificate_key_base64: None,
+            certificate_password: None,
         }];
         config.worker.retry_base_ms = 20;
         config.worker.retry_max_ms = 500;

@@ -194,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
         key_base64: None,
         certificate_base64: None,
         certificate_key_base64: None,
+        certificate_password: None,
     }];
     config.telemetry.filter = "warn".into();
     let connections = config.apns.connections;
