@@ -14,6 +14,12 @@
 //! HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>`; a `whsec_<base64>` secret is decoded
 //! to its bytes, any other string is used as it is. Body: `{"type": "event.settled",
 //! "timestamp_ms": …, "data": <the event's status without its history>}`.
+//!
+//! The same worker tells app backends which tokens the registry pruned: a producer whose
+//! `apps` name an app gets each [`TokenPruned`] notice of that app (`callbacks.pruned.<app>`)
+//! as `{"type": "token.pruned", "timestamp_ms": …, "data": <the notice without `v`>}`,
+//! `webhook-id` the notice id, signed and retried the same way. A notice for an app no
+//! producer names is dropped and counted (`outcome="unclaimed"`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,7 +30,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use pipeline::config::{ConfigError, Secret};
-use pipeline::contract::{CallbackJob, VERSION, now_ms};
+use pipeline::contract::{CallbackJob, TokenPruned, now_ms};
 use pipeline::metrics::Metrics;
 use pipeline::topology::Topology;
 use pipeline::worker::{Delivery, Handler, Outcome};
@@ -46,6 +52,8 @@ pub struct Callbacks {
     js: Context,
     topology: Topology,
     targets: HashMap<String, Target>,
+    /// App → the producer that is its backend.
+    app_backends: HashMap<String, String>,
     settle_ms: u64,
     retry_base: Duration,
     retry_max: Duration,
@@ -97,11 +105,17 @@ impl Callbacks {
                 ))
             })
             .collect();
+        let app_backends = config
+            .keys
+            .iter()
+            .flat_map(|k| k.apps.iter().map(|app| (app.clone(), k.name.clone())))
+            .collect();
         Ok(Callbacks {
             http: pipeline::provider_http::negotiating_client(&options)?,
             js,
             topology,
             targets,
+            app_backends,
             settle_ms: config.callback_settle_secs * 1000,
             retry_base: Duration::from_millis(worker.retry_base_ms),
             retry_max: Duration::from_millis(worker.retry_max_ms),
@@ -141,20 +155,20 @@ impl Callbacks {
 
 impl Handler for Callbacks {
     async fn handle(&self, delivery: Delivery<'_>) -> Outcome {
-        let job = match serde_json::from_slice::<CallbackJob>(delivery.payload) {
-            Ok(job) if job.v == VERSION => job,
-            Ok(job) => {
-                return Outcome::Dead {
-                    reason: "unsupported_version",
-                    error: format!("contract version {}", job.v),
-                };
-            }
-            Err(error) => {
-                return Outcome::Dead {
-                    reason: "malformed",
-                    error: format!("not a CallbackJob: {error}"),
-                };
-            }
+        if self.topology.is_pruned_subject(delivery.subject) {
+            self.pruned(delivery).await
+        } else {
+            self.settled(delivery).await
+        }
+    }
+}
+
+impl Callbacks {
+    /// An event's outcome, once settled, to its producer.
+    async fn settled(&self, delivery: Delivery<'_>) -> Outcome {
+        let job: CallbackJob = match pipeline::worker::decode(delivery.payload) {
+            Ok(job) => job,
+            Err(dead) => return dead,
         };
         let Some(target) = self.targets.get(&job.producer) else {
             return Outcome::Dead {
@@ -185,8 +199,63 @@ impl Handler for Callbacks {
         if let Some(object) = data.as_object_mut() {
             object.remove("history");
         }
+        self.send(
+            target,
+            &job.producer,
+            &job.event_id,
+            "event.settled",
+            data,
+            delivery.attempt,
+        )
+        .await
+    }
+
+    /// A pruned token, to the backend of its app.
+    async fn pruned(&self, delivery: Delivery<'_>) -> Outcome {
+        let notice: TokenPruned = match pipeline::worker::decode(delivery.payload) {
+            Ok(notice) => notice,
+            Err(dead) => return dead,
+        };
+        let Some((producer, target)) = self
+            .app_backends
+            .get(&notice.app)
+            .and_then(|p| Some((p, self.targets.get(p)?)))
+        else {
+            self.metrics
+                .callbacks
+                .with_label_values(&["", "unclaimed"])
+                .inc();
+            tracing::debug!(app = %notice.app, "pruned token of an app no producer is the backend of");
+            return Outcome::Ack;
+        };
+        let mut data = serde_json::to_value(&notice).unwrap_or_default();
+        if let Some(object) = data.as_object_mut() {
+            object.remove("v");
+        }
+        let id = notice.notice_id();
+        self.send(
+            target,
+            producer,
+            &id,
+            "token.pruned",
+            data,
+            delivery.attempt,
+        )
+        .await
+    }
+
+    /// POSTs `{"type": kind, "timestamp_ms", "data"}` to `target`, signed as message `id`.
+    async fn send(
+        &self,
+        target: &Target,
+        producer: &str,
+        id: &str,
+        kind: &str,
+        data: serde_json::Value,
+        attempt: u64,
+    ) -> Outcome {
         let body = serde_json::json!({
-            "type": "event.settled", "timestamp_ms": now_ms(), "data": data,
+            "type": kind, "timestamp_ms": now_ms(), "data": data,
         })
         .to_string();
         let timestamp = now_ms() / 1000;
@@ -194,11 +263,11 @@ impl Handler for Callbacks {
             .http
             .post(&target.url)
             .header("content-type", "application/json")
-            .header("webhook-id", &job.event_id)
+            .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
             .header(
                 "webhook-signature",
-                signature(&target.key, &job.event_id, timestamp, body.as_bytes()),
+                signature(&target.key, id, timestamp, body.as_bytes()),
             )
             .body(body)
             .send()
@@ -207,19 +276,19 @@ impl Handler for Callbacks {
             Ok(response) if response.status().is_success() => {
                 self.metrics
                     .callbacks
-                    .with_label_values(&[&job.producer, "sent"])
+                    .with_label_values(&[producer, "sent"])
                     .inc();
-                tracing::debug!(event_id = %job.event_id, producer = %job.producer, "callback sent");
+                tracing::debug!(id, producer, kind, "callback sent");
                 Outcome::Ack
             }
             Ok(response) => self.failed(
-                &job.producer,
-                delivery.attempt,
+                producer,
+                attempt,
                 format!("the callback URL answered {}", response.status()),
             ),
             Err(error) => self.failed(
-                &job.producer,
-                delivery.attempt,
+                producer,
+                attempt,
                 format!("callback: {}", without_url(&error)),
             ),
         }

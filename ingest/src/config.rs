@@ -168,6 +168,10 @@ pub struct ProducerKey {
     /// other string used as is).
     #[serde(default)]
     pub callback_secret: Option<Secret>,
+    /// The apps (APNs bundle ids, FCM project ids) this producer is the backend of: each
+    /// token the registry prunes for them is POSTed to `callback_url` (`token.pruned`).
+    #[serde(default)]
+    pub apps: Vec<String>,
 }
 
 /// A key that reads every event's status (`[[producers.admin_keys]]`).
@@ -270,8 +274,29 @@ impl Config {
                 ));
             }
         }
+        let mut app_backends: std::collections::HashMap<&str, &str> = Default::default();
         for (i, key) in p.keys.iter().enumerate() {
             let at = |k: &str| format!("producers.keys[{i}].{k}");
+            if !key.apps.is_empty() && key.callback_url.is_none() {
+                return Err(ConfigError::invalid(
+                    at("apps"),
+                    "needs a callback_url: pruned tokens are POSTed there",
+                ));
+            }
+            for app in &key.apps {
+                if app.is_empty() {
+                    return Err(ConfigError::invalid(at("apps"), "holds an empty app id"));
+                }
+                let claimed = app_backends.entry(app.as_str()).or_insert(&key.name);
+                if *claimed != key.name.as_str() {
+                    return Err(ConfigError::invalid(
+                        at("apps"),
+                        format!(
+                            "app `{app}` has one backend: it is already named by producer `{claimed}`"
+                        ),
+                    ));
+                }
+            }
             match (&key.callback_url, &key.callback_secret) {
                 (None, None) => {}
                 (Some(url), Some(secret))
@@ -356,5 +381,39 @@ mod tests {
             .collect();
         assert_eq!(got, ["old", "new"]);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn producer(name: &str, sha: char, apps: &[&str], callback: bool) -> ProducerKey {
+        ProducerKey {
+            name: name.into(),
+            sha256: sha.to_string().repeat(64),
+            rate_per_sec: 10.0,
+            burst: 10,
+            callback_url: callback.then(|| "https://backend.example/hooks".into()),
+            callback_secret: callback.then(|| Secret::new("s")),
+            apps: apps.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_app_has_one_backend_and_it_needs_a_callback_url() {
+        let mut cfg = Config::default();
+        cfg.webex.insecure_skip_signature = true;
+        cfg.producers.keys = vec![producer("crm", 'a', &["com.example.app"], false)];
+        let err = cfg.resolve().expect_err("apps without a callback_url");
+        assert!(err.to_string().contains("producers.keys[0].apps"), "{err}");
+
+        cfg.producers.keys = vec![
+            producer("crm", 'a', &["com.example.app"], true),
+            // The same producer under a second key (rotation) may name it again.
+            producer("crm", 'b', &["com.example.app"], true),
+            producer("billing", 'c', &["com.example.app"], true),
+        ];
+        let err = cfg.resolve().expect_err("two backends");
+        assert!(err.to_string().contains("producers.keys[2].apps"), "{err}");
+        assert!(err.to_string().contains("producer `crm`"), "{err}");
+
+        cfg.producers.keys.pop();
+        cfg.resolve().expect("one backend");
     }
 }

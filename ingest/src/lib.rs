@@ -191,6 +191,10 @@ impl Inner {
         )
         .await;
         if let Err(error) = stored {
+            self.metrics
+                .callbacks
+                .with_label_values(&[producer, "not_queued"])
+                .inc();
             tracing::error!(%error, event_id = %event.id, producer, "callback not queued; the producer will not hear of this event");
         }
     }

@@ -450,6 +450,7 @@ mod tests {
                 burst: 4,
                 callback_url: None,
                 callback_secret: None,
+                apps: Vec::new(),
             }],
             ..ProducersConfig::default()
         }

@@ -13,6 +13,28 @@ use serde_json::value::RawValue;
 /// The contract version every message carries in its `v` field.
 pub const VERSION: u8 = 1;
 
+/// A message a stage consumes: it names its type and carries its contract version, so
+/// [`crate::worker::decode`] can dead-letter a malformed one or one of another version.
+pub trait Message: serde::de::DeserializeOwned {
+    /// The type's name in dead letters (`not a PushJob: …`).
+    const NAME: &'static str;
+    /// Its contract version (`v`).
+    fn version(&self) -> u8;
+}
+
+macro_rules! message {
+    ($($type:ident),*) => {$(
+        impl Message for $type {
+            const NAME: &'static str = stringify!($type);
+            fn version(&self) -> u8 {
+                self.v
+            }
+        }
+    )*};
+}
+
+message!(Event, PushJob, CallbackJob, TokenPruned, Feedback);
+
 /// The NATS header carrying the producer's trace id (Webex `TrackingID`) on events, jobs
 /// and feedback; the worker puts it on the log span of every message it handles.
 pub const TRACE_HEADER: &str = "Pushline-Trace-Id";
@@ -260,6 +282,48 @@ pub struct CallbackJob {
     pub producer: String,
     /// The event's deadline, ms.
     pub deadline_ms: u64,
+}
+
+/// A token the registry pruned, published to `CALLBACKS` (`callbacks.pruned.<app>`) so the
+/// app's backend hears of it: ingest's `callbacks` worker POSTs it to the producer whose
+/// `apps` name the app.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenPruned {
+    /// Contract version, always [`VERSION`].
+    pub v: u8,
+    /// Provider that rejected the token.
+    pub platform: Platform,
+    /// App (bundle id / project) the token belonged to.
+    pub app: String,
+    /// The pruned token.
+    pub token: String,
+    /// The provider's reason.
+    pub reason: String,
+    /// From when the provider considers the token invalid, ms.
+    pub invalid_since_ms: u64,
+    /// When the registry removed it, ms.
+    pub pruned_at_ms: u64,
+    /// The persons it was removed from (canonical ids).
+    pub person_ids: Vec<String>,
+    /// The event whose push got the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+impl TokenPruned {
+    /// A stable id for this notice (callback `webhook-id`, `Nats-Msg-Id`): the same
+    /// verdict on the same token is one notice.
+    pub fn notice_id(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(self.token.as_bytes())
+            .finalize();
+        format!(
+            "pruned-{}-{}",
+            hex::encode(&digest[..12]),
+            self.invalid_since_ms
+        )
+    }
 }
 
 /// A provider's verdict that a token is no longer valid, published by dispatchers to

@@ -258,21 +258,15 @@ impl<P: Provider> Dispatch<P> {
 
 impl<P: Provider> Handler for Dispatch<P> {
     async fn handle(&self, delivery: Delivery<'_>) -> Outcome {
-        let job: PushJob = match serde_json::from_slice(delivery.payload) {
+        let job: PushJob = match crate::worker::decode(delivery.payload) {
             Ok(job) => job,
-            Err(error) => {
-                return Outcome::Dead {
-                    reason: "malformed",
-                    error: format!("not a PushJob: {error}"),
-                };
-            }
+            Err(dead) => return dead,
         };
-        if job.v != VERSION || job.platform != P::PLATFORM {
+        if job.platform != P::PLATFORM {
             return Outcome::Dead {
                 reason: "malformed",
                 error: format!(
-                    "job v{} for {} on the {} dispatcher",
-                    job.v,
+                    "job for {} on the {} dispatcher",
                     job.platform.as_str(),
                     P::PLATFORM.as_str()
                 ),

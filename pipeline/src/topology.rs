@@ -8,7 +8,7 @@
 //! | `FEEDBACK`  | `feedback.<platform>`        | work queue | `prune`          |
 //! | `DEAD`      | `dead.<stage>`               | limits     | (operators)      |
 //! | `STATUS`    | `status.e.<event>`, `status.t.<trace>` | limits (age, bytes) | (read by id) |
-//! | `CALLBACKS` | `callbacks.<producer>`       | work queue | `callbacks`      |
+//! | `CALLBACKS` | `callbacks.<producer>`, `callbacks.pruned.<app>` | work queue | `callbacks` |
 //!
 //! With a prefix `p` (config `nats.prefix`) stream names become `pEVENTS` and subjects
 //! `pevents.…`, so several tenants or tests share one server without colliding.
@@ -78,7 +78,7 @@ impl StreamKind {
             StreamKind::Feedback => "feedback.*",
             StreamKind::Dead => "dead.>",
             StreamKind::Status => "status.>",
-            StreamKind::Callbacks => "callbacks.*",
+            StreamKind::Callbacks => "callbacks.>",
         }
     }
 }
@@ -224,6 +224,19 @@ impl Topology {
     /// `callbacks.<producer>`.
     pub fn callback_subject(&self, producer: &str) -> String {
         format!("{}callbacks.{}", self.prefix, subject_token(producer))
+    }
+
+    /// `callbacks.pruned.<app>`: a pruned token's notice for the app's backend (one more
+    /// token than a producer's subject, so the two never meet).
+    pub fn pruned_subject(&self, app: &str) -> String {
+        format!("{}callbacks.pruned.{}", self.prefix, subject_token(app))
+    }
+
+    /// Whether `subject` is a pruned token's notice rather than a producer's callback.
+    pub fn is_pruned_subject(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(&self.prefix)
+            .is_some_and(|rest| rest.starts_with("callbacks.pruned."))
     }
 
     /// `dead.<stage>`.
@@ -443,6 +456,18 @@ mod tests {
             prefix: prefix.into(),
             ..NatsConfig::default()
         })
+    }
+
+    #[test]
+    fn pruned_notices_never_meet_a_producers_callbacks() {
+        let t = topology("t1_");
+        let pruned = t.pruned_subject("com.example.app");
+        assert_eq!(pruned, "t1_callbacks.pruned.com_example_app");
+        assert!(t.is_pruned_subject(&pruned));
+        // A producer may be called `pruned`: its subject has one token less.
+        assert!(!t.is_pruned_subject(&t.callback_subject("pruned")));
+        assert!(!t.is_pruned_subject(&t.callback_subject("crm")));
+        assert!(!topology("").is_pruned_subject(&pruned));
     }
 
     #[test]

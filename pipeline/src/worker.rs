@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::WorkerConfig;
-use crate::contract::{DeadLetter, VERSION, now_ms};
+use crate::contract::{DeadLetter, Message, VERSION, now_ms};
 use crate::metrics::Metrics;
 use crate::topology::{ConsumerKind, Topology, TopologyError};
 
@@ -87,6 +87,22 @@ pub struct Delivery<'a> {
     pub headers: Option<&'a async_nats::HeaderMap>,
     /// Which try this is, from 1, as counted by this process (see [`Attempts`]).
     pub attempt: u64,
+}
+
+/// The message in `payload`, or the dead letter of one that is not a `T` (`malformed`) or
+/// is of another contract version (`unsupported_version`).
+pub fn decode<T: Message>(payload: &[u8]) -> Result<T, Outcome> {
+    match serde_json::from_slice::<T>(payload) {
+        Ok(message) if message.version() == VERSION => Ok(message),
+        Ok(message) => Err(Outcome::Dead {
+            reason: "unsupported_version",
+            error: format!("contract version {}", message.version()),
+        }),
+        Err(error) => Err(Outcome::Dead {
+            reason: "malformed",
+            error: format!("not a {}: {error}", T::NAME),
+        }),
+    }
 }
 
 /// A stage's message handler.
@@ -597,6 +613,30 @@ mod tests {
             reason: "redis",
             error: "connection refused".into(),
             deadline_ms,
+        }
+    }
+
+    #[test]
+    fn decode_dead_letters_what_is_not_the_message_or_of_another_version() {
+        use crate::contract::Feedback;
+        let good = r#"{"v":1,"platform":"apns","token":"ab","app":"a","reason":"Unregistered","observed_at_ms":1}"#;
+        assert_eq!(
+            decode::<Feedback>(good.as_bytes()).map(|f| f.token).ok(),
+            Some("ab".into())
+        );
+        match decode::<Feedback>(good.replace(r#""v":1"#, r#""v":9"#).as_bytes()) {
+            Err(Outcome::Dead { reason, error }) => {
+                assert_eq!(reason, "unsupported_version");
+                assert_eq!(error, "contract version 9");
+            }
+            other => panic!("expected a dead letter, got {:?}", other.map(|f| f.v)),
+        }
+        match decode::<Feedback>(b"{\"v\":1}") {
+            Err(Outcome::Dead { reason, error }) => {
+                assert_eq!(reason, "malformed");
+                assert!(error.starts_with("not a Feedback: "), "{error}");
+            }
+            other => panic!("expected a dead letter, got {:?}", other.map(|f| f.v)),
         }
     }
 

@@ -285,21 +285,10 @@ impl Fanout {
 
 impl Handler for Fanout {
     async fn handle(&self, delivery: Delivery<'_>) -> Outcome {
-        let event: Event = match serde_json::from_slice(delivery.payload) {
+        let event: Event = match pipeline::worker::decode(delivery.payload) {
             Ok(event) => event,
-            Err(error) => {
-                return Outcome::Dead {
-                    reason: "malformed",
-                    error: format!("not an Event: {error}"),
-                };
-            }
+            Err(dead) => return dead,
         };
-        if event.v != VERSION {
-            return Outcome::Dead {
-                reason: "unsupported_version",
-                error: format!("contract version {}", event.v),
-            };
-        }
         let now = now_ms();
         if now >= event.deadline_ms {
             self.expired(&event, "deadline").await;

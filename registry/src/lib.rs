@@ -199,6 +199,8 @@ pub async fn serve(
         worker: config.prune.clone(),
         metrics: metrics.clone(),
         tracker,
+        js: js.clone(),
+        topology: topology.clone(),
     };
     let workers = {
         let (js, topology, metrics, shutdown) = (

@@ -3,13 +3,21 @@
 //! the dispatcher saw the answer), or the dispatcher held pruning for the app because
 //! most of its answers called tokens invalid ([`pipeline::prune_guard`]): held feedback is
 //! dead-lettered (`pruning_held`) with the token kept, for operators to replay or drop.
+//!
+//! Each removal is announced to the app's backend: a [`TokenPruned`] notice goes to
+//! `CALLBACKS` (`callbacks.pruned.<app>`), which ingest's `callbacks` worker POSTs to the
+//! producer whose `apps` name the app. The token is already gone when the notice is
+//! queued; a notice that cannot be stored after a few tries is logged and counted
+//! (`pushline_callbacks_total{outcome="not_queued"}`), never a reason to keep the token.
 
 use std::time::Duration;
 
+use async_nats::jetstream::Context;
 use pipeline::config::WorkerConfig;
-use pipeline::contract::{Feedback, VERSION};
+use pipeline::contract::{Feedback, TokenPruned, VERSION, now_ms};
 use pipeline::metrics::Metrics;
 use pipeline::retry::{RetryInput, retry_delay};
+use pipeline::topology::Topology;
 use pipeline::tracking::{Stage, StatusRecord, Tracker};
 use pipeline::worker::{Delivery, Handler, Outcome};
 
@@ -25,25 +33,69 @@ pub struct Prune {
     pub metrics: Metrics,
     /// Writes the `pruned` stage of the event whose push got the verdict.
     pub tracker: Tracker,
+    /// Where pruned-token notices are stored.
+    pub js: Context,
+    /// Subjects.
+    pub topology: Topology,
+}
+
+/// Tries to store one pruned-token notice before it is given up.
+const NOTICE_TRIES: u32 = 3;
+
+impl Prune {
+    /// Queues the notice of a removal for the app's backend.
+    async fn announce(&self, feedback: &Feedback, person_ids: Vec<String>) {
+        let notice = TokenPruned {
+            v: VERSION,
+            platform: feedback.platform,
+            app: feedback.app.clone(),
+            token: feedback.token.clone(),
+            reason: feedback.reason.clone(),
+            invalid_since_ms: feedback.invalid_since_ms(),
+            pruned_at_ms: now_ms(),
+            person_ids,
+            event_id: feedback.event_id.clone(),
+        };
+        let Ok(body) = serde_json::to_vec(&notice) else {
+            return;
+        };
+        let (subject, id, body) = (
+            self.topology.pruned_subject(&notice.app),
+            notice.notice_id(),
+            bytes::Bytes::from(body),
+        );
+        let mut error = String::new();
+        for attempt in 1..=NOTICE_TRIES {
+            match pipeline::nats::publish_stored(&self.js, &subject, &id, None, &body).await {
+                Ok(_) => return,
+                Err(e) => error = e.to_string(),
+            }
+            if attempt == NOTICE_TRIES {
+                break;
+            }
+            let input = RetryInput {
+                attempt: u64::from(attempt),
+                base: Duration::from_millis(self.worker.retry_base_ms),
+                max: Duration::from_millis(self.worker.retry_max_ms),
+                retry_after: None,
+                time_left: None,
+            };
+            tokio::time::sleep(retry_delay(input, rand::random::<f64>()).unwrap_or_default()).await;
+        }
+        self.metrics
+            .callbacks
+            .with_label_values(&["", "not_queued"])
+            .inc();
+        tracing::error!(%error, token = %pipeline::telemetry::token_tag(&feedback.token), app = %feedback.app, "pruned-token notice not queued; the app's backend will not hear of this token");
+    }
 }
 
 impl Handler for Prune {
     async fn handle(&self, delivery: Delivery<'_>) -> Outcome {
-        let feedback: Feedback = match serde_json::from_slice(delivery.payload) {
-            Ok(f) => f,
-            Err(error) => {
-                return Outcome::Dead {
-                    reason: "malformed",
-                    error: format!("not a Feedback: {error}"),
-                };
-            }
+        let feedback: Feedback = match pipeline::worker::decode(delivery.payload) {
+            Ok(feedback) => feedback,
+            Err(dead) => return dead,
         };
-        if feedback.v != VERSION {
-            return Outcome::Dead {
-                reason: "unsupported_version",
-                error: format!("contract version {}", feedback.v),
-            };
-        }
         let tag = pipeline::telemetry::token_tag(&feedback.token);
         if let Some(hold) = delivery
             .headers
@@ -70,7 +122,7 @@ impl Handler for Prune {
             .prune(&feedback.token, feedback.invalid_since_ms())
             .await
         {
-            Ok(result) => {
+            Ok((result, removed_from)) => {
                 let outcome = match result {
                     Pruned::Removed => "pruned",
                     Pruned::KeptNewer => "kept_reregistered",
@@ -91,6 +143,7 @@ impl Handler for Prune {
                         };
                         self.tracker.record(&record).await;
                     }
+                    self.announce(&feedback, removed_from).await;
                 }
                 self.metrics
                     .feedback

@@ -727,12 +727,18 @@ impl Store {
     }
 
     /// Prunes `token` after a provider rejected it at `invalid_since_ms`, from everyone
-    /// holding it, unless they registered it again after that instant.
-    pub async fn prune(&self, token: &str, invalid_since_ms: u64) -> Result<Pruned, StoreError> {
+    /// holding it, unless they registered it again after that instant. Returns the
+    /// outcome and the persons it was removed from.
+    pub async fn prune(
+        &self,
+        token: &str,
+        invalid_since_ms: u64,
+    ) -> Result<(Pruned, Vec<String>), StoreError> {
         let Some(entry) = self.index_entry(token).await? else {
-            return Ok(Pruned::NotFound);
+            return Ok((Pruned::NotFound, Vec::new()));
         };
         let mut result = Pruned::NotFound;
+        let mut removed_from = Vec::new();
         for holder in entry.holders() {
             match self
                 .remove_from(holder, token, Some(invalid_since_ms))
@@ -746,12 +752,13 @@ impl Store {
                 pruned => {
                     if pruned == Pruned::Removed {
                         result = Pruned::Removed;
+                        removed_from.push(holder.to_owned());
                     }
                     self.index_drop(token, holder).await?;
                 }
             }
         }
-        Ok(result)
+        Ok((result, removed_from))
     }
 
     /// The live (not expired) devices of `person`, oldest registration first.

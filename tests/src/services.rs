@@ -76,6 +76,7 @@ impl Env {
             burst: 1_000,
             callback_url: None,
             callback_secret: None,
+            apps: Vec::new(),
         }];
         config
     }

@@ -108,3 +108,105 @@ async fn a_producer_hears_each_events_outcome_signed_and_retried() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_app_backend_hears_which_tokens_were_pruned() {
+    use harness::mock::apns::MockApns;
+    use harness::mock::fcm::MockFcm;
+    use harness::services::APNS_APP;
+
+    let received = Arc::new(Received::default());
+    let app = Router::new()
+        .route("/hooks/pushline", post(endpoint))
+        .with_state(received.clone());
+    let (addr, _stop) = harness::mock::serve_loopback(app).await;
+    let stack = Stack::start_with(|c| {
+        let producer = &mut c.ingest.producers.keys[0];
+        producer.callback_url = Some(format!("http://{addr}/hooks/pushline"));
+        producer.callback_secret = Some(Secret::new(format!("whsec_{}", STANDARD.encode(KEY))));
+        // The backend of the iOS app only: the Android app's pruned tokens go nowhere.
+        producer.apps = vec![APNS_APP.to_owned()];
+        c.ingest.callbacks.retry_base_ms = 20;
+    })
+    .await;
+    let (ios_gone, android_gone) = ("6d".repeat(32), "fcm-token-of-uma".to_owned());
+    stack.register_ios("uma", &ios_gone).await;
+    stack.register_android("uma", &android_gone).await;
+    let apple_says_gone_at = pipeline::contract::now_ms() - 1;
+    stack
+        .providers
+        .apns
+        .script(&ios_gone, [MockApns::unregistered(apple_says_gone_at)]);
+    stack.providers.fcm.script(
+        &android_gone,
+        [MockFcm::error(
+            404,
+            "UNREGISTERED",
+            "Requested entity was not found.",
+        )],
+    );
+    let answer = stack
+        .traced_webhook(
+            &harness::webex::telephony_push(
+                "uma",
+                Some(&harness::webex::apns_payload("p1")),
+                Some(&harness::webex::fcm_payload("p1")),
+            ),
+            None,
+        )
+        .await;
+    let event_id = answer["event_id"].as_str().expect("event id").to_owned();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let calls = loop {
+        let calls = received.calls.lock().expect("calls").clone();
+        if calls.iter().any(|(_, _, status)| *status == 204) {
+            break calls;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no accepted callback: {calls:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(calls.len(), 2, "one failed try, then the accepted one");
+    let (first, (headers, body, _)) = (&calls[0], &calls[1]);
+    let header = |name: &str| headers[name].to_str().expect("ascii").to_owned();
+    let id = header("webhook-id");
+    assert_eq!(
+        first.0["webhook-id"],
+        id.as_str(),
+        "a retry is the same message"
+    );
+    let timestamp = header("webhook-timestamp");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&KEY).expect("key");
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    assert_eq!(header("webhook-signature"), expected);
+
+    let notice: Value = serde_json::from_str(body).expect("json body");
+    assert_eq!(notice["type"], "token.pruned", "{notice:#}");
+    let data = &notice["data"];
+    assert_eq!(data["app"], APNS_APP);
+    assert_eq!(data["platform"], "apns");
+    assert_eq!(data["token"], ios_gone.as_str());
+    assert_eq!(data["reason"], "Unregistered");
+    assert_eq!(data["invalid_since_ms"], apple_says_gone_at);
+    assert_eq!(data["person_ids"], serde_json::json!(["uma"]));
+    assert_eq!(data["event_id"], event_id.as_str());
+    assert!(data.get("v").is_none());
+
+    // The Android token was pruned too, for an app nobody is the backend of: counted,
+    // not sent.
+    Stack::wait_metrics(
+        &stack.ingest,
+        &[
+            r#"pushline_callbacks_total{outcome="failed",producer="crm"} 1"#,
+            r#"pushline_callbacks_total{outcome="sent",producer="crm"} 1"#,
+            r#"pushline_callbacks_total{outcome="unclaimed",producer=""} 1"#,
+        ],
+    )
+    .await;
+    assert!(stack.devices("uma").await.is_empty(), "both tokens pruned");
+    assert_eq!(received.calls.lock().expect("calls").len(), 2);
+}

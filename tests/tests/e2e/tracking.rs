@@ -32,6 +32,7 @@ async fn started() -> Stack {
             burst: 10,
             callback_url: None,
             callback_secret: None,
+            apps: Vec::new(),
         });
     })
     .await
