@@ -55,8 +55,7 @@ pub struct Callbacks {
     /// App → the producer that is its backend.
     app_backends: HashMap<String, String>,
     settle_ms: u64,
-    retry_base: Duration,
-    retry_max: Duration,
+    worker: pipeline::config::WorkerConfig,
     metrics: Metrics,
 }
 
@@ -117,8 +116,7 @@ impl Callbacks {
             targets,
             app_backends,
             settle_ms: config.callback_settle_secs * 1000,
-            retry_base: Duration::from_millis(worker.retry_base_ms),
-            retry_max: Duration::from_millis(worker.retry_max_ms),
+            worker: worker.clone(),
             metrics,
         })
     }
@@ -136,20 +134,7 @@ impl Callbacks {
             .callbacks
             .with_label_values(&[producer, "failed"])
             .inc();
-        let input = pipeline::retry::RetryInput {
-            attempt,
-            base: self.retry_base,
-            max: self.retry_max,
-            retry_after: None,
-            time_left: None,
-        };
-        Outcome::Retry {
-            delay: pipeline::retry::retry_delay(input, rand::random::<f64>())
-                .unwrap_or(self.retry_max),
-            reason: "callback",
-            error,
-            deadline_ms: None,
-        }
+        Outcome::back_off(&self.worker, attempt, "callback", error)
     }
 }
 

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `Delivered` | ack; count; observe end-to-end latency |
 //! | `InvalidToken` | publish `Feedback` to `FEEDBACK` (wait for its ack), then ack; marked held while most of the app's answers are invalid ([`crate::prune_guard`]) |
-//! | `Retry` | nak with [`retry_delay`] (backoff, jitter, `Retry-After`) until the deadline; a retry that would land after it → dropped, counted as expired |
+//! | `Retry` | nak with [`crate::retry::retry_delay`] (backoff, jitter, `Retry-After`) until the deadline; a retry that would land after it → dropped, counted as expired |
 //! | `Reject` | dead letter with the reason; no retry |
 //! | (less than `deadline_margin_ms` left) | dropped before sending, counted as expired |
 //! | (no answer by the deadline) | request cancelled, counted as expired |
@@ -27,7 +27,7 @@ use crate::contract::{Feedback, Platform, PushJob, VERSION, now_ms};
 use crate::delivered::{DeliveredJobs, Seen};
 use crate::metrics::Metrics;
 use crate::prune_guard::{PruneGuard, PruneGuardConfig};
-use crate::retry::{RetryInput, retry_delay};
+use crate::retry::RetryInput;
 use crate::topology::{ConsumerKind, StreamKind, Topology};
 use crate::tracking::{Stage, StatusRecord, Tracker};
 use crate::worker::{Delivery, Handler, Outcome, run_when_ready};
@@ -88,6 +88,94 @@ pub trait Provider: Send + Sync + 'static {
     /// Asks the provider whether each app's credential is accepted, without pushing to a
     /// device: `(app, Some(valid))`, or `None` when the provider could not be asked.
     fn probe_credentials(&self) -> BoxFuture<'_, Vec<(String, Option<bool>)>>;
+}
+
+/// What a verdict means for its job: the pure part of the table above, decided before any
+/// side effect ([`Dispatch`] then counts, records and publishes accordingly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Accepted: ack.
+    Delivered {
+        /// The provider's id of the push.
+        id: Option<String>,
+    },
+    /// The token is dead: publish `Feedback`, then ack.
+    InvalidToken {
+        /// Bounded reason.
+        reason: &'static str,
+        /// The provider's reason text.
+        detail: String,
+        /// The provider's time of invalidation, ms.
+        timestamp_ms: Option<u64>,
+    },
+    /// Try again after `delay`.
+    Retry {
+        /// Backoff (with jitter, at least the provider's `Retry-After`).
+        delay: Duration,
+        /// Bounded reason.
+        reason: &'static str,
+        /// Detail.
+        detail: String,
+    },
+    /// A retry would land after the deadline: drop, counted as expired.
+    Expired {
+        /// Why it was being retried.
+        reason: &'static str,
+    },
+    /// Dead-letter, no retry.
+    Dead {
+        /// Bounded reason.
+        reason: &'static str,
+        /// Detail.
+        detail: String,
+    },
+}
+
+impl Settle {
+    /// Decides `verdict` for a job whose next try would be `next` (its attempt, backoff
+    /// and time left), with `jitter` in `[0, 1)`.
+    pub fn of(verdict: Verdict, next: RetryInput, jitter: f64) -> Settle {
+        match verdict {
+            Verdict::Delivered { id } => Settle::Delivered { id },
+            Verdict::InvalidToken {
+                reason,
+                detail,
+                timestamp_ms,
+            } => Settle::InvalidToken {
+                reason,
+                detail,
+                timestamp_ms,
+            },
+            Verdict::Retry {
+                reason,
+                detail,
+                retry_after,
+            } => match crate::retry::retry_delay(next.honouring(retry_after), jitter) {
+                Some(delay) => Settle::Retry {
+                    delay,
+                    reason,
+                    detail,
+                },
+                None => Settle::Expired { reason },
+            },
+            Verdict::Reject { reason, detail } => Settle::Dead { reason, detail },
+        }
+    }
+}
+
+/// What `verdict` says about the app's credential: `Some(true)` when the provider took
+/// it (a push delivered, or a token judged — which needs an accepted credential),
+/// `Some(false)` when its reason is one of `credential_failures`, else nothing.
+pub fn credential_verdict(verdict: &Verdict, credential_failures: &[&str]) -> Option<bool> {
+    match verdict {
+        Verdict::Delivered { .. } | Verdict::InvalidToken { .. } => Some(true),
+        Verdict::Retry { reason, .. } | Verdict::Reject { reason, .. }
+            if credential_failures.contains(reason) =>
+        {
+            Some(false)
+        }
+        _ => None,
+    }
 }
 
 /// `pushline_credential_valid{provider,app}`: what the last answer about an app's
@@ -320,19 +408,31 @@ impl<P: Provider> Handler for Dispatch<P> {
             return Outcome::Ack;
         };
 
-        match &verdict {
-            Verdict::Delivered { .. } | Verdict::InvalidToken { .. } => {
-                credential_seen(&self.metrics, P::PLATFORM, app, true);
-            }
-            Verdict::Retry { reason, .. } | Verdict::Reject { reason, .. }
-                if P::CREDENTIAL_FAILURES.contains(reason) =>
-            {
-                credential_seen(&self.metrics, P::PLATFORM, app, false);
-            }
-            _ => {}
+        if let Some(valid) = credential_verdict(&verdict, P::CREDENTIAL_FAILURES) {
+            credential_seen(&self.metrics, P::PLATFORM, app, valid);
         }
-        match verdict {
-            Verdict::Delivered { id } => {
+        let next = RetryInput::after(delivery.attempt, &self.worker).before(
+            job.deadline_ms,
+            self.worker.deadline_margin_ms,
+            now_ms(),
+        );
+        let settle = Settle::of(verdict, next, rand::random::<f64>());
+        self.apply(&job, settle, tried).await
+    }
+}
+
+impl<P: Provider> Dispatch<P> {
+    /// Carries out what a verdict was decided to mean: counts, status records, feedback.
+    async fn apply(
+        &self,
+        job: &PushJob,
+        settle: Settle,
+        tried: impl Fn(Stage) -> StatusRecord,
+    ) -> Outcome {
+        let app = job.app.as_str();
+        let tag = || crate::telemetry::token_tag(&job.token);
+        match settle {
+            Settle::Delivered { id } => {
                 self.guard.observe(app, false, now_ms());
                 self.count(app, "delivered", "ok");
                 let e2e_ms = now_ms().saturating_sub(job.received_at_ms);
@@ -345,17 +445,17 @@ impl<P: Provider> Handler for Dispatch<P> {
                     ..tried(Stage::Accepted)
                 })
                 .await;
-                tracing::debug!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), e2e_ms, "delivered");
+                tracing::debug!(event_id = %job.event_id, token = %tag(), e2e_ms, "delivered");
                 Outcome::Ack
             }
-            Verdict::InvalidToken {
+            Settle::InvalidToken {
                 reason,
                 detail,
                 timestamp_ms,
             } => {
                 let held = self.guard.observe(app, true, now_ms());
                 if let Err(error) = self
-                    .publish_feedback(&job, &detail, timestamp_ms, held)
+                    .publish_feedback(job, &detail, timestamp_ms, held)
                     .await
                 {
                     // Keep the job until the feedback is safely stored.
@@ -369,45 +469,30 @@ impl<P: Provider> Handler for Dispatch<P> {
                 self.count(app, "invalid_token", reason);
                 self.track(tried(Stage::InvalidToken).because(detail.as_str()))
                     .await;
-                tracing::info!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), reason = %detail, "token rejected by provider");
+                tracing::info!(event_id = %job.event_id, token = %tag(), reason = %detail, "token rejected by provider");
                 Outcome::Ack
             }
-            Verdict::Retry {
+            Settle::Retry {
+                delay,
                 reason,
                 detail,
-                retry_after,
             } => {
-                let input = RetryInput {
-                    attempt: delivery.attempt,
-                    base: Duration::from_millis(self.worker.retry_base_ms),
-                    max: Duration::from_millis(self.worker.retry_max_ms),
-                    retry_after,
-                    time_left: Some(Duration::from_millis(
-                        job.deadline_ms
-                            .saturating_sub(now_ms())
-                            .saturating_sub(self.worker.deadline_margin_ms),
-                    )),
-                };
-                match retry_delay(input, rand::random::<f64>()) {
-                    Some(delay) => {
-                        self.count(app, "retry", reason);
-                        self.track(tried(Stage::Retried).because(reason)).await;
-                        Outcome::Retry {
-                            delay,
-                            reason,
-                            error: detail,
-                            deadline_ms: Some(job.deadline_ms),
-                        }
-                    }
-                    None => {
-                        tracing::info!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), reason, "deadline would pass before a retry; dropped");
-                        self.expired(&job, tried(Stage::Expired).because(reason))
-                            .await;
-                        Outcome::Ack
-                    }
+                self.count(app, "retry", reason);
+                self.track(tried(Stage::Retried).because(reason)).await;
+                Outcome::Retry {
+                    delay,
+                    reason,
+                    error: detail,
+                    deadline_ms: Some(job.deadline_ms),
                 }
             }
-            Verdict::Reject { reason, detail } => {
+            Settle::Expired { reason } => {
+                tracing::info!(event_id = %job.event_id, token = %tag(), reason, "deadline would pass before a retry; dropped");
+                self.expired(job, tried(Stage::Expired).because(reason))
+                    .await;
+                Outcome::Ack
+            }
+            Settle::Dead { reason, detail } => {
                 self.count(app, "rejected", reason);
                 self.track(tried(Stage::DeadLettered).because(reason)).await;
                 Outcome::Dead {
@@ -547,4 +632,129 @@ pub async fn serve<P: Provider>(
     }
     let _ = admin_task.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next(attempt: u64, time_left_ms: u64) -> RetryInput {
+        RetryInput {
+            attempt,
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(1_000),
+            retry_after: None,
+            time_left: Some(Duration::from_millis(time_left_ms)),
+        }
+    }
+
+    fn retry(retry_after: Option<Duration>) -> Verdict {
+        Verdict::Retry {
+            reason: "TooManyRequests",
+            detail: "429".into(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn delivered_invalid_and_rejected_verdicts_pass_through() {
+        let id = Some("apns-id".to_owned());
+        assert_eq!(
+            Settle::of(Verdict::Delivered { id: id.clone() }, next(1, 10_000), 0.5),
+            Settle::Delivered { id }
+        );
+        let invalid = Verdict::InvalidToken {
+            reason: "Unregistered",
+            detail: "Unregistered".into(),
+            timestamp_ms: Some(7),
+        };
+        assert_eq!(
+            Settle::of(invalid, next(1, 0), 0.5),
+            Settle::InvalidToken {
+                reason: "Unregistered",
+                detail: "Unregistered".into(),
+                timestamp_ms: Some(7)
+            },
+            "a dead token is reported even with no time left"
+        );
+        let reject = Verdict::Reject {
+            reason: "BadTopic",
+            detail: "400".into(),
+        };
+        assert_eq!(
+            Settle::of(reject, next(1, 10_000), 0.5),
+            Settle::Dead {
+                reason: "BadTopic",
+                detail: "400".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_retry_backs_off_and_honours_retry_after_within_the_deadline() {
+        // Attempt 3: 100 ms · 2² = 400 ms, equal jitter → 200 + 200·0.5 = 300 ms.
+        assert_eq!(
+            Settle::of(retry(None), next(3, 10_000), 0.5),
+            Settle::Retry {
+                delay: Duration::from_millis(300),
+                reason: "TooManyRequests",
+                detail: "429".into()
+            }
+        );
+        // Retry-After raises the delay, even above the configured maximum.
+        assert_eq!(
+            Settle::of(retry(Some(Duration::from_secs(5))), next(1, 10_000), 0.5),
+            Settle::Retry {
+                delay: Duration::from_secs(5),
+                reason: "TooManyRequests",
+                detail: "429".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_retry_that_would_land_after_the_deadline_expires_instead() {
+        assert_eq!(
+            Settle::of(retry(None), next(3, 250), 0.5),
+            Settle::Expired {
+                reason: "TooManyRequests"
+            }
+        );
+        assert_eq!(
+            Settle::of(retry(Some(Duration::from_secs(5))), next(1, 4_999), 0.0),
+            Settle::Expired {
+                reason: "TooManyRequests"
+            }
+        );
+    }
+
+    #[test]
+    fn the_credential_is_judged_by_the_answer() {
+        let failures = ["InvalidProviderToken", "ExpiredProviderToken"];
+        let delivered = Verdict::Delivered { id: None };
+        assert_eq!(credential_verdict(&delivered, &failures), Some(true));
+        let invalid = Verdict::InvalidToken {
+            reason: "BadDeviceToken",
+            detail: String::new(),
+            timestamp_ms: None,
+        };
+        assert_eq!(credential_verdict(&invalid, &failures), Some(true));
+        let refused = Verdict::Reject {
+            reason: "InvalidProviderToken",
+            detail: String::new(),
+        };
+        assert_eq!(credential_verdict(&refused, &failures), Some(false));
+        let expired = Verdict::Retry {
+            reason: "ExpiredProviderToken",
+            detail: String::new(),
+            retry_after: None,
+        };
+        assert_eq!(credential_verdict(&expired, &failures), Some(false));
+        assert_eq!(credential_verdict(&retry(None), &failures), None);
+        let other = Verdict::Reject {
+            reason: "BadTopic",
+            detail: String::new(),
+        };
+        assert_eq!(credential_verdict(&other, &failures), None);
+    }
 }

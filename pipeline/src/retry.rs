@@ -17,6 +17,43 @@ pub struct RetryInput {
     pub time_left: Option<Duration>,
 }
 
+impl RetryInput {
+    /// The try after failed `attempt`, backing off as `worker` says, with no deadline and
+    /// no `Retry-After`.
+    pub fn after(attempt: u64, worker: &crate::config::WorkerConfig) -> Self {
+        RetryInput {
+            attempt,
+            base: Duration::from_millis(worker.retry_base_ms),
+            max: Duration::from_millis(worker.retry_max_ms),
+            retry_after: None,
+            time_left: None,
+        }
+    }
+
+    /// With the provider's `Retry-After`.
+    pub fn honouring(self, retry_after: Option<Duration>) -> Self {
+        RetryInput {
+            retry_after,
+            ..self
+        }
+    }
+
+    /// With `time_left` until `deadline_ms` (less `margin_ms`), seen at `now_ms`.
+    pub fn before(self, deadline_ms: u64, margin_ms: u64, now_ms: u64) -> Self {
+        RetryInput {
+            time_left: Some(Duration::from_millis(
+                deadline_ms.saturating_sub(now_ms).saturating_sub(margin_ms),
+            )),
+            ..self
+        }
+    }
+
+    /// [`retry_delay`] with fresh randomness.
+    pub fn delay(self) -> Option<Duration> {
+        retry_delay(self, rand::random::<f64>())
+    }
+}
+
 /// The delay before the next attempt: `base · 2^(attempt-1)` capped at `max`, with
 /// "equal jitter" (half fixed, half random, from `jitter` in `[0, 1)`), raised to the
 /// provider's `Retry-After`. `None` when the next attempt would land after the deadline,
@@ -43,6 +80,34 @@ pub fn retry_delay(input: RetryInput, jitter: f64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_builder_reads_a_worker_section_and_a_deadline() {
+        let worker = crate::config::WorkerConfig {
+            retry_base_ms: 100,
+            retry_max_ms: 800,
+            ..Default::default()
+        };
+        let next = RetryInput::after(3, &worker)
+            .honouring(Some(Duration::from_secs(2)))
+            .before(10_000, 500, 4_000);
+        assert_eq!(next.attempt, 3);
+        assert_eq!(next.base, Duration::from_millis(100));
+        assert_eq!(next.max, Duration::from_millis(800));
+        assert_eq!(next.retry_after, Some(Duration::from_secs(2)));
+        assert_eq!(next.time_left, Some(Duration::from_millis(5_500)));
+        assert_eq!(
+            RetryInput::after(1, &worker)
+                .before(1_000, 500, 900)
+                .time_left,
+            Some(Duration::ZERO),
+            "past the margin: no time left"
+        );
+        assert_eq!(
+            RetryInput::after(1, &worker).before(1_000, 0, 950).delay(),
+            None
+        );
+    }
 
     fn input(attempt: u64) -> RetryInput {
         RetryInput {

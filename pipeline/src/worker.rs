@@ -89,6 +89,26 @@ pub struct Delivery<'a> {
     pub attempt: u64,
 }
 
+impl Outcome {
+    /// A retry of work without a deadline after failed `attempt`, backing off as
+    /// `worker` says (dead-lettered after `max_attempts`).
+    pub fn back_off(
+        worker: &WorkerConfig,
+        attempt: u64,
+        reason: &'static str,
+        error: impl Into<String>,
+    ) -> Outcome {
+        Outcome::Retry {
+            delay: crate::retry::RetryInput::after(attempt, worker)
+                .delay()
+                .unwrap_or(Duration::from_millis(worker.retry_max_ms)),
+            reason,
+            error: error.into(),
+            deadline_ms: None,
+        }
+    }
+}
+
 /// The message in `payload`, or the dead letter of one that is not a `T` (`malformed`) or
 /// is of another contract version (`unsupported_version`).
 pub fn decode<T: Message>(payload: &[u8]) -> Result<T, Outcome> {

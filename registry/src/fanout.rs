@@ -29,7 +29,7 @@ use pipeline::contract::{
     apns_max_bytes, now_ms,
 };
 use pipeline::metrics::Metrics;
-use pipeline::retry::{RetryInput, retry_delay};
+use pipeline::retry::RetryInput;
 use pipeline::topology::Topology;
 use pipeline::tracking::{Queued, Stage, StatusRecord, Tracker};
 use pipeline::worker::{Delivery, Handler, Outcome};
@@ -174,14 +174,8 @@ impl Fanout {
         error: String,
     ) -> Outcome {
         let now = now_ms();
-        let input = RetryInput {
-            attempt,
-            base: Duration::from_millis(self.worker.retry_base_ms),
-            max: Duration::from_millis(self.worker.retry_max_ms),
-            retry_after: None,
-            time_left: Some(Duration::from_millis(event.deadline_ms.saturating_sub(now))),
-        };
-        match retry_delay(input, rand::random::<f64>()) {
+        let next = RetryInput::after(attempt, &self.worker).before(event.deadline_ms, 0, now);
+        match next.delay() {
             Some(delay) => Outcome::Retry {
                 delay,
                 reason,

@@ -153,21 +153,7 @@ impl Handler for Prune {
                 Outcome::Ack
             }
             Err(error) => {
-                let input = RetryInput {
-                    attempt: delivery.attempt,
-                    base: Duration::from_millis(self.worker.retry_base_ms),
-                    max: Duration::from_millis(self.worker.retry_max_ms),
-                    retry_after: None,
-                    time_left: None,
-                };
-                let delay =
-                    retry_delay(input, rand::random::<f64>()).unwrap_or(Duration::from_secs(1));
-                Outcome::Retry {
-                    delay,
-                    reason: "redis",
-                    error: error.to_string(),
-                    deadline_ms: None,
-                }
+                Outcome::back_off(&self.worker, delivery.attempt, "redis", error.to_string())
             }
         }
     }
