@@ -336,6 +336,11 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts a fresh server with extra `redis-server` arguments.
     pub fn start_with(extra: &[String]) -> Self {
         require("redis-server", "redis-server");

@@ -83,6 +83,57 @@ fn usage(pid: u32) -> (f64, f64) {
     (cpu, hwm_kib / 1024.0)
 }
 
+/// CPU seconds of each named process, read now.
+fn cpu_now(processes: &[(&'static str, u32)]) -> Vec<f64> {
+    processes.iter().map(|(_, pid)| usage(*pid).0).collect()
+}
+
+/// CPU microseconds each process spent per accepted webhook between two readings, and
+/// the four services' total.
+struct CpuPerWebhook {
+    rows: Vec<(&'static str, f64)>,
+    services_total: f64,
+}
+
+impl CpuPerWebhook {
+    fn between(
+        processes: &[(&'static str, u32)],
+        before: &[f64],
+        after: &[f64],
+        webhooks: usize,
+    ) -> Self {
+        let per = |i: usize| (after[i] - before[i]) * 1e6 / webhooks.max(1) as f64;
+        let rows: Vec<_> = (0..processes.len())
+            .map(|i| (processes[i].0, per(i)))
+            .collect();
+        let services_total = rows
+            .iter()
+            .filter(|(name, _)| SERVICES.contains(name))
+            .map(|(_, us)| us)
+            .sum();
+        CpuPerWebhook {
+            rows,
+            services_total,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut map: serde_json::Map<String, serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|(name, us)| ((*name).to_owned(), serde_json::json!(us)))
+            .collect();
+        map.insert(
+            "services_total".into(),
+            serde_json::json!(self.services_total),
+        );
+        map.into()
+    }
+}
+
+/// The four pushline services (each dispatcher sends one push per webhook here).
+const SERVICES: [&str; 4] = ["ingest", "registry", "dispatcher-apns", "dispatcher-fcm"];
+
 fn spawn(
     bin_dir: &Path,
     name: &'static str,
@@ -217,6 +268,12 @@ async fn main() -> anyhow::Result<()> {
     for service in &services {
         wait_ready(&http, service.admin).await?;
     }
+    let processes: Vec<(&'static str, u32)> = services
+        .iter()
+        .map(|s| (s.name, s.child.id()))
+        .chain(nats.pid().map(|pid| ("nats-server", pid)))
+        .chain(redis.pid().map(|pid| ("redis-server", pid)))
+        .collect();
 
     // Register every person's two devices.
     let registry = format!("http://127.0.0.1:{registry_port}/register");
@@ -244,18 +301,27 @@ async fn main() -> anyhow::Result<()> {
     if !sweep.is_empty() {
         println!("rate sweep, {duration} s per rate, {persons} persons × (1 iOS + 1 Android)");
         println!(
-            "{:>8} {:>9} {:>9} {:>6} {:>5} {:>24} {:>11}",
-            "offered", "accepted", "pushes/s", "lost", "dup", "e2e p50/p99/p99.9 ms", "ingest p99"
+            "{:>8} {:>9} {:>9} {:>6} {:>5} {:>24} {:>11} {:>14}",
+            "offered",
+            "accepted",
+            "pushes/s",
+            "lost",
+            "dup",
+            "e2e p50/p99/p99.9 ms",
+            "ingest p99",
+            "cpu µs/webhook"
         );
         let mut broke = false;
         for (n, r) in sweep.iter().enumerate() {
             let base = (n as u64 + 1) * 10_000_000;
+            let before = cpu_now(&processes);
             let result = load(&http, &ingest, *r, duration, persons, base).await;
             let m = measure(&result, &apns, &fcm).await;
+            let cpu = CpuPerWebhook::between(&processes, &before, &cpu_now(&processes), m.accepted);
             let breaks = !broke && (m.lost > 0 || m.e2e_ms.p(99.0) > 15.0);
             broke |= breaks;
             println!(
-                "{:>8.0} {:>9.0} {:>9.0} {:>6} {:>5} {:>24} {:>11.2}{}",
+                "{:>8.0} {:>9.0} {:>9.0} {:>6} {:>5} {:>24} {:>11.2} {:>14.0}{}{}",
                 m.offered_per_s,
                 m.accepted_per_s,
                 m.delivered_per_s,
@@ -268,24 +334,33 @@ async fn main() -> anyhow::Result<()> {
                     m.e2e_ms.p(99.9)
                 ),
                 m.response_ms.p(99.0),
+                cpu.services_total,
                 if breaks {
                     "  <- breaks: p99 over 15 ms or loss"
                 } else {
                     ""
-                }
+                },
+                short_of(*r, m.offered_per_s)
             );
         }
         return Ok(());
     }
 
+    let before = cpu_now(&processes);
     let result = load(&http, &ingest, rate, duration, persons, 0).await;
     let m = measure(&result, &apns, &fcm).await;
+    let cpu = CpuPerWebhook::between(&processes, &before, &cpu_now(&processes), m.accepted);
+    // Peak RSS under this load, before the ceilings load ingest further.
+    let peak_rss: Vec<f64> = processes.iter().map(|(_, pid)| usage(*pid).1).collect();
     println!(
         "pushline whole-pipeline benchmark: {rate} webhooks/s offered for {duration} s, {persons} persons × (1 iOS + 1 Android), delivery tracking {}",
         if tracking { "on" } else { "off" }
     );
     let row = |label: &str, value: String| println!("{label:<34} {value:>12}");
-    row("offered webhooks/s", format!("{:.0}", m.offered_per_s));
+    row(
+        "offered webhooks/s",
+        format!("{:.0}{}", m.offered_per_s, short_of(rate, m.offered_per_s)),
+    );
     row("accepted webhooks/s", format!("{:.0}", m.accepted_per_s));
     row("pushes delivered/s", format!("{:.0}", m.delivered_per_s));
     row("lost (accepted, not delivered)", m.lost.to_string());
@@ -305,6 +380,14 @@ async fn main() -> anyhow::Result<()> {
             ),
         );
     }
+    println!("CPU µs per accepted webhook during the load (each dispatcher: per push):");
+    for (name, us) in &cpu.rows {
+        row(&format!("  {name}"), format!("{us:.1}"));
+    }
+    row(
+        "  the four services together",
+        format!("{:.1}", cpu.services_total),
+    );
     let ceilings = ceilings(
         &http,
         ingest_port,
@@ -320,20 +403,16 @@ async fn main() -> anyhow::Result<()> {
         row(label, format!("{value:.0}{ratio}"));
     }
     let mut usage_report = serde_json::Map::new();
-    let processes = services
-        .iter()
-        .map(|s| (s.name, Some(s.child.id())))
-        .chain([("nats-server", nats.pid())]);
-    for (name, pid) in processes {
-        let Some(pid) = pid else { continue };
-        let (cpu, rss) = usage(pid);
+    for (i, (name, pid)) in processes.iter().enumerate() {
+        // CPU over the whole run (with the ceilings); peak RSS under the load itself.
+        let total_cpu = usage(*pid).0;
         row(
-            &format!("{name} cpu s / peak RSS MiB"),
-            format!("{cpu:.1} / {rss:.1}"),
+            &format!("{name} cpu s (whole run) / peak RSS MiB"),
+            format!("{total_cpu:.1} / {:.1}", peak_rss[i]),
         );
         usage_report.insert(
-            name.to_owned(),
-            serde_json::json!({"cpu_seconds": cpu, "peak_rss_mib": rss}),
+            (*name).to_owned(),
+            serde_json::json!({"cpu_seconds_whole_run": total_cpu, "peak_rss_mib": peak_rss[i]}),
         );
     }
     if let Some(path) = json_path() {
@@ -344,6 +423,7 @@ async fn main() -> anyhow::Result<()> {
             "e2e_ms": {"p50": m.e2e_ms.p(50.0), "p90": m.e2e_ms.p(90.0), "p99": m.e2e_ms.p(99.0), "p99_9": m.e2e_ms.p(99.9)},
             "ingest_response_ms": {"p50": m.response_ms.p(50.0), "p99": m.response_ms.p(99.0)},
             "services": usage_report,
+            "cpu_us_per_webhook": cpu.json(),
             "ceilings": ceilings.json,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -377,7 +457,18 @@ impl Samples {
     }
 }
 
+/// A note when the load generator could not offer the asked rate.
+fn short_of(asked: u64, offered_per_s: f64) -> String {
+    if offered_per_s < asked as f64 * 0.97 {
+        format!(" (short of the {asked}/s asked: the load generator fell behind)")
+    } else {
+        String::new()
+    }
+}
+
 struct Measured {
+    /// Webhooks ingest accepted.
+    accepted: usize,
     offered_per_s: f64,
     accepted_per_s: f64,
     delivered_per_s: f64,
@@ -500,6 +591,7 @@ async fn measure(result: &LoadResult, apns: &MockApns, fcm: &MockFcm) -> Measure
     response.sort_by(f64::total_cmp);
     let push_seconds = (last_us.saturating_sub(first_us) as f64 / 1e6).max(1e-3);
     Measured {
+        accepted: accepted.len(),
         offered_per_s: result.sent.len() as f64 / result.seconds,
         accepted_per_s: accepted.len() as f64 / result.seconds,
         delivered_per_s: delivered as f64 / push_seconds,
