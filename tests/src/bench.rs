@@ -59,8 +59,25 @@ where
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Stops a benchmark before it starts when `h2load` (the mock provider's ceiling) is
+/// missing, saying how to install it; `--no-h2load` runs without that ceiling.
+pub fn require_h2load() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--no-h2load") {
+        return Ok(());
+    }
+    let found = std::process::Command::new("h2load")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    anyhow::ensure!(
+        found,
+        "h2load is needed for the mock provider's ceiling: install it with `apt-get install -y nghttp2-client` (Debian/Ubuntu), or pass --no-h2load to run without that ceiling"
+    );
+    Ok(())
+}
+
 /// `h2load -n N -c 1 -m 100` POSTing `payload` with `headers` to `url`; requests/s, or
-/// `None` when h2load is not installed.
+/// `None` when h2load could not run (see [`require_h2load`]).
 pub fn h2load(
     url: &str,
     headers: &[String],

@@ -182,6 +182,7 @@ fn call_id(body: &[u8], provider: &str) -> Option<u64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    harness::bench::require_h2load()?;
     let rate = arg("--rate", 1_000).max(1);
     let duration = arg("--duration", 10).max(1);
     let persons = arg("--persons", 500).max(1) as usize;
