@@ -105,7 +105,8 @@ pub fn event_id(source: &str, body: &[u8]) -> String {
     hex::encode(&hasher.finalize()[..16])
 }
 
-/// Parses and normalises one webhook body received at `now_ms`.
+/// Parses and normalises one webhook body received at `now_ms`: the envelope here, then
+/// each ringing flow in a function of its own.
 pub fn normalise(
     body: &[u8],
     config: &WebexConfig,
@@ -123,114 +124,154 @@ pub fn normalise(
         .as_deref()
         .ok_or_else(|| invalid("`event` is required"))?;
     let data = envelope.data.ok_or_else(|| invalid("`data` is required"))?;
-    let base = |person_id: &str, class: Class, deadline_ms: u64| Event {
-        v: VERSION,
-        id: event_id(SOURCE, body),
-        source: SOURCE.to_owned(),
-        resource: resource.to_owned(),
-        event: event.to_owned(),
-        person_id: person_id.to_owned(),
-        class,
-        received_at_ms: now_ms,
-        deadline_ms,
-        apns: None,
-        fcm: None,
-        trace_id: trace_id.clone(),
-        encrypt: false,
+    let received = Received {
+        body,
+        resource,
+        event,
+        config,
+        now_ms,
+        trace_id,
     };
-    let call_deadline = now_ms + config.call_ttl_secs * 1000;
-    let max_deadline = now_ms + config.max_ttl_secs * 1000;
-
     match (resource, event) {
-        ("telephony_push", "updated") => {
-            let person = match config.person_field {
-                PersonField::ActorId => envelope.actor_id.as_deref().map(|p| ("actorId", p)),
-                PersonField::CreatedBy => envelope.created_by.as_deref().map(|p| ("createdBy", p)),
-            };
-            let (field, person) = person.ok_or_else(|| {
-                invalid(match config.person_field {
-                    PersonField::ActorId => "`actorId` is required for telephony_push",
-                    PersonField::CreatedBy => "`createdBy` is required for telephony_push",
-                })
-            })?;
-            check_person_id(field, person)?;
-            let push: TelephonyPush<'_> = serde_json::from_str(data.get())
-                .map_err(|e| invalid(format!("`data` is not a telephony_push object: {e}")))?;
-            if push.apns.is_none() && push.fcm.is_none() {
-                return Err(invalid(
-                    "`data.apnsPayload` or `data.fcmPayload` is required",
-                ));
-            }
-            for (name, raw) in [
-                ("data.apnsPayload", push.apns),
-                ("data.fcmPayload", push.fcm),
-            ] {
-                if let Some(raw) = raw {
-                    if !raw.get().starts_with('{') {
-                        return Err(invalid(format!("`{name}` must be a JSON object")));
-                    }
-                }
-            }
-            let expiry = push
-                .ringexpiretime
-                .as_ref()
-                .and_then(epoch_ms)
-                .or_else(|| push.apns.and_then(ring_expiry_in))
-                .or_else(|| push.fcm.and_then(ring_expiry_in));
-            let deadline = expiry.unwrap_or(call_deadline).min(max_deadline);
-            if deadline <= now_ms {
-                return Ok(Normalised::Expired);
-            }
-            let mut ev = base(person, Class::Call, deadline);
-            ev.apns = push.apns.map(|raw| ApnsPart {
-                payload: raw.to_owned(),
-                push_type: ApnsPushType::Voip,
-                priority: 10,
-                collapse_id: None,
-            });
-            ev.fcm = push.fcm.map(|raw| FcmPart {
-                data: raw.to_owned(),
-                priority: FcmPriority::High,
-                collapse_key: None,
-            });
-            Ok(Normalised::Event(Box::new(ev)))
-        }
-        ("callMemberships", "created") => {
-            let member: CallMembership<'_> = serde_json::from_str(data.get())
-                .map_err(|e| invalid(format!("`data` is not a callMemberships object: {e}")))?;
-            if member.state.as_deref() != Some("notified") {
-                return Ok(Normalised::Ignored {
-                    reason: "callMemberships/created with state other than notified".into(),
-                });
-            }
-            let person = member
-                .person_id
-                .as_deref()
-                .ok_or_else(|| invalid("`data.personId` is required"))?;
-            check_person_id("data.personId", person)?;
-            let call_id = member
-                .call_id
-                .as_deref()
-                .ok_or_else(|| invalid("`data.callId` is required"))?;
-            let (apns, fcm) = call_membership_payload(&member, call_id, person, call_deadline);
-            let mut ev = base(person, Class::Call, call_deadline);
-            ev.apns = Some(ApnsPart {
-                payload: apns,
-                push_type: ApnsPushType::Voip,
-                priority: 10,
-                collapse_id: None,
-            });
-            ev.fcm = Some(FcmPart {
-                data: fcm,
-                priority: FcmPriority::High,
-                collapse_key: None,
-            });
-            Ok(Normalised::Event(Box::new(ev)))
-        }
+        ("telephony_push", "updated") => telephony_push(&received, &envelope, data),
+        ("callMemberships", "created") => call_membership(&received, data),
         _ => Ok(Normalised::Ignored {
             reason: format!("{resource}/{event} does not ring a device"),
         }),
     }
+}
+
+/// What every flow needs to know about the webhook it normalises.
+struct Received<'a> {
+    body: &'a [u8],
+    resource: &'a str,
+    event: &'a str,
+    config: &'a WebexConfig,
+    now_ms: u64,
+    trace_id: Option<String>,
+}
+
+impl Received<'_> {
+    /// A call for `person_id` due by `deadline_ms`, ringing with these payloads.
+    fn call(
+        &self,
+        person_id: &str,
+        deadline_ms: u64,
+        apns: Option<Box<RawValue>>,
+        fcm: Option<Box<RawValue>>,
+    ) -> Normalised {
+        Normalised::Event(Box::new(Event {
+            v: VERSION,
+            id: event_id(SOURCE, self.body),
+            source: SOURCE.to_owned(),
+            resource: self.resource.to_owned(),
+            event: self.event.to_owned(),
+            person_id: person_id.to_owned(),
+            class: Class::Call,
+            received_at_ms: self.now_ms,
+            deadline_ms,
+            apns: apns.map(|payload| ApnsPart {
+                payload,
+                push_type: ApnsPushType::Voip,
+                priority: 10,
+                collapse_id: None,
+            }),
+            fcm: fcm.map(|data| FcmPart {
+                data,
+                priority: FcmPriority::High,
+                collapse_key: None,
+            }),
+            trace_id: self.trace_id.clone(),
+            encrypt: false,
+        }))
+    }
+
+    /// The deadline of a call that names none: `webex.call_ttl_secs` from now.
+    fn call_deadline(&self) -> u64 {
+        self.now_ms + self.config.call_ttl_secs * 1000
+    }
+}
+
+/// `telephony_push/updated`: the firehose webhook, whose `data` carries the payloads.
+fn telephony_push(
+    received: &Received<'_>,
+    envelope: &Envelope<'_>,
+    data: &RawValue,
+) -> Result<Normalised, InvalidEnvelope> {
+    let config = received.config;
+    let person = match config.person_field {
+        PersonField::ActorId => envelope.actor_id.as_deref().map(|p| ("actorId", p)),
+        PersonField::CreatedBy => envelope.created_by.as_deref().map(|p| ("createdBy", p)),
+    };
+    let (field, person) = person.ok_or_else(|| {
+        invalid(match config.person_field {
+            PersonField::ActorId => "`actorId` is required for telephony_push",
+            PersonField::CreatedBy => "`createdBy` is required for telephony_push",
+        })
+    })?;
+    check_person_id(field, person)?;
+    let push: TelephonyPush<'_> = serde_json::from_str(data.get())
+        .map_err(|e| invalid(format!("`data` is not a telephony_push object: {e}")))?;
+    if push.apns.is_none() && push.fcm.is_none() {
+        return Err(invalid(
+            "`data.apnsPayload` or `data.fcmPayload` is required",
+        ));
+    }
+    for (name, raw) in [
+        ("data.apnsPayload", push.apns),
+        ("data.fcmPayload", push.fcm),
+    ] {
+        if let Some(raw) = raw {
+            if !raw.get().starts_with('{') {
+                return Err(invalid(format!("`{name}` must be a JSON object")));
+            }
+        }
+    }
+    let expiry = push
+        .ringexpiretime
+        .as_ref()
+        .and_then(epoch_ms)
+        .or_else(|| push.apns.and_then(ring_expiry_in))
+        .or_else(|| push.fcm.and_then(ring_expiry_in));
+    let max_deadline = received.now_ms + config.max_ttl_secs * 1000;
+    let deadline = expiry
+        .unwrap_or_else(|| received.call_deadline())
+        .min(max_deadline);
+    if deadline <= received.now_ms {
+        return Ok(Normalised::Expired);
+    }
+    Ok(received.call(
+        person,
+        deadline,
+        push.apns.map(ToOwned::to_owned),
+        push.fcm.map(ToOwned::to_owned),
+    ))
+}
+
+/// `callMemberships/created`: the per-user webhook; pushline builds the payloads.
+fn call_membership(
+    received: &Received<'_>,
+    data: &RawValue,
+) -> Result<Normalised, InvalidEnvelope> {
+    let member: CallMembership<'_> = serde_json::from_str(data.get())
+        .map_err(|e| invalid(format!("`data` is not a callMemberships object: {e}")))?;
+    if member.state.as_deref() != Some("notified") {
+        return Ok(Normalised::Ignored {
+            reason: "callMemberships/created with state other than notified".into(),
+        });
+    }
+    let person = member
+        .person_id
+        .as_deref()
+        .ok_or_else(|| invalid("`data.personId` is required"))?;
+    check_person_id("data.personId", person)?;
+    let call_id = member
+        .call_id
+        .as_deref()
+        .ok_or_else(|| invalid("`data.callId` is required"))?;
+    let deadline = received.call_deadline();
+    let (apns, fcm) = call_membership_payload(&member, call_id, person, deadline);
+    Ok(received.call(person, deadline, Some(apns), Some(fcm)))
 }
 
 fn check_person_id(field: &str, person: &str) -> Result<(), InvalidEnvelope> {
