@@ -22,6 +22,7 @@ pub mod callbacks;
 pub mod config;
 pub mod error;
 pub mod notify;
+pub mod producers;
 pub mod publish;
 pub mod shared;
 pub mod signature;
@@ -74,7 +75,7 @@ struct Inner {
     max_json_depth: usize,
     retry_after_secs: u64,
     producers_config: crate::config::ProducersConfig,
-    producers: notify::Producers,
+    producers: producers::Producers,
     topology: Topology,
     publisher: Publisher,
     admission: publish::Admission,
@@ -99,7 +100,7 @@ impl AppState {
                 max_json_depth: config.max_json_depth,
                 retry_after_secs: config.retry_after_secs,
                 producers_config: config.producers.clone(),
-                producers: notify::Producers::new(&config.producers),
+                producers: producers::Producers::new(&config.producers),
                 topology: Topology::new(&config.nats),
                 tracker: pipeline::tracking::Tracker::new(
                     publisher.client().clone(),
@@ -151,9 +152,9 @@ impl Inner {
 
     /// Takes `cost` tokens from `producer`'s shared bucket, or this replica's when the
     /// shared one cannot be reached.
-    async fn take_rate(&self, producer: &str, cost: usize) -> Result<(), notify::OverRate> {
+    async fn take_rate(&self, producer: &str, cost: usize) -> Result<(), producers::OverRate> {
         let Some((rate, burst)) = self.producers.rate(producer) else {
-            return Err(notify::OverRate {
+            return Err(producers::OverRate {
                 retry_after_secs: 1,
             });
         };

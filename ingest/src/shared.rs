@@ -26,7 +26,7 @@ use async_nats::jetstream::kv::{self, CreateErrorKind, Store, UpdateErrorKind};
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use tokio::sync::OnceCell;
 
-use crate::notify::{Bucket, OverRate};
+use crate::producers::{Bucket, OverRate};
 
 /// Compare-and-set tries before giving up on the shared bucket.
 const CAS_TRIES: usize = 8;

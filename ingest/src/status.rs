@@ -13,7 +13,7 @@ use pipeline::tracking::{self, EventStatus};
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::notify::Reader;
+use crate::producers::Reader;
 use crate::{AppState, Inner, SERVICE};
 
 /// Longest event id or trace id looked up.
