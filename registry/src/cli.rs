@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::Context;
 use pipeline::contract::now_ms;
 use pipeline::operate::{self, DeadFilter};
 use pipeline::topology::Topology;
@@ -137,8 +138,6 @@ fn filters(words: &[&str]) -> Result<(Filter, bool), String> {
 
 /// Runs `command` and returns what to print.
 pub async fn execute(command: &Command, config: &Config) -> Result<String, String> {
-    use std::fmt::Write as _;
-    let mut out = String::new();
     let topology = Topology::new(&config.nats);
     let js = || async {
         let client = pipeline::nats::connect(&config.nats, "pushctl")
@@ -147,186 +146,217 @@ pub async fn execute(command: &Command, config: &Config) -> Result<String, Strin
         Ok::<_, String>(pipeline::topology::jetstream(client))
     };
     match command {
-        Command::Health(url) => {
-            let response = reqwest::get(url).await.map_err(|e| format!("{url}: {e}"))?;
-            if !response.status().is_success() {
-                return Err(format!("{url}: {}", response.status()));
-            }
-            writeln!(out, "ok").ok();
-        }
-        Command::Streams => {
-            let js = js().await?;
-            writeln!(
-                out,
-                "{:<22} {:>10} {:>12}   consumer: pending ack_pending redelivered",
-                "stream", "messages", "bytes"
-            )
-            .ok();
-            for s in operate::streams(&js, &topology).await? {
-                let consumers: Vec<String> = s
-                    .consumers
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{}: {} {} {}",
-                            c.name, c.pending, c.ack_pending, c.redelivered
-                        )
-                    })
-                    .collect();
-                writeln!(
-                    out,
-                    "{:<22} {:>10} {:>12}   {}",
-                    s.name,
-                    s.messages,
-                    s.bytes,
-                    consumers.join(", ")
-                )
-                .ok();
-            }
-        }
-        Command::DeadList(filter) => {
-            let js = js().await?;
-            let entries = operate::dead_letters(&js, &topology, &filter.to_dead()).await?;
-            let now = now_ms();
-            writeln!(
-                out,
-                "{:>8} {:>8} {:<8} {:<24} {:>8}  subject / last error",
-                "seq", "age_s", "stage", "reason", "attempts"
-            )
-            .ok();
-            for e in &entries {
-                let l = &e.letter;
-                writeln!(
-                    out,
-                    "{:>8} {:>8} {:<8} {:<24} {:>8}  {} / {}",
-                    e.sequence,
-                    now.saturating_sub(l.dead_at_ms) / 1000,
-                    l.stage,
-                    l.reason,
-                    l.attempts,
-                    l.subject,
-                    l.last_error
-                )
-                .ok();
-            }
-            writeln!(out, "{} dead letter(s)", entries.len()).ok();
-        }
+        Command::Health(url) => health(url).await,
+        Command::Streams => streams(&js().await?, &topology).await,
+        Command::DeadList(filter) => dead_list(&js().await?, &topology, filter).await,
         Command::DeadReplay { filter, dry_run } => {
-            let js = js().await?;
-            let entries = operate::dead_letters(&js, &topology, &filter.to_dead()).await?;
-            if *dry_run {
-                writeln!(out, "would replay {} dead letter(s)", entries.len()).ok();
-            } else {
-                let n = operate::replay(&js, &topology, &entries).await?;
-                writeln!(out, "replayed {n} dead letter(s)").ok();
-            }
+            dead_replay(&js().await?, &topology, filter, *dry_run).await
         }
-        Command::Trace(id) => {
-            let js = js().await?;
-            let mut found = Vec::new();
-            match tracking::read_event(&js, &topology, id)
+        Command::Trace(id) => trace(&js().await?, &topology, id).await,
+        Command::WebhooksList | Command::WebhooksEnsure | Command::WebhooksReactivate => {
+            webhooks(command, config).await
+        }
+        Command::Devices(person) => devices(person, config).await,
+    }
+}
+
+async fn health(url: &str) -> Result<String, String> {
+    let response = reqwest::get(url).await.map_err(|e| format!("{url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: {}", response.status()));
+    }
+    Ok("ok\n".to_owned())
+}
+
+async fn streams(js: &Context, topology: &Topology) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "{:<22} {:>10} {:>12}   consumer: pending ack_pending redelivered",
+        "stream", "messages", "bytes"
+    )
+    .ok();
+    for s in operate::streams(js, topology).await? {
+        let consumers: Vec<String> = s
+            .consumers
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}: {} {} {}",
+                    c.name, c.pending, c.ack_pending, c.redelivered
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "{:<22} {:>10} {:>12}   {}",
+            s.name,
+            s.messages,
+            s.bytes,
+            consumers.join(", ")
+        )
+        .ok();
+    }
+    Ok(out)
+}
+
+async fn dead_list(js: &Context, topology: &Topology, filter: &Filter) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let entries = operate::dead_letters(js, topology, &filter.to_dead()).await?;
+    let now = now_ms();
+    writeln!(
+        out,
+        "{:>8} {:>8} {:<8} {:<24} {:>8}  subject / last error",
+        "seq", "age_s", "stage", "reason", "attempts"
+    )
+    .ok();
+    for e in &entries {
+        let l = &e.letter;
+        writeln!(
+            out,
+            "{:>8} {:>8} {:<8} {:<24} {:>8}  {} / {}",
+            e.sequence,
+            now.saturating_sub(l.dead_at_ms) / 1000,
+            l.stage,
+            l.reason,
+            l.attempts,
+            l.subject,
+            l.last_error
+        )
+        .ok();
+    }
+    writeln!(out, "{} dead letter(s)", entries.len()).ok();
+    Ok(out)
+}
+
+async fn dead_replay(
+    js: &Context,
+    topology: &Topology,
+    filter: &Filter,
+    dry_run: bool,
+) -> Result<String, String> {
+    let entries = operate::dead_letters(js, topology, &filter.to_dead()).await?;
+    if dry_run {
+        return Ok(format!("would replay {} dead letter(s)\n", entries.len()));
+    }
+    let n = operate::replay(js, topology, &entries).await?;
+    Ok(format!("replayed {n} dead letter(s)\n"))
+}
+
+/// The status of event `id`, or of every event of trace id `id`.
+async fn trace(js: &Context, topology: &Topology, id: &str) -> Result<String, String> {
+    let mut found = Vec::new();
+    match tracking::read_event(js, topology, id)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(status) => found.push(status),
+        None => {
+            for event_id in tracking::events_of_trace(js, topology, id)
                 .await
                 .map_err(|e| e.to_string())?
             {
-                Some(status) => found.push(status),
-                None => {
-                    for event_id in tracking::events_of_trace(&js, &topology, id)
-                        .await
-                        .map_err(|e| e.to_string())?
-                    {
-                        if let Some(status) = tracking::read_event(&js, &topology, &event_id)
-                            .await
-                            .map_err(|e| e.to_string())?
-                        {
-                            found.push(status);
-                        }
-                    }
-                }
-            }
-            if found.is_empty() {
-                return Err(format!(
-                    "no delivery status for `{id}` (neither an event id nor a trace id recorded in the last nats.tracking_max_age_secs)"
-                ));
-            }
-            for status in &found {
-                write_status(&mut out, status);
-            }
-        }
-        Command::WebhooksList | Command::WebhooksEnsure | Command::WebhooksReactivate => {
-            let client =
-                crate::webhooks::Client::new(&config.webex_webhooks).map_err(|e| e.to_string())?;
-            match command {
-                Command::WebhooksList => {
-                    for w in client.list().await? {
-                        writeln!(
-                            out,
-                            "{}  {:<8} {}/{}  {}  {}{}",
-                            w.id,
-                            w.status,
-                            w.resource,
-                            w.event,
-                            w.name,
-                            w.target_url,
-                            w.filter.map_or(String::new(), |f| format!("  filter={f}"))
-                        )
-                        .ok();
-                    }
-                }
-                Command::WebhooksEnsure => match client.ensure().await? {
-                    crate::webhooks::Ensured::Created(id) => {
-                        writeln!(out, "created webhook {id}").ok();
-                    }
-                    crate::webhooks::Ensured::Updated(id) => {
-                        writeln!(out, "updated webhook {id} (active, URL and secret set)").ok();
-                    }
-                },
-                _ => {
-                    let webhook = client.find().await?.ok_or_else(|| {
-                        format!(
-                            "no webhook named `{}` (pushctl webhooks ensure)",
-                            config.webex_webhooks.name
-                        )
-                    })?;
-                    client.reactivate(&webhook).await?;
-                    writeln!(out, "webhook {} is active", webhook.id).ok();
+                if let Some(status) = tracking::read_event(js, topology, &event_id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    found.push(status);
                 }
             }
         }
-        Command::Devices(person) => {
-            let redis = crate::connect_redis(&config.redis).map_err(|e| e.to_string())?;
-            let store = Store::new(
-                redis,
-                config.redis.prefix.clone(),
-                Policy {
-                    max_devices_per_person: config.devices.max_per_person,
-                    ttl: Duration::from_secs(config.devices.ttl_secs),
-                },
-            );
-            let devices = store
-                .devices(person, now_ms())
-                .await
-                .map_err(|e| e.to_string())?;
-            for d in &devices {
+    }
+    if found.is_empty() {
+        return Err(format!(
+            "no delivery status for `{id}` (neither an event id nor a trace id recorded in the last nats.tracking_max_age_secs)"
+        ));
+    }
+    let mut out = String::new();
+    for status in &found {
+        write_status(&mut out, status);
+    }
+    Ok(out)
+}
+
+async fn webhooks(command: &Command, config: &Config) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let client = crate::webhooks::Client::new(&config.webex_webhooks).map_err(|e| e.to_string())?;
+    match command {
+        Command::WebhooksList => {
+            for w in client.list().await? {
                 writeln!(
                     out,
-                    "{}  device={} {} {} app={} env={} e2e={} updated={}",
-                    pipeline::telemetry::token_tag(&d.token),
-                    d.device_id(),
-                    d.attrs.platform.as_str(),
-                    match d.attrs.channel {
-                        crate::store::Channel::Voip => "voip",
-                        crate::store::Channel::Alert => "alert",
-                    },
-                    d.attrs.app,
-                    d.attrs.environment.as_str(),
-                    d.attrs.e2e.as_ref().map_or("-", |k| k.kid.as_str()),
-                    d.updated_at_ms
+                    "{}  {:<8} {}/{}  {}  {}{}",
+                    w.id,
+                    w.status,
+                    w.resource,
+                    w.event,
+                    w.name,
+                    w.target_url,
+                    w.filter.map_or(String::new(), |f| format!("  filter={f}"))
                 )
                 .ok();
             }
-            writeln!(out, "{} device(s)", devices.len()).ok();
+        }
+        Command::WebhooksEnsure => match client.ensure().await? {
+            crate::webhooks::Ensured::Created(id) => {
+                writeln!(out, "created webhook {id}").ok();
+            }
+            crate::webhooks::Ensured::Updated(id) => {
+                writeln!(out, "updated webhook {id} (active, URL and secret set)").ok();
+            }
+        },
+        _ => {
+            let webhook = client.find().await?.ok_or_else(|| {
+                format!(
+                    "no webhook named `{}` (pushctl webhooks ensure)",
+                    config.webex_webhooks.name
+                )
+            })?;
+            client.reactivate(&webhook).await?;
+            writeln!(out, "webhook {} is active", webhook.id).ok();
         }
     }
+    Ok(out)
+}
+
+async fn devices(person: &str, config: &Config) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let redis = crate::connect_redis(&config.redis).map_err(|e| e.to_string())?;
+    let store = Store::new(
+        redis,
+        config.redis.prefix.clone(),
+        Policy {
+            max_devices_per_person: config.devices.max_per_person,
+            ttl: Duration::from_secs(config.devices.ttl_secs),
+        },
+    );
+    let devices = store
+        .devices(person, now_ms())
+        .await
+        .map_err(|e| e.to_string())?;
+    for d in &devices {
+        writeln!(
+            out,
+            "{}  device={} {} {} app={} env={} e2e={} updated={}",
+            pipeline::telemetry::token_tag(&d.token),
+            d.device_id(),
+            d.attrs.platform.as_str(),
+            match d.attrs.channel {
+                crate::store::Channel::Voip => "voip",
+                crate::store::Channel::Alert => "alert",
+            },
+            d.attrs.app,
+            d.attrs.environment.as_str(),
+            d.attrs.e2e.as_ref().map_or("-", |k| k.kid.as_str()),
+            d.updated_at_ms
+        )
+        .ok();
+    }
+    writeln!(out, "{} device(s)", devices.len()).ok();
     Ok(out)
 }
 
