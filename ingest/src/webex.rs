@@ -9,7 +9,7 @@
 //!   `fcmPayload`; Unix seconds or milliseconds, number or numeric string), else receipt
 //!   + `webex.call_ttl_secs`; never more than `webex.max_ttl_secs` ahead.
 //! - **`callMemberships` / `created`** with `data.state = "notified"`: the callee is
-//!   `data.personId`; pushline builds the payloads itself (see [`call_membership_payload`]).
+//!   `data.personId`; pushline builds the payloads itself (see `call_membership_payload`).
 //!
 //! Anything else is acknowledged (202) and not published. The event id is a hash of the
 //! source and the raw body, so a redelivered identical webhook gets the same

@@ -1,0 +1,319 @@
+//! The public handlers: `POST /webhooks/webex` (verify, normalise, store the event) and
+//! `POST /v1/notify` (authenticate the producer, charge its rate, store one event per
+//! person). Each takes an admission permit first, so overload is refused at once.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use pipeline::admin;
+use pipeline::contract::now_ms;
+use pipeline::tracking::StatusRecord;
+
+use crate::error::ApiError;
+use crate::webex::Normalised;
+use crate::{AppState, Inner, SERVICE, callbacks, notify, publish, signature, webex};
+
+/// The longest producer trace id carried along.
+const MAX_TRACE_ID: usize = 128;
+
+pub(crate) async fn webex_webhook(State(state): State<AppState>, request: Request) -> Response {
+    let s = &state.inner;
+    let result = match s.admit() {
+        Ok(admitted) => receive(s, request, admitted).await,
+        Err(overloaded) => Err(overloaded),
+    };
+    let outcome = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(error) => error.outcome(),
+    };
+    s.metrics
+        .webhooks_received
+        .with_label_values(&[webex::SOURCE, outcome])
+        .inc();
+    match result {
+        Ok((response, _)) => response,
+        Err(error) => {
+            tracing::info!(outcome, %error, "webhook refused");
+            error.into_response()
+        }
+    }
+}
+
+/// Reads a JSON body within the size limit, refusing other media types and bodies nested
+/// deeper than `max_json_depth`.
+async fn read_json_body(
+    s: &Inner,
+    parts: &axum::http::request::Parts,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = ApiError::PayloadTooLarge {
+        limit: s.body_limit,
+    };
+    if declared.is_some_and(|len| len > s.body_limit) {
+        return Err(too_large);
+    }
+    let body = axum::body::to_bytes(body, s.body_limit)
+        .await
+        .map_err(|_| too_large)?;
+    if pipeline::json::depth(&body) > s.max_json_depth {
+        return Err(ApiError::Invalid(format!(
+            "body nests deeper than {} levels",
+            s.max_json_depth
+        )));
+    }
+    Ok(body)
+}
+
+async fn receive(
+    s: &Inner,
+    request: Request,
+    admitted: publish::Admitted,
+) -> Result<(Response, &'static str), ApiError> {
+    let received_at = now_ms();
+    let (parts, body) = request.into_parts();
+    let body = read_json_body(s, &parts, Body::new(body)).await?;
+
+    if s.webex.insecure_skip_signature {
+        tracing::warn!("webhook accepted WITHOUT signature check (webex.insecure_skip_signature)");
+    } else {
+        signature::verify(
+            &body,
+            parts.headers.get(signature::HEADER).map(|v| v.as_bytes()),
+            &s.secrets,
+        )
+        .map_err(|e| ApiError::Unauthorized(format!("X-Spark-Signature: {e}")))?;
+        if !s.webex.sha256_header.is_empty() {
+            match parts.headers.get(s.webex.sha256_header.as_str()) {
+                Some(value) => signature::verify_sha256(&body, Some(value.as_bytes()), &s.secrets)
+                    .map_err(|e| {
+                        ApiError::Unauthorized(format!("{}: {e}", s.webex.sha256_header))
+                    })?,
+                None if s.webex.require_sha256 => {
+                    return Err(ApiError::Unauthorized(format!(
+                        "{}: missing signature header",
+                        s.webex.sha256_header
+                    )));
+                }
+                None => {}
+            }
+        }
+    }
+
+    let trace_id = trace_id(&parts.headers);
+    let event = match webex::normalise(&body, &s.webex, received_at, trace_id)
+        .map_err(|e| ApiError::Invalid(e.0))?
+    {
+        Normalised::Event(event) => event,
+        Normalised::Ignored { reason } => {
+            let body = Json(serde_json::json!({"status": "ignored", "reason": reason}));
+            return Ok(((StatusCode::ACCEPTED, body).into_response(), "ignored"));
+        }
+        Normalised::Expired => {
+            s.metrics.expired.with_label_values(&[SERVICE]).inc();
+            let body = Json(serde_json::json!({"status": "expired"}));
+            return Ok(((StatusCode::OK, body).into_response(), "expired"));
+        }
+    };
+
+    let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let subject = s.topology.event_subject(&event.source, &event.resource);
+    let stored = s
+        .publisher
+        .publish(
+            subject,
+            &event.id,
+            event.trace_id.as_deref(),
+            payload.into(),
+            admitted,
+        )
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, event_id = %event.id, trace_id = event.trace_id.as_deref().unwrap_or("-"), "event not stored");
+            ApiError::Unavailable {
+                retry_after_secs: s.retry_after_secs,
+            }
+        })?;
+    let outcome = if stored.duplicate {
+        "duplicate"
+    } else {
+        s.metrics
+            .events_published
+            .with_label_values(&[&event.source, &event.resource, event.class.as_str()])
+            .inc();
+        s.tracker.record(&StatusRecord::received(&event)).await;
+        "accepted"
+    };
+    tracing::debug!(event_id = %event.id, trace_id = event.trace_id.as_deref().unwrap_or("-"), outcome, "event stored");
+    let body = Json(serde_json::json!({
+        "status": "accepted",
+        "event_id": event.id,
+        "duplicate": stored.duplicate,
+    }));
+    Ok(((StatusCode::OK, body).into_response(), outcome))
+}
+
+pub(crate) async fn notify_handler(State(state): State<AppState>, request: Request) -> Response {
+    let s = &state.inner;
+    let result = match s.admit() {
+        Ok(admitted) => notify(s, request, admitted).await,
+        Err(overloaded) => Err(overloaded),
+    };
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(error) => error.outcome(),
+    };
+    s.metrics
+        .webhooks_received
+        .with_label_values(&[notify::SOURCE, outcome])
+        .inc();
+    match result {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::info!(outcome, %error, "notify refused");
+            error.into_response()
+        }
+    }
+}
+
+async fn notify(
+    s: &Inner,
+    request: Request,
+    admitted: publish::Admitted,
+) -> Result<Response, ApiError> {
+    let received_at = now_ms();
+    let (parts, body) = request.into_parts();
+    let key = admin::bearer(&parts.headers);
+    let producer = match key.map(|k| s.producers.authenticate(k)) {
+        Some(Some(producer)) => producer.to_owned(),
+        missing_or_unknown => {
+            let reason = if missing_or_unknown.is_none() {
+                "missing_credentials"
+            } else {
+                "unknown_api_key"
+            };
+            s.metrics
+                .auth_refusals
+                .with_label_values(&[SERVICE, reason])
+                .inc();
+            return Err(ApiError::Unauthorized(
+                "a producer API key is required".into(),
+            ));
+        }
+    };
+    let body = read_json_body(s, &parts, Body::new(body)).await?;
+    let request: notify::NotifyRequest<'_> =
+        pipeline::json::parse(&body).map_err(ApiError::Invalid)?;
+    let trace_id = trace_id(&parts.headers);
+    let events = notify::events(
+        &request,
+        &producer,
+        &s.producers_config,
+        received_at,
+        trace_id,
+    )
+    .map_err(|e| ApiError::Unprocessable(e.0))?;
+    if events.len() > s.producers.burst(&producer) {
+        return Err(ApiError::Unprocessable(format!(
+            "`person_ids` holds more persons than this producer's burst ({})",
+            s.producers.burst(&producer)
+        )));
+    }
+    // A producer's retry of events already stored is answered as a duplicate, without
+    // publishing them again or charging for them.
+    let stored_before =
+        futures::future::join_all(events.iter().map(|event| s.already_stored(&event.id))).await;
+    let cost = stored_before.iter().filter(|seen| !**seen).count();
+    if cost > 0 {
+        s.take_rate(&producer, cost).await.map_err(|over| {
+            s.metrics
+                .auth_refusals
+                .with_label_values(&[SERVICE, "rate_limited"])
+                .inc();
+            ApiError::TooManyRequests {
+                retry_after_secs: over.retry_after_secs,
+            }
+        })?;
+    }
+
+    let publishes = events.iter().zip(&stored_before).map(|(event, seen)| async {
+        if *seen {
+            return Ok(publish::Stored { duplicate: true });
+        }
+        let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+        let subject = s.topology.event_subject(&event.source, &event.resource);
+        let stored = s
+            .publisher
+            .publish(
+                subject,
+                &event.id,
+                event.trace_id.as_deref(),
+                payload.into(),
+                admitted.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Err(error) = s.shared.remember(&event.id).await {
+            tracing::warn!(%error, event_id = %event.id, "stored event not remembered for idempotency; the de-duplication window still covers it");
+        }
+        if !stored.duplicate && callbacks::Callbacks::wanted(&s.producers_config, &producer) {
+            s.queue_callback(event, &producer).await;
+        }
+        Ok::<_, String>(stored)
+    });
+    let results = futures::future::join_all(publishes).await;
+    let mut accepted = Vec::with_capacity(events.len());
+    for (event, result) in events.iter().zip(results) {
+        match result {
+            Ok(stored) => {
+                if !stored.duplicate {
+                    s.metrics
+                        .events_published
+                        .with_label_values(&[&event.source, &event.resource, event.class.as_str()])
+                        .inc();
+                    s.tracker.record(&StatusRecord::received(event)).await;
+                }
+                accepted.push(serde_json::json!({
+                    "person_id": event.person_id, "event_id": event.id, "duplicate": stored.duplicate,
+                }));
+            }
+            Err(error) => {
+                // Some may be stored; a retry with the same idempotency key stores the
+                // rest and de-duplicates these.
+                tracing::warn!(%error, event_id = %event.id, "notify event not stored");
+                return Err(ApiError::Unavailable {
+                    retry_after_secs: s.retry_after_secs,
+                });
+            }
+        }
+    }
+    Ok(Json(serde_json::json!({"status": "accepted", "events": accepted})).into_response())
+}
+
+fn trace_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("trackingid")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= MAX_TRACE_ID && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned)
+}
+
+fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(value) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
