@@ -34,7 +34,8 @@ enum Auth {
     Certificate,
 }
 
-struct Route {
+/// One app in one environment: its endpoint, credentials and connections.
+pub struct Route {
     base_url: String,
     auth: Auth,
     clients: Vec<reqwest::Client>,
@@ -112,10 +113,6 @@ impl ApnsProvider {
     /// For each app using certificate auth: when its certificate expires (Unix seconds).
     pub fn certificate_expiries(&self) -> &[(String, i64)] {
         &self.certificate_expiries
-    }
-
-    fn route(&self, job: &PushJob) -> Option<&Route> {
-        self.routes.get(job.app.as_str())?.get(&job.environment)
     }
 
     fn credentials(
@@ -313,17 +310,13 @@ impl Provider for ApnsProvider {
         })
     }
 
-    fn knows_app(&self, job: &PushJob) -> bool {
-        self.route(job).is_some()
+    type Route = Route;
+
+    fn route(&self, job: &PushJob) -> Option<&Route> {
+        self.routes.get(job.app.as_str())?.get(&job.environment)
     }
 
-    async fn send(&self, job: &PushJob) -> Verdict {
-        let Some(route) = self.route(job) else {
-            return Verdict::Reject {
-                reason: "unknown_app",
-                detail: format!("no APNs credentials for {}", job.app),
-            };
-        };
+    async fn send(&self, route: &Route, job: &PushJob) -> Verdict {
         let Some(apns) = job.apns.as_ref() else {
             return Verdict::Reject {
                 reason: "missing_payload",

@@ -16,7 +16,8 @@ use crate::error::{ErrorBody, classify};
 use crate::message;
 use crate::oauth::{ServiceAccount, TokenSource};
 
-struct Project {
+/// One configured project: its send URL, access tokens and connections.
+pub struct Project {
     url: String,
     tokens: TokenSource,
     clients: Vec<reqwest::Client>,
@@ -165,17 +166,13 @@ impl Provider for FcmProvider {
         })
     }
 
-    fn knows_app(&self, job: &PushJob) -> bool {
-        self.projects.contains_key(&job.app)
+    type Route = Project;
+
+    fn route(&self, job: &PushJob) -> Option<&Project> {
+        self.projects.get(&job.app)
     }
 
-    async fn send(&self, job: &PushJob) -> Verdict {
-        let Some(project) = self.projects.get(&job.app) else {
-            return Verdict::Reject {
-                reason: "unknown_app",
-                detail: format!("no FCM project {}", job.app),
-            };
-        };
+    async fn send(&self, project: &Project, job: &PushJob) -> Verdict {
         let Some(part) = job.fcm.as_ref() else {
             return Verdict::Reject {
                 reason: "missing_payload",

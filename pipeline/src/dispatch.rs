@@ -72,11 +72,15 @@ pub trait Provider: Send + Sync + 'static {
     /// Which provider this is.
     const PLATFORM: Platform;
 
-    /// Whether pushes for `app` can be sent (the app is configured).
-    fn knows_app(&self, job: &PushJob) -> bool;
+    /// What the provider sends a job's pushes with: its app's (and environment's)
+    /// credentials and connections.
+    type Route: Send + Sync;
 
-    /// Sends one push and classifies the answer. Must bound its own time.
-    fn send(&self, job: &PushJob) -> impl Future<Output = Verdict> + Send;
+    /// The route of `job`'s app, or `None` when the app is not configured here.
+    fn route(&self, job: &PushJob) -> Option<&Self::Route>;
+
+    /// Sends one push over `route` and classifies the answer. Must bound its own time.
+    fn send(&self, route: &Self::Route, job: &PushJob) -> impl Future<Output = Verdict> + Send;
 
     /// Credential health for `/readyz`.
     fn check(&self) -> BoxFuture<'_, Result<(), String>>;
@@ -259,10 +263,16 @@ impl<P: Provider> Dispatch<P> {
     /// Sends the claimed `job`, waiting no longer than its deadline, and records a
     /// delivery (or releases the claim). `None` when the deadline came first (the request
     /// is cancelled).
-    async fn send_once(&self, job: &PushJob, job_id: u64, now: u64) -> Option<Verdict> {
+    async fn send_once(
+        &self,
+        route: &P::Route,
+        job: &PushJob,
+        job_id: u64,
+        now: u64,
+    ) -> Option<Verdict> {
         let left = Duration::from_millis(job.deadline_ms.saturating_sub(now));
         let started = Instant::now();
-        let verdict = tokio::time::timeout(left, self.provider.send(job))
+        let verdict = tokio::time::timeout(left, self.provider.send(route, job))
             .await
             .ok();
         self.metrics
@@ -360,7 +370,7 @@ impl<P: Provider> Handler for Dispatch<P> {
                 ),
             };
         }
-        if !self.provider.knows_app(&job) {
+        let Some(route) = self.provider.route(&job) else {
             self.count("unconfigured", "rejected", "unknown_app");
             self.track(StatusRecord::job(&job, Stage::DeadLettered).because("unknown_app"))
                 .await;
@@ -372,7 +382,7 @@ impl<P: Provider> Handler for Dispatch<P> {
                     job.environment.as_str()
                 ),
             };
-        }
+        };
         let app = job.app.as_str();
         let now = now_ms();
         if now.saturating_add(self.worker.deadline_margin_ms) >= job.deadline_ms {
@@ -401,7 +411,7 @@ impl<P: Provider> Handler for Dispatch<P> {
         }
         // Every record of this try says which try it was and when it was sent.
         let tried = |stage| StatusRecord::job(&job, stage).attempt(delivery.attempt, Some(now));
-        let Some(verdict) = self.send_once(&job, job_id, now).await else {
+        let Some(verdict) = self.send_once(route, &job, job_id, now).await else {
             tracing::info!(event_id = %job.event_id, token = %crate::telemetry::token_tag(&job.token), "no provider answer before the deadline; cancelled");
             self.expired(&job, tried(Stage::Expired).because("no_answer"))
                 .await;
