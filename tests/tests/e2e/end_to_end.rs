@@ -645,3 +645,52 @@ async fn a_call_sent_again_after_a_nats_restart_does_not_ring_twice() {
         "the phone rang once"
     );
 }
+
+#[tokio::test]
+async fn a_job_for_an_app_without_credentials_is_dead_lettered_unsent() {
+    use pipeline::contract::{
+        ApnsPart, ApnsPushType, Class, Environment, Platform, PushJob, VERSION, now_ms,
+    };
+    let stack = Stack::start().await;
+    let job = PushJob {
+        v: VERSION,
+        event_id: "evt-unknown-app".into(),
+        token: ios(7),
+        platform: Platform::Apns,
+        app: "com.example.not-configured".into(),
+        environment: Environment::Production,
+        class: Class::Call,
+        received_at_ms: now_ms(),
+        deadline_ms: now_ms() + 30_000,
+        apns: Some(ApnsPart {
+            payload: serde_json::value::to_raw_value(&serde_json::json!({"aps": {}})).expect("raw"),
+            push_type: ApnsPushType::Voip,
+            priority: 10,
+            collapse_id: None,
+        }),
+        fcm: None,
+        trace_id: None,
+    };
+    let js = stack.env.jetstream().await;
+    js.publish(
+        stack
+            .env
+            .topology()
+            .push_subject(Platform::Apns, Environment::Production),
+        serde_json::to_vec(&job).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
+    let dead = stack.env.wait_messages(StreamKind::Dead, 1).await;
+    let letter: serde_json::Value = serde_json::from_slice(&dead[0].payload).expect("json");
+    assert_eq!(letter["stage"], "apns");
+    assert_eq!(letter["reason"], "unknown_app");
+    Stack::wait_metrics(
+        stack.apns(),
+        &[r#"pushline_pushes_total{app="unconfigured",outcome="rejected",provider="apns",reason="unknown_app"} 1"#],
+    )
+    .await;
+    assert!(stack.providers.apns.requests().is_empty(), "nothing sent");
+}
