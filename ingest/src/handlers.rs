@@ -5,11 +5,12 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use pipeline::admin;
 use pipeline::contract::now_ms;
+use pipeline::json::BodyRefusal;
 use pipeline::tracking::StatusRecord;
 
 use crate::error::ApiError;
@@ -42,37 +43,21 @@ pub(crate) async fn webex_webhook(State(state): State<AppState>, request: Reques
     }
 }
 
-/// Reads a JSON body within the size limit, refusing other media types and bodies nested
-/// deeper than `max_json_depth`.
+/// Reads a JSON body by the rule every public API shares ([`pipeline::json::read_body`]).
 async fn read_json_body(
     s: &Inner,
     parts: &axum::http::request::Parts,
     body: Body,
 ) -> Result<Bytes, ApiError> {
-    if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let too_large = ApiError::PayloadTooLarge {
-        limit: s.body_limit,
-    };
-    if declared.is_some_and(|len| len > s.body_limit) {
-        return Err(too_large);
-    }
-    let body = axum::body::to_bytes(body, s.body_limit)
+    pipeline::json::read_body(&parts.headers, body, s.body_limit, s.max_json_depth)
         .await
-        .map_err(|_| too_large)?;
-    if pipeline::json::depth(&body) > s.max_json_depth {
-        return Err(ApiError::Invalid(format!(
-            "body nests deeper than {} levels",
-            s.max_json_depth
-        )));
-    }
-    Ok(body)
+        .map_err(|refusal| match refusal {
+            BodyRefusal::NotJson => ApiError::UnsupportedMediaType,
+            BodyRefusal::TooLarge => ApiError::PayloadTooLarge {
+                limit: s.body_limit,
+            },
+            too_deep @ BodyRefusal::TooDeep(_) => ApiError::Invalid(too_deep.to_string()),
+        })
 }
 
 async fn receive(
@@ -308,12 +293,4 @@ fn trace_id(headers: &axum::http::HeaderMap) -> Option<String> {
             !v.is_empty() && v.len() <= MAX_TRACE_ID && v.bytes().all(|b| b.is_ascii_graphic())
         })
         .map(str::to_owned)
-}
-
-fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
-    let Some(value) = value.and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = value.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
 }

@@ -1,7 +1,66 @@
 //! JSON bodies from outside: cheap structural limits checked before parsing, and parse
 //! errors that name the field at fault.
 
+use axum::http::{HeaderMap, HeaderValue, header};
+use bytes::Bytes;
 use serde::Deserialize;
+
+/// Why a request body was refused before parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyRefusal {
+    /// The content type is not `application/json` (415).
+    NotJson,
+    /// Longer than the limit, declared or read (413).
+    TooLarge,
+    /// Nested deeper than allowed (400), with the limit.
+    TooDeep(usize),
+}
+
+impl std::fmt::Display for BodyRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyRefusal::NotJson => f.write_str("the body must be application/json"),
+            BodyRefusal::TooLarge => f.write_str("the body is too large"),
+            BodyRefusal::TooDeep(max) => write!(f, "body nests deeper than {max} levels"),
+        }
+    }
+}
+
+/// Whether a `Content-Type` is JSON (`application/json`, any parameters).
+pub fn is_json(value: Option<&HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Reads a JSON request body, the one way every public API does: JSON content type, at
+/// most `limit` bytes (a larger declared `Content-Length` is refused before reading), at
+/// most `max_depth` levels of nesting.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+    max_depth: usize,
+) -> Result<Bytes, BodyRefusal> {
+    if !is_json(headers.get(header::CONTENT_TYPE)) {
+        return Err(BodyRefusal::NotJson);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(BodyRefusal::TooLarge);
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| BodyRefusal::TooLarge)?;
+    if depth(&bytes) > max_depth {
+        return Err(BodyRefusal::TooDeep(max_depth));
+    }
+    Ok(bytes)
+}
 
 /// Parses `bytes` as one `T` (nothing after it); on failure the message names the field
 /// (`` `apns.priority`: invalid type… ``) or says `body:` when the problem is the whole
@@ -53,6 +112,50 @@ pub fn depth(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(content_type: &str, length: Option<usize>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).expect("value"),
+        );
+        if let Some(length) = length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        headers
+    }
+
+    async fn read(headers: &HeaderMap, body: &'static str) -> Result<Bytes, BodyRefusal> {
+        read_body(headers, axum::body::Body::from(body), 16, 2).await
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_by_one_rule() {
+        let json = headers("application/json; charset=utf-8", None);
+        assert_eq!(
+            read(&json, r#"{"a":[1]}"#).await.as_deref(),
+            Ok(&b"{\"a\":[1]}"[..])
+        );
+        assert_eq!(
+            read(&headers("text/plain", None), "{}").await,
+            Err(BodyRefusal::NotJson)
+        );
+        assert_eq!(
+            read(&json, r#"{"a":"0123456789abcdef"}"#).await,
+            Err(BodyRefusal::TooLarge),
+            "read past the limit"
+        );
+        assert_eq!(
+            read(&headers("application/json", Some(17)), "{}").await,
+            Err(BodyRefusal::TooLarge),
+            "declared past the limit: refused before reading"
+        );
+        assert_eq!(read(&json, "[[[1]]]").await, Err(BodyRefusal::TooDeep(2)));
+        assert_eq!(
+            BodyRefusal::TooDeep(2).to_string(),
+            "body nests deeper than 2 levels"
+        );
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[allow(dead_code)]

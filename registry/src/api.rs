@@ -9,7 +9,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router, middleware};
@@ -48,24 +48,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = axum::body::to_bytes(request.into_body(), state.body_limit)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge)?;
-        if pipeline::json::depth(&bytes) > state.max_json_depth {
-            return Err(ApiError::Invalid(format!(
-                "body nests deeper than {} levels",
-                state.max_json_depth
-            )));
-        }
+        use pipeline::json::BodyRefusal;
+        let (parts, body) = request.into_parts();
+        let bytes =
+            pipeline::json::read_body(&parts.headers, body, state.body_limit, state.max_json_depth)
+                .await
+                .map_err(|refusal| match refusal {
+                    BodyRefusal::NotJson => ApiError::UnsupportedMediaType,
+                    BodyRefusal::TooLarge => ApiError::PayloadTooLarge,
+                    too_deep @ BodyRefusal::TooDeep(_) => ApiError::Invalid(too_deep.to_string()),
+                })?;
         let value = pipeline::json::parse(&bytes).map_err(ApiError::Invalid)?;
         Ok(JsonBody(value))
     }
