@@ -24,11 +24,6 @@ use crate::config::{ApnsConfig, AppConfig};
 use crate::jwt::ProviderToken;
 use crate::reason::{Answer, Reason, classify};
 
-/// Largest VoIP payload APNs accepts.
-pub const MAX_VOIP_PAYLOAD: usize = 5_120;
-/// Largest payload of other push types.
-pub const MAX_PAYLOAD: usize = 4_096;
-
 enum Auth {
     Token(Arc<ProviderToken>),
     Certificate,
@@ -323,11 +318,7 @@ impl Provider for ApnsProvider {
                 detail: "APNs job without an APNs part".into(),
             };
         };
-        let limit = if apns.push_type == ApnsPushType::Voip {
-            MAX_VOIP_PAYLOAD
-        } else {
-            MAX_PAYLOAD
-        };
+        let limit = pipeline::contract::apns_max_bytes(apns.push_type);
         if apns.payload.get().len() > limit {
             return Verdict::Reject {
                 reason: "PayloadTooLarge",
