@@ -349,8 +349,25 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Producers with one producer, `name`, holding `key` (2 persons/s, burst 4).
+    pub(crate) fn one_producer(name: &str, key: &str) -> ProducersConfig {
+        use sha2::Digest;
+        ProducersConfig {
+            keys: vec![ProducerKey {
+                name: name.into(),
+                sha256: hex::encode(sha2::Sha256::digest(key.as_bytes())),
+                rate_per_sec: 2.0,
+                burst: 4,
+                callback_url: None,
+                callback_secret: None,
+                apps: Vec::new(),
+            }],
+            ..ProducersConfig::default()
+        }
+    }
 
     #[test]
     fn refuses_to_start_without_a_secret() {

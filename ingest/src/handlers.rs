@@ -111,24 +111,13 @@ async fn receive(
         }
     };
 
-    let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Invalid(e.to_string()))?;
-    let subject = s.topology.event_subject(&event.source, &event.resource);
-    let stored = s
-        .publisher
-        .publish(
-            subject,
-            &event.id,
-            event.trace_id.as_deref(),
-            payload.into(),
-            admitted,
-        )
-        .await
-        .map_err(|error| {
-            tracing::warn!(%error, event_id = %event.id, trace_id = event.trace_id.as_deref().unwrap_or("-"), "event not stored");
-            ApiError::Unavailable {
-                retry_after_secs: s.retry_after_secs,
-            }
-        })?;
+    let stored = s.store(&event, admitted).await.map_err(|error| {
+        let trace_id = event.trace_id.as_deref().unwrap_or("-");
+        tracing::warn!(%error, event_id = %event.id, trace_id, "event not stored");
+        ApiError::Unavailable {
+            retry_after_secs: s.retry_after_secs,
+        }
+    })?;
     let outcome = if stored.duplicate {
         "duplicate"
     } else {
@@ -235,19 +224,7 @@ async fn notify(
         if *seen {
             return Ok(publish::Stored { duplicate: true });
         }
-        let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
-        let subject = s.topology.event_subject(&event.source, &event.resource);
-        let stored = s
-            .publisher
-            .publish(
-                subject,
-                &event.id,
-                event.trace_id.as_deref(),
-                payload.into(),
-                admitted.clone(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let stored = s.store(event, admitted.clone()).await?;
         if let Err(error) = s.shared.remember(&event.id).await {
             tracing::warn!(%error, event_id = %event.id, "stored event not remembered for idempotency; the de-duplication window still covers it");
         }

@@ -195,6 +195,26 @@ impl Inner {
         }
     }
 
+    /// Stores `event` in `EVENTS` (its id de-duplicates), holding the request's permit.
+    async fn store(
+        &self,
+        event: &pipeline::contract::Event,
+        admitted: publish::Admitted,
+    ) -> Result<publish::Stored, String> {
+        let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+        let subject = self.topology.event_subject(&event.source, &event.resource);
+        self.publisher
+            .publish(
+                subject,
+                &event.id,
+                event.trace_id.as_deref(),
+                payload.into(),
+                admitted,
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// A permit for one more request, or the fast refusal.
     fn admit(&self) -> Result<publish::Admitted, ApiError> {
         self.admission.try_admit().ok_or(ApiError::Overloaded {

@@ -273,21 +273,9 @@ fn fcm_part(f: &FcmRequest<'_>, class: Class, encrypt: bool) -> Result<FcmPart, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProducerKey;
 
     fn config() -> ProducersConfig {
-        ProducersConfig {
-            keys: vec![ProducerKey {
-                name: "crm".into(),
-                sha256: hex::encode(Sha256::digest(b"k")),
-                rate_per_sec: 2.0,
-                burst: 4,
-                callback_url: None,
-                callback_secret: None,
-                apps: Vec::new(),
-            }],
-            ..ProducersConfig::default()
-        }
+        crate::config::tests::one_producer("crm", "k")
     }
 
     fn request(body: &str) -> NotifyRequest<'_> {

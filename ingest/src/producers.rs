@@ -177,21 +177,9 @@ impl Producers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProducerKey;
 
     fn config() -> ProducersConfig {
-        ProducersConfig {
-            keys: vec![ProducerKey {
-                name: "crm".into(),
-                sha256: hex::encode(Sha256::digest(b"k")),
-                rate_per_sec: 2.0,
-                burst: 4,
-                callback_url: None,
-                callback_secret: None,
-                apps: Vec::new(),
-            }],
-            ..ProducersConfig::default()
-        }
+        crate::config::tests::one_producer("crm", "k")
     }
 
     #[test]

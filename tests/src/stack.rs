@@ -90,6 +90,17 @@ impl Stack {
         self.apns.as_ref().expect("the APNs dispatcher is running")
     }
 
+    /// Stops the APNs dispatcher the stack started and runs one with `config` instead,
+    /// ready (returned, not kept in the stack).
+    pub async fn replace_apns(&mut self, config: dispatcher_apns::config::Config) -> Service {
+        if let Some(running) = self.apns.take() {
+            running.stop().await;
+        }
+        let replacement = start_dispatcher_apns(config).await;
+        replacement.wait_ready().await;
+        replacement
+    }
+
     /// Registers `token` with `body` (`PUT /v1/devices/{token}`); panics unless 2xx.
     pub async fn register(&self, token: &str, body: Value) {
         let response = self

@@ -41,20 +41,47 @@ async fn endpoint(
     status
 }
 
-#[tokio::test]
-async fn a_producer_hears_each_events_outcome_signed_and_retried() {
+impl Received {
+    /// Every call so far, once one was accepted (15 s at most).
+    async fn until_accepted(&self) -> Vec<(HeaderMap, String, u16)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let calls = self.calls.lock().expect("calls").clone();
+            if calls.iter().any(|(_, _, status)| *status == 204) {
+                return calls;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no accepted callback: {calls:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A stack whose producer `crm` has a callback endpoint here (and is the backend of
+/// `apps`); the endpoint's record, and the token that stops it.
+async fn with_callbacks(apps: &[&str]) -> (Stack, Arc<Received>, pipeline::CancellationToken) {
     let received = Arc::new(Received::default());
     let app = Router::new()
         .route("/hooks/pushline", post(endpoint))
         .with_state(received.clone());
-    let (addr, _stop) = harness::mock::serve_loopback(app).await;
+    let (addr, stop) = harness::mock::serve_loopback(app).await;
+    let apps: Vec<String> = apps.iter().map(|a| (*a).to_owned()).collect();
     let stack = Stack::start_with(|c| {
         let producer = &mut c.ingest.producers.keys[0];
         producer.callback_url = Some(format!("http://{addr}/hooks/pushline"));
         producer.callback_secret = Some(Secret::new(format!("whsec_{}", STANDARD.encode(KEY))));
+        producer.apps = apps;
         c.ingest.callbacks.retry_base_ms = 20;
     })
     .await;
+    (stack, received, stop)
+}
+
+#[tokio::test]
+async fn a_producer_hears_each_events_outcome_signed_and_retried() {
+    let (stack, received, _stop) = with_callbacks(&[]).await;
     let token = "5c".repeat(32);
     stack.register_ios("nia", &token).await;
     let event_id = stack
@@ -68,18 +95,7 @@ async fn a_producer_hears_each_events_outcome_signed_and_retried() {
         )
         .await;
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let calls = loop {
-        let calls = received.calls.lock().expect("calls").clone();
-        if calls.iter().any(|(_, _, status)| *status == 204) {
-            break calls;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no accepted callback: {calls:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let calls = received.until_accepted().await;
     assert_eq!(calls.len(), 2, "one failed try, then the accepted one");
 
     let (headers, body, _) = &calls[1];
@@ -115,20 +131,8 @@ async fn an_app_backend_hears_which_tokens_were_pruned() {
     use harness::mock::fcm::MockFcm;
     use harness::services::APNS_APP;
 
-    let received = Arc::new(Received::default());
-    let app = Router::new()
-        .route("/hooks/pushline", post(endpoint))
-        .with_state(received.clone());
-    let (addr, _stop) = harness::mock::serve_loopback(app).await;
-    let stack = Stack::start_with(|c| {
-        let producer = &mut c.ingest.producers.keys[0];
-        producer.callback_url = Some(format!("http://{addr}/hooks/pushline"));
-        producer.callback_secret = Some(Secret::new(format!("whsec_{}", STANDARD.encode(KEY))));
-        // The backend of the iOS app only: the Android app's pruned tokens go nowhere.
-        producer.apps = vec![APNS_APP.to_owned()];
-        c.ingest.callbacks.retry_base_ms = 20;
-    })
-    .await;
+    // The backend of the iOS app only: the Android app's pruned tokens go nowhere.
+    let (stack, received, _stop) = with_callbacks(&[APNS_APP]).await;
     let (ios_gone, android_gone) = ("6d".repeat(32), "fcm-token-of-uma".to_owned());
     stack.register_ios("uma", &ios_gone).await;
     stack.register_android("uma", &android_gone).await;
@@ -157,18 +161,7 @@ async fn an_app_backend_hears_which_tokens_were_pruned() {
         .await;
     let event_id = answer["event_id"].as_str().expect("event id").to_owned();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let calls = loop {
-        let calls = received.calls.lock().expect("calls").clone();
-        if calls.iter().any(|(_, _, status)| *status == 204) {
-            break calls;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no accepted callback: {calls:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let calls = received.until_accepted().await;
     assert_eq!(calls.len(), 2, "one failed try, then the accepted one");
     let (first, (headers, body, _)) = (&calls[0], &calls[1]);
     let header = |name: &str| headers[name].to_str().expect("ascii").to_owned();

@@ -141,14 +141,7 @@ async fn a_pkcs12_certificate_opened_with_its_password_rings() {
         Some(pipeline::config::Secret::new("correct horse"));
     config.resolve().expect("the right password opens it");
 
-    stack
-        .apns
-        .take()
-        .expect("token-auth dispatcher")
-        .stop()
-        .await;
-    let dispatcher = harness::services::start_dispatcher_apns(config).await;
-    dispatcher.wait_ready().await;
+    let dispatcher = stack.replace_apns(config).await;
     stack.register_ios("pia", &"5c".repeat(32)).await;
     stack.call("pia", Some(&apns_payload("p12")), None).await;
     let push = &stack

@@ -538,14 +538,7 @@ async fn certificate_auth_sends_without_a_provider_token() {
     app.key_file = None;
     app.certificate_file = Some(cert_file);
     app.certificate_key_file = Some(key_file);
-    stack
-        .apns
-        .take()
-        .expect("token-auth dispatcher")
-        .stop()
-        .await;
-    let cert_dispatcher = start_dispatcher_apns(config).await;
-    cert_dispatcher.wait_ready().await;
+    let cert_dispatcher = stack.replace_apns(config).await;
     stack.register_ios("lee", &ios(1)).await;
     stack.call("lee", Some(&apns_payload("cert")), None).await;
     let push = &stack.providers.apns.wait_delivered(1, WAIT).await[0];
