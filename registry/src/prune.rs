@@ -10,13 +10,11 @@
 //! queued; a notice that cannot be stored after a few tries is logged and counted
 //! (`pushline_callbacks_total{outcome="not_queued"}`), never a reason to keep the token.
 
-use std::time::Duration;
-
 use async_nats::jetstream::Context;
 use pipeline::config::WorkerConfig;
 use pipeline::contract::{Feedback, TokenPruned, VERSION, now_ms};
 use pipeline::metrics::Metrics;
-use pipeline::retry::{RetryInput, retry_delay};
+use pipeline::retry::RetryInput;
 use pipeline::topology::Topology;
 use pipeline::tracking::{Stage, StatusRecord, Tracker};
 use pipeline::worker::{Delivery, Handler, Outcome};
@@ -73,14 +71,8 @@ impl Prune {
             if attempt == NOTICE_TRIES {
                 break;
             }
-            let input = RetryInput {
-                attempt: u64::from(attempt),
-                base: Duration::from_millis(self.worker.retry_base_ms),
-                max: Duration::from_millis(self.worker.retry_max_ms),
-                retry_after: None,
-                time_left: None,
-            };
-            tokio::time::sleep(retry_delay(input, rand::random::<f64>()).unwrap_or_default()).await;
+            let pause = RetryInput::after(u64::from(attempt), &self.worker).delay();
+            tokio::time::sleep(pause.unwrap_or_default()).await;
         }
         self.metrics
             .callbacks
