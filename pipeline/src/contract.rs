@@ -314,15 +314,8 @@ impl TokenPruned {
     /// A stable id for this notice (callback `webhook-id`, `Nats-Msg-Id`): the same
     /// verdict on the same token is one notice.
     pub fn notice_id(&self) -> String {
-        use sha2::Digest;
-        let digest = sha2::Sha256::new()
-            .chain_update(self.token.as_bytes())
-            .finalize();
-        format!(
-            "pruned-{}-{}",
-            hex::encode(&digest[..12]),
-            self.invalid_since_ms
-        )
+        let tag = crate::telemetry::token_tag(&self.token);
+        format!("pruned-{tag}-{}", self.invalid_since_ms)
     }
 }
 
