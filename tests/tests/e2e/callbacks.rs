@@ -203,3 +203,39 @@ async fn an_app_backend_hears_which_tokens_were_pruned() {
     assert!(stack.devices("uma").await.is_empty(), "both tokens pruned");
     assert_eq!(received.calls.lock().expect("calls").len(), 2);
 }
+
+#[tokio::test]
+async fn a_pruned_token_whose_notice_cannot_be_stored_is_still_pruned_and_counted() {
+    use harness::mock::apns::MockApns;
+    use harness::services::APNS_APP;
+    use pipeline::topology::StreamKind;
+
+    let (stack, received, _stop) = with_callbacks(&[APNS_APP]).await;
+    // CALLBACKS as an older release defined it: producers' subjects only, so a pruned
+    // token's notice has nowhere to go.
+    let js = stack.env.jetstream().await;
+    let topology = stack.env.topology();
+    let mut config = topology.stream_config(StreamKind::Callbacks);
+    config.subjects = vec![format!("{}callbacks.*", topology.prefix())];
+    js.update_stream(config).await.expect("narrow CALLBACKS");
+
+    let gone = "7e".repeat(32);
+    stack.register_ios("vic", &gone).await;
+    stack.providers.apns.script(
+        &gone,
+        [MockApns::unregistered(pipeline::contract::now_ms() - 1)],
+    );
+    stack
+        .call("vic", Some(&harness::webex::apns_payload("n1")), None)
+        .await;
+    Stack::wait_metrics(
+        &stack.registry,
+        &[r#"pushline_callbacks_total{outcome="not_queued",producer=""} 1"#],
+    )
+    .await;
+    assert!(
+        stack.devices("vic").await.is_empty(),
+        "the token is pruned all the same"
+    );
+    assert!(received.calls.lock().expect("calls").is_empty());
+}
