@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use pipeline::admin::BoxFuture;
 use pipeline::config::ConfigError;
-use pipeline::contract::{ApnsPart, ApnsPushType, Environment, Platform, PushJob};
+use pipeline::contract::{Environment, PushJob};
 use pipeline::dispatch::{Provider, Verdict};
 use pipeline::provider_http::{self, ClientOptions};
 use sha2::{Digest, Sha256};
@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{ApnsConfig, AppConfig};
 use crate::jwt::ProviderToken;
 use crate::reason::{Answer, Reason, classify};
+use crate::spec::{ApnsPart, ApnsPushType, NAME};
 
 enum Auth {
     Token(Arc<ProviderToken>),
@@ -138,10 +139,10 @@ impl ApnsProvider {
     async fn request(
         &self,
         route: &Route,
-        job: &PushJob,
-        apns: &ApnsPart,
+        job: &PushJob<ApnsPart>,
         bearer: Option<&str>,
     ) -> Result<reqwest::Response, reqwest::Error> {
+        let apns = &job.part;
         let topic = match apns.push_type {
             ApnsPushType::Voip => format!("{}.voip", job.app),
             _ => job.app.clone(),
@@ -232,33 +233,29 @@ impl ApnsProvider {
             v: pipeline::contract::VERSION,
             event_id: format!("credential-check-{now}"),
             token: "0".repeat(64),
-            platform: Platform::Apns,
+            keys: None,
+            platform: NAME.to_owned(),
             app: app.to_owned(),
             environment,
             class: pipeline::contract::Class::Background,
             received_at_ms: now,
             deadline_ms: now + 60_000,
-            apns: None,
-            fcm: None,
+            part: ApnsPart {
+                payload: serde_json::value::RawValue::from_string(
+                    r#"{"aps":{"content-available":1}}"#.into(),
+                )
+                .ok()?,
+                push_type: ApnsPushType::Background,
+                priority: 5,
+                collapse_id: None,
+            },
             trace_id: None,
-        };
-        let part = ApnsPart {
-            payload: serde_json::value::RawValue::from_string(
-                r#"{"aps":{"content-available":1}}"#.into(),
-            )
-            .ok()?,
-            push_type: ApnsPushType::Background,
-            priority: 5,
-            collapse_id: None,
         };
         let bearer = match &route.auth {
             Auth::Token(token) => Some(token.current(now_secs())),
             Auth::Certificate => None,
         };
-        let response = self
-            .request(route, &job, &part, bearer.as_deref())
-            .await
-            .ok()?;
+        let response = self.request(route, &job, bearer.as_deref()).await.ok()?;
         if response.status().is_success() {
             return Some(true);
         }
@@ -276,7 +273,8 @@ impl ApnsProvider {
 }
 
 impl Provider for ApnsProvider {
-    const PLATFORM: Platform = Platform::Apns;
+    const NAME: &'static str = NAME;
+    type Part = ApnsPart;
     const CREDENTIAL_FAILURES: &'static [&'static str] = &[
         "InvalidProviderToken",
         "ExpiredProviderToken",
@@ -307,18 +305,13 @@ impl Provider for ApnsProvider {
 
     type Route = Route;
 
-    fn route(&self, job: &PushJob) -> Option<&Route> {
+    fn route(&self, job: &PushJob<ApnsPart>) -> Option<&Route> {
         self.routes.get(job.app.as_str())?.get(&job.environment)
     }
 
-    async fn send(&self, route: &Route, job: &PushJob) -> Verdict {
-        let Some(apns) = job.apns.as_ref() else {
-            return Verdict::Reject {
-                reason: "missing_payload",
-                detail: "APNs job without an APNs part".into(),
-            };
-        };
-        let limit = pipeline::contract::apns_max_bytes(apns.push_type);
+    async fn send(&self, route: &Route, job: &PushJob<ApnsPart>) -> Verdict {
+        let apns = &job.part;
+        let limit = apns.push_type.max_bytes();
         if apns.payload.get().len() > limit {
             return Verdict::Reject {
                 reason: "PayloadTooLarge",
@@ -333,7 +326,7 @@ impl Provider for ApnsProvider {
             Auth::Token(token) => Some(token.current(now_secs())),
             Auth::Certificate => None,
         };
-        let response = match self.request(route, job, apns, bearer.as_deref()).await {
+        let response = match self.request(route, job, bearer.as_deref()).await {
             Ok(response) => response,
             Err(error) => return transport_error(&error),
         };
@@ -346,7 +339,7 @@ impl Provider for ApnsProvider {
         {
             // Re-sign once and resend; a second refusal is retried like any other.
             let renewed = token.renew(now_secs(), old);
-            return match self.request(route, job, apns, Some(&renewed)).await {
+            return match self.request(route, job, Some(&renewed)).await {
                 Ok(response) if response.status().is_success() => delivered(&response),
                 Ok(response) => classify(&answer(response).await),
                 Err(error) => transport_error(&error),

@@ -7,6 +7,7 @@
 //! - [`jwt`]: ES256 provider tokens, aligned and reused.
 //! - [`reason`]: every APNs reason and the action it maps to.
 //! - [`client`]: the [`pipeline::dispatch::Provider`] for APNs.
+//! - [`spec`]: what the registry and ingest know of APNs ([`pipeline::provider::Spec`]).
 #![forbid(unsafe_code)]
 
 pub mod certificate;
@@ -14,11 +15,11 @@ pub mod client;
 pub mod config;
 pub mod jwt;
 pub mod reason;
+pub mod spec;
 
 use pipeline::CancellationToken;
 use pipeline::dispatch::{DispatcherSetup, serve as serve_dispatcher};
 use pipeline::metrics::Metrics;
-use pipeline::topology::ConsumerKind;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -47,12 +48,11 @@ pub async fn serve(
     for (app, not_after) in provider.certificate_expiries() {
         metrics
             .credential_expiry
-            .with_label_values(&["apns", app])
+            .with_label_values(&[spec::NAME, app])
             .set(*not_after as f64);
     }
     let setup = DispatcherSetup {
         service: SERVICE,
-        kind: ConsumerKind::DispatchApns,
         nats: config.nats,
         worker: config.worker,
         prune_guard: config.prune_guard,

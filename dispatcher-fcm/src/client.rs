@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pipeline::admin::BoxFuture;
 use pipeline::config::ConfigError;
-use pipeline::contract::{Platform, PushJob, now_ms};
+use pipeline::contract::{PushJob, now_ms};
 use pipeline::dispatch::{Provider, Verdict};
 use pipeline::provider_http::{self, ClientOptions};
 
@@ -15,6 +15,7 @@ use crate::config::FcmConfig;
 use crate::error::{ErrorBody, classify};
 use crate::message;
 use crate::oauth::{ServiceAccount, TokenSource};
+use crate::spec::FcmPart;
 
 /// One configured project: its send URL, access tokens and connections.
 pub struct Project {
@@ -141,7 +142,8 @@ fn transport_error(error: &reqwest::Error) -> Verdict {
 }
 
 impl Provider for FcmProvider {
-    const PLATFORM: Platform = Platform::Fcm;
+    const NAME: &'static str = crate::spec::NAME;
+    type Part = FcmPart;
     const CREDENTIAL_FAILURES: &'static [&'static str] = &[
         "oauth_refused",
         "status_401",
@@ -168,18 +170,16 @@ impl Provider for FcmProvider {
 
     type Route = Project;
 
-    fn route(&self, job: &PushJob) -> Option<&Project> {
+    fn route(&self, job: &PushJob<FcmPart>) -> Option<&Project> {
         self.projects.get(&job.app)
     }
 
-    async fn send(&self, project: &Project, job: &PushJob) -> Verdict {
-        let Some(part) = job.fcm.as_ref() else {
-            return Verdict::Reject {
-                reason: "missing_payload",
-                detail: "FCM job without an FCM part".into(),
-            };
-        };
-        let body = match message::body(&job.token, part, job.deadline_ms.saturating_sub(now_ms())) {
+    async fn send(&self, project: &Project, job: &PushJob<FcmPart>) -> Verdict {
+        let body = match message::body(
+            &job.token,
+            &job.part,
+            job.deadline_ms.saturating_sub(now_ms()),
+        ) {
             Ok(body) => body,
             Err(problem) => {
                 return Verdict::Reject {

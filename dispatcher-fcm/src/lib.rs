@@ -8,6 +8,7 @@
 //! - [`message`]: the request body, `data` passed through unaltered.
 //! - [`error`]: every FCM error code and the action it maps to.
 //! - [`client`]: the [`pipeline::dispatch::Provider`] for FCM.
+//! - [`spec`]: what the registry and ingest know of FCM ([`pipeline::provider::Spec`]).
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -15,11 +16,11 @@ pub mod config;
 pub mod error;
 pub mod message;
 pub mod oauth;
+pub mod spec;
 
 use pipeline::CancellationToken;
 use pipeline::dispatch::{DispatcherSetup, serve as serve_dispatcher};
 use pipeline::metrics::Metrics;
-use pipeline::topology::ConsumerKind;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -47,7 +48,6 @@ pub async fn serve(
     let provider = client::FcmProvider::new(&config.fcm)?;
     let setup = DispatcherSetup {
         service: SERVICE,
-        kind: ConsumerKind::DispatchFcm,
         nats: config.nats,
         worker: config.worker,
         prune_guard: config.prune_guard,

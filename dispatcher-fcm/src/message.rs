@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use pipeline::contract::{FcmPart, FcmPriority};
+use crate::spec::{FcmPart, FcmPriority};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -71,7 +71,7 @@ pub fn ttl(remaining_ms: u64) -> String {
 pub fn body(token: &str, part: &FcmPart, remaining_ms: u64) -> Result<String, String> {
     let data = data_map(&part.data)?;
     let token = serde_json::to_string(token).map_err(|e| e.to_string())?;
-    let priority = match part.priority {
+    let priority = match part.priority.unwrap_or(FcmPriority::High) {
         FcmPriority::High => "HIGH",
         FcmPriority::Normal => "NORMAL",
     };
@@ -122,7 +122,7 @@ mod tests {
     fn body_carries_priority_ttl_and_collapse_key() {
         let part = FcmPart {
             data: raw(r#"{"k":"v"}"#),
-            priority: FcmPriority::High,
+            priority: Some(FcmPriority::High),
             collapse_key: Some("call-1".into()),
         };
         let b = body("tok\"en", &part, 42_500).expect("body");

@@ -96,10 +96,10 @@ impl AppState {
                 retry_after_secs: config.retry_after_secs,
                 producers_config: config.producers.clone(),
                 producers: producers::Producers::new(&config.producers),
-                topology: Topology::new(&config.nats),
+                topology: Topology::new(&config.nats, &providers::all().names()),
                 tracker: pipeline::tracking::Tracker::new(
                     publisher.client().clone(),
-                    Topology::new(&config.nats),
+                    Topology::new(&config.nats, &providers::all().names()),
                     config.nats.tracking,
                     metrics.clone(),
                 ),
@@ -284,7 +284,7 @@ pub async fn serve(
     }
     let metrics = Metrics::new(SERVICE);
     let client = pipeline::nats::connect(&config.nats, "pushline-ingest").await?;
-    let topology = Topology::new(&config.nats);
+    let topology = Topology::new(&config.nats, &providers::all().names());
     let publisher = Publisher::new(
         client.clone(),
         Duration::from_millis(config.nats.publish_timeout_ms),

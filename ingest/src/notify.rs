@@ -9,12 +9,12 @@
 //!   retried request is stored once.
 //! - Malformed JSON → 400; well-formed but unacceptable values → 422, naming the field.
 
-use pipeline::contract::{
-    ApnsPart, ApnsPushType, Class, Event, FCM_DATA_MAX_BYTES, FcmPart, FcmPriority, VERSION,
-    apns_max_bytes, check_person_id,
-};
-use pipeline::jwe;
+use std::fmt;
+
+use pipeline::contract::{Class, Event, Parts, VERSION, check_person_id};
+use pipeline::provider::Providers;
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
@@ -24,68 +24,97 @@ use crate::config::ProducersConfig;
 pub const SOURCE: &str = "api";
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
-/// Longest `apns-collapse-id` APNs accepts, bytes.
-pub const MAX_COLLAPSE_ID: usize = 64;
 
-/// The request body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The request body: the fields below, and one field per provider the producer sends to,
+/// named by the provider (`apns`, `fcm`, …) and checked by it
+/// ([`pipeline::provider::Spec::part`]).
+#[derive(Debug)]
 pub struct NotifyRequest<'a> {
     /// Who to notify.
     pub person_ids: Vec<String>,
     /// `call`, `alert` or `background`.
     pub class: Class,
-    /// What to send to iOS devices.
-    #[serde(borrow, default)]
-    pub apns: Option<ApnsRequest<'a>>,
-    /// What to send to Android devices.
-    #[serde(borrow, default)]
-    pub fcm: Option<FcmRequest<'a>>,
+    /// Each provider's request, by provider name, as sent.
+    pub parts: Vec<(String, &'a RawValue)>,
     /// Lifetime from receipt, seconds.
-    #[serde(default)]
     pub ttl_secs: Option<u64>,
     /// Absolute deadline, Unix ms (instead of `ttl_secs`).
-    #[serde(default)]
     pub deadline_ms: Option<u64>,
     /// The producer's key for this notification; a retry with the same key is stored once.
     pub idempotency_key: String,
     /// Encrypt the payload for each device with the device's registered key (JWE, see
     /// `docs/providers.md`); devices without a key get nothing.
-    #[serde(default)]
     pub encrypt: bool,
 }
 
-/// `apns`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApnsRequest<'a> {
-    /// The APNs JSON payload, sent byte for byte.
-    #[serde(borrow)]
-    pub payload: &'a RawValue,
-    /// Default: `voip` for calls, `alert` for alerts, `background` for background.
-    #[serde(default)]
-    pub push_type: Option<ApnsPushType>,
-    /// 10, 5 or 1; default 10 (5 for background).
-    #[serde(default)]
-    pub priority: Option<u8>,
-    /// `apns-collapse-id` (≤ 64 bytes).
-    #[serde(default)]
-    pub collapse_id: Option<String>,
+const FIELDS: &[&str] = &[
+    "person_ids",
+    "class",
+    "ttl_secs",
+    "deadline_ms",
+    "idempotency_key",
+    "encrypt",
+];
+
+impl<'de> Deserialize<'de> for NotifyRequest<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RequestVisitor(providers::all()))
+    }
 }
 
-/// `fcm`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FcmRequest<'a> {
-    /// The FCM data map (an object), sent byte for byte.
-    #[serde(borrow)]
-    pub data: &'a RawValue,
-    /// Default: `high` for calls and alerts, `normal` for background.
-    #[serde(default)]
-    pub priority: Option<FcmPriority>,
-    /// `collapse_key` (≤ 64 bytes).
-    #[serde(default)]
-    pub collapse_key: Option<String>,
+struct RequestVisitor(Providers);
+
+impl<'de> Visitor<'de> for RequestVisitor {
+    type Value = NotifyRequest<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a notify request object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut person_ids, mut class, mut idempotency_key) = (None, None, None);
+        let (mut ttl_secs, mut deadline_ms, mut encrypt) = (None, None, false);
+        let mut parts: Vec<(String, &'de RawValue)> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let seen = match key.as_str() {
+                "person_ids" => person_ids.replace(map.next_value()?).is_some(),
+                "class" => class.replace(map.next_value()?).is_some(),
+                "idempotency_key" => idempotency_key.replace(map.next_value()?).is_some(),
+                "ttl_secs" => ttl_secs.replace(map.next_value::<u64>()?).is_some(),
+                "deadline_ms" => deadline_ms.replace(map.next_value::<u64>()?).is_some(),
+                "encrypt" => {
+                    encrypt = map.next_value()?;
+                    false
+                }
+                provider if self.0.get(provider).is_some() => {
+                    let seen = parts.iter().any(|(name, _)| name == provider);
+                    parts.push((key.clone(), map.next_value()?));
+                    seen
+                }
+                _ => {
+                    let expected: Vec<&str> =
+                        FIELDS.iter().copied().chain(self.0.names()).collect();
+                    return Err(de::Error::custom(format!(
+                        "unknown field `{key}`, expected one of {}",
+                        expected.join(", ")
+                    )));
+                }
+            };
+            if seen {
+                return Err(de::Error::custom(format!("duplicate field `{key}`")));
+            }
+        }
+        Ok(NotifyRequest {
+            person_ids: person_ids.ok_or_else(|| de::Error::missing_field("person_ids"))?,
+            class: class.ok_or_else(|| de::Error::missing_field("class"))?,
+            idempotency_key: idempotency_key
+                .ok_or_else(|| de::Error::missing_field("idempotency_key"))?,
+            parts,
+            ttl_secs,
+            deadline_ms,
+            encrypt,
+        })
+    }
 }
 
 /// A value the API will not take; the message names the field (→ 422).
@@ -138,8 +167,12 @@ pub fn events(
             "`idempotency_key` must be 1 to {MAX_IDEMPOTENCY_KEY} characters of A-Z a-z 0-9 . _ - :"
         )));
     }
-    if request.apns.is_none() && request.fcm.is_none() {
-        return Err(bad("`apns` or `fcm` is required"));
+    let providers = providers::all();
+    if request.parts.is_empty() {
+        return Err(bad(format!(
+            "a part for at least one provider is required: {}",
+            providers.listed()
+        )));
     }
     let max_deadline = now_ms + config.max_ttl_secs * 1000;
     let deadline = match (request.deadline_ms, request.ttl_secs) {
@@ -154,16 +187,16 @@ pub fn events(
             config.max_ttl_secs
         )));
     }
-    let apns = request
-        .apns
-        .as_ref()
-        .map(|a| apns_part(a, request.class, request.encrypt))
-        .transpose()?;
-    let fcm = request
-        .fcm
-        .as_ref()
-        .map(|f| fcm_part(f, request.class, request.encrypt))
-        .transpose()?;
+    let mut parts = Parts::new();
+    for (name, raw) in &request.parts {
+        let spec = providers
+            .get(name)
+            .ok_or_else(|| bad(format!("`{name}` is not a provider")))?;
+        let part = spec
+            .part(name, request.class, request.encrypt, raw)
+            .map_err(bad)?;
+        parts.insert(name.clone(), part);
+    }
     Ok(request
         .person_ids
         .iter()
@@ -177,97 +210,11 @@ pub fn events(
             class: request.class,
             received_at_ms: now_ms,
             deadline_ms: deadline,
-            apns: apns.clone(),
-            fcm: fcm.clone(),
+            parts: parts.clone(),
             trace_id: trace_id.clone(),
             encrypt: request.encrypt,
         })
         .collect())
-}
-
-fn apns_part(a: &ApnsRequest<'_>, class: Class, encrypt: bool) -> Result<ApnsPart, Unacceptable> {
-    if !a.payload.get().starts_with('{') {
-        return Err(bad("`apns.payload` must be a JSON object"));
-    }
-    let push_type = a.push_type.unwrap_or(match class {
-        Class::Call => ApnsPushType::Voip,
-        Class::Alert => ApnsPushType::Alert,
-        Class::Background => ApnsPushType::Background,
-    });
-    if push_type == ApnsPushType::Voip && class != Class::Call {
-        // iOS terminates apps that receive a VoIP push without reporting a call.
-        return Err(bad("`apns.push_type` voip is only for class call"));
-    }
-    let limit = apns_max_bytes(push_type);
-    if a.payload.get().len() > limit {
-        return Err(bad(format!(
-            "`apns.payload` is over APNs' {limit} bytes for {}",
-            push_type.as_str()
-        )));
-    }
-    if encrypt {
-        let sealed = jwe::apns_envelope_len(a.payload, jwe::MAX_KID).map_err(bad)?;
-        if sealed > limit {
-            return Err(bad(format!(
-                "`apns.payload` is over APNs' {limit} bytes for {} once encrypted ({sealed} bytes)",
-                push_type.as_str()
-            )));
-        }
-    }
-    let priority = a
-        .priority
-        .unwrap_or(if class == Class::Background { 5 } else { 10 });
-    if !matches!(priority, 1 | 5 | 10) {
-        return Err(bad("`apns.priority` must be 10, 5 or 1"));
-    }
-    if a.collapse_id
-        .as_ref()
-        .is_some_and(|c| c.is_empty() || c.len() > MAX_COLLAPSE_ID)
-    {
-        return Err(bad(format!(
-            "`apns.collapse_id` must be 1 to {MAX_COLLAPSE_ID} bytes"
-        )));
-    }
-    Ok(ApnsPart {
-        payload: a.payload.to_owned(),
-        push_type,
-        priority,
-        collapse_id: a.collapse_id.clone(),
-    })
-}
-
-fn fcm_part(f: &FcmRequest<'_>, class: Class, encrypt: bool) -> Result<FcmPart, Unacceptable> {
-    if !f.data.get().starts_with('{') {
-        return Err(bad("`fcm.data` must be a JSON object"));
-    }
-    if f.data.get().len() > FCM_DATA_MAX_BYTES {
-        return Err(bad(format!(
-            "`fcm.data` is over FCM's {FCM_DATA_MAX_BYTES} bytes"
-        )));
-    }
-    let sealed = jwe::fcm_envelope_len(f.data, jwe::MAX_KID);
-    if encrypt && sealed > FCM_DATA_MAX_BYTES {
-        return Err(bad(format!(
-            "`fcm.data` is over FCM's {FCM_DATA_MAX_BYTES} bytes once encrypted ({sealed} bytes)"
-        )));
-    }
-    if f.collapse_key
-        .as_ref()
-        .is_some_and(|c| c.is_empty() || c.len() > MAX_COLLAPSE_ID)
-    {
-        return Err(bad(format!(
-            "`fcm.collapse_key` must be 1 to {MAX_COLLAPSE_ID} bytes"
-        )));
-    }
-    Ok(FcmPart {
-        data: f.data.to_owned(),
-        priority: f.priority.unwrap_or(if class == Class::Background {
-            FcmPriority::Normal
-        } else {
-            FcmPriority::High
-        }),
-        collapse_key: f.collapse_key.clone(),
-    })
 }
 
 #[cfg(test)]
@@ -289,13 +236,10 @@ mod tests {
         );
         let events = events(&r, "crm", &config(), 1_000, None).expect("valid");
         assert_eq!(events.len(), 2);
+        let apns = events[0].parts.get("apns").expect("apns").get();
         assert_eq!(
-            events[0].apns.as_ref().expect("apns").payload.get(),
-            r#"{"aps":{}, "x":1}"#
-        );
-        assert_eq!(
-            events[0].apns.as_ref().expect("apns").push_type,
-            ApnsPushType::Voip
+            apns,
+            r#"{"payload":{"aps":{}, "x":1},"push_type":"voip","priority":10}"#
         );
         assert_eq!(events[0].id, event_id("crm", "call-7", "a"));
         assert_ne!(events[0].id, events[1].id);
@@ -315,7 +259,7 @@ mod tests {
             ),
             (
                 r#"{"person_ids":["a"],"class":"call","idempotency_key":"k"}"#,
-                "`apns` or `fcm`",
+                "a part for at least one provider is required: apns, ",
             ),
             (
                 r#"{"person_ids":["a"],"class":"call","fcm":{"data":[1]},"idempotency_key":"k"}"#,
@@ -334,6 +278,20 @@ mod tests {
                 "apns.priority",
             ),
         ];
+        for body in [
+            r#"{"person_ids":["a"],"class":"call","pager":{},"idempotency_key":"k"}"#,
+            r#"{"person_ids":["a"],"class":"call","fcm":{"data":{}},"fcm":{"data":{}},"idempotency_key":"k"}"#,
+            r#"{"class":"call","fcm":{"data":{}},"idempotency_key":"k"}"#,
+        ] {
+            let error =
+                pipeline::json::parse::<NotifyRequest<'_>>(body.as_bytes()).expect_err(body);
+            assert!(
+                error.contains("unknown field `pager`, expected one of person_ids")
+                    || error.contains("duplicate field `fcm`")
+                    || error.contains("missing field `person_ids`"),
+                "{body}: {error}"
+            );
+        }
         for (body, needle) in cases {
             let err = events(&request(body), "crm", &config(), 1_000, None).expect_err(body);
             assert!(err.0.contains(needle), "{body}: {err}");

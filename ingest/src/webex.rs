@@ -11,13 +11,17 @@
 //! - **`callMemberships` / `created`** with `data.state = "notified"`: the callee is
 //!   `data.personId`; pushline builds the payloads itself (see `call_membership_payload`).
 //!
+//! `apnsPayload` becomes the `apns` part and `fcmPayload` the `fcm` part, each checked by
+//! its provider; every other provider rings from the call's description (`fcmPayload`,
+//! else `apnsPayload`) when it can ([`pipeline::provider::Spec::call_part`]).
+//!
 //! Anything else is acknowledged (202) and not published. The event id is a hash of the
 //! source and the raw body, so a redelivered identical webhook gets the same
 //! `Nats-Msg-Id` and JetStream stores it once.
 
 use std::borrow::Cow;
 
-use pipeline::contract::{ApnsPart, ApnsPushType, Class, Event, FcmPart, FcmPriority, VERSION};
+use pipeline::contract::{Class, Event, Parts, VERSION};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -152,14 +156,31 @@ struct Received<'a> {
 }
 
 impl Received<'_> {
-    /// A call for `person_id` due by `deadline_ms`, ringing with these payloads.
+    /// A call for `person_id` due by `deadline_ms`, ringing with Webex's payloads for
+    /// APNs and FCM and, on every other provider, from the call's description.
     fn call(
         &self,
         person_id: &str,
         deadline_ms: u64,
-        apns: Option<Box<RawValue>>,
-        fcm: Option<Box<RawValue>>,
+        apns: Option<&RawValue>,
+        fcm: Option<&RawValue>,
     ) -> Normalised {
+        let description = fcm.or(apns);
+        let parts: Parts = providers::all()
+            .iter()
+            .filter_map(|spec| {
+                let own = match spec.name() {
+                    "apns" => apns,
+                    "fcm" => fcm,
+                    _ => None,
+                };
+                let part = match own {
+                    Some(payload) => spec.call_part(payload, true),
+                    None => spec.call_part(description?, false),
+                }?;
+                Some((spec.name().to_owned(), part))
+            })
+            .collect();
         Normalised::Event(Box::new(Event {
             v: VERSION,
             id: event_id(SOURCE, self.body),
@@ -170,17 +191,7 @@ impl Received<'_> {
             class: Class::Call,
             received_at_ms: self.now_ms,
             deadline_ms,
-            apns: apns.map(|payload| ApnsPart {
-                payload,
-                push_type: ApnsPushType::Voip,
-                priority: 10,
-                collapse_id: None,
-            }),
-            fcm: fcm.map(|data| FcmPart {
-                data,
-                priority: FcmPriority::High,
-                collapse_key: None,
-            }),
+            parts,
             trace_id: self.trace_id.clone(),
             encrypt: false,
         }))
@@ -240,12 +251,7 @@ fn telephony_push(
     if deadline <= received.now_ms {
         return Ok(Normalised::Expired);
     }
-    Ok(received.call(
-        person,
-        deadline,
-        push.apns.map(ToOwned::to_owned),
-        push.fcm.map(ToOwned::to_owned),
-    ))
+    Ok(received.call(person, deadline, push.apns, push.fcm))
 }
 
 /// `callMemberships/created`: the per-user webhook; pushline builds the payloads.
@@ -271,7 +277,7 @@ fn call_membership(
         .ok_or_else(|| invalid("`data.callId` is required"))?;
     let deadline = received.call_deadline();
     let (apns, fcm) = call_membership_payload(&member, call_id, person, deadline);
-    Ok(received.call(person, deadline, Some(apns), Some(fcm)))
+    Ok(received.call(person, deadline, Some(&apns), Some(&fcm)))
 }
 
 fn check_person_id(field: &str, person: &str) -> Result<(), InvalidEnvelope> {
@@ -366,8 +372,14 @@ mod tests {
         let e = event(&body);
         assert_eq!(e.person_id, "P1");
         assert_eq!(e.class, Class::Call);
-        assert_eq!(e.apns.as_ref().expect("apns").payload.get(), apns);
-        assert_eq!(e.fcm.as_ref().expect("fcm").data.get(), fcm);
+        assert_eq!(
+            e.parts["apns"].get(),
+            format!(r#"{{"payload":{apns},"push_type":"voip","priority":10}}"#)
+        );
+        assert_eq!(
+            e.parts["fcm"].get(),
+            format!(r#"{{"data":{fcm},"priority":"high"}}"#)
+        );
         assert_eq!(e.deadline_ms, NOW + 60_000);
         assert_eq!(e.id, event_id(SOURCE, body.as_bytes()));
     }
@@ -450,13 +462,14 @@ mod tests {
         let body = r#"{"resource":"callMemberships","event":"created","data":{"id":"M","callId":"C1","personId":"P2","state":"notified"}}"#;
         let e = event(body);
         assert_eq!(e.person_id, "P2");
-        let apns: serde_json::Value =
-            serde_json::from_str(e.apns.expect("apns").payload.get()).expect("json");
+        let part = |name: &str| -> serde_json::Value {
+            serde_json::from_str(e.parts.get(name).expect(name).get()).expect("json")
+        };
+        let apns = part("apns")["payload"].clone();
         assert_eq!(apns["type"], "incoming_call");
         assert_eq!(apns["callId"], "C1");
         assert_eq!(apns["ringexpiretime"], NOW + 60_000);
-        let fcm: serde_json::Value =
-            serde_json::from_str(e.fcm.expect("fcm").data.get()).expect("json");
+        let fcm = part("fcm")["data"].clone();
         assert!(
             fcm.as_object()
                 .expect("map")

@@ -1,8 +1,9 @@
 //! The wire contract between services: every message that crosses NATS.
 //!
-//! All messages are JSON objects carrying `"v": 1`. Provider payloads (`apns.payload`,
-//! `fcm.data`) are kept as [`RawValue`]s from the webhook body to the provider request, so
-//! they reach the device byte for byte: key order, number spelling and whitespace included.
+//! All messages are JSON objects carrying `"v": 2`. Each provider's part of an event is
+//! kept as a [`RawValue`] from the webhook body to the provider's crate, so payloads reach
+//! the device byte for byte: key order, number spelling and whitespace included. Nothing
+//! here names a provider: they are listed once, in the `providers` crate.
 //!
 //! Times are integer milliseconds since the Unix epoch (`*_ms` fields): cheap to compare
 //! on the hot path and unambiguous across languages.
@@ -11,7 +12,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// The contract version every message carries in its `v` field.
-pub const VERSION: u8 = 1;
+///
+/// Version 2 carries each provider's part by provider name (`Event::parts`,
+/// `PushJob::part`) where version 1 had one field per provider; [`upgrade_v1`] reads a
+/// version-1 message in flight during an upgrade.
+pub const VERSION: u8 = 2;
 
 /// A message a stage consumes: it names its type and carries its contract version, so
 /// [`crate::worker::decode`] can dead-letter a malformed one or one of another version.
@@ -33,7 +38,14 @@ macro_rules! message {
     )*};
 }
 
-message!(Event, PushJob, CallbackJob, TokenPruned, Feedback);
+message!(Event, CallbackJob, TokenPruned, Feedback);
+
+impl<P: serde::de::DeserializeOwned> Message for PushJob<P> {
+    const NAME: &'static str = "PushJob";
+    fn version(&self) -> u8 {
+        self.v
+    }
+}
 
 /// The NATS header carrying the producer's trace id (Webex `TrackingID`) on events, jobs
 /// and feedback; the worker puts it on the log span of every message it handles.
@@ -43,7 +55,7 @@ pub const TRACE_HEADER: &str = "Pushline-Trace-Id";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Class {
-    /// A real incoming call: APNs VoIP devices and FCM devices, highest priority.
+    /// A real incoming call: highest priority, to the devices each provider rings.
     Call,
     /// A user-visible notification: devices registered on the `alert` channel.
     Alert,
@@ -62,64 +74,31 @@ impl Class {
     }
 }
 
-/// The APNs `apns-push-type` of a push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a device registered to hear events: `voip` devices ring for calls only, `alert`
+/// devices get notifications (and, for providers without a separate call channel, calls).
+/// Each provider decides what a channel gets ([`crate::provider::Spec::wants`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ApnsPushType {
-    /// PushKit VoIP push; must result in a CallKit call on the device.
+pub enum Channel {
+    /// Incoming calls (APNs PushKit).
     Voip,
-    /// A visible alert.
+    /// Visible notifications and background updates.
     Alert,
-    /// A silent content-available push.
-    Background,
 }
 
-impl ApnsPushType {
-    /// The header value APNs expects.
+impl Channel {
+    /// The label used in the API and in Redis.
     pub fn as_str(self) -> &'static str {
         match self {
-            ApnsPushType::Voip => "voip",
-            ApnsPushType::Alert => "alert",
-            ApnsPushType::Background => "background",
+            Channel::Voip => "voip",
+            Channel::Alert => "alert",
         }
     }
 }
 
-/// The APNs part of an event: what to send to iOS devices.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApnsPart {
-    /// The exact JSON body for APNs, carried unaltered.
-    pub payload: Box<RawValue>,
-    /// `apns-push-type`.
-    pub push_type: ApnsPushType,
-    /// `apns-priority` (10 immediate, 5 power-considerate, 1 lowest).
-    pub priority: u8,
-    /// `apns-collapse-id`, when the producer gave one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub collapse_id: Option<String>,
-}
-
-/// FCM Android message priority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FcmPriority {
-    /// `HIGH`: wakes the device; used for calls.
-    High,
-    /// `NORMAL`.
-    Normal,
-}
-
-/// The FCM part of an event: the data map for Android devices.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FcmPart {
-    /// The `data` object, carried unaltered as raw JSON.
-    pub data: Box<RawValue>,
-    /// Android delivery priority.
-    pub priority: FcmPriority,
-    /// `collapse_key`, when the producer gave one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub collapse_key: Option<String>,
-}
+/// Each provider's part of an event, by provider name (`apns`, `fcm`, …): that provider's
+/// raw JSON, which only the provider's own crate reads ([`crate::provider::Spec`]).
+pub type Parts = std::collections::BTreeMap<String, Box<RawValue>>;
 
 /// A normalised producer event, published by ingest to `EVENTS`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,12 +121,8 @@ pub struct Event {
     pub received_at_ms: u64,
     /// After this instant the event is worthless and must not be delivered.
     pub deadline_ms: u64,
-    /// What to send to iOS devices, if anything.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub apns: Option<ApnsPart>,
-    /// What to send to Android devices, if anything.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fcm: Option<FcmPart>,
+    /// What to send, per provider; a provider without a part gets nothing.
+    pub parts: Parts,
     /// The producer's trace id (e.g. Webex `TrackingID`), for correlating logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -178,50 +153,14 @@ pub fn check_person_id(field: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Largest APNs body for a VoIP push, bytes.
-pub const APNS_VOIP_MAX_BYTES: usize = 5_120;
-/// Largest APNs body for every other push, bytes.
-pub const APNS_MAX_BYTES: usize = 4_096;
-/// Largest FCM `data` map, bytes (as pushline counts it: its JSON).
-pub const FCM_DATA_MAX_BYTES: usize = 4_096;
-
-/// The APNs body limit for `push_type`.
-pub fn apns_max_bytes(push_type: ApnsPushType) -> usize {
-    if push_type == ApnsPushType::Voip {
-        APNS_VOIP_MAX_BYTES
-    } else {
-        APNS_MAX_BYTES
-    }
-}
-
-/// Push provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Platform {
-    /// Apple Push Notification service.
-    Apns,
-    /// Firebase Cloud Messaging.
-    Fcm,
-}
-
-impl Platform {
-    /// The label used in metrics, subjects and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Platform::Apns => "apns",
-            Platform::Fcm => "fcm",
-        }
-    }
-}
-
 /// Which provider environment a token belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Environment {
-    /// Production APNs / FCM.
+    /// Production.
     #[default]
     Production,
-    /// APNs sandbox (development builds).
+    /// The provider's sandbox (APNs development builds).
     Sandbox,
 }
 
@@ -235,20 +174,27 @@ impl Environment {
     }
 }
 
-/// One push to one device, published by the registry to `PUSH_APNS` or `PUSH_FCM`.
+/// One push to one device, published by the registry to its provider's stream
+/// (`PUSH_<PROVIDER>`).
 ///
-/// It carries everything the dispatcher needs, so dispatchers never read Redis.
+/// It carries everything the dispatcher needs, so dispatchers never read Redis. `P` is the
+/// provider's part: raw JSON wherever the provider is not known (the registry), the
+/// provider's own type in its dispatcher, which decodes job and part in one pass.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PushJob {
+pub struct PushJob<P = Box<RawValue>> {
     /// Contract version, always [`VERSION`].
     pub v: u8,
     /// The event this push belongs to.
     pub event_id: String,
-    /// The provider device token.
+    /// The provider device token (a Web Push subscription's endpoint).
     pub token: String,
-    /// Provider.
-    pub platform: Platform,
-    /// APNs bundle id (topic without `.voip`) or FCM project id.
+    /// What else the provider needs to reach the device (a Web Push subscription's
+    /// keys), as it was registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Box<RawValue>>,
+    /// Provider name.
+    pub platform: String,
+    /// The app: APNs bundle id (topic without `.voip`), FCM project id, Web Push VAPID key set.
     pub app: String,
     /// Provider environment.
     pub environment: Environment,
@@ -258,12 +204,8 @@ pub struct PushJob {
     pub received_at_ms: u64,
     /// Deadline after which the push is dropped.
     pub deadline_ms: u64,
-    /// Present when `platform` is `apns`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub apns: Option<ApnsPart>,
-    /// Present when `platform` is `fcm`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fcm: Option<FcmPart>,
+    /// The event's part for this provider.
+    pub part: P,
     /// The producer's trace id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -292,7 +234,7 @@ pub struct TokenPruned {
     /// Contract version, always [`VERSION`].
     pub v: u8,
     /// Provider that rejected the token.
-    pub platform: Platform,
+    pub platform: String,
     /// App (bundle id / project) the token belonged to.
     pub app: String,
     /// The pruned token.
@@ -326,7 +268,7 @@ pub struct Feedback {
     /// Contract version, always [`VERSION`].
     pub v: u8,
     /// Provider that rejected the token.
-    pub platform: Platform,
+    pub platform: String,
     /// The rejected token.
     pub token: String,
     /// App (bundle id / project) the push was for.
@@ -379,6 +321,44 @@ pub struct DeadLetter {
     pub message_base64: Option<String>,
 }
 
+/// The providers version 1 of the contract had a field each for.
+const V1_PROVIDERS: [&str; 2] = ["apns", "fcm"];
+
+/// A version-1 message (published by a service of an earlier release, still in a stream
+/// during an upgrade) rewritten as version 2, or `None` when `raw` is not one. Version 1
+/// had a field per provider: an event's `apns` and `fcm` move into `parts`, a job's
+/// provider field becomes its `part`; every other message only changes its `v`.
+pub fn upgrade_v1(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(raw).ok()?;
+    if map.get("v")?.as_u64()? != 1 {
+        return None;
+    }
+    map.insert("v".into(), VERSION.into());
+    if map.contains_key("class") {
+        match map
+            .get("platform")
+            .and_then(|p| p.as_str())
+            .map(str::to_owned)
+        {
+            Some(platform) => {
+                let part = map.remove(&platform)?;
+                for other in V1_PROVIDERS {
+                    map.remove(other);
+                }
+                map.insert("part".into(), part);
+            }
+            None => {
+                let parts: serde_json::Map<_, _> = V1_PROVIDERS
+                    .iter()
+                    .filter_map(|name| Some(((*name).to_owned(), map.remove(*name)?)))
+                    .collect();
+                map.insert("parts".into(), parts.into());
+            }
+        }
+    }
+    serde_json::to_vec(&map).ok()
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -395,12 +375,42 @@ mod tests {
     fn raw_payload_survives_a_round_trip_byte_for_byte() {
         let payload = r#"{"z":1, "a":1.50,"nested":{"b":"x","a":[3,2,1]}}"#;
         let json = format!(
-            r#"{{"v":1,"id":"e1","source":"webex","resource":"telephony_push","event":"updated","person_id":"p","class":"call","received_at_ms":1,"deadline_ms":2,"apns":{{"payload":{payload},"push_type":"voip","priority":10}}}}"#
+            r#"{{"v":2,"id":"e1","source":"webex","resource":"telephony_push","event":"updated","person_id":"p","class":"call","received_at_ms":1,"deadline_ms":2,"parts":{{"apns":{{"payload":{payload},"push_type":"voip","priority":10}}}}}}"#
         );
         let event: Event = serde_json::from_str(&json).expect("parse");
         let again = serde_json::to_string(&event).expect("serialise");
         let event: Event = serde_json::from_str(&again).expect("parse again");
-        assert_eq!(event.apns.expect("apns").payload.get(), payload);
+        let apns = event.parts.get("apns").expect("apns").get();
+        assert!(apns.contains(payload), "{apns}");
+    }
+
+    #[test]
+    fn version_1_messages_are_read_as_version_2() {
+        let event = r#"{"v":1,"id":"e1","source":"webex","resource":"r","event":"updated","person_id":"p","class":"call","received_at_ms":1,"deadline_ms":2,"apns":{"payload":{"aps":{}},"push_type":"voip","priority":10},"fcm":{"data":{"a":"1"},"priority":"high"}}"#;
+        let upgraded = upgrade_v1(event.as_bytes()).expect("an event");
+        let event: Event = serde_json::from_slice(&upgraded).expect("v2 event");
+        assert_eq!(event.v, VERSION);
+        assert_eq!(
+            event.parts.keys().collect::<Vec<_>>(),
+            ["apns", "fcm"],
+            "both parts kept"
+        );
+        assert!(event.parts["fcm"].get().contains(r#""data":{"a":"1"}"#));
+
+        let job = r#"{"v":1,"event_id":"e1","token":"t","platform":"fcm","app":"a","environment":"production","class":"call","received_at_ms":1,"deadline_ms":2,"fcm":{"data":{},"priority":"high"}}"#;
+        let job: PushJob =
+            serde_json::from_slice(&upgrade_v1(job.as_bytes()).expect("a job")).expect("v2 job");
+        assert_eq!(job.platform, "fcm");
+        assert!(job.part.get().contains(r#""priority":"high""#));
+
+        let feedback = r#"{"v":1,"platform":"apns","token":"t","app":"a","reason":"Unregistered","observed_at_ms":1}"#;
+        let feedback: Feedback =
+            serde_json::from_slice(&upgrade_v1(feedback.as_bytes()).expect("feedback"))
+                .expect("v2 feedback");
+        assert_eq!((feedback.v, feedback.platform.as_str()), (VERSION, "apns"));
+
+        assert!(upgrade_v1(br#"{"v":2}"#).is_none(), "already version 2");
+        assert!(upgrade_v1(b"not json").is_none());
     }
 
     #[test]
@@ -422,7 +432,7 @@ mod tests {
     fn feedback_prefers_the_provider_timestamp() {
         let mut fb = Feedback {
             v: VERSION,
-            platform: Platform::Apns,
+            platform: "apns".into(),
             token: "t".into(),
             app: "a".into(),
             reason: "Unregistered".into(),

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, BoxFuture, Readiness};
 use crate::config::{NatsConfig, WorkerConfig};
-use crate::contract::{Feedback, Platform, PushJob, VERSION, now_ms};
+use crate::contract::{Feedback, PushJob, VERSION, now_ms};
 use crate::delivered::{DeliveredJobs, Seen};
 use crate::metrics::Metrics;
 use crate::prune_guard::{PruneGuard, PruneGuardConfig};
@@ -69,18 +69,25 @@ pub enum Verdict {
 
 /// A push provider client.
 pub trait Provider: Send + Sync + 'static {
-    /// Which provider this is.
-    const PLATFORM: Platform;
+    /// Which provider this is: its [`crate::provider::Spec::name`].
+    const NAME: &'static str;
+
+    /// The provider's part of a job ([`PushJob::part`]), decoded with the job.
+    type Part: serde::de::DeserializeOwned + Send + Sync;
 
     /// What the provider sends a job's pushes with: its app's (and environment's)
     /// credentials and connections.
     type Route: Send + Sync;
 
     /// The route of `job`'s app, or `None` when the app is not configured here.
-    fn route(&self, job: &PushJob) -> Option<&Self::Route>;
+    fn route(&self, job: &PushJob<Self::Part>) -> Option<&Self::Route>;
 
     /// Sends one push over `route` and classifies the answer. Must bound its own time.
-    fn send(&self, route: &Self::Route, job: &PushJob) -> impl Future<Output = Verdict> + Send;
+    fn send(
+        &self,
+        route: &Self::Route,
+        job: &PushJob<Self::Part>,
+    ) -> impl Future<Output = Verdict> + Send;
 
     /// Credential health for `/readyz`.
     fn check(&self) -> BoxFuture<'_, Result<(), String>>;
@@ -184,13 +191,11 @@ pub fn credential_verdict(verdict: &Verdict, credential_failures: &[&str]) -> Op
 
 /// `pushline_credential_valid{provider,app}`: what the last answer about an app's
 /// credential said.
-fn credential_seen(metrics: &Metrics, platform: Platform, app: &str, valid: bool) {
-    let gauge = metrics
-        .credential_valid
-        .with_label_values(&[platform.as_str(), app]);
+fn credential_seen(metrics: &Metrics, provider: &str, app: &str, valid: bool) {
+    let gauge = metrics.credential_valid.with_label_values(&[provider, app]);
     if !valid && gauge.get() != 0 {
         tracing::error!(
-            provider = platform.as_str(),
+            provider,
             app,
             "the provider refuses this app's credential: no push for it can be delivered"
         );
@@ -209,12 +214,12 @@ async fn probe_credentials<P: Provider>(
         for (app, valid) in provider.probe_credentials().await {
             match valid {
                 Some(false) => {
-                    tracing::error!(provider = P::PLATFORM.as_str(), %app, "credential check: the provider refuses this app's credential");
-                    credential_seen(&metrics, P::PLATFORM, &app, false);
+                    tracing::error!(provider = P::NAME, %app, "credential check: the provider refuses this app's credential");
+                    credential_seen(&metrics, P::NAME, &app, false);
                 }
-                Some(true) => credential_seen(&metrics, P::PLATFORM, &app, true),
+                Some(true) => credential_seen(&metrics, P::NAME, &app, true),
                 None => {
-                    tracing::warn!(provider = P::PLATFORM.as_str(), %app, "credential check could not reach the provider")
+                    tracing::warn!(provider = P::NAME, %app, "credential check could not reach the provider")
                 }
             }
         }
@@ -251,9 +256,9 @@ impl<P: Provider> Dispatch<P> {
         Dispatch {
             provider,
             js,
-            feedback_subject: topology.feedback_subject(P::PLATFORM),
+            feedback_subject: topology.feedback_subject(P::NAME),
             worker,
-            guard: PruneGuard::new(guard, P::PLATFORM, metrics.clone()),
+            guard: PruneGuard::new(guard, P::NAME, metrics.clone()),
             metrics,
             delivered: DeliveredJobs::default(),
             tracker,
@@ -266,7 +271,7 @@ impl<P: Provider> Dispatch<P> {
     async fn send_once(
         &self,
         route: &P::Route,
-        job: &PushJob,
+        job: &PushJob<P::Part>,
         job_id: u64,
         now: u64,
     ) -> Option<Verdict> {
@@ -277,7 +282,7 @@ impl<P: Provider> Dispatch<P> {
             .ok();
         self.metrics
             .provider_duration
-            .with_label_values(&[P::PLATFORM.as_str(), &job.app])
+            .with_label_values(&[P::NAME, &job.app])
             .observe(started.elapsed().as_secs_f64());
         if matches!(verdict, Some(Verdict::Delivered { .. })) {
             self.delivered.delivered(job_id);
@@ -290,7 +295,7 @@ impl<P: Provider> Dispatch<P> {
     fn count(&self, app: &str, outcome: &str, reason: &str) {
         self.metrics
             .pushes
-            .with_label_values(&[P::PLATFORM.as_str(), app, outcome, reason])
+            .with_label_values(&[P::NAME, app, outcome, reason])
             .inc();
     }
 
@@ -298,27 +303,24 @@ impl<P: Provider> Dispatch<P> {
         self.tracker.record(&record).await;
     }
 
-    async fn expired(&self, job: &PushJob, record: StatusRecord) {
+    async fn expired(&self, job: &PushJob<P::Part>, record: StatusRecord) {
         self.track(record).await;
         self.count(&job.app, "expired", "deadline");
-        self.metrics
-            .expired
-            .with_label_values(&[P::PLATFORM.as_str()])
-            .inc();
+        self.metrics.expired.with_label_values(&[P::NAME]).inc();
     }
 
     /// Publishes the verdict that `job`'s token is dead; `held` marks it for the prune
     /// stage to keep the token ([`crate::prune_guard`]).
     async fn publish_feedback(
         &self,
-        job: &PushJob,
+        job: &PushJob<P::Part>,
         detail: &str,
         timestamp_ms: Option<u64>,
         held: bool,
     ) -> Result<(), String> {
         let feedback = Feedback {
             v: VERSION,
-            platform: P::PLATFORM,
+            platform: P::NAME.to_owned(),
             token: job.token.clone(),
             app: job.app.clone(),
             reason: detail.to_owned(),
@@ -356,18 +358,14 @@ impl<P: Provider> Dispatch<P> {
 
 impl<P: Provider> Handler for Dispatch<P> {
     async fn handle(&self, delivery: Delivery<'_>) -> Outcome {
-        let job: PushJob = match crate::worker::decode(delivery.payload) {
+        let job: PushJob<P::Part> = match crate::worker::decode(delivery.payload) {
             Ok(job) => job,
             Err(dead) => return dead,
         };
-        if job.platform != P::PLATFORM {
+        if job.platform != P::NAME {
             return Outcome::Dead {
                 reason: "malformed",
-                error: format!(
-                    "job for {} on the {} dispatcher",
-                    job.platform.as_str(),
-                    P::PLATFORM.as_str()
-                ),
+                error: format!("job for {} on the {} dispatcher", job.platform, P::NAME),
             };
         }
         let Some(route) = self.provider.route(&job) else {
@@ -419,7 +417,7 @@ impl<P: Provider> Handler for Dispatch<P> {
         };
 
         if let Some(valid) = credential_verdict(&verdict, P::CREDENTIAL_FAILURES) {
-            credential_seen(&self.metrics, P::PLATFORM, app, valid);
+            credential_seen(&self.metrics, P::NAME, app, valid);
         }
         let next = RetryInput::after(delivery.attempt, &self.worker).before(
             job.deadline_ms,
@@ -435,7 +433,7 @@ impl<P: Provider> Dispatch<P> {
     /// Carries out what a verdict was decided to mean: counts, status records, feedback.
     async fn apply(
         &self,
-        job: &PushJob,
+        job: &PushJob<P::Part>,
         settle: Settle,
         tried: impl Fn(Stage) -> StatusRecord,
     ) -> Outcome {
@@ -448,7 +446,7 @@ impl<P: Provider> Dispatch<P> {
                 let e2e_ms = now_ms().saturating_sub(job.received_at_ms);
                 self.metrics
                     .end_to_end
-                    .with_label_values(&[P::PLATFORM.as_str(), job.class.as_str()])
+                    .with_label_values(&[P::NAME, job.class.as_str()])
                     .observe(e2e_ms as f64 / 1000.0);
                 self.track(StatusRecord {
                     provider_id: id,
@@ -518,8 +516,6 @@ impl<P: Provider> Dispatch<P> {
 pub struct DispatcherSetup {
     /// Service name (`dispatcher-apns`).
     pub service: &'static str,
-    /// Which consumer it reads.
-    pub kind: ConsumerKind,
     /// NATS.
     pub nats: NatsConfig,
     /// Worker settings.
@@ -589,11 +585,11 @@ pub async fn serve<P: Provider>(
     let provider = Arc::new(provider);
     let client = crate::nats::connect(&setup.nats, &format!("pushline-{}", setup.service)).await?;
     let js = crate::topology::jetstream(client.clone());
-    let topology = Topology::new(&setup.nats);
+    let topology = Topology::new(&setup.nats, &[P::NAME]);
     let ready = Arc::new(Ready {
         client: client.clone(),
         topology: topology.clone(),
-        kind: setup.kind,
+        kind: ConsumerKind::Dispatch(P::NAME),
         provider: provider.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(
@@ -628,7 +624,7 @@ pub async fn serve<P: Provider>(
         run_when_ready(
             js,
             topology,
-            setup.kind,
+            ConsumerKind::Dispatch(P::NAME),
             setup.worker,
             handler,
             metrics,

@@ -4,6 +4,7 @@
 use axum::http::{HeaderMap, HeaderValue, header};
 use bytes::Bytes;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Why a request body was refused before parsing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,26 @@ pub fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, String> {
     })?;
     de.end().map_err(|e| format!("body: {e}"))?;
     Ok(value)
+}
+
+/// Parses the JSON `raw`, found at `field` of a larger document (a provider's part of a
+/// request), as one `T`; on failure the message names the field under `field`
+/// (`` `apns.priority`: invalid type… ``).
+pub fn parse_at<'de, T: Deserialize<'de>>(field: &str, raw: &'de RawValue) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path == "?" {
+            format!("`{field}`: {}", e.inner())
+        } else {
+            format!("`{field}.{path}`: {}", e.inner())
+        }
+    })
+}
+
+/// `value` as raw JSON.
+pub fn to_raw<T: serde::Serialize>(value: &T) -> Result<Box<RawValue>, String> {
+    serde_json::value::to_raw_value(value).map_err(|e| e.to_string())
 }
 
 /// The deepest nesting of arrays and objects in `bytes` (0 for a scalar). Strings are

@@ -10,11 +10,10 @@
 //! Every message gets a fresh random 96-bit IV; the additional authenticated data is the
 //! ASCII of the encoded header, so the `kid` cannot be swapped. What the provider body
 //! looks like around the JWE (the *envelope*) is built here too, with its exact length, so
-//! ingest can refuse a producer's payload that would not fit once encrypted:
-//!
-//! - APNs: `{"aps":<the payload's aps, unaltered>,"jwe":"<JWE>"}` (no `aps` key when the
-//!   payload had none, as VoIP pushes may); the plaintext is the whole original payload.
-//! - FCM: the `data` map is `{"jwe":"<JWE>"}`; the plaintext is the original `data` object.
+//! a producer's payload that would not fit once encrypted can be refused:
+//! `{"<clear>":<the object's field, unaltered>,"jwe":"<JWE of the whole object>"}`, where
+//! each provider names the field it keeps in clear, if any (APNs: `aps`; no such key when
+//! the payload had none, as VoIP pushes may).
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -27,7 +26,7 @@ use sha2::{Digest, Sha256};
 pub const ALGORITHM: &str = "A256GCM";
 /// Longest key id.
 pub const MAX_KID: usize = 64;
-/// The field of the APNs body and of the FCM `data` map that holds the JWE.
+/// The field of an envelope that holds the JWE.
 pub const FIELD: &str = "jwe";
 const TAG_LEN: usize = 16;
 
@@ -164,48 +163,47 @@ pub fn decrypt(key: &ContentKey, compact: &str) -> Result<Vec<u8>, String> {
     Ok(plain.to_vec())
 }
 
-/// The `aps` value of an APNs payload, as raw JSON, when it has one.
-fn aps_of(payload: &RawValue) -> Result<Option<Box<RawValue>>, String> {
+/// The value of `object`'s field `name`, as raw JSON, when it has one.
+fn field_of(object: &RawValue, name: &str) -> Result<Option<Box<RawValue>>, String> {
     let fields: std::collections::HashMap<String, Box<RawValue>> =
-        serde_json::from_str(payload.get()).map_err(|e| format!("APNs payload: {e}"))?;
-    Ok(fields.get("aps").cloned())
+        serde_json::from_str(object.get()).map_err(|e| format!("not a JSON object: {e}"))?;
+    Ok(fields.get(name).cloned())
 }
 
-fn envelope(aps: Option<&RawValue>, jwe: &str) -> Box<RawValue> {
-    let body = match aps {
-        Some(aps) => format!(r#"{{"aps":{},"{FIELD}":"{jwe}"}}"#, aps.get()),
-        None => format!(r#"{{"{FIELD}":"{jwe}"}}"#),
-    };
-    RawValue::from_string(body).expect("the envelope is JSON: aps is JSON, the JWE is base64url")
-}
-
-/// The APNs body carrying `payload` encrypted: `aps` stays in clear for iOS to act on.
-pub fn apns_envelope(
+/// `object` encrypted into an envelope `{"jwe":"<JWE of object>"}`, keeping the field
+/// `clear` (when `object` has it) beside the JWE, unaltered, for the device's operating
+/// system to act on (APNs keeps `aps`).
+pub fn envelope(
     key: &ContentKey,
     kid: &str,
-    payload: &RawValue,
+    object: &RawValue,
+    clear: Option<&str>,
 ) -> Result<Box<RawValue>, String> {
-    let aps = aps_of(payload)?;
-    let jwe = encrypt(key, kid, payload.get().as_bytes())?;
-    Ok(envelope(aps.as_deref(), &jwe))
+    let kept = match clear {
+        Some(name) => field_of(object, name)?.map(|value| (name, value)),
+        None => None,
+    };
+    let jwe = encrypt(key, kid, object.get().as_bytes())?;
+    let body = match kept {
+        Some((name, value)) => format!(r#"{{"{name}":{},"{FIELD}":"{jwe}"}}"#, value.get()),
+        None => format!(r#"{{"{FIELD}":"{jwe}"}}"#),
+    };
+    RawValue::from_string(body).map_err(|e| format!("envelope: {e}"))
 }
 
-/// The FCM `data` map carrying `data` encrypted.
-pub fn fcm_envelope(key: &ContentKey, kid: &str, data: &RawValue) -> Result<Box<RawValue>, String> {
-    let jwe = encrypt(key, kid, data.get().as_bytes())?;
-    Ok(envelope(None, &jwe))
-}
-
-/// How long the APNs body for `payload` is once encrypted under a key id of `kid_len`.
-pub fn apns_envelope_len(payload: &RawValue, kid_len: usize) -> Result<usize, String> {
-    let aps = aps_of(payload)?;
-    let clear = aps.map_or(0, |aps| r#""aps":,"#.len() + aps.get().len());
-    Ok(r#"{"":""}"#.len() + FIELD.len() + clear + compact_len(payload.get().len(), kid_len))
-}
-
-/// How long the FCM `data` map for `data` is once encrypted under a key id of `kid_len`.
-pub fn fcm_envelope_len(data: &RawValue, kid_len: usize) -> usize {
-    r#"{"":""}"#.len() + FIELD.len() + compact_len(data.get().len(), kid_len)
+/// How long [`envelope`] of `object` is under a key id of `kid_len`, known before
+/// encrypting.
+pub fn envelope_len(
+    object: &RawValue,
+    clear: Option<&str>,
+    kid_len: usize,
+) -> Result<usize, String> {
+    let kept = match clear {
+        Some(name) => field_of(object, name)?
+            .map_or(0, |value| r#""":,"#.len() + name.len() + value.get().len()),
+        None => 0,
+    };
+    Ok(r#"{"":""}"#.len() + FIELD.len() + kept + compact_len(object.get().len(), kid_len))
 }
 
 #[cfg(test)]
@@ -277,13 +275,13 @@ mod tests {
     }
 
     #[test]
-    fn envelopes_keep_aps_in_clear_and_their_length_is_known_in_advance() {
+    fn envelopes_keep_a_field_in_clear_and_their_length_is_known_in_advance() {
         let payload =
             RawValue::from_string(r#"{"aps":{"alert":"x"},"secret":"y"}"#.into()).expect("raw");
-        let body = apns_envelope(&key(), "kid-1", &payload).expect("envelope");
+        let body = envelope(&key(), "kid-1", &payload, Some("aps")).expect("envelope");
         assert_eq!(
             body.get().len(),
-            apns_envelope_len(&payload, 5).expect("len")
+            envelope_len(&payload, Some("aps"), 5).expect("len")
         );
         let value: serde_json::Value = serde_json::from_str(body.get()).expect("json");
         assert_eq!(value["aps"]["alert"], "x");
@@ -295,13 +293,18 @@ mod tests {
         );
 
         let voip = RawValue::from_string(r#"{"callId":"1"}"#.into()).expect("raw");
-        let body = apns_envelope(&key(), "k", &voip).expect("envelope");
+        let body = envelope(&key(), "k", &voip, Some("aps")).expect("envelope");
         assert!(body.get().starts_with(r#"{"jwe":""#));
-        assert_eq!(body.get().len(), apns_envelope_len(&voip, 1).expect("len"));
+        assert_eq!(
+            body.get().len(),
+            envelope_len(&voip, Some("aps"), 1).expect("len")
+        );
 
         let data = RawValue::from_string(r#"{"m":"x"}"#.into()).expect("raw");
-        let map = fcm_envelope(&key(), "k", &data).expect("envelope");
-        assert_eq!(map.get().len(), fcm_envelope_len(&data, 1));
+        let map = envelope(&key(), "k", &data, None).expect("envelope");
+        assert_eq!(map.get().len(), envelope_len(&data, None, 1).expect("len"));
+        let list = RawValue::from_string("[1]".into()).expect("raw");
+        assert!(envelope(&key(), "k", &list, Some("aps")).is_err());
     }
 
     #[test]

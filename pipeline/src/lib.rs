@@ -6,12 +6,13 @@
 //! - [`topology`]: streams, subjects and durable consumers, created idempotently.
 //! - [`config`]: layered typed configuration (defaults → TOML → `PUSHLINE_*` env).
 //! - [`nats`]: connecting with credentials, TLS and a fast reconnect policy.
-//! - [`provider_http`]: the HTTP/2 client dispatchers use to reach APNs and FCM.
+//! - [`provider_http`]: the HTTP/2 client dispatchers use to reach their providers.
 //! - [`worker`]: the one JetStream consumer loop (bounded concurrency, ack/nak/dead-letter).
 //! - [`retry`]: the retry-delay function.
 //! - [`jwe`]: per-device payload encryption (JWE `dir` + `A256GCM`) and its envelopes.
 //! - [`json`]: structural limits (nesting depth) checked before parsing.
-//! - [`dispatch`]: the provider trait and the handler both dispatchers share.
+//! - [`provider`]: the seam every push provider plugs into (its [`provider::Spec`]).
+//! - [`dispatch`]: the sending trait and the handler every dispatcher shares.
 //! - [`delivered`]: a dispatcher's memory of jobs already delivered (no second ring).
 //! - [`metrics`]: the catalogue of every Prometheus metric.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the HTTP metrics middleware.
@@ -30,6 +31,7 @@ pub mod jwe;
 pub mod metrics;
 pub mod nats;
 pub mod operate;
+pub mod provider;
 pub mod provider_http;
 pub mod prune_guard;
 pub mod retry;

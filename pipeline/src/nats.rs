@@ -106,7 +106,7 @@ pub async fn check_topology(
             js.get_stream_no_info(&stream)
                 .await
                 .map_err(|e| e.to_string())?
-                .consumer_info(durable)
+                .consumer_info(&durable)
                 .await
                 .map_err(|e| e.to_string())
         };

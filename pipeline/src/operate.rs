@@ -46,15 +46,9 @@ pub type OperateError = String;
 
 /// The state of every stream and consumer.
 pub async fn streams(js: &Context, topology: &Topology) -> Result<Vec<StreamStatus>, OperateError> {
-    let kinds = [
-        ConsumerKind::Fanout,
-        ConsumerKind::Prune,
-        ConsumerKind::DispatchApns,
-        ConsumerKind::DispatchFcm,
-        ConsumerKind::Callbacks,
-    ];
+    let kinds = ConsumerKind::all(topology.providers());
     let mut out = Vec::new();
-    for kind in StreamKind::ALL {
+    for kind in topology.streams() {
         let name = topology.stream_name(kind);
         let stream = js
             .get_stream(&name)
@@ -66,7 +60,7 @@ pub async fn streams(js: &Context, topology: &Topology) -> Result<Vec<StreamStat
             .map_err(|e| format!("stream {name}: {e}"))?;
         let mut consumers = Vec::new();
         for consumer in kinds.iter().filter(|c| c.stream() == kind) {
-            if let Ok(info) = stream.consumer_info(consumer.durable_name()).await {
+            if let Ok(info) = stream.consumer_info(&consumer.durable_name()).await {
                 consumers.push(ConsumerStatus {
                     name: info.name.clone(),
                     pending: info.num_pending,
@@ -88,7 +82,7 @@ pub async fn streams(js: &Context, topology: &Topology) -> Result<Vec<StreamStat
 /// Which dead letters to act on.
 #[derive(Debug, Clone, Default)]
 pub struct DeadFilter {
-    /// Only this stage (`fanout`, `prune`, `apns`, `fcm`).
+    /// Only this stage (`fanout`, `prune`, a provider's name).
     pub stage: Option<String>,
     /// Only this reason.
     pub reason: Option<String>,

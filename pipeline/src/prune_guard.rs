@@ -24,7 +24,6 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
-use crate::contract::Platform;
 use crate::metrics::Metrics;
 
 /// The header on feedback whose pruning is held (its value names the reason).
@@ -94,14 +93,14 @@ struct Slice {
 /// One replica's per-app answer counts.
 pub struct PruneGuard {
     config: PruneGuardConfig,
-    platform: Platform,
+    platform: &'static str,
     metrics: Metrics,
     apps: Mutex<HashMap<String, [Slice; SLICES]>>,
 }
 
 impl PruneGuard {
     /// A guard for `platform`'s dispatcher.
-    pub fn new(config: PruneGuardConfig, platform: Platform, metrics: Metrics) -> Self {
+    pub fn new(config: PruneGuardConfig, platform: &'static str, metrics: Metrics) -> Self {
         PruneGuard {
             config,
             platform,
@@ -143,7 +142,7 @@ impl PruneGuard {
         let gauge = self
             .metrics
             .pruning_held
-            .with_label_values(&[self.platform.as_str(), app]);
+            .with_label_values(&[self.platform, app]);
         if held && gauge.get() == 0 {
             tracing::error!(
                 app,
@@ -174,7 +173,7 @@ mod tests {
                 min_invalid: 5,
                 ..PruneGuardConfig::default()
             },
-            Platform::Apns,
+            "apns",
             Metrics::new("test"),
         )
     }
@@ -223,7 +222,7 @@ mod tests {
                 enabled: false,
                 ..PruneGuardConfig::default()
             },
-            Platform::Fcm,
+            "fcm",
             Metrics::new("test"),
         );
         assert!((0..100).all(|i| !g.observe("app", true, i)));

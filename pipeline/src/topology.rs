@@ -3,13 +3,14 @@
 //! | stream      | subjects                     | retention  | durable consumer |
 //! |-------------|------------------------------|------------|------------------|
 //! | `EVENTS`    | `events.<source>.<resource>` | work queue | `fanout`         |
-//! | `PUSH_APNS` | `push.apns.<environment>`    | work queue | `dispatch-apns`  |
-//! | `PUSH_FCM`  | `push.fcm`                   | work queue | `dispatch-fcm`   |
-//! | `FEEDBACK`  | `feedback.<platform>`        | work queue | `prune`          |
+//! | `PUSH_<PROVIDER>` | `push.<provider>.<environment>` | work queue | `dispatch-<provider>` |
+//! | `FEEDBACK`  | `feedback.<provider>`        | work queue | `prune`          |
 //! | `DEAD`      | `dead.<stage>`               | limits     | (operators)      |
 //! | `STATUS`    | `status.e.<event>`, `status.t.<trace>` | limits (age, bytes) | (read by id) |
 //! | `CALLBACKS` | `callbacks.<producer>`, `callbacks.pruned.<app>` | work queue | `callbacks` |
 //!
+//! There is one push stream per provider (`PUSH_APNS`, `PUSH_FCM`, …), named from the
+//! provider's name ([`crate::provider`]); a topology knows the providers it was made with.
 //! With a prefix `p` (config `nats.prefix`) stream names become `pEVENTS` and subjects
 //! `pevents.…`, so several tenants or tests share one server without colliding.
 //! [`Topology::ensure`] creates missing streams and updates only those whose definition
@@ -25,17 +26,15 @@ use async_nats::jetstream::stream::{
 use async_nats::jetstream::{self, Context};
 
 use crate::config::{NatsConfig, WorkerConfig};
-use crate::contract::{Environment, Platform};
+use crate::contract::Environment;
 
 /// One of pushline's streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
     /// Normalised producer events.
     Events,
-    /// Per-device APNs push jobs.
-    PushApns,
-    /// Per-device FCM push jobs.
-    PushFcm,
+    /// One provider's per-device push jobs.
+    Push(&'static str),
     /// Invalid-token verdicts from the dispatchers.
     Feedback,
     /// Dead letters from every stage.
@@ -47,38 +46,38 @@ pub enum StreamKind {
 }
 
 impl StreamKind {
-    /// Every stream, in creation order.
-    pub const ALL: [StreamKind; 7] = [
-        StreamKind::Events,
-        StreamKind::PushApns,
-        StreamKind::PushFcm,
-        StreamKind::Feedback,
-        StreamKind::Dead,
-        StreamKind::Status,
-        StreamKind::Callbacks,
-    ];
+    /// Every stream for the providers `providers`, in creation order.
+    pub fn all(providers: &[&'static str]) -> Vec<StreamKind> {
+        let mut all = vec![StreamKind::Events];
+        all.extend(providers.iter().map(|name| StreamKind::Push(name)));
+        all.extend([
+            StreamKind::Feedback,
+            StreamKind::Dead,
+            StreamKind::Status,
+            StreamKind::Callbacks,
+        ]);
+        all
+    }
 
-    fn base_name(self) -> &'static str {
+    fn base_name(self) -> String {
         match self {
-            StreamKind::Events => "EVENTS",
-            StreamKind::PushApns => "PUSH_APNS",
-            StreamKind::PushFcm => "PUSH_FCM",
-            StreamKind::Feedback => "FEEDBACK",
-            StreamKind::Dead => "DEAD",
-            StreamKind::Status => "STATUS",
-            StreamKind::Callbacks => "CALLBACKS",
+            StreamKind::Events => "EVENTS".into(),
+            StreamKind::Push(provider) => format!("PUSH_{}", provider.to_ascii_uppercase()),
+            StreamKind::Feedback => "FEEDBACK".into(),
+            StreamKind::Dead => "DEAD".into(),
+            StreamKind::Status => "STATUS".into(),
+            StreamKind::Callbacks => "CALLBACKS".into(),
         }
     }
 
-    fn subject_filter(self) -> &'static str {
+    fn subject_filter(self) -> String {
         match self {
-            StreamKind::Events => "events.>",
-            StreamKind::PushApns => "push.apns.*",
-            StreamKind::PushFcm => "push.fcm",
-            StreamKind::Feedback => "feedback.*",
-            StreamKind::Dead => "dead.>",
-            StreamKind::Status => "status.>",
-            StreamKind::Callbacks => "callbacks.>",
+            StreamKind::Events => "events.>".into(),
+            StreamKind::Push(provider) => format!("push.{provider}.*"),
+            StreamKind::Feedback => "feedback.*".into(),
+            StreamKind::Dead => "dead.>".into(),
+            StreamKind::Status => "status.>".into(),
+            StreamKind::Callbacks => "callbacks.>".into(),
         }
     }
 }
@@ -90,23 +89,28 @@ pub enum ConsumerKind {
     Fanout,
     /// registry: `FEEDBACK` → prune tokens.
     Prune,
-    /// dispatcher-apns: `PUSH_APNS`.
-    DispatchApns,
-    /// dispatcher-fcm: `PUSH_FCM`.
-    DispatchFcm,
+    /// A provider's dispatcher: `PUSH_<PROVIDER>`.
+    Dispatch(&'static str),
     /// ingest: `CALLBACKS` → producers' callback URLs.
     Callbacks,
 }
 
 impl ConsumerKind {
+    /// Every consumer for the providers `providers`.
+    pub fn all(providers: &[&'static str]) -> Vec<ConsumerKind> {
+        let mut all = vec![ConsumerKind::Fanout, ConsumerKind::Prune];
+        all.extend(providers.iter().map(|name| ConsumerKind::Dispatch(name)));
+        all.push(ConsumerKind::Callbacks);
+        all
+    }
+
     /// The durable name.
-    pub fn durable_name(self) -> &'static str {
+    pub fn durable_name(self) -> String {
         match self {
-            ConsumerKind::Fanout => "fanout",
-            ConsumerKind::Prune => "prune",
-            ConsumerKind::DispatchApns => "dispatch-apns",
-            ConsumerKind::DispatchFcm => "dispatch-fcm",
-            ConsumerKind::Callbacks => "callbacks",
+            ConsumerKind::Fanout => "fanout".into(),
+            ConsumerKind::Prune => "prune".into(),
+            ConsumerKind::Dispatch(provider) => format!("dispatch-{provider}"),
+            ConsumerKind::Callbacks => "callbacks".into(),
         }
     }
 
@@ -115,8 +119,7 @@ impl ConsumerKind {
         match self {
             ConsumerKind::Fanout => StreamKind::Events,
             ConsumerKind::Prune => StreamKind::Feedback,
-            ConsumerKind::DispatchApns => StreamKind::PushApns,
-            ConsumerKind::DispatchFcm => StreamKind::PushFcm,
+            ConsumerKind::Dispatch(provider) => StreamKind::Push(provider),
             ConsumerKind::Callbacks => StreamKind::Callbacks,
         }
     }
@@ -126,8 +129,7 @@ impl ConsumerKind {
         match self {
             ConsumerKind::Fanout => "fanout",
             ConsumerKind::Prune => "prune",
-            ConsumerKind::DispatchApns => "apns",
-            ConsumerKind::DispatchFcm => "fcm",
+            ConsumerKind::Dispatch(provider) => provider,
             ConsumerKind::Callbacks => "callback",
         }
     }
@@ -168,6 +170,7 @@ pub enum TopologyError {
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
+    providers: Vec<&'static str>,
     replicas: usize,
     duplicate_window: Duration,
     dead_max_age: Duration,
@@ -176,10 +179,12 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// The topology for a NATS configuration.
-    pub fn new(config: &NatsConfig) -> Self {
+    /// The topology for a NATS configuration, with the push streams of `providers` (all
+    /// of them for ingest and the registry; its own for a dispatcher).
+    pub fn new(config: &NatsConfig, providers: &[&'static str]) -> Self {
         Topology {
             prefix: config.prefix.clone(),
+            providers: providers.to_vec(),
             replicas: config.replicas,
             duplicate_window: Duration::from_secs(config.duplicate_window_secs),
             dead_max_age: Duration::from_secs(config.dead_letter_max_age_days * 86_400),
@@ -191,6 +196,16 @@ impl Topology {
     /// The configured prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The providers whose push streams this topology holds.
+    pub fn providers(&self) -> &[&'static str] {
+        &self.providers
+    }
+
+    /// Every stream of this topology.
+    pub fn streams(&self) -> Vec<StreamKind> {
+        StreamKind::all(&self.providers)
     }
 
     /// The full stream name.
@@ -208,17 +223,14 @@ impl Topology {
         )
     }
 
-    /// `push.apns.<environment>` or `push.fcm`.
-    pub fn push_subject(&self, platform: Platform, environment: Environment) -> String {
-        match platform {
-            Platform::Apns => format!("{}push.apns.{}", self.prefix, environment.as_str()),
-            Platform::Fcm => format!("{}push.fcm", self.prefix),
-        }
+    /// `push.<provider>.<environment>`.
+    pub fn push_subject(&self, provider: &str, environment: Environment) -> String {
+        format!("{}push.{provider}.{}", self.prefix, environment.as_str())
     }
 
-    /// `feedback.<platform>`.
-    pub fn feedback_subject(&self, platform: Platform) -> String {
-        format!("{}feedback.{}", self.prefix, platform.as_str())
+    /// `feedback.<provider>`.
+    pub fn feedback_subject(&self, provider: &str) -> String {
+        format!("{}feedback.{provider}", self.prefix)
     }
 
     /// `callbacks.<producer>`.
@@ -295,7 +307,7 @@ impl Topology {
     /// that stream's creation, so streams that already match are never updated, and a
     /// creation lost to another replica is accepted once the stream exists.
     pub async fn ensure(&self, js: &Context) -> Result<(), TopologyError> {
-        for kind in StreamKind::ALL {
+        for kind in self.streams() {
             let desired = self.stream_config(kind);
             let stream = desired.name.clone();
             match js.get_stream(&stream).await {
@@ -324,7 +336,7 @@ impl Topology {
     /// The consumer definition for `kind`.
     pub fn consumer_config(&self, kind: ConsumerKind, worker: &WorkerConfig) -> pull::Config {
         pull::Config {
-            durable_name: Some(kind.durable_name().to_owned()),
+            durable_name: Some(kind.durable_name()),
             ack_policy: AckPolicy::Explicit,
             deliver_policy: DeliverPolicy::All,
             ack_wait: Duration::from_secs(worker.ack_wait_secs),
@@ -353,19 +365,20 @@ impl Topology {
                     source,
                 })?;
         let desired = self.consumer_config(kind, worker);
+        let durable = kind.durable_name();
         let mut consumer: PullConsumer = stream
-            .get_or_create_consumer(kind.durable_name(), desired.clone())
+            .get_or_create_consumer(&durable, desired.clone())
             .await
             .map_err(|source| TopologyError::Consumer {
                 stream: stream_name.clone(),
-                consumer: kind.durable_name().to_owned(),
+                consumer: durable.clone(),
                 source,
             })?;
         let current = &consumer.cached_info().config;
         if current.ack_wait != desired.ack_wait
             || current.max_ack_pending != desired.max_ack_pending
         {
-            tracing::info!(stream = %stream_name, consumer = kind.durable_name(), "updating consumer definition");
+            tracing::info!(stream = %stream_name, consumer = %durable, "updating consumer definition");
             match stream.create_consumer(desired).await {
                 Ok(updated) => consumer = updated,
                 Err(error) => {
@@ -452,10 +465,13 @@ mod tests {
     use super::*;
 
     fn topology(prefix: &str) -> Topology {
-        Topology::new(&NatsConfig {
-            prefix: prefix.into(),
-            ..NatsConfig::default()
-        })
+        Topology::new(
+            &NatsConfig {
+                prefix: prefix.into(),
+                ..NatsConfig::default()
+            },
+            &["apns", "fcm"],
+        )
     }
 
     #[test]
@@ -479,13 +495,15 @@ mod tests {
             "t1_events.webex.telephony_push"
         );
         assert_eq!(
-            t.push_subject(Platform::Apns, Environment::Sandbox),
+            t.push_subject("apns", Environment::Sandbox),
             "t1_push.apns.sandbox"
         );
         assert_eq!(
-            t.push_subject(Platform::Fcm, Environment::Production),
-            "t1_push.fcm"
+            t.push_subject("fcm", Environment::Production),
+            "t1_push.fcm.production"
         );
+        assert_eq!(t.stream_name(StreamKind::Push("fcm")), "t1_PUSH_FCM");
+        assert_eq!(ConsumerKind::Dispatch("fcm").durable_name(), "dispatch-fcm");
         assert_eq!(t.dead_subject("apns"), "t1_dead.apns");
         let status = t.status_subject("evt.with*dots>");
         assert!(status.starts_with("t1_status.e."));
@@ -497,8 +515,24 @@ mod tests {
     #[test]
     fn subjects_fall_inside_their_stream() {
         let t = topology("");
-        let apns = t.stream_config(StreamKind::PushApns).subjects[0].clone();
-        assert_eq!(apns, "push.apns.*");
+        assert_eq!(
+            t.streams(),
+            [
+                StreamKind::Events,
+                StreamKind::Push("apns"),
+                StreamKind::Push("fcm"),
+                StreamKind::Feedback,
+                StreamKind::Dead,
+                StreamKind::Status,
+                StreamKind::Callbacks
+            ]
+        );
+        for provider in t.providers() {
+            let filter = t.stream_config(StreamKind::Push(provider)).subjects[0].clone();
+            assert_eq!(filter, format!("push.{provider}.*"));
+            let subject = t.push_subject(provider, Environment::Production);
+            assert!(subject.starts_with(filter.trim_end_matches('*')));
+        }
         assert_eq!(
             t.stream_config(StreamKind::Dead).retention,
             RetentionPolicy::Limits

@@ -25,7 +25,7 @@ use async_nats::jetstream::Context;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{Class, Event, Platform, PushJob, TRACE_HEADER, VERSION, now_ms};
+use crate::contract::{Class, Event, PushJob, TRACE_HEADER, VERSION, now_ms};
 use crate::metrics::Metrics;
 use crate::topology::{StreamKind, Topology};
 
@@ -112,7 +112,7 @@ pub struct StatusRecord {
     pub device: Option<String>,
     /// The device's provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
+    pub platform: Option<String>,
     /// The device's app (bundle id or FCM project).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
@@ -143,17 +143,17 @@ pub struct Queued {
     /// The token's tag.
     pub device: String,
     /// Its provider.
-    pub platform: Platform,
+    pub platform: String,
     /// Its app.
     pub app: String,
 }
 
 impl Queued {
     /// The device of `job`.
-    pub fn of(job: &PushJob) -> Self {
+    pub fn of<P>(job: &PushJob<P>) -> Self {
         Queued {
             device: crate::telemetry::token_tag(&job.token),
-            platform: job.platform,
+            platform: job.platform.clone(),
             app: job.app.clone(),
         }
     }
@@ -221,10 +221,10 @@ impl StatusRecord {
     }
 
     /// A record about the device of `job`.
-    pub fn job(job: &PushJob, stage: Stage) -> Self {
+    pub fn job<P>(job: &PushJob<P>, stage: Stage) -> Self {
         StatusRecord {
             device: Some(crate::telemetry::token_tag(&job.token)),
-            platform: Some(job.platform),
+            platform: Some(job.platform.clone()),
             app: Some(job.app.clone()),
             ..StatusRecord::event(&job.event_id, stage)
         }
@@ -409,7 +409,7 @@ pub struct DeviceStatus {
     pub device: String,
     /// Its provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
+    pub platform: Option<String>,
     /// Its app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
@@ -437,7 +437,7 @@ impl DeviceStatus {
     fn new(record: &StatusRecord, device: &str) -> Self {
         DeviceStatus {
             device: device.to_owned(),
-            platform: record.platform,
+            platform: record.platform.clone(),
             app: record.app.clone(),
             outcome: record.stage,
             outcome_at_ms: record.at_ms,
@@ -510,7 +510,7 @@ pub fn fold(event_id: &str, mut records: Vec<StatusRecord>) -> Option<EventStatu
                 for queued in &record.queued {
                     let queued = StatusRecord {
                         device: Some(queued.device.clone()),
-                        platform: Some(queued.platform),
+                        platform: Some(queued.platform.clone()),
                         app: Some(queued.app.clone()),
                         at_ms: record.at_ms,
                         ..StatusRecord::event(event_id, Stage::Queued)
@@ -573,7 +573,7 @@ mod tests {
     fn device(stage: Stage, device: &str, at_ms: u64) -> StatusRecord {
         StatusRecord {
             device: Some(device.into()),
-            platform: Some(Platform::Apns),
+            platform: Some("apns".into()),
             app: Some("com.example".into()),
             at_ms,
             ..StatusRecord::event("e1", stage)
@@ -607,7 +607,7 @@ mod tests {
                 StatusRecord {
                     queued: vec![Queued {
                         device: "d1".into(),
-                        platform: Platform::Apns,
+                        platform: "apns".into(),
                         app: "com.example".into(),
                     }],
                     ..at(Stage::FannedOut, 20)

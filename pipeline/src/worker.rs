@@ -112,7 +112,16 @@ impl Outcome {
 /// The message in `payload`, or the dead letter of one that is not a `T` (`malformed`) or
 /// is of another contract version (`unsupported_version`).
 pub fn decode<T: Message>(payload: &[u8]) -> Result<T, Outcome> {
-    match serde_json::from_slice::<T>(payload) {
+    let decoded = serde_json::from_slice::<T>(payload);
+    if !matches!(&decoded, Ok(message) if message.version() == VERSION) {
+        // A version-1 message published before an upgrade is read as version 2.
+        if let Some(Ok(message)) = crate::contract::upgrade_v1(payload)
+            .map(|upgraded| serde_json::from_slice::<T>(&upgraded))
+        {
+            return Ok(message);
+        }
+    }
+    match decoded {
         Ok(message) if message.version() == VERSION => Ok(message),
         Ok(message) => Err(Outcome::Dead {
             reason: "unsupported_version",
@@ -560,16 +569,16 @@ impl Shared {
 async fn report_lag(
     mut consumer: PullConsumer,
     stream: String,
-    durable: &'static str,
+    durable: String,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
     let pending = metrics
         .consumer_pending
-        .with_label_values(&[&stream, durable]);
+        .with_label_values(&[&stream, &durable]);
     let ack_pending = metrics
         .consumer_ack_pending
-        .with_label_values(&[&stream, durable]);
+        .with_label_values(&[&stream, &durable]);
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {

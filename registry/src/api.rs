@@ -1,6 +1,8 @@
 //! The device HTTP API (documented in `docs/registry-api.md`).
 //!
 //! - `PUT /v1/devices/{token}`: register or refresh (idempotent): 201 new, 200 refreshed.
+//! - `POST /v1/devices`: the same, the token in the body (`token`, or a Web Push
+//!   `subscription` whose endpoint is the token).
 //! - `DELETE /v1/devices/{token}`: 204, or 404 when not registered.
 //! - `GET /v1/persons/{personId}/devices`: the person's live devices.
 //! - `DELETE /v1/persons/{personId}/devices`: removes them all.
@@ -13,9 +15,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router, middleware};
-use pipeline::contract::{Environment, Platform, now_ms};
+use pipeline::contract::{Class, Environment, now_ms};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::config::DeviceLimit;
 use crate::error::ApiError;
@@ -26,6 +29,7 @@ use crate::{AppState, SERVICE, validate};
 pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
+        .route("/v1/devices", post(post_device))
         .route("/v1/devices/{token}", put(put_device).delete(delete_device))
         .route(
             "/v1/persons/{person_id}/devices",
@@ -69,9 +73,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 pub struct PutDevice {
     /// Owner.
     pub person_id: String,
-    /// `apns` or `fcm`.
-    pub platform: Platform,
-    /// `voip` or `alert`; default `voip` for APNs, `alert` for FCM.
+    /// The provider (`apns`, `fcm`, …).
+    pub platform: String,
+    /// The token (`POST /v1/devices` only; `PUT` names it in the path).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A push subscription as the browser's `PushSubscription.toJSON()` gives it: its
+    /// endpoint is the token, its keys are stored with it.
+    #[serde(default)]
+    pub subscription: Option<Subscription>,
+    /// `voip` or `alert`; default by provider (`voip` for APNs, `alert` for the others).
     #[serde(default)]
     pub channel: Option<Channel>,
     /// Bundle id / project id; default from `devices.default_*_app`.
@@ -95,6 +106,20 @@ pub struct PutDevice {
     pub e2e_kid: Option<String>,
 }
 
+/// A push subscription (`PushSubscription.toJSON()`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// The push service URL: the device's token.
+    pub endpoint: String,
+    /// When the browser says the subscription ends (accepted, not used: the push service
+    /// answers 404/410 for an ended one, which prunes it).
+    #[serde(default, rename = "expirationTime")]
+    pub expiration_time: Option<serde_json::Value>,
+    /// The subscription's keys, checked by the provider.
+    pub keys: Box<RawValue>,
+}
+
 /// A registration as the API shows it: the key appears only as its algorithm and id.
 #[derive(Debug, Serialize)]
 pub struct DeviceView {
@@ -105,7 +130,7 @@ pub struct DeviceView {
     /// The owner (canonical).
     pub person_id: String,
     /// Provider.
-    pub platform: Platform,
+    pub platform: String,
     /// Channel.
     pub channel: Channel,
     /// App.
@@ -218,8 +243,9 @@ struct Registration<'a> {
     token: &'a str,
     token_field: &'a str,
     person: &'a str,
-    platform: Platform,
-    channel: Channel,
+    platform: &'a str,
+    keys: Option<&'a RawValue>,
+    channel: Option<Channel>,
     app: Option<String>,
     environment: Option<Environment>,
     device_id: String,
@@ -239,13 +265,6 @@ impl AppState {
         }
     }
 
-    fn default_app(&self, platform: Platform) -> &str {
-        match platform {
-            Platform::Apns => &self.devices.default_apns_app,
-            Platform::Fcm => &self.devices.default_fcm_app,
-        }
-    }
-
     /// Validates and stores one registration.
     async fn register_one(&self, r: Registration<'_>) -> Result<Registered, ApiError> {
         let Registration {
@@ -253,19 +272,28 @@ impl AppState {
             token_field,
             person,
             platform,
+            keys,
             channel,
             app,
             environment,
             device_id,
             e2e,
         } = r;
-        validate::token(token_field, platform, token).map_err(ApiError::Invalid)?;
+        let spec =
+            validate::provider(&self.providers, "platform", platform).map_err(ApiError::Invalid)?;
+        spec.check_token(token_field, token)
+            .map_err(ApiError::Invalid)?;
+        let keys = spec
+            .check_keys("subscription.keys", keys)
+            .map_err(ApiError::Invalid)?
+            .map(|keys| serde_json::from_str(keys.get()))
+            .transpose()
+            .map_err(|e| ApiError::Invalid(format!("`subscription.keys`: {e}")))?;
         validate::person_id("person_id", person).map_err(ApiError::Invalid)?;
-        let app = app.unwrap_or_else(|| self.default_app(platform).to_owned());
+        let app = app.unwrap_or_else(|| self.devices.default_app(platform).to_owned());
         if app.is_empty() {
             return Err(ApiError::Invalid(format!(
-                "`app` is required (no devices.default_{}_app is configured)",
-                platform.as_str()
+                "`app` is required (no devices.default_apps.{platform} is configured)"
             )));
         }
         validate::app("app", &app).map_err(ApiError::Invalid)?;
@@ -285,18 +313,31 @@ impl AppState {
                 })?,
             }),
         };
-        if platform == Platform::Fcm && channel == Channel::Voip {
-            return Err(ApiError::Invalid(
-                "`channel` voip exists only for apns".into(),
-            ));
+        let channel = channel.unwrap_or_else(|| spec.default_channel());
+        if ![Class::Call, Class::Alert, Class::Background]
+            .into_iter()
+            .any(|class| spec.wants(class, channel))
+        {
+            return Err(ApiError::Invalid(format!(
+                "`channel` {} is not a channel of {platform} devices",
+                channel.as_str()
+            )));
+        }
+        let environment = environment.unwrap_or(self.devices.default_environment);
+        if !spec.environments().contains(&environment) {
+            return Err(ApiError::Invalid(format!(
+                "`environment` {} does not exist for {platform}",
+                environment.as_str()
+            )));
         }
         let attrs = DeviceAttrs {
-            platform,
+            platform: platform.to_owned(),
             channel,
             app,
-            environment: environment.unwrap_or(self.devices.default_environment),
+            environment,
             device_id: Some(device_id),
             e2e,
+            keys,
         };
         let policy = self.devices.policy(&attrs.app);
         let rules = Rules {
@@ -337,9 +378,60 @@ async fn put_device(
     body: Result<JsonBody<PutDevice>, ApiError>,
 ) -> Response {
     let result = async {
-        let principal = state.auth.authenticate(&headers).await?;
         let JsonBody(body) = body?;
+        if body.token.is_some() {
+            return Err(ApiError::Invalid(
+                "`token` is named in the path of PUT; send it in the body with POST /v1/devices"
+                    .into(),
+            ));
+        }
+        register_device(&state, &headers, token, body).await
+    }
+    .await;
+    finish(&state, "register", result)
+}
+
+async fn post_device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<PutDevice>, ApiError>,
+) -> Response {
+    let result = async {
+        let JsonBody(mut body) = body?;
+        let token = match (body.token.take(), &body.subscription) {
+            (Some(token), _) => token,
+            (None, Some(subscription)) => subscription.endpoint.clone(),
+            (None, None) => {
+                return Err(ApiError::Invalid(
+                    "`token` or `subscription` is required".into(),
+                ));
+            }
+        };
+        register_device(&state, &headers, token, body).await
+    }
+    .await;
+    finish(&state, "register", result)
+}
+
+/// Registers `token` as `body` says, for `PUT` and `POST`.
+async fn register_device(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: String,
+    body: PutDevice,
+) -> Result<(StatusCode, Json<Option<DeviceView>>), ApiError> {
+    {
+        let principal = state.auth.authenticate(headers).await?;
         state.require(principal.may_write(&body.person_id), "not_owner")?;
+        if body
+            .subscription
+            .as_ref()
+            .is_some_and(|subscription| subscription.endpoint != token)
+        {
+            return Err(ApiError::Invalid(
+                "`subscription.endpoint` is not the token being registered".into(),
+            ));
+        }
         let device_id = match body.device_id {
             Some(id) => {
                 validate::device_id("device_id", &id).map_err(ApiError::Invalid)?;
@@ -348,17 +440,14 @@ async fn put_device(
             None => token_device_id(&token),
         };
         let e2e = NewKey::read(body.e2e_key, body.e2e_algorithm, body.e2e_kid)?;
-        let channel = body.channel.unwrap_or(match body.platform {
-            Platform::Apns => Channel::Voip,
-            Platform::Fcm => Channel::Alert,
-        });
         let registered = state
             .register_one(Registration {
                 token: &token,
                 token_field: "token",
                 person: &body.person_id,
-                platform: body.platform,
-                channel,
+                platform: &body.platform,
+                keys: body.subscription.as_ref().map(|s| &*s.keys),
+                channel: body.channel,
                 app: body.app,
                 environment: body.environment,
                 device_id,
@@ -377,8 +466,6 @@ async fn put_device(
         };
         Ok((status, Json(device)))
     }
-    .await;
-    finish(&state, "register", result)
 }
 
 /// `DELETE /v1/devices/{token}` query.
@@ -399,7 +486,7 @@ async fn delete_device(
 ) -> Response {
     let result = async {
         let principal = state.auth.authenticate(&headers).await?;
-        validate::any_token("token", &token).map_err(ApiError::Invalid)?;
+        validate::any_token(&state.providers, "token", &token).map_err(ApiError::Invalid)?;
         let Query(query) =
             query.map_err(|e| ApiError::Invalid(format!("query: {}", e.body_text())))?;
         if let Some(person) = &query.person_id {
@@ -527,24 +614,9 @@ async fn sample_register(
         let JsonBody(body) = body?;
         state.require(principal.may_write(&body.person_id), "not_owner")?;
         let targets = [
-            (
-                "voipToken",
-                body.voip_token.as_deref(),
-                Platform::Apns,
-                Channel::Voip,
-            ),
-            (
-                "msgToken",
-                body.msg_token.as_deref(),
-                Platform::Apns,
-                Channel::Alert,
-            ),
-            (
-                "fcmToken",
-                body.fcm_token.as_deref(),
-                Platform::Fcm,
-                Channel::Alert,
-            ),
+            ("voipToken", body.voip_token.as_deref(), "apns", Channel::Voip),
+            ("msgToken", body.msg_token.as_deref(), "apns", Channel::Alert),
+            ("fcmToken", body.fcm_token.as_deref(), "fcm", Channel::Alert),
         ];
         let present: Vec<_> = targets
             .into_iter()
@@ -558,7 +630,8 @@ async fn sample_register(
         // Validate everything before storing anything.
         validate::person_id("personId", &body.person_id).map_err(ApiError::Invalid)?;
         for (field, token, platform, _) in &present {
-            validate::sample_token(field, *platform, token).map_err(ApiError::Invalid)?;
+            validate::sample_token(&state.providers, field, platform, token)
+                .map_err(ApiError::Invalid)?;
         }
         let device_id = match body.device_id {
             Some(id) => {
@@ -575,7 +648,8 @@ async fn sample_register(
                     token_field: field,
                     person: &body.person_id,
                     platform,
-                    channel,
+                    keys: None,
+                    channel: Some(channel),
                     app: None,
                     environment: None,
                     device_id: device_id.clone(),

@@ -138,7 +138,7 @@ fn filters(words: &[&str]) -> Result<(Filter, bool), String> {
 
 /// Runs `command` and returns what to print.
 pub async fn execute(command: &Command, config: &Config) -> Result<String, String> {
-    let topology = Topology::new(&config.nats);
+    let topology = Topology::new(&config.nats, &providers::all().names());
     let js = || async {
         let client = pipeline::nats::connect(&config.nats, "pushctl")
             .await
@@ -384,7 +384,7 @@ fn write_status(out: &mut String, status: &tracking::EventStatus) {
             out,
             "  device {} {} app={} outcome={} at={} queued={} sent={} retries={} reason={} provider_id={}",
             d.device,
-            d.platform.map_or("-", |p| p.as_str()),
+            d.platform.as_deref().unwrap_or("-"),
             d.app.as_deref().unwrap_or("-"),
             d.outcome.as_str(),
             d.outcome_at_ms,

@@ -159,9 +159,12 @@ pub struct DevicesConfig {
     pub max_per_person: usize,
     /// A registration not refreshed within this many seconds expires.
     pub ttl_secs: u64,
-    /// APNs bundle id used when a registration names none (e.g. `POST /register`).
+    /// The app of a registration that names none, by provider (`apns = "<bundle id>"`,
+    /// `fcm = "<project id>"`, …), e.g. for `POST /register`.
+    pub default_apps: BTreeMap<String, String>,
+    /// The older spelling of `default_apps.apns`.
     pub default_apns_app: String,
-    /// FCM project id used when a registration names none.
+    /// The older spelling of `default_apps.fcm`.
     pub default_fcm_app: String,
     /// Environment used when a registration names none.
     pub default_environment: Environment,
@@ -204,6 +207,18 @@ pub enum DeviceLimit {
 }
 
 impl DevicesConfig {
+    /// The app of a registration for `provider` that names none (empty: none configured).
+    pub fn default_app(&self, provider: &str) -> &str {
+        if let Some(app) = self.default_apps.get(provider) {
+            return app;
+        }
+        match provider {
+            "apns" => &self.default_apns_app,
+            "fcm" => &self.default_fcm_app,
+            _ => "",
+        }
+    }
+
     /// The policy of `app`.
     pub fn policy(&self, app: &str) -> AppPolicy {
         self.apps.get(app).cloned().unwrap_or_default()
@@ -215,6 +230,7 @@ impl Default for DevicesConfig {
         DevicesConfig {
             max_per_person: 10,
             ttl_secs: 60 * 86_400,
+            default_apps: BTreeMap::new(),
             default_apns_app: String::new(),
             default_fcm_app: String::new(),
             default_environment: Environment::Production,

@@ -1,16 +1,13 @@
 //! The fan-out stage: one `Event` from `EVENTS` → one `PushJob` per matching device on
-//! `PUSH_APNS` / `PUSH_FCM`.
+//! its provider's stream (`PUSH_<PROVIDER>`).
 //!
-//! Which devices get an event:
-//!
-//! | class | APNs devices | FCM devices |
-//! |---|---|---|
-//! | `call` | channel `voip`, when the event has an APNs part | all, when it has an FCM part |
-//! | `alert`, `background` | channel `alert`, with an APNs part | channel `alert`, with an FCM part |
+//! A device gets an event when the event has a part for the device's provider and the
+//! provider wants the event's class on the device's channel
+//! ([`pipeline::provider::Spec::wants`]); the job carries that part alone.
 //!
 //! When the event asks for encryption, or the device's app policy does
-//! (`encrypt_payloads`), each device's payload is encrypted with that device's key
-//! ([`pipeline::jwe`]) before its job is published: the key never leaves the registry, and
+//! (`encrypt_payloads`), each device's part is encrypted with that device's key by its
+//! provider ([`pipeline::provider::Spec::encrypt`]) before its job is published: the key never leaves the registry, and
 //! the job carries only ciphertext. Devices that cannot get an encrypted payload (no key,
 //! a key sealed under a KEK no longer configured, a body over the provider's limit once
 //! encrypted) get nothing and are counted in `pushline_fanout_skipped_total`.
@@ -24,11 +21,10 @@ use std::time::Duration;
 use async_nats::jetstream::Context;
 use futures::future::join_all;
 use pipeline::config::WorkerConfig;
-use pipeline::contract::{
-    ApnsPart, Class, Event, FCM_DATA_MAX_BYTES, FcmPart, Platform, PushJob, VERSION,
-    apns_max_bytes, now_ms,
-};
+use pipeline::contract::{Event, PushJob, VERSION, now_ms};
 use pipeline::metrics::Metrics;
+use pipeline::provider::Providers;
+pub use pipeline::provider::Skip;
 use pipeline::retry::RetryInput;
 use pipeline::topology::Topology;
 use pipeline::tracking::{Queued, Stage, StatusRecord, Tracker};
@@ -36,7 +32,7 @@ use pipeline::worker::{Delivery, Handler, Outcome};
 
 use crate::config::DevicesConfig;
 use crate::keyring::Keyring;
-use crate::store::{Channel, Device, Store};
+use crate::store::{Device, Store};
 
 /// The fan-out handler.
 pub struct Fanout {
@@ -58,106 +54,49 @@ pub struct Fanout {
     pub keyring: std::sync::Arc<Keyring>,
     /// Writes each event's delivery status.
     pub tracker: Tracker,
+    /// The providers.
+    pub providers: Providers,
 }
 
-/// Why a device got no encrypted payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    /// The device registered no key.
-    NoKey,
-    /// Its key was sealed under a KEK that is no longer configured, or is damaged.
-    KeyUnreadable,
-    /// The encrypted body is over the provider's limit.
-    TooLarge,
-    /// The APNs payload is not a JSON object, so its `aps` cannot be kept in clear.
-    Malformed,
-}
-
-impl Skip {
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Skip::NoKey => "no_key",
-            Skip::KeyUnreadable => "key_unreadable",
-            Skip::TooLarge => "too_large",
-            Skip::Malformed => "malformed",
-        }
+/// The job of `event` for `device`: `None` when the device does not get it (no part for
+/// its provider, a provider that does not want the class on the device's channel, or a
+/// provider no longer configured).
+pub fn job(providers: &Providers, event: &Event, device: &Device) -> Option<PushJob> {
+    let a = &device.attrs;
+    let spec = providers.get(&a.platform)?;
+    let part = event.parts.get(&a.platform)?;
+    if !spec.wants(event.class, a.channel) {
+        return None;
     }
+    Some(PushJob {
+        v: VERSION,
+        event_id: event.id.clone(),
+        token: device.token.clone(),
+        keys: a
+            .keys
+            .as_ref()
+            .and_then(|keys| serde_json::value::to_raw_value(keys).ok()),
+        platform: a.platform.clone(),
+        app: a.app.clone(),
+        environment: a.environment,
+        class: event.class,
+        received_at_ms: event.received_at_ms,
+        deadline_ms: event.deadline_ms,
+        part: part.clone(),
+        trace_id: event.trace_id.clone(),
+    })
 }
 
-/// Replaces the job's payload with its encryption for the device holding `key`.
+/// Replaces the job's part with its encryption for the device holding `key`.
 pub fn encrypt_job(
+    providers: &Providers,
     job: &mut PushJob,
     key: &pipeline::jwe::ContentKey,
     kid: &str,
 ) -> Result<(), Skip> {
-    if let Some(apns) = &mut job.apns {
-        let len = pipeline::jwe::apns_envelope_len(&apns.payload, kid.len())
-            .map_err(|_| Skip::Malformed)?;
-        if len > apns_max_bytes(apns.push_type) {
-            return Err(Skip::TooLarge);
-        }
-        let body = pipeline::jwe::apns_envelope(key, kid, &apns.payload).map_err(|error| {
-            tracing::error!(%error, "cannot encrypt an APNs payload");
-            Skip::KeyUnreadable
-        })?;
-        *apns = ApnsPart {
-            payload: body,
-            ..apns.clone()
-        };
-    }
-    if let Some(fcm) = &mut job.fcm {
-        if pipeline::jwe::fcm_envelope_len(&fcm.data, kid.len()) > FCM_DATA_MAX_BYTES {
-            return Err(Skip::TooLarge);
-        }
-        let data = pipeline::jwe::fcm_envelope(key, kid, &fcm.data).map_err(|error| {
-            tracing::error!(%error, "cannot encrypt an FCM payload");
-            Skip::KeyUnreadable
-        })?;
-        *fcm = FcmPart {
-            data,
-            ..fcm.clone()
-        };
-    }
+    let spec = providers.get(&job.platform).ok_or(Skip::Malformed)?;
+    job.part = spec.encrypt(&job.part, key, kid)?;
     Ok(())
-}
-
-/// Does `device` get `event`, and on which platform?
-pub fn wants(event: &Event, device: &Device) -> bool {
-    let a = &device.attrs;
-    match (event.class, a.platform) {
-        (Class::Call, Platform::Apns) => a.channel == Channel::Voip && event.apns.is_some(),
-        (Class::Call, Platform::Fcm) => event.fcm.is_some(),
-        (_, Platform::Apns) => a.channel == Channel::Alert && event.apns.is_some(),
-        (_, Platform::Fcm) => a.channel == Channel::Alert && event.fcm.is_some(),
-    }
-}
-
-/// The job for one device.
-pub fn job(event: &Event, device: &Device) -> PushJob {
-    let platform = device.attrs.platform;
-    PushJob {
-        v: VERSION,
-        event_id: event.id.clone(),
-        token: device.token.clone(),
-        platform,
-        app: device.attrs.app.clone(),
-        environment: device.attrs.environment,
-        class: event.class,
-        received_at_ms: event.received_at_ms,
-        deadline_ms: event.deadline_ms,
-        apns: if platform == Platform::Apns {
-            event.apns.clone()
-        } else {
-            None
-        },
-        fcm: if platform == Platform::Fcm {
-            event.fcm.clone()
-        } else {
-            None
-        },
-        trace_id: event.trace_id.clone(),
-    }
 }
 
 /// The de-duplication id of the job for `token` in `event_id`.
@@ -200,9 +139,8 @@ impl Fanout {
             .inc();
     }
 
-    /// The job for `device`, encrypted when the event or the app's policy asks for it.
-    fn job_for(&self, event: &Event, device: &Device) -> Result<PushJob, Skip> {
-        let mut job = job(event, device);
+    /// `job` for `device`, encrypted when the event or the app's policy asks for it.
+    fn sealed(&self, event: &Event, mut job: PushJob, device: &Device) -> Result<PushJob, Skip> {
         if !(event.encrypt || self.devices.policy(&device.attrs.app).encrypt_payloads) {
             return Ok(job);
         }
@@ -214,17 +152,21 @@ impl Fanout {
                 tracing::error!(%error, token = %pipeline::telemetry::token_tag(&device.token), "device key cannot be opened");
                 Skip::KeyUnreadable
             })?;
-        encrypt_job(&mut job, &key, &sealed.kid)?;
+        encrypt_job(&self.providers, &mut job, &key, &sealed.kid)?;
         Ok(job)
     }
 
-    /// The jobs of `event` for `devices`, leaving out (and counting) the devices that
-    /// cannot get the encrypted payload it needs; their `skipped` records come second.
-    fn jobs(&self, event: &Event, devices: &[&Device]) -> (Vec<PushJob>, Vec<StatusRecord>) {
+    /// The jobs of `event` for the devices among `devices` that get it, leaving out (and
+    /// counting) those that cannot get the encrypted payload it needs; their `skipped`
+    /// records come second.
+    fn jobs(&self, event: &Event, devices: &[Device]) -> (Vec<PushJob>, Vec<StatusRecord>) {
         let mut jobs = Vec::with_capacity(devices.len());
         let mut skipped = Vec::new();
         for device in devices {
-            match self.job_for(event, device) {
+            let Some(job) = job(&self.providers, event, device) else {
+                continue;
+            };
+            match self.sealed(event, job, device) {
                 Ok(job) => jobs.push(job),
                 Err(skip) => {
                     self.metrics
@@ -235,7 +177,7 @@ impl Fanout {
                     tracing::warn!(event_id = %event.id, token = %tag, reason = skip.as_str(), "device skipped: its payload must be encrypted");
                     skipped.push(StatusRecord {
                         device: Some(tag),
-                        platform: Some(device.attrs.platform),
+                        platform: Some(device.attrs.platform.clone()),
                         app: Some(device.attrs.app.clone()),
                         ..StatusRecord::event(&event.id, Stage::Skipped).because(skip.as_str())
                     });
@@ -254,7 +196,7 @@ impl Fanout {
         let headers = &headers;
         let sends = jobs.iter().map(|job| async move {
             let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
-            let subject = self.topology.push_subject(job.platform, job.environment);
+            let subject = self.topology.push_subject(&job.platform, job.environment);
             pipeline::nats::publish_stored(
                 &self.js,
                 &subject,
@@ -266,7 +208,7 @@ impl Fanout {
             .map_err(|e| e.to_string())?;
             self.metrics
                 .fanout_jobs
-                .with_label_values(&[job.platform.as_str(), job.class.as_str()])
+                .with_label_values(&[&job.platform, job.class.as_str()])
                 .inc();
             Ok::<(), String>(())
         });
@@ -296,8 +238,7 @@ impl Handler for Fanout {
                     .await;
             }
         };
-        let targets: Vec<&Device> = devices.iter().filter(|d| wants(&event, d)).collect();
-        let (jobs, skipped) = self.jobs(&event, &targets);
+        let (jobs, skipped) = self.jobs(&event, &devices);
         for record in &skipped {
             self.tracker.record(record).await;
         }
@@ -336,11 +277,19 @@ impl Handler for Fanout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::DeviceAttrs;
-    use pipeline::contract::{ApnsPart, ApnsPushType, Environment, FcmPart, FcmPriority};
+    use crate::store::{Channel, DeviceAttrs};
+    use pipeline::contract::{Class, Environment, Parts};
     use serde_json::value::RawValue;
 
-    fn event(class: Class, apns: bool, fcm: bool) -> Event {
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.into()).expect("raw")
+    }
+
+    fn event(class: Class, parts: &[(&str, &str)]) -> Event {
+        let parts: Parts = parts
+            .iter()
+            .map(|(name, part)| ((*name).to_owned(), raw(part)))
+            .collect();
         Event {
             v: VERSION,
             id: "e".into(),
@@ -351,66 +300,66 @@ mod tests {
             class,
             received_at_ms: 1,
             deadline_ms: 2,
-            apns: apns.then(|| ApnsPart {
-                payload: RawValue::from_string("{}".into()).expect("raw"),
-                push_type: ApnsPushType::Voip,
-                priority: 10,
-                collapse_id: None,
-            }),
-            fcm: fcm.then(|| FcmPart {
-                data: RawValue::from_string("{}".into()).expect("raw"),
-                priority: FcmPriority::High,
-                collapse_key: None,
-            }),
+            parts,
             trace_id: None,
             encrypt: false,
         }
     }
 
-    fn device(platform: Platform, channel: Channel) -> Device {
+    const APNS: (&str, &str) = ("apns", r#"{"payload":{},"push_type":"voip","priority":10}"#);
+    const FCM: (&str, &str) = ("fcm", r#"{"data":{},"priority":"high"}"#);
+
+    fn device(platform: &str, channel: Channel) -> Device {
         Device {
             token: "t".into(),
             person_id: "p".into(),
             attrs: DeviceAttrs {
-                platform,
+                platform: platform.into(),
                 channel,
                 app: "a".into(),
                 environment: Environment::Sandbox,
                 device_id: None,
                 e2e: None,
+                keys: None,
             },
             created_at_ms: 0,
             updated_at_ms: 0,
         }
     }
 
+    fn gets(event: &Event, device: &Device) -> bool {
+        job(&providers::all(), event, device).is_some()
+    }
+
     #[test]
     fn calls_go_to_voip_and_fcm_devices_only() {
-        let call = event(Class::Call, true, true);
-        assert!(wants(&call, &device(Platform::Apns, Channel::Voip)));
-        assert!(!wants(&call, &device(Platform::Apns, Channel::Alert)));
-        assert!(wants(&call, &device(Platform::Fcm, Channel::Alert)));
+        let call = event(Class::Call, &[APNS, FCM]);
+        assert!(gets(&call, &device("apns", Channel::Voip)));
+        assert!(!gets(&call, &device("apns", Channel::Alert)));
+        assert!(gets(&call, &device("fcm", Channel::Alert)));
     }
 
     #[test]
     fn alerts_go_to_alert_devices_only() {
-        let alert = event(Class::Alert, true, true);
-        assert!(!wants(&alert, &device(Platform::Apns, Channel::Voip)));
-        assert!(wants(&alert, &device(Platform::Apns, Channel::Alert)));
-        assert!(wants(&alert, &device(Platform::Fcm, Channel::Alert)));
+        let alert = event(Class::Alert, &[APNS, FCM]);
+        assert!(!gets(&alert, &device("apns", Channel::Voip)));
+        assert!(gets(&alert, &device("apns", Channel::Alert)));
+        assert!(gets(&alert, &device("fcm", Channel::Alert)));
     }
 
     #[test]
-    fn a_missing_part_means_no_job_for_that_platform() {
-        let apns_only = event(Class::Call, true, false);
-        assert!(!wants(&apns_only, &device(Platform::Fcm, Channel::Alert)));
+    fn a_missing_part_or_an_unknown_provider_means_no_job() {
+        let apns_only = event(Class::Call, &[APNS]);
+        assert!(!gets(&apns_only, &device("fcm", Channel::Alert)));
+        let call = event(Class::Call, &[APNS, FCM, ("pager", "{}")]);
+        assert!(!gets(&call, &device("pager", Channel::Alert)));
     }
 
     #[test]
-    fn jobs_carry_only_their_platforms_part() {
-        let e = event(Class::Call, true, true);
-        let j = job(&e, &device(Platform::Fcm, Channel::Alert));
-        assert!(j.apns.is_none() && j.fcm.is_some());
+    fn jobs_carry_only_their_providers_part() {
+        let e = event(Class::Call, &[APNS, FCM]);
+        let j = job(&providers::all(), &e, &device("fcm", Channel::Alert)).expect("job");
+        assert_eq!(j.part.get(), FCM.1);
         assert_eq!(j.environment, Environment::Sandbox);
         assert_ne!(job_id("e", "t1"), job_id("e", "t2"));
     }
@@ -418,29 +367,27 @@ mod tests {
     #[test]
     fn an_encrypted_job_carries_only_ciphertext_and_keeps_its_headers() {
         let key = pipeline::jwe::ContentKey::from_bytes([3; 32]);
-        let mut e = event(Class::Call, true, true);
-        e.apns = Some(ApnsPart {
-            payload: RawValue::from_string(r#"{"aps":{},"caller":"Alice"}"#.into()).expect("raw"),
-            push_type: ApnsPushType::Voip,
-            priority: 10,
-            collapse_id: Some("c".into()),
-        });
-        let mut j = job(&e, &device(Platform::Apns, Channel::Voip));
-        encrypt_job(&mut j, &key, "k").expect("encrypt");
-        let apns = j.apns.expect("apns");
-        assert!(!apns.payload.get().contains("Alice"));
-        assert_eq!(apns.collapse_id.as_deref(), Some("c"));
-        let body: serde_json::Value = serde_json::from_str(apns.payload.get()).expect("json");
+        let providers = providers::all();
+        let apns = r#"{"payload":{"aps":{},"caller":"Alice"},"push_type":"voip","priority":10,"collapse_id":"c"}"#;
+        let e = event(Class::Call, &[("apns", apns)]);
+        let mut j = job(&providers, &e, &device("apns", Channel::Voip)).expect("job");
+        encrypt_job(&providers, &mut j, &key, "k").expect("encrypt");
+        assert!(!j.part.get().contains("Alice"));
+        let part: serde_json::Value = serde_json::from_str(j.part.get()).expect("json");
+        assert_eq!(part["collapse_id"], "c");
+        let body = &part["payload"];
         let plain = pipeline::jwe::decrypt(&key, body["jwe"].as_str().expect("jwe")).expect("open");
         assert_eq!(plain, br#"{"aps":{},"caller":"Alice"}"#);
 
-        e.fcm = Some(FcmPart {
-            data: RawValue::from_string(format!(r#"{{"m":"{}"}}"#, "x".repeat(3_500)))
-                .expect("raw"),
-            priority: FcmPriority::High,
-            collapse_key: None,
-        });
-        let mut big = job(&e, &device(Platform::Fcm, Channel::Alert));
-        assert_eq!(encrypt_job(&mut big, &key, "k"), Err(Skip::TooLarge));
+        let big = format!(
+            r#"{{"data":{{"m":"{}"}},"priority":"high"}}"#,
+            "x".repeat(3_500)
+        );
+        let e = event(Class::Call, &[("fcm", &big)]);
+        let mut big = job(&providers, &e, &device("fcm", Channel::Alert)).expect("job");
+        assert_eq!(
+            encrypt_job(&providers, &mut big, &key, "k"),
+            Err(Skip::TooLarge)
+        );
     }
 }

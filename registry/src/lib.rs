@@ -59,6 +59,7 @@ pub struct AppState {
     body_limit: usize,
     max_json_depth: usize,
     metrics: Metrics,
+    providers: pipeline::provider::Providers,
 }
 
 /// Why the registry could not run.
@@ -92,15 +93,17 @@ struct Ready {
 impl Readiness for Ready {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
+            let mut streams = vec![StreamKind::Events, StreamKind::Feedback];
+            streams.extend(
+                self.topology
+                    .providers()
+                    .iter()
+                    .map(|p| StreamKind::Push(p)),
+            );
             pipeline::nats::check_topology(
                 &self.client,
                 &self.topology,
-                &[
-                    StreamKind::Events,
-                    StreamKind::Feedback,
-                    StreamKind::PushApns,
-                    StreamKind::PushFcm,
-                ],
+                &streams,
                 &[ConsumerKind::Fanout, ConsumerKind::Prune],
             )
             .await?;
@@ -164,7 +167,7 @@ pub async fn serve(
     );
     let client = pipeline::nats::connect(&config.nats, "pushline-registry").await?;
     let js = pipeline::topology::jetstream(client.clone());
-    let topology = Topology::new(&config.nats);
+    let topology = Topology::new(&config.nats, &providers::all().names());
 
     let tracker = pipeline::tracking::Tracker::new(
         client.clone(),
@@ -193,6 +196,7 @@ pub async fn serve(
         devices: Arc::new(config.devices.clone()),
         keyring: keyring.clone(),
         tracker: tracker.clone(),
+        providers: providers::all(),
     };
     let prune = prune::Prune {
         store: store.clone(),
@@ -247,6 +251,7 @@ pub async fn serve(
         body_limit: config.body_limit_bytes,
         max_json_depth: config.max_json_depth,
         metrics,
+        providers: providers::all(),
     };
     tracing::info!(listen = %api_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry listening");
     let served = admin::serve(api_listener, api::router(state), shutdown.clone()).await;

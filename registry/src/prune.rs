@@ -45,7 +45,7 @@ impl Prune {
     async fn announce(&self, feedback: &Feedback, person_ids: Vec<String>) {
         let notice = TokenPruned {
             v: VERSION,
-            platform: feedback.platform,
+            platform: feedback.platform.clone(),
             app: feedback.app.clone(),
             token: feedback.token.clone(),
             reason: feedback.reason.clone(),
@@ -128,7 +128,7 @@ impl Handler for Prune {
                     if let Some(event_id) = &feedback.event_id {
                         let record = StatusRecord {
                             device: Some(tag.clone()),
-                            platform: Some(feedback.platform),
+                            platform: Some(feedback.platform.clone()),
                             app: Some(feedback.app.clone()),
                             ..StatusRecord::event(event_id, Stage::Pruned)
                                 .because(feedback.reason.as_str())
@@ -139,7 +139,7 @@ impl Handler for Prune {
                 }
                 self.metrics
                     .feedback
-                    .with_label_values(&[feedback.platform.as_str(), outcome])
+                    .with_label_values(&[&feedback.platform, outcome])
                     .inc();
                 tracing::info!(token = %tag, reason = %feedback.reason, outcome, "feedback handled");
                 Outcome::Ack

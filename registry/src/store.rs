@@ -57,30 +57,21 @@
 
 use std::time::Duration;
 
-use pipeline::contract::{Environment, Platform};
+pub use pipeline::contract::Channel;
+use pipeline::contract::Environment;
 use redis::{AsyncCommands, Script};
 
 use crate::connection::Connection;
 use serde::{Deserialize, Serialize};
 
-/// Which pushes a device registration is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    /// PushKit VoIP (APNs) — receives calls.
-    Voip,
-    /// Ordinary notifications; on FCM also calls (data messages).
-    Alert,
-}
-
 /// The attributes stored for one device (everything but token, person and times).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceAttrs {
-    /// Provider.
-    pub platform: Platform,
+    /// Provider name.
+    pub platform: String,
     /// Channel.
     pub channel: Channel,
-    /// APNs bundle id or FCM project id.
+    /// APNs bundle id, FCM project id, Web Push VAPID key set.
     pub app: String,
     /// Provider environment.
     pub environment: Environment,
@@ -92,6 +83,9 @@ pub struct DeviceAttrs {
     /// plain `e2e_key` field, which is ignored and dropped by the next registration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e2e: Option<SealedKey>,
+    /// What else the provider needs to reach the device (a Web Push subscription's keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<serde_json::Value>,
 }
 
 /// A device's end-to-end key as stored: sealed by [`crate::keyring::Keyring`].

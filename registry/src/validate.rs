@@ -1,11 +1,9 @@
 //! Input rules for device registrations: small pure functions, each naming the field.
 
-use pipeline::contract::Platform;
+use pipeline::provider::{Providers, Spec};
 
 /// Longest person id, in characters.
 pub use pipeline::contract::MAX_PERSON_ID;
-/// Longest FCM token.
-pub const MAX_FCM_TOKEN: usize = 4_096;
 /// Longest app id (bundle id / project id).
 pub const MAX_APP: usize = 255;
 /// Longest device id.
@@ -16,43 +14,38 @@ pub fn person_id(field: &str, value: &str) -> Result<(), String> {
     pipeline::contract::check_person_id(field, value)
 }
 
-/// A device token in the provider's format: APNs tokens are an even number (64 today, at
-/// most 200) of hex digits; FCM tokens are up to 4096 characters of `A-Z a-z 0-9 _ - :`.
-pub fn token(field: &str, platform: Platform, value: &str) -> Result<(), String> {
-    match platform {
-        Platform::Apns => {
-            if value.len() < 64
-                || value.len() > 200
-                || value.len() % 2 != 0
-                || !value.bytes().all(|b| b.is_ascii_hexdigit())
-            {
-                return Err(format!(
-                    "`{field}` must be an APNs token: 64 to 200 hex digits"
-                ));
-            }
-        }
-        Platform::Fcm => {
-            if value.len() < 16
-                || value.len() > MAX_FCM_TOKEN
-                || !value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'))
-            {
-                return Err(format!(
-                    "`{field}` must be an FCM token: 16 to {MAX_FCM_TOKEN} characters of A-Z a-z 0-9 _ - :"
-                ));
-            }
-        }
-    }
-    Ok(())
+/// The provider named in `field`, among `providers`.
+pub fn provider(
+    providers: &Providers,
+    field: &str,
+    name: &str,
+) -> Result<&'static dyn Spec, String> {
+    providers
+        .get(name)
+        .ok_or_else(|| format!("`{field}` must be one of {}", providers.listed()))
+}
+
+/// A device token in the format of the provider `platform`.
+pub fn token(
+    providers: &Providers,
+    field: &str,
+    platform: &str,
+    value: &str,
+) -> Result<(), String> {
+    provider(providers, "platform", platform)?.check_token(field, value)
 }
 
 /// A token in a field of the Webex sample server's `/register`, which names the provider
 /// by field: an FCM token in `voipToken` or `msgToken` is refused with where it belongs.
 /// (An APNs token is hex, which FCM's alphabet includes, so `fcmToken` cannot tell.)
-pub fn sample_token(field: &str, platform: Platform, value: &str) -> Result<(), String> {
-    token(field, platform, value).map_err(|error| {
-        if platform == Platform::Apns && token(field, Platform::Fcm, value).is_ok() {
+pub fn sample_token(
+    providers: &Providers,
+    field: &str,
+    platform: &str,
+    value: &str,
+) -> Result<(), String> {
+    token(providers, field, platform, value).map_err(|error| {
+        if platform == "apns" && token(providers, field, "fcm", value).is_ok() {
             format!("`{field}` holds an FCM token, not an APNs one; send it as fcmToken")
         } else {
             error
@@ -75,11 +68,18 @@ pub fn device_id(field: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A token of either platform (for deletes, where the platform is not given).
-pub fn any_token(field: &str, value: &str) -> Result<(), String> {
-    token(field, Platform::Apns, value)
-        .or_else(|_| token(field, Platform::Fcm, value))
-        .map_err(|_| format!("`{field}` is not an APNs or FCM device token"))
+/// A token of any provider (for deletes, where the provider is not given).
+pub fn any_token(providers: &Providers, field: &str, value: &str) -> Result<(), String> {
+    if providers
+        .iter()
+        .any(|spec| spec.check_token(field, value).is_ok())
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "`{field}` is not a device token of any provider ({})",
+        providers.listed()
+    ))
 }
 
 /// An app id: 1–255 characters of `A-Z a-z 0-9 . _ -`.
@@ -102,19 +102,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn apns_tokens_are_hex_of_sane_length() {
-        let good = "a".repeat(64);
-        assert!(token("t", Platform::Apns, &good).is_ok());
-        assert!(token("t", Platform::Apns, &"g".repeat(64)).is_err());
-        assert!(token("t", Platform::Apns, &"a".repeat(63)).is_err());
-        assert!(token("t", Platform::Apns, &"a".repeat(202)).is_err());
-    }
-
-    #[test]
-    fn fcm_tokens_allow_their_charset_only() {
-        assert!(token("t", Platform::Fcm, "dGVzdA:APA91bH-x_y0123456789").is_ok());
-        assert!(token("t", Platform::Fcm, "has space in it 0123456789").is_err());
-        assert!(token("t", Platform::Fcm, "short").is_err());
+    fn tokens_are_checked_by_their_provider() {
+        let all = providers::all();
+        assert!(token(&all, "t", "apns", &"a".repeat(64)).is_ok());
+        assert!(token(&all, "t", "apns", "dGVzdA:APA91bH-x_y0123456789").is_err());
+        assert!(token(&all, "t", "fcm", "dGVzdA:APA91bH-x_y0123456789").is_ok());
+        let error = token(&all, "t", "pager", "x").expect_err("unknown provider");
+        assert!(
+            error.contains(&format!("`platform` must be one of {}", all.listed())),
+            "{error}"
+        );
+        assert!(any_token(&all, "t", &"a".repeat(64)).is_ok());
+        let error = any_token(&all, "token", "x y").expect_err("nobody's");
+        assert!(error.contains("any provider"), "{error}");
     }
 
     #[test]
@@ -128,16 +128,17 @@ mod tests {
 
     #[test]
     fn a_token_in_the_wrong_sample_field_says_where_it_belongs() {
+        let all = providers::all();
         let fcm = "dGVzdA:APA91bH-x_y0123456789";
-        let error = sample_token("msgToken", Platform::Apns, fcm).expect_err("fcm in msgToken");
+        let error = sample_token(&all, "msgToken", "apns", fcm).expect_err("fcm in msgToken");
         assert!(
             error.contains("FCM token, not an APNs one; send it as fcmToken"),
             "{error}"
         );
         let apns = "ab".repeat(32);
-        let error = sample_token("voipToken", Platform::Apns, "x").expect_err("neither");
+        let error = sample_token(&all, "voipToken", "apns", "x").expect_err("neither");
         assert!(error.contains("64 to 200 hex digits"), "{error}");
-        assert!(sample_token("voipToken", Platform::Apns, &apns).is_ok());
+        assert!(sample_token(&all, "voipToken", "apns", &apns).is_ok());
     }
 
     #[test]

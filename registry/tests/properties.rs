@@ -2,7 +2,6 @@
 //! panic the validators or parsers.
 #![allow(missing_docs)]
 
-use pipeline::contract::Platform;
 use proptest::prelude::*;
 use registry::api::{PutDevice, SampleRegister};
 use registry::{person, validate};
@@ -13,9 +12,11 @@ proptest! {
     #[test]
     fn validators_never_panic(value in any::<String>()) {
         let _ = validate::person_id("p", &value);
-        let _ = validate::token("t", Platform::Apns, &value);
-        let _ = validate::token("t", Platform::Fcm, &value);
-        let _ = validate::any_token("t", &value);
+        let all = providers::all();
+        for provider in all.names() {
+            let _ = validate::token(&all, "t", provider, &value);
+        }
+        let _ = validate::any_token(&all, "t", &value);
         let _ = validate::app("a", &value);
         let _ = person::canonical(&value);
     }

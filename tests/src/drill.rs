@@ -391,7 +391,7 @@ async fn jetstream_state(stack: &Stack) -> String {
     let js = async_nats::jetstream::new(client);
     let topology = stack.env.topology();
     let mut out = String::new();
-    for kind in StreamKind::ALL {
+    for kind in topology.streams() {
         let name = topology.stream_name(kind);
         match js.get_stream(&name).await {
             Ok(stream) => {
@@ -404,16 +404,12 @@ async fn jetstream_state(stack: &Stack) -> String {
             Err(e) => out += &format!("stream {name}: {e}\n"),
         }
     }
-    for kind in [
-        ConsumerKind::Fanout,
-        ConsumerKind::DispatchApns,
-        ConsumerKind::DispatchFcm,
-    ] {
+    for kind in ConsumerKind::all(topology.providers()) {
         let stream = topology.stream_name(kind.stream());
         let Ok(s) = js.get_stream(&stream).await else {
             continue;
         };
-        match s.consumer_info(kind.durable_name()).await {
+        match s.consumer_info(&kind.durable_name()).await {
             Ok(info) => {
                 out += &format!(
                     "consumer {stream}/{}: pending {}, ack pending {}, redelivered {}, delivered stream seq {}, ack floor stream seq {}\n",

@@ -25,3 +25,14 @@ pub mod services;
 pub mod stack;
 pub mod wait;
 pub mod webex;
+
+/// The part of `parts` for `provider`, read as that provider's own type.
+pub fn part<T: serde::de::DeserializeOwned>(
+    parts: &pipeline::contract::Parts,
+    provider: &str,
+) -> T {
+    let raw = parts
+        .get(provider)
+        .unwrap_or_else(|| panic!("no {provider} part"));
+    serde_json::from_str(raw.get()).unwrap_or_else(|e| panic!("{provider} part: {e}"))
+}

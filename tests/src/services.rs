@@ -107,7 +107,7 @@ impl Env {
 
     /// The topology under this test's prefix.
     pub fn topology(&self) -> Topology {
-        Topology::new(&self.nats_config())
+        Topology::new(&self.nats_config(), &providers::all().names())
     }
 
     /// A JetStream context on this test's server.

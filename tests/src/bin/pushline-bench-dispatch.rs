@@ -17,13 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::PublishMessage;
+use dispatcher_apns::spec::{ApnsPart, ApnsPushType, NAME};
 use harness::bench::{arg, json_path};
 use harness::mock::apns::{MockApns, P8Key};
 use harness::mock::tls::TestCa;
 use harness::servers::NatsServer;
-use pipeline::contract::{
-    ApnsPart, ApnsPushType, Class, Environment, Platform, PushJob, VERSION, now_ms,
-};
+use pipeline::contract::{Class, Environment, PushJob, VERSION, now_ms};
 use serde_json::value::RawValue;
 
 const BUNDLE: &str = "com.example.bench";
@@ -116,19 +115,19 @@ fn jobs(n: usize, deadline_ms: u64) -> Vec<Vec<u8>> {
                 v: VERSION,
                 event_id: format!("bench-{i}"),
                 token: token(i),
-                platform: Platform::Apns,
+                keys: None,
+                platform: NAME.into(),
                 app: BUNDLE.into(),
                 environment: Environment::Production,
                 class: Class::Call,
                 received_at_ms: now_ms(),
                 deadline_ms,
-                apns: Some(ApnsPart {
+                part: ApnsPart {
                     payload: RawValue::from_string(PAYLOAD.into()).expect("raw"),
                     push_type: ApnsPushType::Voip,
                     priority: 10,
                     collapse_id: None,
-                }),
-                fcm: None,
+                },
                 trace_id: None,
             })
             .expect("job")
@@ -158,10 +157,10 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     nats_config.publish_timeout_ms = 10_000;
-    let topology = pipeline::topology::Topology::new(&nats_config);
+    let topology = pipeline::topology::Topology::new(&nats_config, &[NAME]);
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     topology.ensure(&js).await?;
-    let subject = topology.push_subject(Platform::Apns, Environment::Production);
+    let subject = topology.push_subject(NAME, Environment::Production);
     let deadline = now_ms() + 600_000;
     let all = jobs(n, deadline);
     for (c, chunk) in all.chunks(1_000).enumerate() {

@@ -113,8 +113,8 @@ async fn a_call_rings_the_iphone_and_the_android_phone() {
     // Nothing is left behind in any work queue.
     for kind in [
         StreamKind::Events,
-        StreamKind::PushApns,
-        StreamKind::PushFcm,
+        StreamKind::Push("apns"),
+        StreamKind::Push("fcm"),
     ] {
         stack.env.wait_messages(kind, 0).await;
     }
@@ -227,7 +227,7 @@ async fn two_service_unavailable_answers_then_success_deliver_exactly_once() {
         ],
     )
     .await;
-    stack.env.wait_messages(StreamKind::PushApns, 0).await;
+    stack.env.wait_messages(StreamKind::Push("apns"), 0).await;
     let statuses: Vec<u16> = stack
         .providers
         .apns
@@ -296,7 +296,7 @@ async fn a_bad_topic_is_dead_lettered_once_with_its_reason_and_not_retried() {
         &[r#"pushline_dead_letters_total{reason="BadTopic",stage="apns"} 1"#],
     )
     .await;
-    stack.env.wait_messages(StreamKind::PushApns, 0).await;
+    stack.env.wait_messages(StreamKind::Push("apns"), 0).await;
     assert_eq!(
         stack.providers.apns.requests().len(),
         1,
@@ -327,7 +327,7 @@ async fn a_call_whose_deadline_passes_while_apns_fails_is_never_delivered_late()
     );
     stack.webhook(&body).await;
     Stack::wait_metrics(stack.apns(), &[r#"pushline_expired_total{stage="apns"} 1"#]).await;
-    stack.env.wait_messages(StreamKind::PushApns, 0).await;
+    stack.env.wait_messages(StreamKind::Push("apns"), 0).await;
     let requests = stack.providers.apns.requests();
     assert!(
         requests.len() > 2,
@@ -473,7 +473,7 @@ async fn a_dispatcher_killed_mid_flight_loses_nothing_a_second_replica_delivers(
         &[r#"pushline_worker_messages_total{outcome="ack",stage="apns"} 6"#],
     )
     .await;
-    stack.env.wait_messages(StreamKind::PushApns, 0).await;
+    stack.env.wait_messages(StreamKind::Push("apns"), 0).await;
 }
 
 #[tokio::test]
@@ -569,7 +569,7 @@ async fn duplicate_webhooks_ring_once() {
         &[r#"pushline_webhooks_received_total{outcome="duplicate",source="webex"} 1"#],
     )
     .await;
-    stack.env.wait_messages(StreamKind::PushApns, 0).await;
+    stack.env.wait_messages(StreamKind::Push("apns"), 0).await;
     let per_token: HashMap<String, usize> =
         stack
             .providers
@@ -614,7 +614,7 @@ async fn a_call_sent_again_after_a_nats_restart_does_not_ring_twice() {
     let body = harness::webex::telephony_push("nina", None, Some(&fcm_payload("restart")));
     let first = stack.webhook(&body).await;
     stack.providers.fcm.wait_delivered(1, WAIT).await;
-    stack.env.wait_messages(StreamKind::PushFcm, 0).await;
+    stack.env.wait_messages(StreamKind::Push("fcm"), 0).await;
 
     tokio::task::block_in_place(|| stack.env.nats.restart());
     let second = stack.webhook(&body).await;
@@ -631,7 +631,7 @@ async fn a_call_sent_again_after_a_nats_restart_does_not_ring_twice() {
         .await;
     }
     stack.env.wait_messages(StreamKind::Events, 0).await;
-    stack.env.wait_messages(StreamKind::PushFcm, 0).await;
+    stack.env.wait_messages(StreamKind::Push("fcm"), 0).await;
     assert_eq!(
         stack.providers.fcm.delivered().len(),
         1,
@@ -641,27 +641,26 @@ async fn a_call_sent_again_after_a_nats_restart_does_not_ring_twice() {
 
 #[tokio::test]
 async fn a_job_for_an_app_without_credentials_is_dead_lettered_unsent() {
-    use pipeline::contract::{
-        ApnsPart, ApnsPushType, Class, Environment, Platform, PushJob, VERSION, now_ms,
-    };
+    use dispatcher_apns::spec::{ApnsPart, ApnsPushType};
+    use pipeline::contract::{Class, Environment, PushJob, VERSION, now_ms};
     let stack = Stack::start().await;
     let job = PushJob {
         v: VERSION,
         event_id: "evt-unknown-app".into(),
         token: ios(7),
-        platform: Platform::Apns,
+        keys: None,
+        platform: "apns".into(),
         app: "com.example.not-configured".into(),
         environment: Environment::Production,
         class: Class::Call,
         received_at_ms: now_ms(),
         deadline_ms: now_ms() + 30_000,
-        apns: Some(ApnsPart {
+        part: ApnsPart {
             payload: serde_json::value::to_raw_value(&serde_json::json!({"aps": {}})).expect("raw"),
             push_type: ApnsPushType::Voip,
             priority: 10,
             collapse_id: None,
-        }),
-        fcm: None,
+        },
         trace_id: None,
     };
     let js = stack.env.jetstream().await;
@@ -669,7 +668,7 @@ async fn a_job_for_an_app_without_credentials_is_dead_lettered_unsent() {
         stack
             .env
             .topology()
-            .push_subject(Platform::Apns, Environment::Production),
+            .push_subject("apns", Environment::Production),
         serde_json::to_vec(&job).expect("json").into(),
     )
     .await

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use dispatcher_apns::spec::ApnsPart;
+use dispatcher_fcm::spec::FcmPart;
 use harness::services::{Env, Service, WEBHOOK_SECRET, start_ingest};
 use harness::wait;
 use harness::webex::{apns_payload, fcm_payload, sign, telephony_push};
@@ -58,8 +60,10 @@ async fn signed_telephony_push_is_stored_with_byte_identical_payloads() {
     let event: Event = serde_json::from_slice(&message.payload).expect("an Event");
     assert_eq!(event.person_id, "person-1");
     assert_eq!(event.class, Class::Call);
-    assert_eq!(event.apns.expect("apns part").payload.get(), apns);
-    assert_eq!(event.fcm.expect("fcm part").data.get(), fcm);
+    let apns_part: ApnsPart = harness::part(&event.parts, "apns");
+    let fcm_part: FcmPart = harness::part(&event.parts, "fcm");
+    assert_eq!(apns_part.payload.get(), apns);
+    assert_eq!(fcm_part.data.get(), fcm);
     assert!(event.deadline_ms > event.received_at_ms);
 }
 

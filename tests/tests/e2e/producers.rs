@@ -1,10 +1,12 @@
 //! The producer API, signature variants and input limits against a real NATS JetStream.
 
+use dispatcher_apns::spec::{ApnsPart, ApnsPushType};
+use dispatcher_fcm::spec::FcmPart;
 use harness::services::{
     API_KEY, Env, PRODUCER_KEY, Service, WEBHOOK_SECRET, start_ingest, start_registry,
 };
 use harness::webex::{sign, telephony_push};
-use pipeline::contract::{ApnsPushType, Class, Event};
+use pipeline::contract::{Class, Event};
 use pipeline::topology::StreamKind;
 use serde_json::{Value, json};
 
@@ -44,10 +46,11 @@ async fn a_producer_rings_each_target_once_per_idempotency_key() {
         format!("{}events.api.crm", env.prefix)
     );
     assert_eq!(event.class, Class::Call);
-    let apns = event.apns.expect("apns");
+    let apns: ApnsPart = harness::part(&event.parts, "apns");
     assert_eq!(apns.payload.get(), r#"{"aps":{}, "callId":"c-1"}"#);
     assert_eq!(apns.push_type, ApnsPushType::Voip);
-    assert_eq!(event.fcm.expect("fcm").collapse_key.as_deref(), Some("c-1"));
+    let fcm: FcmPart = harness::part(&event.parts, "fcm");
+    assert_eq!(fcm.collapse_key.as_deref(), Some("c-1"));
     assert!(event.deadline_ms <= event.received_at_ms + 30_000);
 
     let again: Value = notify(&ingest, Some(PRODUCER_KEY), CALL)

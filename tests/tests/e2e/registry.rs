@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream::message::StreamMessage;
+use dispatcher_apns::spec::ApnsPart;
+use dispatcher_fcm::spec::FcmPart;
 use harness::services::{API_KEY, APNS_APP, Env, FCM_APP, Service, start_registry};
 use harness::wait;
-use pipeline::contract::{
-    ApnsPart, ApnsPushType, Class, Environment, Event, FcmPart, FcmPriority, Feedback, Platform,
-    PushJob, VERSION, now_ms,
-};
+use pipeline::contract::{Class, Environment, Event, Feedback, Parts, PushJob, VERSION, now_ms};
 use pipeline::topology::StreamKind;
 use registry::store::Rules;
 use serde_json::value::RawValue;
@@ -76,17 +75,20 @@ fn call_event(id: &str, person: &str, deadline_ms: u64) -> Event {
         class: Class::Call,
         received_at_ms: now_ms(),
         deadline_ms,
-        apns: Some(ApnsPart {
-            payload: RawValue::from_string(r#"{"aps":{},"k":1}"#.into()).expect("raw"),
-            push_type: ApnsPushType::Voip,
-            priority: 10,
-            collapse_id: None,
-        }),
-        fcm: Some(FcmPart {
-            data: RawValue::from_string(r#"{"k":"1"}"#.into()).expect("raw"),
-            priority: FcmPriority::High,
-            collapse_key: None,
-        }),
+        parts: Parts::from([
+            (
+                "apns".to_owned(),
+                RawValue::from_string(
+                    r#"{"payload":{"aps":{},"k":1},"push_type":"voip","priority":10}"#.into(),
+                )
+                .expect("raw"),
+            ),
+            (
+                "fcm".to_owned(),
+                RawValue::from_string(r#"{"data":{"k":"1"},"priority":"high"}"#.into())
+                    .expect("raw"),
+            ),
+        ]),
         trace_id: None,
         encrypt: false,
     }
@@ -373,8 +375,8 @@ async fn an_event_fans_out_one_job_per_matching_device() {
     let event = call_event("evt-1", person, now_ms() + 60_000);
     publish_event(&env, &event).await;
 
-    let apns = jobs(&env.wait_messages(StreamKind::PushApns, 2).await);
-    let fcm = jobs(&env.wait_messages(StreamKind::PushFcm, 1).await);
+    let apns = jobs(&env.wait_messages(StreamKind::Push("apns"), 2).await);
+    let fcm = jobs(&env.wait_messages(StreamKind::Push("fcm"), 1).await);
     let subject = |env_name: &str| format!("{}push.apns.{env_name}", env.prefix);
     let production = apns
         .iter()
@@ -387,24 +389,19 @@ async fn an_event_fans_out_one_job_per_matching_device() {
         .expect("sandbox job");
     assert_eq!(sandbox.0, subject("sandbox"));
     assert_eq!(sandbox.1.environment, Environment::Sandbox);
-    assert_eq!(
-        sandbox.1.apns.as_ref().expect("apns part").payload.get(),
-        r#"{"aps":{},"k":1}"#
-    );
-    assert!(sandbox.1.fcm.is_none());
+    let part: ApnsPart = serde_json::from_str(sandbox.1.part.get()).expect("apns part");
+    assert_eq!(part.payload.get(), r#"{"aps":{},"k":1}"#);
     let (fcm_subject, fcm_job) = &fcm[0];
-    assert_eq!(fcm_subject, &format!("{}push.fcm", env.prefix));
-    assert_eq!(fcm_job.platform, Platform::Fcm);
+    assert_eq!(fcm_subject, &format!("{}push.fcm.production", env.prefix));
+    assert_eq!(fcm_job.platform, "fcm");
     assert_eq!(fcm_job.app, FCM_APP);
-    assert_eq!(
-        fcm_job.fcm.as_ref().expect("fcm part").data.get(),
-        r#"{"k":"1"}"#
-    );
+    let part: FcmPart = serde_json::from_str(fcm_job.part.get()).expect("fcm part");
+    assert_eq!(part.data.get(), r#"{"k":"1"}"#);
     assert_eq!(fcm_job.deadline_ms, event.deadline_ms);
 
     // Each job has its own de-duplication id; the event was acked and left EVENTS.
     let ids: std::collections::HashSet<String> = env
-        .stream_messages(StreamKind::PushApns)
+        .stream_messages(StreamKind::Push("apns"))
         .await
         .iter()
         .map(|m| m.headers.get("Nats-Msg-Id").expect("msg id").to_string())
@@ -440,7 +437,11 @@ async fn a_person_without_devices_and_an_expired_event_are_counted_not_failed() 
     })
     .await;
     env.wait_messages(StreamKind::Events, 0).await;
-    assert!(env.stream_messages(StreamKind::PushApns).await.is_empty());
+    assert!(
+        env.stream_messages(StreamKind::Push("apns"))
+            .await
+            .is_empty()
+    );
     assert!(env.stream_messages(StreamKind::Dead).await.is_empty());
 }
 
@@ -468,7 +469,7 @@ async fn a_malformed_event_is_dead_lettered_with_its_reason() {
 async fn feedback(env: &Env, token: &str, provider_timestamp_ms: Option<u64>) {
     let feedback = Feedback {
         v: VERSION,
-        platform: Platform::Apns,
+        platform: "apns".into(),
         token: token.into(),
         app: APNS_APP.into(),
         reason: "Unregistered".into(),
@@ -478,7 +479,7 @@ async fn feedback(env: &Env, token: &str, provider_timestamp_ms: Option<u64>) {
     };
     let js = env.jetstream().await;
     js.publish(
-        env.topology().feedback_subject(Platform::Apns),
+        env.topology().feedback_subject("apns"),
         serde_json::to_vec(&feedback).expect("json").into(),
     )
     .await
@@ -523,7 +524,7 @@ async fn feedback_prunes_a_token_but_not_one_registered_again_later() {
 
     // The next call for erin skips the pruned token.
     publish_event(&env, &call_event("after-prune", "erin", now_ms() + 60_000)).await;
-    let jobs = jobs(&env.wait_messages(StreamKind::PushApns, 1).await);
+    let jobs = jobs(&env.wait_messages(StreamKind::Push("apns"), 1).await);
     assert_eq!(jobs[0].1.token, apns_token(2));
 }
 
@@ -575,12 +576,13 @@ fn store_with_an_hour_ttl(
         },
     );
     let attrs = DeviceAttrs {
-        platform: Platform::Apns,
+        platform: "apns".into(),
         channel: Channel::Voip,
         app: APNS_APP.into(),
         environment: Environment::Production,
         device_id: None,
         e2e: None,
+        keys: None,
     };
     (store, attrs)
 }

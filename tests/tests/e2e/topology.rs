@@ -15,7 +15,7 @@ async fn many_replicas_setting_up_streams_at_once_leave_the_server_running() {
         url: nats.url(),
         ..NatsConfig::default()
     };
-    let topology = Topology::new(&config);
+    let topology = Topology::new(&config, &providers::all().names());
     let mut replicas = Vec::new();
     for _ in 0..16 {
         let client = async_nats::connect(nats.url()).await.expect("connect");
@@ -43,7 +43,7 @@ async fn many_replicas_setting_up_streams_at_once_leave_the_server_running() {
             .await
             .expect("server still up"),
     );
-    for kind in StreamKind::ALL {
+    for kind in topology.streams() {
         js.get_stream(topology.stream_name(kind))
             .await
             .expect("stream exists");
@@ -58,12 +58,23 @@ async fn a_changed_definition_is_applied_and_an_unchanged_one_left_alone() {
         url: nats.url(),
         ..NatsConfig::default()
     };
-    Topology::new(&config).ensure(&js).await.expect("create");
-    Topology::new(&config).ensure(&js).await.expect("unchanged");
+    Topology::new(&config, &providers::all().names())
+        .ensure(&js)
+        .await
+        .expect("create");
+    Topology::new(&config, &providers::all().names())
+        .ensure(&js)
+        .await
+        .expect("unchanged");
     config.duplicate_window_secs = 300;
-    Topology::new(&config).ensure(&js).await.expect("update");
+    Topology::new(&config, &providers::all().names())
+        .ensure(&js)
+        .await
+        .expect("update");
     let stream = js
-        .get_stream(Topology::new(&config).stream_name(StreamKind::Events))
+        .get_stream(
+            Topology::new(&config, &providers::all().names()).stream_name(StreamKind::Events),
+        )
         .await
         .expect("stream");
     assert_eq!(
@@ -79,11 +90,11 @@ async fn readiness_asks_the_server_for_every_stream_and_consumer() {
         url: nats.url(),
         ..NatsConfig::default()
     };
-    let topology = Topology::new(&config);
+    let topology = Topology::new(&config, &providers::all().names());
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client.clone());
-    let kind = pipeline::topology::ConsumerKind::DispatchFcm;
-    let (streams, consumers) = ([StreamKind::PushFcm], [kind]);
+    let kind = pipeline::topology::ConsumerKind::Dispatch("fcm");
+    let (streams, consumers) = ([StreamKind::Push("fcm")], [kind]);
     let check = || pipeline::nats::check_topology(&client, &topology, &streams, &consumers);
     let error = check().await.expect_err("no streams yet");
     assert!(error.contains("PUSH_FCM"), "{error}");
@@ -105,7 +116,7 @@ async fn a_deleted_consumer_is_recreated_by_its_worker() {
     fcm.wait_ready().await;
     let topology = env.topology();
     let js = env.jetstream().await;
-    js.get_stream(topology.stream_name(StreamKind::PushFcm))
+    js.get_stream(topology.stream_name(StreamKind::Push("fcm")))
         .await
         .expect("PUSH_FCM")
         .delete_consumer("dispatch-fcm")
@@ -123,7 +134,7 @@ async fn a_deleted_consumer_is_recreated_by_its_worker() {
         || async { readyz().await == 200 },
     )
     .await;
-    js.get_stream(topology.stream_name(StreamKind::PushFcm))
+    js.get_stream(topology.stream_name(StreamKind::Push("fcm")))
         .await
         .expect("PUSH_FCM")
         .consumer_info("dispatch-fcm")

@@ -1,6 +1,8 @@
 //! Ingest and registry together: a signed Webex webhook becomes one push job per device,
 //! payloads byte for byte.
 
+use dispatcher_apns::spec::ApnsPart;
+use dispatcher_fcm::spec::FcmPart;
 use harness::services::{API_KEY, Env, WEBHOOK_SECRET, start_ingest, start_registry};
 use harness::webex::{apns_payload, fcm_payload, sign, telephony_push};
 use pipeline::contract::PushJob;
@@ -50,12 +52,12 @@ async fn a_signed_call_webhook_becomes_one_job_per_device() {
         .expect("webhook");
     assert_eq!(response.status(), 200);
 
-    let apns_jobs = env.wait_messages(StreamKind::PushApns, 1).await;
-    let fcm_jobs = env.wait_messages(StreamKind::PushFcm, 1).await;
-    let apns_job: PushJob = serde_json::from_slice(&apns_jobs[0].payload).expect("job");
-    let fcm_job: PushJob = serde_json::from_slice(&fcm_jobs[0].payload).expect("job");
-    assert_eq!(apns_job.apns.expect("apns").payload.get(), apns);
-    assert_eq!(fcm_job.fcm.expect("fcm").data.get(), fcm);
+    let apns_jobs = env.wait_messages(StreamKind::Push("apns"), 1).await;
+    let fcm_jobs = env.wait_messages(StreamKind::Push("fcm"), 1).await;
+    let apns_job: PushJob<ApnsPart> = serde_json::from_slice(&apns_jobs[0].payload).expect("job");
+    let fcm_job: PushJob<FcmPart> = serde_json::from_slice(&fcm_jobs[0].payload).expect("job");
+    assert_eq!(apns_job.part.payload.get(), apns);
+    assert_eq!(fcm_job.part.data.get(), fcm);
     assert_eq!(apns_job.trace_id.as_deref(), Some("webex-trace-1"));
     assert_eq!(
         apns_jobs[0]

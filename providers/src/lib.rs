@@ -1,0 +1,28 @@
+//! The one list of push providers. A provider is its own crate (its
+//! [`pipeline::provider::Spec`] and its dispatcher); registering it is one line below,
+//! and everything the shared services do per provider follows from this list: streams,
+//! subjects, consumers, `pushctl`, the device API, `/v1/notify` and the fan-out.
+#![forbid(unsafe_code)]
+
+use std::sync::OnceLock;
+
+use pipeline::provider::Providers;
+
+/// Every provider, in the order they are listed.
+pub fn all() -> Providers {
+    static ALL: OnceLock<Providers> = OnceLock::new();
+    ALL.get_or_init(|| Providers::new(&[&dispatcher_apns::spec::SPEC, &dispatcher_fcm::spec::SPEC]))
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_list_is_well_formed() {
+        let all = super::all();
+        assert!(!all.names().is_empty());
+        for spec in all.iter() {
+            assert!(all.get(spec.name()).is_some());
+        }
+    }
+}
