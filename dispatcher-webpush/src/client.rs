@@ -1,0 +1,282 @@
+//! The Web Push [`Provider`]: one `POST <endpoint>` per push, to whichever push service
+//! the subscription names, over HTTP/2 or HTTP/1.1 as the service negotiates (one pool,
+//! connections kept per origin).
+//!
+//! Headers: `TTL` (seconds to the deadline), `Urgency`, `Topic` when given,
+//! `Content-Encoding: aes128gcm` (the body is [`crate::ece`]'s) and VAPID's
+//! `Authorization` ([`crate::vapid`]).
+//!
+//! | answer | verdict |
+//! |---|---|
+//! | 2xx | delivered (the push's `Location` is its id) |
+//! | 404, 410 | the subscription is gone: pruned |
+//! | 429, 5xx | retried, after `Retry-After` when given |
+//! | 413 | payload too large: dead letter |
+//! | 401, 403 | the push service refuses the VAPID credential: dead letter |
+//! | other 4xx | dead letter |
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pipeline::admin::BoxFuture;
+use pipeline::config::ConfigError;
+use pipeline::contract::{Class, PushJob, now_ms};
+use pipeline::dispatch::{Provider, Verdict};
+use pipeline::provider_http::{self, ClientOptions};
+
+use crate::config::WebPushConfig;
+use crate::ece;
+use crate::spec::{Keys, MAX_PAYLOAD_BYTES, NAME, Urgency, WebPushPart};
+use crate::vapid::{self, Vapid};
+
+/// One app's route: its application server key.
+#[derive(Debug)]
+pub struct App {
+    vapid: Vapid,
+}
+
+impl App {
+    /// The app's VAPID public key, for its web app to subscribe with.
+    pub fn public_key(&self) -> &str {
+        self.vapid.public_key()
+    }
+}
+
+/// Sends Web Push messages for the configured apps.
+pub struct WebPushProvider {
+    client: reqwest::Client,
+    apps: HashMap<String, App>,
+}
+
+impl WebPushProvider {
+    /// Reads every app's key and builds the client.
+    pub fn new(config: &WebPushConfig) -> Result<Self, ConfigError> {
+        let client = provider_http::negotiating_client(&ClientOptions {
+            ca_files: config.ca_files.clone(),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            ca_setting: "webpush.ca_files",
+        })?;
+        let mut apps = HashMap::new();
+        for (i, app) in config.apps.iter().enumerate() {
+            let vapid = Vapid::new(&app.key_text(i)?, &app.subject, config.token_lifetime_secs)
+                .map_err(|e| {
+                    ConfigError::invalid(
+                        format!("webpush.apps[{i}].private_key_file"),
+                        e.to_string(),
+                    )
+                })?;
+            tracing::info!(app = %app.app, public_key = vapid.public_key(), "Web Push app");
+            apps.insert(app.app.clone(), App { vapid });
+        }
+        Ok(WebPushProvider { client, apps })
+    }
+
+    /// The configured apps.
+    pub fn apps(&self) -> &HashMap<String, App> {
+        &self.apps
+    }
+}
+
+fn reject(reason: &'static str, detail: impl Into<String>) -> Verdict {
+    Verdict::Reject {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// What an answer other than 2xx means.
+pub fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> Verdict {
+    let detail = format!(
+        "push service answered {status}: {}",
+        body.chars().take(200).collect::<String>()
+    );
+    match status {
+        404 | 410 => Verdict::InvalidToken {
+            reason: if status == 410 { "gone" } else { "not_found" },
+            detail: if status == 410 {
+                "Gone".into()
+            } else {
+                "NotFound".into()
+            },
+            timestamp_ms: None,
+        },
+        429 => Verdict::Retry {
+            reason: "too_many_requests",
+            detail,
+            retry_after,
+        },
+        500..=599 => Verdict::Retry {
+            reason: "server_error",
+            detail,
+            retry_after,
+        },
+        413 => reject("payload_too_large", detail),
+        401 | 403 => reject("vapid_refused", detail),
+        _ => reject("refused", detail),
+    }
+}
+
+/// The transport error without its URL: the endpoint is the device's token.
+fn transport_error(error: &reqwest::Error) -> Verdict {
+    let mut text = error.to_string();
+    if let Some(url) = error.url() {
+        text = text.replace(url.as_str(), "<endpoint>");
+    }
+    Verdict::Retry {
+        reason: if error.is_timeout() {
+            "timeout"
+        } else {
+            "connection"
+        },
+        detail: format!("Web Push request failed: {text}"),
+        retry_after: None,
+    }
+}
+
+impl Provider for WebPushProvider {
+    const NAME: &'static str = NAME;
+    type Part = WebPushPart;
+    type Route = App;
+    const CREDENTIAL_FAILURES: &'static [&'static str] = &["vapid_refused"];
+
+    fn route(&self, job: &PushJob<WebPushPart>) -> Option<&App> {
+        self.apps.get(&job.app)
+    }
+
+    async fn send(&self, app: &App, job: &PushJob<WebPushPart>) -> Verdict {
+        let keys = job
+            .keys
+            .as_ref()
+            .and_then(|keys| serde_json::from_str::<Keys>(keys.get()).ok())
+            .map(|keys| keys.decode());
+        let (p256dh, auth) = match keys {
+            Some(Ok(keys)) => keys,
+            Some(Err(why)) => return reject("bad_subscription", why),
+            None => return reject("bad_subscription", "the job carries no subscription keys"),
+        };
+        let Ok(endpoint) = reqwest::Url::parse(&job.token) else {
+            return reject("bad_subscription", "the endpoint is not a URL");
+        };
+        let payload = job.part.payload.get();
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return reject(
+                "payload_too_large",
+                format!(
+                    "payload is {} bytes; Web Push takes {MAX_PAYLOAD_BYTES}",
+                    payload.len()
+                ),
+            );
+        }
+        let body = match ece::encrypt(&p256dh, &auth, payload.as_bytes()) {
+            Ok(body) => body,
+            Err(error) => return reject("bad_subscription", error.to_string()),
+        };
+        let now = now_ms();
+        let urgency = if job.class == Class::Call {
+            Urgency::High
+        } else {
+            job.part.urgency
+        };
+        let mut request = self
+            .client
+            .post(endpoint.clone())
+            .header(
+                "ttl",
+                (job.deadline_ms.saturating_sub(now) / 1000).to_string(),
+            )
+            .header("urgency", urgency.as_str())
+            .header("content-encoding", "aes128gcm")
+            .header("content-type", "application/octet-stream")
+            .header(
+                "authorization",
+                app.vapid
+                    .authorization(&vapid::origin(&endpoint), now / 1000),
+            )
+            .body(body);
+        if let Some(topic) = &job.part.topic {
+            request = request.header("topic", topic.as_str());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return transport_error(&error),
+        };
+        if response.status().is_success() {
+            let id = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return Verdict::Delivered { id };
+        }
+        let (status, retry_after, body): (u16, _, serde_json::Value) =
+            provider_http::error_answer(response).await;
+        classify(status, retry_after, &body.to_string())
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        // Keys are read and checked at start-up; there is no credential to refresh.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn probe_credentials(&self) -> BoxFuture<'_, Vec<(String, Option<bool>)>> {
+        // A VAPID key is the operator's own: no service vouches for it before a push.
+        Box::pin(async { Vec::new() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_map_to_verdicts() {
+        let retry = Some(Duration::from_secs(7));
+        assert!(matches!(
+            classify(410, None, ""),
+            Verdict::InvalidToken { reason: "gone", .. }
+        ));
+        assert!(matches!(
+            classify(404, None, ""),
+            Verdict::InvalidToken {
+                reason: "not_found",
+                ..
+            }
+        ));
+        assert_eq!(
+            classify(429, retry, ""),
+            Verdict::Retry {
+                reason: "too_many_requests",
+                detail: "push service answered 429: ".into(),
+                retry_after: retry
+            }
+        );
+        assert!(matches!(
+            classify(503, None, ""),
+            Verdict::Retry {
+                reason: "server_error",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(413, None, ""),
+            Verdict::Reject {
+                reason: "payload_too_large",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(403, None, ""),
+            Verdict::Reject {
+                reason: "vapid_refused",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(400, None, ""),
+            Verdict::Reject {
+                reason: "refused",
+                ..
+            }
+        ));
+    }
+}

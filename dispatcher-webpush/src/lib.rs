@@ -1,0 +1,58 @@
+//! pushline Web Push dispatcher: consumes `PUSH_WEBPUSH` through the shared worker loop
+//! and sends each job, encrypted for its browser (RFC 8291) and signed with the app's
+//! VAPID key (RFC 8292), to the push service its subscription names.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed configuration (apps and their keys, CAs, timeouts).
+//! - [`ece`]: the `aes128gcm` message encryption.
+//! - [`vapid`]: ES256 tokens per push service origin.
+//! - [`client`]: the [`pipeline::dispatch::Provider`] for Web Push.
+//! - [`spec`]: what the registry and ingest know of Web Push ([`pipeline::provider::Spec`]).
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod ece;
+pub mod spec;
+pub mod vapid;
+
+use pipeline::CancellationToken;
+use pipeline::dispatch::{DispatcherSetup, serve as serve_dispatcher};
+use pipeline::metrics::Metrics;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// Service name in metrics and logs.
+pub const SERVICE: &str = "dispatcher-webpush";
+
+/// Why the dispatcher could not run.
+pub use pipeline::dispatch::DispatcherError as RunError;
+
+/// Binds `admin_listen` and runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let admin = pipeline::dispatch::bind_admin(config.resolve()?).await?;
+    serve(config, admin, shutdown).await
+}
+
+/// Runs with the given admin listener until `shutdown`.
+pub async fn serve(
+    config: Config,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    config.resolve()?;
+    let metrics = Metrics::new(SERVICE);
+    let provider = client::WebPushProvider::new(&config.webpush)?;
+    let setup = DispatcherSetup {
+        service: SERVICE,
+        nats: config.nats,
+        worker: config.worker,
+        prune_guard: config.prune_guard,
+        credential_check_secs: 0,
+    };
+    tracing::info!("Web Push dispatcher starting");
+    serve_dispatcher(setup, provider, metrics, admin, shutdown).await?;
+    Ok(())
+}
