@@ -6,13 +6,19 @@
 
 use std::sync::OnceLock;
 
-use pipeline::provider::Providers;
+use pipeline::provider::{Providers, Spec};
+
+/// The providers, one line each.
+#[rustfmt::skip]
+static LIST: &[&dyn Spec] = &[
+    &dispatcher_apns::spec::SPEC,
+    &dispatcher_fcm::spec::SPEC,
+];
 
 /// Every provider, in the order they are listed.
 pub fn all() -> Providers {
     static ALL: OnceLock<Providers> = OnceLock::new();
-    ALL.get_or_init(|| Providers::new(&[&dispatcher_apns::spec::SPEC, &dispatcher_fcm::spec::SPEC]))
-        .clone()
+    ALL.get_or_init(|| Providers::new(LIST)).clone()
 }
 
 #[cfg(test)]
