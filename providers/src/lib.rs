@@ -13,6 +13,7 @@ use pipeline::provider::{Providers, Spec};
 static LIST: &[&dyn Spec] = &[
     &dispatcher_apns::spec::SPEC,
     &dispatcher_fcm::spec::SPEC,
+    &dispatcher_webpush::spec::SPEC,
 ];
 
 /// Every provider, in the order they are listed.
