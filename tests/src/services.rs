@@ -24,6 +24,8 @@ pub const API_KEY: &str = "test-api-key";
 pub const APNS_APP: &str = "com.example.pushline";
 /// The default FCM project in test configurations.
 pub const FCM_APP: &str = "pushline-test";
+/// The web app (VAPID key set) the tests register browsers for.
+pub const WEB_APP: &str = "web.pushline-test";
 
 /// One test's NATS and Redis, and a unique prefix for names and keys.
 pub struct Env {
@@ -405,6 +407,14 @@ pub async fn start_dispatcher_apns(config: dispatcher_apns::config::Config) -> S
     let (listener, addr) = admin_only().await;
     let shutdown = CancellationToken::new();
     let fut = dispatcher_apns::serve(config, listener, shutdown.clone());
+    spawn_admin_only(addr, shutdown, fut)
+}
+
+/// Starts a Web Push dispatcher with `config`.
+pub async fn start_dispatcher_webpush(config: dispatcher_webpush::config::Config) -> Service {
+    let (listener, addr) = admin_only().await;
+    let shutdown = CancellationToken::new();
+    let fut = dispatcher_webpush::serve(config, listener, shutdown.clone());
     spawn_admin_only(addr, shutdown, fut)
 }
 

@@ -6,9 +6,20 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::services::{
-    API_KEY, Env, Providers, Service, WEBHOOK_SECRET, start_dispatcher_apns, start_dispatcher_fcm,
-    start_ingest, start_registry,
+    API_KEY, Env, Providers, Service, WEB_APP, WEBHOOK_SECRET, start_dispatcher_apns,
+    start_dispatcher_fcm, start_dispatcher_webpush, start_ingest, start_registry,
 };
+
+/// A mock push service and the Web Push dispatcher sending to it.
+pub struct WebPush {
+    /// The push service browsers subscribe at.
+    pub service: crate::mock::webpush::MockPushService,
+    /// dispatcher-webpush.
+    pub dispatcher: Service,
+    /// Its configuration.
+    pub config: dispatcher_webpush::config::Config,
+    _dir: tempfile::TempDir,
+}
 
 /// Every service's configuration, for tests to adjust before start.
 pub struct Configs {
@@ -115,6 +126,69 @@ impl Stack {
             response.status().is_success(),
             "register {token}: {}",
             response.status()
+        );
+    }
+
+    /// Starts a mock push service and a Web Push dispatcher for [`WEB_APP`], with a fresh
+    /// application server key, after `adjust` changed the dispatcher's configuration.
+    pub async fn start_webpush(
+        &self,
+        adjust: impl FnOnce(&mut dispatcher_webpush::config::Config),
+    ) -> WebPush {
+        use base64::Engine as _;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+        let public = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key_raw());
+        let service =
+            crate::mock::webpush::MockPushService::start_push_service(&self.providers.ca, &public)
+                .await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_file = dir.path().join("vapid.pem");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
+        let ca_file = service.write_ca(dir.path(), "push-ca.pem");
+        let mut config = dispatcher_webpush::config::Config {
+            nats: self.env.nats_config(),
+            ..Default::default()
+        };
+        config.telemetry = self.configs.apns.telemetry.clone();
+        config.webpush.ca_files = vec![ca_file];
+        config.webpush.request_timeout_ms = 2_000;
+        config.webpush.apps = vec![dispatcher_webpush::config::AppConfig {
+            app: WEB_APP.into(),
+            subject: "mailto:ops@pushline.test".into(),
+            private_key_file: Some(key_file),
+            private_key: None,
+        }];
+        adjust(&mut config);
+        let dispatcher = start_dispatcher_webpush(config.clone()).await;
+        dispatcher.wait_ready().await;
+        WebPush {
+            service,
+            dispatcher,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// Registers a browser's push subscription for `person` (`POST /v1/devices`).
+    pub async fn register_browser(&self, person: &str, subscription: &Value) {
+        let response = self
+            .http
+            .post(self.registry.url("/v1/devices"))
+            .bearer_auth(API_KEY)
+            .json(&serde_json::json!({
+                "person_id": person,
+                "platform": "webpush",
+                "app": WEB_APP,
+                "subscription": subscription,
+            }))
+            .send()
+            .await
+            .expect("register");
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "register a browser: {status} {}",
+            response.text().await.unwrap_or_default()
         );
     }
 

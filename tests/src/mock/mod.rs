@@ -10,6 +10,7 @@ pub mod fcm;
 pub mod tls;
 pub mod webex_people;
 pub mod webex_webhooks;
+pub mod webpush;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

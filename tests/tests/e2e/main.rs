@@ -18,3 +18,4 @@ mod topology;
 mod tracking;
 mod webhook_to_jobs;
 mod webhooks;
+mod webpush;

@@ -1,0 +1,198 @@
+//! Web Push end to end: a browser's push subscription registered through the device API,
+//! rung by a Webex call and notified through `/v1/notify`, pruned when its push service
+//! says it is gone, and never pushed after the call's deadline. The mock push service
+//! decrypts every push with Mozilla's `ece` and verifies VAPID with `josekit`
+//! (`harness::mock::webpush`), neither of which pushline uses to send.
+
+use std::time::Duration;
+
+use harness::mock::Reply;
+use harness::mock::webpush::MockPushService;
+use harness::services::{PRODUCER_KEY, WEB_APP};
+use harness::stack::Stack;
+use harness::webex::{apns_payload, fcm_payload, telephony_push};
+use pipeline::topology::StreamKind;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn status(status: u16) -> Reply {
+    Reply::Status {
+        status,
+        body: String::new(),
+        retry_after: None,
+    }
+}
+
+#[tokio::test]
+async fn a_webex_call_rings_a_browser_with_the_call_decrypted_by_an_independent_implementation() {
+    let stack = Stack::start().await;
+    let web = stack.start_webpush(|_| {}).await;
+    let subscription = web.service.subscribe();
+    stack.register_browser("ada", &subscription).await;
+    let devices = stack.devices("ada").await;
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["platform"], "webpush");
+    assert_eq!(devices[0]["token"], subscription["endpoint"]);
+    assert_eq!(devices[0]["app"], WEB_APP);
+
+    let fcm = fcm_payload("call-web-1");
+    let ring_until = pipeline::contract::now_ms() + 45_000;
+    let body = telephony_push("ada", Some(&apns_payload("call-web-1")), Some(&fcm)).replace(
+        r#""data":{"#,
+        &format!(r#""data":{{"ringexpiretime":{ring_until},"#),
+    );
+    stack.webhook(&body).await;
+    web.service.wait_delivered(1, WAIT).await;
+    let messages = web.service.messages();
+    assert_eq!(messages.len(), 1);
+    let message = &messages[0];
+    assert_eq!(
+        message.plaintext,
+        fcm.as_bytes(),
+        "the call's description, byte for byte"
+    );
+    assert_eq!(message.urgency.as_deref(), Some("high"));
+    assert!(
+        (40..=45).contains(&message.ttl),
+        "TTL is the time left to ring: {}",
+        message.ttl
+    );
+    assert_eq!(
+        message.subscription,
+        MockPushService::id_of(subscription["endpoint"].as_str().expect("endpoint"))
+    );
+    Stack::wait_metrics(
+        &web.dispatcher,
+        &[&format!(
+            r#"pushline_pushes_total{{app="{WEB_APP}",outcome="delivered",provider="webpush",reason="ok"}} 1"#
+        )],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_producer_notifies_a_browser_and_an_iphone_through_one_request() {
+    let stack = Stack::start().await;
+    let web = stack.start_webpush(|_| {}).await;
+    stack.register_browser("bo", &web.service.subscribe()).await;
+    stack.register_ios("bo", &"ab".repeat(32)).await;
+    let request = json!({
+        "person_ids": ["bo"],
+        "class": "call",
+        "idempotency_key": "web-call-1",
+        "apns": {"payload": {"aps": {}, "callId": "c-9"}},
+        "webpush": {
+            "notification": {
+                "title": "Ada is calling",
+                "actions": [{"action": "answer", "title": "Answer"}, {"action": "decline", "title": "Decline"}]
+            },
+            "topic": "call-c-9"
+        }
+    });
+    stack.notify(PRODUCER_KEY, &request).await;
+    web.service.wait_delivered(1, WAIT).await;
+    stack.providers.apns.wait_delivered(1, WAIT).await;
+    let message = &web.service.messages()[0];
+    let payload: Value = message.json();
+    assert_eq!(payload["notification"]["title"], "Ada is calling");
+    assert_eq!(payload["notification"]["requireInteraction"], true);
+    assert_eq!(payload["notification"]["actions"][1]["action"], "decline");
+    assert_eq!(message.topic.as_deref(), Some("call-c-9"));
+    assert_eq!(message.urgency.as_deref(), Some("high"));
+}
+
+#[tokio::test]
+async fn a_subscription_the_push_service_says_is_gone_is_pruned() {
+    let stack = Stack::start().await;
+    let web = stack.start_webpush(|_| {}).await;
+    let subscription = web.service.subscribe();
+    let endpoint = subscription["endpoint"].as_str().expect("endpoint");
+    stack.register_browser("cy", &subscription).await;
+    web.service
+        .script(&MockPushService::id_of(endpoint), [status(410)]);
+    stack
+        .call("cy", None, Some(&fcm_payload("call-gone")))
+        .await;
+    harness::wait::until_true("the subscription to be pruned", WAIT, || async {
+        stack.devices("cy").await.is_empty()
+    })
+    .await;
+    assert!(
+        stack.env.stream_messages(StreamKind::Dead).await.is_empty(),
+        "a gone subscription is pruned, not dead-lettered"
+    );
+    assert!(web.service.delivered().is_empty());
+}
+
+#[tokio::test]
+async fn a_call_whose_deadline_passes_while_the_push_service_fails_is_never_pushed_late() {
+    let stack = Stack::start().await;
+    let web = stack
+        .start_webpush(|c| {
+            c.worker.max_attempts = 2;
+            c.worker.retry_base_ms = 20;
+            c.worker.retry_max_ms = 100;
+        })
+        .await;
+    stack.register_browser("di", &web.service.subscribe()).await;
+    web.service
+        .script_all(std::iter::repeat_n(status(503), 1_000));
+    let ring_until = pipeline::contract::now_ms() + 1_500;
+    let body = telephony_push(
+        "di",
+        None,
+        Some(&format!(
+            r#"{{"callId":"late","ringexpiretime":"{ring_until}"}}"#
+        )),
+    );
+    stack.webhook(&body).await;
+    Stack::wait_metrics(
+        &web.dispatcher,
+        &[r#"pushline_expired_total{stage="webpush"} 1"#],
+    )
+    .await;
+    let requests = web.service.requests();
+    assert!(
+        requests.len() > 2,
+        "retried past max_attempts until the deadline: {} tries",
+        requests.len()
+    );
+    assert!(
+        requests.iter().all(|r| r.status != 200),
+        "nothing delivered"
+    );
+    assert!(
+        requests.iter().all(|r| r.at_ms < ring_until),
+        "nothing even attempted after the deadline"
+    );
+    assert!(
+        stack.env.stream_messages(StreamKind::Dead).await.is_empty(),
+        "an expired call is dropped, not dead-lettered"
+    );
+}
+
+#[tokio::test]
+async fn a_push_service_refusing_the_vapid_key_dead_letters_the_push() {
+    let stack = Stack::start().await;
+    let web = stack.start_webpush(|_| {}).await;
+    // A second push service, trusting another application server key; only the first
+    // dispatcher runs, so every push is signed with the first key.
+    let other = stack.start_webpush(|_| {}).await;
+    other.dispatcher.stop().await;
+    let subscription = other.service.subscribe();
+    stack.register_browser("ed", &subscription).await;
+    stack.call("ed", None, Some(&fcm_payload("c"))).await;
+    let dead = stack.env.wait_messages(StreamKind::Dead, 1).await;
+    let letter: Value = serde_json::from_slice(&dead[0].payload).expect("json");
+    assert_eq!(letter["reason"], "vapid_refused");
+    assert!(
+        letter["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("403"),
+        "{letter}"
+    );
+    assert!(other.service.delivered().is_empty());
+    assert!(web.service.requests().is_empty());
+}
