@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The deployment we ship is the deployment we test: builds the pushline image from the
-# release binaries of this checkout, brings up docker-compose.yml (NATS, Redis, the four
+# release binaries of this checkout, brings up docker-compose.yml (NATS, Redis, the five
 # services, the sandbox mocks, Prometheus), sends a signed call webhook, and checks that
-# both pushes reach the mocks, that Prometheus scraped pushline_pushes_total, and that the
+# the three pushes (iPhone, Android, browser) reach the mocks, that Prometheus scraped
+# pushline_pushes_total, and that the
 # services' health checks pass; then `down` must leave nothing behind.
 #
 # No image registry is reachable here, so the base images are made from Debian packages
@@ -93,8 +94,9 @@ printf 'FROM pushline-ci/deps:%s\nWORKDIR /prometheus\nENTRYPOINT ["/usr/bin/pro
 say "building the release binaries and the pushline image from them"
 cargo build --release --locked \
   -p pushline-ingest -p pushline-registry -p pushline-dispatcher-apns -p pushline-dispatcher-fcm \
-  -p pushline-tests --bin pushline-ingest --bin pushline-registry --bin pushctl \
-  --bin pushline-dispatcher-apns --bin pushline-dispatcher-fcm --bin pushline-mock
+  -p pushline-dispatcher-webpush -p pushline-tests --bin pushline-ingest --bin pushline-registry \
+  --bin pushctl --bin pushline-dispatcher-apns --bin pushline-dispatcher-fcm \
+  --bin pushline-dispatcher-webpush --bin pushline-mock
 DOCKER_BUILDKIT=1 "$DOCKER" build --quiet -f deploy/Dockerfile \
   --build-arg BINARIES=prebuilt --build-arg RUNTIME_BASE=pushline-ci/base:$SUITE \
   -t pushline:ci . >/dev/null
@@ -107,12 +109,12 @@ export PUSHLINE_IMAGE=pushline:ci
 export PUSHLINE_NATS_IMAGE=pushline-ci/nats:$SUITE
 export PUSHLINE_REDIS_IMAGE=pushline-ci/redis:$SUITE
 export PUSHLINE_PROMETHEUS_IMAGE=pushline-ci/prometheus:$SUITE
-SERVICES=(nats redis mock ingest registry dispatcher-apns dispatcher-fcm prometheus)
+SERVICES=(nats redis mock ingest registry dispatcher-apns dispatcher-fcm dispatcher-webpush prometheus)
 say "docker-compose.yml up: ${SERVICES[*]}"
 "${COMPOSE[@]}" -p "$PROJECT" --profile sandbox up -d --no-build "${SERVICES[@]}"
 
 health() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$("${COMPOSE[@]}" -p "$PROJECT" ps -q "$1")"; }
-for service in ingest registry dispatcher-apns dispatcher-fcm mock; do
+for service in ingest registry dispatcher-apns dispatcher-fcm dispatcher-webpush mock; do
   for _ in $(seq 1 120); do [ "$(health "$service")" = healthy ] && break; sleep 0.5; done
   state=$(health "$service")
   echo "  $service: $state"
@@ -126,6 +128,10 @@ FCM_TOKEN="fcm-containers:APA91bHPRgkFLJu6ck_q"
 curl -fsS -X POST http://127.0.0.1:8081/register -H "authorization: Bearer $API_KEY" \
   -H 'content-type: application/json' \
   -d "{\"voipToken\":\"$VOIP_TOKEN\",\"fcmToken\":\"$FCM_TOKEN\",\"personId\":\"$PERSON\"}" >/dev/null
+SUBSCRIPTION=$(curl -fsS -X POST http://127.0.0.1:8445/webpush/subscribe)
+curl -fsS -o /dev/null -X POST http://127.0.0.1:8081/v1/devices -H "authorization: Bearer $API_KEY" \
+  -H 'content-type: application/json' \
+  -d "{\"person_id\":\"$PERSON\",\"platform\":\"webpush\",\"subscription\":$SUBSCRIPTION}"
 BODY="{\"resource\":\"telephony_push\",\"event\":\"updated\",\"actorId\":\"$PERSON\",\"data\":{\"apnsPayload\":{\"aps\":{},\"callId\":\"container-call\"},\"fcmPayload\":{\"type\":\"incoming_call\",\"callId\":\"container-call\"}}}"
 SIG=$(printf %s "$BODY" | openssl dgst -sha1 -hmac "$SECRET" | sed 's/^.*= //')
 curl -fsS -X POST http://127.0.0.1:8080/webhooks/webex -H 'content-type: application/json' \
@@ -135,13 +141,14 @@ delivered=0
 for _ in $(seq 1 100); do
   requests=$(curl -fsS http://127.0.0.1:8445/requests)
   delivered=$(printf %s "$requests" | grep -o '"status":200' | wc -l)
-  [ "$delivered" -ge 2 ] && break
+  [ "$delivered" -ge 3 ] && break
   sleep 0.2
 done
 echo "  pushes the sandbox providers accepted: $delivered"
 printf %s "$requests" | grep -q "/3/device/$VOIP_TOKEN" || { echo "no APNs push for the VoIP token"; exit 1; }
 printf %s "$requests" | grep -q "container-call" || { echo "the call's payload did not arrive"; exit 1; }
-[ "$delivered" -ge 2 ] || exit 1
+printf %s "$requests" | grep -q '"provider":"webpush"' || { echo "no Web Push for the browser"; exit 1; }
+[ "$delivered" -ge 3 ] || exit 1
 
 say "Prometheus scrapes pushline_pushes_total"
 query='sum(pushline_pushes_total{outcome="delivered"})'
@@ -149,11 +156,11 @@ scraped=0
 for _ in $(seq 1 60); do
   scraped=$(curl -fsS -G http://127.0.0.1:9090/api/v1/query --data-urlencode "query=$query" \
     | sed -n 's/.*"value":\[[^,]*,"\([0-9.]*\)"\].*/\1/p')
-  [ "${scraped%.*}" -ge 2 ] 2>/dev/null && break
+  [ "${scraped%.*}" -ge 3 ] 2>/dev/null && break
   sleep 1
 done
 echo "  $query = ${scraped:-none}"
-[ "${scraped%.*}" -ge 2 ] 2>/dev/null || exit 1
+[ "${scraped%.*}" -ge 3 ] 2>/dev/null || exit 1
 curl -fsS http://127.0.0.1:9090/api/v1/targets | grep -o '"health":"[a-z]*"' | sort | uniq -c
 
 say "down leaves nothing behind"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validates what operators deploy: YAML lint; docker-compose references; Kubernetes
-# manifests against a pinned Kubernetes version; the KEDA ScaledObjects' pushline fields;
+# manifests against a pinned Kubernetes version, each provider's dispatcher rendered from
+# the provider list; the KEDA ScaledObjects' pushline fields;
 # Prometheus rules and their unit tests; the Grafana dashboard's queries.
 # Needs yamllint, kubernetes-validate (PyPI) and promtool (Debian package prometheus).
 set -euo pipefail
@@ -44,26 +45,33 @@ else
 fi
 
 echo "== Kubernetes manifests (kubernetes $K8S_VERSION)"
+# Every provider's dispatcher objects are rendered from one template, for the providers
+# listed in providers/src/lib.rs.
+python3 deploy/k8s/render-dispatchers.py --check
 python3 - <<'PY'
 import os, sys, yaml
 k = yaml.safe_load(open("deploy/k8s/kustomization.yaml"))
 missing = [r for r in k["resources"] if not os.path.exists(os.path.join("deploy/k8s", r))]
 if missing:
     sys.exit(f"kustomization lists missing files: {missing}")
-deployments = set()
+deployments, scaled = set(), []
 for r in k["resources"]:
     for doc in yaml.safe_load_all(open(os.path.join("deploy/k8s", r))):
         if doc and doc["kind"] == "Deployment":
             deployments.add(doc["metadata"]["name"])
-wanted = {"dispatcher-apns": ("PUSH_APNS", "dispatch-apns"), "dispatcher-fcm": ("PUSH_FCM", "dispatch-fcm")}
-for doc in yaml.safe_load_all(open("deploy/k8s/dispatchers-scaledobject.yaml")):
+        if doc and doc["kind"] == "ScaledObject":
+            scaled.append(doc)
+dispatchers = {d for d in deployments if d.startswith("dispatcher-")}
+if {d["spec"]["scaleTargetRef"]["name"] for d in scaled} != dispatchers:
+    sys.exit(f"every dispatcher needs one ScaledObject: {sorted(dispatchers)}")
+for doc in scaled:
     target = doc["spec"]["scaleTargetRef"]["name"]
-    if target not in deployments:
-        sys.exit(f"ScaledObject {doc['metadata']['name']} targets unknown Deployment {target}")
+    provider = target.removeprefix("dispatcher-")
+    wanted = (f"PUSH_{provider.upper()}", f"dispatch-{provider}")
     trigger = doc["spec"]["triggers"][0]
     meta = trigger["metadata"]
-    if trigger["type"] != "nats-jetstream" or (meta["stream"], meta["consumer"]) != wanted[target]:
-        sys.exit(f"ScaledObject {target} must scale on {wanted[target]}")
+    if trigger["type"] != "nats-jetstream" or (meta["stream"], meta["consumer"]) != wanted:
+        sys.exit(f"ScaledObject {target} must scale on {wanted}")
     for key in ("natsServerMonitoringEndpoint", "account", "lagThreshold"):
         if not meta.get(key):
             sys.exit(f"ScaledObject {target}: {key} missing")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs pushline locally: NATS JetStream, Redis, the sandbox mock APNs/FCM and the four
-# services with a development configuration; registers a sample iOS and Android device,
-# sends a signed sample call webhook and shows both pushes arriving at the mocks. Runs
-# until ctrl-c, then stops everything it started.
+# Runs pushline locally: NATS JetStream, Redis, the sandbox mock APNs, FCM and Web Push
+# service and the five services with a development configuration; registers a sample iOS
+# device, Android device and browser subscription, sends a signed sample call webhook and
+# shows the three pushes arriving at the mocks (the web push decrypted, as the browser
+# reads it). Runs until ctrl-c, then stops everything it started.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,11 +16,14 @@ REGISTRY=127.0.0.1:8081
 REGISTRY_ADMIN=127.0.0.1:9081
 APNS_ADMIN=127.0.0.1:9082
 FCM_ADMIN=127.0.0.1:9083
+WEBPUSH_ADMIN=127.0.0.1:9084
 MOCK_APNS_PORT=${PUSHLINE_LOCAL_MOCK_APNS_PORT:-18443}
 MOCK_FCM_PORT=${PUSHLINE_LOCAL_MOCK_FCM_PORT:-18444}
 MOCK_CONTROL_PORT=${PUSHLINE_LOCAL_MOCK_CONTROL_PORT:-18445}
+MOCK_WEBPUSH_PORT=${PUSHLINE_LOCAL_MOCK_WEBPUSH_PORT:-18446}
 BUNDLE=com.example.pushline
 PROJECT=pushline-local
+WEB_APP=web.pushline-local
 SECRET=local-webhook-secret
 API_KEY=local-api-key
 PERSON=Y2lzY29zcGFyazovL3VzL1BFT1BMRS9sb2NhbC1kZW1v
@@ -43,7 +47,7 @@ export PATH="$PATH:/usr/sbin"
 say "building release binaries"
 cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" \
   -p pushline-ingest -p pushline-registry -p pushline-dispatcher-apns \
-  -p pushline-dispatcher-fcm -p pushline-tests --bins
+  -p pushline-dispatcher-fcm -p pushline-dispatcher-webpush -p pushline-tests --bins
 BIN="$ROOT/target/release"
 
 # --- 2. start everything, stop it all on exit ----------------------------------------
@@ -78,9 +82,10 @@ start nats nats-server -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR" -js -sd "
 start redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$WORK"
 wait_http "http://127.0.0.1:$NATS_MONITOR/healthz" "nats-server" nats
 
-say "starting the sandbox mock APNs (:$MOCK_APNS_PORT) and FCM (:$MOCK_FCM_PORT)"
+say "starting the sandbox mock APNs (:$MOCK_APNS_PORT), FCM (:$MOCK_FCM_PORT) and Web Push service (:$MOCK_WEBPUSH_PORT)"
 start mock "$BIN/pushline-mock" --dir "$WORK/mock" --apns-port "$MOCK_APNS_PORT" \
-  --fcm-port "$MOCK_FCM_PORT" --control-port "$MOCK_CONTROL_PORT" --bundle "$BUNDLE" --project "$PROJECT"
+  --fcm-port "$MOCK_FCM_PORT" --webpush-port "$MOCK_WEBPUSH_PORT" --control-port "$MOCK_CONTROL_PORT" \
+  --bundle "$BUNDLE" --project "$PROJECT"
 wait_http "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" "pushline-mock" mock
 
 KEY_HASH=$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)
@@ -102,6 +107,7 @@ url = "redis://127.0.0.1:$REDIS_PORT"
 [devices]
 default_apns_app = "$BUNDLE"
 default_fcm_app = "$PROJECT"
+default_apps = { webpush = "$WEB_APP" }
 default_environment = "sandbox"
 [auth]
 api_keys = [{ name = "local", sha256 = "$KEY_HASH" }]
@@ -140,15 +146,31 @@ url = "nats://127.0.0.1:$NATS_PORT"
 format = "pretty"
 TOML
 
-say "starting ingest ($INGEST), registry ($REGISTRY), dispatcher-apns and dispatcher-fcm"
+cat >"$WORK/dispatcher-webpush.toml" <<TOML
+admin_listen = "$WEBPUSH_ADMIN"
+[webpush]
+ca_files = ["$WORK/mock/ca.pem"]
+[[webpush.apps]]
+app = "$WEB_APP"
+subject = "mailto:ops@example.com"
+private_key_file = "$WORK/mock/vapid.pem"
+[nats]
+url = "nats://127.0.0.1:$NATS_PORT"
+[telemetry]
+format = "pretty"
+TOML
+
+say "starting ingest ($INGEST), registry ($REGISTRY), dispatcher-apns, dispatcher-fcm and dispatcher-webpush"
 start ingest "$BIN/pushline-ingest" --config "$WORK/ingest.toml"
 start registry "$BIN/pushline-registry" --config "$WORK/registry.toml"
 start dispatcher-apns "$BIN/pushline-dispatcher-apns" --config "$WORK/dispatcher-apns.toml"
 start dispatcher-fcm "$BIN/pushline-dispatcher-fcm" --config "$WORK/dispatcher-fcm.toml"
+start dispatcher-webpush "$BIN/pushline-dispatcher-webpush" --config "$WORK/dispatcher-webpush.toml"
 wait_http "http://$INGEST_ADMIN/readyz" "ingest" ingest
 wait_http "http://$REGISTRY_ADMIN/readyz" "registry" registry
 wait_http "http://$APNS_ADMIN/readyz" "dispatcher-apns" dispatcher-apns
 wait_http "http://$FCM_ADMIN/readyz" "dispatcher-fcm" dispatcher-fcm
+wait_http "http://$WEBPUSH_ADMIN/readyz" "dispatcher-webpush" dispatcher-webpush
 
 # --- 3. a sample call ------------------------------------------------------------------
 VOIP_TOKEN=$(printf 'ab%.0s' $(seq 1 32))
@@ -158,6 +180,11 @@ curl -fsS -X POST "http://$REGISTRY/register" -H "authorization: Bearer $API_KEY
   -H 'content-type: application/json' \
   -d "{\"email\":\"demo@example.com\",\"voipToken\":\"$VOIP_TOKEN\",\"personId\":\"$PERSON\",\"fcmToken\":\"$FCM_TOKEN\"}"
 echo
+say "registering a sample browser: a push subscription made at the sandbox Web Push service"
+SUBSCRIPTION=$(curl -fsS -X POST "http://127.0.0.1:$MOCK_CONTROL_PORT/webpush/subscribe")
+curl -fsS -o /dev/null -X POST "http://$REGISTRY/v1/devices" -H "authorization: Bearer $API_KEY" \
+  -H 'content-type: application/json' \
+  -d "{\"person_id\":\"$PERSON\",\"platform\":\"webpush\",\"subscription\":$SUBSCRIPTION}"
 
 BODY="{\"resource\":\"telephony_push\",\"event\":\"updated\",\"actorId\":\"$PERSON\",\"data\":{\"apnsPayload\":{\"aps\":{},\"callId\":\"local-demo-call\",\"caller\":\"Ada\"},\"fcmPayload\":{\"type\":\"incoming_call\",\"callId\":\"local-demo-call\",\"caller\":\"Ada\"}}}"
 SIG=$(printf %s "$BODY" | openssl dgst -sha1 -hmac "$SECRET" | sed 's/^.*= //')
@@ -166,33 +193,34 @@ curl -fsS -X POST "http://$INGEST/webhooks/webex" -H 'content-type: application/
   -H "x-spark-signature: $SIG" -d "$BODY"
 echo
 
-say "waiting for both pushes to reach the sandbox providers"
+say "waiting for the three pushes to reach the sandbox providers"
 for _ in $(seq 1 100); do
   DELIVERED=$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" | grep -o '"status":200' | wc -l)
-  [ "$DELIVERED" -ge 2 ] && break
+  [ "$DELIVERED" -ge 3 ] && break
   sleep 0.1
 done
 echo "  what the sandbox providers received:"
-sed 's/^/    /' "$WORK/mock.log" | grep -E 'APNs|FCM ' || true
-if [ "${DELIVERED:-0}" -ge 2 ]; then
-  say "both pushes delivered"
+sed 's/^/    /' "$WORK/mock.log" | grep -E 'APNs|FCM |Web ' || true
+if [ "${DELIVERED:-0}" -ge 3 ]; then
+  say "all three pushes delivered: iPhone, Android phone and browser"
 else
-  say "only ${DELIVERED:-0} of 2 pushes arrived; see the logs below"
+  say "only ${DELIVERED:-0} of 3 pushes arrived; see the logs below"
 fi
-for admin in "$APNS_ADMIN" "$FCM_ADMIN"; do
+for admin in "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN"; do
   curl -fsS "http://$admin/metrics" | grep -E '^pushline_(pushes_total|end_to_end_seconds_count)' | sed 's/^/    /' || true
 done
 
 cat <<INFO
 
 pushline is running. Metrics: http://$INGEST_ADMIN/metrics  http://$REGISTRY_ADMIN/metrics
-  http://$APNS_ADMIN/metrics  http://$FCM_ADMIN/metrics
+  http://$APNS_ADMIN/metrics  http://$FCM_ADMIN/metrics  http://$WEBPUSH_ADMIN/metrics
 Pushes the sandbox providers received: http://127.0.0.1:$MOCK_CONTROL_PORT/requests
 Device API: http://$REGISTRY (Bearer $API_KEY)   Webhooks: http://$INGEST/webhooks/webex (secret $SECRET)
 NATS monitoring: http://127.0.0.1:$NATS_MONITOR/jsz?streams=true
 Logs follow; ctrl-c stops everything.
 
 INFO
-tail -n 0 -f "$WORK/ingest.log" "$WORK/registry.log" "$WORK/dispatcher-apns.log" "$WORK/dispatcher-fcm.log" "$WORK/mock.log" &
+tail -n 0 -f "$WORK/ingest.log" "$WORK/registry.log" "$WORK/dispatcher-apns.log" "$WORK/dispatcher-fcm.log" \
+  "$WORK/dispatcher-webpush.log" "$WORK/mock.log" &
 PIDS+=($!)
 wait

@@ -1,26 +1,29 @@
-//! `pushline-mock`: the sandbox APNs and FCM (with its OAuth endpoint) as one process, for
-//! local runs and benchmarks. Loopback only.
+//! `pushline-mock`: the sandbox APNs, FCM (with its OAuth endpoint) and Web Push service
+//! as one process, for local runs and benchmarks. Loopback only.
 //!
 //! ```text
-//! pushline-mock --dir DIR [--apns-port 8443] [--fcm-port 8444] [--control-port 8445]
-//!               [--bundle com.example.pushline] [--project pushline-local]
-//!               [--bind 127.0.0.1] [--host 127.0.0.1]
+//! pushline-mock --dir DIR [--apns-port 8443] [--fcm-port 8444] [--webpush-port 8446]
+//!               [--control-port 8445] [--bundle com.example.pushline]
+//!               [--project pushline-local] [--bind 127.0.0.1] [--host 127.0.0.1]
 //! ```
 //!
 //! It writes into DIR what a dispatcher needs: `ca.pem` (trust it), `AuthKey_<kid>.p8`
 //! (team `TEAM123456`, key `KEY1234567`), `<project>.json` (a service account whose
-//! `token_uri` is this mock) and `apns-bearer.txt` (a valid provider token, for `h2load`).
-//! Every push received is printed as one line; `GET /requests` on the control port
-//! returns them all as JSON. In a container, `--bind 0.0.0.0 --host <service name>` makes
+//! `token_uri` is this mock), `apns-bearer.txt` (a valid provider token, for `h2load`) and
+//! `vapid.pem` (an application server key the push service accepts). Every push received
+//! is printed as one line (a Web Push decrypted, as the browser reads it); on the control
+//! port, `GET /requests` returns them all as JSON and `POST /webpush/subscribe` makes a
+//! browser's push subscription (`PushSubscription.toJSON()`). In a container, `--bind 0.0.0.0 --host <service name>` makes
 //! it reachable (the name goes into its certificate and the service account's `token_uri`).
 
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use harness::mock::apns::{MockApns, P8Key};
 use harness::mock::fcm::MockFcm;
 use harness::mock::tls::TestCa;
+use harness::mock::webpush::MockPushService;
 use harness::mock::{Behaviour, Listen, Mock, Recorded};
 
 const TEAM_ID: &str = "TEAM123456";
@@ -30,6 +33,7 @@ struct Args {
     dir: std::path::PathBuf,
     apns_port: u16,
     fcm_port: u16,
+    webpush_port: u16,
     control_port: u16,
     bundle: String,
     project: String,
@@ -42,6 +46,7 @@ fn args() -> anyhow::Result<Args> {
         dir: std::path::PathBuf::new(),
         apns_port: 8443,
         fcm_port: 8444,
+        webpush_port: 8446,
         control_port: 8445,
         bundle: "com.example.pushline".into(),
         project: "pushline-local".into(),
@@ -58,6 +63,7 @@ fn args() -> anyhow::Result<Args> {
             "--dir" => args.dir = value()?.into(),
             "--apns-port" => args.apns_port = value()?.parse()?,
             "--fcm-port" => args.fcm_port = value()?.parse()?,
+            "--webpush-port" => args.webpush_port = value()?.parse()?,
             "--control-port" => args.control_port = value()?.parse()?,
             "--bundle" => args.bundle = value()?,
             "--project" => args.project = value()?,
@@ -99,6 +105,35 @@ fn describe(provider: &str, r: &Recorded) -> String {
     }
 }
 
+async fn print_web_pushes(service: Arc<MockPushService>) {
+    let mut seen = 0;
+    loop {
+        let all = service.wait_beyond(seen).await;
+        let messages = service.messages();
+        for r in &all[seen..] {
+            let id = MockPushService::id_of(&r.path);
+            let plaintext = messages
+                .iter()
+                .rev()
+                .find(|m| m.subscription == id)
+                .map(|m| {
+                    String::from_utf8_lossy(&m.plaintext)
+                        .chars()
+                        .take(160)
+                        .collect()
+                })
+                .unwrap_or_else(|| "(not decrypted)".to_owned());
+            println!(
+                "Web  {} ← {id} urgency={} ttl={} decrypted={plaintext}",
+                r.status,
+                r.header("urgency").unwrap_or("-"),
+                r.header("ttl").unwrap_or("-"),
+            );
+        }
+        seen = all.len();
+    }
+}
+
 async fn print_pushes<B: Behaviour>(name: &'static str, mock: Arc<Mock<B>>) {
     let mut seen = 0;
     loop {
@@ -126,6 +161,19 @@ async fn main() -> anyhow::Result<()> {
     let apns =
         Arc::new(MockApns::start_apns_at(&ca, &[&args.bundle], &[&key], &at(args.apns_port)).await);
     let fcm = Arc::new(MockFcm::start_fcm_at(&ca, &[&args.project], &at(args.fcm_port)).await);
+    let vapid = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let webpush = Arc::new(
+        MockPushService::start_push_service_at(
+            &ca,
+            &base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                vapid.public_key_raw(),
+            ),
+            &at(args.webpush_port),
+        )
+        .await,
+    );
+    std::fs::write(args.dir.join("vapid.pem"), vapid.serialize_pem())?;
     apns.write_ca(&args.dir, "ca.pem");
     key.write(&args.dir);
     fcm.write_service_account(&args.dir, &args.project);
@@ -133,34 +181,46 @@ async fn main() -> anyhow::Result<()> {
         .current(pipeline::contract::now_ms() / 1000);
     std::fs::write(args.dir.join("apns-bearer.txt"), &*bearer)?;
 
-    let (a, f) = (apns.clone(), fcm.clone());
-    let control = Router::new().route(
-        "/requests",
-        get(move || {
-            let (a, f) = (a.clone(), f.clone());
-            async move {
-                let mut all: Vec<serde_json::Value> =
-                    a.requests().iter().map(|r| json("apns", r)).collect();
-                all.extend(
-                    f.requests()
-                        .iter()
-                        .filter(|r| r.path != "/token")
-                        .map(|r| json("fcm", r)),
-                );
-                Json(all)
-            }
-        }),
-    );
+    let (a, f, w) = (apns.clone(), fcm.clone(), webpush.clone());
+    let subscriber = webpush.clone();
+    let control = Router::new()
+        .route(
+            "/webpush/subscribe",
+            post(move || {
+                let subscriber = subscriber.clone();
+                async move { Json(subscriber.subscribe()) }
+            }),
+        )
+        .route(
+            "/requests",
+            get(move || {
+                let (a, f, w) = (a.clone(), f.clone(), w.clone());
+                async move {
+                    let mut all: Vec<serde_json::Value> =
+                        a.requests().iter().map(|r| json("apns", r)).collect();
+                    all.extend(
+                        f.requests()
+                            .iter()
+                            .filter(|r| r.path != "/token")
+                            .map(|r| json("fcm", r)),
+                    );
+                    all.extend(w.requests().iter().map(|r| json("webpush", r)));
+                    Json(all)
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind((args.bind.as_str(), args.control_port)).await?;
     println!(
-        "mock APNs on {} and FCM on {}; requests at http://127.0.0.1:{}/requests; credentials in {}",
+        "mock APNs on {}, FCM on {} and Web Push on {}; requests at http://127.0.0.1:{}/requests; credentials in {}",
         apns.url(),
         fcm.url(),
+        webpush.url(),
         args.control_port,
         args.dir.display()
     );
     tokio::spawn(print_pushes("apns", apns));
     tokio::spawn(print_pushes("fcm", fcm));
+    tokio::spawn(print_web_pushes(webpush));
     axum::serve(listener, control)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

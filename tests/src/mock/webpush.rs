@@ -61,6 +61,15 @@ impl MockPushService {
     /// Starts a push service accepting pushes signed by `application_server_key`
     /// (base64url of the uncompressed public key).
     pub async fn start_push_service(ca: &TestCa, application_server_key: &str) -> Self {
+        Self::start_push_service_at(ca, application_server_key, &super::Listen::loopback(0)).await
+    }
+
+    /// Like [`MockPushService::start_push_service`], listening as `at` says.
+    pub async fn start_push_service_at(
+        ca: &TestCa,
+        application_server_key: &str,
+        at: &super::Listen,
+    ) -> Self {
         let behaviour = PushService {
             application_server_key: application_server_key.to_owned(),
             origin: Mutex::new(String::new()),
@@ -68,7 +77,7 @@ impl MockPushService {
             messages: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
         };
-        let mock = Mock::start(behaviour, ca, &super::Listen::loopback(0)).await;
+        let mock = Mock::start(behaviour, ca, at).await;
         *mock.shared.behaviour.origin.lock().expect("lock") = mock.url();
         mock
     }
