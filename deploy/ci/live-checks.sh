@@ -3,8 +3,8 @@
 # 1. schemathesis against ingest and the registry, using the OpenAPI documents they serve
 #    on their admin ports; fails on any 5xx, schema violation, undocumented status or
 #    wrong content type;
-# 2. a call pushed through both dispatchers to the sandbox mocks, then
-#    `promtool check metrics` on a live /metrics scrape of all four services.
+# 2. a call pushed through the three dispatchers to the sandbox mocks, then
+#    `promtool check metrics` on a live /metrics scrape of all five services.
 # Usage: deploy/ci/live-checks.sh [max examples per operation, default 40]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -14,7 +14,7 @@ command -v schemathesis >/dev/null || { echo "schemathesis missing: pip install 
 
 command -v promtool >/dev/null || { echo "promtool missing: apt-get install prometheus"; exit 1; }
 cargo build --locked --quiet --manifest-path "$ROOT/Cargo.toml" -p pushline-ingest -p pushline-registry \
-  -p pushline-dispatcher-apns -p pushline-dispatcher-fcm -p pushline-tests --bins
+  -p pushline-dispatcher-apns -p pushline-dispatcher-fcm -p pushline-dispatcher-webpush -p pushline-tests --bins
 BIN="$ROOT/target/debug"
 WORK=$(mktemp -d -t pushline-st.XXXXXX)
 PIDS=()
@@ -30,6 +30,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 NATS=$(port); REDIS=$(port); INGEST=$(port); INGEST_ADMIN=$(port); REGISTRY=$(port); REGISTRY_ADMIN=$(port)
 OPEN=$(port); OPEN_ADMIN=$(port)
 APNS_ADMIN=$(port); FCM_ADMIN=$(port); MOCK_APNS=$(port); MOCK_FCM=$(port); MOCK_CONTROL=$(port)
+WEBPUSH_ADMIN=$(port); MOCK_WEBPUSH=$(port)
 
 nats-server -a 127.0.0.1 -p "$NATS" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 & PIDS+=($!)
 redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 & PIDS+=($!)
@@ -57,6 +58,7 @@ url = "redis://127.0.0.1:$REDIS"
 [devices]
 default_apns_app = "com.example.pushline"
 default_fcm_app = "pushline-local"
+default_apps = { webpush = "web.pushline-local" }
 key_encryption_keys = [{ id = "ci", key = "$(head -c 32 /dev/urandom | base64)" }]
 [auth]
 api_keys = [{ name = "schemathesis", sha256 = "$(sha $API_KEY)", scopes = ["admin"] }]
@@ -87,9 +89,9 @@ run() { # name schema-url api-url header
 run registry "http://127.0.0.1:$REGISTRY_ADMIN/openapi.yaml" "http://127.0.0.1:$REGISTRY" "Authorization: Bearer $API_KEY"
 run ingest "http://127.0.0.1:$INGEST_ADMIN/openapi.yaml" "http://127.0.0.1:$INGEST" "Authorization: Bearer $PRODUCER_KEY"
 run "ingest (signatures skipped)" "http://127.0.0.1:$OPEN_ADMIN/openapi.yaml" "http://127.0.0.1:$OPEN" "Authorization: Bearer $PRODUCER_KEY"
-echo "== a call through both dispatchers, then promtool check metrics on every service"
+echo "== a call through the three dispatchers, then promtool check metrics on every service"
 "$BIN/pushline-mock" --dir "$WORK/mock" --apns-port "$MOCK_APNS" --fcm-port "$MOCK_FCM" \
-  --control-port "$MOCK_CONTROL" >"$WORK/mock.log" 2>&1 & PIDS+=($!)
+  --webpush-port "$MOCK_WEBPUSH" --control-port "$MOCK_CONTROL" >"$WORK/mock.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 1 100); do [ -f "$WORK/mock/pushline-local.json" ] && break; sleep 0.1; done
 cat >"$WORK/apns.toml" <<TOML
 admin_listen = "127.0.0.1:$APNS_ADMIN"
@@ -119,23 +121,39 @@ url = "nats://127.0.0.1:$NATS"
 [telemetry]
 filter = "warn"
 TOML
+cat >"$WORK/webpush.toml" <<TOML
+admin_listen = "127.0.0.1:$WEBPUSH_ADMIN"
+[webpush]
+ca_files = ["$WORK/mock/ca.pem"]
+[[webpush.apps]]
+app = "web.pushline-local"
+subject = "mailto:ops@example.com"
+private_key_file = "$WORK/mock/vapid.pem"
+[nats]
+url = "nats://127.0.0.1:$NATS"
+[telemetry]
+filter = "warn"
+TOML
 "$BIN/pushline-dispatcher-apns" --config "$WORK/apns.toml" >"$WORK/apns.log" 2>&1 & PIDS+=($!)
 "$BIN/pushline-dispatcher-fcm" --config "$WORK/fcm.toml" >"$WORK/fcm.log" 2>&1 & PIDS+=($!)
-for admin in "$APNS_ADMIN" "$FCM_ADMIN"; do
+"$BIN/pushline-dispatcher-webpush" --config "$WORK/webpush.toml" >"$WORK/webpush.log" 2>&1 & PIDS+=($!)
+for admin in "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN"; do
   for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$admin/readyz" 2>/dev/null && break; sleep 0.1; done
 done
 PERSON=live-check-person
 curl -fsS -X POST "http://127.0.0.1:$REGISTRY/register" -H "authorization: Bearer $API_KEY" -H 'content-type: application/json' \
   -d "{\"voipToken\":\"$(printf 'cd%.0s' $(seq 1 32))\",\"fcmToken\":\"live-check:APA91bHPRgkFLJu6ck_q\",\"personId\":\"$PERSON\"}" >/dev/null
+curl -fsS -o /dev/null -X POST "http://127.0.0.1:$REGISTRY/v1/devices" -H "authorization: Bearer $API_KEY" -H 'content-type: application/json' \
+  -d "{\"person_id\":\"$PERSON\",\"platform\":\"webpush\",\"subscription\":$(curl -fsS -X POST "http://127.0.0.1:$MOCK_CONTROL/webpush/subscribe")}"
 BODY="{\"resource\":\"telephony_push\",\"event\":\"updated\",\"actorId\":\"$PERSON\",\"data\":{\"apnsPayload\":{\"aps\":{}},\"fcmPayload\":{\"k\":\"v\"}}}"
 SIG=$(printf %s "$BODY" | openssl dgst -sha1 -hmac schemathesis-webhook-secret | sed 's/^.*= //')
 curl -fsS -X POST "http://127.0.0.1:$INGEST/webhooks/webex" -H 'content-type: application/json' -H "x-spark-signature: $SIG" -d "$BODY" >/dev/null
 for _ in $(seq 1 100); do
-  [ "$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL/requests" | grep -o '"status":200' | wc -l)" -ge 2 ] && break
+  [ "$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL/requests" | grep -o '"status":200' | wc -l)" -ge 3 ] && break
   sleep 0.1
 done
-[ "$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL/requests" | grep -o '"status":200' | wc -l)" -ge 2 ] || { echo "the call was not delivered"; status=1; }
-for admin in "$INGEST_ADMIN" "$REGISTRY_ADMIN" "$APNS_ADMIN" "$FCM_ADMIN"; do
+[ "$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL/requests" | grep -o '"status":200' | wc -l)" -ge 3 ] || { echo "the call was not delivered"; status=1; }
+for admin in "$INGEST_ADMIN" "$REGISTRY_ADMIN" "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN"; do
   if curl -fsS "http://127.0.0.1:$admin/metrics" | promtool check metrics; then
     echo "promtool check metrics 127.0.0.1:$admin: ok"
   else
