@@ -16,6 +16,7 @@ mod pushctl;
 mod registry;
 mod topology;
 mod tracking;
+mod upgrade;
 mod webhook_to_jobs;
 mod webhooks;
 mod webpush;
