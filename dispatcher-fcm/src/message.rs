@@ -1,7 +1,7 @@
 //! The FCM HTTP v1 request body for one job:
 //!
 //! ```json
-//! {"message":{"token":"…","data":{…},"android":{"priority":"HIGH","ttl":"42.5s","collapse_key":"…"}}}
+//! {"message":{"token":"…","data":{…},"android":{"priority":"HIGH","ttl":"42.5s","collapse_key":"…","notification":{…}}}}
 //! ```
 //!
 //! `data` is the event's `fcmPayload`. FCM wants a map of strings: when every value is a
@@ -82,8 +82,12 @@ pub fn body(token: &str, part: &FcmPart, remaining_ms: u64) -> Result<String, St
         ),
         None => String::new(),
     };
+    let notification = match &part.notification {
+        Some(notification) => format!(",\"notification\":{}", notification.get()),
+        None => String::new(),
+    };
     Ok(format!(
-        r#"{{"message":{{"token":{token},"data":{data},"android":{{"priority":"{priority}","ttl":"{}"{collapse}}}}}}}"#,
+        r#"{{"message":{{"token":{token},"data":{data},"android":{{"priority":"{priority}","ttl":"{}"{collapse}{notification}}}}}}}"#,
         ttl(remaining_ms)
     ))
 }
@@ -124,11 +128,12 @@ mod tests {
             data: raw(r#"{"k":"v"}"#),
             priority: Some(FcmPriority::High),
             collapse_key: Some("call-1".into()),
+            notification: Some(raw(r#"{"title":"Ada"}"#)),
         };
         let b = body("tok\"en", &part, 42_500).expect("body");
         assert_eq!(
             b,
-            r#"{"message":{"token":"tok\"en","data":{"k":"v"},"android":{"priority":"HIGH","ttl":"42.500s","collapse_key":"call-1"}}}"#
+            r#"{"message":{"token":"tok\"en","data":{"k":"v"},"android":{"priority":"HIGH","ttl":"42.500s","collapse_key":"call-1","notification":{"title":"Ada"}}}}"#
         );
         let v: serde_json::Value = serde_json::from_str(&b).expect("valid JSON");
         assert_eq!(v["message"]["android"]["ttl"], "42.500s");

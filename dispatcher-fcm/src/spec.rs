@@ -41,6 +41,11 @@ pub struct FcmPart {
     /// `collapse_key`, when the producer gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collapse_key: Option<String>,
+    /// A display notification Android draws itself (FCM's `AndroidNotification`: `title`,
+    /// `body`, `channel_id`, `click_action` for the app's interactive handling, …), sent
+    /// as `android.notification` byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<Box<RawValue>>,
 }
 
 /// FCM, as the registry and ingest know it.
@@ -91,10 +96,21 @@ impl Spec for Fcm {
         if !part.data.get().starts_with('{') {
             return Err(format!("`{field}.data` must be a JSON object"));
         }
-        if part.data.get().len() > FCM_DATA_MAX_BYTES {
+        let shown = part.notification.as_ref().map_or(0, |n| n.get().len());
+        if part.data.get().len() + shown > FCM_DATA_MAX_BYTES {
             return Err(format!(
-                "`{field}.data` is over FCM's {FCM_DATA_MAX_BYTES} bytes"
+                "`{field}.data` and `{field}.notification` are over FCM's {FCM_DATA_MAX_BYTES} bytes"
             ));
+        }
+        if let Some(notification) = &part.notification {
+            if !notification.get().starts_with('{') {
+                return Err(format!("`{field}.notification` must be a JSON object"));
+            }
+            if encrypt {
+                return Err(format!(
+                    "`{field}.notification` is drawn by Android in clear and cannot be encrypted: send the content in `data` and let the app show it"
+                ));
+            }
         }
         let sealed = jwe::envelope_len(&part.data, None, jwe::MAX_KID)?;
         if encrypt && sealed > FCM_DATA_MAX_BYTES {
@@ -126,6 +142,7 @@ impl Spec for Fcm {
             data: payload.to_owned(),
             priority: Some(FcmPriority::High),
             collapse_key: None,
+            notification: None,
         };
         own.then(|| pipeline::json::to_raw(&part).ok()).flatten()
     }
@@ -133,6 +150,9 @@ impl Spec for Fcm {
     /// The `data` map becomes `{"jwe":"<JWE of the map>"}`.
     fn encrypt(&self, part: &RawValue, key: &ContentKey, kid: &str) -> Result<Box<RawValue>, Skip> {
         let mut part: FcmPart = serde_json::from_str(part.get()).map_err(|_| Skip::Malformed)?;
+        if part.notification.is_some() {
+            return Err(Skip::Cleartext);
+        }
         let len = jwe::envelope_len(&part.data, None, kid.len()).map_err(|_| Skip::Malformed)?;
         if len > FCM_DATA_MAX_BYTES {
             return Err(Skip::TooLarge);
@@ -220,6 +240,41 @@ mod tests {
             .part("fcm", Class::Call, true, &raw(&fits))
             .expect_err("sealed");
         assert!(error.contains("once encrypted"), "{error}");
+    }
+
+    #[test]
+    fn a_display_notification_passes_through_and_is_never_encrypted() {
+        let request =
+            r#"{"data":{},"notification":{"title":"Ada","click_action":"ANSWER_OR_DECLINE"}}"#;
+        let part = SPEC
+            .part("fcm", Class::Alert, false, &raw(request))
+            .expect("part");
+        let parsed: FcmPart = serde_json::from_str(part.get()).expect("part");
+        assert_eq!(
+            parsed.notification.expect("notification").get(),
+            r#"{"title":"Ada","click_action":"ANSWER_OR_DECLINE"}"#
+        );
+        let error = SPEC
+            .part("fcm", Class::Alert, true, &raw(request))
+            .expect_err("in clear");
+        assert!(error.contains("cannot be encrypted"), "{error}");
+        let key = ContentKey::from_bytes([3; 32]);
+        assert_eq!(
+            SPEC.encrypt(&part, &key, "k").expect_err("policy"),
+            Skip::Cleartext
+        );
+        let error = SPEC
+            .part(
+                "fcm",
+                Class::Alert,
+                false,
+                &raw(r#"{"data":{},"notification":"x"}"#),
+            )
+            .expect_err("object");
+        assert!(
+            error.contains("`fcm.notification` must be a JSON object"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub enum Skip {
     TooLarge,
     /// The part cannot be encrypted as the provider needs (say, it is not an object).
     Malformed,
+    /// The part shows something in clear that encryption could not hide (a display
+    /// notification drawn by the operating system).
+    Cleartext,
 }
 
 impl Skip {
@@ -38,6 +41,7 @@ impl Skip {
             Skip::KeyUnreadable => "key_unreadable",
             Skip::TooLarge => "too_large",
             Skip::Malformed => "malformed",
+            Skip::Cleartext => "cleartext",
         }
     }
 }

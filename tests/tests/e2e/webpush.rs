@@ -196,3 +196,76 @@ async fn a_push_service_refusing_the_vapid_key_dead_letters_the_push() {
     assert!(other.service.delivered().is_empty());
     assert!(web.service.requests().is_empty());
 }
+
+#[tokio::test]
+async fn display_notifications_with_actions_reach_an_iphone_an_android_phone_and_a_browser() {
+    let stack = Stack::start().await;
+    let web = stack.start_webpush(|_| {}).await;
+    stack
+        .register_browser("flo", &web.service.subscribe())
+        .await;
+    stack
+        .register(
+            &"cd".repeat(32),
+            json!({"person_id": "flo", "platform": "apns", "channel": "alert"}),
+        )
+        .await;
+    stack
+        .register_android("flo", "flo-phone:APA91bHPRgkFLJu6ck_q")
+        .await;
+    let apns = r#"{"aps":{"alert":{"title":"Missed call","body":"Ada"},"category":"MISSED_CALL"}}"#;
+    let request = json!({
+        "person_ids": ["flo"],
+        "class": "alert",
+        "idempotency_key": "missed-call-1",
+        "apns": {"payload": serde_json::from_str::<Value>(apns).expect("json")},
+        "fcm": {
+            "data": {"callId": "c-10"},
+            "notification": {"title": "Missed call", "body": "Ada", "click_action": "MISSED_CALL"}
+        },
+        "webpush": {
+            "notification": {
+                "title": "Missed call",
+                "body": "Ada",
+                "actions": [{"action": "call_back", "title": "Call back"}]
+            }
+        }
+    });
+    stack.notify(PRODUCER_KEY, &request).await;
+    web.service.wait_delivered(1, WAIT).await;
+    let ios = stack.providers.apns.wait_delivered(1, WAIT).await;
+    let android = stack
+        .providers
+        .fcm
+        .wait_for("an FCM send", WAIT, |r| {
+            r.iter()
+                .any(|r| r.status == 200 && r.path.ends_with("messages:send"))
+        })
+        .await;
+
+    let apns_body: Value = serde_json::from_slice(&ios[0].body).expect("json");
+    assert_eq!(apns_body["aps"]["category"], "MISSED_CALL");
+    assert_eq!(ios[0].header("apns-push-type"), Some("alert"));
+    let fcm = android
+        .iter()
+        .find(|r| r.path.ends_with("messages:send"))
+        .expect("send");
+    let fcm_body: Value = serde_json::from_slice(&fcm.body).expect("json");
+    assert_eq!(
+        fcm_body["message"]["android"]["notification"]["click_action"],
+        "MISSED_CALL"
+    );
+    assert_eq!(fcm_body["message"]["data"]["callId"], "c-10");
+    let web_payload = web.service.messages()[0].json();
+    assert_eq!(
+        web_payload["notification"]["actions"][0]["action"],
+        "call_back"
+    );
+    assert!(
+        web_payload["notification"]
+            .get("requireInteraction")
+            .is_none(),
+        "only calls require interaction by default"
+    );
+    assert_eq!(web.service.messages()[0].urgency.as_deref(), Some("normal"));
+}
