@@ -192,15 +192,8 @@ impl Spec for Apns {
     /// The whole payload as a JWE beside its `aps`, kept in clear for iOS to act on.
     fn encrypt(&self, part: &RawValue, key: &ContentKey, kid: &str) -> Result<Box<RawValue>, Skip> {
         let mut part: ApnsPart = serde_json::from_str(part.get()).map_err(|_| Skip::Malformed)?;
-        let len =
-            jwe::envelope_len(&part.payload, CLEAR, kid.len()).map_err(|_| Skip::Malformed)?;
-        if len > part.push_type.max_bytes() {
-            return Err(Skip::TooLarge);
-        }
-        part.payload = jwe::envelope(key, kid, &part.payload, CLEAR).map_err(|error| {
-            tracing::error!(%error, "cannot encrypt an APNs payload");
-            Skip::KeyUnreadable
-        })?;
+        part.payload =
+            pipeline::provider::seal(&part.payload, key, kid, CLEAR, part.push_type.max_bytes())?;
         pipeline::json::to_raw(&part).map_err(|_| Skip::Malformed)
     }
 }

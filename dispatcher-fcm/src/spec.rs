@@ -153,14 +153,7 @@ impl Spec for Fcm {
         if part.notification.is_some() {
             return Err(Skip::Cleartext);
         }
-        let len = jwe::envelope_len(&part.data, None, kid.len()).map_err(|_| Skip::Malformed)?;
-        if len > FCM_DATA_MAX_BYTES {
-            return Err(Skip::TooLarge);
-        }
-        part.data = jwe::envelope(key, kid, &part.data, None).map_err(|error| {
-            tracing::error!(%error, "cannot encrypt an FCM payload");
-            Skip::KeyUnreadable
-        })?;
+        part.data = pipeline::provider::seal(&part.data, key, kid, None, FCM_DATA_MAX_BYTES)?;
         pipeline::json::to_raw(&part).map_err(|_| Skip::Malformed)
     }
 }

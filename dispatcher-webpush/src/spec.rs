@@ -276,14 +276,7 @@ impl Spec for WebPush {
     fn encrypt(&self, part: &RawValue, key: &ContentKey, kid: &str) -> Result<Box<RawValue>, Skip> {
         let mut part: WebPushPart =
             serde_json::from_str(part.get()).map_err(|_| Skip::Malformed)?;
-        let len = jwe::envelope_len(&part.payload, None, kid.len()).map_err(|_| Skip::Malformed)?;
-        if len > MAX_PAYLOAD_BYTES {
-            return Err(Skip::TooLarge);
-        }
-        part.payload = jwe::envelope(key, kid, &part.payload, None).map_err(|error| {
-            tracing::error!(%error, "cannot encrypt a Web Push payload");
-            Skip::KeyUnreadable
-        })?;
+        part.payload = pipeline::provider::seal(&part.payload, key, kid, None, MAX_PAYLOAD_BYTES)?;
         pipeline::json::to_raw(&part).map_err(|_| Skip::Malformed)
     }
 }

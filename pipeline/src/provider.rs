@@ -105,6 +105,26 @@ pub trait Spec: Send + Sync + 'static {
     fn encrypt(&self, part: &RawValue, key: &ContentKey, kid: &str) -> Result<Box<RawValue>, Skip>;
 }
 
+/// `object` (a part's payload) sealed for one device: the JWE envelope of
+/// [`crate::jwe::envelope`] keeping `clear` in clear, refused when it would be over
+/// `limit` bytes. What a provider's [`Spec::encrypt`] does to its payload field.
+pub fn seal(
+    object: &RawValue,
+    key: &ContentKey,
+    kid: &str,
+    clear: Option<&str>,
+    limit: usize,
+) -> Result<Box<RawValue>, Skip> {
+    let len = crate::jwe::envelope_len(object, clear, kid.len()).map_err(|_| Skip::Malformed)?;
+    if len > limit {
+        return Err(Skip::TooLarge);
+    }
+    crate::jwe::envelope(key, kid, object, clear).map_err(|error| {
+        tracing::error!(%error, "cannot encrypt a payload");
+        Skip::KeyUnreadable
+    })
+}
+
 /// The providers a deployment knows, in a fixed order.
 #[derive(Clone)]
 pub struct Providers(Arc<[&'static dyn Spec]>);
