@@ -135,12 +135,24 @@ impl Stack {
         &self,
         adjust: impl FnOnce(&mut dispatcher_webpush::config::Config),
     ) -> WebPush {
+        self.start_webpush_speaking(false, adjust).await
+    }
+
+    /// Like [`Stack::start_webpush`]; with `http1` the push service speaks HTTP/1.1 only.
+    pub async fn start_webpush_speaking(
+        &self,
+        http1: bool,
+        adjust: impl FnOnce(&mut dispatcher_webpush::config::Config),
+    ) -> WebPush {
+        use crate::mock::webpush::MockPushService;
         use base64::Engine as _;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
         let public = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key_raw());
-        let service =
-            crate::mock::webpush::MockPushService::start_push_service(&self.providers.ca, &public)
-                .await;
+        let service = if http1 {
+            MockPushService::start_push_service_http1(&self.providers.ca, &public).await
+        } else {
+            MockPushService::start_push_service(&self.providers.ca, &public).await
+        };
         let dir = tempfile::tempdir().expect("temp dir");
         let key_file = dir.path().join("vapid.pem");
         std::fs::write(&key_file, key.serialize_pem()).expect("write the key");

@@ -157,7 +157,18 @@ impl<B: Behaviour> Drop for Mock<B> {
 
 impl<B: Behaviour> Mock<B> {
     pub(crate) async fn start(behaviour: B, ca: &tls::TestCa, at: &Listen) -> Self {
-        let tls = ca.server_tls(&at.host);
+        Self::start_speaking(behaviour, ca, at, false).await
+    }
+
+    /// Like `start`; with `http1` the mock speaks HTTP/1.1 only (no GOAWAY then).
+    pub(crate) async fn start_speaking(
+        behaviour: B,
+        ca: &tls::TestCa,
+        at: &Listen,
+        http1: bool,
+    ) -> Self {
+        let protocol: &[u8] = if http1 { b"http/1.1" } else { b"h2" };
+        let tls = ca.server_tls(&at.host, protocol);
         let listener = TcpListener::bind((at.bind.as_str(), at.port))
             .await
             .expect("bind mock");
@@ -175,6 +186,7 @@ impl<B: Behaviour> Mock<B> {
             tls.acceptor,
             shared.clone(),
             shutdown.clone(),
+            http1,
         ));
         Mock {
             addr,
@@ -335,6 +347,7 @@ async fn accept_loop<B: Behaviour>(
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared<B>>,
     shutdown: CancellationToken,
+    http1: bool,
 ) {
     loop {
         let (tcp, _) = tokio::select! {
@@ -371,6 +384,16 @@ async fn accept_loop<B: Behaviour>(
                 let conn = service_conn.clone();
                 async move { Ok::<_, Infallible>(handle(&shared, &conn, request).await) }
             });
+            if http1 {
+                let http = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = http => {}
+                    () = conn.drop.cancelled() => {}
+                    () = shutdown.cancelled() => {}
+                }
+                return;
+            }
             let http = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .max_concurrent_streams(1_000)
                 .serve_connection(TokioIo::new(stream), service);

@@ -57,7 +57,9 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
-    pub(crate) fn server_tls(&self, host: &str) -> ServerTls {
+    /// A server certificate for `host` signed by this CA, offering `protocol` by ALPN
+    /// (`h2`, or `http/1.1`).
+    pub(crate) fn server_tls(&self, host: &str, protocol: &[u8]) -> ServerTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         if !names.iter().any(|n| n == host) {
@@ -89,7 +91,7 @@ impl TestCa {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, private)
             .expect("server config");
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![protocol.to_vec()];
         ServerTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             ca_pem: self.pem(),

@@ -64,22 +64,43 @@ impl MockPushService {
         Self::start_push_service_at(ca, application_server_key, &super::Listen::loopback(0)).await
     }
 
+    /// Like [`MockPushService::start_push_service`], speaking HTTP/1.1 only, as some push
+    /// services and proxies do.
+    pub async fn start_push_service_http1(ca: &TestCa, application_server_key: &str) -> Self {
+        Self::start_speaking(
+            Self::behaviour(application_server_key),
+            ca,
+            &super::Listen::loopback(0),
+            true,
+        )
+        .await
+        .with_origin()
+    }
+
     /// Like [`MockPushService::start_push_service`], listening as `at` says.
     pub async fn start_push_service_at(
         ca: &TestCa,
         application_server_key: &str,
         at: &super::Listen,
     ) -> Self {
-        let behaviour = PushService {
+        Mock::start(Self::behaviour(application_server_key), ca, at)
+            .await
+            .with_origin()
+    }
+
+    fn behaviour(application_server_key: &str) -> PushService {
+        PushService {
             application_server_key: application_server_key.to_owned(),
             origin: Mutex::new(String::new()),
             subscriptions: Mutex::new(HashMap::new()),
             messages: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
-        };
-        let mock = Mock::start(behaviour, ca, at).await;
-        *mock.shared.behaviour.origin.lock().expect("lock") = mock.url();
-        mock
+        }
+    }
+
+    fn with_origin(self) -> Self {
+        *self.shared.behaviour.origin.lock().expect("lock") = self.url();
+        self
     }
 
     /// A new subscription, as a browser's `PushSubscription.toJSON()` gives it.

@@ -269,3 +269,20 @@ async fn display_notifications_with_actions_reach_an_iphone_an_android_phone_and
     );
     assert_eq!(web.service.messages()[0].urgency.as_deref(), Some("normal"));
 }
+
+#[tokio::test]
+async fn a_push_service_speaking_only_http1_gets_its_pushes() {
+    let stack = Stack::start().await;
+    let web = stack.start_webpush_speaking(true, |_| {}).await;
+    stack
+        .register_browser("gil", &web.service.subscribe())
+        .await;
+    stack
+        .call("gil", None, Some(&fcm_payload("call-http1")))
+        .await;
+    web.service.wait_delivered(1, WAIT).await;
+    assert_eq!(
+        web.service.messages()[0].plaintext,
+        fcm_payload("call-http1").as_bytes()
+    );
+}
