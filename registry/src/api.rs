@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::Principal;
 use crate::config::DeviceLimit;
 use crate::error::ApiError;
 use crate::store::{Channel, Device, DeviceAttrs, Registered, Rules, SealedKey, token_device_id};
@@ -378,6 +379,7 @@ async fn put_device(
     body: Result<JsonBody<PutDevice>, ApiError>,
 ) -> Response {
     let result = async {
+        let principal = state.auth.authenticate(&headers).await?;
         let JsonBody(body) = body?;
         if body.token.is_some() {
             return Err(ApiError::Invalid(
@@ -385,7 +387,7 @@ async fn put_device(
                     .into(),
             ));
         }
-        register_device(&state, &headers, token, body).await
+        register_device(&state, &principal, token, body).await
     }
     .await;
     finish(&state, "register", result)
@@ -397,6 +399,7 @@ async fn post_device(
     body: Result<JsonBody<PutDevice>, ApiError>,
 ) -> Response {
     let result = async {
+        let principal = state.auth.authenticate(&headers).await?;
         let JsonBody(mut body) = body?;
         let token = match (body.token.take(), &body.subscription) {
             (Some(token), _) => token,
@@ -407,65 +410,62 @@ async fn post_device(
                 ));
             }
         };
-        register_device(&state, &headers, token, body).await
+        register_device(&state, &principal, token, body).await
     }
     .await;
     finish(&state, "register", result)
 }
 
-/// Registers `token` as `body` says, for `PUT` and `POST`.
+/// Registers `token` as `body` says, for `PUT` and `POST`, once `principal` is known.
 async fn register_device(
     state: &AppState,
-    headers: &HeaderMap,
+    principal: &Principal,
     token: String,
     body: PutDevice,
 ) -> Result<(StatusCode, Json<Option<DeviceView>>), ApiError> {
+    state.require(principal.may_write(&body.person_id), "not_owner")?;
+    if body
+        .subscription
+        .as_ref()
+        .is_some_and(|subscription| subscription.endpoint != token)
     {
-        let principal = state.auth.authenticate(headers).await?;
-        state.require(principal.may_write(&body.person_id), "not_owner")?;
-        if body
-            .subscription
-            .as_ref()
-            .is_some_and(|subscription| subscription.endpoint != token)
-        {
-            return Err(ApiError::Invalid(
-                "`subscription.endpoint` is not the token being registered".into(),
-            ));
-        }
-        let device_id = match body.device_id {
-            Some(id) => {
-                validate::device_id("device_id", &id).map_err(ApiError::Invalid)?;
-                id
-            }
-            None => token_device_id(&token),
-        };
-        let e2e = NewKey::read(body.e2e_key, body.e2e_algorithm, body.e2e_kid)?;
-        let registered = state
-            .register_one(Registration {
-                token: &token,
-                token_field: "token",
-                person: &body.person_id,
-                platform: &body.platform,
-                keys: body.subscription.as_ref().map(|s| &*s.keys),
-                channel: body.channel,
-                app: body.app,
-                environment: body.environment,
-                device_id,
-                e2e,
-            })
-            .await?;
-        let devices = state.store.devices(&body.person_id, now_ms()).await?;
-        let device = devices
-            .into_iter()
-            .find(|d| d.token == token)
-            .map(DeviceView::from);
-        let status = if registered.created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        Ok((status, Json(device)))
+        return Err(ApiError::Invalid(
+            "`subscription.endpoint` is not the token being registered".into(),
+        ));
     }
+    let device_id = match body.device_id {
+        Some(id) => {
+            validate::device_id("device_id", &id).map_err(ApiError::Invalid)?;
+            id
+        }
+        None => token_device_id(&token),
+    };
+    let e2e = NewKey::read(body.e2e_key, body.e2e_algorithm, body.e2e_kid)?;
+    let registered = state
+        .register_one(Registration {
+            token: &token,
+            token_field: "token",
+            person: &body.person_id,
+            platform: &body.platform,
+            keys: body.subscription.as_ref().map(|s| &*s.keys),
+            channel: body.channel,
+            app: body.app,
+            environment: body.environment,
+            device_id,
+            e2e,
+        })
+        .await?;
+    let devices = state.store.devices(&body.person_id, now_ms()).await?;
+    let device = devices
+        .into_iter()
+        .find(|d| d.token == token)
+        .map(DeviceView::from);
+    let status = if registered.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(device)))
 }
 
 /// `DELETE /v1/devices/{token}` query.

@@ -286,3 +286,85 @@ async fn a_push_service_speaking_only_http1_gets_its_pushes() {
         fcm_payload("call-http1").as_bytes()
     );
 }
+
+#[tokio::test]
+async fn subscriptions_are_checked_when_registered_and_deleted_by_their_endpoint() {
+    let stack = Stack::start().await;
+    let web = stack.start_webpush(|_| {}).await;
+    let http = reqwest::Client::new();
+    let post = |body: Value, key: Option<&'static str>| {
+        let mut request = http.post(stack.registry.url("/v1/devices")).json(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    let key = Some(harness::services::API_KEY);
+    let subscription = web.service.subscribe();
+    let endpoint = subscription["endpoint"]
+        .as_str()
+        .expect("endpoint")
+        .to_owned();
+    let mut bad_point = subscription.clone();
+    bad_point["keys"]["p256dh"] = json!("BAAA");
+    let cases = [
+        (
+            json!({"person_id": "hu", "platform": "webpush", "subscription": bad_point}),
+            "`subscription.keys`: `p256dh` must be a P-256 public key",
+        ),
+        (
+            json!({"person_id": "hu", "platform": "webpush", "token": endpoint}),
+            "`subscription.keys` is required",
+        ),
+        (
+            json!({"person_id": "hu", "platform": "apns", "token": "ab".repeat(32), "subscription": subscription}),
+            "`subscription.endpoint` is not the token being registered",
+        ),
+        (
+            json!({"person_id": "hu", "platform": "webpush"}),
+            "`token` or `subscription` is required",
+        ),
+        (
+            json!({"person_id": "hu", "platform": "webpush", "app": WEB_APP, "channel": "voip", "subscription": subscription}),
+            "`channel` voip is not a channel of webpush devices",
+        ),
+    ];
+    for (body, needle) in cases {
+        let response = post(body.clone(), key).await.expect("POST");
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.expect("json");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    let anonymous = post(json!({"not": "a registration"}), None)
+        .await
+        .expect("POST");
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "authentication comes before the body"
+    );
+
+    // PUT with the endpoint percent-encoded in the path, then DELETE the same way.
+    let mut url = reqwest::Url::parse(&stack.registry.url("/v1/devices")).expect("url");
+    url.path_segments_mut().expect("segments").push(&endpoint);
+    let put = http
+        .put(url.clone())
+        .bearer_auth(harness::services::API_KEY)
+        .json(&json!({"person_id": "hu", "platform": "webpush", "app": WEB_APP, "subscription": subscription}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(put.status(), 201);
+    let device: Value = put.json().await.expect("json");
+    assert_eq!(device["token"], endpoint.as_str());
+    assert!(device.get("keys").is_none(), "the keys are never shown");
+    let deleted = http
+        .delete(url)
+        .bearer_auth(harness::services::API_KEY)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(deleted.status(), 204);
+    assert!(stack.devices("hu").await.is_empty());
+}
