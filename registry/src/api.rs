@@ -324,7 +324,17 @@ impl AppState {
                 channel.as_str()
             )));
         }
-        let environment = environment.unwrap_or(self.devices.default_environment);
+        // The configured default where the provider has it (APNs' sandbox), else the
+        // provider's own first environment; one named explicitly must exist.
+        let environment = environment.unwrap_or_else(|| {
+            let default = self.devices.default_environment;
+            let known = spec.environments();
+            if known.contains(&default) {
+                default
+            } else {
+                known.first().copied().unwrap_or(default)
+            }
+        });
         if !spec.environments().contains(&environment) {
             return Err(ApiError::Invalid(format!(
                 "`environment` {} does not exist for {platform}",

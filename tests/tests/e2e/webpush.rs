@@ -368,3 +368,25 @@ async fn subscriptions_are_checked_when_registered_and_deleted_by_their_endpoint
     assert_eq!(deleted.status(), 204);
     assert!(stack.devices("hu").await.is_empty());
 }
+
+#[tokio::test]
+async fn a_browser_registers_in_production_where_the_default_environment_is_apns_sandbox() {
+    let stack = Stack::start_with(|c| {
+        c.registry.devices.default_environment = pipeline::contract::Environment::Sandbox;
+    })
+    .await;
+    let web = stack.start_webpush(|_| {}).await;
+    stack
+        .register_browser("ida", &web.service.subscribe())
+        .await;
+    stack.register_ios("ida", &"ef".repeat(32)).await;
+    let devices = stack.devices("ida").await;
+    let environment = |platform: &str| {
+        devices
+            .iter()
+            .find(|d| d["platform"] == platform)
+            .map(|d| d["environment"].clone())
+    };
+    assert_eq!(environment("webpush"), Some(json!("production")));
+    assert_eq!(environment("apns"), Some(json!("sandbox")));
+}
