@@ -38,7 +38,7 @@ async fn no_secret_or_token_is_ever_logged_in_clear() {
         .await;
     stack.providers.apns.script(
         &gone,
-        [MockApns::unregistered(pipeline::contract::now_ms() - 1)],
+        [MockApns::unregistered(pipeline::contract::now_ms())],
     );
     stack
         .providers

@@ -23,7 +23,7 @@ async fn every_stage_logs_the_calls_trace_id() {
         .script(&flaky, [MockApns::error(503, "ServiceUnavailable")]);
     stack.providers.apns.script(
         &gone,
-        [MockApns::unregistered(pipeline::contract::now_ms() - 1)],
+        [MockApns::unregistered(pipeline::contract::now_ms())],
     );
 
     let trace = "ROUTER_6a1f2b3c-tess-call";

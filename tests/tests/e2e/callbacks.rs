@@ -136,7 +136,7 @@ async fn an_app_backend_hears_which_tokens_were_pruned() {
     let (ios_gone, android_gone) = ("6d".repeat(32), "fcm-token-of-uma".to_owned());
     stack.register_ios("uma", &ios_gone).await;
     stack.register_android("uma", &android_gone).await;
-    let apple_says_gone_at = pipeline::contract::now_ms() - 1;
+    let apple_says_gone_at = pipeline::contract::now_ms();
     stack
         .providers
         .apns
@@ -223,7 +223,7 @@ async fn a_pruned_token_whose_notice_cannot_be_stored_is_still_pruned_and_counte
     stack.register_ios("vic", &gone).await;
     stack.providers.apns.script(
         &gone,
-        [MockApns::unregistered(pipeline::contract::now_ms() - 1)],
+        [MockApns::unregistered(pipeline::contract::now_ms())],
     );
     stack
         .call("vic", Some(&harness::webex::apns_payload("n1")), None)

@@ -85,7 +85,7 @@ async fn a_calls_status_shows_what_became_of_it_on_every_device() {
     apns.script(&flaky, [MockApns::error(503, "ServiceUnavailable")]);
     apns.script(
         &gone,
-        [MockApns::unregistered(pipeline::contract::now_ms() - 1)],
+        [MockApns::unregistered(pipeline::contract::now_ms())],
     );
     apns.script(&refused, [MockApns::error(400, "BadTopic")]);
 
