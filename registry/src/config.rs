@@ -408,6 +408,14 @@ impl Config {
             crate::validate::app("devices.apps", app)
                 .map_err(|problem| ConfigError::invalid(format!("devices.apps.{app}"), problem))?;
         }
+        let providers = providers::all();
+        for (provider, app) in &self.devices.default_apps {
+            let setting = format!("devices.default_apps.{provider}");
+            crate::validate::provider(&providers, &setting, provider)
+                .map_err(|problem| ConfigError::invalid(setting.clone(), problem))?;
+            crate::validate::app(&setting, app)
+                .map_err(|problem| ConfigError::invalid(setting.clone(), problem))?;
+        }
         if !(2..=512).contains(&self.max_json_depth) {
             return Err(ConfigError::invalid("max_json_depth", "must be 2 to 512"));
         }
@@ -496,6 +504,28 @@ mod tests {
         cluster.nodes = vec!["127.0.0.1:7000".into()];
         let error = cluster.validate().expect_err("not a URL");
         assert!(error.to_string().contains("127.0.0.1:7000"), "{error}");
+    }
+
+    #[test]
+    fn default_apps_name_known_providers_and_the_older_spellings_still_count() {
+        let mut config = Config::default();
+        config.auth.api_keys = vec![ApiKey {
+            name: "test".into(),
+            sha256: "ab".repeat(32),
+            scopes: vec![Scope::Register],
+        }];
+        config.devices.default_apns_app = "com.example.old".into();
+        config.devices.default_apps = BTreeMap::from([("fcm".into(), "project".into())]);
+        config.resolve().expect("known providers");
+        assert_eq!(config.devices.default_app("apns"), "com.example.old");
+        assert_eq!(config.devices.default_app("fcm"), "project");
+        assert_eq!(config.devices.default_app("pager"), "");
+        config.devices.default_apps = BTreeMap::from([("web-push".into(), "web".into())]);
+        let error = config.resolve().expect_err("a typo");
+        assert!(
+            error.to_string().contains("devices.default_apps.web-push"),
+            "{error}"
+        );
     }
 
     #[test]
