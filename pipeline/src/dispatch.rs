@@ -1,6 +1,6 @@
-//! What both dispatchers share: the [`Provider`] trait each one implements, the
+//! What every dispatcher shares: the [`Provider`] trait each one implements, the
 //! [`Verdict`] a provider returns, and the [`Dispatch`] handler that turns verdicts into
-//! acks, retries, token feedback and dead letters with the same rules for APNs and FCM.
+//! acks, retries, token feedback and dead letters with the same rules for every provider.
 //! Each verdict is also written to the event's delivery status ([`crate::tracking`]).
 //!
 //! | verdict | action |

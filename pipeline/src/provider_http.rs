@@ -1,4 +1,5 @@
-//! The HTTP/2 client both dispatchers use to reach their provider: HTTP/2 only, TLS by
+//! The HTTP client every dispatcher uses to reach its provider: HTTP/2 only (or, for
+//! push services that may not speak it, negotiated by ALPN), TLS by
 //! rustls (public roots compiled in, plus configured extra CAs so tests and staging can
 //! use a local peer), `TCP_NODELAY` on (without it each request waits on Nagle and
 //! delayed ACKs, ~40 ms), keep-alive pings so idle connections survive.

@@ -86,7 +86,7 @@ pub struct PutDevice {
     /// `voip` or `alert`; default by provider (`voip` for APNs, `alert` for the others).
     #[serde(default)]
     pub channel: Option<Channel>,
-    /// Bundle id / project id; default from `devices.default_*_app`.
+    /// The app (bundle id, project id, web app); default from `devices.default_apps`.
     #[serde(default)]
     pub app: Option<String>,
     /// Default from `devices.default_environment`.
