@@ -148,7 +148,7 @@ impl Provider for WebPushProvider {
             .keys
             .as_ref()
             .and_then(|keys| serde_json::from_str::<Keys>(keys.get()).ok())
-            .map(|keys| keys.decode());
+            .map(|keys| keys.bytes());
         let (p256dh, auth) = match keys {
             Some(Ok(keys)) => keys,
             Some(Err(why)) => return reject("bad_subscription", why),

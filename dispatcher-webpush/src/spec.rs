@@ -121,13 +121,21 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// The decoded keys, checked: a point on P-256 and a 16-byte secret.
+    /// The decoded keys, checked: a point on P-256 and a 16-byte secret (at
+    /// registration; a push decodes with [`Keys::bytes`], and the key agreement checks
+    /// the point again anyway).
     pub fn decode(&self) -> Result<([u8; 65], [u8; 16]), String> {
+        let (p256dh, auth) = self.bytes()?;
+        p256::PublicKey::from_sec1_bytes(&p256dh)
+            .map_err(|_| "`p256dh` is not a point on P-256")?;
+        Ok((p256dh, auth))
+    }
+
+    /// The keys' bytes, of the right lengths.
+    pub fn bytes(&self) -> Result<([u8; 65], [u8; 16]), String> {
         let p256dh: [u8; 65] = decode_b64url(&self.p256dh)
             .and_then(|k| k.try_into().ok())
             .ok_or("`p256dh` must be a P-256 public key: 65 bytes, base64url")?;
-        p256::PublicKey::from_sec1_bytes(&p256dh)
-            .map_err(|_| "`p256dh` is not a point on P-256")?;
         let auth: [u8; 16] = decode_b64url(&self.auth)
             .and_then(|k| k.try_into().ok())
             .ok_or("`auth` must be 16 bytes, base64url")?;
