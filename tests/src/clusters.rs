@@ -278,6 +278,11 @@ impl RedisCluster {
                         "nodes.conf".into(),
                         "--cluster-node-timeout".into(),
                         "2000".into(),
+                        // The bus port defaults to the client port + 10000, which no one
+                        // reserved: another test's server or an outgoing connection may
+                        // hold it, and the node would exit at start. Reserve it too.
+                        "--cluster-port".into(),
+                        free_port().to_string(),
                     ],
                 )
             })
