@@ -32,7 +32,9 @@ enum Auth {
 
 /// One app in one environment: its endpoint, credentials and connections.
 pub struct Route {
-    base_url: String,
+    /// The environment's endpoint, parsed once: a push only appends its path, so no
+    /// request parses a URL (host name processing included) again.
+    base_url: reqwest::Url,
     auth: Auth,
     clients: Vec<reqwest::Client>,
     next: AtomicUsize,
@@ -76,12 +78,11 @@ impl ApnsProvider {
                 identity
             });
             for env in &app.environments {
-                let base_url = match env {
-                    Environment::Production => {
-                        config.production_url.trim_end_matches('/').to_owned()
-                    }
-                    Environment::Sandbox => config.sandbox_url.trim_end_matches('/').to_owned(),
+                let (setting, url) = match env {
+                    Environment::Production => ("apns.production_url", &config.production_url),
+                    Environment::Sandbox => ("apns.sandbox_url", &config.sandbox_url),
                 };
+                let base_url = provider_http::base_url(setting, url)?;
                 let clients = (0..config.connections)
                     .map(|_| provider_http::client(&options, identity.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -149,7 +150,7 @@ impl ApnsProvider {
         };
         let mut request = route
             .client()
-            .post(format!("{}/3/device/{}", route.base_url, job.token))
+            .post(provider_http::with_path(&route.base_url, &["3", "device", &job.token]))
             .header("apns-push-type", apns.push_type.as_str())
             .header("apns-topic", topic)
             .header("apns-priority", apns.priority.to_string())

@@ -19,7 +19,8 @@ use crate::spec::FcmPart;
 
 /// One configured project: its send URL, access tokens and connections.
 pub struct Project {
-    url: String,
+    /// The send URL, parsed once.
+    url: reqwest::Url,
     tokens: TokenSource,
     clients: Vec<reqwest::Client>,
     next: AtomicUsize,
@@ -39,7 +40,7 @@ impl FcmProvider {
             ca_setting: "fcm.ca_files",
         };
         let token_http = provider_http::negotiating_client(&options)?;
-        let base = config.base_url.trim_end_matches('/');
+        let base = provider_http::base_url("fcm.base_url", &config.base_url)?;
         let mut projects = HashMap::new();
         for (i, p) in config.projects.iter().enumerate() {
             let setting = format!("fcm.projects[{i}].service_account_file");
@@ -66,7 +67,7 @@ impl FcmProvider {
             projects.insert(
                 id.clone(),
                 Project {
-                    url: format!("{base}/v1/projects/{id}/messages:send"),
+                    url: provider_http::with_path(&base, &["v1", "projects", &id, "messages:send"]),
                     tokens,
                     clients,
                     next: AtomicUsize::new(0),
@@ -84,7 +85,7 @@ impl FcmProvider {
     ) -> Result<reqwest::Response, reqwest::Error> {
         let i = project.next.fetch_add(1, Ordering::Relaxed) % project.clients.len();
         project.clients[i]
-            .post(&project.url)
+            .post(project.url.clone())
             .bearer_auth(bearer)
             .header("content-type", "application/json")
             .body(body)

@@ -96,3 +96,61 @@ pub async fn error_answer<T: serde::de::DeserializeOwned + Default>(
         .unwrap_or_default();
     (status, retry_after, body)
 }
+
+/// A provider endpoint from configuration (`setting` names it in the error), parsed once
+/// at start so that no push parses a URL again.
+pub fn base_url(setting: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ConfigError::invalid(setting, format!("`{url}` is not a URL: {e}")))?;
+    if parsed.cannot_be_a_base() || !matches!(parsed.scheme(), "https" | "http") {
+        return Err(ConfigError::invalid(
+            setting,
+            format!("`{url}` is not an http(s) endpoint"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// `base` with `segments` appended to its path (each percent-encoded as a path segment;
+/// a trailing slash on `base` is not doubled).
+pub fn with_path(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_appended_once_to_a_parsed_base() {
+        for base in ["https://api.push.apple.com", "https://api.push.apple.com/"] {
+            let base = base_url("apns.production_url", base).unwrap();
+            assert_eq!(
+                with_path(&base, &["3", "device", "ab12"]).as_str(),
+                "https://api.push.apple.com/3/device/ab12"
+            );
+        }
+        let base = base_url("fcm.base_url", "https://fcm.example:8443/prefix/").unwrap();
+        assert_eq!(
+            with_path(&base, &["v1", "projects", "p-1", "messages:send"]).as_str(),
+            "https://fcm.example:8443/prefix/v1/projects/p-1/messages:send"
+        );
+        // A segment cannot add path levels of its own.
+        assert_eq!(
+            with_path(&base, &["a/b"]).as_str(),
+            "https://fcm.example:8443/prefix/a%2Fb"
+        );
+    }
+
+    #[test]
+    fn endpoints_that_are_not_http_urls_are_refused_naming_the_setting() {
+        for bad in ["api.push.apple.com", "mailto:ops@example.com", "ftp://x.example"] {
+            let error = base_url("apns.production_url", bad).unwrap_err().to_string();
+            assert!(error.contains("apns.production_url"), "{error}");
+        }
+    }
+}
