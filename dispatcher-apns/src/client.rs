@@ -150,7 +150,10 @@ impl ApnsProvider {
         };
         let mut request = route
             .client()
-            .post(provider_http::with_path(&route.base_url, &["3", "device", &job.token]))
+            .post(provider_http::with_path(
+                &route.base_url,
+                &["3", "device", &job.token],
+            ))
             .header("apns-push-type", apns.push_type.as_str())
             .header("apns-topic", topic)
             .header("apns-priority", apns.priority.to_string())

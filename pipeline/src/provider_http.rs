@@ -148,8 +148,14 @@ mod tests {
 
     #[test]
     fn endpoints_that_are_not_http_urls_are_refused_naming_the_setting() {
-        for bad in ["api.push.apple.com", "mailto:ops@example.com", "ftp://x.example"] {
-            let error = base_url("apns.production_url", bad).unwrap_err().to_string();
+        for bad in [
+            "api.push.apple.com",
+            "mailto:ops@example.com",
+            "ftp://x.example",
+        ] {
+            let error = base_url("apns.production_url", bad)
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("apns.production_url"), "{error}");
         }
     }

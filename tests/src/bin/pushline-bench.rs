@@ -12,7 +12,9 @@
 //! Report: offered and accepted webhooks/s, pushes delivered/s, lost (accepted but not
 //! delivered before the deadline) and duplicates, end-to-end latency from webhook sent to
 //! push received (p50/p90/p99/p99.9), ingest response latency, CPU seconds and peak RSS
-//! per service. A table on stdout, JSON with `--json FILE`.
+//! per service, and per accepted webhook each process's CPU µs, write system calls and
+//! wake-ups (voluntary context switches), from `/proc`. A table on stdout, JSON with
+//! `--json FILE`.
 //!
 //! Ceilings measured in the same run, each printed with the pipeline's ratio to it:
 //! pipelined JetStream publish on the same server; a bare HTTP handler doing the same
@@ -81,50 +83,101 @@ fn usage(pid: u32) -> (f64, f64) {
     (cpu, hwm_kib / 1024.0)
 }
 
-/// CPU seconds of each named process, read now.
-fn cpu_now(processes: &[(&'static str, u32)]) -> Vec<f64> {
-    processes.iter().map(|(_, pid)| usage(*pid).0).collect()
+/// What a process has done so far, as counted by the kernel.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    /// CPU seconds, user + system.
+    cpu: f64,
+    /// Write-family system calls (`write`, `writev`): for these services, one per TCP
+    /// send (an HTTP response or request, a batch of NATS protocol lines, a Redis
+    /// command).
+    writes: f64,
+    /// Voluntary context switches over every thread: each is a thread going to sleep
+    /// (epoll, futex) and later being woken.
+    wakeups: f64,
 }
 
-/// CPU microseconds each process spent per accepted webhook between two readings, and
-/// the four services' total.
-struct CpuPerWebhook {
-    rows: Vec<(&'static str, f64)>,
+fn counters(pid: u32) -> Counters {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let writes = io
+        .lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let wakeups = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .sum();
+    Counters {
+        cpu: usage(pid).0,
+        writes,
+        wakeups,
+    }
+}
+
+/// Every named process's counters, read now.
+fn counters_now(processes: &[(&'static str, u32)]) -> Vec<Counters> {
+    processes.iter().map(|(_, pid)| counters(*pid)).collect()
+}
+
+/// What each process spent per accepted webhook between two readings (CPU µs, writes,
+/// wake-ups), and the four services' CPU total.
+struct PerWebhook {
+    rows: Vec<(&'static str, Counters)>,
     services_total: f64,
 }
 
-impl CpuPerWebhook {
+impl PerWebhook {
     fn between(
         processes: &[(&'static str, u32)],
-        before: &[f64],
-        after: &[f64],
+        before: &[Counters],
+        after: &[Counters],
         webhooks: usize,
     ) -> Self {
-        let per = |i: usize| (after[i] - before[i]) * 1e6 / webhooks.max(1) as f64;
+        let n = webhooks.max(1) as f64;
         let rows: Vec<_> = (0..processes.len())
-            .map(|i| (processes[i].0, per(i)))
+            .map(|i| {
+                let (a, b) = (after[i], before[i]);
+                let per = Counters {
+                    cpu: (a.cpu - b.cpu) * 1e6 / n,
+                    writes: (a.writes - b.writes) / n,
+                    wakeups: (a.wakeups - b.wakeups) / n,
+                };
+                (processes[i].0, per)
+            })
             .collect();
         let services_total = rows
             .iter()
             .filter(|(name, _)| SERVICES.contains(name))
-            .map(|(_, us)| us)
+            .map(|(_, per)| per.cpu)
             .sum();
-        CpuPerWebhook {
+        PerWebhook {
             rows,
             services_total,
         }
     }
 
-    fn json(&self) -> serde_json::Value {
+    /// `{process: figure}` for one of the counters, with the services' total for CPU.
+    fn json(&self, figure: impl Fn(&Counters) -> f64, with_total: bool) -> serde_json::Value {
         let mut map: serde_json::Map<String, serde_json::Value> = self
             .rows
             .iter()
-            .map(|(name, us)| ((*name).to_owned(), serde_json::json!(us)))
+            .map(|(name, per)| ((*name).to_owned(), serde_json::json!(figure(per))))
             .collect();
-        map.insert(
-            "services_total".into(),
-            serde_json::json!(self.services_total),
-        );
+        if with_total {
+            map.insert(
+                "services_total".into(),
+                serde_json::json!(self.services_total),
+            );
+        }
         map.into()
     }
 }
@@ -313,10 +366,11 @@ async fn main() -> anyhow::Result<()> {
         let mut broke = false;
         for (n, r) in sweep.iter().enumerate() {
             let base = (n as u64 + 1) * 10_000_000;
-            let before = cpu_now(&processes);
+            let before = counters_now(&processes);
             let result = load(ingest_addr, *r, duration, persons, base).await;
             let m = measure(&result, &apns, &fcm).await;
-            let cpu = CpuPerWebhook::between(&processes, &before, &cpu_now(&processes), m.accepted);
+            let cpu =
+                PerWebhook::between(&processes, &before, &counters_now(&processes), m.accepted);
             let breaks = !broke && (m.lost > 0 || m.e2e_ms.p(99.0) > 15.0);
             broke |= breaks;
             println!(
@@ -345,10 +399,10 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let before = cpu_now(&processes);
+    let before = counters_now(&processes);
     let result = load(ingest_addr, rate, duration, persons, 0).await;
     let m = measure(&result, &apns, &fcm).await;
-    let cpu = CpuPerWebhook::between(&processes, &before, &cpu_now(&processes), m.accepted);
+    let cpu = PerWebhook::between(&processes, &before, &counters_now(&processes), m.accepted);
     // Peak RSS under this load, before the ceilings load ingest further.
     let peak_rss: Vec<f64> = processes.iter().map(|(_, pid)| usage(*pid).1).collect();
     println!(
@@ -379,9 +433,14 @@ async fn main() -> anyhow::Result<()> {
             ),
         );
     }
-    println!("CPU µs per accepted webhook during the load (each dispatcher: per push):");
-    for (name, us) in &cpu.rows {
-        row(&format!("  {name}"), format!("{us:.1}"));
+    println!(
+        "per accepted webhook during the load (each dispatcher: per push): CPU µs / writes / wake-ups"
+    );
+    for (name, per) in &cpu.rows {
+        row(
+            &format!("  {name}"),
+            format!("{:.1} / {:.2} / {:.2}", per.cpu, per.writes, per.wakeups),
+        );
     }
     row(
         "  the four services together",
@@ -422,7 +481,9 @@ async fn main() -> anyhow::Result<()> {
             "e2e_ms": {"p50": m.e2e_ms.p(50.0), "p90": m.e2e_ms.p(90.0), "p99": m.e2e_ms.p(99.0), "p99_9": m.e2e_ms.p(99.9)},
             "ingest_response_ms": {"p50": m.response_ms.p(50.0), "p99": m.response_ms.p(99.0)},
             "services": usage_report,
-            "cpu_us_per_webhook": cpu.json(),
+            "cpu_us_per_webhook": cpu.json(|per| per.cpu, true),
+            "writes_per_webhook": cpu.json(|per| per.writes, false),
+            "wakeups_per_webhook": cpu.json(|per| per.wakeups, false),
             "ceilings": ceilings.json,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
