@@ -5,6 +5,7 @@
 
 mod authorization;
 mod callbacks;
+mod coalesce;
 mod credentials;
 mod devices;
 mod distributed;
