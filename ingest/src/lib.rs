@@ -331,12 +331,9 @@ pub async fn serve(
     });
     tracing::info!(listen = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ingest listening");
     let state = AppState::new(&config, resolved.secrets, publisher, metrics);
-    let tracker = state.inner.tracker.clone();
     let served = admin::serve(api, router(state), shutdown.clone()).await;
     shutdown.cancel();
     let _ = setup.await;
-    // Status records still gathered for their write leave before the process does.
-    tracker.flush().await;
     let _ = admin_task.await;
     served.map_err(|source| RunError::Io {
         what: "public listener".into(),

@@ -618,7 +618,7 @@ pub async fn serve<P: Provider>(
             &topology,
             setup.worker.clone(),
             metrics.clone(),
-            tracker.clone(),
+            tracker,
             setup.prune_guard.clone(),
         );
         run_when_ready(
@@ -631,8 +631,6 @@ pub async fn serve<P: Provider>(
             shutdown.clone(),
         )
         .await;
-        // Status records still gathered for their write leave before the process does.
-        tracker.flush().await;
     }
     shutdown.cancel();
     if let Some(prober) = prober {

@@ -8,7 +8,6 @@
 //! - [`nats`]: connecting with credentials, TLS and a fast reconnect policy.
 //! - [`provider_http`]: the HTTP/2 client dispatchers use to reach their providers.
 //! - [`worker`]: the one JetStream consumer loop (bounded concurrency, ack/nak/dead-letter).
-//! - [`coalesce`]: acks and status records gathered for a moment and written together.
 //! - [`retry`]: the retry-delay function.
 //! - [`jwe`]: per-device payload encryption (JWE `dir` + `A256GCM`) and its envelopes.
 //! - [`json`]: structural limits (nesting depth) checked before parsing.
@@ -23,7 +22,6 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod coalesce;
 pub mod config;
 pub mod contract;
 pub mod delivered;

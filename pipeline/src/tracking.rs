@@ -25,7 +25,6 @@ use async_nats::jetstream::Context;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use serde::{Deserialize, Serialize};
 
-use crate::coalesce::Coalescer;
 use crate::contract::{Class, Event, PushJob, TRACE_HEADER, VERSION, now_ms};
 use crate::metrics::Metrics;
 use crate::topology::{StreamKind, Topology};
@@ -246,17 +245,15 @@ impl StatusRecord {
 }
 
 /// Writes status records; a no-op when tracking is off (`nats.tracking = false`).
-/// Records are gathered for a moment and written together ([`Coalescer`]).
 #[derive(Clone)]
 pub struct Tracker {
-    writer: Option<Coalescer>,
+    client: Option<async_nats::Client>,
     topology: Topology,
     metrics: Metrics,
 }
 
 impl Tracker {
-    /// A tracker publishing on `client`, or doing nothing when `enabled` is false. Call
-    /// it within a tokio runtime: it starts the task that writes the records.
+    /// A tracker publishing on `client`, or doing nothing when `enabled` is false.
     pub fn new(
         client: async_nats::Client,
         topology: Topology,
@@ -264,48 +261,38 @@ impl Tracker {
         metrics: Metrics,
     ) -> Self {
         Tracker {
-            writer: enabled.then(|| Coalescer::start(client)),
+            client: enabled.then_some(client),
             topology,
             metrics,
         }
     }
 
     /// Writes `record` to its event's subject (and, for `received` records with a trace
-    /// id, to the trace id's subject), within [`crate::coalesce::WINDOW`]. Never waits
-    /// for the stream or the window; whether the client took the record is counted.
+    /// id, to the trace id's subject). Never waits for the stream; a failure is counted.
     pub async fn record(&self, record: &StatusRecord) {
-        let Some(writer) = &self.writer else { return };
+        let Some(client) = &self.client else { return };
         let Ok(body) = serde_json::to_vec(record) else {
             return;
         };
         let body = bytes::Bytes::from(body);
+        let subject = self.topology.status_subject(&record.event_id);
+        let mut published = client.publish(subject, body.clone()).await.is_ok();
         if let Some(trace) = record.received.as_ref().and_then(|r| r.trace_id.as_deref()) {
             let subject = self.topology.trace_subject(trace);
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(TRACE_HEADER, trace);
-            writer
-                .publish(subject.into(), Some(headers), body.clone(), None)
-                .await;
+            published &= client
+                .publish_with_headers(subject, headers, body)
+                .await
+                .is_ok();
         }
-        // Counted by the event subject's write, the one every record has.
-        let counter = self.metrics.status_records.clone();
-        let stage = record.stage.as_str();
-        let counted: crate::coalesce::Done = Box::new(move |taken| {
-            counter
-                .with_label_values(&[stage, if taken { "written" } else { "failed" }])
-                .inc();
-        });
-        let subject = self.topology.status_subject(&record.event_id);
-        writer
-            .publish(subject.into(), None, body, Some(counted))
-            .await;
-    }
-
-    /// Returns once every record written so far has reached the client's socket.
-    pub async fn flush(&self) {
-        if let Some(writer) = &self.writer {
-            writer.flush().await;
-        }
+        self.metrics
+            .status_records
+            .with_label_values(&[
+                record.stage.as_str(),
+                if published { "written" } else { "failed" },
+            ])
+            .inc();
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! | outcome | action |
 //! |---|---|
-//! | [`Outcome::Ack`] | `ack`, gathered with the next ~2 ms of acks into one write ([`crate::coalesce`]); flushed before the worker stops |
+//! | [`Outcome::Ack`] | `ack` |
 //! | [`Outcome::Retry`] with a deadline | `nak` with the delay (the handler drops the work once the deadline would pass) |
 //! | [`Outcome::Retry`] without one | `nak` with the delay; after `max_attempts` tries → dead letter |
 //! | [`Outcome::Dead`] | publish a [`DeadLetter`] to `DEAD`, wait for its ack, **then** `term` |
@@ -44,7 +44,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::coalesce::Coalescer;
 use crate::config::WorkerConfig;
 use crate::contract::{DeadLetter, Message, VERSION, now_ms};
 use crate::metrics::Metrics;
@@ -190,7 +189,6 @@ impl<H: Handler> Worker<H> {
             progress_every: Duration::from_millis(self.config.ack_wait_secs * 1_000 / 3),
             attempts: Attempts::default(),
             metrics: self.metrics.clone(),
-            acks: Coalescer::start(self.js.client()),
         });
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let mut tasks = JoinSet::new();
@@ -288,8 +286,6 @@ impl<H: Handler> Worker<H> {
             "worker stopping; settling in-flight messages"
         );
         while tasks.join_next().await.is_some() {}
-        // The last acks leave before the worker says it stopped.
-        shared.acks.flush().await;
         lag.abort();
         tracing::info!(stage, "worker stopped");
     }
@@ -325,8 +321,6 @@ struct Shared {
     progress_every: Duration,
     attempts: Attempts,
     metrics: Metrics,
-    /// Plain acks go out in batches; nak, term and progress at once.
-    acks: Coalescer,
 }
 
 /// Runs `work`, telling the server every `every` that the message is still being worked
@@ -465,7 +459,7 @@ impl Shared {
         if made > 0 && !matches!(outcome, Outcome::Retry { .. }) {
             self.attempts.settled(sequence);
         }
-        self.settle(message, tries.max(1), outcome)
+        self.settle(&message, tries.max(1), outcome)
             .instrument(span)
             .await;
         self.metrics
@@ -475,7 +469,7 @@ impl Shared {
         in_flight.dec();
     }
 
-    async fn settle(&self, message: jetstream::Message, attempt: u64, outcome: Outcome) {
+    async fn settle(&self, message: &jetstream::Message, attempt: u64, outcome: Outcome) {
         let stage = self.stage;
         let label = match &outcome {
             Outcome::Ack => "ack",
@@ -483,7 +477,7 @@ impl Shared {
             Outcome::Dead { .. } => "dead",
         };
         let result = match outcome {
-            Outcome::Ack => self.acks.ack(message).await,
+            Outcome::Ack => message.ack().await,
             Outcome::Retry {
                 delay,
                 reason,
@@ -498,7 +492,7 @@ impl Shared {
                 message.ack_with(AckKind::Nak(Some(delay))).await
             }
             Outcome::Dead { reason, error } => {
-                match self.dead_letter(&message, attempt, reason, &error).await {
+                match self.dead_letter(message, attempt, reason, &error).await {
                     Ok(()) => {
                         tracing::warn!(stage, attempt, reason, %error, "dead-lettered");
                         self.metrics

@@ -202,7 +202,7 @@ pub async fn serve(
         store: store.clone(),
         worker: config.prune.clone(),
         metrics: metrics.clone(),
-        tracker: tracker.clone(),
+        tracker,
         js: js.clone(),
         topology: topology.clone(),
     };
@@ -257,8 +257,6 @@ pub async fn serve(
     let served = admin::serve(api_listener, api::router(state), shutdown.clone()).await;
     shutdown.cancel();
     let _ = workers.await;
-    // Status records still gathered for their write leave before the process does.
-    tracker.flush().await;
     if let Some(watchdog) = watchdog {
         let _ = watchdog.await;
     }

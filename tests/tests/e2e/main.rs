@@ -5,7 +5,6 @@
 
 mod authorization;
 mod callbacks;
-mod coalesce;
 mod credentials;
 mod devices;
 mod distributed;
