@@ -9,8 +9,18 @@
 //! `nats-server`; its rate is measured between the first and last push the mock receives.
 //! Loopback only, bounded by `--pushes`. Build with `--release`.
 //!
+//! Rates alone compare unlike things: the mock runs in this process, and the dispatcher
+//! shares the two cores with nats-server while the bare client does not. So the report
+//! also gives **CPU µs per push on the sending side**, for the dispatcher and for the bare
+//! client alike: the mock runs on a runtime of its own (threads `mock`), the dispatcher
+//! and the bare client on another (threads `send`), and each one's figure is the CPU time
+//! of the `send` threads (from `/proc/self/task`) over its run, divided by its pushes. The
+//! bare client's CPU per push divided by the dispatcher's is the efficiency ratio: how
+//! much of what the dispatcher spends per push is the HTTP/2 push itself.
+//!
 //! ```text
 //! cargo run --release -p pushline-tests --bin pushline-bench-dispatch -- [--pushes 20000] [--json FILE]
+//! … --no-tracking   # the dispatcher without delivery status records
 //! ```
 
 use std::sync::Arc;
@@ -135,15 +145,64 @@ fn jobs(n: usize, deadline_ms: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// CPU seconds (user + system) of this process's threads whose name starts with `prefix`.
+fn threads_cpu(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.starts_with(prefix))
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .map(|stat| {
+            // Fields after the parenthesised name: utime is the 12th, stime the 13th.
+            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+            (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0
+        })
+        .sum()
+}
+
+/// Runs `work` and returns its output with the CPU µs per push the `send` threads spent.
+async fn cpu_per_push<T>(pushes: usize, work: impl std::future::Future<Output = T>) -> (T, f64) {
+    let before = threads_cpu(SEND_THREADS);
+    let output = work.await;
+    let spent = threads_cpu(SEND_THREADS) - before;
+    (output, spent * 1e6 / pushes.max(1) as f64)
+}
+
+/// Thread name prefix of the runtime the dispatcher and the bare client run on.
+const SEND_THREADS: &str = "send";
+
+fn runtime(name: &'static str) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
+fn main() -> anyhow::Result<()> {
     harness::bench::require_h2load()?;
     let n = arg("--pushes", 20_000) as usize;
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir()?;
     let ca = TestCa::new();
     let key = P8Key::generate("TEAM123456", "KEY1234567");
-    let mock = MockApns::start_apns(&ca, &[BUNDLE], &[&key], 0).await;
+    // The mock answers on threads of its own, so the sending side's CPU can be read apart.
+    let mock_runtime = runtime("mock")?;
+    let mock = mock_runtime.block_on(MockApns::start_apns(&ca, &[BUNDLE], &[&key], 0));
+    let result = runtime(SEND_THREADS)?.block_on(bench(n, &key, &mock));
+    drop(mock);
+    mock_runtime.shutdown_background();
+    result
+}
+
+async fn bench(n: usize, key: &P8Key, mock: &MockApns) -> anyhow::Result<()> {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir()?;
     let ca_file = mock.write_ca(dir.path(), "ca.pem");
     let key_file = key.write(dir.path());
     let bearer =
@@ -154,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
     // Fill PUSH_APNS before the dispatcher starts.
     let mut nats_config = pipeline::config::NatsConfig {
         url: nats.url(),
+        tracking: !std::env::args().any(|a| a == "--no-tracking"),
         ..Default::default()
     };
     nats_config.publish_timeout_ms = 10_000;
@@ -199,50 +259,67 @@ async fn main() -> anyhow::Result<()> {
     }];
     config.telemetry.filter = "warn".into();
     let connections = config.apns.connections;
+    let tracking = config.nats.tracking;
     let concurrency = config.worker.concurrency;
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let shutdown = pipeline::CancellationToken::new();
     let started = now_ms();
-    let dispatcher = tokio::spawn(dispatcher_apns::serve(config, admin, shutdown.clone()));
-    wait_count(&mock, started, n).await;
-    let (delivered, dispatcher_rate) = rate(&mock, started);
-    shutdown.cancel();
-    let _ = dispatcher.await;
+    let ((), dispatcher_cpu) = cpu_per_push(n, async {
+        let dispatcher = tokio::spawn(dispatcher_apns::serve(config, admin, shutdown.clone()));
+        wait_count(mock, started, n).await;
+        shutdown.cancel();
+        let _ = dispatcher.await;
+    })
+    .await;
+    let (delivered, dispatcher_rate) = rate(mock, started);
 
-    let bare = bare_client(&mock, mock.ca_pem(), &bearer, n, 100).await;
-    let h2 = h2load(&mock, &bearer, n, dir.path());
+    let (bare, bare_cpu) = cpu_per_push(n, bare_client(mock, mock.ca_pem(), &bearer, n, 100)).await;
+    let h2 = h2load(mock, &bearer, n, dir.path());
 
     println!(
-        "one APNs dispatcher against the mock APNs, {n} pushes ({connections} connections, {concurrency} in flight)"
-    );
-    println!("{:<44} {:>12} {:>10}", "", "pushes/s", "ratio");
-    println!(
-        "{:<44} {:>12.0} {:>10}",
-        "dispatcher (NATS → APNs mock)", dispatcher_rate, ""
+        "one APNs dispatcher against the mock APNs, {n} pushes ({connections} connections, {concurrency} in flight), delivery tracking {}",
+        if tracking { "on" } else { "off" }
     );
     println!(
-        "{:<44} {:>12.0} {:>10.2}",
+        "{:<48} {:>9} {:>6} {:>13} {:>10}",
+        "", "pushes/s", "ratio", "CPU µs/push", "efficiency"
+    );
+    println!(
+        "{:<48} {:>9.0} {:>6} {:>13.1} {:>10}",
+        "dispatcher (NATS → APNs mock)", dispatcher_rate, "", dispatcher_cpu, ""
+    );
+    println!(
+        "{:<48} {:>9.0} {:>6.2} {:>13.1} {:>10.2}",
         "bare HTTP/2 client, 1 connection, 100 in flight",
         bare,
-        dispatcher_rate / bare
+        dispatcher_rate / bare,
+        bare_cpu,
+        bare_cpu / dispatcher_cpu
     );
     match h2 {
         Some(h2) => println!(
-            "{:<44} {:>12.0} {:>10.2}",
+            "{:<48} {:>9.0} {:>6.2} {:>13} {:>10}",
             "h2load -c 1 -m 100",
             h2,
-            dispatcher_rate / h2
+            dispatcher_rate / h2,
+            "-",
+            "-"
         ),
         None => println!(
-            "{:<44} {:>12} {:>10}",
-            "h2load (skipped: --no-h2load, or it failed)", "-", "-"
+            "{:<48} {:>9} {:>6} {:>13} {:>10}",
+            "h2load (skipped: --no-h2load, or it failed)", "-", "-", "-", "-"
         ),
     }
+    println!(
+        "(ratio: pushes/s against the dispatcher's; efficiency: the bare client's CPU µs per push over the dispatcher's, both on the same `send` threads)"
+    );
     if let Some(path) = json_path() {
         let report = serde_json::json!({
-            "pushes": n, "delivered": delivered, "connections": connections, "in_flight": concurrency,
+            "pushes": n, "delivered": delivered, "connections": connections, "in_flight": concurrency, "tracking": tracking,
             "dispatcher_per_s": dispatcher_rate, "bare_client_per_s": bare, "h2load_per_s": h2,
             "ratio_to_bare_client": dispatcher_rate / bare,
+            "dispatcher_cpu_us_per_push": dispatcher_cpu, "bare_client_cpu_us_per_push": bare_cpu,
+            "efficiency_to_bare_client": bare_cpu / dispatcher_cpu,
             "ratio_to_h2load": h2.map(|h| dispatcher_rate / h),
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
