@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::PublishMessage;
 use dispatcher_apns::spec::{ApnsPart, ApnsPushType, NAME};
-use harness::bench::{arg, json_path};
+use harness::bench::{arg, json_path, stat_cpu_seconds};
 use harness::mock::apns::{MockApns, P8Key};
 use harness::mock::tls::TestCa;
 use harness::servers::NatsServer;
@@ -156,14 +156,7 @@ fn threads_cpu(prefix: &str) -> f64 {
             std::fs::read_to_string(task.path().join("comm"))
                 .is_ok_and(|name| name.starts_with(prefix))
         })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-        .map(|stat| {
-            // Fields after the parenthesised name: utime is the 12th, stime the 13th.
-            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-            (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0
-        })
+        .filter_map(|task| stat_cpu_seconds(&task.path().join("stat")))
         .sum()
 }
 

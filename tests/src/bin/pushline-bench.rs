@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::bench::{arg, closed_loop, json_path, percentile};
+use harness::bench::{arg, closed_loop, json_path, percentile, stat_cpu_seconds};
 use harness::mock::apns::{MockApns, P8Key};
 use harness::mock::fcm::MockFcm;
 use harness::mock::now_us;
@@ -62,17 +62,7 @@ impl Drop for Service {
 
 /// CPU seconds (user + system) and peak RSS (MiB) of a running process.
 fn usage(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command: utime is field 14, stime 15 (1-based).
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let cpu = (ticks(11) + ticks(12)) / 100.0; // USER_HZ is 100 on Linux
+    let cpu = stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat"))).unwrap_or(0.0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm_kib = status
         .lines()
