@@ -89,21 +89,19 @@ pub async fn track_http(
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    // Both are reference-counted or inline: nothing is copied per request.
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
     metrics
         .http_duration
-        .with_label_values(&[service, &route, &method])
+        .with_label_values(&[service, route, method.as_str()])
         .observe(started.elapsed().as_secs_f64());
     metrics
         .http_requests
-        .with_label_values(&[service, &route, &method, response.status().as_str()])
+        .with_label_values(&[service, route, method.as_str(), response.status().as_str()])
         .inc();
     response
 }

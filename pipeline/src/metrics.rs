@@ -8,6 +8,8 @@
 //! services can run in one process (tests) without clashing. A service only touches the
 //! metrics of its own stages; labelled families it never uses stay out of its `/metrics`.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -19,9 +21,21 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
-/// The metric handles of one service instance.
+/// The metric handles of one service instance. Cloning it is one reference count (the
+/// HTTP middleware and the workers hold their own), not one per metric family.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Catalogue>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Catalogue;
+
+    fn deref(&self) -> &Catalogue {
+        &self.0
+    }
+}
+
+/// Every metric family of a service instance, reached through [`Metrics`].
+pub struct Catalogue {
     registry: Registry,
 
     /// `pushline_http_requests_total{service,route,method,status}`.
@@ -142,7 +156,7 @@ impl Metrics {
     #[allow(clippy::expect_used)] // static names and labels: a failure is a programming error
     pub fn new(service: &str) -> Self {
         let r = Registry::new();
-        let metrics = Metrics {
+        let metrics = Catalogue {
             http_requests: counter(
                 &r,
                 "pushline_http_requests_total",
@@ -361,7 +375,7 @@ impl Metrics {
         metrics
             .start_time
             .set(crate::contract::now_ms() as f64 / 1000.0);
-        metrics
+        Metrics(Arc::new(metrics))
     }
 
     /// The registry, for callers that add metrics of their own.
