@@ -1,7 +1,7 @@
 //! The one JetStream worker loop every consuming stage uses.
 //!
-//! It pulls from a durable consumer, runs at most `concurrency` handlers at once (all
-//! inside the worker's own task), and turns each handler's [`Outcome`] into exactly one
+//! It pulls from a durable consumer, runs at most `concurrency` handlers at once (a
+//! [`Semaphore`] bounds them), and turns each handler's [`Outcome`] into exactly one
 //! acknowledgement:
 //!
 //! | outcome | action |
@@ -39,7 +39,8 @@ use async_nats::jetstream::{self, AckKind, Context};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -189,12 +190,8 @@ impl<H: Handler> Worker<H> {
             attempts: Attempts::default(),
             metrics: self.metrics.clone(),
         });
-        // Handlers run inside this task, not as a task each: a spawn per message cost a
-        // task allocation (and, with idle worker threads, a wake-up to steal it) on every
-        // message. Every await below is made `alongside` the running handlers, so they
-        // keep moving while the loop waits for the server.
-        let mut running = FuturesUnordered::new();
-        let concurrency = self.config.concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let mut tasks = JoinSet::new();
         let lag = tokio::spawn(report_lag(
             self.consumer.clone(),
             self.topology.stream_name(self.kind.stream()),
@@ -204,50 +201,54 @@ impl<H: Handler> Worker<H> {
         ));
         let batch = self.config.concurrency.clamp(1, 1_000);
         let mut consumer = self.consumer.clone();
-        let handler = self.handler.as_ref();
-        let shared = &shared;
 
         'pull: while !shutdown.is_cancelled() {
             // Short-lived pull requests with 1 s heartbeats: when the consumer's leader
             // dies with a pull request (a node failure), the client notices within
             // about two heartbeats and pulls from the new leader, instead of waiting out
             // a long request.
-            let messages = alongside(
-                &mut running,
-                consumer
-                    .stream()
-                    .max_messages_per_batch(batch)
-                    .heartbeat(Duration::from_secs(1))
-                    .expires(Duration::from_secs(10))
-                    .messages(),
-            )
-            .await;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(batch)
+                .heartbeat(Duration::from_secs(1))
+                .expires(Duration::from_secs(10))
+                .messages()
+                .await;
             let mut messages = match messages {
                 Ok(messages) => messages,
                 Err(error) => {
                     tracing::warn!(stage, %error, "cannot start pulling; retrying");
-                    if !pause(&mut running, &shutdown, Duration::from_secs(1)).await {
-                        break 'pull;
+                    tokio::select! {
+                        () = shutdown.cancelled() => break 'pull,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
-                    alongside(&mut running, self.find_consumer(&mut consumer)).await;
+                    self.find_consumer(&mut consumer).await;
                     continue 'pull;
                 }
             };
             loop {
                 // Take a slot before pulling the next message, so no more than
                 // `concurrency` messages are ever out of the server's hands at once.
-                while running.len() >= concurrency {
-                    tokio::select! {
-                        () = shutdown.cancelled() => break 'pull,
-                        _ = running.next() => {}
-                    }
-                }
+                let permit = tokio::select! {
+                    () = shutdown.cancelled() => break 'pull,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break 'pull,
+                    },
+                };
                 let next = tokio::select! {
                     () = shutdown.cancelled() => break 'pull,
-                    next = alongside(&mut running, messages.next()) => next,
+                    next = messages.next() => next,
                 };
                 match next {
-                    Some(Ok(message)) => running.push(shared.process(handler, message)),
+                    Some(Ok(message)) => {
+                        let shared = shared.clone();
+                        let handler = self.handler.clone();
+                        tasks.spawn(async move {
+                            shared.process(handler.as_ref(), message).await;
+                            drop(permit);
+                        });
+                    }
                     Some(Err(error)) => {
                         use async_nats::jetstream::consumer::pull::MessagesErrorKind;
                         if matches!(
@@ -255,10 +256,11 @@ impl<H: Handler> Worker<H> {
                             MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders
                         ) {
                             tracing::warn!(stage, %error, "consumer gone; setting it up again");
-                            if !alongside(&mut running, self.find_consumer(&mut consumer)).await
-                                && !pause(&mut running, &shutdown, Duration::from_secs(1)).await
-                            {
-                                break 'pull;
+                            if !self.find_consumer(&mut consumer).await {
+                                tokio::select! {
+                                    () = shutdown.cancelled() => break 'pull,
+                                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                }
                             }
                             continue 'pull;
                         }
@@ -268,21 +270,22 @@ impl<H: Handler> Worker<H> {
                             // be told. Look it up (setting it up again if it is gone) and
                             // pull afresh, rather than wait on a consumer that is no more.
                             tracing::info!(stage, %error, "no heartbeat; looking the consumer up again");
-                            alongside(&mut running, self.find_consumer(&mut consumer)).await;
+                            self.find_consumer(&mut consumer).await;
                             continue 'pull;
                         }
                         tracing::debug!(stage, %error, "pull stream hiccup");
                     }
                     None => continue 'pull,
                 }
+                while tasks.try_join_next().is_some() {}
             }
         }
         tracing::info!(
             stage,
-            in_flight = running.len(),
+            in_flight = self.config.concurrency - permits.available_permits(),
             "worker stopping; settling in-flight messages"
         );
-        while running.next().await.is_some() {}
+        while tasks.join_next().await.is_some() {}
         lag.abort();
         tracing::info!(stage, "worker stopped");
     }
@@ -342,34 +345,6 @@ async fn while_working<F: Future>(
                 }
             }
         }
-    }
-}
-
-/// Awaits `work` while driving the handlers in `running`, so they keep settling
-/// messages whatever the pull loop is waiting for.
-async fn alongside<R: Future<Output = ()>, F: Future>(
-    running: &mut FuturesUnordered<R>,
-    work: F,
-) -> F::Output {
-    let mut work = std::pin::pin!(work);
-    loop {
-        tokio::select! {
-            biased;
-            output = &mut work => return output,
-            Some(()) = running.next(), if !running.is_empty() => {}
-        }
-    }
-}
-
-/// Waits `delay` (driving `running`); false when `shutdown` came first.
-async fn pause<R: Future<Output = ()>>(
-    running: &mut FuturesUnordered<R>,
-    shutdown: &CancellationToken,
-    delay: Duration,
-) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = alongside(running, tokio::time::sleep(delay)) => true,
     }
 }
 
