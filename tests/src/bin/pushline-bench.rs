@@ -14,7 +14,9 @@
 //! push received (p50/p90/p99/p99.9), ingest response latency, CPU seconds and peak RSS
 //! per service, and per accepted webhook each process's CPU µs, write system calls and
 //! wake-ups (voluntary context switches), from `/proc`. A table on stdout, JSON with
-//! `--json FILE`.
+//! `--json FILE`. When a push arrived twice, stderr says how long after the first copy the
+//! second came; `--keep-logs` keeps the services' logs (at `info`, which names every retry
+//! and every job that came back) and prints their folder.
 //!
 //! Ceilings measured in the same run, each printed with the pipeline's ratio to it:
 //! pipelined JetStream publish on the same server; a bare HTTP handler doing the same
@@ -26,11 +28,12 @@
 //! target/release/pushline-bench [--rate 1000] [--duration 10] [--persons 500] [--connections 256] [--json FILE]
 //! target/release/pushline-bench --sweep 500,1000,2000,5000,10000 [--duration 10]
 //! target/release/pushline-bench --no-tracking …   # the same without delivery status records
+//! target/release/pushline-bench --keep-logs …     # keep the services' logs
 //! ```
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -192,7 +195,7 @@ fn spawn(
     let child = Command::new(binary)
         .arg("--config")
         .arg(config)
-        .stdout(Stdio::null())
+        .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
     Ok(Service { name, child, admin })
@@ -235,6 +238,17 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let work = tempfile::tempdir()?;
     let dir = work.path();
+    // `--keep-logs`: the services' logs (and configs) stay, and their folder is printed.
+    let work = if std::env::args().any(|a| a == "--keep-logs") {
+        eprintln!("service logs in {}", dir.display());
+        Err(work.keep())
+    } else {
+        Ok(work)
+    };
+    let dir = match &work {
+        Ok(work) => work.path(),
+        Err(kept) => kept.as_path(),
+    };
 
     let nats = NatsServer::start();
     let redis = RedisServer::start();
@@ -256,8 +270,10 @@ async fn main() -> anyhow::Result<()> {
     };
     // `--no-tracking`: the baseline of what writing delivery status records costs.
     let tracking = !std::env::args().any(|a| a == "--no-tracking");
+    // Kept logs say why pushes were retried (`info`); otherwise only warnings are written.
+    let filter = if work.is_err() { "info" } else { "warn" };
     let nats_section = format!(
-        "[nats]\nurl = \"{}\"\ntracking = {tracking}\n[telemetry]\nfilter = \"warn\"\n",
+        "[nats]\nurl = \"{}\"\ntracking = {tracking}\n[telemetry]\nfilter = \"{filter}\"\n",
         nats.url()
     );
     let configs = [
@@ -691,6 +707,7 @@ async fn measure(result: &LoadResult, apns: &MockApns, fcm: &MockFcm) -> Measure
     let mut e2e = Vec::new();
     let mut seen = HashSet::new();
     let mut duplicates = 0;
+    let (mut firsts, mut gaps_ms) = (HashMap::new(), Vec::new());
     let (mut first_us, mut last_us) = (u64::MAX, 0u64);
     for (provider, requests) in [("apns", apns.delivered()), ("fcm", fcm.delivered())] {
         for r in &requests {
@@ -700,8 +717,14 @@ async fn measure(result: &LoadResult, apns: &MockApns, fcm: &MockFcm) -> Measure
             };
             if !seen.insert((provider, id)) {
                 duplicates += 1;
+                // How long after the first copy this one came, to tell a retry after a
+                // timed-out answer (the retry delay) from a redelivery (`ack_wait`).
+                if let Some(first) = firsts.get(&(provider, id)) {
+                    gaps_ms.push(r.at_us.saturating_sub(*first) as f64 / 1000.0);
+                }
                 continue;
             }
+            firsts.insert((provider, id), r.at_us);
             first_us = first_us.min(r.at_us);
             last_us = last_us.max(r.at_us);
             if let Some((t0, _, _)) = result.sent.get(&id) {
@@ -719,6 +742,16 @@ async fn measure(result: &LoadResult, apns: &MockApns, fcm: &MockFcm) -> Measure
         missing.sort_unstable();
         missing.truncate(20);
         eprintln!("not delivered (provider, call id), first 20: {missing:?}");
+    }
+    if !gaps_ms.is_empty() {
+        gaps_ms.sort_by(f64::total_cmp);
+        let gaps = Samples(gaps_ms);
+        eprintln!(
+            "{duplicates} pushes arrived twice; the second copy came p50 {:.0} ms / max {:.0} ms after the first \
+             (run with --keep-logs to read the dispatchers' reasons)",
+            gaps.p(50.0),
+            gaps.p(100.0)
+        );
     }
     e2e.sort_by(f64::total_cmp);
     let mut response: Vec<f64> = result.sent.values().map(|v| v.1 as f64 / 1000.0).collect();
