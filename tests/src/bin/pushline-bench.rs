@@ -688,18 +688,26 @@ async fn measure(result: &LoadResult, apns: &MockApns, fcm: &MockFcm) -> Measure
         .collect();
     let expected = accepted.len() * 2;
     let settle = Instant::now() + Duration::from_secs(30);
+    // Each mock's pushes, read a poll's new ones at a time (see `delivered_from`).
+    let mut pushes: [(&str, Vec<harness::mock::Recorded>, usize); 2] =
+        [("apns", Vec::new(), 0), ("fcm", Vec::new(), 0)];
+    let mut got = HashSet::new();
     loop {
-        let got = [("apns", apns.delivered()), ("fcm", fcm.delivered())]
-            .iter()
-            .flat_map(|(p, rs)| {
-                rs.iter()
-                    .filter_map(|r| call_id(&r.body, p).map(|id| (*p, id)))
-                    .collect::<Vec<_>>()
-            })
-            .filter(|(_, id)| accepted.contains(id))
-            .collect::<HashSet<_>>()
-            .len();
-        if got >= expected || Instant::now() > settle {
+        for (provider, requests, read) in &mut pushes {
+            let (new, now) = match *provider {
+                "apns" => apns.delivered_from(*read),
+                _ => fcm.delivered_from(*read),
+            };
+            *read = now;
+            got.extend(
+                new.iter()
+                    .filter_map(|r| call_id(&r.body, provider))
+                    .filter(|id| accepted.contains(id))
+                    .map(|id| (*provider, id)),
+            );
+            requests.extend(new);
+        }
+        if got.len() >= expected || Instant::now() > settle {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -709,8 +717,9 @@ async fn measure(result: &LoadResult, apns: &MockApns, fcm: &MockFcm) -> Measure
     let mut duplicates = 0;
     let (mut firsts, mut gaps_ms) = (HashMap::new(), Vec::new());
     let (mut first_us, mut last_us) = (u64::MAX, 0u64);
-    for (provider, requests) in [("apns", apns.delivered()), ("fcm", fcm.delivered())] {
-        for r in &requests {
+    for (provider, requests, _) in &pushes {
+        let provider = *provider;
+        for r in requests {
             let Some(id) = call_id(&r.body, provider).filter(|id| result.sent.contains_key(id))
             else {
                 continue;
