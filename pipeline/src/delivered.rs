@@ -13,8 +13,9 @@
 //! before every send, and an entry is forgotten once its deadline has passed, since a job
 //! past its deadline is dropped anyway (swept within a second). It costs one hash lookup
 //! per job and 17 bytes of table per job whose deadline has not passed, about twice that
-//! counting the table's spare room (60 s of calls at 7,500 pushes/s is ~8–15 MB). A job the server hands to a *different* replica is not caught; the
-//! contract documentation says why this was chosen over a shared bucket.
+//! counting the table's spare room (60 s of calls at 7,500 pushes/s is ~8–15 MB). A job
+//! the server hands to a *different* replica is not caught; the contract documentation
+//! says why this was chosen over a shared bucket.
 //!
 //! A job being sent is remembered as in flight, so a copy arriving meanwhile waits for
 //! the first one's verdict instead of racing it.
