@@ -32,8 +32,8 @@ enum Auth {
 
 /// One app in one environment: its endpoint, credentials and connections.
 pub struct Route {
-    /// The environment's endpoint, parsed once: a push only appends its path, so no
-    /// request parses a URL (host name processing included) again.
+    /// The environment's endpoint, parsed once: a push clones it and appends its path
+    /// segments (reqwest still turns the result into a URI per request).
     base_url: reqwest::Url,
     auth: Auth,
     clients: Vec<reqwest::Client>,

@@ -97,8 +97,8 @@ pub async fn error_answer<T: serde::de::DeserializeOwned + Default>(
     (status, retry_after, body)
 }
 
-/// A provider endpoint from configuration (`setting` names it in the error), parsed once
-/// at start so that no push parses a URL again.
+/// A provider endpoint from configuration (`setting` names it in the error), parsed and
+/// checked once at start; pushes append their paths with [`with_path`].
 pub fn base_url(setting: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| ConfigError::invalid(setting, format!("`{url}` is not a URL: {e}")))?;

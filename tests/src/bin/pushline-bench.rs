@@ -236,19 +236,17 @@ async fn main() -> anyhow::Result<()> {
         .parent()
         .map(Path::to_owned)
         .unwrap_or_default();
-    let work = tempfile::tempdir()?;
-    let dir = work.path();
     // `--keep-logs`: the services' logs (and configs) stay, and their folder is printed.
-    let work = if std::env::args().any(|a| a == "--keep-logs") {
-        eprintln!("service logs in {}", dir.display());
-        Err(work.keep())
+    let keep_logs = std::env::args().any(|a| a == "--keep-logs");
+    let work = tempfile::tempdir()?;
+    let (dir, _removed_at_exit) = if keep_logs {
+        let kept = work.keep();
+        eprintln!("service logs in {}", kept.display());
+        (kept, None)
     } else {
-        Ok(work)
+        (work.path().to_owned(), Some(work))
     };
-    let dir = match &work {
-        Ok(work) => work.path(),
-        Err(kept) => kept.as_path(),
-    };
+    let dir = dir.as_path();
 
     let nats = NatsServer::start();
     let redis = RedisServer::start();
@@ -271,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
     // `--no-tracking`: the baseline of what writing delivery status records costs.
     let tracking = !std::env::args().any(|a| a == "--no-tracking");
     // Kept logs say why pushes were retried (`info`); otherwise only warnings are written.
-    let filter = if work.is_err() { "info" } else { "warn" };
+    let filter = if keep_logs { "info" } else { "warn" };
     let nats_section = format!(
         "[nats]\nurl = \"{}\"\ntracking = {tracking}\n[telemetry]\nfilter = \"{filter}\"\n",
         nats.url()
