@@ -7,6 +7,8 @@
 //! - [`config`]: layered typed configuration (defaults → TOML → `PUSHLINE_*` env).
 //! - [`nats`]: connecting with credentials, TLS and a fast reconnect policy.
 //! - [`provider_http`]: the HTTP/2 client dispatchers use to reach their providers.
+//! - [`egress`]: where user-chosen endpoints may make pushline connect.
+//! - [`listener`]: the public listeners' bounds (connections, header time and size, idle).
 //! - [`worker`]: the one JetStream consumer loop (bounded concurrency, ack/nak/dead-letter).
 //! - [`retry`]: the retry-delay function.
 //! - [`jwe`]: per-device payload encryption (JWE `dir` + `A256GCM`) and its envelopes.
@@ -14,6 +16,8 @@
 //! - [`provider`]: the seam every push provider plugs into (its [`provider::Spec`]).
 //! - [`dispatch`]: the sending trait and the handler every dispatcher shares.
 //! - [`delivered`]: a dispatcher's memory of jobs already delivered (no second ring).
+//! - [`prune_guard`]: holds mass pruning back when a provider rejects too many tokens.
+//! - [`tracking`]: per-event delivery status records.
 //! - [`metrics`]: the catalogue of every Prometheus metric.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the HTTP metrics middleware.
 //! - [`operate`]: stream status and dead-letter replay for operators (`pushctl`).
@@ -26,8 +30,10 @@ pub mod config;
 pub mod contract;
 pub mod delivered;
 pub mod dispatch;
+pub mod egress;
 pub mod json;
 pub mod jwe;
+pub mod listener;
 pub mod metrics;
 pub mod nats;
 pub mod operate;

@@ -42,6 +42,12 @@ pub struct Catalogue {
     pub http_requests: IntCounterVec,
     /// `pushline_http_request_duration_seconds{service,route,method}`.
     pub http_duration: HistogramVec,
+    /// `pushline_http_connections{service}`: connections open on the public listener.
+    pub http_connections: IntGaugeVec,
+    /// `pushline_http_connections_closed_total{service,reason}`: connections the public
+    /// listener closed itself (`over_limit`: refused at accept, `max_connections` open;
+    /// `idle`: nothing sent or received for `idle_timeout_ms`).
+    pub http_connections_closed: IntCounterVec,
 
     /// `pushline_webhooks_received_total{source,outcome}`: every webhook by what became of it
     /// (`accepted`, `duplicate`, `ignored`, `unauthorized`, `invalid`, `too_large`,
@@ -168,6 +174,18 @@ impl Metrics {
                 "pushline_http_request_duration_seconds",
                 "HTTP request duration.",
                 &["service", "route", "method"],
+            ),
+            http_connections: gauge(
+                &r,
+                "pushline_http_connections",
+                "Connections open on the public listener.",
+                &["service"],
+            ),
+            http_connections_closed: counter(
+                &r,
+                "pushline_http_connections_closed_total",
+                "Connections the public listener closed itself, by reason.",
+                &["service", "reason"],
             ),
             webhooks_received: counter(
                 &r,

@@ -48,6 +48,7 @@ fn build(
         .http2_keep_alive_interval(Some(Duration::from_secs(30)))
         .http2_keep_alive_timeout(Duration::from_secs(10))
         .http2_keep_alive_while_idle(true)
+        .redirect(no_redirects())
         .pool_idle_timeout(None)
         .connect_timeout(options.request_timeout.min(Duration::from_secs(5)))
         .timeout(options.request_timeout);
@@ -76,8 +77,57 @@ fn build(
     })
 }
 
+/// Largest error answer read from a provider, bytes: every provider's error body is a
+/// short JSON object; past this the answer is dropped (and with it, on HTTP/1.1, the
+/// connection; on HTTP/2, the stream).
+pub const MAX_ERROR_BODY: usize = 8 * 1024;
+
+/// The redirect policy of every outbound client: none. A 3xx is an answer like any other;
+/// following it would let whoever answers choose where pushline connects next.
+pub fn no_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::none()
+}
+
+/// Why a body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body is longer than the limit; what was read is discarded.
+    #[error("the answer is longer than {limit} bytes")]
+    TooLong {
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// The transfer failed.
+    #[error("the answer could not be read: {0}")]
+    Transfer(#[source] reqwest::Error),
+}
+
+/// Reads `response`'s body, at most `limit` bytes: a `Content-Length` over it is refused
+/// before reading anything, and a body that grows past it is dropped at that point, so
+/// a peer never makes pushline hold more than `limit` bytes of one answer.
+pub async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(BodyError::TooLong { limit });
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transfer)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLong { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 /// A provider's error answer: status, `Retry-After` (seconds), and the JSON body parsed as
-/// `T` (its default when the body is missing or not that shape).
+/// `T` (its default when the body is missing, longer than [`MAX_ERROR_BODY`] or not that
+/// shape).
 pub async fn error_answer<T: serde::de::DeserializeOwned + Default>(
     response: reqwest::Response,
 ) -> (u16, Option<Duration>, T) {
@@ -88,8 +138,7 @@ pub async fn error_answer<T: serde::de::DeserializeOwned + Default>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = response
-        .bytes()
+    let body = read_bounded(response, MAX_ERROR_BODY)
         .await
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

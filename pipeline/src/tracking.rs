@@ -309,12 +309,26 @@ pub enum ReadError {
     },
 }
 
-/// Every record on `subject`, oldest first (at most [`MAX_RECORDS`]).
+/// What a bounded read found: the value, the messages it read, and whether more were
+/// left unread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bounded<T> {
+    /// What was read.
+    pub value: T,
+    /// Messages read (damaged or unknown records included).
+    pub read: usize,
+    /// Whether the subject holds more than was read.
+    pub truncated: bool,
+}
+
+/// The records on `subject`, oldest first: at most `limit` messages read, plus one look
+/// to tell whether there are more.
 async fn read_subject(
     js: &Context,
     topology: &Topology,
     subject: &str,
-) -> Result<Vec<StatusRecord>, ReadError> {
+    limit: usize,
+) -> Result<Bounded<Vec<StatusRecord>>, ReadError> {
     let stream_name = topology.stream_name(StreamKind::Status);
     let failed = |detail: String| ReadError::Stream {
         stream: stream_name.clone(),
@@ -325,8 +339,9 @@ async fn read_subject(
         .await
         .map_err(|e| failed(e.to_string()))?;
     let mut records = Vec::new();
+    let mut read = 0;
     let mut sequence = 1;
-    while records.len() < MAX_RECORDS {
+    loop {
         let message = match stream
             .raw_message_builder()
             .sequence(sequence)
@@ -338,13 +353,25 @@ async fn read_subject(
             Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => break,
             Err(error) => return Err(failed(error.to_string())),
         };
+        if read == limit {
+            return Ok(Bounded {
+                value: records,
+                read,
+                truncated: true,
+            });
+        }
+        read += 1;
         sequence = message.sequence + 1;
         // A record of a later contract version, or a damaged one, is left out.
         if let Ok(record) = serde_json::from_slice::<StatusRecord>(&message.payload) {
             records.push(record);
         }
     }
-    Ok(records)
+    Ok(Bounded {
+        value: records,
+        read,
+        truncated: false,
+    })
 }
 
 /// The status of `event_id`, or `None` when nothing is recorded for it (unknown, or
@@ -354,8 +381,31 @@ pub async fn read_event(
     topology: &Topology,
     event_id: &str,
 ) -> Result<Option<EventStatus>, ReadError> {
-    let records = read_subject(js, topology, &topology.status_subject(event_id)).await?;
-    Ok(fold(event_id, records))
+    Ok(read_event_within(js, topology, event_id, MAX_RECORDS)
+        .await?
+        .value)
+}
+
+/// The status of `event_id` folded from at most `max_records` of its records (a public
+/// API reads with a small bound; `truncated` says the status is partial).
+pub async fn read_event_within(
+    js: &Context,
+    topology: &Topology,
+    event_id: &str,
+    max_records: usize,
+) -> Result<Bounded<Option<EventStatus>>, ReadError> {
+    let records = read_subject(
+        js,
+        topology,
+        &topology.status_subject(event_id),
+        max_records,
+    )
+    .await?;
+    Ok(Bounded {
+        value: fold(event_id, records.value),
+        read: records.read,
+        truncated: records.truncated,
+    })
 }
 
 /// The ids of the events stored with `trace_id`, oldest first.
@@ -364,9 +414,23 @@ pub async fn events_of_trace(
     topology: &Topology,
     trace_id: &str,
 ) -> Result<Vec<String>, ReadError> {
-    let records = read_subject(js, topology, &topology.trace_subject(trace_id)).await?;
+    Ok(events_of_trace_within(js, topology, trace_id, MAX_RECORDS)
+        .await?
+        .value)
+}
+
+/// The ids of the events stored with `trace_id`, oldest first, from at most
+/// `max_records` of the trace's records.
+pub async fn events_of_trace_within(
+    js: &Context,
+    topology: &Topology,
+    trace_id: &str,
+    max_records: usize,
+) -> Result<Bounded<Vec<String>>, ReadError> {
+    let records =
+        read_subject(js, topology, &topology.trace_subject(trace_id), max_records).await?;
     let mut ids: Vec<String> = Vec::new();
-    for record in records {
+    for record in records.value {
         let same_trace = record
             .received
             .as_ref()
@@ -375,7 +439,11 @@ pub async fn events_of_trace(
             ids.push(record.event_id);
         }
     }
-    Ok(ids)
+    Ok(Bounded {
+        value: ids,
+        read: records.read,
+        truncated: records.truncated,
+    })
 }
 
 /// What became of one event: the answer of `GET /v1/events/{id}` and `pushctl trace`.
