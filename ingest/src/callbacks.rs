@@ -9,6 +9,11 @@
 //! backoff and, after `callbacks.max_attempts` tries, dead-lettered (`pushctl dead replay
 //! --stage callback` sends it again).
 //!
+//! The client follows no redirects (a 3xx is a failed try, retried like any other) and
+//! reads at most [`MAX_ANSWER_BODY`] bytes of an answer: the receiver cannot send
+//! ingest elsewhere or make it hold a large body. `callback_url` is `https://` unless the
+//! receiver is on loopback ([`crate::config::check_callback_url`]).
+//!
 //! Signing follows Standard Webhooks: headers `webhook-id` (the event id),
 //! `webhook-timestamp` (Unix seconds) and `webhook-signature: v1,<base64 of
 //! HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>`; a `whsec_<base64>` secret is decoded
@@ -40,6 +45,11 @@ use crate::config::ProducersConfig;
 
 /// How long a job waits before the status is read again while devices are pending.
 const PENDING_RECHECK: Duration = Duration::from_millis(500);
+
+/// Most of a callback receiver's answer read, bytes: only its status counts, and the body
+/// is read (up to this) so the connection can be used again; a longer one is dropped
+/// with its connection.
+const MAX_ANSWER_BODY: usize = 4 * 1024;
 
 struct Target {
     url: String,
@@ -257,8 +267,17 @@ impl Callbacks {
             .body(body)
             .send()
             .await;
+        let sent = match sent {
+            Ok(response) => {
+                let status = response.status();
+                // Only the status counts; the body is drained, bounded, for the connection.
+                let _ = pipeline::provider_http::read_bounded(response, MAX_ANSWER_BODY).await;
+                Ok(status)
+            }
+            Err(error) => Err(error),
+        };
         match sent {
-            Ok(response) if response.status().is_success() => {
+            Ok(status) if status.is_success() => {
                 self.metrics
                     .callbacks
                     .with_label_values(&[producer, "sent"])
@@ -266,10 +285,10 @@ impl Callbacks {
                 tracing::debug!(id, producer, kind, "callback sent");
                 Outcome::Ack
             }
-            Ok(response) => self.failed(
+            Ok(status) => self.failed(
                 producer,
                 attempt,
-                format!("the callback URL answered {}", response.status()),
+                format!("the callback URL answered {status}"),
             ),
             Err(error) => self.failed(
                 producer,

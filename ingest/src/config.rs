@@ -28,6 +28,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Deepest JSON nesting accepted in a body; deeper → 400.
     pub max_json_depth: usize,
+    /// The public listener's bounds on connections (`[connections]`).
+    pub connections: pipeline::listener::ConnectionsConfig,
     /// Webex webhook settings.
     pub webex: WebexConfig,
     /// The producer API (`POST /v1/notify`).
@@ -49,6 +51,7 @@ impl Default for Config {
             retry_after_secs: 1,
             max_in_flight: 512,
             max_json_depth: 32,
+            connections: pipeline::listener::ConnectionsConfig::default(),
             webex: WebexConfig::default(),
             producers: ProducersConfig::default(),
             callbacks: pipeline::config::WorkerConfig {
@@ -95,6 +98,24 @@ pub struct WebexConfig {
     pub call_ttl_secs: u64,
     /// The longest deadline accepted from a payload, seconds after receipt.
     pub max_ttl_secs: u64,
+    /// The oldest event that may still ring, seconds: a webhook whose event is dated
+    /// earlier (a `callMemberships` event's `data.created`; never the envelope's
+    /// `created`) is answered `stale` and not published.
+    pub max_event_age_secs: u64,
+    /// How far the sender's clock may be off, seconds: added to `max_event_age_secs`, and
+    /// how far ahead of this clock an event may be dated.
+    pub clock_skew_secs: u64,
+}
+
+impl WebexConfig {
+    /// How long every replica remembers an accepted webhook's event id, so a replay is a
+    /// duplicate: as long as a replayed event can still pass the freshness check
+    /// (`max_event_age_secs`, plus the skew on either side) or still be before its ring
+    /// expiry (`max_ttl_secs`).
+    pub fn replay_window_secs(&self) -> u64 {
+        let fresh = self.max_event_age_secs + 2 * self.clock_skew_secs;
+        fresh.max(self.max_ttl_secs)
+    }
 }
 
 impl Default for WebexConfig {
@@ -108,6 +129,8 @@ impl Default for WebexConfig {
             person_field: PersonField::ActorId,
             call_ttl_secs: 60,
             max_ttl_secs: 600,
+            max_event_age_secs: 300,
+            clock_skew_secs: 30,
         }
     }
 }
@@ -132,6 +155,17 @@ pub struct ProducersConfig {
     /// How long after an event's deadline its callback waits for devices still pending,
     /// seconds; then the outcome is sent as it stands.
     pub callback_settle_secs: u64,
+    /// Status look-ups (`GET /v1/events/…`) each producer or admin key may make per
+    /// second, shared by every replica.
+    pub status_rate_per_sec: f64,
+    /// Burst of status look-ups per key.
+    pub status_burst: u32,
+    /// Most events one `GET /v1/events?trace_id=…` lists (trace records read); beyond,
+    /// the answer says `truncated: true`.
+    pub status_max_events: usize,
+    /// Most status records one look-up reads, over all the events it shows; beyond, the
+    /// answer says `truncated: true`.
+    pub status_max_records: usize,
 }
 
 impl Default for ProducersConfig {
@@ -144,6 +178,10 @@ impl Default for ProducersConfig {
             max_ttl_secs: 86_400,
             callback_timeout_ms: 5_000,
             callback_settle_secs: 30,
+            status_rate_per_sec: 5.0,
+            status_burst: 20,
+            status_max_events: 100,
+            status_max_records: 1_000,
         }
     }
 }
@@ -153,10 +191,15 @@ impl Default for ProducersConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProducerKey {
     /// Producer name: letters, digits, `_` and `-` (it becomes a subject token and a
-    /// metric label).
+    /// metric label). Unique: the name decides which events a key sees and which rate it
+    /// draws on.
     pub name: String,
     /// Lowercase hex SHA-256 of the key.
     pub sha256: String,
+    /// While rotating this producer's key: the SHA-256 of the key being replaced, still
+    /// accepted as this producer's until it is removed.
+    #[serde(default)]
+    pub previous_sha256: Option<String>,
     /// Sustained rate, target persons per second.
     pub rate_per_sec: f64,
     /// Burst, target persons.
@@ -201,6 +244,7 @@ impl Config {
         let listen = parse_addr("listen", &self.listen)?;
         let admin_listen = parse_addr("admin_listen", &self.admin_listen)?;
         self.nats.validate()?;
+        self.connections.validate()?;
         self.callbacks.validate("callbacks")?;
         if self.body_limit_bytes < 1024 || self.body_limit_bytes > 16 * 1024 * 1024 {
             return Err(ConfigError::invalid(
@@ -218,6 +262,18 @@ impl Config {
             return Err(ConfigError::invalid(
                 "webex.call_ttl_secs",
                 "must be positive and not above webex.max_ttl_secs",
+            ));
+        }
+        if !(1..=86_400).contains(&self.webex.max_event_age_secs) {
+            return Err(ConfigError::invalid(
+                "webex.max_event_age_secs",
+                "must be 1 to 86400",
+            ));
+        }
+        if self.webex.clock_skew_secs > self.webex.max_event_age_secs {
+            return Err(ConfigError::invalid(
+                "webex.clock_skew_secs",
+                "must not be above webex.max_event_age_secs",
             ));
         }
         if !(2..=512).contains(&self.max_json_depth) {
@@ -242,14 +298,42 @@ impl Config {
                 "must be positive and not above producers.max_ttl_secs",
             ));
         }
+        if !p.status_rate_per_sec.is_finite() || p.status_rate_per_sec <= 0.0 || p.status_burst == 0
+        {
+            return Err(ConfigError::invalid(
+                "producers.status_rate_per_sec",
+                "status_rate_per_sec and status_burst must be positive",
+            ));
+        }
+        if !(1..=1_000).contains(&p.status_max_events) {
+            return Err(ConfigError::invalid(
+                "producers.status_max_events",
+                "must be 1 to 1000",
+            ));
+        }
+        if !(1..=10_000).contains(&p.status_max_records) {
+            return Err(ConfigError::invalid(
+                "producers.status_max_records",
+                "must be 1 to 10000",
+            ));
+        }
         let named_keys = (p.keys.iter().enumerate())
-            .map(|(i, k)| (format!("producers.keys[{i}]"), &k.name, &k.sha256))
-            .chain(
-                (p.admin_keys.iter().enumerate())
-                    .map(|(i, k)| (format!("producers.admin_keys[{i}]"), &k.name, &k.sha256)),
-            );
+            .flat_map(|(i, k)| {
+                let entry = format!("producers.keys[{i}]");
+                let previous = (k.previous_sha256.as_ref())
+                    .map(|sha256| (entry.clone(), "previous_sha256", &k.name, sha256));
+                std::iter::once((entry, "sha256", &k.name, &k.sha256)).chain(previous)
+            })
+            .chain((p.admin_keys.iter().enumerate()).map(|(i, k)| {
+                (
+                    format!("producers.admin_keys[{i}]"),
+                    "sha256",
+                    &k.name,
+                    &k.sha256,
+                )
+            }));
         let mut hashes = std::collections::HashSet::new();
-        for (entry, name, sha256) in named_keys {
+        for (entry, hash_setting, name, sha256) in named_keys {
             let at = |k: &str| format!("{entry}.{k}");
             if name.is_empty()
                 || !name
@@ -263,14 +347,40 @@ impl Config {
             }
             if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ConfigError::invalid(
-                    at("sha256"),
+                    at(hash_setting),
                     "must be 64 hex digits (the SHA-256 of the key)",
                 ));
             }
             if !hashes.insert(sha256.to_ascii_lowercase()) {
                 return Err(ConfigError::invalid(
-                    at("sha256"),
+                    at(hash_setting),
                     "is the hash of a key listed before: every key holds one role",
+                ));
+            }
+        }
+        // A producer's name decides what its keys see and which rate they draw on: two
+        // entries with one name would share both. A second key is `previous_sha256`.
+        let mut names = std::collections::HashSet::new();
+        for (i, key) in p.keys.iter().enumerate() {
+            if !names.insert(key.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("producers.keys[{i}].name"),
+                    format!(
+                        "`{}` names a producer listed before: names are unique (rotate a key with previous_sha256)",
+                        key.name
+                    ),
+                ));
+            }
+        }
+        let mut admin_names = std::collections::HashSet::new();
+        for (i, key) in p.admin_keys.iter().enumerate() {
+            if !admin_names.insert(key.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("producers.admin_keys[{i}].name"),
+                    format!(
+                        "`{}` names an admin key listed before: names are unique",
+                        key.name
+                    ),
                 ));
             }
         }
@@ -299,13 +409,14 @@ impl Config {
             }
             match (&key.callback_url, &key.callback_secret) {
                 (None, None) => {}
-                (Some(url), Some(secret))
-                    if (url.starts_with("https://") || url.starts_with("http://"))
-                        && !secret.expose().is_empty() => {}
+                (Some(url), Some(secret)) if !secret.expose().is_empty() => {
+                    check_callback_url(url)
+                        .map_err(|why| ConfigError::invalid(at("callback_url"), why))?;
+                }
                 _ => {
                     return Err(ConfigError::invalid(
                         at("callback_url"),
-                        "an http(s) callback_url goes with a non-empty callback_secret",
+                        "a callback_url goes with a non-empty callback_secret",
                     ));
                 }
             }
@@ -348,6 +459,24 @@ impl Config {
     }
 }
 
+/// Why a callback URL is refused: it must be `https://` with a host, or `http://` to a
+/// loopback host (`127.0.0.0/8`, `[::1]`, `localhost`: a receiver on the same machine).
+pub fn check_callback_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL: {e}"))?;
+    let host = parsed.host().ok_or_else(|| "must name a host".to_owned())?;
+    let loopback = match host {
+        url::Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("must be https:// (http:// only to a loopback host)".into()),
+        other => Err(format!("must be https://, not {other}://")),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -359,6 +488,7 @@ pub(crate) mod tests {
             keys: vec![ProducerKey {
                 name: name.into(),
                 sha256: hex::encode(sha2::Sha256::digest(key.as_bytes())),
+                previous_sha256: None,
                 rate_per_sec: 2.0,
                 burst: 4,
                 callback_url: None,
@@ -404,6 +534,7 @@ pub(crate) mod tests {
         ProducerKey {
             name: name.into(),
             sha256: sha.to_string().repeat(64),
+            previous_sha256: None,
             rate_per_sec: 10.0,
             burst: 10,
             callback_url: callback.then(|| "https://backend.example/hooks".into()),
@@ -422,15 +553,105 @@ pub(crate) mod tests {
 
         cfg.producers.keys = vec![
             producer("crm", 'a', &["com.example.app"], true),
-            // The same producer under a second key (rotation) may name it again.
-            producer("crm", 'b', &["com.example.app"], true),
             producer("billing", 'c', &["com.example.app"], true),
         ];
         let err = cfg.resolve().expect_err("two backends");
-        assert!(err.to_string().contains("producers.keys[2].apps"), "{err}");
+        assert!(err.to_string().contains("producers.keys[1].apps"), "{err}");
         assert!(err.to_string().contains("producer `crm`"), "{err}");
 
         cfg.producers.keys.pop();
         cfg.resolve().expect("one backend");
+    }
+
+    #[test]
+    fn producer_names_are_unique_and_a_key_rotates_through_previous_sha256() {
+        let mut cfg = Config::default();
+        cfg.webex.insecure_skip_signature = true;
+        cfg.producers.keys = vec![
+            producer("crm", 'a', &[], false),
+            producer("crm", 'b', &[], false),
+        ];
+        let err = cfg.resolve().expect_err("one name, two keys");
+        assert!(err.to_string().contains("producers.keys[1].name"), "{err}");
+
+        cfg.producers.keys.pop();
+        cfg.producers.keys[0].previous_sha256 = Some("b".repeat(64));
+        cfg.resolve().expect("a rotating key");
+        cfg.producers.keys[0].previous_sha256 = Some("a".repeat(64));
+        let err = cfg.resolve().expect_err("the same key twice");
+        assert!(
+            err.to_string()
+                .contains("producers.keys[0].previous_sha256"),
+            "{err}"
+        );
+
+        cfg.producers.keys[0].previous_sha256 = None;
+        cfg.producers.admin_keys = ["d", "e"]
+            .iter()
+            .map(|sha| AdminKey {
+                name: "oncall".into(),
+                sha256: sha.repeat(64),
+            })
+            .collect();
+        let err = cfg.resolve().expect_err("one admin name, two keys");
+        assert!(
+            err.to_string().contains("producers.admin_keys[1].name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn callback_urls_are_https_unless_the_receiver_is_on_loopback() {
+        for allowed in [
+            "https://backend.example/hooks",
+            "https://10.0.0.5:8443/hooks",
+            "http://127.0.0.1:8080/hooks",
+            "http://127.9.9.9/hooks",
+            "http://[::1]:8080/hooks",
+            "http://localhost:8080/hooks",
+            "http://LOCALHOST/hooks",
+        ] {
+            assert_eq!(check_callback_url(allowed), Ok(()), "{allowed}");
+        }
+        for refused in [
+            "http://backend.example/hooks",
+            "http://10.0.0.5/hooks",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::ffff:127.0.0.1]/hooks",
+            "http://localhost.example.com/hooks",
+            "ftp://backend.example/hooks",
+            "backend.example/hooks",
+        ] {
+            assert!(check_callback_url(refused).is_err(), "{refused}");
+        }
+
+        let mut cfg = Config::default();
+        cfg.webex.insecure_skip_signature = true;
+        let mut key = producer("crm", 'a', &[], true);
+        key.callback_url = Some("http://backend.example/hooks".into());
+        cfg.producers.keys = vec![key];
+        let err = cfg.resolve().expect_err("plain http off loopback");
+        assert!(
+            err.to_string().contains("producers.keys[0].callback_url"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_event_age_window_is_checked_and_covers_the_ring_expiry() {
+        let mut cfg = Config::default();
+        cfg.webex.insecure_skip_signature = true;
+        assert_eq!(cfg.webex.replay_window_secs(), 600);
+        cfg.webex.max_event_age_secs = 900;
+        assert_eq!(cfg.webex.replay_window_secs(), 960);
+        cfg.webex.clock_skew_secs = 1_000;
+        let err = cfg.resolve().expect_err("skew above the window");
+        assert!(err.to_string().contains("webex.clock_skew_secs"), "{err}");
+        cfg.webex.max_event_age_secs = 0;
+        let err = cfg.resolve().expect_err("no window");
+        assert!(
+            err.to_string().contains("webex.max_event_age_secs"),
+            "{err}"
+        );
     }
 }

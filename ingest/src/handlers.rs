@@ -14,6 +14,7 @@ use pipeline::json::BodyRefusal;
 use pipeline::tracking::StatusRecord;
 
 use crate::error::ApiError;
+use crate::shared::Ids;
 use crate::webex::Normalised;
 use crate::{AppState, Inner, SERVICE, callbacks, notify, publish, signature, webex};
 
@@ -109,8 +110,18 @@ async fn receive(
             let body = Json(serde_json::json!({"status": "expired"}));
             return Ok(((StatusCode::OK, body).into_response(), "expired"));
         }
+        Normalised::Stale => {
+            let body = Json(serde_json::json!({"status": "stale"}));
+            return Ok(((StatusCode::OK, body).into_response(), "stale"));
+        }
     };
 
+    // A replay after JetStream's de-duplication window (or a server restart) is still
+    // known to the shared store for the whole replay window.
+    if s.already_stored(Ids::Webhooks, &event.id).await {
+        tracing::debug!(event_id = %event.id, "webhook event stored before; not published again");
+        return Ok((accepted(&event.id, true), "duplicate"));
+    }
     let stored = s.store(&event, admitted).await.map_err(|error| {
         let trace_id = event.trace_id.as_deref().unwrap_or("-");
         tracing::warn!(%error, event_id = %event.id, trace_id, "event not stored");
@@ -118,6 +129,7 @@ async fn receive(
             retry_after_secs: s.retry_after_secs,
         }
     })?;
+    s.remember_stored(Ids::Webhooks, &event.id).await;
     let outcome = if stored.duplicate {
         "duplicate"
     } else {
@@ -129,12 +141,17 @@ async fn receive(
         "accepted"
     };
     tracing::debug!(event_id = %event.id, trace_id = event.trace_id.as_deref().unwrap_or("-"), outcome, "event stored");
+    Ok((accepted(&event.id, stored.duplicate), outcome))
+}
+
+/// The answer to a stored webhook (or one stored before).
+fn accepted(event_id: &str, duplicate: bool) -> Response {
     let body = Json(serde_json::json!({
         "status": "accepted",
-        "event_id": event.id,
-        "duplicate": stored.duplicate,
+        "event_id": event_id,
+        "duplicate": duplicate,
     }));
-    Ok(((StatusCode::OK, body).into_response(), outcome))
+    (StatusCode::OK, body).into_response()
 }
 
 pub(crate) async fn notify_handler(State(state): State<AppState>, request: Request) -> Response {
@@ -205,8 +222,12 @@ async fn notify(
     }
     // A producer's retry of events already stored is answered as a duplicate, without
     // publishing them again or charging for them.
-    let stored_before =
-        futures::future::join_all(events.iter().map(|event| s.already_stored(&event.id))).await;
+    let stored_before = futures::future::join_all(
+        events
+            .iter()
+            .map(|event| s.already_stored(Ids::Notify, &event.id)),
+    )
+    .await;
     let cost = stored_before.iter().filter(|seen| !**seen).count();
     if cost > 0 {
         s.take_rate(&producer, cost).await.map_err(|over| {
@@ -220,19 +241,20 @@ async fn notify(
         })?;
     }
 
-    let publishes = events.iter().zip(&stored_before).map(|(event, seen)| async {
-        if *seen {
-            return Ok(publish::Stored { duplicate: true });
-        }
-        let stored = s.store(event, admitted.clone()).await?;
-        if let Err(error) = s.shared.remember(&event.id).await {
-            tracing::warn!(%error, event_id = %event.id, "stored event not remembered for idempotency; the de-duplication window still covers it");
-        }
-        if !stored.duplicate && callbacks::Callbacks::wanted(&s.producers_config, &producer) {
-            s.queue_callback(event, &producer).await;
-        }
-        Ok::<_, String>(stored)
-    });
+    let publishes = events
+        .iter()
+        .zip(&stored_before)
+        .map(|(event, seen)| async {
+            if *seen {
+                return Ok(publish::Stored { duplicate: true });
+            }
+            let stored = s.store(event, admitted.clone()).await?;
+            s.remember_stored(Ids::Notify, &event.id).await;
+            if !stored.duplicate && callbacks::Callbacks::wanted(&s.producers_config, &producer) {
+                s.queue_callback(event, &producer).await;
+            }
+            Ok::<_, String>(stored)
+        });
     let results = futures::future::join_all(publishes).await;
     let mut accepted = Vec::with_capacity(events.len());
     for (event, result) in events.iter().zip(results) {

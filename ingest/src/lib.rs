@@ -108,6 +108,7 @@ impl AppState {
                     &config.nats.prefix,
                     config.nats.replicas,
                     Duration::from_secs(config.producers.max_ttl_secs),
+                    Duration::from_secs(config.webex.replay_window_secs()),
                 ),
                 publisher,
                 admission: publish::Admission::new(config.max_in_flight),
@@ -135,14 +136,22 @@ pub fn router(state: AppState) -> Router {
 }
 
 impl Inner {
-    /// Whether an event with this id was stored before (a producer's retry), by the
-    /// shared record; `false` when it cannot be read (the de-duplication window still
-    /// catches a retry within it).
-    async fn already_stored(&self, event_id: &str) -> bool {
-        self.shared.seen(event_id).await.unwrap_or_else(|error| {
-            tracing::warn!(%error, "shared idempotency keys unavailable; relying on the de-duplication window");
+    /// Whether an event with this id was stored before (a producer's retry, a replayed
+    /// webhook), by the shared record; `false` when it cannot be read (the
+    /// de-duplication window still catches a repeat within it).
+    async fn already_stored(&self, ids: shared::Ids, event_id: &str) -> bool {
+        self.shared.seen(ids, event_id).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "shared event ids unavailable; relying on the de-duplication window");
             false
         })
+    }
+
+    /// Records in the shared store that the event with this id is stored; a failure is
+    /// logged (the de-duplication window still covers a repeat within it).
+    async fn remember_stored(&self, ids: shared::Ids, event_id: &str) {
+        if let Err(error) = self.shared.remember(ids, event_id).await {
+            tracing::warn!(%error, event_id, "stored event not remembered; the de-duplication window still covers it");
+        }
     }
 
     /// Takes `cost` tokens from `producer`'s shared bucket, or this replica's when the
@@ -330,8 +339,16 @@ pub async fn serve(
         }
     });
     tracing::info!(listen = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ingest listening");
-    let state = AppState::new(&config, resolved.secrets, publisher, metrics);
-    let served = admin::serve(api, router(state), shutdown.clone()).await;
+    let state = AppState::new(&config, resolved.secrets, publisher, metrics.clone());
+    let served = pipeline::listener::serve(
+        api,
+        router(state),
+        &config.connections,
+        metrics,
+        SERVICE,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let _ = setup.await;
     let _ = admin_task.await;

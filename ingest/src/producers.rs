@@ -52,7 +52,8 @@ impl Bucket {
 
 struct Producer {
     name: String,
-    hash: [u8; 32],
+    /// The key's hash, and the previous key's while it is rotated out.
+    hashes: Vec<[u8; 32]>,
     rate: f64,
     burst: f64,
 }
@@ -93,9 +94,12 @@ impl Producers {
             .keys
             .iter()
             .filter_map(|k| {
+                let previous = k.previous_sha256.as_deref().and_then(key_hash);
                 Some(Producer {
                     name: k.name.clone(),
-                    hash: key_hash(&k.sha256)?,
+                    hashes: std::iter::once(key_hash(&k.sha256)?)
+                        .chain(previous)
+                        .collect(),
                     rate: k.rate_per_sec,
                     burst: f64::from(k.burst),
                 })
@@ -133,8 +137,10 @@ impl Producers {
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut found = None;
         for p in &self.producers {
-            if bool::from(p.hash.ct_eq(&hash)) {
-                found = Some(p.name.as_str());
+            for known in &p.hashes {
+                if bool::from(known.ct_eq(&hash)) {
+                    found = Some(p.name.as_str());
+                }
             }
         }
         found
@@ -148,9 +154,22 @@ impl Producers {
                 retry_after_secs: 1,
             });
         };
+        self.take_from(producer, rate, burst, cost, now_ms)
+    }
+
+    /// Takes `cost` tokens from this replica's bucket named `bucket` (`rate` per second up
+    /// to `burst`) at `now_ms`, or says when to come back.
+    pub fn take_from(
+        &self,
+        bucket: &str,
+        rate: f64,
+        burst: f64,
+        cost: usize,
+        now_ms: u64,
+    ) -> Result<(), OverRate> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let bucket = buckets
-            .entry(producer.to_owned())
+            .entry(bucket.to_owned())
             .or_insert(Bucket::full(burst, now_ms));
         *bucket = bucket.take(now_ms, rate, burst, cost)?;
         Ok(())
@@ -207,5 +226,14 @@ mod tests {
         let p = Producers::new(&config());
         assert_eq!(p.authenticate("k"), Some("crm"));
         assert_eq!(p.authenticate("nope"), None);
+    }
+
+    #[test]
+    fn a_rotated_out_key_still_names_its_producer() {
+        let mut config = config();
+        config.keys[0].previous_sha256 = Some(hex::encode(Sha256::digest(b"old")));
+        let p = Producers::new(&config);
+        assert_eq!(p.authenticate("k"), Some("crm"));
+        assert_eq!(p.authenticate("old"), Some("crm"));
     }
 }

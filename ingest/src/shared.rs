@@ -1,6 +1,6 @@
-//! What every ingest replica must agree on for `/v1/notify`, kept in NATS key-value
-//! buckets next to the streams: which idempotency keys were already stored, and each
-//! producer's rate bucket.
+//! What every ingest replica must agree on, kept in NATS key-value buckets next to the
+//! streams: which `/v1/notify` idempotency keys and which webhook events were already
+//! stored, and each producer's rate buckets.
 //!
 //! - **Idempotency for an event's whole life.** JetStream's de-duplication window (120 s by
 //!   default) forgets an event id after the window, and after a server restart it forgets
@@ -10,10 +10,18 @@
 //!   id is there is answered as a duplicate without publishing. The id is written after
 //!   the event is stored, so a request that failed leaves nothing behind; two requests
 //!   racing each other are still caught by the de-duplication window.
+//! - **A replayed webhook is a duplicate for the whole replay window.** Each stored
+//!   webhook's event id ([`crate::webex::event_id`]) is written to `<prefix>webhook_ids`,
+//!   kept [`crate::config::WebexConfig::replay_window_secs`]: as long as a replayed event
+//!   could still pass the freshness check or still be before its ring expiry. A webhook
+//!   whose id is there is answered as a duplicate and rings nothing, on every replica and
+//!   after JetStream's window or a server restart. Written after the event is stored, as
+//!   for notify.
 //! - **One rate per producer, not one per replica.** The token bucket lives in
 //!   `<prefix>notify_rates` under the producer's name and is updated by compare-and-set on
 //!   its revision, so replicas taking tokens at once retry instead of overwriting each
-//!   other.
+//!   other. Status look-ups draw on buckets of their own in the same store, named
+//!   `status.p.<producer>` and `status.a.<admin key>`.
 //!
 //! When the buckets cannot be reached, ingest falls back to the per-replica bucket and the
 //! de-duplication window and logs a warning: producers are never refused because NATS
@@ -31,24 +39,47 @@ use crate::producers::{Bucket, OverRate};
 /// Compare-and-set tries before giving up on the shared bucket.
 const CAS_TRIES: usize = 8;
 
+/// Which stored ids a look-up is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ids {
+    /// Events of `/v1/notify` (idempotency keys), kept an event's longest life.
+    Notify,
+    /// Webhook events, kept the replay window.
+    Webhooks,
+}
+
 /// The shared buckets of one ingest replica (opened on first use).
 pub struct Shared {
     js: Context,
     prefix: String,
     replicas: usize,
     keys_max_age: Duration,
-    stores: OnceCell<(Store, Store)>,
+    webhook_ids_max_age: Duration,
+    stores: OnceCell<Stores>,
+}
+
+struct Stores {
+    notify_keys: Store,
+    webhook_ids: Store,
+    rates: Store,
 }
 
 impl Shared {
-    /// Buckets named with `prefix`, replicated `replicas` times; idempotency keys are kept
-    /// `keys_max_age`.
-    pub fn new(js: Context, prefix: &str, replicas: usize, keys_max_age: Duration) -> Self {
+    /// Buckets named with `prefix`, replicated `replicas` times; notify's idempotency keys
+    /// are kept `keys_max_age`, webhook event ids `webhook_ids_max_age`.
+    pub fn new(
+        js: Context,
+        prefix: &str,
+        replicas: usize,
+        keys_max_age: Duration,
+        webhook_ids_max_age: Duration,
+    ) -> Self {
         Shared {
             js,
             prefix: prefix.to_owned(),
             replicas,
             keys_max_age,
+            webhook_ids_max_age,
             stores: OnceCell::new(),
         }
     }
@@ -85,39 +116,51 @@ impl Shared {
         }
     }
 
-    async fn stores(&self) -> Result<&(Store, Store), String> {
+    async fn stores(&self) -> Result<&Stores, String> {
         self.stores
             .get_or_try_init(|| async {
-                let keys = self.open("notify_keys", self.keys_max_age).await?;
-                // A bucket of a producer that is gone ages out.
-                let rates = self
-                    .open("notify_rates", Duration::from_secs(86_400))
-                    .await?;
-                Ok((keys, rates))
+                Ok(Stores {
+                    notify_keys: self.open("notify_keys", self.keys_max_age).await?,
+                    webhook_ids: self.open("webhook_ids", self.webhook_ids_max_age).await?,
+                    // A bucket of a producer that is gone ages out.
+                    rates: self
+                        .open("notify_rates", Duration::from_secs(86_400))
+                        .await?,
+                })
             })
             .await
     }
 
+    async fn ids(&self, ids: Ids) -> Result<&Store, String> {
+        let stores = self.stores().await?;
+        Ok(match ids {
+            Ids::Notify => &stores.notify_keys,
+            Ids::Webhooks => &stores.webhook_ids,
+        })
+    }
+
     /// Whether an event with `event_id` was already stored.
-    pub async fn seen(&self, event_id: &str) -> Result<bool, String> {
-        let (keys, _) = self.stores().await?;
-        keys.get(event_id)
+    pub async fn seen(&self, ids: Ids, event_id: &str) -> Result<bool, String> {
+        self.ids(ids)
+            .await?
+            .get(event_id)
             .await
             .map(|value| value.is_some())
-            .map_err(|e| format!("idempotency key: {e}"))
+            .map_err(|e| format!("stored event id: {e}"))
     }
 
     /// Remembers that the event with `event_id` is stored.
-    pub async fn remember(&self, event_id: &str) -> Result<(), String> {
-        let (keys, _) = self.stores().await?;
-        keys.put(event_id, bytes::Bytes::new())
+    pub async fn remember(&self, ids: Ids, event_id: &str) -> Result<(), String> {
+        self.ids(ids)
+            .await?
+            .put(event_id, bytes::Bytes::new())
             .await
             .map(|_| ())
-            .map_err(|e| format!("idempotency key: {e}"))
+            .map_err(|e| format!("stored event id: {e}"))
     }
 
-    /// Takes `cost` tokens from `producer`'s shared bucket (`rate` per second up to
-    /// `burst`) at `now_ms`: `Ok(Err(…))` is over the rate, `Err` means the bucket could
+    /// Takes `cost` tokens from the shared bucket named `producer` (`rate` per second up
+    /// to `burst`) at `now_ms`: `Ok(Err(…))` is over the rate, `Err` means the bucket could
     /// not be reached.
     pub async fn take(
         &self,
@@ -127,7 +170,7 @@ impl Shared {
         cost: usize,
         now_ms: u64,
     ) -> Result<Result<(), OverRate>, String> {
-        let (_, rates) = self.stores().await?;
+        let rates = &self.stores().await?.rates;
         let failed = |e: &dyn std::fmt::Display| format!("rate bucket of {producer}: {e}");
         for _ in 0..CAS_TRIES {
             let entry = rates.entry(producer).await.map_err(|e| failed(&e))?;

@@ -11,6 +11,18 @@
 //! - **`callMemberships` / `created`** with `data.state = "notified"`: the callee is
 //!   `data.personId`; pushline builds the payloads itself (see `call_membership_payload`).
 //!
+//! **Replays.** A signed webhook stays valid forever, so a captured one could ring again.
+//! Where the resource dates its event, the event must be fresh ([`is_fresh`]):
+//!
+//! | resource | the event's time | a replay is refused by |
+//! |---|---|---|
+//! | `callMemberships` | `data.created` | freshness (`webex.max_event_age_secs`, `webex.clock_skew_secs`) → [`Normalised::Stale`] |
+//! | `telephony_push` | none (`ringexpiretime` is when it stops ringing) | the ring expiry → [`Normalised::Expired`] |
+//! | both | — | the event id, remembered by every replica ([`crate::shared`]) → duplicate |
+//!
+//! The envelope's own `created` is **not** the event's time: it is when the webhook was
+//! registered, months old on a healthy firehose, and is never looked at.
+//!
 //! `apnsPayload` becomes the `apns` part and `fcmPayload` the `fcm` part, each checked by
 //! its provider; every other provider rings from the call's description (`fcmPayload`,
 //! else `apnsPayload`) when it can ([`pipeline::provider::Spec::call_part`]).
@@ -43,6 +55,10 @@ pub enum Normalised {
     },
     /// A call whose ring expiry is already past: accepted, not published.
     Expired,
+    /// An event dated outside the replay window (older than `webex.max_event_age_secs`,
+    /// or ahead of this clock by more than `webex.clock_skew_secs`): accepted, not
+    /// published.
+    Stale,
 }
 
 /// Why an envelope was refused; the message names the field.
@@ -107,6 +123,76 @@ pub fn event_id(source: &str, body: &[u8]) -> String {
     hasher.update([0u8]);
     hasher.update(body);
     hex::encode(&hasher.finalize()[..16])
+}
+
+/// Whether an event dated `event_ms` may still ring at `now_ms`: not older than
+/// `max_age_ms`, nor ahead of this clock, each with `skew_ms` allowed for the sender's clock.
+pub fn is_fresh(event_ms: u64, now_ms: u64, max_age_ms: u64, skew_ms: u64) -> bool {
+    let not_ahead = event_ms <= now_ms.saturating_add(skew_ms);
+    let not_old = now_ms.saturating_sub(event_ms) <= max_age_ms.saturating_add(skew_ms);
+    not_ahead && not_old
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time as Webex writes it
+/// (`2026-01-02T03:04:05.678Z`, any number of fraction digits, `Z` or `±hh:mm`);
+/// `None` when it is not one.
+pub fn rfc3339_ms(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    if separators.iter().any(|&(i, c)| b.get(i) != Some(&c))
+        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    let in_range = (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && hour <= 23
+        && minute <= 59
+        && second <= 60;
+    if !in_range {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0;
+    if b.get(at) == Some(&b'.') {
+        let start = at + 1;
+        at = start;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        let fraction = &text[start..at];
+        if fraction.is_empty() {
+            return None;
+        }
+        millis = format!("{fraction:0<3}")[..3].parse::<i64>().ok()?;
+    }
+    let offset_secs = match (b.get(at), b.len() - at) {
+        (Some(b'Z' | b'z'), 1) => 0,
+        (Some(sign @ (b'+' | b'-')), 6) if b[at + 3] == b':' => {
+            let secs = digits(at + 1..at + 3)? * 3600 + digits(at + 4..at + 6)? * 60;
+            if *sign == b'+' { secs } else { -secs }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    u64::try_from(secs * 1000 + millis).ok()
 }
 
 /// Parses and normalises one webhook body received at `now_ms`: the envelope here, then
@@ -275,6 +361,19 @@ fn call_membership(
         .call_id
         .as_deref()
         .ok_or_else(|| invalid("`data.callId` is required"))?;
+    // A membership without a readable `created` is still bounded by its id, remembered
+    // for the replay window.
+    let config = received.config;
+    if let Some(created_ms) = member.created.as_deref().and_then(rfc3339_ms)
+        && !is_fresh(
+            created_ms,
+            received.now_ms,
+            config.max_event_age_secs * 1000,
+            config.clock_skew_secs * 1000,
+        )
+    {
+        return Ok(Normalised::Stale);
+    }
     let deadline = received.call_deadline();
     let (apns, fcm) = call_membership_payload(&member, call_id, person, deadline);
     Ok(received.call(person, deadline, Some(&apns), Some(&fcm)))
@@ -521,6 +620,85 @@ mod tests {
             let err = normalise(body.as_bytes(), &config(), NOW, None).expect_err(body);
             assert!(err.0.contains(needle), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn freshness_allows_the_window_and_the_skew_and_nothing_beyond() {
+        let (age, skew) = (300_000, 30_000);
+        let cases = [
+            ("now", NOW, true),
+            ("at the window's end", NOW - age, true),
+            ("within the skew past the window", NOW - age - skew, true),
+            ("past window and skew", NOW - age - skew - 1, false),
+            ("twenty minutes old", NOW - 20 * 60_000, false),
+            ("ahead within the skew", NOW + skew, true),
+            ("ahead beyond the skew", NOW + skew + 1, false),
+        ];
+        for (what, event_ms, fresh) in cases {
+            assert_eq!(is_fresh(event_ms, NOW, age, skew), fresh, "{what}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_times_are_read_as_webex_writes_them() {
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(rfc3339_ms("2023-11-14T22:13:20.000Z"), Some(NOW));
+        assert_eq!(rfc3339_ms("2023-11-14T22:13:20.5Z"), Some(NOW + 500));
+        assert_eq!(rfc3339_ms("2023-11-14T22:13:20.123456Z"), Some(NOW + 123));
+        assert_eq!(rfc3339_ms("2023-11-14T23:13:20+01:00"), Some(NOW));
+        assert_eq!(rfc3339_ms("2023-11-14T21:13:20-01:00"), Some(NOW));
+        assert_eq!(rfc3339_ms("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
+        for bad in [
+            "",
+            "2023-11-14",
+            "2023-11-14T22:13:20",
+            "2023-13-14T22:13:20Z",
+            "2023-11-14T22:13:20.Z",
+            "2023-11-14T22:13:20+0100",
+            "2023-11-14T22:13:20Zjunk",
+            "+023-11-14T22:13:20Z",
+        ] {
+            assert_eq!(rfc3339_ms(bad), None, "{bad:?}");
+        }
+    }
+
+    fn membership(envelope_created: &str, data_created: Option<&str>) -> String {
+        let created = data_created
+            .map(|c| format!(r#","created":"{c}""#))
+            .unwrap_or_default();
+        format!(
+            r#"{{"resource":"callMemberships","event":"created","created":"{envelope_created}","data":{{"callId":"C","personId":"P","state":"notified"{created}}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_call_membership_created_twenty_minutes_ago_is_stale() {
+        // NOW is 2023-11-14T22:13:20Z.
+        let body = membership("2023-11-14T22:00:00.000Z", Some("2023-11-14T21:53:20.000Z"));
+        assert!(matches!(
+            normalise(body.as_bytes(), &config(), NOW, None),
+            Ok(Normalised::Stale)
+        ));
+        let ahead = membership("2023-11-14T22:00:00.000Z", Some("2023-11-14T22:23:20.000Z"));
+        assert!(matches!(
+            normalise(ahead.as_bytes(), &config(), NOW, None),
+            Ok(Normalised::Stale)
+        ));
+    }
+
+    #[test]
+    fn a_year_old_envelope_with_a_fresh_event_rings() {
+        let fresh = membership("2022-11-14T22:13:20.000Z", Some("2023-11-14T22:13:15.000Z"));
+        assert_eq!(event(&fresh).person_id, "P");
+        // Without a readable event time, only the event id bounds replays.
+        assert_eq!(
+            event(&membership("2022-11-14T22:13:20.000Z", None)).person_id,
+            "P"
+        );
+        assert_eq!(
+            event(&membership("2022-11-14T22:13:20.000Z", Some("yesterday"))).person_id,
+            "P"
+        );
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl Env {
         config.producers.keys = vec![ingest::config::ProducerKey {
             name: "crm".into(),
             sha256: hex::encode(Sha256::digest(PRODUCER_KEY.as_bytes())),
+            previous_sha256: None,
             rate_per_sec: 1_000.0,
             burst: 1_000,
             callback_url: None,

@@ -28,6 +28,7 @@ async fn started() -> Stack {
         c.ingest.producers.keys.push(ingest::config::ProducerKey {
             name: "billing".into(),
             sha256: hex::encode(Sha256::digest(OTHER_PRODUCER_KEY.as_bytes())),
+            previous_sha256: None,
             rate_per_sec: 10.0,
             burst: 10,
             callback_url: None,
