@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::auth::Principal;
+use crate::auth::{Client, Principal};
 use crate::config::DeviceLimit;
 use crate::error::ApiError;
 use crate::store::{Channel, Device, DeviceAttrs, Registered, Rules, SealedKey, token_device_id};
@@ -251,6 +251,8 @@ struct Registration<'a> {
     environment: Option<Environment>,
     device_id: String,
     e2e: Option<NewKey>,
+    /// The caller may move the token away from another person (a service key).
+    may_take: bool,
 }
 
 impl AppState {
@@ -279,6 +281,7 @@ impl AppState {
             environment,
             device_id,
             e2e,
+            may_take,
         } = r;
         let spec =
             validate::provider(&self.providers, "platform", platform).map_err(ApiError::Invalid)?;
@@ -355,11 +358,20 @@ impl AppState {
             multi_user: policy.multi_user,
             single_device: policy.single_device,
             refuse_over_limit: policy.device_limit == DeviceLimit::Refuse,
+            refuse_move: !may_take,
         };
         let registered = self
             .store
             .register(token, person, &attrs, now_ms(), rules)
             .await?;
+        if registered.held {
+            tracing::warn!(
+                token = %pipeline::telemetry::token_tag(token),
+                app = %attrs.app,
+                "registration refused: the token is registered to another person"
+            );
+            return Err(self.auth.refuse("token_held", ApiError::TokenHeld));
+        }
         if registered.refused {
             return Err(ApiError::DeviceLimit(format!(
                 "Device limit exceeded: the person already has {} devices; remove one first",
@@ -385,11 +397,12 @@ impl AppState {
 async fn put_device(
     State(state): State<AppState>,
     headers: HeaderMap,
+    client: Client,
     Path(token): Path<String>,
     body: Result<JsonBody<PutDevice>, ApiError>,
 ) -> Response {
     let result = async {
-        let principal = state.auth.authenticate(&headers).await?;
+        let principal = state.auth.authenticate(&headers, client).await?;
         let JsonBody(body) = body?;
         if body.token.is_some() {
             return Err(ApiError::Invalid(
@@ -406,10 +419,11 @@ async fn put_device(
 async fn post_device(
     State(state): State<AppState>,
     headers: HeaderMap,
+    client: Client,
     body: Result<JsonBody<PutDevice>, ApiError>,
 ) -> Response {
     let result = async {
-        let principal = state.auth.authenticate(&headers).await?;
+        let principal = state.auth.authenticate(&headers, client).await?;
         let JsonBody(mut body) = body?;
         let token = match (body.token.take(), &body.subscription) {
             (Some(token), _) => token,
@@ -433,6 +447,7 @@ async fn register_device(
     token: String,
     body: PutDevice,
 ) -> Result<(StatusCode, Json<Option<DeviceView>>), ApiError> {
+    validate::person_id("person_id", &body.person_id).map_err(ApiError::Invalid)?;
     state.require(principal.may_write(&body.person_id), "not_owner")?;
     if body
         .subscription
@@ -463,6 +478,7 @@ async fn register_device(
             environment: body.environment,
             device_id,
             e2e,
+            may_take: principal.may_take_tokens(),
         })
         .await?;
     let devices = state.store.devices(&body.person_id, now_ms()).await?;
@@ -491,11 +507,12 @@ pub struct DeleteQuery {
 async fn delete_device(
     State(state): State<AppState>,
     headers: HeaderMap,
+    client: Client,
     Path(token): Path<String>,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
-        let principal = state.auth.authenticate(&headers).await?;
+        let principal = state.auth.authenticate(&headers, client).await?;
         validate::any_token(&state.providers, "token", &token).map_err(ApiError::Invalid)?;
         let Query(query) =
             query.map_err(|e| ApiError::Invalid(format!("query: {}", e.body_text())))?;
@@ -546,10 +563,11 @@ async fn delete_device(
 async fn list_devices(
     State(state): State<AppState>,
     headers: HeaderMap,
+    client: Client,
     Path(person): Path<String>,
 ) -> Response {
     let result = async {
-        let principal = state.auth.authenticate(&headers).await?;
+        let principal = state.auth.authenticate(&headers, client).await?;
         validate::person_id("personId", &person).map_err(ApiError::Invalid)?;
         state.require(principal.may_read(&person), "not_owner")?;
         let devices: Vec<DeviceView> = state
@@ -570,10 +588,11 @@ async fn list_devices(
 async fn delete_person(
     State(state): State<AppState>,
     headers: HeaderMap,
+    client: Client,
     Path(person): Path<String>,
 ) -> Response {
     let result = async {
-        let principal = state.auth.authenticate(&headers).await?;
+        let principal = state.auth.authenticate(&headers, client).await?;
         validate::person_id("personId", &person).map_err(ApiError::Invalid)?;
         state.require(principal.may_write(&person), "not_owner")?;
         let removed = state.store.remove_person(&person).await?;
@@ -617,11 +636,13 @@ pub struct SampleRegister {
 async fn sample_register(
     State(state): State<AppState>,
     headers: HeaderMap,
+    client: Client,
     body: Result<JsonBody<SampleRegister>, ApiError>,
 ) -> Response {
     let result = async {
-        let principal = state.auth.authenticate(&headers).await?;
+        let principal = state.auth.authenticate(&headers, client).await?;
         let JsonBody(body) = body?;
+        validate::person_id("personId", &body.person_id).map_err(ApiError::Invalid)?;
         state.require(principal.may_write(&body.person_id), "not_owner")?;
         let targets = [
             ("voipToken", body.voip_token.as_deref(), "apns", Channel::Voip),
@@ -638,7 +659,6 @@ async fn sample_register(
             ));
         }
         // Validate everything before storing anything.
-        validate::person_id("personId", &body.person_id).map_err(ApiError::Invalid)?;
         for (field, token, platform, _) in &present {
             validate::sample_token(&state.providers, field, platform, token)
                 .map_err(ApiError::Invalid)?;
@@ -664,6 +684,7 @@ async fn sample_register(
                     environment: None,
                     device_id: device_id.clone(),
                     e2e: None,
+                    may_take: principal.may_take_tokens(),
                 })
                 .await?;
             registered.push(field);

@@ -252,6 +252,8 @@ pub struct AuthConfig {
     pub webex: WebexAuthConfig,
     /// JWTs from the customer's identity provider.
     pub jwt: JwtAuthConfig,
+    /// How many failed authentications one client may make before it is refused with 429.
+    pub failures: FailureLimitConfig,
     /// DEVELOPMENT ONLY: no authentication at all. Logged loudly.
     pub insecure_no_auth: bool,
 }
@@ -286,16 +288,51 @@ pub enum Scope {
     Admin,
 }
 
+/// `[auth.failures]`: failed authentications (a bearer that is refused with 401, not a
+/// missing one) counted per client address, in fixed windows. A client at the limit is
+/// refused with 429 and `Retry-After` until its window ends for anything that would fail
+/// or need a Webex look-up; valid API keys, valid JWTs and Webex tokens already known
+/// still pass.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailureLimitConfig {
+    /// Failed authentications one client may make per window; 0 turns the limit off.
+    pub limit: u32,
+    /// The window, seconds.
+    pub window_secs: u64,
+    /// Most clients remembered at once; past it, the clients whose window started first
+    /// are forgotten.
+    pub max_clients: usize,
+}
+
+impl Default for FailureLimitConfig {
+    fn default() -> Self {
+        FailureLimitConfig {
+            limit: 30,
+            window_secs: 60,
+            max_clients: 100_000,
+        }
+    }
+}
+
 /// `[auth.webex]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebexAuthConfig {
     /// Accept Webex access tokens (checked with `GET {base_url}/v1/people/me`).
     pub enabled: bool,
-    /// Webex API base URL.
+    /// Webex API base URL: `https://`, or `http://` to a loopback host (tests).
     pub base_url: String,
     /// How long a positive answer is reused, seconds.
     pub cache_secs: u64,
+    /// How long a token Webex refused is refused without asking again, seconds.
+    pub negative_cache_secs: u64,
+    /// Most answers kept in each cache (positive, negative); past it the entry closest to
+    /// expiring is dropped.
+    pub cache_entries: usize,
+    /// Most look-ups in flight at once (identical tokens share one); a request that cannot
+    /// start its look-up within `timeout_ms` gets 503.
+    pub max_concurrent_lookups: usize,
     /// Upper bound on the Webex call, milliseconds; past it the request gets 503.
     pub timeout_ms: u64,
     /// Extra CA certificates (PEM) to trust for `base_url`.
@@ -308,6 +345,9 @@ impl Default for WebexAuthConfig {
             enabled: false,
             base_url: "https://webexapis.com".into(),
             cache_secs: 60,
+            negative_cache_secs: 60,
+            cache_entries: 10_000,
+            max_concurrent_lookups: 16,
             timeout_ms: 3_000,
             ca_files: Vec::new(),
         }
@@ -326,6 +366,9 @@ pub struct JwtAuthConfig {
     pub audience: String,
     /// Clock skew allowed on `exp` and `nbf`, seconds.
     pub leeway_secs: u64,
+    /// Longest lifetime a token may claim, seconds: `exp` − `iat` (`exp` − now without
+    /// `iat`, or with an `iat` in the future); longer → 401.
+    pub max_lifetime_secs: u64,
 }
 
 impl Default for JwtAuthConfig {
@@ -335,6 +378,7 @@ impl Default for JwtAuthConfig {
             issuer: String::new(),
             audience: String::new(),
             leeway_secs: 30,
+            max_lifetime_secs: 86_400,
         }
     }
 }
@@ -348,10 +392,10 @@ pub struct JwtKey {
     /// Matched against the token's `kid` when both are set.
     #[serde(default)]
     pub kid: Option<String>,
-    /// The shared secret, for HS256.
+    /// The shared secret, for HS256: at least [`MIN_HS256_SECRET`] bytes.
     #[serde(default)]
     pub secret: Option<pipeline::config::Secret>,
-    /// A file holding the shared secret, for HS256.
+    /// A file holding the shared secret, for HS256 (the same minimum).
     #[serde(default)]
     pub secret_file: Option<std::path::PathBuf>,
     /// The public key (PEM), for RS256 and ES256.
@@ -368,6 +412,35 @@ pub enum JwtAlgorithm {
     RS256,
     /// ECDSA P-256 with SHA-256.
     ES256,
+}
+
+/// Shortest HS256 secret accepted, bytes: HMAC-SHA256's own output size, below which the
+/// secret, not the algorithm, is what an attacker guesses.
+pub const MIN_HS256_SECRET: usize = 32;
+
+/// A base URL the registry calls with credentials (`setting` names it): `https://`, or
+/// `http://` only to a loopback host (127.0.0.0/8, `[::1]`, `localhost`), where nothing
+/// crosses a network.
+pub fn check_base_url(setting: &str, url: &str) -> Result<(), ConfigError> {
+    let parsed = pipeline::provider_http::base_url(setting, url)?;
+    if parsed.scheme() == "https" || is_loopback(&parsed) {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        setting,
+        format!("`{url}` must be https:// (http:// is accepted only to a loopback host)"),
+    ))
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Parsed addresses.
@@ -456,13 +529,34 @@ impl Config {
                 ));
             }
         }
-        let webex = &self.auth.webex;
-        if webex.enabled
-            && !(webex.base_url.starts_with("https://") || webex.base_url.starts_with("http://"))
-        {
+        if jwt.max_lifetime_secs == 0 {
             return Err(ConfigError::invalid(
-                "auth.webex.base_url",
-                "must be an http(s) URL",
+                "auth.jwt.max_lifetime_secs",
+                "must be positive",
+            ));
+        }
+        crate::auth::check_jwt_keys(jwt)?;
+        let webex = &self.auth.webex;
+        if webex.enabled {
+            check_base_url("auth.webex.base_url", &webex.base_url)?;
+            if webex.max_concurrent_lookups == 0 {
+                return Err(ConfigError::invalid(
+                    "auth.webex.max_concurrent_lookups",
+                    "must be positive",
+                ));
+            }
+            if webex.cache_entries == 0 {
+                return Err(ConfigError::invalid(
+                    "auth.webex.cache_entries",
+                    "must be positive",
+                ));
+            }
+        }
+        let failures = &self.auth.failures;
+        if failures.limit > 0 && (failures.window_secs == 0 || failures.max_clients == 0) {
+            return Err(ConfigError::invalid(
+                "auth.failures",
+                "window_secs and max_clients must be positive when limit is set",
             ));
         }
         let any_mode = !self.auth.api_keys.is_empty() || !jwt.keys.is_empty() || webex.enabled;
@@ -526,6 +620,69 @@ mod tests {
             error.to_string().contains("devices.default_apps.web-push"),
             "{error}"
         );
+    }
+
+    fn with_api_key() -> Config {
+        let mut config = Config::default();
+        config.auth.api_keys = vec![ApiKey {
+            name: "test".into(),
+            sha256: "ab".repeat(32),
+            scopes: vec![Scope::Register],
+        }];
+        config
+    }
+
+    #[test]
+    fn a_short_hs256_secret_is_refused_naming_the_setting() {
+        let mut config = with_api_key();
+        config.auth.jwt.issuer = "https://idp.example.com".into();
+        config.auth.jwt.audience = "pushline".into();
+        let key = |secret: &str| JwtKey {
+            algorithm: JwtAlgorithm::HS256,
+            kid: None,
+            secret: Some(pipeline::config::Secret::new(secret)),
+            secret_file: None,
+            public_key_file: None,
+        };
+        config.auth.jwt.keys = vec![key(&"s".repeat(MIN_HS256_SECRET - 1))];
+        let error = config.resolve().expect_err("31 bytes");
+        assert!(
+            error.to_string().contains("auth.jwt.keys[0].secret"),
+            "{error}"
+        );
+        config.auth.jwt.keys = vec![key(&"s".repeat(MIN_HS256_SECRET))];
+        config.resolve().expect("32 bytes");
+    }
+
+    #[test]
+    fn webex_base_urls_are_https_or_plain_http_to_loopback_only() {
+        for ok in [
+            "https://webexapis.com",
+            "http://127.0.0.1:8080",
+            "http://127.8.9.10",
+            "http://[::1]:9000",
+            "http://localhost:1234/",
+            "http://LOCALHOST",
+        ] {
+            check_base_url("auth.webex.base_url", ok).expect(ok);
+        }
+        for bad in [
+            "http://webexapis.com",
+            "http://10.0.0.1",
+            "http://[::ffff:10.0.0.1]",
+            "http://localhost.example.com",
+            "http://127.0.0.1.nip.io",
+            "ftp://127.0.0.1",
+            "webexapis.com",
+        ] {
+            let error = check_base_url("auth.webex.base_url", bad).expect_err(bad);
+            assert!(error.to_string().contains("auth.webex.base_url"), "{error}");
+        }
+        let mut config = with_api_key();
+        config.auth.webex.enabled = true;
+        config.auth.webex.base_url = "http://webexapis.com".into();
+        let error = config.resolve().expect_err("plain http to a remote host");
+        assert!(error.to_string().contains("auth.webex.base_url"), "{error}");
     }
 
     #[test]

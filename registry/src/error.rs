@@ -29,6 +29,16 @@ pub enum ApiError {
     /// The person is at the device limit and the app refuses new devices.
     #[error("{0}")]
     DeviceLimit(String),
+    /// The token is registered to another person on an app that is not multi-user, and
+    /// the caller is that person's rival, not a service.
+    #[error(
+        "the token is registered to another person; it moves only when that person removes it or an app backend (API key) registers it"
+    )]
+    TokenHeld,
+    /// The client failed to authenticate too often; it may try again after this many
+    /// seconds.
+    #[error("too many failed authentications from this client; retry later")]
+    TooManyFailures(u64),
     /// Redis failed; details are logged.
     #[error("device store unavailable; retry later")]
     Unavailable,
@@ -45,6 +55,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => "too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::DeviceLimit(_) => "device_limit",
+            ApiError::TokenHeld => "token_held",
+            ApiError::TooManyFailures(_) => "too_many_failures",
             ApiError::Unavailable => "unavailable",
         }
     }
@@ -57,7 +69,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::DeviceLimit(_) => StatusCode::CONFLICT,
+            ApiError::DeviceLimit(_) | ApiError::TokenHeld => StatusCode::CONFLICT,
+            ApiError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -75,11 +88,16 @@ impl IntoResponse for ApiError {
         let body = Json(serde_json::json!({
             "error": { "code": self.code(), "message": self.to_string() }
         }));
+        let retry_after = match self {
+            ApiError::Unavailable => Some(1),
+            ApiError::TooManyFailures(secs) => Some(secs.max(1)),
+            _ => None,
+        };
         let mut response = (self.status(), body).into_response();
-        if matches!(self, ApiError::Unavailable) {
+        if let Some(secs) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(1),
+                axum::http::HeaderValue::from(secs),
             );
         }
         response

@@ -21,7 +21,9 @@
 //! old owner, the new owner), and no Redis deployment makes that atomic. The rule is
 //! **intent first, one owner at a time**:
 //!
-//! 1. the index is set to the new owner *followed by every person the token is leaving*;
+//! 1. the index is set to the new owner *followed by every person the token is leaving*
+//!    (one script on the index: [`Rules::refuse_move`] is decided by the same script, so no
+//!    registration can slip in between the check and the intent);
 //! 2. the token is removed from each person it is leaving;
 //! 3. the token is added to the new owner (one script, with the eviction and expiry rules);
 //! 4. the index is set to the new owner alone.
@@ -44,12 +46,16 @@
 //!
 //! Per-app rules ([`Rules`]) decide what a registration does to the person's other
 //! devices (one device per person; refuse or evict beyond the limit) and whether a token
-//! held by another person moves (the default) or is shared (multi-user devices: the
-//! index then names every holder, and each holder's registration lives and expires on
-//! its own).
+//! held by another person moves (the default), is refused ([`Rules::refuse_move`]: a
+//! person registering on an app that is not multi-user) or is shared (multi-user devices:
+//! the index then names every holder, and each holder's registration lives and expires
+//! on its own).
 //!
-//! Person ids are stored in canonical form ([`crate::person::canonical`]): a Webex base64
-//! id and its bare uuid address the same keys.
+//! Person ids are stored in canonical form ([`crate::person::parse`]): a Webex base64
+//! id and its bare uuid address the same keys. The index separates persons with tabs and
+//! newlines and the keys put them between braces, so a person id is checked by the one
+//! person-id rule (no control characters, no braces) before any key is built from it: a
+//! registration for an id that fails it is an error, a read or delete of one finds nothing.
 //!
 //! Expiry: every registration refreshes `refreshed` and the keys' TTL. Registrations
 //! older than the TTL are invisible to reads at once and removed by the next write to
@@ -161,6 +167,9 @@ pub struct Rules {
     pub single_device: bool,
     /// At the device limit a new device is refused instead of evicting the oldest.
     pub refuse_over_limit: bool,
+    /// A token another person owns is refused ([`Registered::held`]) instead of moved.
+    /// Ignored with `multi_user` (the token is shared, nobody loses it).
+    pub refuse_move: bool,
 }
 
 /// The result of a registration.
@@ -171,6 +180,9 @@ pub struct Registered {
     /// Refused: the person is at the device limit and the app refuses new devices. Nothing
     /// was registered (registrations that had expired were still removed).
     pub refused: bool,
+    /// Refused: another person owns the token and [`Rules::refuse_move`] was set.
+    /// Nothing was changed.
+    pub held: bool,
     /// The token belonged to another person and was moved.
     pub moved_from: Option<String>,
     /// Registrations of the same person removed to make room or because they expired.
@@ -216,6 +228,7 @@ struct Scripts {
     live: Script,
     index_drop: Script,
     index_join: Script,
+    index_claim: Script,
 }
 
 /// Adds or refreshes the token `ARGV[1]` (attributes `ARGV[2]`, device `ARGV[6]`, app
@@ -392,6 +405,41 @@ redis.call('SET', KEYS[1], first .. '\t' .. ARGV[1] .. rest, 'PX', ARGV[2])
 return 1
 "#;
 
+/// Claims the token index `KEYS[1]` for the person `ARGV[1]` on an app that is not
+/// multi-user: with `ARGV[3]` = 1 and another person among the owners, returns nil and
+/// changes nothing; else returns everyone else the index names (owners, then persons an
+/// interrupted move was leaving) and, when there is anyone, sets the index to the intent
+/// `ARGV[1]` followed by them, one per line, with a TTL of `ARGV[2]` ms. The parsing is
+/// [`IndexEntry::parse`]'s.
+const INDEX_CLAIM: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return {} end
+local lines = {}
+for l in string.gmatch(v, '[^\n]+') do table.insert(lines, l) end
+if #lines == 0 then return {} end
+local leaving, seen = {}, {[ARGV[1]] = true}
+local owners = 0
+for h in string.gmatch(lines[1], '[^\t]+') do
+  owners = owners + 1
+  if not seen[h] then
+    if ARGV[3] == '1' then return false end
+    seen[h] = true
+    table.insert(leaving, h)
+  end
+end
+if owners == 0 then return {} end
+for i = 2, #lines do
+  if not seen[lines[i]] then
+    seen[lines[i]] = true
+    table.insert(leaving, lines[i])
+  end
+end
+if #leaving > 0 then
+  redis.call('SET', KEYS[1], ARGV[1] .. '\n' .. table.concat(leaving, '\n'), 'PX', ARGV[2])
+end
+return leaving
+"#;
+
 /// What the token index says: who holds the token, and the persons it is being moved
 /// away from (a move that was interrupted; see the module's rule).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -473,6 +521,12 @@ pub fn token_key(prefix: &str, token: &str) -> String {
     format!("{prefix}token:{{{token}}}")
 }
 
+/// The id `person` is stored under, or none when it is not a person id (nobody is stored
+/// under it, so reads find nothing and deletes remove nothing).
+fn stored_id(person: &str) -> Option<String> {
+    crate::person::parse("person_id", person).ok()
+}
+
 fn encode_error(e: serde_json::Error) -> StoreError {
     redis::RedisError::from((
         redis::ErrorKind::Client,
@@ -495,6 +549,7 @@ impl Store {
                 live: Script::new(LIVE),
                 index_drop: Script::new(INDEX_DROP),
                 index_join: Script::new(INDEX_JOIN),
+                index_claim: Script::new(INDEX_CLAIM),
             }),
         }
     }
@@ -505,7 +560,9 @@ impl Store {
 
     /// Registers or refreshes `token` for `person` as part of the device named in
     /// `attrs` (or its own device), by the app's `rules`: a token another person holds is
-    /// moved (by the rule in the module documentation) or, on a multi-user device, shared.
+    /// moved (by the rule in the module documentation), refused, or, on a multi-user
+    /// device, shared. A `person` that is not a valid person id is an error, before any
+    /// key is built from it.
     pub async fn register(
         &self,
         token: &str,
@@ -514,7 +571,9 @@ impl Store {
         now_ms: u64,
         rules: Rules,
     ) -> Result<Registered, StoreError> {
-        let person = &*crate::person::canonical(person);
+        let person = &*crate::person::parse("person_id", person).map_err(|problem| {
+            redis::RedisError::from((redis::ErrorKind::Client, "not a person id", problem))
+        })?;
         let index = token_key(&self.prefix, token);
         let mut moved_from = None;
         if rules.multi_user {
@@ -528,23 +587,26 @@ impl Store {
                 .invoke_async(&mut redis)
                 .await?;
         } else {
-            let leaving: Vec<String> = self
-                .index_entry(token)
-                .await?
-                .map(|entry| {
-                    entry
-                        .holders()
-                        .filter(|p| *p != person)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut redis = self.redis.clone();
+            let claimed: Option<Vec<String>> = self
+                .scripts
+                .index_claim
+                .key(&index)
+                .arg(person)
+                .arg(self.ttl_ms())
+                .arg(u8::from(rules.refuse_move))
+                .invoke_async(&mut redis)
+                .await?;
+            let Some(leaving) = claimed else {
+                return Ok(Registered {
+                    created: false,
+                    refused: false,
+                    held: true,
+                    moved_from: None,
+                    removed: Vec::new(),
+                });
+            };
             if !leaving.is_empty() {
-                let intent = IndexEntry {
-                    owners: vec![person.to_owned()],
-                    leaving: leaving.clone(),
-                };
-                self.set_index(&index, &intent.value()).await?;
                 for (n, old) in leaving.iter().enumerate() {
                     if self.remove_from(old, token, None).await? == Pruned::Removed && n == 0 {
                         moved_from = Some(old.clone());
@@ -605,6 +667,7 @@ impl Store {
         Ok(Registered {
             created: first == 1,
             refused,
+            held: false,
             moved_from,
             removed,
         })
@@ -716,8 +779,10 @@ impl Store {
     /// Removes the device holding `token` from `person` only (a person logging out of a
     /// shared device). Returns how many registrations were removed.
     pub async fn remove_for(&self, token: &str, person: &str) -> Result<usize, StoreError> {
-        let person = &*crate::person::canonical(person);
-        Ok(self.remove_device_of(person, token).await?.len())
+        let Some(person) = stored_id(person) else {
+            return Ok(0);
+        };
+        Ok(self.remove_device_of(&person, token).await?.len())
     }
 
     /// Prunes `token` after a provider rejected it at `invalid_since_ms`, from everyone
@@ -757,7 +822,10 @@ impl Store {
 
     /// The live (not expired) devices of `person`, oldest registration first.
     pub async fn devices(&self, person: &str, now_ms: u64) -> Result<Vec<Device>, StoreError> {
-        let person = &*crate::person::canonical(person);
+        let Some(person) = stored_id(person) else {
+            return Ok(Vec::new());
+        };
+        let person = &*person;
         let keys = person_keys(&self.prefix, person);
         let mut redis = self.redis.clone();
         let since = now_ms.saturating_sub(self.ttl_ms());
@@ -789,7 +857,10 @@ impl Store {
 
     /// Removes every device of `person`; returns how many tokens.
     pub async fn remove_person(&self, person: &str) -> Result<usize, StoreError> {
-        let person = &*crate::person::canonical(person);
+        let Some(person) = stored_id(person) else {
+            return Ok(0);
+        };
+        let person = &*person;
         let keys = person_keys(&self.prefix, person);
         let mut redis = self.redis.clone();
         let tokens: Vec<String> = redis.hkeys(&keys.devices).await?;

@@ -99,6 +99,10 @@ fn secret_from(
     }
 }
 
+/// Largest Webex webhooks API answer read, bytes: a list of 1,000 webhooks is well
+/// under it.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
 /// A webhook as the Webex API shows it (the fields pushline reads).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -141,12 +145,7 @@ pub enum Ensured {
 impl Client {
     /// A client for `config` (the token and secret are read here).
     pub fn new(config: &WebhooksConfig) -> Result<Self, ConfigError> {
-        if !(config.base_url.starts_with("https://") || config.base_url.starts_with("http://")) {
-            return Err(ConfigError::invalid(
-                "webex_webhooks.base_url",
-                "must be an http(s) URL",
-            ));
-        }
+        crate::config::check_base_url("webex_webhooks.base_url", &config.base_url)?;
         if !config.target_url.starts_with("https://") && !config.target_url.starts_with("http://") {
             return Err(ConfigError::invalid(
                 "webex_webhooks.target_url",
@@ -171,6 +170,8 @@ impl Client {
             &config.access_token_file,
         )?;
         let secret = secret_from("webex_webhooks.secret", &config.secret, &config.secret_file)?;
+        // The shared builder follows no redirects (`provider_http::no_redirects`): the
+        // access token goes to `base_url` and nowhere a 3xx points.
         let options = pipeline::provider_http::ClientOptions {
             ca_files: config.ca_files.clone(),
             request_timeout: Duration::from_millis(config.timeout_ms.max(1)),
@@ -196,7 +197,14 @@ impl Client {
             .await
             .map_err(|e| format!("{what}: {e}"))?;
         let status = response.status();
-        let body = response.bytes().await.unwrap_or_default();
+        let body = pipeline::provider_http::read_bounded(response, MAX_ANSWER)
+            .await
+            .map_err(|error| match error {
+                pipeline::provider_http::BodyError::Transfer(e) => {
+                    format!("{what}: unreadable answer: {}", e.without_url())
+                }
+                too_long => format!("{what}: {too_long}"),
+            })?;
         if !status.is_success() {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()

@@ -38,7 +38,16 @@ proptest! {
 
     #[test]
     fn canonical_ids_are_stable(value in "[A-Za-z0-9+/=_-]{0,80}") {
-        let once = person::canonical(&value).into_owned();
-        prop_assert_eq!(person::canonical(&once).into_owned(), once);
+        if let Ok(once) = person::canonical(&value) {
+            let once = once.into_owned();
+            prop_assert_eq!(person::canonical(&once).map(|c| c.into_owned()), Ok(once));
+        }
+    }
+
+    #[test]
+    fn parsed_person_ids_never_carry_the_stores_separators(value in any::<String>()) {
+        if let Ok(id) = person::parse("p", &value) {
+            prop_assert!(!id.contains(['{', '}', '\t', '\n']), "{id:?}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 const ALICE_UUID: &str = "0b7a9f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
 const BOB_UUID: &str = "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a";
-const JWT_SECRET: &str = "customer-idp-shared-secret";
+const JWT_SECRET: &str = "customer-idp-shared-secret-of-32-bytes-or-more";
 const ISSUER: &str = "https://idp.example.com";
 const AUDIENCE: &str = "pushline";
 
@@ -80,6 +80,10 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+async fn fixture_with(adjust: impl FnOnce(&mut registry::config::Config)) -> Fixture {
     let env = Env::start();
     let webex = MockWebexPeople::start().await;
     let dir = tempfile::tempdir().expect("dir");
@@ -113,6 +117,7 @@ async fn fixture() -> Fixture {
             public_key_file: Some(public),
         },
     ];
+    adjust(&mut config);
     let registry = start_registry(config).await;
     registry.wait_ready().await;
     webex.grant("alice-webex-token", &webex_id(ALICE_UUID));
@@ -378,4 +383,271 @@ async fn api_keys_act_only_within_their_scopes() {
         .expect("GET");
     assert_eq!(missing.status(), 401);
     assert_eq!(refusals(r, "missing_credentials").await, 1);
+}
+
+async fn counter(registry: &Service, series: &str) -> u64 {
+    let needle = format!("{series} ");
+    registry
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn tokens_of(registry: &Service, person: &str) -> Vec<String> {
+    let body: Value = list(registry, "admin-key", person)
+        .await
+        .json()
+        .await
+        .expect("json");
+    body["devices"]
+        .as_array()
+        .map(|devices| {
+            devices
+                .iter()
+                .filter_map(|d| d["token"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn jwt_with(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("jwt")
+}
+
+#[tokio::test]
+async fn identical_bogus_webex_tokens_sent_at_once_cost_one_look_up() {
+    // The failure limit, tested on its own below, would answer the later requests itself.
+    let f = fixture_with(|config| config.auth.failures.limit = 0).await;
+    let url = f.registry.url(&format!("/v1/persons/{ALICE_UUID}/devices"));
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let url = url.clone();
+        requests.spawn(async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth("made-up-webex-token")
+                .send()
+                .await
+                .expect("GET")
+                .status()
+        });
+    }
+    let statuses = requests.join_all().await;
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(
+        f.webex.calls() <= 1,
+        "{} look-ups for one token",
+        f.webex.calls()
+    );
+    // Refused tokens are remembered: asking again costs nothing either.
+    assert_eq!(
+        list(&f.registry, "made-up-webex-token", ALICE_UUID)
+            .await
+            .status(),
+        401
+    );
+    assert!(f.webex.calls() <= 1);
+    assert_eq!(refusals(&f.registry, "webex_rejected").await, 31);
+    // A real token is still looked up.
+    assert_eq!(
+        list(&f.registry, "alice-webex-token", ALICE_UUID)
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_failing_gets_429_and_webex_is_not_asked() {
+    let f = fixture_with(|config| {
+        config.auth.failures.limit = 5;
+        config.auth.failures.window_secs = 600;
+    })
+    .await;
+    for n in 0..5 {
+        let bogus = format!("guess-{n}");
+        assert_eq!(list(&f.registry, &bogus, ALICE_UUID).await.status(), 401);
+    }
+    assert_eq!(f.webex.calls(), 5);
+    let limited = list(&f.registry, "guess-5", ALICE_UUID).await;
+    assert_eq!(limited.status(), 429);
+    let retry_after: u64 = limited
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=600).contains(&retry_after), "{retry_after}");
+    let body: Value = limited.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "too_many_failures");
+    assert_eq!(f.webex.calls(), 5, "no look-up for a client at the limit");
+    let forged = jwt_hs256("carol", 300, "another-service");
+    assert_eq!(
+        put(&f.registry, &forged, &token(1), "carol").await.status(),
+        429
+    );
+    assert_eq!(refusals(&f.registry, "too_many_failures").await, 2);
+    // Working credentials from the same client still work.
+    assert_eq!(
+        list(&f.registry, "admin-key", ALICE_UUID).await.status(),
+        200
+    );
+    let carol = jwt_hs256("carol", 300, AUDIENCE);
+    assert_eq!(
+        put(&f.registry, &carol, &token(1), "carol").await.status(),
+        201
+    );
+}
+
+#[tokio::test]
+async fn a_jwt_subject_is_taken_as_it_is_never_decoded_into_another_person() {
+    let f = fixture().await;
+    let r = &f.registry;
+    assert_eq!(put(r, "admin-key", &token(1), "alice").await.status(), 201);
+    assert_eq!(
+        put(r, "alice-webex-token", &token(2), ALICE_UUID)
+            .await
+            .status(),
+        201
+    );
+    let b64url = |uri: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uri);
+    let as_alice = jwt_hs256(&b64url("ciscospark://us/PEOPLE/ALICE"), 300, AUDIENCE);
+    assert_eq!(list(r, &as_alice, "alice").await.status(), 403);
+    assert_eq!(put(r, &as_alice, &token(3), "alice").await.status(), 403);
+    let as_alice_uuid = jwt_hs256(
+        &b64url(&format!("ciscospark://us/PEOPLE/{ALICE_UUID}")),
+        300,
+        AUDIENCE,
+    );
+    assert_eq!(list(r, &as_alice_uuid, ALICE_UUID).await.status(), 403);
+    assert_eq!(
+        put(r, &as_alice_uuid, &token(4), ALICE_UUID).await.status(),
+        403
+    );
+    assert_eq!(tokens_of(r, "alice").await, vec![token(1)]);
+    assert_eq!(tokens_of(r, ALICE_UUID).await, vec![token(2)]);
+}
+
+#[tokio::test]
+async fn a_person_cannot_take_a_token_registered_to_another_person() {
+    let f = fixture().await;
+    let r = &f.registry;
+    let carol = jwt_hs256("carol", 300, AUDIENCE);
+    let dave = jwt_hs256("dave", 300, AUDIENCE);
+    assert_eq!(put(r, &carol, &token(1), "carol").await.status(), 201);
+    let taken = put(r, &dave, &token(1), "dave").await;
+    assert_eq!(taken.status(), 409);
+    let body: Value = taken.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "token_held");
+    assert_eq!(
+        tokens_of(r, "carol").await,
+        vec![token(1)],
+        "carol keeps it"
+    );
+    assert!(tokens_of(r, "dave").await.is_empty());
+    assert_eq!(refusals(r, "token_held").await, 1);
+    assert_eq!(
+        counter(
+            r,
+            r#"pushline_device_operations_total{operation="register",outcome="token_held"}"#
+        )
+        .await,
+        1
+    );
+    // Carol refreshing her own token is not a move.
+    assert_eq!(put(r, &carol, &token(1), "carol").await.status(), 200);
+    // An app backend vouches for the device: the token moves.
+    assert_eq!(put(r, "write-key", &token(1), "dave").await.status(), 201);
+    assert!(tokens_of(r, "carol").await.is_empty());
+    assert_eq!(tokens_of(r, "dave").await, vec![token(1)]);
+}
+
+#[tokio::test]
+async fn on_a_multi_user_app_a_second_person_shares_the_token() {
+    let f = fixture_with(|config| {
+        config.devices.apps.insert(
+            harness::services::APNS_APP.into(),
+            registry::config::AppPolicy {
+                multi_user: true,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let r = &f.registry;
+    let carol = jwt_hs256("carol", 300, AUDIENCE);
+    let dave = jwt_hs256("dave", 300, AUDIENCE);
+    assert_eq!(put(r, &carol, &token(1), "carol").await.status(), 201);
+    assert_eq!(put(r, &dave, &token(1), "dave").await.status(), 201);
+    assert_eq!(tokens_of(r, "carol").await, vec![token(1)]);
+    assert_eq!(tokens_of(r, "dave").await, vec![token(1)]);
+}
+
+#[tokio::test]
+async fn a_jwt_living_longer_than_the_maximum_is_refused() {
+    let f = fixture().await;
+    let now = pipeline::contract::now_ms() / 1000;
+    let ten_years = 10 * 365 * 86_400;
+    let claims = |iat: Option<u64>, exp: u64| {
+        let mut claims = json!({"sub": "carol", "iss": ISSUER, "aud": AUDIENCE, "exp": exp});
+        if let Some(iat) = iat {
+            claims["iat"] = json!(iat);
+        }
+        jwt_with(claims)
+    };
+    for (what, token_) in [
+        (
+            "iat now, exp in ten years",
+            claims(Some(now), now + ten_years),
+        ),
+        ("no iat, exp in two days", claims(None, now + 2 * 86_400)),
+        (
+            "iat in the future",
+            claims(Some(now + ten_years - 60), now + ten_years),
+        ),
+    ] {
+        assert_eq!(
+            put(&f.registry, &token_, &token(1), "carol").await.status(),
+            401,
+            "{what}"
+        );
+    }
+    assert_eq!(refusals(&f.registry, "jwt_lifetime_too_long").await, 3);
+    let day = claims(Some(now), now + 86_400);
+    assert_eq!(
+        put(&f.registry, &day, &token(1), "carol").await.status(),
+        201
+    );
+}
+
+#[tokio::test]
+async fn a_short_hs256_secret_stops_the_registry_at_start_naming_the_setting() {
+    let env = Env::start();
+    let mut config = env.registry_config();
+    config.auth.jwt.issuer = ISSUER.into();
+    config.auth.jwt.audience = AUDIENCE.into();
+    config.auth.jwt.keys = vec![JwtKey {
+        algorithm: JwtAlgorithm::HS256,
+        kid: None,
+        secret: Some(pipeline::config::Secret::new("customer-idp-shared-secret")),
+        secret_file: None,
+        public_key_file: None,
+    }];
+    let shutdown = pipeline::CancellationToken::new();
+    let run = registry::run(config, shutdown.clone());
+    let error = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect("refused at start, not served")
+        .expect_err("a 26-byte secret");
+    assert!(
+        error.to_string().contains("auth.jwt.keys[0].secret"),
+        "{error}"
+    );
 }

@@ -709,3 +709,62 @@ async fn an_interrupted_move_is_finished_by_the_next_operation_on_the_token() {
         Vec::<String>::new()
     );
 }
+
+#[tokio::test]
+async fn a_base64_id_that_decodes_to_anything_but_a_person_is_refused_and_creates_no_key() {
+    use base64::Engine as _;
+    let env = Env::start();
+    let registry = started(&env).await;
+    let b64 = |uri: &str| base64::engine::general_purpose::STANDARD_NO_PAD.encode(uri);
+    for uri in [
+        "ciscospark://us/PEOPLE/x}\ty\nz",
+        "ciscospark://us/ROOM/0b7a9f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+        "ciscospark://us/PEOPLE/ALICE",
+    ] {
+        let response = put_device(
+            &registry,
+            &apns_token(1),
+            json!({"person_id": b64(uri), "platform": "apns"}),
+        )
+        .await;
+        assert_eq!(response.status(), 400, "{uri:?}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "invalid");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("`person_id`"), "{message}");
+        let sample = client()
+            .post(registry.url("/register"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"voipToken": apns_token(2), "personId": b64(uri)}))
+            .send()
+            .await
+            .expect("POST /register");
+        assert_eq!(sample.status(), 400, "{uri:?}");
+    }
+    let mut redis = redis::Client::open(env.redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut redis)
+        .await
+        .expect("KEYS");
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains("person:") && !k.contains("token:")),
+        "{keys:?}"
+    );
+
+    // A Webex person id registered in base64 still rings when addressed by its uuid.
+    let uuid = "0b7a9f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+    let response = put_device(
+        &registry,
+        &apns_token(3),
+        json!({"person_id": b64(&format!("ciscospark://us/PEOPLE/{uuid}")), "platform": "apns"}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(tokens(&devices(&registry, uuid).await), [apns_token(3)]);
+}
