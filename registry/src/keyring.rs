@@ -1,11 +1,12 @@
 //! Device keys at rest: every end-to-end key a device registers is sealed with
 //! AES-256-GCM under a key-encryption key (KEK) from configuration before it reaches Redis.
 //!
-//! A sealed key reads `v1.<kek id>.<BASE64URL(nonce ‖ ciphertext ‖ tag)>`; the device's
-//! token is the additional authenticated data, so a sealed key copied onto another
-//! device's record does not open. The first configured KEK seals; every configured KEK
-//! opens, so a KEK is rotated by putting the new one first and keeping the old ones until
-//! every device has registered again (or expired).
+//! A sealed key reads `v1.<kek id>.<BASE64URL(nonce ‖ ciphertext ‖ tag)>`; the additional
+//! authenticated data is `"pushline-device-key\0" ‖ token` (a label, a zero byte, the
+//! device's token), so a sealed key copied onto another device's record does not open,
+//! and nothing else sealed under the same KEK opens as a device key. The first configured
+//! KEK seals; every configured KEK opens, so a KEK is rotated by putting the new one first
+//! and keeping the old ones until every device has registered again (or expired).
 
 use std::path::PathBuf;
 
@@ -109,6 +110,8 @@ impl Keyring {
         !self.keys.is_empty()
     }
 
+    /// The additional authenticated data of `token`'s key. The format of every stored
+    /// seal: changing it would leave them unopenable.
     fn aad(token: &str) -> Vec<u8> {
         let mut aad = b"pushline-device-key\0".to_vec();
         aad.extend_from_slice(token.as_bytes());
@@ -208,6 +211,26 @@ mod tests {
             rotated.unseal("tok", "v1.k2025.AAAA"),
             Err(UnsealError::Damaged)
         );
+    }
+
+    #[test]
+    fn the_aad_is_the_label_a_zero_byte_and_the_token_as_documented() {
+        let keyring = Keyring::from_config(&[kek("k", 3)]).expect("keyring");
+        let sealed = keyring
+            .seal("tok", &ContentKey::from_bytes([9; 32]))
+            .expect("seal");
+        let body = sealed.strip_prefix("v1.k.").expect("format");
+        let bytes = URL_SAFE_NO_PAD.decode(body).expect("base64url");
+        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+        let open = |aad: &[u8]| {
+            let kek = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[3; 32]).expect("kek"));
+            let nonce = Nonce::try_assume_unique_for_key(nonce).expect("nonce");
+            let mut in_out = ciphertext.to_vec();
+            kek.open_in_place(nonce, Aad::from(aad), &mut in_out)
+                .map(|plain| plain.to_vec())
+        };
+        assert_eq!(open(b"pushline-device-key\0tok"), Ok(vec![9; 32]));
+        assert!(open(b"tok").is_err(), "the token alone is not the AAD");
     }
 
     #[test]
