@@ -45,6 +45,8 @@ admin_listen = "127.0.0.1:$INGEST_ADMIN"
 secrets = ["schemathesis-webhook-secret"]
 [producers]
 keys = [{ name = "schemathesis", sha256 = "$(sha $PRODUCER_KEY)", rate_per_sec = 100000.0, burst = 100000 }]
+status_rate_per_sec = 100000.0
+status_burst = 100000
 [nats]
 url = "nats://127.0.0.1:$NATS"
 [telemetry]
@@ -60,6 +62,8 @@ default_apns_app = "com.example.pushline"
 default_fcm_app = "pushline-local"
 default_apps = { webpush = "web.pushline-local" }
 key_encryption_keys = [{ id = "ci", key = "$(head -c 32 /dev/urandom | base64)" }]
+[endpoints]
+private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH"]
 [auth]
 api_keys = [{ name = "schemathesis", sha256 = "$(sha $API_KEY)", scopes = ["admin"] }]
 [nats]
@@ -125,6 +129,8 @@ cat >"$WORK/webpush.toml" <<TOML
 admin_listen = "127.0.0.1:$WEBPUSH_ADMIN"
 [webpush]
 ca_files = ["$WORK/mock/ca.pem"]
+[webpush.endpoints]
+private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH"]
 [[webpush.apps]]
 app = "web.pushline-local"
 subject = "mailto:ops@example.com"

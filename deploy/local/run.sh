@@ -109,6 +109,8 @@ default_apns_app = "$BUNDLE"
 default_fcm_app = "$PROJECT"
 default_apps = { webpush = "$WEB_APP" }
 default_environment = "sandbox"
+[endpoints]
+private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH_PORT"]
 [auth]
 api_keys = [{ name = "local", sha256 = "$KEY_HASH" }]
 [nats]
@@ -150,6 +152,8 @@ cat >"$WORK/dispatcher-webpush.toml" <<TOML
 admin_listen = "$WEBPUSH_ADMIN"
 [webpush]
 ca_files = ["$WORK/mock/ca.pem"]
+[webpush.endpoints]
+private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH_PORT"]
 [[webpush.apps]]
 app = "$WEB_APP"
 subject = "mailto:ops@example.com"

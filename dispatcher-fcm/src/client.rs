@@ -121,12 +121,12 @@ async fn delivered(response: reqwest::Response) -> Verdict {
     struct Accepted {
         name: String,
     }
-    let id = response
-        .bytes()
-        .await
-        .ok()
-        .and_then(|body| serde_json::from_slice::<Accepted>(&body).ok())
-        .map(|accepted| accepted.name);
+    let id =
+        pipeline::provider_http::read_bounded(response, pipeline::provider_http::MAX_ERROR_BODY)
+            .await
+            .ok()
+            .and_then(|body| serde_json::from_slice::<Accepted>(&body).ok())
+            .map(|accepted| accepted.name);
     Verdict::Delivered { id }
 }
 

@@ -198,10 +198,14 @@ impl TokenSource {
                 ..error(format!("status {status}"))
             });
         }
-        let body: TokenResponse = response
-            .json()
-            .await
-            .map_err(|e| error(format!("bad response: {e}")))?;
+        let body = pipeline::provider_http::read_bounded(
+            response,
+            pipeline::provider_http::MAX_ERROR_BODY,
+        )
+        .await
+        .map_err(|e| error(format!("bad response: {e}")))?;
+        let body: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| error(format!("bad response: {e}")))?;
         let lifetime = Duration::from_secs(body.expires_in);
         let refresh_in = lifetime.saturating_sub(self.margin).max(lifetime / 2);
         tracing::info!(expires_in = body.expires_in, "FCM access token refreshed");

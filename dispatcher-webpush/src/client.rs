@@ -14,14 +14,24 @@
 //! | 413 | payload too large: dead letter |
 //! | 401, 403 | the push service refuses the VAPID credential: dead letter |
 //! | other 4xx | dead letter |
+//!
+//! Before any of that, the endpoint is held to `webpush.endpoints` ([`pipeline::egress`]):
+//! one the policy refuses is dead-lettered (`endpoint_not_allowed`) without a connection;
+//! a push service origin with `max_in_flight_per_origin` pushes in flight gets the next
+//! one a second later (`origin_busy`), so one slow origin cannot hold every slot.
+//! Public endpoints go through a client that trusts public roots only and resolves names
+//! to public addresses only; `endpoints.private_origins` through one that trusts
+//! `webpush.ca_files`. Neither follows redirects, and answers are read bounded.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pipeline::admin::BoxFuture;
 use pipeline::config::ConfigError;
 use pipeline::contract::{Class, PushJob, now_ms};
 use pipeline::dispatch::{Provider, Verdict};
+use pipeline::egress::{EgressPolicy, PublicResolver, Route};
 use pipeline::provider_http::{self, ClientOptions};
 
 use crate::config::WebPushConfig;
@@ -44,18 +54,81 @@ impl App {
 
 /// Sends Web Push messages for the configured apps.
 pub struct WebPushProvider {
-    client: reqwest::Client,
+    /// Public endpoints: public roots, public addresses.
+    public: reqwest::Client,
+    /// `endpoints.private_origins`: the configured CAs too, any address.
+    private: reqwest::Client,
+    policy: EgressPolicy,
+    origins: OriginSlots,
     apps: HashMap<String, App>,
 }
 
+/// Pushes in flight per origin, at most `cap` each; an origin with none is forgotten.
+struct OriginSlots {
+    cap: usize,
+    held: Mutex<HashMap<String, usize>>,
+}
+
+/// One push's slot at its origin, given back when dropped.
+struct OriginSlot<'a> {
+    slots: &'a OriginSlots,
+    origin: String,
+}
+
+impl OriginSlots {
+    fn new(cap: usize) -> Self {
+        OriginSlots {
+            cap,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn try_take(&self, origin: String) -> Option<OriginSlot<'_>> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(origin.clone()).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(OriginSlot {
+            slots: self,
+            origin,
+        })
+    }
+}
+
+impl Drop for OriginSlot<'_> {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.origin) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.origin);
+            }
+        }
+    }
+}
+
 impl WebPushProvider {
-    /// Reads every app's key and builds the client.
+    /// Reads every app's key and builds the clients.
     pub fn new(config: &WebPushConfig) -> Result<Self, ConfigError> {
-        let client = provider_http::negotiating_client(&ClientOptions {
-            ca_files: config.ca_files.clone(),
-            request_timeout: Duration::from_millis(config.request_timeout_ms),
-            ca_setting: "webpush.ca_files",
-        })?;
+        let policy = EgressPolicy::new("webpush.endpoints", &config.endpoints)?;
+        let client = |ca_files: Vec<std::path::PathBuf>, public: bool| {
+            let options = ClientOptions {
+                ca_files,
+                request_timeout: Duration::from_millis(config.request_timeout_ms),
+                ca_setting: "webpush.ca_files",
+            };
+            let mut builder = provider_http::negotiating_builder(&options)?
+                .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_secs))
+                .pool_max_idle_per_host(config.max_idle_per_origin);
+            if public {
+                builder = builder.dns_resolver(PublicResolver::shared());
+            }
+            provider_http::finish(&options, builder)
+        };
+        let public = client(Vec::new(), true)?;
+        let private = client(config.ca_files.clone(), false)?;
         let mut apps = HashMap::new();
         for (i, app) in config.apps.iter().enumerate() {
             let vapid = Vapid::new(&app.key_text(i)?, &app.subject, config.token_lifetime_secs)
@@ -68,7 +141,13 @@ impl WebPushProvider {
             tracing::info!(app = %app.app, public_key = vapid.public_key(), "Web Push app");
             apps.insert(app.app.clone(), App { vapid });
         }
-        Ok(WebPushProvider { client, apps })
+        Ok(WebPushProvider {
+            public,
+            private,
+            policy,
+            origins: OriginSlots::new(config.max_in_flight_per_origin),
+            apps,
+        })
     }
 
     /// The configured apps.
@@ -157,6 +236,24 @@ impl Provider for WebPushProvider {
         let Ok(endpoint) = reqwest::Url::parse(&job.token) else {
             return reject("bad_subscription", "the endpoint is not a URL");
         };
+        let client = match self.policy.route(&endpoint) {
+            Ok(Route::Public) => &self.public,
+            Ok(Route::Private) => &self.private,
+            Err(refusal) => {
+                return reject("endpoint_not_allowed", format!("the endpoint {refusal}"));
+            }
+        };
+        let origin = vapid::origin(&endpoint);
+        let Some(_slot) = self.origins.try_take(origin.clone()) else {
+            return Verdict::Retry {
+                reason: "origin_busy",
+                detail: format!(
+                    "{} pushes already in flight to this push service",
+                    self.origins.cap
+                ),
+                retry_after: Some(Duration::from_secs(1)),
+            };
+        };
         let payload = job.part.payload.get();
         if payload.len() > MAX_PAYLOAD_BYTES {
             return reject(
@@ -177,9 +274,8 @@ impl Provider for WebPushProvider {
         } else {
             job.part.urgency
         };
-        let mut request = self
-            .client
-            .post(endpoint.clone())
+        let mut request = client
+            .post(endpoint)
             .header(
                 "ttl",
                 (job.deadline_ms.saturating_sub(now) / 1000).to_string(),
@@ -189,8 +285,7 @@ impl Provider for WebPushProvider {
             .header("content-type", "application/octet-stream")
             .header(
                 "authorization",
-                app.vapid
-                    .authorization(&vapid::origin(&endpoint), now / 1000),
+                app.vapid.authorization(&origin, now / 1000),
             )
             .body(body);
         if let Some(topic) = &job.part.topic {
@@ -227,6 +322,19 @@ impl Provider for WebPushProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_origin_holds_at_most_its_share_of_slots() {
+        let slots = OriginSlots::new(2);
+        let a1 = slots.try_take("https://a.example".into()).expect("first");
+        let _a2 = slots.try_take("https://a.example".into()).expect("second");
+        assert!(slots.try_take("https://a.example".into()).is_none());
+        assert!(slots.try_take("https://b.example".into()).is_some());
+        drop(a1);
+        assert!(slots.try_take("https://a.example".into()).is_some());
+        // Every slot given back: nothing is remembered.
+        assert!(slots.held.lock().expect("lock").is_empty());
+    }
 
     #[test]
     fn answers_map_to_verdicts() {

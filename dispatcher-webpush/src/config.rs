@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use pipeline::config::{
     ConfigError, NatsConfig, Secret, TelemetryConfig, WorkerConfig, parse_addr,
 };
+use pipeline::egress::{EgressPolicy, EndpointsConfig};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
@@ -46,8 +47,21 @@ impl Default for Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebPushConfig {
-    /// Extra CA certificates (PEM) to trust, e.g. a local push service's.
+    /// Where subscriptions' endpoints may point (`[webpush.endpoints]`): checked before
+    /// every push, and a push to a name connects only to its public addresses. Keep it
+    /// equal to the registry's `[endpoints]`, which checks the same at registration.
+    pub endpoints: EndpointsConfig,
+    /// Extra CA certificates (PEM) to trust, e.g. a local push service's: trusted for
+    /// `endpoints.private_origins` only, never for other endpoints.
     pub ca_files: Vec<PathBuf>,
+    /// Most pushes in flight to one push service origin at once; a push beyond it is
+    /// retried a second later, so a slow origin holds at most this many of the worker's
+    /// `concurrency` slots.
+    pub max_in_flight_per_origin: usize,
+    /// Most idle connections kept per origin.
+    pub max_idle_per_origin: usize,
+    /// An idle pooled connection is closed after this many seconds.
+    pub pool_idle_timeout_secs: u64,
     /// Upper bound on one request, milliseconds.
     pub request_timeout_ms: u64,
     /// Lifetime of a VAPID token, seconds (at most a day, RFC 8292 §2).
@@ -59,7 +73,11 @@ pub struct WebPushConfig {
 impl Default for WebPushConfig {
     fn default() -> Self {
         WebPushConfig {
+            endpoints: EndpointsConfig::default(),
             ca_files: Vec::new(),
+            max_in_flight_per_origin: 128,
+            max_idle_per_origin: 16,
+            pool_idle_timeout_secs: 90,
             request_timeout_ms: 5_000,
             token_lifetime_secs: 12 * 3_600,
             apps: Vec::new(),
@@ -117,6 +135,22 @@ impl Config {
         self.worker.validate("worker")?;
         self.prune_guard.validate()?;
         let w = &self.webpush;
+        EgressPolicy::new("webpush.endpoints", &w.endpoints)?;
+        for (setting, value) in [
+            (
+                "webpush.max_in_flight_per_origin",
+                w.max_in_flight_per_origin,
+            ),
+            ("webpush.max_idle_per_origin", w.max_idle_per_origin),
+            (
+                "webpush.pool_idle_timeout_secs",
+                w.pool_idle_timeout_secs as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(setting, "must be positive"));
+            }
+        }
         if w.request_timeout_ms == 0 {
             return Err(ConfigError::invalid(
                 "webpush.request_timeout_ms",

@@ -192,6 +192,12 @@ impl Spec for WebPush {
         Ok(())
     }
 
+    /// The endpoint is where the dispatcher POSTs: registration holds it to the
+    /// deployment's endpoint policy.
+    fn endpoint(&self, token: &str) -> Option<reqwest::Url> {
+        reqwest::Url::parse(token).ok()
+    }
+
     fn check_keys(
         &self,
         field: &str,

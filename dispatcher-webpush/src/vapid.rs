@@ -3,9 +3,12 @@
 //! `exp` at most 24 hours ahead, signed by the app's application server key.
 //!
 //! A push service sees many pushes from one app, so a token is signed once per origin and
-//! reused until it is within a quarter of its lifetime of `exp`.
+//! reused until it is within a quarter of its lifetime of `exp`. Origins come from
+//! subscriptions, which users choose: the cache keeps at most [`MAX_CACHED_ORIGINS`]
+//! (by default), forgetting the least recently used.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine as _;
@@ -19,13 +22,24 @@ use p256::pkcs8::DecodePrivateKey;
 #[error("not a P-256 application server key (PKCS#8 PEM, or 32 bytes in base64url): {0}")]
 pub struct KeyError(String);
 
+/// Most origins whose token an app keeps.
+pub const MAX_CACHED_ORIGINS: usize = 1_024;
+
+/// A signed token, its `exp` and when it was last used (seconds).
+struct Cached {
+    exp: u64,
+    token: Arc<str>,
+    used: AtomicU64,
+}
+
 /// One app's application server key and its tokens, by origin.
 pub struct Vapid {
     key: SigningKey,
     public: String,
     subject: String,
     lifetime_secs: u64,
-    tokens: RwLock<HashMap<String, (u64, Arc<str>)>>,
+    cache_limit: usize,
+    tokens: RwLock<HashMap<String, Cached>>,
 }
 
 impl std::fmt::Debug for Vapid {
@@ -56,8 +70,15 @@ impl Vapid {
             public,
             subject: subject.to_owned(),
             lifetime_secs: lifetime_secs.clamp(60, 86_400),
+            cache_limit: MAX_CACHED_ORIGINS,
             tokens: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// The same key keeping at most `origins` tokens (at least one).
+    pub fn with_cache_limit(mut self, origins: usize) -> Self {
+        self.cache_limit = origins.max(1);
+        self
     }
 
     /// The application server's public key, base64url (what browsers subscribe with as
@@ -78,19 +99,34 @@ impl Vapid {
     fn token(&self, origin: &str, now_secs: u64) -> Arc<str> {
         let fresh = |exp: u64| exp > now_secs + self.lifetime_secs / 4;
         if let Ok(tokens) = self.tokens.read() {
-            if let Some((exp, token)) = tokens.get(origin) {
-                if fresh(*exp) {
-                    return token.clone();
+            if let Some(cached) = tokens.get(origin) {
+                if fresh(cached.exp) {
+                    cached.used.store(now_secs, Ordering::Relaxed);
+                    return cached.token.clone();
                 }
             }
         }
         let exp = now_secs + self.lifetime_secs;
         let token: Arc<str> = Arc::from(self.sign(origin, exp));
         if let Ok(mut tokens) = self.tokens.write() {
-            // Origins a deployment pushes to are few (one per browser vendor); forget
-            // expired ones so a stray endpoint cannot grow this.
-            tokens.retain(|_, (exp, _)| fresh(*exp));
-            tokens.insert(origin.to_owned(), (exp, token.clone()));
+            tokens.retain(|_, cached| fresh(cached.exp));
+            if tokens.len() >= self.cache_limit && !tokens.contains_key(origin) {
+                let least_recent = tokens
+                    .iter()
+                    .min_by_key(|(_, cached)| cached.used.load(Ordering::Relaxed))
+                    .map(|(origin, _)| origin.clone());
+                if let Some(least_recent) = least_recent {
+                    tokens.remove(&least_recent);
+                }
+            }
+            tokens.insert(
+                origin.to_owned(),
+                Cached {
+                    exp,
+                    token: token.clone(),
+                    used: AtomicU64::new(now_secs),
+                },
+            );
         }
         token
     }
@@ -124,6 +160,28 @@ mod tests {
     fn claims(token: &str) -> serde_json::Value {
         let claims = token.split('.').nth(1).expect("claims");
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).expect("b64")).expect("json")
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_origins_only() {
+        let vapid = Vapid::new(KEY, "mailto:ops@example.com", 43_200)
+            .expect("key")
+            .with_cache_limit(3);
+        let now = 1_000_000;
+        let kept = vapid.token("https://a.example", now);
+        for (i, origin) in ["https://b.example", "https://c.example"]
+            .iter()
+            .enumerate()
+        {
+            vapid.token(origin, now + 1 + i as u64);
+        }
+        // `a` is used again, so `b` is the least recently used when `d` comes.
+        assert_eq!(vapid.token("https://a.example", now + 10), kept);
+        vapid.token("https://d.example", now + 11);
+        let tokens = vapid.tokens.read().expect("lock");
+        assert_eq!(tokens.len(), 3);
+        assert!(tokens.contains_key("https://a.example"));
+        assert!(!tokens.contains_key("https://b.example"));
     }
 
     #[test]

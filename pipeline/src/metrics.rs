@@ -49,9 +49,14 @@ pub struct Catalogue {
     /// `idle`: nothing sent or received for `idle_timeout_ms`).
     pub http_connections_closed: IntCounterVec,
 
+    /// `pushline_endpoints_refused_total{platform,reason}`: registrations refused because
+    /// their endpoint points where the endpoint policy does not allow (`not_https`,
+    /// `not_public`, `not_allowed`, `unresolvable`).
+    pub endpoints_refused: IntCounterVec,
+
     /// `pushline_webhooks_received_total{source,outcome}`: every webhook by what became of it
-    /// (`accepted`, `duplicate`, `ignored`, `unauthorized`, `invalid`, `too_large`,
-    /// `unsupported_media_type`, `unavailable`).
+    /// (`accepted`, `duplicate`, `ignored`, `expired`, `stale`, `unauthorized`, `invalid`,
+    /// `too_large`, `unsupported_media_type`, `overloaded`, `unavailable`).
     pub webhooks_received: IntCounterVec,
     /// `pushline_events_published_total{source,resource,class}`.
     pub events_published: IntCounterVec,
@@ -186,6 +191,12 @@ impl Metrics {
                 "pushline_http_connections_closed_total",
                 "Connections the public listener closed itself, by reason.",
                 &["service", "reason"],
+            ),
+            endpoints_refused: counter(
+                &r,
+                "pushline_endpoints_refused_total",
+                "Registrations refused for where their endpoint points, by reason.",
+                &["platform", "reason"],
             ),
             webhooks_received: counter(
                 &r,

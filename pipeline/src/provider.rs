@@ -65,6 +65,13 @@ pub trait Spec: Send + Sync + 'static {
     /// Checks a device's token in the provider's format; the message names `field`.
     fn check_token(&self, field: &str, token: &str) -> Result<(), String>;
 
+    /// The URL a push to this device connects to, when the device chose it (a Web Push
+    /// subscription's endpoint): the registry holds it to [`crate::egress`]'s policy.
+    /// `None` for providers whose devices are reached through the provider's own host.
+    fn endpoint(&self, _token: &str) -> Option<reqwest::Url> {
+        None
+    }
+
     /// Checks what else a device registers to be reached (a Web Push subscription's
     /// keys), returning it as it is to be stored. Providers that need nothing refuse any.
     fn check_keys(

@@ -34,11 +34,38 @@ pub fn negotiating_client(options: &ClientOptions) -> Result<reqwest::Client, Co
     build(options, None, false)
 }
 
+/// The builder [`negotiating_client`] finishes, for a client that needs more (a resolver
+/// of its own, a pool that forgets idle hosts): finish it with [`finish`].
+pub fn negotiating_builder(options: &ClientOptions) -> Result<reqwest::ClientBuilder, ConfigError> {
+    builder(options, None, false)
+}
+
+/// Builds the client of a builder from [`negotiating_builder`].
+pub fn finish(
+    options: &ClientOptions,
+    builder: reqwest::ClientBuilder,
+) -> Result<reqwest::Client, ConfigError> {
+    builder.build().map_err(|e| {
+        ConfigError::invalid(
+            options.ca_setting,
+            format!("cannot build the HTTP client: {e}"),
+        )
+    })
+}
+
 fn build(
     options: &ClientOptions,
     identity: Option<reqwest::Identity>,
     http2_only: bool,
 ) -> Result<reqwest::Client, ConfigError> {
+    finish(options, builder(options, identity, http2_only)?)
+}
+
+fn builder(
+    options: &ClientOptions,
+    identity: Option<reqwest::Identity>,
+    http2_only: bool,
+) -> Result<reqwest::ClientBuilder, ConfigError> {
     let mut builder = reqwest::Client::builder().use_rustls_tls();
     if http2_only {
         builder = builder.http2_prior_knowledge();
@@ -69,12 +96,7 @@ fn build(
     if let Some(identity) = identity {
         builder = builder.identity(identity);
     }
-    builder.build().map_err(|e| {
-        ConfigError::invalid(
-            options.ca_setting,
-            format!("cannot build the HTTP/2 client: {e}"),
-        )
-    })
+    Ok(builder)
 }
 
 /// Largest error answer read from a provider, bytes: every provider's error body is a
@@ -193,6 +215,85 @@ mod tests {
             with_path(&base, &["a/b"]).as_str(),
             "https://fcm.example:8443/prefix/a%2Fb"
         );
+    }
+
+    /// A peer answering 500 with a body that never ends (64 MiB here), chunked: the
+    /// reader gives up at the limit and the connection is dropped, so the peer cannot
+    /// send the rest.
+    #[tokio::test]
+    async fn an_endless_error_answer_is_dropped_at_the_limit() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        const ENDLESS: usize = 64 << 20;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut head = [0u8; 4096];
+            let _ = socket.read(&mut head).await;
+            let chunk = format!("10000\r\n{}\r\n", "a".repeat(0x10000));
+            let mut sent = 0;
+            if socket
+                .write_all(b"HTTP/1.1 500 Oops\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return sent;
+            }
+            while sent < ENDLESS && socket.write_all(chunk.as_bytes()).await.is_ok() {
+                sent += 0x10000;
+            }
+            sent
+        });
+        let client = reqwest::Client::new();
+        let response = client
+            .post(format!("http://{addr}/push"))
+            .send()
+            .await
+            .expect("answer");
+        let error = read_bounded(response, MAX_ERROR_BODY)
+            .await
+            .expect_err("too long");
+        assert!(matches!(
+            error,
+            BodyError::TooLong {
+                limit: MAX_ERROR_BODY
+            }
+        ));
+        drop(client);
+        let sent = peer.await.expect("peer");
+        assert!(
+            sent < ENDLESS / 4,
+            "the connection was dropped: the peer got {sent} bytes out"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_declaring_a_long_body_is_refused_before_reading() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut head = [0u8; 4096];
+            let _ = socket.read(&mut head).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 500 Oops\r\ncontent-length: 67108864\r\n\r\n{")
+                .await;
+            let _ = socket.read(&mut head).await;
+        });
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/push"))
+            .send()
+            .await
+            .expect("answer");
+        assert!(matches!(
+            read_bounded(response, MAX_ERROR_BODY).await,
+            Err(BodyError::TooLong { .. })
+        ));
     }
 
     #[test]

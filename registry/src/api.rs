@@ -268,6 +268,29 @@ impl AppState {
         }
     }
 
+    /// A token that is a URL pushline will connect to must point where the deployment's
+    /// endpoint policy allows ([`pipeline::egress`]); refusals are counted by reason.
+    async fn check_endpoint(
+        &self,
+        spec: &dyn pipeline::provider::Spec,
+        field: &str,
+        token: &str,
+    ) -> Result<(), ApiError> {
+        let Some(url) = spec.endpoint(token) else {
+            return Ok(());
+        };
+        self.endpoints
+            .check_registration(&url)
+            .await
+            .map_err(|refusal| {
+                self.metrics
+                    .endpoints_refused
+                    .with_label_values(&[spec.name(), refusal.metric_reason()])
+                    .inc();
+                ApiError::Invalid(format!("`{field}`: the endpoint {refusal}"))
+            })
+    }
+
     /// Validates and stores one registration.
     async fn register_one(&self, r: Registration<'_>) -> Result<Registered, ApiError> {
         let Registration {
@@ -287,6 +310,7 @@ impl AppState {
             validate::provider(&self.providers, "platform", platform).map_err(ApiError::Invalid)?;
         spec.check_token(token_field, token)
             .map_err(ApiError::Invalid)?;
+        self.check_endpoint(spec, token_field, token).await?;
         let keys = spec
             .check_keys("subscription.keys", keys)
             .map_err(ApiError::Invalid)?

@@ -20,6 +20,12 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// Deepest JSON nesting accepted in a body; deeper → 400.
     pub max_json_depth: usize,
+    /// The public listener's bounds on connections (`[connections]`).
+    pub connections: pipeline::listener::ConnectionsConfig,
+    /// Where registered endpoints that pushline will connect to (Web Push subscriptions)
+    /// may point (`[endpoints]`); keep it equal to the Web Push dispatcher's
+    /// `webpush.endpoints`.
+    pub endpoints: pipeline::egress::EndpointsConfig,
     /// Redis.
     pub redis: RedisConfig,
     /// Device policies and defaults.
@@ -45,6 +51,8 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9081".into(),
             body_limit_bytes: 16 * 1024,
             max_json_depth: 16,
+            connections: pipeline::listener::ConnectionsConfig::default(),
+            endpoints: pipeline::egress::EndpointsConfig::default(),
             redis: RedisConfig::default(),
             devices: DevicesConfig::default(),
             auth: AuthConfig::default(),
@@ -458,6 +466,8 @@ impl Config {
         let listen = parse_addr("listen", &self.listen)?;
         let admin_listen = parse_addr("admin_listen", &self.admin_listen)?;
         self.nats.validate()?;
+        self.connections.validate()?;
+        pipeline::egress::EgressPolicy::new("endpoints", &self.endpoints)?;
         self.fanout.validate("fanout")?;
         self.prune.validate("prune")?;
         self.redis.validate()?;

@@ -58,6 +58,7 @@ pub struct AppState {
     keyring: Arc<keyring::Keyring>,
     body_limit: usize,
     max_json_depth: usize,
+    endpoints: Arc<pipeline::egress::EgressPolicy>,
     metrics: Metrics,
     providers: pipeline::provider::Providers,
 }
@@ -250,11 +251,23 @@ pub async fn serve(
         keyring,
         body_limit: config.body_limit_bytes,
         max_json_depth: config.max_json_depth,
-        metrics,
+        endpoints: Arc::new(pipeline::egress::EgressPolicy::new(
+            "endpoints",
+            &config.endpoints,
+        )?),
+        metrics: metrics.clone(),
         providers: providers::all(),
     };
     tracing::info!(listen = %api_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry listening");
-    let served = admin::serve(api_listener, api::router(state), shutdown.clone()).await;
+    let served = pipeline::listener::serve(
+        api_listener,
+        api::router(state),
+        &config.connections,
+        metrics,
+        SERVICE,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let _ = workers.await;
     if let Some(watchdog) = watchdog {

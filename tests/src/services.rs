@@ -35,6 +35,9 @@ pub struct Env {
     pub redis: RedisServer,
     /// Prefix of streams, subjects and Redis keys.
     pub prefix: String,
+    /// Ports reserved for this test's mock push services: the endpoint policy of the
+    /// registry and of Web Push dispatchers allows exactly these origins on loopback.
+    pub push_service_ports: Vec<u16>,
 }
 
 impl Env {
@@ -50,7 +53,16 @@ impl Env {
             nats: NatsServer::start(),
             redis: RedisServer::start_with(redis_args),
             prefix: format!("t{}_", rand::random::<u32>()),
+            push_service_ports: (0..2).map(|_| crate::servers::free_port()).collect(),
         }
+    }
+
+    /// The origins of this test's mock push services, as `endpoints.private_origins`.
+    pub fn push_service_origins(&self) -> Vec<String> {
+        self.push_service_ports
+            .iter()
+            .map(|port| format!("https://127.0.0.1:{port}"))
+            .collect()
     }
 
     /// NATS settings pointing at this test's server.
@@ -95,6 +107,7 @@ impl Env {
         config.redis.prefix = format!("{}:", self.prefix);
         config.devices.default_apns_app = APNS_APP.into();
         config.devices.default_fcm_app = FCM_APP.into();
+        config.endpoints.private_origins = self.push_service_origins();
         config.auth.api_keys = vec![registry::config::ApiKey {
             name: "test".into(),
             sha256: hex::encode(Sha256::digest(API_KEY.as_bytes())),

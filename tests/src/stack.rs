@@ -50,6 +50,8 @@ pub struct Stack {
     /// The configurations it started with.
     pub configs: Configs,
     http: reqwest::Client,
+    /// Mock push services started, to give each a port of `env.push_service_ports`.
+    push_services_started: std::sync::atomic::AtomicUsize,
 }
 
 impl Stack {
@@ -93,6 +95,7 @@ impl Stack {
             fcm,
             configs,
             http: reqwest::Client::new(),
+            push_services_started: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -148,10 +151,16 @@ impl Stack {
         use base64::Engine as _;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
         let public = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key_raw());
+        let ports = &self.env.push_service_ports;
+        let port = ports[self
+            .push_services_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % ports.len()];
+        let at = crate::mock::Listen::loopback(port);
         let service = if http1 {
-            MockPushService::start_push_service_http1(&self.providers.ca, &public).await
+            MockPushService::start_push_service_http1(&self.providers.ca, &public, &at).await
         } else {
-            MockPushService::start_push_service(&self.providers.ca, &public).await
+            MockPushService::start_push_service_at(&self.providers.ca, &public, &at).await
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let key_file = dir.path().join("vapid.pem");
@@ -163,6 +172,7 @@ impl Stack {
         };
         config.telemetry = self.configs.apns.telemetry.clone();
         config.webpush.ca_files = vec![ca_file];
+        config.webpush.endpoints.private_origins = self.env.push_service_origins();
         config.webpush.request_timeout_ms = 2_000;
         config.webpush.apps = vec![dispatcher_webpush::config::AppConfig {
             app: WEB_APP.into(),

@@ -90,6 +90,8 @@ pub enum Reply {
     },
     /// Wait, then answer as the inner reply (or success).
     Delay(Duration, Option<Box<Reply>>),
+    /// Answer with this redirect status (3xx) and `Location`.
+    Redirect(u16, String),
     /// Close the connection abruptly without answering.
     Drop,
     /// Send GOAWAY on the connection (it finishes open streams), then answer success.
@@ -517,6 +519,10 @@ async fn handle<B: Behaviour>(
             conn.drop.cancel();
             std::future::pending::<()>().await;
             unreachable!("the connection is dropped")
+        }
+        Some(Reply::Redirect(status, location)) => {
+            record(shared, conn, path, headers, body, at_us, status);
+            response(status, String::new(), &[("location".to_owned(), location)])
         }
         Some(Reply::Status {
             status,

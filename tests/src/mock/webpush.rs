@@ -65,16 +65,15 @@ impl MockPushService {
     }
 
     /// Like [`MockPushService::start_push_service`], speaking HTTP/1.1 only, as some push
-    /// services and proxies do.
-    pub async fn start_push_service_http1(ca: &TestCa, application_server_key: &str) -> Self {
-        Self::start_speaking(
-            Self::behaviour(application_server_key),
-            ca,
-            &super::Listen::loopback(0),
-            true,
-        )
-        .await
-        .with_origin()
+    /// services and proxies do, listening as `at` says.
+    pub async fn start_push_service_http1(
+        ca: &TestCa,
+        application_server_key: &str,
+        at: &super::Listen,
+    ) -> Self {
+        Self::start_speaking(Self::behaviour(application_server_key), ca, at, true)
+            .await
+            .with_origin()
     }
 
     /// Like [`MockPushService::start_push_service`], listening as `at` says.
