@@ -25,7 +25,10 @@
 //!
 //! When the buckets cannot be reached, ingest falls back to the per-replica bucket and the
 //! de-duplication window and logs a warning: producers are never refused because NATS
-//! key-value is briefly unavailable while events can still be stored.
+//! key-value is briefly unavailable while events can still be stored. Nor are they held:
+//! while NATS is not connected the buckets are not asked at all, and an answer that takes
+//! longer than [`SHARED_TIMEOUT`] is given up on, so an outage is met by the publish's own
+//! retry budget, not by a wait in front of it.
 
 use std::time::Duration;
 
@@ -38,6 +41,10 @@ use crate::producers::{Bucket, OverRate};
 
 /// Compare-and-set tries before giving up on the shared bucket.
 const CAS_TRIES: usize = 8;
+
+/// Longest wait for one shared-bucket operation (opening the buckets on first use
+/// included) before the request goes on without it.
+pub const SHARED_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Which stored ids a look-up is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +138,20 @@ impl Shared {
             .await
     }
 
+    /// Runs `operation` on the buckets unless NATS is not connected, for at most
+    /// [`SHARED_TIMEOUT`].
+    async fn bounded<T>(
+        &self,
+        operation: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        if self.js.client().connection_state() != async_nats::connection::State::Connected {
+            return Err("NATS is not connected".into());
+        }
+        tokio::time::timeout(SHARED_TIMEOUT, operation)
+            .await
+            .map_err(|_| format!("no answer within {SHARED_TIMEOUT:?}"))?
+    }
+
     async fn ids(&self, ids: Ids) -> Result<&Store, String> {
         let stores = self.stores().await?;
         Ok(match ids {
@@ -141,28 +162,46 @@ impl Shared {
 
     /// Whether an event with `event_id` was already stored.
     pub async fn seen(&self, ids: Ids, event_id: &str) -> Result<bool, String> {
-        self.ids(ids)
-            .await?
-            .get(event_id)
-            .await
-            .map(|value| value.is_some())
-            .map_err(|e| format!("stored event id: {e}"))
+        self.bounded(async {
+            self.ids(ids)
+                .await?
+                .get(event_id)
+                .await
+                .map(|value| value.is_some())
+                .map_err(|e| format!("stored event id: {e}"))
+        })
+        .await
     }
 
     /// Remembers that the event with `event_id` is stored.
     pub async fn remember(&self, ids: Ids, event_id: &str) -> Result<(), String> {
-        self.ids(ids)
-            .await?
-            .put(event_id, bytes::Bytes::new())
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("stored event id: {e}"))
+        self.bounded(async {
+            self.ids(ids)
+                .await?
+                .put(event_id, bytes::Bytes::new())
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("stored event id: {e}"))
+        })
+        .await
     }
 
     /// Takes `cost` tokens from the shared bucket named `producer` (`rate` per second up
     /// to `burst`) at `now_ms`: `Ok(Err(…))` is over the rate, `Err` means the bucket could
     /// not be reached.
     pub async fn take(
+        &self,
+        producer: &str,
+        rate: f64,
+        burst: f64,
+        cost: usize,
+        now_ms: u64,
+    ) -> Result<Result<(), OverRate>, String> {
+        self.bounded(self.take_unbounded(producer, rate, burst, cost, now_ms))
+            .await
+    }
+
+    async fn take_unbounded(
         &self,
         producer: &str,
         rate: f64,

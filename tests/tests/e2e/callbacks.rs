@@ -239,3 +239,62 @@ async fn a_pruned_token_whose_notice_cannot_be_stored_is_still_pruned_and_counte
     );
     assert!(received.calls.lock().expect("calls").is_empty());
 }
+
+#[tokio::test]
+async fn a_callback_receiver_answering_302_is_not_followed() {
+    #[derive(Default)]
+    struct Hits {
+        hook: Mutex<usize>,
+        elsewhere: Mutex<Vec<String>>,
+    }
+    let hits = Arc::new(Hits::default());
+    let app = Router::new()
+        .route(
+            "/hooks/pushline",
+            post(|State(hits): State<Arc<Hits>>| async move {
+                *hits.hook.lock().expect("hits") += 1;
+                (StatusCode::FOUND, [("location", "/internal/elsewhere")])
+            }),
+        )
+        .route(
+            "/internal/elsewhere",
+            axum::routing::any(
+                |State(hits): State<Arc<Hits>>, method: axum::http::Method| async move {
+                    hits.elsewhere
+                        .lock()
+                        .expect("hits")
+                        .push(method.to_string());
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(hits.clone());
+    let (addr, _stop) = harness::mock::serve_loopback(app).await;
+    let stack = Stack::start_with(|c| {
+        let producer = &mut c.ingest.producers.keys[0];
+        producer.callback_url = Some(format!("http://{addr}/hooks/pushline"));
+        producer.callback_secret = Some(Secret::new("plain-secret"));
+        c.ingest.callbacks.retry_base_ms = 20;
+    })
+    .await;
+    stack
+        .notify(
+            PRODUCER_KEY,
+            &serde_json::json!({
+                "person_ids": ["nobody-here"], "class": "alert",
+                "apns": {"payload": {"aps": {"alert": "hi"}}},
+                "idempotency_key": "redirected-callback",
+            }),
+        )
+        .await;
+
+    // The 302 is a failed try: retried at the same URL, never followed.
+    harness::wait::until_true("a retried callback", Duration::from_secs(15), || async {
+        *hits.hook.lock().expect("hits") >= 2
+    })
+    .await;
+    assert!(
+        hits.elsewhere.lock().expect("hits").is_empty(),
+        "the redirect was followed"
+    );
+}

@@ -14,6 +14,7 @@ mod producers;
 mod prune_guard;
 mod pushctl;
 mod registry;
+mod replays;
 mod topology;
 mod tracking;
 mod upgrade;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use harness::mock::apns::MockApns;
-use harness::services::PRODUCER_KEY;
+use harness::services::{Env, PRODUCER_KEY, Service, start_ingest};
 use harness::stack::Stack;
 use harness::webex::{apns_payload, fcm_payload, telephony_push};
 use pipeline::telemetry::token_tag;
@@ -18,6 +18,9 @@ const OTHER_PRODUCER_KEY: &str = "test-other-producer-key";
 
 async fn started() -> Stack {
     Stack::start_with(|c| {
+        // These tests poll the status; the look-up rate is tested on its own below.
+        c.ingest.producers.status_rate_per_sec = 1_000.0;
+        c.ingest.producers.status_burst = 1_000;
         c.ingest
             .producers
             .admin_keys
@@ -242,4 +245,126 @@ async fn producers_see_their_own_events_expire_or_find_no_device() {
         assert_eq!(own["event_id"], id.as_str());
         assert_eq!(get(&stack, &path, Some(OTHER_PRODUCER_KEY)).await.0, 404);
     }
+}
+
+async fn ingest_with(adjust: impl FnOnce(&mut ingest::config::ProducersConfig)) -> (Env, Service) {
+    let env = Env::start();
+    let mut config = env.ingest_config();
+    adjust(&mut config.producers);
+    let ingest = start_ingest(config).await;
+    ingest.wait_ready().await;
+    (env, ingest)
+}
+
+async fn get_from(ingest: &Service, path: &str) -> (u16, Option<String>, Value) {
+    let response = reqwest::Client::new()
+        .get(ingest.url(path))
+        .bearer_auth(PRODUCER_KEY)
+        .send()
+        .await
+        .expect("GET");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        status,
+        retry_after,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn status_lookups_over_the_rate_get_429_with_retry_after() {
+    let (_env, ingest) = ingest_with(|p| {
+        p.status_rate_per_sec = 0.01;
+        p.status_burst = 2;
+    })
+    .await;
+    let unknown = "/v1/events/0123456789abcdef0123456789abcdef";
+    assert_eq!(get_from(&ingest, unknown).await.0, 404);
+    assert_eq!(get_from(&ingest, "/v1/events?trace_id=t-1").await.0, 200);
+    for path in [unknown, "/v1/events?trace_id=t-1"] {
+        let (status, retry_after, body) = get_from(&ingest, path).await;
+        assert_eq!(status, 429, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "rate_limited");
+        let retry_after: u64 = retry_after.expect("Retry-After").parse().expect("secs");
+        assert!(retry_after >= 1, "{retry_after}");
+    }
+    Stack::wait_metrics(
+        &ingest,
+        &[r#"pushline_auth_refusals_total{reason="rate_limited",service="ingest"} 2"#],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_trace_lookup_is_bounded_and_says_it_was_truncated() {
+    let (_env, ingest) = ingest_with(|p| p.status_max_events = 2).await;
+    let notify = |persons: Value, key: &'static str, trace: &'static str| {
+        let url = ingest.url("/v1/notify");
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(PRODUCER_KEY)
+                .header("trackingid", trace)
+                .json(&serde_json::json!({
+                    "person_ids": persons, "class": "alert", "idempotency_key": key,
+                    "apns": {"payload": {"aps": {"alert": "hi"}}},
+                }))
+                .send()
+                .await
+                .expect("notify");
+            assert_eq!(response.status(), 200);
+            let answer: Value = response.json().await.expect("json");
+            answer["events"]
+                .as_array()
+                .expect("events")
+                .iter()
+                .map(|e| e["event_id"].as_str().expect("id").to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let many = notify(serde_json::json!(["p1", "p2", "p3"]), "many", "trace-many").await;
+    let one = notify(serde_json::json!(["p4"]), "one", "trace-one").await;
+
+    // Status records are written without waiting: read until they are there.
+    let read_until = |path: &'static str, done: fn(&Value) -> bool| {
+        let ingest = &ingest;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let (code, _, body) = get_from(ingest, path).await;
+                assert_eq!(code, 200, "{body}");
+                if done(&body) {
+                    return body;
+                }
+                assert!(std::time::Instant::now() < deadline, "{path}: {body:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let bounded = read_until("/v1/events?trace_id=trace-many", |b| b["truncated"] == true).await;
+    let listed: Vec<&str> = bounded["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["event_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(listed.len(), 2, "{bounded:#}");
+    assert!(
+        listed.iter().all(|id| many.iter().any(|m| m == id)),
+        "{bounded:#}"
+    );
+
+    let whole = read_until("/v1/events?trace_id=trace-one", |b| {
+        b["events"].as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    assert_eq!(whole["truncated"], false, "{whole:#}");
+    assert_eq!(whole["events"][0]["event_id"], one[0].as_str());
+    let (_, _, single) = get_from(&ingest, &format!("/v1/events/{}", one[0])).await;
+    assert_eq!(single["truncated"], false, "{single:#}");
 }
