@@ -96,10 +96,10 @@ impl AppState {
                 retry_after_secs: config.retry_after_secs,
                 producers_config: config.producers.clone(),
                 producers: producers::Producers::new(&config.producers),
-                topology: Topology::new(&config.nats, &providers::all().names()),
+                topology: providers::topology(&config.nats),
                 tracker: pipeline::tracking::Tracker::new(
                     publisher.client().clone(),
-                    Topology::new(&config.nats, &providers::all().names()),
+                    providers::topology(&config.nats),
                     config.nats.tracking,
                     metrics.clone(),
                 ),
@@ -293,7 +293,7 @@ pub async fn serve(
     }
     let metrics = Metrics::new(SERVICE);
     let client = pipeline::nats::connect(&config.nats, "pushline-ingest").await?;
-    let topology = Topology::new(&config.nats, &providers::all().names());
+    let topology = providers::topology(&config.nats);
     let publisher = Publisher::new(
         client.clone(),
         Duration::from_millis(config.nats.publish_timeout_ms),

@@ -224,6 +224,9 @@ pub struct NatsConfig {
     pub tracking_max_age_secs: u64,
     /// Upper bound on `STATUS`, bytes per replica; the oldest records go first.
     pub tracking_max_bytes: u64,
+    /// How long `INAPP` keeps an in-app message whatever its deadline, seconds: at least
+    /// the longest deadline producers may ask for (`producers.max_ttl_secs`).
+    pub inapp_max_age_secs: u64,
     /// Upper bound on one publish waiting for its JetStream ack, milliseconds.
     pub publish_timeout_ms: u64,
     /// ingest: how long a webhook's event is retried (leader election, server restart,
@@ -256,6 +259,7 @@ impl Default for NatsConfig {
             tracking: true,
             tracking_max_age_secs: 86_400,
             tracking_max_bytes: 1 << 30,
+            inapp_max_age_secs: 86_400,
             publish_timeout_ms: 2_000,
             publish_retry_budget_ms: 12_000,
             user: None,
@@ -296,6 +300,12 @@ impl NatsConfig {
         if self.tracking_max_age_secs < 60 {
             return Err(ConfigError::invalid(
                 "nats.tracking_max_age_secs",
+                "must be at least 60",
+            ));
+        }
+        if self.inapp_max_age_secs < 60 {
+            return Err(ConfigError::invalid(
+                "nats.inapp_max_age_secs",
                 "must be at least 60",
             ));
         }

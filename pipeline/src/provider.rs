@@ -65,6 +65,15 @@ pub trait Spec: Send + Sync + 'static {
     /// Checks a device's token in the provider's format; the message names `field`.
     fn check_token(&self, field: &str, token: &str) -> Result<(), String>;
 
+    /// Whether this provider's jobs are **held** for the device to take rather than sent
+    /// by a dispatcher: in-app messages, kept in the `INAPP` stream on the subject of the
+    /// device and person ([`crate::topology::Topology::inapp_subject`]) until a gateway
+    /// delivers them to the device's live connection (`docs/inapp.md`). Such a provider
+    /// has no push stream and no dispatcher.
+    fn held(&self) -> bool {
+        false
+    }
+
     /// The URL a push to this device connects to, when the device chose it (a Web Push
     /// subscription's endpoint): the registry holds it to [`crate::egress`]'s policy.
     /// `None` for providers whose devices are reached through the provider's own host.
@@ -172,6 +181,20 @@ impl Providers {
     /// Every provider's name.
     pub fn names(&self) -> Vec<&'static str> {
         self.iter().map(|spec| spec.name()).collect()
+    }
+
+    /// The names of the providers a dispatcher sends for (not [`Spec::held`]): one push
+    /// stream and one dispatcher each.
+    pub fn dispatched(&self) -> Vec<&'static str> {
+        self.iter()
+            .filter(|spec| !spec.held())
+            .map(|spec| spec.name())
+            .collect()
+    }
+
+    /// Whether any provider is [`Spec::held`] (the `INAPP` stream is then needed).
+    pub fn holds(&self) -> bool {
+        self.iter().any(|spec| spec.held())
     }
 
     /// `apns, fcm, …` for messages.

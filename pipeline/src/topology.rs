@@ -8,7 +8,11 @@
 //! | `DEAD`      | `dead.<stage>`               | limits     | (operators)      |
 //! | `STATUS`    | `status.e.<event>`, `status.t.<trace>` | limits (age, bytes) | (read by id) |
 //! | `CALLBACKS` | `callbacks.<producer>`, `callbacks.pruned.<app>` | work queue | `callbacks` |
+//! | `INAPP`     | `inapp.<device>.<person>`    | limits (age) | (read by subject: the gateway) |
 //!
+//! `INAPP` holds in-app messages until their devices take them (`docs/inapp.md`); it
+//! exists where a provider is held ([`crate::provider::Spec::held`],
+//! [`Topology::with_inapp`]).
 //! There is one push stream per provider (`PUSH_APNS`, `PUSH_FCM`, …), named from the
 //! provider's name ([`crate::provider`]); a topology knows the providers it was made with.
 //! With a prefix `p` (config `nats.prefix`) stream names become `pEVENTS` and subjects
@@ -43,6 +47,8 @@ pub enum StreamKind {
     Status,
     /// Producers' outcome callbacks still to be sent.
     Callbacks,
+    /// In-app messages, kept until their devices take them or they expire.
+    InApp,
 }
 
 impl StreamKind {
@@ -67,6 +73,7 @@ impl StreamKind {
             StreamKind::Dead => "DEAD".into(),
             StreamKind::Status => "STATUS".into(),
             StreamKind::Callbacks => "CALLBACKS".into(),
+            StreamKind::InApp => "INAPP".into(),
         }
     }
 
@@ -78,6 +85,7 @@ impl StreamKind {
             StreamKind::Dead => "dead.>".into(),
             StreamKind::Status => "status.>".into(),
             StreamKind::Callbacks => "callbacks.>".into(),
+            StreamKind::InApp => "inapp.*.*".into(),
         }
     }
 }
@@ -176,6 +184,8 @@ pub struct Topology {
     dead_max_age: Duration,
     status_max_age: Duration,
     status_max_bytes: i64,
+    inapp: bool,
+    inapp_max_age: Duration,
 }
 
 impl Topology {
@@ -190,7 +200,28 @@ impl Topology {
             dead_max_age: Duration::from_secs(config.dead_letter_max_age_days * 86_400),
             status_max_age: Duration::from_secs(config.tracking_max_age_secs),
             status_max_bytes: i64::try_from(config.tracking_max_bytes).unwrap_or(i64::MAX),
+            inapp: false,
+            inapp_max_age: Duration::from_secs(config.inapp_max_age_secs),
         }
+    }
+
+    /// The same topology with the `INAPP` stream, for a deployment with a held provider
+    /// (`providers::topology` decides).
+    pub fn with_inapp(mut self, inapp: bool) -> Self {
+        self.inapp = inapp;
+        self
+    }
+
+    /// `inapp.<device>.<person>`: where the in-app messages of `person` on the device whose
+    /// in-app token is `token` are kept (each id as [`id_token`], so no id is a wildcard
+    /// and one subject is one person on one device).
+    pub fn inapp_subject(&self, token: &str, person: &str) -> String {
+        format!(
+            "{}inapp.{}.{}",
+            self.prefix,
+            id_token(token),
+            id_token(person)
+        )
     }
 
     /// The configured prefix.
@@ -205,7 +236,11 @@ impl Topology {
 
     /// Every stream of this topology.
     pub fn streams(&self) -> Vec<StreamKind> {
-        StreamKind::all(&self.providers)
+        let mut all = StreamKind::all(&self.providers);
+        if self.inapp {
+            all.push(StreamKind::InApp);
+        }
+        all
     }
 
     /// The full stream name.
@@ -280,6 +315,21 @@ impl Topology {
                 max_age: self.status_max_age,
                 max_bytes: self.status_max_bytes,
                 discard: DiscardPolicy::Old,
+                ..Default::default()
+            };
+        }
+        if kind == StreamKind::InApp {
+            // Kept for every device until its deadline whoever reads it; read by subject
+            // (direct get), so the gateway needs no consumer per connection.
+            return StreamConfig {
+                name: self.stream_name(kind),
+                subjects: vec![format!("{}{}", self.prefix, kind.subject_filter())],
+                retention: RetentionPolicy::Limits,
+                storage: StorageType::File,
+                num_replicas: self.replicas,
+                duplicate_window: self.duplicate_window,
+                max_age: self.inapp_max_age,
+                allow_direct: true,
                 ..Default::default()
             };
         }
@@ -399,6 +449,7 @@ fn same_definition(current: &StreamConfig, desired: &StreamConfig) -> bool {
         && current.num_replicas == desired.num_replicas
         && current.duplicate_window == desired.duplicate_window
         && current.max_age == desired.max_age
+        && current.allow_direct == desired.allow_direct
         && (desired.max_bytes <= 0 || current.max_bytes == desired.max_bytes)
 }
 

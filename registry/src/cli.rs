@@ -138,7 +138,7 @@ fn filters(words: &[&str]) -> Result<(Filter, bool), String> {
 
 /// Runs `command` and returns what to print.
 pub async fn execute(command: &Command, config: &Config) -> Result<String, String> {
-    let topology = Topology::new(&config.nats, &providers::all().names());
+    let topology = providers::topology(&config.nats);
     let js = || async {
         let client = pipeline::nats::connect(&config.nats, "pushctl")
             .await

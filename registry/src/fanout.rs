@@ -1,5 +1,6 @@
 //! The fan-out stage: one `Event` from `EVENTS` → one `PushJob` per matching device on
-//! its provider's stream (`PUSH_<PROVIDER>`).
+//! its provider's stream (`PUSH_<PROVIDER>`), or, for in-app devices, on the device's
+//! subject of `INAPP`, where it waits for the device (`docs/inapp.md`).
 //!
 //! A device gets an event when the event has a part for the device's provider and the
 //! provider wants the event's class on the device's channel
@@ -187,6 +188,15 @@ impl Fanout {
         (jobs, skipped)
     }
 
+    /// Where `job` is stored: its provider's push stream, or, for a held provider
+    /// (in-app), the `INAPP` subject of its device and person.
+    fn subject(&self, event: &Event, job: &PushJob) -> String {
+        match self.providers.get(&job.platform) {
+            Some(spec) if spec.held() => self.topology.inapp_subject(&job.token, &event.person_id),
+            _ => self.topology.push_subject(&job.platform, job.environment),
+        }
+    }
+
     async fn publish_jobs(&self, event: &Event, jobs: &[PushJob]) -> Result<(), String> {
         let headers = event.trace_id.as_deref().map(|trace| {
             let mut headers = async_nats::HeaderMap::new();
@@ -196,7 +206,7 @@ impl Fanout {
         let headers = &headers;
         let sends = jobs.iter().map(|job| async move {
             let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
-            let subject = self.topology.push_subject(&job.platform, job.environment);
+            let subject = self.subject(event, job);
             pipeline::nats::publish_stored(
                 &self.js,
                 &subject,

@@ -168,7 +168,7 @@ pub async fn serve(
     );
     let client = pipeline::nats::connect(&config.nats, "pushline-registry").await?;
     let js = pipeline::topology::jetstream(client.clone());
-    let topology = Topology::new(&config.nats, &providers::all().names());
+    let topology = providers::topology(&config.nats);
 
     let tracker = pipeline::tracking::Tracker::new(
         client.clone(),

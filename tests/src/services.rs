@@ -123,7 +123,7 @@ impl Env {
 
     /// The topology under this test's prefix.
     pub fn topology(&self) -> Topology {
-        Topology::new(&self.nats_config(), &providers::all().names())
+        providers::topology(&self.nats_config())
     }
 
     /// A JetStream context on this test's server.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use harness::servers::NatsServer;
 use pipeline::config::NatsConfig;
-use pipeline::topology::{StreamKind, Topology};
+use pipeline::topology::StreamKind;
 
 #[tokio::test]
 async fn many_replicas_setting_up_streams_at_once_leave_the_server_running() {
@@ -15,7 +15,7 @@ async fn many_replicas_setting_up_streams_at_once_leave_the_server_running() {
         url: nats.url(),
         ..NatsConfig::default()
     };
-    let topology = Topology::new(&config, &providers::all().names());
+    let topology = providers::topology(&config);
     let mut replicas = Vec::new();
     for _ in 0..16 {
         let client = async_nats::connect(nats.url()).await.expect("connect");
@@ -58,22 +58,22 @@ async fn a_changed_definition_is_applied_and_an_unchanged_one_left_alone() {
         url: nats.url(),
         ..NatsConfig::default()
     };
-    Topology::new(&config, &providers::all().names())
+    providers::topology(&config)
         .ensure(&js)
         .await
         .expect("create");
-    Topology::new(&config, &providers::all().names())
+    providers::topology(&config)
         .ensure(&js)
         .await
         .expect("unchanged");
     config.duplicate_window_secs = 300;
-    Topology::new(&config, &providers::all().names())
+    providers::topology(&config)
         .ensure(&js)
         .await
         .expect("update");
     let stream = js
         .get_stream(
-            Topology::new(&config, &providers::all().names()).stream_name(StreamKind::Events),
+            providers::topology(&config).stream_name(StreamKind::Events),
         )
         .await
         .expect("stream");
@@ -90,7 +90,7 @@ async fn readiness_asks_the_server_for_every_stream_and_consumer() {
         url: nats.url(),
         ..NatsConfig::default()
     };
-    let topology = Topology::new(&config, &providers::all().names());
+    let topology = providers::topology(&config);
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client.clone());
     let kind = pipeline::topology::ConsumerKind::Dispatch("fcm");
