@@ -49,6 +49,18 @@ pub struct Catalogue {
     /// `idle`: nothing sent or received for `idle_timeout_ms`).
     pub http_connections_closed: IntCounterVec,
 
+    /// `pushline_inapp_connections{transport,app}`: apps' live connections on a gateway.
+    pub inapp_connections: IntGaugeVec,
+    /// `pushline_inapp_messages_total{app,outcome}`: in-app messages by what the gateway
+    /// did (`sent`, `acknowledged`, `expired`: skipped, past their deadline).
+    pub inapp_messages: IntCounterVec,
+    /// `pushline_inapp_catchup_messages{transport}`: messages a connection got from its
+    /// backlog when it connected.
+    pub inapp_catchup: HistogramVec,
+    /// `pushline_inapp_closed_total{transport,reason}`: connections closed, by why
+    /// (`docs/inapp.md` closing codes; `client` when the client closed).
+    pub inapp_closed: IntCounterVec,
+
     /// `pushline_endpoints_refused_total{platform,reason}`: registrations refused because
     /// their endpoint points where the endpoint policy does not allow (`not_https`,
     /// `not_public`, `not_allowed`, `unresolvable`).
@@ -151,8 +163,18 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    histogram_with(registry, name, help, labels, LATENCY_BUCKETS)
+}
+
+fn histogram_with(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
     let metric = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
         labels,
     )
     .expect("valid metric");
@@ -191,6 +213,31 @@ impl Metrics {
                 "pushline_http_connections_closed_total",
                 "Connections the public listener closed itself, by reason.",
                 &["service", "reason"],
+            ),
+            inapp_connections: gauge(
+                &r,
+                "pushline_inapp_connections",
+                "Apps' live connections on this gateway.",
+                &["transport", "app"],
+            ),
+            inapp_messages: counter(
+                &r,
+                "pushline_inapp_messages_total",
+                "In-app messages, by what the gateway did with them.",
+                &["app", "outcome"],
+            ),
+            inapp_catchup: histogram_with(
+                &r,
+                "pushline_inapp_catchup_messages",
+                "Messages a connection got from its backlog when it connected.",
+                &["transport"],
+                &[0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0, 1000.0],
+            ),
+            inapp_closed: counter(
+                &r,
+                "pushline_inapp_closed_total",
+                "Apps' connections closed, by reason.",
+                &["transport", "reason"],
             ),
             endpoints_refused: counter(
                 &r,

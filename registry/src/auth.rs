@@ -203,6 +203,7 @@ pub struct Authenticator {
     failures: FailureLimit,
     insecure: bool,
     metrics: Metrics,
+    service: &'static str,
 }
 
 /// Checks the JWT keys as the authenticator will load them (reads key files): an HS256
@@ -245,14 +246,22 @@ impl Authenticator {
             failures: FailureLimit::new(&config.failures),
             insecure: config.insecure_no_auth,
             metrics,
+            service: crate::SERVICE,
         })
+    }
+
+    /// The same authenticator counting its refusals for `service` (the gateway
+    /// authenticates apps with the registry's rules).
+    pub fn for_service(mut self, service: &'static str) -> Self {
+        self.service = service;
+        self
     }
 
     /// Counts a refusal and returns the error for it.
     pub fn refuse(&self, reason: &'static str, error: ApiError) -> ApiError {
         self.metrics
             .auth_refusals
-            .with_label_values(&[crate::SERVICE, reason])
+            .with_label_values(&[self.service, reason])
             .inc();
         error
     }

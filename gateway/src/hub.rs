@@ -1,0 +1,413 @@
+//! What every connection shares, whatever its transport: admitting a hello (credential,
+//! app, device), the device's cursor in Redis, reading the device's messages from
+//! `INAPP` in order, the live signal on the device's subject, and the connections of this
+//! replica by device and person (their limits).
+//!
+//! # Redis keys
+//!
+//! With `p` the registry's `redis.prefix`:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `p` `inapp:{<token>}:cursor` | hash | `id_token(person)` → the highest `INAPP` sequence the person acknowledged on the device whose in-app token is `<token>` |
+//!
+//! The cursor is kept as long as the registration lives (`device_ttl_secs`), refreshed by
+//! every acknowledgement.
+//!
+//! # Reading a device's messages
+//!
+//! | the stream's next message on the device's subject after `after` | [`Next`] |
+//! |---|---|
+//! | none | [`Next::Nothing`] |
+//! | past its deadline | [`Next::Expired`] (skipped: never delivered) |
+//! | not a readable in-app job | [`Next::Expired`] (skipped and logged) |
+//! | otherwise | [`Next::Message`] |
+//!
+//! Reads go to the stream's leader (`STREAM.MSG.GET` next-by-subject), so a message whose
+//! publish was acknowledged is readable at once, on any node of a cluster.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::Context;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
+use pipeline::CancellationToken;
+use pipeline::contract::{PushJob, now_ms};
+use pipeline::metrics::Metrics;
+use pipeline::topology::{StreamKind, Topology, id_token};
+use redis::AsyncCommands as _;
+use registry::auth::{Authenticator, Client, Principal};
+use registry::connection::Connection;
+use registry::store::Store;
+use tokio::sync::OnceCell;
+
+use crate::config::Limits;
+use crate::frames::Close;
+
+/// Longest wait for one Redis command or stream read on a connection's path.
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A device a person connected from, admitted.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// The person (canonical id).
+    pub person: String,
+    /// The app.
+    pub app: String,
+    /// The device id.
+    pub device_id: String,
+    /// The in-app registration's token.
+    pub token: String,
+    /// `INAPP` subject of this person on this device.
+    pub subject: String,
+}
+
+/// One message read for a device.
+#[derive(Debug)]
+pub enum Next {
+    /// Deliver it.
+    Message {
+        /// Its `INAPP` sequence.
+        seq: u64,
+        /// The job.
+        job: Box<PushJob<inapp::spec::InAppPart>>,
+    },
+    /// Skip past this sequence: never delivered.
+    Expired(u64),
+    /// Nothing after the given sequence (yet).
+    Nothing,
+}
+
+/// Everything a connection needs from the outside.
+pub struct Hub {
+    auth: Authenticator,
+    store: Store,
+    redis: Connection,
+    prefix: String,
+    nats: async_nats::Client,
+    js: Context,
+    topology: Topology,
+    stream: OnceCell<Stream>,
+    apps: BTreeSet<String>,
+    device_ttl: Duration,
+    /// The connection bounds.
+    pub limits: Limits,
+    /// The gateway's metrics.
+    pub metrics: Metrics,
+    connections: Mutex<Connections>,
+}
+
+/// The parts a [`Hub`] is made of.
+pub struct Parts {
+    /// The registry's authenticator.
+    pub auth: Authenticator,
+    /// The registry's device store.
+    pub store: Store,
+    /// The same Redis, for the gateway's own keys.
+    pub redis: Connection,
+    /// `redis.prefix`.
+    pub prefix: String,
+    /// NATS.
+    pub nats: async_nats::Client,
+    /// Subjects and streams.
+    pub topology: Topology,
+    /// The apps served.
+    pub apps: BTreeSet<String>,
+    /// `device_ttl_secs`.
+    pub device_ttl: Duration,
+    /// Bounds.
+    pub limits: Limits,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl Hub {
+    /// A hub of `parts`.
+    pub fn new(parts: Parts) -> Self {
+        Hub {
+            auth: parts.auth,
+            store: parts.store,
+            redis: parts.redis,
+            prefix: parts.prefix,
+            js: pipeline::topology::jetstream(parts.nats.clone()),
+            nats: parts.nats,
+            topology: parts.topology,
+            stream: OnceCell::new(),
+            apps: parts.apps,
+            device_ttl: parts.device_ttl,
+            limits: parts.limits,
+            metrics: parts.metrics,
+            connections: Mutex::new(Connections::default()),
+        }
+    }
+
+    /// The apps served (the `app` label of metrics).
+    pub fn serves(&self, app: &str) -> bool {
+        self.apps.contains(app)
+    }
+
+    /// Who is connecting: the credential's person, holding an in-app registration of `app`
+    /// with `device_id`. Makes the person the device's active user.
+    pub async fn admit(
+        &self,
+        credential: &str,
+        app: &str,
+        device_id: &str,
+        peer: SocketAddr,
+    ) -> Result<Device, Close> {
+        if !self.serves(app) {
+            return Err(Close::Forbidden);
+        }
+        let mut headers = axum::http::HeaderMap::new();
+        let bearer = axum::http::HeaderValue::try_from(format!("Bearer {credential}"))
+            .map_err(|_| Close::Unauthorized)?;
+        headers.insert(axum::http::header::AUTHORIZATION, bearer);
+        let principal = self
+            .auth
+            .authenticate(&headers, Client::of(Some(peer)))
+            .await
+            .map_err(|error| match error {
+                registry::error::ApiError::Unavailable => Close::Unavailable,
+                _ => Close::Unauthorized,
+            })?;
+        let Principal::Person { id: person } = principal else {
+            // API keys and the development switch name no person: a connection is one.
+            return Err(Close::Unauthorized);
+        };
+        let now = now_ms();
+        let devices = within(self.store.devices(&person, now))
+            .await?
+            .map_err(|_| Close::Unavailable)?;
+        let registration = devices
+            .iter()
+            .find(|d| {
+                d.attrs.platform == inapp::spec::NAME
+                    && d.attrs.app == app
+                    && d.device_id() == device_id
+            })
+            .ok_or(Close::Forbidden)?;
+        within(self.store.set_active(app, device_id, &person, now))
+            .await?
+            .map_err(|_| Close::Unavailable)?;
+        Ok(Device {
+            subject: self.topology.inapp_subject(&registration.token, &person),
+            token: registration.token.clone(),
+            app: app.to_owned(),
+            device_id: device_id.to_owned(),
+            person,
+        })
+    }
+
+    fn cursor_key(&self, device: &Device) -> String {
+        format!("{}inapp:{{{}}}:cursor", self.prefix, device.token)
+    }
+
+    /// The highest sequence the person acknowledged on the device (0: none).
+    pub async fn cursor(&self, device: &Device) -> Result<u64, Close> {
+        let mut redis = self.redis.clone();
+        let key = self.cursor_key(device);
+        let seq: Option<u64> = within(redis.hget(key, id_token(&device.person)))
+            .await?
+            .map_err(|_| Close::Unavailable)?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Records that the person acknowledged everything up to `seq` on the device.
+    pub async fn acknowledge(&self, device: &Device, seq: u64) -> Result<(), Close> {
+        let mut redis = self.redis.clone();
+        let key = self.cursor_key(device);
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, id_token(&device.person), seq)
+            .ignore()
+            .expire(
+                &key,
+                i64::try_from(self.device_ttl.as_secs()).unwrap_or(i64::MAX),
+            )
+            .ignore();
+        within(pipe.query_async::<()>(&mut redis))
+            .await?
+            .map_err(|_| Close::Unavailable)
+    }
+
+    async fn stream(&self) -> Result<&Stream, Close> {
+        self.stream
+            .get_or_try_init(|| async {
+                let name = self.topology.stream_name(StreamKind::InApp);
+                within(self.js.get_stream(name))
+                    .await?
+                    .map_err(|_| Close::Unavailable)
+            })
+            .await
+    }
+
+    /// The device's next message after sequence `after`.
+    pub async fn next(&self, device: &Device, after: u64) -> Result<Next, Close> {
+        let stream = self.stream().await?;
+        let read = stream
+            .raw_message_builder()
+            .sequence(after + 1)
+            .next_by_subject(device.subject.clone())
+            .send();
+        let message = match within(read).await? {
+            Ok(message) => message,
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(Next::Nothing);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read INAPP");
+                return Err(Close::Unavailable);
+            }
+        };
+        let seq = message.sequence;
+        let job: PushJob<inapp::spec::InAppPart> = match serde_json::from_slice(&message.payload) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::error!(%error, seq, "an INAPP message is not an in-app job; skipped");
+                return Ok(Next::Expired(seq));
+            }
+        };
+        if job.deadline_ms <= now_ms() {
+            return Ok(Next::Expired(seq));
+        }
+        Ok(Next::Message {
+            seq,
+            job: Box::new(job),
+        })
+    }
+
+    /// The live signal: a message on the device's subject whenever one is stored.
+    pub async fn live(&self, device: &Device) -> Result<async_nats::Subscriber, Close> {
+        within(self.nats.subscribe(device.subject.clone()))
+            .await?
+            .map_err(|_| Close::Unavailable)
+    }
+
+    /// Counts a connection of `device` on this replica; its token is cancelled when the
+    /// connection must go (`reason`): a newer connection of the device or person over the
+    /// limits, or of another person on the same device. Dropping the entry forgets it.
+    pub fn enter(&self, device: &Device) -> (Entry<'_>, CancellationToken, Evicted) {
+        let token = CancellationToken::new();
+        let evicted = Evicted::default();
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let id = connections.next_id;
+        connections.next_id += 1;
+        let this = Connected {
+            id,
+            person: device.person.clone(),
+            token: token.clone(),
+            evicted: evicted.clone(),
+        };
+        let device_key = (device.app.clone(), device.device_id.clone());
+        let on_device = connections.by_device.entry(device_key.clone()).or_default();
+        // Another person on this device: they are not its active user any more.
+        on_device.retain(|other| {
+            let stays = other.person == this.person;
+            if !stays {
+                other.evict(Close::Replaced);
+            }
+            stays
+        });
+        while on_device.len() >= self.limits.max_connections_per_device {
+            if let Some(oldest) = on_device.pop_front() {
+                oldest.evict(Close::TooManyConnections);
+            }
+        }
+        on_device.push_back(this.clone());
+        let of_person = connections
+            .by_person
+            .entry(device.person.clone())
+            .or_default();
+        while of_person.len() >= self.limits.max_connections_per_person {
+            if let Some(oldest) = of_person.pop_front() {
+                oldest.evict(Close::TooManyConnections);
+            }
+        }
+        of_person.push_back(this);
+        (
+            Entry {
+                hub: self,
+                id,
+                device: device_key,
+                person: device.person.clone(),
+            },
+            token,
+            evicted,
+        )
+    }
+}
+
+/// Why a connection was told to go, once it was.
+#[derive(Debug, Clone, Default)]
+pub struct Evicted(std::sync::Arc<Mutex<Option<Close>>>);
+
+impl Evicted {
+    /// The reason, once evicted.
+    pub fn reason(&self) -> Option<Close> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Connected {
+    id: u64,
+    person: String,
+    token: CancellationToken,
+    evicted: Evicted,
+}
+
+impl Connected {
+    fn evict(&self, reason: Close) {
+        self.evicted
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(reason);
+        self.token.cancel();
+    }
+}
+
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    by_device: HashMap<(String, String), VecDeque<Connected>>,
+    by_person: HashMap<String, VecDeque<Connected>>,
+}
+
+/// A connection counted by [`Hub::enter`]; forgotten when dropped.
+pub struct Entry<'a> {
+    hub: &'a Hub,
+    id: u64,
+    device: (String, String),
+    person: String,
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        let mut connections = self
+            .hub
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = connections.by_device.get_mut(&self.device) {
+            list.retain(|c| c.id != self.id);
+            if list.is_empty() {
+                connections.by_device.remove(&self.device);
+            }
+        }
+        if let Some(list) = connections.by_person.get_mut(&self.person) {
+            list.retain(|c| c.id != self.id);
+            if list.is_empty() {
+                connections.by_person.remove(&self.person);
+            }
+        }
+    }
+}
+
+/// `future` within [`IO_TIMEOUT`], or [`Close::Unavailable`].
+async fn within<T>(future: impl std::future::Future<Output = T>) -> Result<T, Close> {
+    tokio::time::timeout(IO_TIMEOUT, future)
+        .await
+        .map_err(|_| Close::Unavailable)
+}

@@ -1,0 +1,251 @@
+//! pushline gateway: holds apps' live connections and delivers each device's in-app
+//! messages from the `INAPP` stream, in order, at least once (`docs/inapp.md`).
+//!
+//! A replica holds whichever connections its load balancer gives it: a message reaches
+//! a device through NATS subject interest (the replica holding the device's connection
+//! subscribes to the device's subject), and each device's progress is its cursor in
+//! Redis, so a client reconnecting to any replica resumes where it acknowledged. Replicas
+//! share nothing else.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed configuration (listener, TLS, apps, limits, and the registry's
+//!   `[auth]` and `[redis]`).
+//! - [`frames`]: the protocol's frames and closing codes.
+//! - [`hub`]: what connections share: admission, cursors, reading `INAPP`, the live
+//!   signal, connection limits by device and person.
+//! - [`ws`]: the WebSocket transport.
+//!
+//! # Endpoints
+//!
+//! `listen`: `GET /v1/connect` (WebSocket upgrade). `admin_listen`: `/metrics`,
+//! `/healthz`, `/readyz` (NATS connected, `INAPP` exists, Redis answers).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod frames;
+pub mod hub;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pipeline::CancellationToken;
+use pipeline::admin::{self, BoxFuture, Readiness};
+use pipeline::metrics::Metrics;
+use pipeline::topology::{StreamKind, Topology};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, TlsConfig};
+use crate::hub::{Hub, Parts};
+
+/// Service name in metrics and logs.
+pub const SERVICE: &str = "gateway";
+
+/// Longest a stopping gateway waits for its connections to close.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] pipeline::config::ConfigError),
+    /// NATS options refused.
+    #[error(transparent)]
+    Nats(#[from] pipeline::nats::ConnectError),
+    /// Redis URL or options refused.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A listener could not be bound or served.
+    #[error("{what}: {source}")]
+    Io {
+        /// Which listener.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Binds `listen` and `admin_listen` and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let resolved = config.resolve()?;
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Io {
+                what: format!("cannot listen on {addr}"),
+                source,
+            })
+    };
+    let listener = bind(resolved.listen).await?;
+    let admin = bind(resolved.admin_listen).await?;
+    serve(config, listener, admin, shutdown).await
+}
+
+struct Ready {
+    client: async_nats::Client,
+    topology: Topology,
+    redis: registry::connection::Connection,
+}
+
+impl Readiness for Ready {
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            pipeline::nats::check_topology(&self.client, &self.topology, &[StreamKind::InApp], &[])
+                .await?;
+            match tokio::time::timeout(Duration::from_secs(2), self.redis.check()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("Redis: {e}")),
+                Err(_) => Err("Redis: no answer within 2 s".into()),
+            }
+        })
+    }
+}
+
+/// Serves on the given listeners (tests pass port-0 listeners) until `shutdown`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    config.resolve()?;
+    let tls = config.tls.as_ref().map(acceptor).transpose()?;
+    let metrics = Metrics::new(SERVICE);
+    let client = pipeline::nats::connect(&config.nats, "pushline-gateway").await?;
+    let topology = providers::topology(&config.nats);
+    let redis = registry::connect_redis(&config.redis)?;
+    let store = registry::store::Store::new(
+        redis.clone(),
+        config.redis.prefix.clone(),
+        registry::store::Policy {
+            // The gateway registers nothing: the device limit is the registry's business.
+            max_devices_per_person: usize::MAX,
+            ttl: Duration::from_secs(config.device_ttl_secs),
+        },
+    );
+    let hub = Arc::new(Hub::new(Parts {
+        auth: registry::auth::Authenticator::new(&config.auth, metrics.clone())?
+            .for_service(SERVICE),
+        store,
+        redis: redis.clone(),
+        prefix: config.redis.prefix.clone(),
+        nats: client.clone(),
+        topology: topology.clone(),
+        apps: config.apps.clone(),
+        device_ttl: Duration::from_secs(config.device_ttl_secs),
+        limits: config.limits.clone(),
+        metrics: metrics.clone(),
+    }));
+    let ready = Arc::new(Ready {
+        client: client.clone(),
+        topology: topology.clone(),
+        redis,
+    });
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin::router(metrics.clone(), ready),
+        shutdown.clone(),
+    ));
+    // INAPP is created by whichever service gets there first; the gateway needs it too.
+    let js = pipeline::topology::jetstream(client);
+    let setup_shutdown = shutdown.clone();
+    let setup = tokio::spawn(async move {
+        pipeline::topology::ensure_until_ready(&js, &topology, &setup_shutdown).await;
+    });
+    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "gateway listening");
+    accept(
+        hub,
+        listener,
+        tls,
+        config.limits.max_connections,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = setup.await;
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// Accepts connections until `shutdown`, at most `max_connections` at once (one more is
+/// closed at once), then waits up to [`DRAIN`] for them to close.
+async fn accept(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            hub.metrics
+                .inapp_closed
+                .with_label_values(&[ws::TRANSPORT, "over_limit"])
+                .inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (hub, tls, shutdown) = (hub.clone(), tls.clone(), shutdown.clone());
+        connections.spawn(async move {
+            match tls {
+                None => ws::serve(hub, stream, peer, shutdown).await,
+                Some(tls) => {
+                    let timeout = Duration::from_millis(hub.limits.hello_timeout_ms);
+                    if let Ok(Ok(stream)) = tokio::time::timeout(timeout, tls.accept(stream)).await
+                    {
+                        ws::serve(hub, stream, peer, shutdown).await;
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        connections.abort_all();
+    }
+}
+
+/// The TLS acceptor of `[tls]`, with ring as the crypto provider.
+fn acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, RunError> {
+    use pipeline::config::ConfigError;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certificates = CertificateDer::pem_file_iter(&tls.cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ConfigError::invalid("tls.cert_file", e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+        .map_err(|e| ConfigError::invalid("tls.key_file", e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ConfigError::invalid("tls", e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certificates, key)
+    .map_err(|e| ConfigError::invalid("tls.key_file", e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,369 @@
+//! The WebSocket transport (RFC 6455): `GET /v1/connect`, one JSON text frame per
+//! protocol frame (`docs/inapp.md`).
+//!
+//! A connection's life:
+//!
+//! 1. the upgrade (any other path: 404), with tungstenite's buffers kept small
+//!    (`read_buffer_size` 4 KiB, nothing buffered for writing beyond the send queue);
+//! 2. the hello within `limits.hello_timeout_ms`, admitted by the [`Hub`];
+//! 3. the live subscription first, then the cursor, then the loop below until either
+//!    side closes.
+//!
+//! | event | what the connection does |
+//! |---|---|
+//! | a live signal | remembers that the stream may have more |
+//! | room (fewer than `max_unacked` unacknowledged) and maybe more | reads the next message after the last sent: sends it, skips it (expired) or learns there is none |
+//! | `ack` up to `seq` | `seq` beyond what was sent: `protocol`; else moves the cursor (Redis) and frees room |
+//! | `ping` | `pong` |
+//! | a WebSocket ping or pong | counts as life |
+//! | binary, unknown or malformed frame, a second hello | closes `protocol` |
+//! | a frame over `max_frame_bytes` | closes `too_large` |
+//! | a send not written within `idle_timeout_secs` (the client stopped reading; its queue is full) | closes `slow_consumer` |
+//! | heartbeat tick | closes `idle` if nothing came for `idle_timeout_secs`, else pings |
+//! | evicted by a newer connection | closes `too_many_connections` or `replaced` |
+//! | shutdown | closes `going_away` |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt as _, StreamExt as _};
+use pipeline::CancellationToken;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+
+use crate::frames::{self, ClientFrame, Close, Message, ServerFrame};
+use crate::hub::{Device, Hub, Next};
+
+/// The transport's metric label.
+pub const TRANSPORT: &str = "websocket";
+
+/// The path apps connect to.
+pub const PATH: &str = "/v1/connect";
+
+/// tungstenite's settings for a gateway connection: small buffers, the frame limit, and
+/// the send queue bound.
+fn settings(hub: &Hub) -> WebSocketConfig {
+    let limits = &hub.limits;
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_send_queue_bytes)
+        .max_frame_size(Some(limits.max_frame_bytes))
+        .max_message_size(Some(limits.max_frame_bytes))
+}
+
+/// The upgrade's check: only [`PATH`] is served.
+#[allow(clippy::result_large_err)] // the signature is tungstenite's handshake callback
+fn only_connect(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+    if request.uri().path() == PATH {
+        Ok(response)
+    } else {
+        let mut refusal = ErrorResponse::new(Some("not found".into()));
+        *refusal.status_mut() = axum::http::StatusCode::NOT_FOUND;
+        Err(refusal)
+    }
+}
+
+/// Serves one accepted connection (TLS already done, if any) until it closes.
+pub async fn serve<S>(hub: Arc<Hub>, io: S, peer: SocketAddr, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(io, only_connect, Some(settings(&hub)));
+    let timeout = Duration::from_millis(hub.limits.hello_timeout_ms);
+    let Ok(Ok(mut ws)) = tokio::time::timeout(timeout, handshake).await else {
+        return;
+    };
+    let reason = match session(&hub, &mut ws, peer, &shutdown).await {
+        Ok(()) => "client",
+        Err(close) => {
+            let frame = CloseFrame {
+                code: CloseCode::from(close.code()),
+                reason: close.reason().into(),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+            close.reason()
+        }
+    };
+    hub.metrics
+        .inapp_closed
+        .with_label_values(&[TRANSPORT, reason])
+        .inc();
+}
+
+/// A connection after its upgrade: `Ok` when the client closed, else why the gateway
+/// closes it.
+async fn session<S>(
+    hub: &Hub,
+    ws: &mut WebSocketStream<S>,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<(), Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hello_timeout = Duration::from_millis(hub.limits.hello_timeout_ms);
+    let hello = match tokio::time::timeout(hello_timeout, ws.next()).await {
+        Ok(Some(Ok(WsMessage::Text(text)))) => frames::parse(&text)?,
+        Ok(Some(Err(error))) => return Err(read_error(&error)),
+        Ok(None | Some(Ok(WsMessage::Close(_)))) => return Ok(()),
+        _ => return Err(Close::Protocol),
+    };
+    let ClientFrame::Hello {
+        credential,
+        app,
+        device_id,
+    } = hello
+    else {
+        return Err(Close::Protocol);
+    };
+    let device = hub.admit(&credential, &app, &device_id, peer).await?;
+    drop(credential);
+    let (_entry, evicted_token, evicted) = hub.enter(&device);
+    let connections = hub
+        .metrics
+        .inapp_connections
+        .with_label_values(&[TRANSPORT, &device.app]);
+    connections.inc();
+    let result = deliver(hub, ws, &device, &evicted_token, shutdown).await;
+    connections.dec();
+    match (result, evicted.reason()) {
+        (Err(_), Some(reason)) => Err(reason),
+        (result, _) => result,
+    }
+}
+
+/// What a connection has sent and what was acknowledged.
+#[derive(Debug)]
+struct Window {
+    /// The highest sequence acknowledged (the cursor).
+    acked: u64,
+    /// The highest sequence sent or skipped.
+    sent: u64,
+    /// Sequences sent and not yet acknowledged, in order.
+    unacked: std::collections::VecDeque<u64>,
+    /// The stream may hold more after `sent`.
+    more: bool,
+}
+
+impl Window {
+    fn new(acked: u64) -> Self {
+        Window {
+            acked,
+            sent: acked,
+            unacked: std::collections::VecDeque::new(),
+            more: true,
+        }
+    }
+
+    fn has_room(&self, max_unacked: usize) -> bool {
+        self.more && self.unacked.len() < max_unacked
+    }
+
+    /// An ack up to `seq`: the new cursor when it moves, or the protocol error of an ack
+    /// beyond what was sent.
+    fn ack(&mut self, seq: u64) -> Result<Option<u64>, Close> {
+        if seq > self.sent {
+            return Err(Close::Protocol);
+        }
+        if seq <= self.acked {
+            return Ok(None);
+        }
+        self.acked = seq;
+        while self.unacked.front().is_some_and(|&s| s <= seq) {
+            self.unacked.pop_front();
+        }
+        Ok(Some(seq))
+    }
+}
+
+async fn deliver<S>(
+    hub: &Hub,
+    ws: &mut WebSocketStream<S>,
+    device: &Device,
+    evicted: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(), Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &hub.limits;
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
+    // Subscribed before the cursor is read: nothing stored in between goes unsignalled.
+    let mut live = hub.live(device).await?;
+    let mut window = Window::new(hub.cursor(device).await?);
+    send(
+        ws,
+        &ServerFrame::Ready {
+            person_id: &device.person,
+            heartbeat_secs: limits.heartbeat_secs,
+        },
+        idle,
+    )
+    .await?;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(limits.heartbeat_secs));
+    heartbeat.reset();
+    let mut last_heard = Instant::now();
+    let mut catching_up = Some(0u64);
+    let sent = hub
+        .metrics
+        .inapp_messages
+        .with_label_values(&[&device.app, "sent"]);
+    let expired = hub
+        .metrics
+        .inapp_messages
+        .with_label_values(&[&device.app, "expired"]);
+    let acknowledged = hub
+        .metrics
+        .inapp_messages
+        .with_label_values(&[&device.app, "acknowledged"]);
+    loop {
+        while window.has_room(limits.max_unacked) {
+            match hub.next(device, window.sent).await? {
+                Next::Message { seq, job } => {
+                    let frame = ServerFrame::Message(Message {
+                        id: &registry::fanout::job_id(&job.event_id, &job.token),
+                        seq,
+                        event_id: &job.event_id,
+                        class: job.class.as_str(),
+                        deadline_ms: job.deadline_ms,
+                        category: job.part.category,
+                        actions: &job.part.actions,
+                        payload: &job.part.payload,
+                    });
+                    send(ws, &frame, idle).await?;
+                    window.sent = seq;
+                    window.unacked.push_back(seq);
+                    sent.inc();
+                    if let Some(count) = catching_up.as_mut() {
+                        *count += 1;
+                    }
+                }
+                Next::Expired(seq) => {
+                    window.sent = seq;
+                    expired.inc();
+                    if window.unacked.is_empty() {
+                        // Nothing in flight before it: the cursor may pass it.
+                        window.acked = seq;
+                        hub.acknowledge(device, seq).await?;
+                    }
+                }
+                Next::Nothing => {
+                    window.more = false;
+                    if let Some(count) = catching_up.take() {
+                        hub.metrics
+                            .inapp_catchup
+                            .with_label_values(&[TRANSPORT])
+                            .observe(count as f64);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            frame = ws.next() => {
+                last_heard = Instant::now();
+                match frame {
+                    None | Some(Ok(WsMessage::Close(_))) => return Ok(()),
+                    Some(Err(error)) => return Err(read_error(&error)),
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                    Some(Ok(WsMessage::Text(text))) => match frames::parse(&text)? {
+                        ClientFrame::Ack { seq } => {
+                            if let Some(cursor) = window.ack(seq)? {
+                                hub.acknowledge(device, cursor).await?;
+                                acknowledged.inc();
+                            }
+                        }
+                        ClientFrame::Ping => send(ws, &ServerFrame::Pong, idle).await?,
+                        ClientFrame::Hello { .. } => return Err(Close::Protocol),
+                    },
+                    Some(Ok(_)) => return Err(Close::Protocol),
+                }
+            }
+            signal = live.next() => {
+                if signal.is_none() {
+                    return Err(Close::Unavailable);
+                }
+                window.more = true;
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= idle {
+                    return Err(Close::Idle);
+                }
+                let ping = ws.send(WsMessage::Ping(Default::default()));
+                tokio::time::timeout(idle, ping)
+                    .await
+                    .map_err(|_| Close::SlowConsumer)?
+                    .map_err(|error| write_error(&error))?;
+            }
+            () = evicted.cancelled() => return Err(Close::TooManyConnections),
+            () = shutdown.cancelled() => return Err(Close::GoingAway),
+        }
+    }
+}
+
+/// Sends `frame`, waiting at most `within` for the client to take it.
+async fn send<S>(
+    ws: &mut WebSocketStream<S>,
+    frame: &ServerFrame<'_>,
+    within: Duration,
+) -> Result<(), Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let text = serde_json::to_string(frame).map_err(|_| Close::Unavailable)?;
+    tokio::time::timeout(within, ws.send(WsMessage::text(text)))
+        .await
+        .map_err(|_| Close::SlowConsumer)?
+        .map_err(|error| write_error(&error))
+}
+
+fn read_error(error: &WsError) -> Close {
+    match error {
+        WsError::Capacity(_) => Close::TooLarge,
+        _ => Close::Protocol,
+    }
+}
+
+fn write_error(error: &WsError) -> Close {
+    match error {
+        WsError::WriteBufferFull(_) => Close::SlowConsumer,
+        _ => Close::Protocol,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_move_the_cursor_forward_only_and_never_past_what_was_sent() {
+        let mut window = Window::new(10);
+        window.sent = 15;
+        window.unacked.extend([12, 14, 15]);
+        assert_eq!(window.ack(9), Ok(None), "an old ack changes nothing");
+        assert_eq!(window.ack(14), Ok(Some(14)));
+        assert_eq!(window.unacked, [15]);
+        assert_eq!(window.ack(16), Err(Close::Protocol), "beyond what was sent");
+        assert_eq!(window.ack(15), Ok(Some(15)));
+        assert!(window.unacked.is_empty());
+    }
+
+    #[test]
+    fn room_is_the_unacked_bound_while_more_may_come() {
+        let mut window = Window::new(0);
+        assert!(window.has_room(2));
+        window.unacked.extend([1, 2]);
+        assert!(!window.has_room(2));
+        window.unacked.clear();
+        window.more = false;
+        assert!(!window.has_room(2));
+    }
+}
