@@ -121,6 +121,23 @@ impl Env {
         config
     }
 
+    /// The gateway configured for this test: the registry's Redis and prefix, persons'
+    /// JWTs, and [`INAPP_APP`].
+    pub fn gateway_config(&self) -> gateway::config::Config {
+        let mut config = gateway::config::Config {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            nats: self.nats_config(),
+            telemetry: telemetry(),
+            ..Default::default()
+        };
+        config.apps.insert(INAPP_APP.into());
+        config.redis.url = self.redis.url();
+        config.redis.prefix = format!("{}:", self.prefix);
+        config.auth.jwt = person_jwt_config();
+        config
+    }
+
     /// The topology under this test's prefix.
     pub fn topology(&self) -> Topology {
         providers::topology(&self.nats_config())
@@ -291,6 +308,46 @@ pub async fn start_ingest(config: ingest::config::Config) -> Service {
 /// Starts the registry with `config`.
 pub async fn start_registry(config: registry::config::Config) -> Service {
     spawn(|api, admin, shutdown| registry::serve(config, api, admin, shutdown)).await
+}
+
+/// Starts the gateway on port-0 listeners (`addr` is its WebSocket listener).
+pub async fn start_gateway(config: gateway::config::Config) -> Service {
+    spawn(|api, admin, shutdown| gateway::serve(config, api, admin, shutdown)).await
+}
+
+/// The app the gateway serves in tests.
+pub const INAPP_APP: &str = "com.example.inapp";
+/// The HS256 secret of the persons' JWTs in tests (registry and gateway alike).
+pub const PERSON_JWT_SECRET: &str = "pushline-test-person-jwt-secret-32-bytes-long";
+/// The JWT issuer in tests.
+pub const PERSON_JWT_ISSUER: &str = "https://idp.pushline.test";
+
+/// The `[auth.jwt]` of tests: HS256 tokens of [`person_jwt`].
+pub fn person_jwt_config() -> registry::config::JwtAuthConfig {
+    registry::config::JwtAuthConfig {
+        keys: vec![registry::config::JwtKey {
+            algorithm: registry::config::JwtAlgorithm::HS256,
+            kid: None,
+            secret: Some(pipeline::config::Secret::new(PERSON_JWT_SECRET)),
+            secret_file: None,
+            public_key_file: None,
+        }],
+        issuer: PERSON_JWT_ISSUER.into(),
+        audience: "pushline".into(),
+        ..registry::config::JwtAuthConfig::default()
+    }
+}
+
+/// A JWT for `person`, valid for an hour, accepted by [`person_jwt_config`].
+pub fn person_jwt(person: &str) -> String {
+    let now = pipeline::contract::now_ms() / 1000;
+    let claims = serde_json::json!({"sub": person, "iss": PERSON_JWT_ISSUER, "aud": "pushline", "iat": now, "exp": now + 3_600});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(PERSON_JWT_SECRET.as_bytes()),
+    )
+    .expect("a JWT")
 }
 
 /// The bundle id the mock APNs accepts in tests.

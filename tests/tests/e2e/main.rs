@@ -10,6 +10,7 @@ mod devices;
 mod distributed;
 mod egress;
 mod end_to_end;
+mod inapp;
 mod ingest;
 mod listeners;
 mod producers;

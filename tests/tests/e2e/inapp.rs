@@ -1,0 +1,326 @@
+//! In-app messages end to end over WebSocket: a producer's `inapp` part reaches a
+//! connected device, a device that was away catches up in order (expired messages never
+//! arrive), an acknowledgement holds across reconnections, nobody connects as another
+//! person's device, another person becoming active on a device replaces the connection,
+//! and protocol abuse closes only the abusing connection. The client is tokio-websockets,
+//! a WebSocket implementation independent of the gateway's tungstenite.
+
+use std::time::Duration;
+
+use futures::{SinkExt as _, StreamExt as _};
+use harness::services::{API_KEY, INAPP_APP, PRODUCER_KEY, Service, person_jwt, start_gateway};
+use harness::stack::Stack;
+use serde_json::{Value, json};
+use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// An app's connection, from the app's side.
+struct App {
+    ws: Socket,
+}
+
+/// How a connection ended, seen from the app.
+#[derive(Debug, PartialEq, Eq)]
+struct Closed {
+    code: u16,
+    reason: String,
+}
+
+impl App {
+    /// Opens a connection without saying hello.
+    async fn open(gateway: &Service) -> App {
+        let uri = format!("ws://{}/v1/connect", gateway.addr);
+        let (ws, _) = ClientBuilder::new()
+            .uri(&uri)
+            .expect("uri")
+            .connect()
+            .await
+            .expect("the upgrade");
+        App { ws }
+    }
+
+    /// Connects as `person` on `device` and waits for `ready`.
+    async fn connect(gateway: &Service, person: &str, device: &str) -> App {
+        let mut app = App::open(gateway).await;
+        app.hello(&person_jwt(person), INAPP_APP, device).await;
+        let ready = app.frame().await;
+        assert_eq!(ready["type"], "ready", "{ready}");
+        app
+    }
+
+    async fn hello(&mut self, credential: &str, app: &str, device: &str) {
+        self.send(
+            json!({"type": "hello", "credential": credential, "app": app, "device_id": device}),
+        )
+        .await;
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// The next text frame (pings are answered by the client library).
+    async fn frame(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("the connection is open")
+                .expect("a frame");
+            if let Some(text) = message.as_text() {
+                return serde_json::from_str(text).expect("JSON");
+            }
+            assert!(!message.is_close(), "closed: {:?}", message.as_close());
+        }
+    }
+
+    /// Sends `ping` and returns every message frame that came before the `pong`: what
+    /// the gateway had to deliver when it read the ping.
+    async fn drain(&mut self) -> Vec<Value> {
+        self.send(json!({"type": "ping"})).await;
+        let mut messages = Vec::new();
+        loop {
+            let frame = self.frame().await;
+            match frame["type"].as_str() {
+                Some("pong") => return messages,
+                Some("message") => messages.push(frame),
+                _ => panic!("unexpected frame {frame}"),
+            }
+        }
+    }
+
+    async fn ack(&mut self, seq: u64) {
+        self.send(json!({"type": "ack", "seq": seq})).await;
+    }
+
+    /// Waits for the gateway to close the connection.
+    async fn closed(&mut self) -> Closed {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("closed in time");
+            match next {
+                Some(Ok(message)) if message.is_close() => {
+                    let (code, reason) = message.as_close().expect("a close frame");
+                    return Closed {
+                        code: code.into(),
+                        reason: reason.to_owned(),
+                    };
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("the connection ended without a close frame: {other:?}"),
+            }
+        }
+    }
+}
+
+/// A stack with a gateway.
+async fn stack() -> (Stack, Service) {
+    stack_with(|_| {}).await
+}
+
+/// A stack with a gateway, after `adjust` changed the services' configurations.
+async fn stack_with(adjust: impl FnOnce(&mut harness::stack::Configs)) -> (Stack, Service) {
+    let stack = Stack::start_with(adjust).await;
+    let gateway = start_gateway(stack.env.gateway_config()).await;
+    gateway.wait_ready().await;
+    (stack, gateway)
+}
+
+/// Registers `device` for in-app messages of `person` (with the app backend's key).
+async fn register(stack: &Stack, person: &str, device: &str) {
+    stack
+        .register(
+            device,
+            json!({"person_id": person, "platform": "inapp", "app": INAPP_APP, "device_id": device}),
+        )
+        .await;
+}
+
+/// Sends an in-app message to `person`; its event id.
+async fn notify(stack: &Stack, person: &str, key: &str, ttl_secs: u64, payload: Value) -> String {
+    stack
+        .notify(
+            PRODUCER_KEY,
+            &json!({
+                "person_ids": [person],
+                "class": "alert",
+                "idempotency_key": key,
+                "ttl_secs": ttl_secs,
+                "inapp": {"payload": payload},
+            }),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_connected_device_gets_its_message_and_an_ack_holds_across_reconnections() {
+    let (stack, gateway) = stack().await;
+    register(&stack, "ana", "install-ana-0001").await;
+    let mut app = App::connect(&gateway, "ana", "install-ana-0001").await;
+    let event = notify(&stack, "ana", "hello-1", 60, json!({"title": "Hi", "n": 1})).await;
+    let message = app.frame().await;
+    assert_eq!(message["type"], "message", "{message}");
+    assert_eq!(message["event_id"], event.as_str());
+    assert_eq!(message["payload"], json!({"title": "Hi", "n": 1}));
+    assert_eq!(message["category"], "message");
+    let seq = message["seq"].as_u64().expect("seq");
+    app.ack(seq).await;
+    assert!(app.drain().await.is_empty());
+    drop(app);
+
+    // The acknowledged message is not delivered again, on a new connection.
+    let mut again = App::connect(&gateway, "ana", "install-ana-0001").await;
+    assert!(again.drain().await.is_empty(), "nothing after the cursor");
+}
+
+#[tokio::test]
+async fn an_unacknowledged_message_comes_again_with_the_same_id() {
+    let (stack, gateway) = stack().await;
+    register(&stack, "ben", "install-ben-0001").await;
+    let mut app = App::connect(&gateway, "ben", "install-ben-0001").await;
+    notify(&stack, "ben", "once", 60, json!({"x": 1})).await;
+    let first = app.frame().await;
+    drop(app);
+    let mut again = App::connect(&gateway, "ben", "install-ben-0001").await;
+    let repeated = again.drain().await;
+    assert_eq!(repeated.len(), 1);
+    assert_eq!(repeated[0]["id"], first["id"]);
+    assert_eq!(repeated[0]["seq"], first["seq"]);
+}
+
+#[tokio::test]
+async fn a_device_that_was_away_catches_up_in_order_and_expired_messages_never_arrive() {
+    let (stack, gateway) = stack().await;
+    register(&stack, "cleo", "install-cleo-0001").await;
+    notify(&stack, "cleo", "a", 60, json!({"n": "a"})).await;
+    notify(&stack, "cleo", "short", 1, json!({"n": "short"})).await;
+    let expires_by = pipeline::contract::now_ms() + 1_000;
+    notify(&stack, "cleo", "c", 60, json!({"n": "c"})).await;
+    harness::wait::until_true("the short message's deadline to pass", WAIT, || async {
+        pipeline::contract::now_ms() > expires_by
+    })
+    .await;
+    let mut app = App::connect(&gateway, "cleo", "install-cleo-0001").await;
+    let backlog = app.drain().await;
+    let names: Vec<&str> = backlog
+        .iter()
+        .map(|m| m["payload"]["n"].as_str().expect("n"))
+        .collect();
+    assert_eq!(names, ["a", "c"], "in order, the expired one skipped");
+    let seqs: Vec<u64> = backlog
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(seqs[0] < seqs[1]);
+}
+
+#[tokio::test]
+async fn nobody_connects_as_another_persons_device() {
+    let (stack, gateway) = stack().await;
+    register(&stack, "dora", "install-dora-0001").await;
+    notify(&stack, "dora", "secret", 60, json!({"secret": true})).await;
+    for (credential, app_id, closed) in [
+        (person_jwt("eve"), INAPP_APP, (4003, "forbidden")),
+        (
+            "not-a-credential".to_owned(),
+            INAPP_APP,
+            (4001, "unauthorized"),
+        ),
+        (API_KEY.to_owned(), INAPP_APP, (4001, "unauthorized")),
+        (person_jwt("dora"), "com.example.other", (4003, "forbidden")),
+    ] {
+        let mut app = App::open(&gateway).await;
+        app.hello(&credential, app_id, "install-dora-0001").await;
+        assert_eq!(
+            app.closed().await,
+            Closed {
+                code: closed.0,
+                reason: closed.1.into()
+            }
+        );
+    }
+    // Dora herself still gets it.
+    let mut dora = App::connect(&gateway, "dora", "install-dora-0001").await;
+    assert_eq!(dora.drain().await.len(), 1);
+}
+
+#[tokio::test]
+async fn protocol_abuse_closes_that_connection_only() {
+    let (stack, gateway) = stack().await;
+    register(&stack, "finn", "install-finn-0001").await;
+    let mut bystander = App::connect(&gateway, "finn", "install-finn-0001").await;
+
+    let mut binary = App::connect(&gateway, "finn", "install-finn-0001").await;
+    binary
+        .ws
+        .send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    assert_eq!(binary.closed().await.code, 4008);
+
+    let mut unknown = App::connect(&gateway, "finn", "install-finn-0001").await;
+    unknown
+        .send(json!({"type": "subscribe", "topic": "#"}))
+        .await;
+    assert_eq!(unknown.closed().await.code, 4008);
+
+    let mut ahead = App::connect(&gateway, "finn", "install-finn-0001").await;
+    ahead.ack(1_000_000).await;
+    assert_eq!(ahead.closed().await.code, 4008);
+
+    let mut huge = App::connect(&gateway, "finn", "install-finn-0001").await;
+    huge.send(json!({"type": "ping", "pad": "x".repeat(64 * 1024)}))
+        .await;
+    assert_eq!(huge.closed().await.code, 1009);
+
+    let mut silent = App::open(&gateway).await;
+    silent
+        .ws
+        .send(Message::text("not json"))
+        .await
+        .expect("send");
+    assert_eq!(silent.closed().await.code, 4008);
+
+    notify(&stack, "finn", "after", 60, json!({"still": "here"})).await;
+    let message = bystander.frame().await;
+    assert_eq!(message["payload"], json!({"still": "here"}));
+}
+
+#[tokio::test]
+async fn another_person_becoming_active_on_the_device_replaces_the_connection() {
+    let (stack, gateway) = stack_with(|c| {
+        c.registry.devices.apps.insert(
+            INAPP_APP.into(),
+            registry::config::AppPolicy {
+                multi_user: true,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    // A shared tablet: one installation, two persons (an app backend registers both).
+    let device = "install-tablet-01";
+    register(&stack, "gus", device).await;
+    register(&stack, "hal", device).await;
+    notify(&stack, "gus", "for-gus", 60, json!({"to": "gus"})).await;
+    let mut hal = App::connect(&gateway, "hal", device).await;
+    assert!(hal.drain().await.is_empty(), "gus's message is not hal's");
+    let mut gus = App::connect(&gateway, "gus", device).await;
+    assert_eq!(
+        hal.closed().await,
+        Closed {
+            code: 4011,
+            reason: "replaced".into()
+        }
+    );
+    let backlog = gus.drain().await;
+    assert_eq!(backlog.len(), 1);
+    assert_eq!(backlog[0]["payload"], json!({"to": "gus"}));
+}
