@@ -4,7 +4,10 @@
 //! - `POST /v1/devices`: the same, the token in the body (`token`, or a Web Push
 //!   `subscription` whose endpoint is the token).
 //! - `DELETE /v1/devices/{token}`: 204, or 404 when not registered.
-//! - `GET /v1/persons/{personId}/devices`: the person's live devices.
+//! - `GET /v1/persons/{personId}/devices`: the person's live devices, each saying whether
+//!   the person is the device's active user.
+//! - `PUT /v1/persons/{personId}/devices/{deviceId}/active[?app=]`: switch the device's
+//!   active user to the person (who must hold it).
 //! - `DELETE /v1/persons/{personId}/devices`: removes them all.
 //! - `POST /register`, `DELETE /register/{device_token}`: the Webex sample push server's
 //!   API, which mobile samples already call.
@@ -23,7 +26,9 @@ use serde_json::value::RawValue;
 use crate::auth::{Client, Principal};
 use crate::config::DeviceLimit;
 use crate::error::ApiError;
-use crate::store::{Channel, Device, DeviceAttrs, Registered, Rules, SealedKey, token_device_id};
+use crate::store::{
+    ActivateError, Channel, Device, DeviceAttrs, Registered, Rules, SealedKey, token_device_id,
+};
 use crate::{AppState, SERVICE, validate};
 
 /// The public router.
@@ -35,6 +40,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/persons/{person_id}/devices",
             get(list_devices).delete(delete_person),
+        )
+        .route(
+            "/v1/persons/{person_id}/devices/{device_id}/active",
+            put(activate),
         )
         .route("/register", post(sample_register))
         .route("/register/{token}", delete(delete_device))
@@ -105,6 +114,11 @@ pub struct PutDevice {
     /// The key id the device will see in every JWE header; default derived from the key.
     #[serde(default)]
     pub e2e_kid: Option<String>,
+    /// The registering person becomes the device's active user (signing in); `false`
+    /// refreshes the registration without switching (a background refresh, or an app
+    /// backend refreshing every person of a shared device). Default `true`.
+    #[serde(default)]
+    pub activate: Option<bool>,
 }
 
 /// A push subscription (`PushSubscription.toJSON()`).
@@ -145,6 +159,11 @@ pub struct DeviceView {
     pub created_at_ms: u64,
     /// Last registration, ms.
     pub updated_at_ms: u64,
+    /// This person is the device's active user (in-app messages reach only them).
+    pub active: bool,
+    /// Since when, ms (only when active).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_since_ms: Option<u64>,
 }
 
 /// A key as the API shows it.
@@ -156,9 +175,13 @@ pub struct KeyView {
     pub kid: String,
 }
 
-impl From<Device> for DeviceView {
-    fn from(device: Device) -> Self {
+impl DeviceView {
+    /// `device` as shown to its person, who is its active user since `active_since_ms`
+    /// when that is given.
+    fn new(device: Device, active_since_ms: Option<u64>) -> Self {
         DeviceView {
+            active: active_since_ms.is_some(),
+            active_since_ms,
             device_id: device.device_id(),
             e2e: device.attrs.e2e.map(|key| KeyView {
                 algorithm: key.alg,
@@ -175,6 +198,58 @@ impl From<Device> for DeviceView {
         }
     }
 }
+
+/// `person`'s live `devices` as the API shows them, each saying whether the person is its
+/// active user.
+async fn device_views(
+    state: &AppState,
+    person: &str,
+    devices: Vec<Device>,
+    now: u64,
+) -> Result<Vec<DeviceView>, ApiError> {
+    let actives = state.store.active_devices(person, &devices, now).await?;
+    Ok(devices
+        .into_iter()
+        .map(|device| {
+            let since = actives
+                .get(&(device.attrs.app.clone(), device.device_id()))
+                .copied();
+            DeviceView::new(device, since)
+        })
+        .collect())
+}
+
+/// The app of `person`'s device `device_id` a switch is about: `named` when given (the
+/// store checks the person holds it), else the one app the person holds that device id
+/// in. `devices` are the person's live devices.
+fn switch_app(
+    devices: &[Device],
+    device_id: &str,
+    named: Option<&str>,
+) -> Result<String, ApiError> {
+    if let Some(app) = named {
+        return Ok(app.to_owned());
+    }
+    let mut apps: Vec<&str> = devices
+        .iter()
+        .filter(|d| d.device_id() == device_id)
+        .map(|d| d.attrs.app.as_str())
+        .collect();
+    apps.sort_unstable();
+    apps.dedup();
+    match apps.as_slice() {
+        [] => Err(ApiError::NotFound(NOT_HELD)),
+        [app] => Ok((*app).to_owned()),
+        several => Err(ApiError::Invalid(format!(
+            "`deviceId` is registered in {} apps; name one with ?app=",
+            several.len()
+        ))),
+    }
+}
+
+/// The answer to a switch the person cannot make: they hold no live registration on the
+/// device (whether someone else does is not told).
+const NOT_HELD: &str = "device is not registered for this person";
 
 /// A device key as registered: validated, not yet sealed.
 struct NewKey {
@@ -253,6 +328,8 @@ struct Registration<'a> {
     e2e: Option<NewKey>,
     /// The caller may move the token away from another person (a service key).
     may_take: bool,
+    /// The device's active user stays as it is.
+    keep_active: bool,
 }
 
 impl AppState {
@@ -305,6 +382,7 @@ impl AppState {
             device_id,
             e2e,
             may_take,
+            keep_active,
         } = r;
         let spec =
             validate::provider(&self.providers, "platform", platform).map_err(ApiError::Invalid)?;
@@ -383,6 +461,7 @@ impl AppState {
             single_device: policy.single_device,
             refuse_over_limit: policy.device_limit == DeviceLimit::Refuse,
             refuse_move: !may_take,
+            keep_active,
         };
         let registered = self
             .store
@@ -503,13 +582,24 @@ async fn register_device(
             device_id,
             e2e,
             may_take: principal.may_take_tokens(),
+            keep_active: body.activate == Some(false),
         })
         .await?;
-    let devices = state.store.devices(&body.person_id, now_ms()).await?;
-    let device = devices
-        .into_iter()
+    let now = now_ms();
+    let devices = state.store.devices(&body.person_id, now).await?;
+    // The registered token's device, all its tokens (the active rule weighs them all).
+    let of_device = devices
+        .iter()
         .find(|d| d.token == token)
-        .map(DeviceView::from);
+        .map(|d| (d.attrs.app.clone(), d.device_id()));
+    let devices: Vec<Device> = devices
+        .into_iter()
+        .filter(|d| of_device.as_ref() == Some(&(d.attrs.app.clone(), d.device_id())))
+        .collect();
+    let device = device_views(state, &body.person_id, devices, now)
+        .await?
+        .into_iter()
+        .find(|d| d.token == token);
     let status = if registered.created {
         StatusCode::CREATED
     } else {
@@ -594,13 +684,9 @@ async fn list_devices(
         let principal = state.auth.authenticate(&headers, client).await?;
         validate::person_id("personId", &person).map_err(ApiError::Invalid)?;
         state.require(principal.may_read(&person), "not_owner")?;
-        let devices: Vec<DeviceView> = state
-            .store
-            .devices(&person, now_ms())
-            .await?
-            .into_iter()
-            .map(DeviceView::from)
-            .collect();
+        let now = now_ms();
+        let devices = state.store.devices(&person, now).await?;
+        let devices = device_views(&state, &person, devices, now).await?;
         Ok(Json(
             serde_json::json!({ "person_id": person, "devices": devices }),
         ))
@@ -631,6 +717,57 @@ async fn delete_person(
     }
     .await;
     finish(&state, "delete_person", result)
+}
+
+/// `PUT /v1/persons/{personId}/devices/{deviceId}/active` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateQuery {
+    /// The device's app; needed only when the person holds the device id in several apps.
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+/// Switches the device's active user to the person: the person themselves, or a service
+/// key with `register`; only a person holding a live registration on the device.
+async fn activate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: Client,
+    Path((person, device_id)): Path<(String, String)>,
+    query: Result<Query<ActivateQuery>, QueryRejection>,
+) -> Response {
+    let result = async {
+        let principal = state.auth.authenticate(&headers, client).await?;
+        validate::person_id("personId", &person).map_err(ApiError::Invalid)?;
+        validate::device_id("deviceId", &device_id).map_err(ApiError::Invalid)?;
+        let Query(query) =
+            query.map_err(|e| ApiError::Invalid(format!("query: {}", e.body_text())))?;
+        if let Some(app) = &query.app {
+            validate::app("app", app).map_err(ApiError::Invalid)?;
+        }
+        state.require(principal.may_write(&person), "not_owner")?;
+        let now = now_ms();
+        let devices = state.store.devices(&person, now).await?;
+        let app = switch_app(&devices, &device_id, query.app.as_deref())?;
+        let active = state
+            .store
+            .set_active(&app, &device_id, &person, now)
+            .await
+            .map_err(|error| match error {
+                ActivateError::NotRegistered => ApiError::NotFound(NOT_HELD),
+                ActivateError::Store(error) => ApiError::from(error),
+            })?;
+        Ok(Json(serde_json::json!({
+            "person_id": person,
+            "device_id": device_id,
+            "app": app,
+            "active": true,
+            "active_since_ms": active.since_ms,
+        })))
+    }
+    .await;
+    finish(&state, "activate", result)
 }
 
 /// The Webex sample push server's registration body.
@@ -709,6 +846,7 @@ async fn sample_register(
                     device_id: device_id.clone(),
                     e2e: None,
                     may_take: principal.may_take_tokens(),
+                    keep_active: false,
                 })
                 .await?;
             registered.push(field);
@@ -719,4 +857,54 @@ async fn sample_register(
     }
     .await;
     finish(&state, "register", result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(token: &str, device_id: &str, app: &str) -> Device {
+        Device {
+            token: token.into(),
+            person_id: "ann".into(),
+            attrs: DeviceAttrs {
+                platform: "apns".into(),
+                channel: Channel::Voip,
+                app: app.into(),
+                environment: Environment::Production,
+                device_id: Some(device_id.into()),
+                e2e: None,
+                keys: None,
+            },
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_switch_names_the_app_only_when_the_device_id_is_in_several() {
+        let devices = [
+            device("t1", "phone", "com.example.chat"),
+            device("t2", "phone", "com.example.chat"),
+            device("t3", "tablet", "com.example.chat"),
+            device("t4", "tablet", "com.example.mail"),
+        ];
+        assert_eq!(
+            switch_app(&devices, "phone", None).expect("one app"),
+            "com.example.chat"
+        );
+        let several = switch_app(&devices, "tablet", None).expect_err("two apps");
+        assert!(
+            matches!(&several, ApiError::Invalid(m) if m.contains("?app=")),
+            "{several}"
+        );
+        assert_eq!(
+            switch_app(&devices, "tablet", Some("com.example.mail")).expect("named"),
+            "com.example.mail"
+        );
+        assert!(matches!(
+            switch_app(&devices, "watch", None),
+            Err(ApiError::NotFound(NOT_HELD))
+        ));
+    }
 }

@@ -5,7 +5,7 @@
 //! pushctl [--config registry.toml] streams
 //! pushctl [--config …] dead list   [--stage S] [--reason R] [--older-than SECS] [--newer-than SECS] [--limit N]
 //! pushctl [--config …] dead replay [same filters] [--dry-run]
-//! pushctl [--config …] devices <personId>
+//! pushctl [--config …] devices <personId>     each device, and whether the person is its active user
 //! pushctl [--config …] trace <event id | trace id>   what became of an event on each device
 //! pushctl [--config …] webhooks list | ensure | reactivate   the Webex webhook ([webex_webhooks])
 //! pushctl health <url>            exit 0 when the URL answers 2xx (container health checks)
@@ -334,14 +334,20 @@ async fn devices(person: &str, config: &Config) -> Result<String, String> {
             ttl: Duration::from_secs(config.devices.ttl_secs),
         },
     );
+    let now = now_ms();
     let devices = store
-        .devices(person, now_ms())
+        .devices(person, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    let actives = store
+        .active_devices(person, &devices, now)
         .await
         .map_err(|e| e.to_string())?;
     for d in &devices {
+        let active = actives.get(&(d.attrs.app.clone(), d.device_id()));
         writeln!(
             out,
-            "{}  device={} {} {} app={} env={} e2e={} updated={}",
+            "{}  device={} {} {} app={} env={} e2e={} active={} updated={}",
             pipeline::telemetry::token_tag(&d.token),
             d.device_id(),
             d.attrs.platform.as_str(),
@@ -352,6 +358,7 @@ async fn devices(person: &str, config: &Config) -> Result<String, String> {
             d.attrs.app,
             d.attrs.environment.as_str(),
             d.attrs.e2e.as_ref().map_or("-", |k| k.kid.as_str()),
+            active.map_or("no".to_owned(), |since| format!("yes(since={since})")),
             d.updated_at_ms
         )
         .ok();

@@ -10,10 +10,13 @@
 //! | `p` `person:{<person>}:refreshed` | zset | token → last registration, ms |
 //! | `p` `person:{<person>}:created`   | hash | token → first registration, ms |
 //! | `p` `token:{<token>}`             | string | the persons holding the token (tab-separated; several only for multi-user apps), then (one per line) persons it is being moved away from |
+//! | `p` `device:{<app>/<device>}:active`  | hash | `person` → the device's active person (canonical), `since` → when they became active, ms |
+//! | `p` `device:{<app>/<device>}:persons` | zset | person → their last registration on the device, ms: who may hold it |
 //!
 //! The `{…}` hash tags put a person's three keys in one Redis Cluster slot, so every
 //! change to a person's devices is one atomic Lua script, and every script touches one
-//! slot. The token index lives in the token's own slot.
+//! slot. The token index lives in the token's own slot, a device's two keys in the
+//! device's (app ids and device ids have no braces or `/`, [`device_keys`]).
 //!
 //! # Changes that span two slots
 //!
@@ -57,10 +60,42 @@
 //! person-id rule (no control characters, no braces) before any key is built from it: a
 //! registration for an id that fails it is an error, a read or delete of one finds nothing.
 //!
+//! # The device's active person
+//!
+//! Several persons may hold one device (multi-user apps); one of them is its **active
+//! person**: the last to register on it, to connect on it, or to be named by an explicit
+//! switch ([`Store::set_active`]). Pushes go to every holder as before; in-app messages
+//! only to the active person. The rule, decided by [`choose_active`]:
+//!
+//! | the device's `active` record | the device's active person |
+//! |---|---|
+//! | names a person who has held a live registration on the device since the record's `since` | that person |
+//! | absent (a device registered before the record existed), or naming a person whose registration was deleted, pruned, replaced, evicted or expired (or deleted and made again since) | the live holder refreshed most recently, active since that registration |
+//! | absent, and nobody holds the device | none |
+//!
+//! So when the active person's last registration on a device goes, by any path, the
+//! holder who registered most recently becomes active: the phone still has signed-in
+//! users and the app shows one of them, and it is the same rule that keeps devices
+//! registered before the record existed working. Nothing has to be written when a
+//! registration goes (expiry has no moment to write at, and deletes and prunes stay
+//! one-slot operations): the record is a *claim*, checked against the person's keys on
+//! every read, as the token index is.
+//!
+//! The record and the `persons` set live in the device's slot, apart from the persons'
+//! slots, and one script writes both, after the person's registration is stored: nobody
+//! is made active on a registration that does not exist yet, and a registration
+//! interrupted between the two is one without the switch, which the client retries. A
+//! registration with [`Rules::keep_active`] adds its person to `persons` and leaves the
+//! record alone; it still counts as a refresh when no record decides. `persons` names candidates (trimmed to the TTL on every write; reads weigh the
+//! [`MAX_CANDIDATES`] most recent and check each against its person's keys); reads from a
+//! person's side ([`Store::active_devices`]) also ask the token index, so a device nobody
+//! registered since the record existed still resolves by the rule.
+//!
 //! Expiry: every registration refreshes `refreshed` and the keys' TTL. Registrations
 //! older than the TTL are invisible to reads at once and removed by the next write to
 //! that person; a person nobody refreshes disappears with the keys' TTL.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 pub use pipeline::contract::Channel;
@@ -136,6 +171,70 @@ impl Device {
     }
 }
 
+/// A device's active person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Active {
+    /// The person (canonical).
+    pub person_id: String,
+    /// When they became active, ms: the registration, connection or switch that made them
+    /// so, or, when no record decides, their last registration on the device.
+    pub since_ms: u64,
+}
+
+/// One person's live registration on one device, as [`choose_active`] weighs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registrant {
+    /// The person (canonical).
+    pub person_id: String,
+    /// Their first registration of the device's live tokens, ms.
+    pub created_ms: u64,
+    /// Their last registration on the device, ms.
+    pub refreshed_ms: u64,
+}
+
+/// The device's active person, by the rule in the module documentation: the `record`'s
+/// person while they hold the device without a break since it was written, else the live
+/// holder refreshed most recently (ties: the smallest person id, so every reader agrees).
+pub fn choose_active(record: Option<&Active>, registrants: &[Registrant]) -> Option<Active> {
+    if let Some(record) = record
+        && registrants.iter().any(|r| record_holds(record, r))
+    {
+        return Some(record.clone());
+    }
+    registrants
+        .iter()
+        .max_by(|a, b| {
+            a.refreshed_ms
+                .cmp(&b.refreshed_ms)
+                .then_with(|| b.person_id.cmp(&a.person_id))
+        })
+        .map(|r| Active {
+            person_id: r.person_id.clone(),
+            since_ms: r.refreshed_ms,
+        })
+}
+
+/// Whether `record` decides for `registrant`: it names them, and their live registration
+/// began no later than the record (one deleted and made again since does not revive it).
+fn record_holds(record: &Active, registrant: &Registrant) -> bool {
+    registrant.person_id == record.person_id && registrant.created_ms <= record.since_ms
+}
+
+/// Why [`Store::set_active`] did not make a person active.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The person holds no live registration with that app and device id (or the ids
+    /// are not ones the registry stores).
+    #[error("the person holds no live registration on this device")]
+    NotRegistered,
+    /// Redis failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Most holders of one device a read weighs: the most recently registered.
+pub const MAX_CANDIDATES: usize = 32;
+
 /// Why a registration was removed as a side effect of another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
@@ -158,7 +257,7 @@ impl Removal {
     }
 }
 
-/// What an app's policy asks of one registration.
+/// What an app's policy (and the request) asks of one registration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rules {
     /// The token may be held by several persons at once.
@@ -170,6 +269,9 @@ pub struct Rules {
     /// A token another person owns is refused ([`Registered::held`]) instead of moved.
     /// Ignored with `multi_user` (the token is shared, nobody loses it).
     pub refuse_move: bool,
+    /// The registration leaves the device's active person as it is (a refresh in the
+    /// background); otherwise the registering person becomes active on the device.
+    pub keep_active: bool,
 }
 
 /// The result of a registration.
@@ -229,6 +331,8 @@ struct Scripts {
     index_drop: Script,
     index_join: Script,
     index_claim: Script,
+    device_record: Script,
+    device_read: Script,
 }
 
 /// Adds or refreshes the token `ARGV[1]` (attributes `ARGV[2]`, device `ARGV[6]`, app
@@ -440,6 +544,32 @@ end
 return leaving
 "#;
 
+/// Records `ARGV[1]` as a holder of the device (`KEYS[2]`, score `ARGV[2]` ms, members
+/// older than `ARGV[3]` ms dropped) and with `ARGV[5]` = 1 as its active person
+/// (`KEYS[1]`, since `ARGV[4]`); both keys' TTL becomes `ARGV[3]` ms.
+const DEVICE_RECORD: &str = r#"
+local person, at, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZADD', KEYS[2], at, person)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (at - ttl))
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[1], 'person', person, 'since', ARGV[4])
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"#;
+
+/// The device's record: `{person or false, since or false, holder1, holder2, …}`, the
+/// `ARGV[1]` most recently registered holders first.
+const DEVICE_READ: &str = r#"
+local record = redis.call('HMGET', KEYS[1], 'person', 'since')
+local out = {record[1], record[2]}
+for _, p in ipairs(redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)) do
+  table.insert(out, p)
+end
+return out
+"#;
+
 /// What the token index says: who holds the token, and the persons it is being moved
 /// away from (a move that was interrupted; see the module's rule).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -516,6 +646,54 @@ pub fn person_keys(prefix: &str, person: &str) -> PersonKeys {
     }
 }
 
+/// The keys of one device, built in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKeys {
+    /// The active person and since when.
+    pub active: String,
+    /// Who may hold the device, by last registration.
+    pub persons: String,
+}
+
+/// Keys of the device `device_id` of `app` under `prefix`, or none when either id breaks
+/// its rule ([`crate::validate::app`], [`crate::validate::device_id`]: no braces, no
+/// `/`), so no id can reach another device's keys or slot.
+pub fn device_keys(prefix: &str, app: &str, device_id: &str) -> Option<DeviceKeys> {
+    crate::validate::app("app", app).ok()?;
+    crate::validate::device_id("device_id", device_id).ok()?;
+    Some(DeviceKeys {
+        active: format!("{prefix}device:{{{app}/{device_id}}}:active"),
+        persons: format!("{prefix}device:{{{app}/{device_id}}}:persons"),
+    })
+}
+
+/// `person`'s live registration on the device `device_id` of `app`, from their live
+/// `devices`: first and last registration of its tokens.
+fn registrant_of(
+    person: &str,
+    devices: &[Device],
+    app: &str,
+    device_id: &str,
+) -> Option<Registrant> {
+    devices
+        .iter()
+        .filter(|d| d.attrs.app == app && d.device_id() == device_id)
+        .fold(None, |found: Option<Registrant>, d| {
+            Some(match found {
+                None => Registrant {
+                    person_id: person.to_owned(),
+                    created_ms: d.created_at_ms,
+                    refreshed_ms: d.updated_at_ms,
+                },
+                Some(r) => Registrant {
+                    created_ms: r.created_ms.min(d.created_at_ms),
+                    refreshed_ms: r.refreshed_ms.max(d.updated_at_ms),
+                    ..r
+                },
+            })
+        })
+}
+
 /// The token-index key of `token` under `prefix`.
 pub fn token_key(prefix: &str, token: &str) -> String {
     format!("{prefix}token:{{{token}}}")
@@ -550,6 +728,8 @@ impl Store {
                 index_drop: Script::new(INDEX_DROP),
                 index_join: Script::new(INDEX_JOIN),
                 index_claim: Script::new(INDEX_CLAIM),
+                device_record: Script::new(DEVICE_RECORD),
+                device_read: Script::new(DEVICE_READ),
             }),
         }
     }
@@ -632,7 +812,7 @@ impl Store {
             .arg(now_ms)
             .arg(self.ttl_ms())
             .arg(self.policy.max_devices_per_person)
-            .arg(device)
+            .arg(&device)
             .arg(&attrs.app)
             .arg(u8::from(rules.single_device))
             .arg(u8::from(rules.refuse_over_limit))
@@ -663,6 +843,11 @@ impl Store {
         }
         for (_, removed_token) in &removed {
             self.index_drop(removed_token, person).await?;
+        }
+        if !refused {
+            let since = (!rules.keep_active).then_some(now_ms);
+            self.record_device(&attrs.app, &device, person, now_ms, since)
+                .await?;
         }
         Ok(Registered {
             created: first == 1,
@@ -855,6 +1040,199 @@ impl Store {
         Ok(devices)
     }
 
+    /// Records `person` (canonical) as a holder of the device, registered at `at_ms`, and
+    /// with `since` as its active person since then ([`DEVICE_RECORD`]). Ids that cannot
+    /// have keys are not recorded: no record decides for them.
+    async fn record_device(
+        &self,
+        app: &str,
+        device_id: &str,
+        person: &str,
+        at_ms: u64,
+        since: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let Some(keys) = device_keys(&self.prefix, app, device_id) else {
+            return Ok(());
+        };
+        let mut redis = self.redis.clone();
+        let _: i64 = self
+            .scripts
+            .device_record
+            .key(&keys.active)
+            .key(&keys.persons)
+            .arg(person)
+            .arg(at_ms)
+            .arg(self.ttl_ms())
+            .arg(since.unwrap_or(0))
+            .arg(u8::from(since.is_some()))
+            .invoke_async(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes `person` the active person of the device `device_id` of `app` (a switch of
+    /// user, or the app connecting for them), from `now_ms` on. Only a person holding a
+    /// live registration with that app and device id may become active; anyone else is
+    /// [`ActivateError::NotRegistered`] and nothing changes.
+    pub async fn set_active(
+        &self,
+        app: &str,
+        device_id: &str,
+        person: &str,
+        now_ms: u64,
+    ) -> Result<Active, ActivateError> {
+        let Some(person) = stored_id(person) else {
+            return Err(ActivateError::NotRegistered);
+        };
+        if device_keys(&self.prefix, app, device_id).is_none() {
+            return Err(ActivateError::NotRegistered);
+        }
+        let devices = self.devices(&person, now_ms).await?;
+        let holder =
+            registrant_of(&person, &devices, app, device_id).ok_or(ActivateError::NotRegistered)?;
+        // Never before the registration it rests on (clocks of two replicas may differ).
+        let since = now_ms.max(holder.created_ms);
+        self.record_device(app, device_id, &person, holder.refreshed_ms, Some(since))
+            .await?;
+        Ok(Active {
+            person_id: person,
+            since_ms: since,
+        })
+    }
+
+    /// The active person of the device `device_id` of `app`, by the rule in the module
+    /// documentation; none when nobody holds it. A device nobody has registered since the
+    /// record existed has no holders on record: [`Store::active_devices`], which starts
+    /// from a person, finds them.
+    pub async fn active(
+        &self,
+        app: &str,
+        device_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<Active>, StoreError> {
+        let Some(keys) = device_keys(&self.prefix, app, device_id) else {
+            return Ok(None);
+        };
+        self.resolve(&keys, app, device_id, &[], &mut HashMap::new(), now_ms)
+            .await
+    }
+
+    /// The devices, among `person`'s live `devices` (as [`Store::devices`] read them), on
+    /// which `person` is the active person, by `(app, device id)`, with since when.
+    pub async fn active_devices(
+        &self,
+        person: &str,
+        devices: &[Device],
+        now_ms: u64,
+    ) -> Result<HashMap<(String, String), u64>, StoreError> {
+        let mut mine = HashMap::new();
+        let Some(person) = stored_id(person) else {
+            return Ok(mine);
+        };
+        let mut groups: Vec<((String, String), Vec<&str>)> = Vec::new();
+        for device in devices {
+            let id = (device.attrs.app.clone(), device.device_id());
+            match groups.iter_mut().find(|(g, _)| *g == id) {
+                Some((_, tokens)) => tokens.push(&device.token),
+                None => groups.push((id, vec![&device.token])),
+            }
+        }
+        let mut cache = HashMap::from([(person.clone(), devices.to_vec())]);
+        for ((app, device_id), tokens) in groups {
+            // Ids no key can be built from have no record (registered before ids were
+            // checked): nobody is recorded active on them.
+            let Some(keys) = device_keys(&self.prefix, &app, &device_id) else {
+                continue;
+            };
+            let active = self
+                .resolve(&keys, &app, &device_id, &tokens, &mut cache, now_ms)
+                .await?;
+            if let Some(active) = active.filter(|a| a.person_id == person) {
+                mine.insert((app, device_id), active.since_ms);
+            }
+        }
+        Ok(mine)
+    }
+
+    /// Reads the device's record and weighs its holders ([`choose_active`]): the recorded
+    /// person first; only when the record does not decide, every candidate — the
+    /// recorded holders and the persons the token index names for `tokens`. `cache`
+    /// keeps each person's live devices across calls.
+    async fn resolve(
+        &self,
+        keys: &DeviceKeys,
+        app: &str,
+        device_id: &str,
+        tokens: &[&str],
+        cache: &mut HashMap<String, Vec<Device>>,
+        now_ms: u64,
+    ) -> Result<Option<Active>, StoreError> {
+        let mut redis = self.redis.clone();
+        let flat: Vec<Option<String>> = self
+            .scripts
+            .device_read
+            .key(&keys.active)
+            .key(&keys.persons)
+            .arg(MAX_CANDIDATES)
+            .invoke_async(&mut redis)
+            .await?;
+        let record = match (flat.first(), flat.get(1)) {
+            (Some(Some(person)), Some(Some(since))) => since.parse().ok().map(|since_ms| Active {
+                person_id: person.clone(),
+                since_ms,
+            }),
+            _ => None,
+        };
+        let mut registrants = Vec::new();
+        if let Some(record) = &record {
+            if let Some(holder) = self
+                .registrant(&record.person_id, app, device_id, cache, now_ms)
+                .await?
+            {
+                if record_holds(record, &holder) {
+                    return Ok(Some(record.clone()));
+                }
+                registrants.push(holder);
+            }
+        }
+        let mut candidates: Vec<String> = flat.into_iter().skip(2).flatten().collect();
+        for token in tokens {
+            if let Some(entry) = self.index_entry(token).await? {
+                candidates.extend(entry.owners);
+            }
+        }
+        for candidate in candidates {
+            if registrants.iter().any(|r| r.person_id == candidate) {
+                continue;
+            }
+            if let Some(holder) = self
+                .registrant(&candidate, app, device_id, cache, now_ms)
+                .await?
+            {
+                registrants.push(holder);
+            }
+        }
+        Ok(choose_active(record.as_ref(), &registrants))
+    }
+
+    /// `person`'s live registration on the device, read once per `cache`.
+    async fn registrant(
+        &self,
+        person: &str,
+        app: &str,
+        device_id: &str,
+        cache: &mut HashMap<String, Vec<Device>>,
+        now_ms: u64,
+    ) -> Result<Option<Registrant>, StoreError> {
+        if !cache.contains_key(person) {
+            let devices = self.devices(person, now_ms).await?;
+            cache.insert(person.to_owned(), devices);
+        }
+        Ok(cache
+            .get(person)
+            .and_then(|devices| registrant_of(person, devices, app, device_id)))
+    }
+
     /// Removes every device of `person`; returns how many tokens.
     pub async fn remove_person(&self, person: &str) -> Result<usize, StoreError> {
         let Some(person) = stored_id(person) else {
@@ -892,6 +1270,107 @@ mod tests {
         }
         assert_ne!(keys.devices, keys.refreshed);
         assert_eq!(token_key("p:", "abc"), "p:token:{abc}");
+    }
+
+    fn holder(person: &str, created_ms: u64, refreshed_ms: u64) -> Registrant {
+        Registrant {
+            person_id: person.into(),
+            created_ms,
+            refreshed_ms,
+        }
+    }
+
+    fn active(person: &str, since_ms: u64) -> Active {
+        Active {
+            person_id: person.into(),
+            since_ms,
+        }
+    }
+
+    #[test]
+    fn the_recorded_person_stays_active_while_they_hold_the_device() {
+        let record = active("ann", 50);
+        // Ben registered later without switching: Ann is still the one.
+        let holders = [holder("ann", 10, 60), holder("ben", 20, 90)];
+        assert_eq!(choose_active(Some(&record), &holders), Some(record));
+    }
+
+    #[test]
+    fn without_a_record_the_most_recently_refreshed_holder_is_active() {
+        let holders = [holder("ann", 10, 60), holder("ben", 20, 90)];
+        assert_eq!(choose_active(None, &holders), Some(active("ben", 90)));
+        assert_eq!(choose_active(None, &[]), None, "nobody holds the device");
+        // Equal times: every reader picks the same person.
+        let tied = [holder("zoe", 1, 5), holder("amy", 1, 5)];
+        assert_eq!(choose_active(None, &tied), Some(active("amy", 5)));
+    }
+
+    #[test]
+    fn a_record_naming_someone_who_left_the_device_yields_to_the_latest_holder() {
+        let record = active("ann", 50);
+        // Ann's registration was deleted, pruned or expired: she is not a holder.
+        assert_eq!(
+            choose_active(Some(&record), &[holder("ben", 20, 40)]),
+            Some(active("ben", 40))
+        );
+        // Deleted and registered again (without switching) after the record: the
+        // record no longer speaks for her; the latest holder is active.
+        assert_eq!(
+            choose_active(
+                Some(&record),
+                &[holder("ann", 70, 70), holder("ben", 20, 80)]
+            ),
+            Some(active("ben", 80))
+        );
+        assert_eq!(choose_active(Some(&record), &[]), None);
+    }
+
+    #[test]
+    fn a_devices_keys_share_one_slot_and_no_id_can_leave_it() {
+        let keys = device_keys("p:", "com.example.app", "5F2C-iPhone:1").expect("keys");
+        assert_eq!(
+            keys.active,
+            "p:device:{com.example.app/5F2C-iPhone:1}:active"
+        );
+        assert_eq!(
+            keys.persons,
+            "p:device:{com.example.app/5F2C-iPhone:1}:persons"
+        );
+        assert!(device_keys("p:", "com.example.app", &token_device_id("ab")).is_some());
+        assert_eq!(device_keys("p:", "a}b", "d"), None);
+        assert_eq!(device_keys("p:", "a/b", "d"), None, "app ids have no slash");
+        assert_eq!(device_keys("p:", "app", "d{x}"), None);
+        assert_eq!(device_keys("p:", "app", ""), None);
+    }
+
+    #[test]
+    fn a_holders_registration_spans_all_the_devices_tokens() {
+        let device = |token: &str, device: &str, app: &str, created, updated| Device {
+            token: token.into(),
+            person_id: "ann".into(),
+            attrs: DeviceAttrs {
+                platform: "apns".into(),
+                channel: Channel::Voip,
+                app: app.into(),
+                environment: Environment::Production,
+                device_id: Some(device.into()),
+                e2e: None,
+                keys: None,
+            },
+            created_at_ms: created,
+            updated_at_ms: updated,
+        };
+        let devices = [
+            device("t1", "phone", "app", 10, 30),
+            device("t2", "phone", "app", 20, 40),
+            device("t3", "phone", "other", 1, 99),
+            device("t4", "tablet", "app", 1, 99),
+        ];
+        assert_eq!(
+            registrant_of("ann", &devices, "app", "phone"),
+            Some(holder("ann", 10, 40))
+        );
+        assert_eq!(registrant_of("ann", &devices, "app", "watch"), None);
     }
 
     #[test]

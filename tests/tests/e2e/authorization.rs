@@ -651,3 +651,72 @@ async fn a_short_hs256_secret_stops_the_registry_at_start_naming_the_setting() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_person_switches_only_themselves_and_only_onto_a_device_they_hold() {
+    let f = fixture_with(|c| {
+        c.devices.apps.insert(
+            harness::services::APNS_APP.into(),
+            registry::config::AppPolicy {
+                multi_user: true,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let r = &f.registry;
+    let register = |person: &'static str, token: String, device: &'static str| async move {
+        let response = reqwest::Client::new()
+            .put(r.url(&format!("/v1/devices/{token}")))
+            .bearer_auth("admin-key")
+            .json(&json!({"person_id": person, "platform": "apns", "device_id": device}))
+            .send()
+            .await
+            .expect("PUT");
+        assert!(response.status().is_success(), "{}", response.status());
+    };
+    register(ALICE_UUID, token(1), "family-ipad").await;
+    register(BOB_UUID, token(1), "family-ipad").await;
+    register(BOB_UUID, token(2), "bobs-phone").await;
+    let switch = |bearer: &'static str, person: &'static str, device: &'static str| async move {
+        let response = reqwest::Client::new()
+            .put(r.url(&format!("/v1/persons/{person}/devices/{device}/active")))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .expect("PUT active");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.expect("a JSON answer");
+        (status, body)
+    };
+
+    // Alice, signed in with her own Webex token, switches the shared iPad to herself.
+    let (status, body) = switch("alice-webex-token", ALICE_UUID, "family-ipad").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["active"], true);
+
+    // She cannot switch it to Bob, nor make herself active on Bob's phone: a device she
+    // does not hold answers as one that does not exist.
+    let (status, body) = switch("alice-webex-token", BOB_UUID, "family-ipad").await;
+    assert_eq!((status, &body["error"]["code"]), (403, &json!("forbidden")));
+    let (status, bobs) = switch("alice-webex-token", ALICE_UUID, "bobs-phone").await;
+    assert_eq!((status, &bobs["error"]["code"]), (404, &json!("not_found")));
+    let (_, nobodys) = switch("alice-webex-token", ALICE_UUID, "no-such-phone").await;
+    assert_eq!(bobs, nobodys);
+
+    // Reading is not switching; an app backend with `register` may switch anyone.
+    let (status, _) = switch("read-key", BOB_UUID, "family-ipad").await;
+    assert_eq!(status, 403);
+    let (status, body) = switch("write-key", BOB_UUID, "family-ipad").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = list(r, "alice-webex-token", ALICE_UUID)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["devices"][0]["active"], false, "{listed}");
+
+    // Ids that break the rules are refused before anything is read.
+    let (status, body) = switch("write-key", BOB_UUID, "a%20b").await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid")));
+}

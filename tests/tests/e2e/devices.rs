@@ -653,3 +653,197 @@ async fn registrations_written_by_the_previous_version_keep_working() {
     );
     assert_eq!(tokens(&list(&stack.registry, "gus").await.0), vec![ios]);
 }
+
+/// A registry (real NATS and Redis) whose iOS app is `multi_user`: one phone, several
+/// persons.
+async fn shared_device_registry(env: &Env) -> harness::services::Service {
+    let mut config = env.registry_config();
+    config.devices.apps.insert(
+        APNS_APP.into(),
+        registry::config::AppPolicy {
+            multi_user: true,
+            ..Default::default()
+        },
+    );
+    let registry = start_registry(config).await;
+    registry.wait_ready().await;
+    registry
+}
+
+/// `person` registers `token` as part of the shared phone `device` with the test API key.
+async fn register_on(
+    registry: &harness::services::Service,
+    token: &str,
+    person: &str,
+    device: &str,
+    extra: Value,
+) {
+    let mut body = json!({"person_id": person, "platform": "apns", "device_id": device});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    let (status, answer) = put(registry, token, body).await;
+    assert!(status == 200 || status == 201, "{status} {answer}");
+}
+
+/// Whether `person`'s listing shows them as the active user of their one device (and,
+/// when they are, since when).
+async fn active_on(registry: &harness::services::Service, person: &str) -> (bool, Option<u64>) {
+    let (devices, text) = list(registry, person).await;
+    assert_eq!(devices.len(), 1, "{text}");
+    let active = devices[0]["active"]
+        .as_bool()
+        .expect("`active` is a boolean");
+    let since = devices[0]["active_since_ms"].as_u64();
+    assert_eq!(active, since.is_some(), "since only when active: {text}");
+    (active, since)
+}
+
+/// `PUT /v1/persons/{person}/devices/{device}/active` with `bearer`: status and body.
+async fn switch_to(
+    registry: &harness::services::Service,
+    bearer: &str,
+    person: &str,
+    device: &str,
+) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .put(registry.url(&format!("/v1/persons/{person}/devices/{device}/active")))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("PUT active");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
+#[tokio::test]
+async fn the_last_person_to_register_on_a_shared_device_is_active_until_a_switch() {
+    let env = Env::start();
+    let registry = shared_device_registry(&env).await;
+    let shared = apns_token(7);
+    register_on(&registry, &shared, "ann", "family-ipad", json!({})).await;
+    assert!(active_on(&registry, "ann").await.0, "alone on it");
+    register_on(&registry, &shared, "ben", "family-ipad", json!({})).await;
+    assert!(active_on(&registry, "ben").await.0, "Ben signed in last");
+    assert!(
+        !active_on(&registry, "ann").await.0,
+        "Ann is listed inactive"
+    );
+
+    // A refresh that says so leaves the active user alone; a plain one signs in.
+    register_on(
+        &registry,
+        &shared,
+        "ann",
+        "family-ipad",
+        json!({"activate": false}),
+    )
+    .await;
+    assert!(active_on(&registry, "ben").await.0);
+    assert!(!active_on(&registry, "ann").await.0);
+
+    // The explicit switch makes Ann active; the answer says since when.
+    let (status, answer) = switch_to(&registry, API_KEY, "ann", "family-ipad").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["active"], true);
+    assert_eq!(answer["app"], APNS_APP);
+    let (active, since) = active_on(&registry, "ann").await;
+    assert!(active);
+    assert_eq!(since, answer["active_since_ms"].as_u64());
+    assert!(!active_on(&registry, "ben").await.0);
+
+    // Nobody can be switched onto a device they do not hold.
+    let (status, answer) = switch_to(&registry, API_KEY, "cat", "family-ipad").await;
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(answer["error"]["code"], "not_found");
+    assert!(active_on(&registry, "ann").await.0, "nothing changed");
+}
+
+#[tokio::test]
+async fn when_the_active_user_leaves_a_shared_device_the_latest_remaining_registrant_is_active() {
+    let env = Env::start();
+    let registry = shared_device_registry(&env).await;
+    let shared = apns_token(8);
+    for person in ["ann", "ben", "cat"] {
+        register_on(&registry, &shared, person, "family-ipad", json!({})).await;
+        // Registrations a millisecond apart, so "most recent" has one answer.
+        let registered = pipeline::contract::now_ms();
+        while pipeline::contract::now_ms() <= registered {
+            tokio::task::yield_now().await;
+        }
+    }
+    let (status, answer) = switch_to(&registry, API_KEY, "ann", "family-ipad").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(active_on(&registry, "ann").await.0);
+
+    // Ann logs out: Cat, who registered after Ben, is the device's active user.
+    assert_eq!(
+        delete(&registry, &format!("/v1/devices/{shared}?person_id=ann")).await,
+        204
+    );
+    assert!(list(&registry, "ann").await.0.is_empty());
+    assert!(active_on(&registry, "cat").await.0);
+    assert!(!active_on(&registry, "ben").await.0);
+
+    // Cat logs out too: Ben is the one left.
+    assert_eq!(
+        delete(&registry, &format!("/v1/devices/{shared}?person_id=cat")).await,
+        204
+    );
+    assert!(active_on(&registry, "ben").await.0);
+
+    // Ann signs in again: the record that named her before her logout does not decide,
+    // her new registration does.
+    register_on(&registry, &shared, "ann", "family-ipad", json!({})).await;
+    assert!(active_on(&registry, "ann").await.0);
+    assert!(!active_on(&registry, "ben").await.0);
+}
+
+#[tokio::test]
+async fn a_shared_device_registered_before_active_users_existed_has_its_latest_registrant_active() {
+    let env = Env::start();
+    let registry = shared_device_registry(&env).await;
+    let prefix = format!("{}:", env.prefix);
+    let now = pipeline::contract::now_ms();
+    let shared = apns_token(9);
+    let mut redis = redis::Client::open(env.redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    // What the previous version wrote: both persons' records and a shared index, no
+    // device record. Dan refreshed a minute after Eve.
+    let attrs = format!(
+        r#"{{"platform":"apns","channel":"voip","app":"{APNS_APP}","environment":"production","device":"old-ipad"}}"#
+    );
+    for (person, at) in [("eve", now - 120_000), ("dan", now - 60_000)] {
+        let keys = registry::store::person_keys(&prefix, person);
+        let () = redis::pipe()
+            .hset(&keys.devices, &shared, &attrs)
+            .ignore()
+            .zadd(&keys.refreshed, &shared, at)
+            .ignore()
+            .hset(&keys.created, &shared, at)
+            .ignore()
+            .query_async(&mut redis)
+            .await
+            .expect("write old records");
+    }
+    let () = redis::cmd("SET")
+        .arg(registry::store::token_key(&prefix, &shared))
+        .arg("eve\tdan")
+        .query_async(&mut redis)
+        .await
+        .expect("index");
+    assert!(active_on(&registry, "dan").await.0, "the latest registrant");
+    assert!(!active_on(&registry, "eve").await.0);
+    assert!(
+        !redis_dump(&env).await.contains(":device:"),
+        "reading wrote nothing"
+    );
+    // And the switch works on such a device.
+    let (status, answer) = switch_to(&registry, API_KEY, "eve", "old-ipad").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(active_on(&registry, "eve").await.0);
+    assert!(!active_on(&registry, "dan").await.0);
+}

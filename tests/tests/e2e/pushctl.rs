@@ -134,3 +134,29 @@ async fn devices_are_shown_with_hashed_tokens() {
     .await;
     assert!(down.is_err());
 }
+
+#[tokio::test]
+async fn devices_say_whether_the_person_is_the_shared_devices_active_user() {
+    let stack = Stack::start_with(|c| {
+        c.registry.devices.apps.insert(
+            harness::services::APNS_APP.into(),
+            registry::config::AppPolicy {
+                multi_user: true,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let shared = ios(4);
+    stack.register_ios("ops-d", &shared).await;
+    stack.register_ios("ops-e", &shared).await;
+    let registry = &stack.configs.registry;
+    let last = execute(&Command::Devices("ops-e".into()), registry)
+        .await
+        .expect("devices");
+    assert!(last.contains(" active=yes(since="), "{last}");
+    let first = execute(&Command::Devices("ops-d".into()), registry)
+        .await
+        .expect("devices");
+    assert!(first.contains(" active=no "), "{first}");
+}

@@ -640,6 +640,95 @@ async fn registrations_expire_unless_refreshed_within_the_ttl() {
 }
 
 #[tokio::test]
+async fn when_the_active_users_registration_expires_the_holder_refreshed_last_is_active() {
+    use registry::store::{ActivateError, Active};
+    let env = Env::start();
+    let config = env.registry_config();
+    let (store, mut attrs) = store_with_an_hour_ttl(&config);
+    attrs.device_id = Some("family-ipad".into());
+    let shared = Rules {
+        multi_user: true,
+        ..Rules::default()
+    };
+    let t0 = 1_700_000_000_000u64;
+    let hour = 3_600_000u64;
+    let token = apns_token(1);
+    store
+        .register(&token, "ann", &attrs, t0, shared)
+        .await
+        .expect("register");
+    store
+        .register(&token, "ben", &attrs, t0 + 1, shared)
+        .await
+        .expect("register");
+    // Ann's app refreshes in the background without switching; Ben's never does.
+    let background = Rules {
+        keep_active: true,
+        ..shared
+    };
+    store
+        .register(&token, "ann", &attrs, t0 + hour / 2, background)
+        .await
+        .expect("refresh");
+    assert_eq!(
+        store
+            .active(APNS_APP, "family-ipad", t0 + hour / 2)
+            .await
+            .expect("read"),
+        Some(Active {
+            person_id: "ben".into(),
+            since_ms: t0 + 1
+        })
+    );
+
+    let later = t0 + hour + 2;
+    assert_eq!(
+        store
+            .active(APNS_APP, "family-ipad", later)
+            .await
+            .expect("read"),
+        Some(Active {
+            person_id: "ann".into(),
+            since_ms: t0 + hour / 2
+        }),
+        "Ben's registration expired: Ann, refreshed last, is active"
+    );
+    assert!(matches!(
+        store
+            .set_active(APNS_APP, "family-ipad", "ben", later)
+            .await,
+        Err(ActivateError::NotRegistered)
+    ));
+    assert!(
+        matches!(
+            store
+                .set_active("com.example.other", "family-ipad", "ann", later)
+                .await,
+            Err(ActivateError::NotRegistered)
+        ),
+        "a device is its app and its id"
+    );
+    assert_eq!(
+        store
+            .set_active(APNS_APP, "family-ipad", "ann", later)
+            .await
+            .expect("switch"),
+        Active {
+            person_id: "ann".into(),
+            since_ms: later
+        }
+    );
+    assert_eq!(
+        store
+            .active(APNS_APP, "family-ipad", t0 + 2 * hour + 1)
+            .await
+            .expect("read"),
+        None,
+        "nobody refreshed: nobody holds the device"
+    );
+}
+
+#[tokio::test]
 async fn an_interrupted_move_is_finished_by_the_next_operation_on_the_token() {
     use registry::store::token_key;
     let env = Env::start();
