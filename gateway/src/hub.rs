@@ -405,9 +405,84 @@ impl Drop for Entry<'_> {
     }
 }
 
+/// What a connection has sent and what was acknowledged.
+#[derive(Debug)]
+pub struct Window {
+    /// The highest sequence acknowledged (the cursor).
+    pub acked: u64,
+    /// The highest sequence sent or skipped.
+    pub sent: u64,
+    /// Sequences sent and not yet acknowledged, in order.
+    pub unacked: VecDeque<u64>,
+    /// The stream may hold more after `sent`.
+    pub more: bool,
+}
+
+impl Window {
+    /// A window starting after the cursor `acked`.
+    pub fn new(acked: u64) -> Self {
+        Window {
+            acked,
+            sent: acked,
+            unacked: VecDeque::new(),
+            more: true,
+        }
+    }
+
+    /// Whether another message may be read and sent.
+    pub fn has_room(&self, max_unacked: usize) -> bool {
+        self.more && self.unacked.len() < max_unacked
+    }
+
+    /// An ack up to `seq`: the new cursor when it moves, or the protocol error of an ack
+    /// beyond what was sent.
+    pub fn ack(&mut self, seq: u64) -> Result<Option<u64>, Close> {
+        if seq > self.sent {
+            return Err(Close::Protocol);
+        }
+        if seq <= self.acked {
+            return Ok(None);
+        }
+        self.acked = seq;
+        while self.unacked.front().is_some_and(|&s| s <= seq) {
+            self.unacked.pop_front();
+        }
+        Ok(Some(seq))
+    }
+}
+
 /// `future` within [`IO_TIMEOUT`], or [`Close::Unavailable`].
 async fn within<T>(future: impl std::future::Future<Output = T>) -> Result<T, Close> {
     tokio::time::timeout(IO_TIMEOUT, future)
         .await
         .map_err(|_| Close::Unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_move_the_cursor_forward_only_and_never_past_what_was_sent() {
+        let mut window = Window::new(10);
+        window.sent = 15;
+        window.unacked.extend([12, 14, 15]);
+        assert_eq!(window.ack(9), Ok(None), "an old ack changes nothing");
+        assert_eq!(window.ack(14), Ok(Some(14)));
+        assert_eq!(window.unacked, [15]);
+        assert_eq!(window.ack(16), Err(Close::Protocol), "beyond what was sent");
+        assert_eq!(window.ack(15), Ok(Some(15)));
+        assert!(window.unacked.is_empty());
+    }
+
+    #[test]
+    fn room_is_the_unacked_bound_while_more_may_come() {
+        let mut window = Window::new(0);
+        assert!(window.has_room(2));
+        window.unacked.extend([1, 2]);
+        assert!(!window.has_room(2));
+        window.unacked.clear();
+        window.more = false;
+        assert!(!window.has_room(2));
+    }
 }

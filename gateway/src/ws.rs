@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::frames::{self, ClientFrame, Close, Message, ServerFrame};
-use crate::hub::{Device, Hub, Next};
+use crate::hub::{Device, Hub, Next, Window};
 
 /// The transport's metric label.
 pub const TRANSPORT: &str = "websocket";
@@ -138,50 +138,6 @@ where
     match (result, evicted.reason()) {
         (Err(_), Some(reason)) => Err(reason),
         (result, _) => result,
-    }
-}
-
-/// What a connection has sent and what was acknowledged.
-#[derive(Debug)]
-struct Window {
-    /// The highest sequence acknowledged (the cursor).
-    acked: u64,
-    /// The highest sequence sent or skipped.
-    sent: u64,
-    /// Sequences sent and not yet acknowledged, in order.
-    unacked: std::collections::VecDeque<u64>,
-    /// The stream may hold more after `sent`.
-    more: bool,
-}
-
-impl Window {
-    fn new(acked: u64) -> Self {
-        Window {
-            acked,
-            sent: acked,
-            unacked: std::collections::VecDeque::new(),
-            more: true,
-        }
-    }
-
-    fn has_room(&self, max_unacked: usize) -> bool {
-        self.more && self.unacked.len() < max_unacked
-    }
-
-    /// An ack up to `seq`: the new cursor when it moves, or the protocol error of an ack
-    /// beyond what was sent.
-    fn ack(&mut self, seq: u64) -> Result<Option<u64>, Close> {
-        if seq > self.sent {
-            return Err(Close::Protocol);
-        }
-        if seq <= self.acked {
-            return Ok(None);
-        }
-        self.acked = seq;
-        while self.unacked.front().is_some_and(|&s| s <= seq) {
-            self.unacked.pop_front();
-        }
-        Ok(Some(seq))
     }
 }
 
@@ -339,31 +295,3 @@ fn write_error(error: &WsError) -> Close {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn acks_move_the_cursor_forward_only_and_never_past_what_was_sent() {
-        let mut window = Window::new(10);
-        window.sent = 15;
-        window.unacked.extend([12, 14, 15]);
-        assert_eq!(window.ack(9), Ok(None), "an old ack changes nothing");
-        assert_eq!(window.ack(14), Ok(Some(14)));
-        assert_eq!(window.unacked, [15]);
-        assert_eq!(window.ack(16), Err(Close::Protocol), "beyond what was sent");
-        assert_eq!(window.ack(15), Ok(Some(15)));
-        assert!(window.unacked.is_empty());
-    }
-
-    #[test]
-    fn room_is_the_unacked_bound_while_more_may_come() {
-        let mut window = Window::new(0);
-        assert!(window.has_room(2));
-        window.unacked.extend([1, 2]);
-        assert!(!window.has_room(2));
-        window.unacked.clear();
-        window.more = false;
-        assert!(!window.has_room(2));
-    }
-}

@@ -72,9 +72,7 @@ async fn a_changed_definition_is_applied_and_an_unchanged_one_left_alone() {
         .await
         .expect("update");
     let stream = js
-        .get_stream(
-            providers::topology(&config).stream_name(StreamKind::Events),
-        )
+        .get_stream(providers::topology(&config).stream_name(StreamKind::Events))
         .await
         .expect("stream");
     assert_eq!(
