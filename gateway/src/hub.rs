@@ -1,7 +1,8 @@
 //! What every connection shares, whatever its transport: admitting a hello (credential,
 //! app, device), the device's cursor in Redis, reading the device's messages from
-//! `INAPP` in order, the live signal on the device's subject, and the connections of this
-//! replica by device and person (their limits).
+//! `INAPP` in order, the live signal on the device's subject, the connections of this
+//! replica by device and person (their limits), and a connection's [`Window`] (what it
+//! sent, what was acknowledged).
 //!
 //! # Redis keys
 //!
