@@ -38,7 +38,7 @@ macro_rules! message {
     )*};
 }
 
-message!(Event, CallbackJob, TokenPruned, Feedback);
+message!(Event, CallbackJob, TokenPruned, Feedback, Fallback);
 
 impl<P: serde::de::DeserializeOwned> Message for PushJob<P> {
     const NAME: &'static str = "PushJob";
@@ -291,6 +291,36 @@ impl Feedback {
     pub fn invalid_since_ms(&self) -> u64 {
         self.provider_timestamp_ms.unwrap_or(self.observed_at_ms)
     }
+}
+
+/// The pushes of one device held back while its app, connected and active, may
+/// acknowledge the in-app message of the same event: published by the fan-out to
+/// `FALLBACK`, consumed by the registry, which releases them when the app has not
+/// acknowledged `seq` by `ack_by_ms`, and drops them when it has (`docs/inapp.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fallback {
+    /// Contract version, always [`VERSION`].
+    pub v: u8,
+    /// The event.
+    pub event_id: String,
+    /// The person.
+    pub person_id: String,
+    /// The device's in-app token.
+    pub token: String,
+    /// The in-app app.
+    pub app: String,
+    /// The in-app message's `INAPP` sequence: acknowledged once the device's cursor
+    /// reaches it.
+    pub seq: u64,
+    /// The end of the acknowledgement window.
+    pub ack_by_ms: u64,
+    /// The event's deadline: past it nothing is released.
+    pub deadline_ms: u64,
+    /// The held push jobs, as the fan-out built them (encrypted where they had to be).
+    pub jobs: Vec<PushJob>,
+    /// The producer's trace id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// A message a stage gave up on, published to `DEAD` before the original is terminated.

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde::Serialize;
 
 use crate::contract::DeadLetter;
-use crate::topology::{ConsumerKind, StreamKind, Topology};
+use crate::topology::{StreamKind, Topology};
 
 /// One consumer's state.
 #[derive(Debug, Clone, Serialize)]
@@ -46,7 +46,7 @@ pub type OperateError = String;
 
 /// The state of every stream and consumer.
 pub async fn streams(js: &Context, topology: &Topology) -> Result<Vec<StreamStatus>, OperateError> {
-    let kinds = ConsumerKind::all(topology.providers());
+    let kinds = topology.consumers();
     let mut out = Vec::new();
     for kind in topology.streams() {
         let name = topology.stream_name(kind);

@@ -9,10 +9,12 @@
 //! | `STATUS`    | `status.e.<event>`, `status.t.<trace>` | limits (age, bytes) | (read by id) |
 //! | `CALLBACKS` | `callbacks.<producer>`, `callbacks.pruned.<app>` | work queue | `callbacks` |
 //! | `INAPP`     | `inapp.<device>.<person>`    | limits (age) | (read by subject: the gateway) |
+//! | `FALLBACK`  | `fallback.<device>`          | work queue | `fallback` |
 //!
-//! `INAPP` holds in-app messages until their devices take them (`docs/inapp.md`); it
-//! exists where a provider is held ([`crate::provider::Spec::held`],
-//! [`Topology::with_inapp`]).
+//! `INAPP` holds in-app messages until their devices take them (`docs/inapp.md`);
+//! `FALLBACK` the pushes held back for a connected device until its app acknowledges the
+//! in-app message or the window passes. Both exist where a provider is held
+//! ([`crate::provider::Spec::held`], [`Topology::with_inapp`]).
 //! There is one push stream per provider (`PUSH_APNS`, `PUSH_FCM`, …), named from the
 //! provider's name ([`crate::provider`]); a topology knows the providers it was made with.
 //! With a prefix `p` (config `nats.prefix`) stream names become `pEVENTS` and subjects
@@ -49,6 +51,8 @@ pub enum StreamKind {
     Callbacks,
     /// In-app messages, kept until their devices take them or they expire.
     InApp,
+    /// Pushes held back while a device's app may acknowledge an in-app message.
+    Fallback,
 }
 
 impl StreamKind {
@@ -74,6 +78,7 @@ impl StreamKind {
             StreamKind::Status => "STATUS".into(),
             StreamKind::Callbacks => "CALLBACKS".into(),
             StreamKind::InApp => "INAPP".into(),
+            StreamKind::Fallback => "FALLBACK".into(),
         }
     }
 
@@ -86,6 +91,7 @@ impl StreamKind {
             StreamKind::Status => "status.>".into(),
             StreamKind::Callbacks => "callbacks.>".into(),
             StreamKind::InApp => "inapp.*.*".into(),
+            StreamKind::Fallback => "fallback.*".into(),
         }
     }
 }
@@ -101,6 +107,8 @@ pub enum ConsumerKind {
     Dispatch(&'static str),
     /// ingest: `CALLBACKS` → producers' callback URLs.
     Callbacks,
+    /// registry: `FALLBACK` → held pushes, released or dropped.
+    Fallback,
 }
 
 impl ConsumerKind {
@@ -119,6 +127,7 @@ impl ConsumerKind {
             ConsumerKind::Prune => "prune".into(),
             ConsumerKind::Dispatch(provider) => format!("dispatch-{provider}"),
             ConsumerKind::Callbacks => "callbacks".into(),
+            ConsumerKind::Fallback => "fallback".into(),
         }
     }
 
@@ -129,6 +138,7 @@ impl ConsumerKind {
             ConsumerKind::Prune => StreamKind::Feedback,
             ConsumerKind::Dispatch(provider) => StreamKind::Push(provider),
             ConsumerKind::Callbacks => StreamKind::Callbacks,
+            ConsumerKind::Fallback => StreamKind::Fallback,
         }
     }
 
@@ -139,6 +149,7 @@ impl ConsumerKind {
             ConsumerKind::Prune => "prune",
             ConsumerKind::Dispatch(provider) => provider,
             ConsumerKind::Callbacks => "callback",
+            ConsumerKind::Fallback => "fallback",
         }
     }
 }
@@ -238,9 +249,28 @@ impl Topology {
     pub fn streams(&self) -> Vec<StreamKind> {
         let mut all = StreamKind::all(&self.providers);
         if self.inapp {
-            all.push(StreamKind::InApp);
+            all.extend([StreamKind::InApp, StreamKind::Fallback]);
         }
         all
+    }
+
+    /// Every durable consumer of this topology.
+    pub fn consumers(&self) -> Vec<ConsumerKind> {
+        let mut all = ConsumerKind::all(&self.providers);
+        if self.inapp {
+            all.push(ConsumerKind::Fallback);
+        }
+        all
+    }
+
+    /// Whether the in-app streams are part of this topology.
+    pub fn has_inapp(&self) -> bool {
+        self.inapp
+    }
+
+    /// `fallback.<device>`: the pushes held for the device whose in-app token is `token`.
+    pub fn fallback_subject(&self, token: &str) -> String {
+        format!("{}fallback.{}", self.prefix, id_token(token))
     }
 
     /// The full stream name.

@@ -10,6 +10,8 @@
 //! | `skipped` | fan-out | one per device that got nothing (why) |
 //! | `accepted`, `retried`, `expired`, `invalid_token`, `dead_lettered`, `duplicate` | dispatcher | one per try: when it was sent, the provider's id (APNs `apns-id`, FCM message name), the reason |
 //! | `pruned` | registry | the token was deleted after the provider's verdict |
+//! | `sent_inapp`, `acknowledged`, `expired` | gateway | an in-app message went over a device's live connection; the app acknowledged it; it expired unread on a connection |
+//! | `fell_back_to_push`, `acknowledged` | registry (in-app fall-back) | the app did not acknowledge in time and the device's held pushes went out (they are then `queued` like any); or it did |
 //!
 //! Devices are named by their token's tag ([`crate::telemetry::token_tag`]), never by the
 //! token. [`read_event`] folds the records into an [`EventStatus`].
@@ -61,6 +63,13 @@ pub enum Stage {
     DeadLettered,
     /// A copy of an accepted push came back and was not sent again.
     Duplicate,
+    /// An in-app message went to the device over its live connection.
+    SentInApp,
+    /// The app acknowledged the in-app message.
+    Acknowledged,
+    /// The app did not acknowledge the in-app message within the window: the pushes held
+    /// for the device went out instead.
+    FellBackToPush,
 }
 
 impl Stage {
@@ -79,6 +88,9 @@ impl Stage {
             Stage::Pruned => "pruned",
             Stage::DeadLettered => "dead_lettered",
             Stage::Duplicate => "duplicate",
+            Stage::SentInApp => "sent_inapp",
+            Stage::Acknowledged => "acknowledged",
+            Stage::FellBackToPush => "fell_back_to_push",
         }
     }
 
@@ -92,7 +104,15 @@ impl Stage {
                 | Stage::Pruned
                 | Stage::DeadLettered
                 | Stage::Skipped
+                | Stage::Acknowledged
+                | Stage::FellBackToPush
         )
+    }
+
+    /// Whether a device got the event at this stage: a provider accepted its push, or
+    /// its app acknowledged the in-app message.
+    fn is_delivered(self) -> bool {
+        matches!(self, Stage::Accepted | Stage::Acknowledged)
     }
 }
 
@@ -621,11 +641,14 @@ fn outcome(event_stage: Option<Stage>, devices: &[DeviceStatus]) -> &'static str
     if devices.iter().any(|d| !d.outcome.is_final()) {
         return "pending";
     }
-    let accepted = devices
+    // An in-app message that fell back handed the device over to its pushes, which
+    // count in its place.
+    let counted = devices
         .iter()
-        .filter(|d| d.outcome == Stage::Accepted)
+        .filter(|d| d.outcome != Stage::FellBackToPush)
         .count();
-    if accepted == devices.len() {
+    let accepted = devices.iter().filter(|d| d.outcome.is_delivered()).count();
+    if accepted == counted && counted > 0 {
         "delivered"
     } else if accepted > 0 {
         "partially_delivered"
@@ -719,6 +742,44 @@ mod tests {
         assert_eq!(status.devices[0].outcome, Stage::Accepted);
         assert_eq!(status.devices[1].outcome, Stage::Pruned);
         assert_eq!(status.outcome, "partially_delivered");
+    }
+
+    #[test]
+    fn an_acknowledged_in_app_message_is_delivered_and_a_fall_back_counts_its_pushes() {
+        let acknowledged = fold(
+            "e1",
+            vec![
+                device(Stage::Queued, "app", 1),
+                device(Stage::SentInApp, "app", 2),
+                device(Stage::Acknowledged, "app", 3),
+            ],
+        )
+        .expect("status");
+        assert_eq!(acknowledged.outcome, "delivered");
+        let sent = fold(
+            "e1",
+            vec![
+                device(Stage::Queued, "app", 1),
+                device(Stage::SentInApp, "app", 2),
+            ],
+        )
+        .expect("status");
+        assert_eq!(sent.outcome, "pending", "sent is not acknowledged");
+        let fell_back = fold(
+            "e1",
+            vec![
+                device(Stage::Queued, "app", 1),
+                device(Stage::SentInApp, "app", 2),
+                device(Stage::FellBackToPush, "app", 3),
+                device(Stage::Queued, "phone", 3),
+                device(Stage::Accepted, "phone", 4),
+                // The app acknowledging after the fall-back changes nothing settled.
+                device(Stage::Acknowledged, "app", 5),
+            ],
+        )
+        .expect("status");
+        assert_eq!(fell_back.devices[0].outcome, Stage::FellBackToPush);
+        assert_eq!(fell_back.outcome, "delivered", "the phone's push counts");
     }
 
     #[test]

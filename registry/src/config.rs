@@ -38,6 +38,8 @@ pub struct Config {
     pub fanout: WorkerConfig,
     /// The prune consumer (`FEEDBACK` → token removal).
     pub prune: WorkerConfig,
+    /// The in-app fall-back consumer (`FALLBACK` → held pushes released or dropped).
+    pub fallback: WorkerConfig,
     /// The Webex webhook pushline depends on (`pushctl webhooks`, the watchdog).
     pub webex_webhooks: crate::webhooks::WebhooksConfig,
     /// Logs.
@@ -60,6 +62,10 @@ impl Default for Config {
             fanout: WorkerConfig::default(),
             prune: WorkerConfig {
                 concurrency: 32,
+                ..WorkerConfig::default()
+            },
+            fallback: WorkerConfig {
+                concurrency: 64,
                 ..WorkerConfig::default()
             },
             webex_webhooks: crate::webhooks::WebhooksConfig::default(),
@@ -180,6 +186,10 @@ pub struct DevicesConfig {
     /// open (rotation: put the new one first). Without one, registrations carrying
     /// `e2e_key` are refused.
     pub key_encryption_keys: Vec<crate::keyring::KekConfig>,
+    /// How long a connected, active device's pushes wait for its app to acknowledge the
+    /// in-app message of the same event before they go anyway, milliseconds
+    /// (`docs/inapp.md`).
+    pub inapp_ack_window_ms: u64,
     /// Per-app policies, by APNs bundle id or FCM project id; apps not listed get
     /// [`AppPolicy::default`].
     pub apps: BTreeMap<String, AppPolicy>,
@@ -243,6 +253,7 @@ impl Default for DevicesConfig {
             default_fcm_app: String::new(),
             default_environment: Environment::Production,
             key_encryption_keys: Vec::new(),
+            inapp_ack_window_ms: 2_000,
             apps: BTreeMap::new(),
         }
     }
@@ -470,6 +481,7 @@ impl Config {
         pipeline::egress::EgressPolicy::new("endpoints", &self.endpoints)?;
         self.fanout.validate("fanout")?;
         self.prune.validate("prune")?;
+        self.fallback.validate("fallback")?;
         self.redis.validate()?;
         if self.webex_webhooks.enabled {
             crate::webhooks::Client::new(&self.webex_webhooks)?;
@@ -478,6 +490,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "devices.max_per_person",
                 "must be 1 to 1000",
+            ));
+        }
+        if !(100..=60_000).contains(&self.devices.inapp_ack_window_ms) {
+            return Err(ConfigError::invalid(
+                "devices.inapp_ack_window_ms",
+                "must be 100 to 60000",
             ));
         }
         if self.devices.ttl_secs < 60 {

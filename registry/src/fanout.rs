@@ -57,6 +57,8 @@ pub struct Fanout {
     pub tracker: Tracker,
     /// The providers.
     pub providers: Providers,
+    /// In-app presence (whether a device's pushes may wait for its app).
+    pub inapp: crate::inapp::InAppState,
 }
 
 /// The job of `event` for `device`: `None` when the device does not get it (no part for
@@ -98,6 +100,62 @@ pub fn encrypt_job(
     let spec = providers.get(&job.platform).ok_or(Skip::Malformed)?;
     job.part = spec.encrypt(&job.part, key, kid)?;
     Ok(())
+}
+
+/// A device's job, with what the in-app rule needs to know of the device.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The job.
+    pub job: PushJob,
+    /// The device it is for ([`Device::device_id`]).
+    pub device_id: String,
+    /// The registration's app.
+    pub app: String,
+    /// Whether it is an in-app job (its provider is held).
+    pub held: bool,
+}
+
+/// What goes now and what waits, by the in-app rule: a device whose in-app message goes
+/// to a live connection of its active person (`waiting`: their device ids) keeps its
+/// pushes back until the app acknowledges the message or the window passes — except for
+/// calls, which ring by push whatever the app shows.
+///
+/// | job | class | its device in `waiting` | |
+/// |---|---|---|---|
+/// | in-app | any | any | now (stored in `INAPP` for the device) |
+/// | push | call | any | now |
+/// | push | alert, background | no | now |
+/// | push | alert, background | yes | held, behind the device's in-app message |
+#[derive(Debug, Default)]
+pub struct Hold {
+    /// Published now.
+    pub now: Vec<Planned>,
+    /// Held, by device id.
+    pub held: std::collections::BTreeMap<String, Vec<PushJob>>,
+}
+
+/// Splits `jobs` by the in-app rule (see [`Hold`]).
+pub fn hold(
+    class: pipeline::contract::Class,
+    jobs: Vec<Planned>,
+    waiting: &std::collections::HashSet<String>,
+) -> Hold {
+    let mut split = Hold::default();
+    for planned in jobs {
+        let waits = !planned.held
+            && class != pipeline::contract::Class::Call
+            && waiting.contains(&planned.device_id);
+        if waits {
+            split
+                .held
+                .entry(planned.device_id.clone())
+                .or_default()
+                .push(planned.job);
+        } else {
+            split.now.push(planned);
+        }
+    }
+    split
 }
 
 /// The de-duplication id of the job for `token` in `event_id`.
@@ -160,7 +218,7 @@ impl Fanout {
     /// The jobs of `event` for the devices among `devices` that get it, leaving out (and
     /// counting) those that cannot get the encrypted payload it needs; their `skipped`
     /// records come second.
-    fn jobs(&self, event: &Event, devices: &[Device]) -> (Vec<PushJob>, Vec<StatusRecord>) {
+    fn jobs(&self, event: &Event, devices: &[Device]) -> (Vec<Planned>, Vec<StatusRecord>) {
         let mut jobs = Vec::with_capacity(devices.len());
         let mut skipped = Vec::new();
         for device in devices {
@@ -168,7 +226,12 @@ impl Fanout {
                 continue;
             };
             match self.sealed(event, job, device) {
-                Ok(job) => jobs.push(job),
+                Ok(job) => jobs.push(Planned {
+                    held: self.providers.get(&job.platform).is_some_and(|s| s.held()),
+                    job,
+                    device_id: device.device_id(),
+                    app: device.attrs.app.clone(),
+                }),
                 Err(skip) => {
                     self.metrics
                         .fanout_skipped
@@ -197,7 +260,89 @@ impl Fanout {
         }
     }
 
-    async fn publish_jobs(&self, event: &Event, jobs: &[PushJob]) -> Result<(), String> {
+    /// The device ids among `jobs`' in-app devices whose in-app message goes to a live
+    /// connection of the event's person, who is the device's active user: their pushes
+    /// may wait. Nothing for calls, nor for events without an in-app job.
+    async fn waiting(
+        &self,
+        event: &Event,
+        devices: &[Device],
+        jobs: &[Planned],
+        now: u64,
+    ) -> Result<std::collections::HashSet<String>, String> {
+        let mut waiting = std::collections::HashSet::new();
+        let inapp: Vec<&Planned> = jobs.iter().filter(|p| p.held).collect();
+        if inapp.is_empty() || event.class == pipeline::contract::Class::Call {
+            return Ok(waiting);
+        }
+        let has_pushes = |device_id: &str| jobs.iter().any(|p| !p.held && p.device_id == device_id);
+        let active = self
+            .store
+            .active_devices(&event.person_id, devices, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        for planned in inapp {
+            if !has_pushes(&planned.device_id)
+                || !active.contains_key(&(planned.app.clone(), planned.device_id.clone()))
+            {
+                continue;
+            }
+            let present = self
+                .inapp
+                .is_present(&planned.job.token, &event.person_id, now)
+                .await
+                .map_err(|e| e.to_string())?;
+            if present {
+                waiting.insert(planned.device_id.clone());
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// Publishes the held pushes of each waiting device behind its in-app message, whose
+    /// `INAPP` sequence `published` tells.
+    async fn publish_fallbacks(
+        &self,
+        event: &Event,
+        held: std::collections::BTreeMap<String, Vec<PushJob>>,
+        published: &[(Planned, u64)],
+        now: u64,
+    ) -> Result<(), String> {
+        for (device_id, jobs) in held {
+            let Some((inapp, seq)) = published
+                .iter()
+                .find(|(p, _)| p.held && p.device_id == device_id)
+            else {
+                continue;
+            };
+            let fallback = pipeline::contract::Fallback {
+                v: VERSION,
+                event_id: event.id.clone(),
+                person_id: event.person_id.clone(),
+                token: inapp.job.token.clone(),
+                app: inapp.app.clone(),
+                seq: *seq,
+                ack_by_ms: now + self.devices.inapp_ack_window_ms,
+                deadline_ms: event.deadline_ms,
+                jobs,
+                trace_id: event.trace_id.clone(),
+            };
+            let body = serde_json::to_vec(&fallback).map_err(|e| e.to_string())?;
+            pipeline::nats::publish_stored(
+                &self.js,
+                &self.topology.fallback_subject(&inapp.job.token),
+                &format!("fallback:{}", job_id(&event.id, &inapp.job.token)),
+                None,
+                &body.into(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `jobs`, answering each one's stream sequence.
+    async fn publish_jobs(&self, event: &Event, jobs: &[&PushJob]) -> Result<Vec<u64>, String> {
         let headers = event.trace_id.as_deref().map(|trace| {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(pipeline::contract::TRACE_HEADER, trace);
@@ -207,7 +352,7 @@ impl Fanout {
         let sends = jobs.iter().map(|job| async move {
             let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
             let subject = self.subject(event, job);
-            pipeline::nats::publish_stored(
+            let ack = pipeline::nats::publish_stored(
                 &self.js,
                 &subject,
                 &job_id(&event.id, &job.token),
@@ -220,7 +365,7 @@ impl Fanout {
                 .fanout_jobs
                 .with_label_values(&[&job.platform, job.class.as_str()])
                 .inc();
-            Ok::<(), String>(())
+            Ok::<u64, String>(ack.sequence)
         });
         let results = tokio::time::timeout(self.publish_timeout, join_all(sends))
             .await
@@ -252,6 +397,11 @@ impl Handler for Fanout {
         for record in &skipped {
             self.tracker.record(record).await;
         }
+        let waiting = match self.waiting(&event, &devices, &jobs, now).await {
+            Ok(waiting) => waiting,
+            Err(error) => return self.retry(delivery.attempt, &event, "redis", error).await,
+        };
+        let Hold { now: jobs, held } = hold(event.class, jobs, &waiting);
         if jobs.is_empty() {
             self.metrics
                 .fanout_events
@@ -265,16 +415,26 @@ impl Handler for Fanout {
         }
         // Stamped before publishing: a dispatcher may send a job before its record is written.
         let queued_at_ms = now_ms();
-        if let Err(error) = self.publish_jobs(&event, &jobs).await {
+        let pushes: Vec<&PushJob> = jobs.iter().map(|p| &p.job).collect();
+        let sequences = match self.publish_jobs(&event, &pushes).await {
+            Ok(sequences) => sequences,
+            Err(error) => return self.retry(delivery.attempt, &event, "publish", error).await,
+        };
+        let published: Vec<(Planned, u64)> = jobs.into_iter().zip(sequences).collect();
+        if let Err(error) = self
+            .publish_fallbacks(&event, held, &published, queued_at_ms)
+            .await
+        {
             return self.retry(delivery.attempt, &event, "publish", error).await;
         }
+        let jobs: Vec<&PushJob> = published.iter().map(|(p, _)| &p.job).collect();
         self.metrics
             .fanout_events
             .with_label_values(&["fanned_out"])
             .inc();
         self.tracker
             .record(&StatusRecord {
-                queued: jobs.iter().map(Queued::of).collect(),
+                queued: jobs.iter().map(|job| Queued::of(*job)).collect(),
                 at_ms: queued_at_ms,
                 ..StatusRecord::event(&event.id, Stage::FannedOut)
             })
@@ -339,6 +499,45 @@ mod tests {
 
     fn gets(event: &Event, device: &Device) -> bool {
         job(&providers::all(), event, device).is_some()
+    }
+
+    fn planned(platform: &str, device_id: &str) -> Planned {
+        let mut d = device(platform, Channel::Alert);
+        d.token = format!("{platform}-{device_id}");
+        let alert = event(
+            Class::Alert,
+            &[FCM, ("inapp", r#"{"payload":{}}"#), ("apns", r#"{"payload":{}}"#)],
+        );
+        Planned {
+            job: job(&providers::all(), &alert, &d).expect("a job"),
+            device_id: device_id.into(),
+            app: "a".into(),
+            held: platform == "inapp",
+        }
+    }
+
+    #[test]
+    fn a_waiting_devices_pushes_are_held_behind_its_in_app_message_but_never_a_call() {
+        let jobs = || {
+            vec![
+                planned("inapp", "phone"),
+                planned("fcm", "phone"),
+                planned("fcm", "tablet"),
+            ]
+        };
+        let waiting: std::collections::HashSet<String> = ["phone".to_owned()].into();
+        let split = hold(Class::Alert, jobs(), &waiting);
+        let now: Vec<&str> = split.now.iter().map(|p| p.job.token.as_str()).collect();
+        assert_eq!(now, ["inapp-phone", "fcm-tablet"]);
+        assert_eq!(split.held.len(), 1);
+        assert_eq!(split.held["phone"][0].token, "fcm-phone");
+
+        let call = hold(Class::Call, jobs(), &waiting);
+        assert_eq!(call.now.len(), 3, "a call rings by push");
+        assert!(call.held.is_empty());
+
+        let nobody = hold(Class::Alert, jobs(), &Default::default());
+        assert_eq!(nobody.now.len(), 3);
     }
 
     #[test]

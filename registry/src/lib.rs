@@ -10,7 +10,10 @@
 //!   [`error`] its error type.
 //! - [`keyring`]: devices' end-to-end keys sealed at rest under configured KEKs.
 //! - [`person`]: canonical person ids (Webex base64 ids and bare uuids are one person).
-//! - [`fanout`]: `EVENTS` → `PUSH_APNS` / `PUSH_FCM`.
+//! - [`fanout`]: `EVENTS` → a push stream per provider (`PUSH_<PROVIDER>`), in-app jobs to
+//!   `INAPP`, and the pushes held behind them to `FALLBACK`.
+//! - [`fallback`]: `FALLBACK` → held pushes released when an app does not acknowledge.
+//! - [`inapp`]: the in-app cursor and presence keys the registry shares with the gateway.
 //! - [`cli`]: `pushctl`, the operators' command line.
 //! - [`prune`]: `FEEDBACK` → token removal.
 #![forbid(unsafe_code)]
@@ -21,7 +24,9 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod fallback;
 pub mod fanout;
+pub mod inapp;
 pub mod keyring;
 pub mod person;
 pub mod prune;
@@ -101,13 +106,13 @@ impl Readiness for Ready {
                     .iter()
                     .map(|p| StreamKind::Push(p)),
             );
-            pipeline::nats::check_topology(
-                &self.client,
-                &self.topology,
-                &streams,
-                &[ConsumerKind::Fanout, ConsumerKind::Prune],
-            )
-            .await?;
+            let mut consumers = vec![ConsumerKind::Fanout, ConsumerKind::Prune];
+            if self.topology.has_inapp() {
+                streams.extend([StreamKind::InApp, StreamKind::Fallback]);
+                consumers.push(ConsumerKind::Fallback);
+            }
+            pipeline::nats::check_topology(&self.client, &self.topology, &streams, &consumers)
+                .await?;
             match tokio::time::timeout(Duration::from_secs(2), self.store.check()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(format!("Redis: {e}")),
@@ -158,8 +163,10 @@ pub async fn serve(
     let keyring = Arc::new(keyring::Keyring::from_config(
         &config.devices.key_encryption_keys,
     )?);
+    let redis = connect_redis(&config.redis)?;
+    let inapp = inapp::InAppState::new(redis.clone(), &config.redis.prefix);
     let store = Store::new(
-        connect_redis(&config.redis)?,
+        redis,
         config.redis.prefix.clone(),
         Policy {
             max_devices_per_person: config.devices.max_per_person,
@@ -198,6 +205,15 @@ pub async fn serve(
         keyring: keyring.clone(),
         tracker: tracker.clone(),
         providers: providers::all(),
+        inapp: inapp.clone(),
+    };
+    let fallback = fallback::FallbackWorker {
+        inapp,
+        js: js.clone(),
+        topology: topology.clone(),
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        publish_timeout: Duration::from_millis(config.nats.publish_timeout_ms),
     };
     let prune = prune::Prune {
         store: store.clone(),
@@ -214,7 +230,11 @@ pub async fn serve(
             metrics.clone(),
             shutdown.clone(),
         );
-        let (fanout_cfg, prune_cfg) = (config.fanout.clone(), config.prune.clone());
+        let (fanout_cfg, prune_cfg, fallback_cfg) = (
+            config.fanout.clone(),
+            config.prune.clone(),
+            config.fallback.clone(),
+        );
         tokio::spawn(async move {
             if !pipeline::topology::ensure_until_ready(&js, &topology, &shutdown).await {
                 return;
@@ -229,15 +249,30 @@ pub async fn serve(
                 shutdown.clone(),
             );
             let p = run_when_ready(
-                js,
-                topology,
+                js.clone(),
+                topology.clone(),
                 ConsumerKind::Prune,
                 prune_cfg,
                 prune,
-                metrics,
-                shutdown,
+                metrics.clone(),
+                shutdown.clone(),
             );
-            tokio::join!(f, p);
+            // Held pushes exist only where in-app messages do.
+            let b = async {
+                if topology.has_inapp() {
+                    run_when_ready(
+                        js,
+                        topology.clone(),
+                        ConsumerKind::Fallback,
+                        fallback_cfg,
+                        fallback,
+                        metrics,
+                        shutdown,
+                    )
+                    .await;
+                }
+            };
+            tokio::join!(f, p, b);
         })
     };
 

@@ -404,7 +404,7 @@ async fn jetstream_state(stack: &Stack) -> String {
             Err(e) => out += &format!("stream {name}: {e}\n"),
         }
     }
-    for kind in ConsumerKind::all(topology.providers()) {
+    for kind in topology.consumers() {
         let stream = topology.stream_name(kind.stream());
         let Ok(s) = js.get_stream(&stream).await else {
             continue;
