@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The deployment we ship is the deployment we test: builds the pushline image from the
 # release binaries of this checkout, brings up docker-compose.yml (NATS, Redis, the five
-# services, the sandbox mocks, Prometheus), sends a signed call webhook, and checks that
-# the three pushes (iPhone, Android, browser) reach the mocks, that Prometheus scraped
-# pushline_pushes_total, and that the
-# services' health checks pass; then `down` must leave nothing behind.
+# pipeline services and the gateway, the sandbox mocks, Prometheus), sends a signed call
+# webhook, and checks that the three pushes (iPhone, Android, browser) reach the mocks,
+# that Prometheus scraped pushline_pushes_total, that the gateway answers a WebSocket
+# upgrade, and that the services' health checks pass; then `down` must leave nothing behind.
 #
 # No image registry is reachable here, so the base images are made from Debian packages
 # with mmdebstrap and `docker import`ed; docker-compose.yml takes them by variable. Nothing
@@ -94,14 +94,15 @@ printf 'FROM pushline-ci/deps:%s\nWORKDIR /prometheus\nENTRYPOINT ["/usr/bin/pro
 say "building the release binaries and the pushline image from them"
 cargo build --release --locked \
   -p pushline-ingest -p pushline-registry -p pushline-dispatcher-apns -p pushline-dispatcher-fcm \
-  -p pushline-dispatcher-webpush -p pushline-tests --bin pushline-ingest --bin pushline-registry \
-  --bin pushctl --bin pushline-dispatcher-apns --bin pushline-dispatcher-fcm \
-  --bin pushline-dispatcher-webpush --bin pushline-mock
+  -p pushline-dispatcher-webpush -p pushline-gateway -p pushline-tests --bin pushline-ingest \
+  --bin pushline-registry --bin pushctl --bin pushline-dispatcher-apns --bin pushline-dispatcher-fcm \
+  --bin pushline-dispatcher-webpush --bin pushline-gateway --bin pushline-mock
 DOCKER_BUILDKIT=1 "$DOCKER" build --quiet -f deploy/Dockerfile \
   --build-arg BINARIES=prebuilt --build-arg RUNTIME_BASE=pushline-ci/base:$SUITE \
   -t pushline:ci . >/dev/null
 # The binaries run on the base (glibc, certificates), as the image's user, without network.
-docker run --rm --network none pushline:ci sh -c 'id -u && pushline-ingest --print-config >/dev/null' \
+docker run --rm --network none pushline:ci \
+  sh -c 'id -u && pushline-ingest --print-config >/dev/null && pushline-gateway --print-config >/dev/null' \
   | grep -qx 10001
 
 # --- the stack ------------------------------------------------------------------------
@@ -109,12 +110,12 @@ export PUSHLINE_IMAGE=pushline:ci
 export PUSHLINE_NATS_IMAGE=pushline-ci/nats:$SUITE
 export PUSHLINE_REDIS_IMAGE=pushline-ci/redis:$SUITE
 export PUSHLINE_PROMETHEUS_IMAGE=pushline-ci/prometheus:$SUITE
-SERVICES=(nats redis mock ingest registry dispatcher-apns dispatcher-fcm dispatcher-webpush prometheus)
+SERVICES=(nats redis mock ingest registry dispatcher-apns dispatcher-fcm dispatcher-webpush gateway prometheus)
 say "docker-compose.yml up: ${SERVICES[*]}"
 "${COMPOSE[@]}" -p "$PROJECT" --profile sandbox up -d --no-build "${SERVICES[@]}"
 
 health() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$("${COMPOSE[@]}" -p "$PROJECT" ps -q "$1")"; }
-for service in ingest registry dispatcher-apns dispatcher-fcm dispatcher-webpush mock; do
+for service in ingest registry dispatcher-apns dispatcher-fcm dispatcher-webpush gateway mock; do
   for _ in $(seq 1 120); do [ "$(health "$service")" = healthy ] && break; sleep 0.5; done
   state=$(health "$service")
   echo "  $service: $state"
@@ -149,6 +150,14 @@ printf %s "$requests" | grep -q "/3/device/$VOIP_TOKEN" || { echo "no APNs push 
 printf %s "$requests" | grep -q "container-call" || { echo "the call's payload did not arrive"; exit 1; }
 printf %s "$requests" | grep -q '"provider":"webpush"' || { echo "no Web Push for the browser"; exit 1; }
 [ "$delivered" -ge 3 ] || exit 1
+
+say "the gateway answers a WebSocket upgrade on 8884"
+# The handshake only: the connection then waits for a hello, which --max-time cuts short.
+upgrade=$(curl -sS -i -N --http1.1 --max-time 2 http://127.0.0.1:8884/v1/connect \
+  -H 'connection: Upgrade' -H 'upgrade: websocket' -H 'sec-websocket-version: 13' \
+  -H 'sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==' 2>/dev/null || true)
+printf %s "$upgrade" | head -n 1 | sed 's/^/  /'
+printf %s "$upgrade" | head -n 1 | grep -q ' 101 ' || { echo "no WebSocket upgrade from the gateway"; exit 1; }
 
 say "Prometheus scrapes pushline_pushes_total"
 query='sum(pushline_pushes_total{outcome="delivered"})'
