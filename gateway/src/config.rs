@@ -16,10 +16,13 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// The WebSocket listener (`/v1/connect`); 8884 by convention with TLS.
     pub listen: String,
+    /// The MQTT 3.1.1 listener; 8883 by convention with TLS. TLS is `[tls]`, shared
+    /// with `listen`.
+    pub listen_mqtt: String,
     /// Admin address for `/metrics`, `/healthz`, `/readyz`.
     pub admin_listen: String,
-    /// TLS for `listen`; without it the listener speaks plain `ws://` (development, or
-    /// behind a TLS-terminating load balancer).
+    /// TLS for `listen` and `listen_mqtt`; without it the listeners speak plain `ws://`
+    /// and MQTT over TCP (development, or behind a TLS-terminating load balancer).
     pub tls: Option<TlsConfig>,
     /// The apps whose devices may connect (their in-app `app` names); a hello naming
     /// another app is refused. Also the `app` label of the gateway's metrics.
@@ -44,6 +47,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "0.0.0.0:8884".into(),
+            listen_mqtt: "0.0.0.0:8883".into(),
             admin_listen: "127.0.0.1:9085".into(),
             tls: None,
             apps: BTreeSet::new(),
@@ -114,6 +118,8 @@ impl Default for Limits {
 pub struct Resolved {
     /// `listen`.
     pub listen: SocketAddr,
+    /// `listen_mqtt`.
+    pub listen_mqtt: SocketAddr,
     /// `admin_listen`.
     pub admin_listen: SocketAddr,
 }
@@ -122,6 +128,7 @@ impl Config {
     /// Validates every setting, naming the one at fault.
     pub fn resolve(&self) -> Result<Resolved, ConfigError> {
         let listen = parse_addr("listen", &self.listen)?;
+        let listen_mqtt = parse_addr("listen_mqtt", &self.listen_mqtt)?;
         let admin_listen = parse_addr("admin_listen", &self.admin_listen)?;
         self.nats.validate()?;
         self.redis.validate()?;
@@ -186,6 +193,7 @@ impl Config {
         }
         Ok(Resolved {
             listen,
+            listen_mqtt,
             admin_listen,
         })
     }
@@ -217,11 +225,14 @@ mod tests {
         idle_before_ping.limits.idle_timeout_secs = idle_before_ping.limits.heartbeat_secs;
         let mut bad_app = valid();
         bad_app.apps.insert("has space".into());
+        let mut bad_mqtt = valid();
+        bad_mqtt.listen_mqtt = "8883".into();
         for (config, setting) in [
             (no_apps, "apps"),
             (tiny_frames, "limits.max_frame_bytes"),
             (idle_before_ping, "limits.idle_timeout_secs"),
             (bad_app, "apps"),
+            (bad_mqtt, "listen_mqtt"),
         ] {
             let error = config.resolve().expect_err(setting).to_string();
             assert!(error.contains(setting), "{error}");

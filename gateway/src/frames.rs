@@ -128,6 +128,25 @@ impl Close {
     }
 }
 
+/// The `message` frame of the in-app job stored at `seq` in `INAPP`, as JSON text: what
+/// every transport delivers.
+pub fn message_text(
+    seq: u64,
+    job: &pipeline::contract::PushJob<inapp::spec::InAppPart>,
+) -> Result<String, Close> {
+    let frame = ServerFrame::Message(Message {
+        id: &registry::fanout::job_id(&job.event_id, &job.token),
+        seq,
+        event_id: &job.event_id,
+        class: job.class.as_str(),
+        deadline_ms: job.deadline_ms,
+        category: job.part.category,
+        actions: &job.part.actions,
+        payload: &job.part.payload,
+    });
+    serde_json::to_string(&frame).map_err(|_| Close::Unavailable)
+}
+
 /// A client frame from its text, or [`Close::Protocol`].
 pub fn parse(text: &str) -> Result<ClientFrame, Close> {
     serde_json::from_str(text).map_err(|_| Close::Protocol)

@@ -278,6 +278,47 @@ impl Hub {
         })
     }
 
+    /// The next message to send on a connection whose `window` has room
+    /// ([`Window::has_room`]), or `None` once the stream has nothing more for now
+    /// (`window.more` cleared; the first time, the catch-up's size is observed for
+    /// `transport`). Expired messages are skipped here, never delivered: the cursor passes
+    /// one when nothing before it is in flight. The caller sends the message, then
+    /// [`Window::mark_sent`].
+    pub async fn next_to_send(
+        &self,
+        device: &Device,
+        window: &mut Window,
+        transport: &str,
+    ) -> Result<Option<(u64, Box<PushJob<inapp::spec::InAppPart>>)>, Close> {
+        loop {
+            match self.next(device, window.sent).await? {
+                Next::Message { seq, job } => return Ok(Some((seq, job))),
+                Next::Expired(seq) => {
+                    window.sent = seq;
+                    self.metrics
+                        .inapp_messages
+                        .with_label_values(&[&device.app, "expired"])
+                        .inc();
+                    if window.unacked.is_empty() {
+                        // Nothing in flight before it: the cursor may pass it.
+                        window.acked = seq;
+                        self.acknowledge(device, seq).await?;
+                    }
+                }
+                Next::Nothing => {
+                    window.more = false;
+                    if let Some(count) = window.catch_up.take() {
+                        self.metrics
+                            .inapp_catchup
+                            .with_label_values(&[transport])
+                            .observe(count as f64);
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
     /// The live signal: a message on the device's subject whenever one is stored.
     pub async fn live(&self, device: &Device) -> Result<async_nats::Subscriber, Close> {
         within(self.nats.subscribe(device.subject.clone()))
@@ -417,6 +458,9 @@ pub struct Window {
     pub unacked: VecDeque<u64>,
     /// The stream may hold more after `sent`.
     pub more: bool,
+    /// Messages sent since the connection began, until the stream first had nothing
+    /// more (then `None`): the catch-up's size.
+    pub catch_up: Option<u64>,
 }
 
 impl Window {
@@ -427,6 +471,16 @@ impl Window {
             sent: acked,
             unacked: VecDeque::new(),
             more: true,
+            catch_up: Some(0),
+        }
+    }
+
+    /// Records that the message `seq` was sent.
+    pub fn mark_sent(&mut self, seq: u64) {
+        self.sent = seq;
+        self.unacked.push_back(seq);
+        if let Some(count) = self.catch_up.as_mut() {
+            *count += 1;
         }
     }
 

@@ -15,18 +15,22 @@
 //! - [`hub`]: what connections share: admission, cursors, reading `INAPP`, the live
 //!   signal, connection limits by device and person.
 //! - [`ws`]: the WebSocket transport.
+//! - [`mqtt`]: the MQTT 3.1.1 transport.
 //!
 //! # Endpoints
 //!
-//! `listen`: `GET /v1/connect` (WebSocket upgrade). `admin_listen`: `/metrics`,
-//! `/healthz`, `/readyz` (NATS connected, `INAPP` exists, Redis answers).
+//! `listen`: `GET /v1/connect` (WebSocket upgrade). `listen_mqtt`: MQTT 3.1.1.
+//! `admin_listen`: `/metrics`, `/healthz`, `/readyz` (NATS connected, `INAPP` exists,
+//! Redis answers). Both transports share `[tls]` and `limits.max_connections`.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod frames;
 pub mod hub;
+pub mod mqtt;
 pub mod ws;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,7 +72,7 @@ pub enum RunError {
     },
 }
 
-/// Binds `listen` and `admin_listen` and serves until `shutdown`.
+/// Binds `listen`, `listen_mqtt` and `admin_listen` and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let resolved = config.resolve()?;
     let bind = |addr| async move {
@@ -80,8 +84,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             })
     };
     let listener = bind(resolved.listen).await?;
+    let mqtt = bind(resolved.listen_mqtt).await?;
     let admin = bind(resolved.admin_listen).await?;
-    serve(config, listener, admin, shutdown).await
+    serve_with_mqtt(config, listener, Some(mqtt), admin, shutdown).await
 }
 
 struct Ready {
@@ -104,10 +109,23 @@ impl Readiness for Ready {
     }
 }
 
-/// Serves on the given listeners (tests pass port-0 listeners) until `shutdown`.
+/// Serves WebSocket and admin on the given listeners (tests pass port-0 listeners) until
+/// `shutdown`; no MQTT.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    serve_with_mqtt(config, listener, None, admin_listener, shutdown).await
+}
+
+/// Serves on the given listeners until `shutdown`: WebSocket on `listener`, MQTT on
+/// `mqtt_listener` when given.
+pub async fn serve_with_mqtt(
+    config: Config,
+    listener: TcpListener,
+    mqtt_listener: Option<TcpListener>,
     admin_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
@@ -155,10 +173,16 @@ pub async fn serve(
     let setup = tokio::spawn(async move {
         pipeline::topology::ensure_until_ready(&js, &topology, &setup_shutdown).await;
     });
-    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "gateway listening");
+    let address = |l: Option<&TcpListener>| {
+        l.and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    };
+    tracing::info!(listen = %address(Some(&listener)), listen_mqtt = %address(mqtt_listener.as_ref()), tls = tls.is_some(), "gateway listening");
     accept(
         hub,
         listener,
+        mqtt_listener,
         tls,
         config.limits.max_connections,
         shutdown.clone(),
@@ -170,11 +194,49 @@ pub async fn serve(
     Ok(())
 }
 
-/// Accepts connections until `shutdown`, at most `max_connections` at once (one more is
-/// closed at once), then waits up to [`DRAIN`] for them to close.
+/// A listener's protocol.
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    WebSocket,
+    Mqtt,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => ws::TRANSPORT,
+            Transport::Mqtt => mqtt::TRANSPORT,
+        }
+    }
+
+    async fn serve<S>(self, hub: Arc<Hub>, io: S, peer: SocketAddr, shutdown: CancellationToken)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        match self {
+            Transport::WebSocket => ws::serve(hub, io, peer, shutdown).await,
+            Transport::Mqtt => mqtt::serve(hub, io, peer, shutdown).await,
+        }
+    }
+}
+
+/// The next connection on `listener`; never, without one.
+async fn accept_on(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Accepts connections on both listeners until `shutdown`, at most `max_connections` at
+/// once whatever their transport (one more is closed at once), then waits up to
+/// [`DRAIN`] for them to close.
 async fn accept(
     hub: Arc<Hub>,
     listener: TcpListener,
+    mqtt_listener: Option<TcpListener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     max_connections: usize,
     shutdown: CancellationToken,
@@ -182,22 +244,24 @@ async fn accept(
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (accepted, transport) = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => (accepted, Transport::WebSocket),
+            accepted = accept_on(mqtt_listener.as_ref()) => (accepted, Transport::Mqtt),
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             hub.metrics
                 .inapp_closed
-                .with_label_values(&[ws::TRANSPORT, "over_limit"])
+                .with_label_values(&[transport.label(), "over_limit"])
                 .inc();
             drop(stream);
             continue;
@@ -206,12 +270,12 @@ async fn accept(
         let (hub, tls, shutdown) = (hub.clone(), tls.clone(), shutdown.clone());
         connections.spawn(async move {
             match tls {
-                None => ws::serve(hub, stream, peer, shutdown).await,
+                None => transport.serve(hub, stream, peer, shutdown).await,
                 Some(tls) => {
                     let timeout = Duration::from_millis(hub.limits.hello_timeout_ms);
                     if let Ok(Ok(stream)) = tokio::time::timeout(timeout, tls.accept(stream)).await
                     {
-                        ws::serve(hub, stream, peer, shutdown).await;
+                        transport.serve(hub, stream, peer, shutdown).await;
                     }
                 }
             }
@@ -219,6 +283,7 @@ async fn accept(
         });
     }
     drop(listener);
+    drop(mqtt_listener);
     if tokio::time::timeout(DRAIN, async {
         while connections.join_next().await.is_some() {}
     })

@@ -38,8 +38,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use crate::frames::{self, ClientFrame, Close, Message, ServerFrame};
-use crate::hub::{Device, Hub, Next, Window};
+use crate::frames::{self, ClientFrame, Close, ServerFrame};
+use crate::hub::{Device, Hub, Window};
 
 /// The transport's metric label.
 pub const TRANSPORT: &str = "websocket";
@@ -168,60 +168,22 @@ where
     let mut heartbeat = tokio::time::interval(Duration::from_secs(limits.heartbeat_secs));
     heartbeat.reset();
     let mut last_heard = Instant::now();
-    let mut catching_up = Some(0u64);
     let sent = hub
         .metrics
         .inapp_messages
         .with_label_values(&[&device.app, "sent"]);
-    let expired = hub
-        .metrics
-        .inapp_messages
-        .with_label_values(&[&device.app, "expired"]);
     let acknowledged = hub
         .metrics
         .inapp_messages
         .with_label_values(&[&device.app, "acknowledged"]);
     loop {
         while window.has_room(limits.max_unacked) {
-            match hub.next(device, window.sent).await? {
-                Next::Message { seq, job } => {
-                    let frame = ServerFrame::Message(Message {
-                        id: &registry::fanout::job_id(&job.event_id, &job.token),
-                        seq,
-                        event_id: &job.event_id,
-                        class: job.class.as_str(),
-                        deadline_ms: job.deadline_ms,
-                        category: job.part.category,
-                        actions: &job.part.actions,
-                        payload: &job.part.payload,
-                    });
-                    send(ws, &frame, idle).await?;
-                    window.sent = seq;
-                    window.unacked.push_back(seq);
-                    sent.inc();
-                    if let Some(count) = catching_up.as_mut() {
-                        *count += 1;
-                    }
-                }
-                Next::Expired(seq) => {
-                    window.sent = seq;
-                    expired.inc();
-                    if window.unacked.is_empty() {
-                        // Nothing in flight before it: the cursor may pass it.
-                        window.acked = seq;
-                        hub.acknowledge(device, seq).await?;
-                    }
-                }
-                Next::Nothing => {
-                    window.more = false;
-                    if let Some(count) = catching_up.take() {
-                        hub.metrics
-                            .inapp_catchup
-                            .with_label_values(&[TRANSPORT])
-                            .observe(count as f64);
-                    }
-                }
-            }
+            let Some((seq, job)) = hub.next_to_send(device, &mut window, TRANSPORT).await? else {
+                break;
+            };
+            send_text(ws, frames::message_text(seq, &job)?, idle).await?;
+            window.mark_sent(seq);
+            sent.inc();
         }
         tokio::select! {
             frame = ws.next() => {
@@ -275,6 +237,18 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let text = serde_json::to_string(frame).map_err(|_| Close::Unavailable)?;
+    send_text(ws, text, within).await
+}
+
+/// Sends a frame's JSON `text`, waiting at most `within` for the client to take it.
+async fn send_text<S>(
+    ws: &mut WebSocketStream<S>,
+    text: String,
+    within: Duration,
+) -> Result<(), Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     tokio::time::timeout(within, ws.send(WsMessage::text(text)))
         .await
         .map_err(|_| Close::SlowConsumer)?
@@ -294,4 +268,3 @@ fn write_error(error: &WsError) -> Close {
         _ => Close::Protocol,
     }
 }
-

@@ -11,6 +11,7 @@ mod distributed;
 mod egress;
 mod end_to_end;
 mod inapp;
+mod inapp_mqtt;
 mod ingest;
 mod listeners;
 mod producers;
