@@ -128,6 +128,18 @@ impl From<Close> for Refusal {
     }
 }
 
+/// Another protocol level than MQTT 3.1.1's.
+const UNSUPPORTED_LEVEL: Refusal = Refusal {
+    code: ConnectAckReason::UnacceptableProtocolVersion,
+    close: Close::Protocol,
+};
+
+/// No client id: no device.
+const NO_CLIENT_ID: Refusal = Refusal {
+    code: ConnectAckReason::IdentifierRejected,
+    close: Close::Forbidden,
+};
+
 /// The CONNACK return code of an admission refused by the hub.
 pub fn refusal_code(close: Close) -> ConnectAckReason {
     match close {
@@ -141,16 +153,10 @@ pub fn refusal_code(close: Close) -> ConnectAckReason {
 /// publishes nothing but its acknowledgements), a device id, an app and a credential.
 pub fn read_connect(connect: &Connect) -> Result<Hello<'_>, Refusal> {
     if connect.protocol.level() != MQTT_LEVEL_311 {
-        return Err(Refusal {
-            code: ConnectAckReason::UnacceptableProtocolVersion,
-            close: Close::Protocol,
-        });
+        return Err(UNSUPPORTED_LEVEL);
     }
     if connect.client_id.is_empty() {
-        return Err(Refusal {
-            code: ConnectAckReason::IdentifierRejected,
-            close: Close::Forbidden,
-        });
+        return Err(NO_CLIENT_ID);
     }
     if connect.last_will.is_some() {
         return Err(Refusal {
@@ -329,29 +335,23 @@ where
         // A CONNECT of another protocol level (MQTT 5), or without a client id on a
         // persistent session: the codec refuses it, the client is told why.
         Ok(Some(Err(DecodeError::UnsupportedProtocolLevel))) => {
-            return refuse(outbox, ConnectAckReason::UnacceptableProtocolVersion).await;
+            return refuse(outbox, UNSUPPORTED_LEVEL).await;
         }
         Ok(Some(Err(DecodeError::InvalidClientId))) => {
-            return refuse(outbox, ConnectAckReason::IdentifierRejected).await;
+            return refuse(outbox, NO_CLIENT_ID).await;
         }
         Ok(Some(Err(error))) => return Err(read_error(&error)),
     };
     let hello = match read_connect(&connect) {
         Ok(hello) => hello,
-        Err(refusal) => {
-            outbox.send(connack(refusal.code, false)).await?;
-            return Err(refusal.close.into());
-        }
+        Err(refusal) => return refuse(outbox, refusal).await,
     };
     let device = match hub
         .admit(hello.credential, hello.app, hello.device_id, peer)
         .await
     {
         Ok(device) => device,
-        Err(close) => {
-            outbox.send(connack(refusal_code(close), false)).await?;
-            return Err(close.into());
-        }
+        Err(close) => return refuse(outbox, close.into()).await,
     };
     let (_entry, evicted_token, evicted) = hub.enter(&device);
     let connections = hub
@@ -376,13 +376,13 @@ where
     }
 }
 
-/// Answers a CONNECT the codec refused, then closes (`protocol`).
+/// Answers a refused CONNECT, then closes.
 async fn refuse<W: AsyncWrite + Unpin>(
     outbox: &mut Outbox<W>,
-    code: ConnectAckReason,
+    refusal: Refusal,
 ) -> Result<(), End> {
-    outbox.send(connack(code, false)).await?;
-    Err(Close::Protocol.into())
+    outbox.send(connack(refusal.code, false)).await?;
+    Err(refusal.close.into())
 }
 
 fn connack(return_code: ConnectAckReason, session_present: bool) -> Packet {
