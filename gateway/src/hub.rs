@@ -4,16 +4,11 @@
 //! replica by device and person (their limits), and a connection's [`Window`] (what it
 //! sent, what was acknowledged).
 //!
-//! # Redis keys
-//!
-//! With `p` the registry's `redis.prefix`:
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `p` `inapp:{<token>}:cursor` | hash | `id_token(person)` → the highest `INAPP` sequence the person acknowledged on the device whose in-app token is `<token>` |
-//!
-//! The cursor is kept as long as the registration lives (`device_ttl_secs`), refreshed by
-//! every acknowledgement.
+//! Each device's cursor and each connection's presence live in the registry's Redis
+//! ([`registry::inapp`], whose keys the fan-out reads too). The cursor is kept as long
+//! as the registration lives (`device_ttl_secs`), refreshed by every acknowledgement; a
+//! connection's presence is renewed every heartbeat ([`Hub::presence`]). Every message a
+//! connection sends, acknowledges or skips as expired is recorded in its event's status.
 //!
 //! # Reading a device's messages
 //!
@@ -37,10 +32,10 @@ use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use pipeline::CancellationToken;
 use pipeline::contract::{PushJob, now_ms};
 use pipeline::metrics::Metrics;
-use pipeline::topology::{StreamKind, Topology, id_token};
-use redis::AsyncCommands as _;
+use pipeline::topology::{StreamKind, Topology};
+use pipeline::tracking::{Stage, StatusRecord, Tracker};
 use registry::auth::{Authenticator, Client, Principal};
-use registry::connection::Connection;
+use registry::inapp::InAppState;
 use registry::store::Store;
 use tokio::sync::OnceCell;
 
@@ -76,7 +71,12 @@ pub enum Next {
         job: Box<PushJob<inapp::spec::InAppPart>>,
     },
     /// Skip past this sequence: never delivered.
-    Expired(u64),
+    Expired {
+        /// Its `INAPP` sequence.
+        seq: u64,
+        /// Its event, when it could be read.
+        event_id: Option<String>,
+    },
     /// Nothing after the given sequence (yet).
     Nothing,
 }
@@ -85,8 +85,8 @@ pub enum Next {
 pub struct Hub {
     auth: Authenticator,
     store: Store,
-    redis: Connection,
-    prefix: String,
+    inapp: InAppState,
+    tracker: Tracker,
     nats: async_nats::Client,
     js: Context,
     topology: Topology,
@@ -106,10 +106,10 @@ pub struct Parts {
     pub auth: Authenticator,
     /// The registry's device store.
     pub store: Store,
-    /// The same Redis, for the gateway's own keys.
-    pub redis: Connection,
-    /// `redis.prefix`.
-    pub prefix: String,
+    /// The in-app cursors and presence, in the registry's Redis.
+    pub inapp: InAppState,
+    /// Status records.
+    pub tracker: Tracker,
     /// NATS.
     pub nats: async_nats::Client,
     /// Subjects and streams.
@@ -130,8 +130,8 @@ impl Hub {
         Hub {
             auth: parts.auth,
             store: parts.store,
-            redis: parts.redis,
-            prefix: parts.prefix,
+            inapp: parts.inapp,
+            tracker: parts.tracker,
             js: pipeline::topology::jetstream(parts.nats.clone()),
             nats: parts.nats,
             topology: parts.topology,
@@ -201,35 +201,98 @@ impl Hub {
         })
     }
 
-    fn cursor_key(&self, device: &Device) -> String {
-        format!("{}inapp:{{{}}}:cursor", self.prefix, device.token)
-    }
-
     /// The highest sequence the person acknowledged on the device (0: none).
     pub async fn cursor(&self, device: &Device) -> Result<u64, Close> {
-        let mut redis = self.redis.clone();
-        let key = self.cursor_key(device);
-        let seq: Option<u64> = within(redis.hget(key, id_token(&device.person)))
-            .await?
-            .map_err(|_| Close::Unavailable)?;
-        Ok(seq.unwrap_or(0))
-    }
-
-    /// Records that the person acknowledged everything up to `seq` on the device.
-    pub async fn acknowledge(&self, device: &Device, seq: u64) -> Result<(), Close> {
-        let mut redis = self.redis.clone();
-        let key = self.cursor_key(device);
-        let mut pipe = redis::pipe();
-        pipe.hset(&key, id_token(&device.person), seq)
-            .ignore()
-            .expire(
-                &key,
-                i64::try_from(self.device_ttl.as_secs()).unwrap_or(i64::MAX),
-            )
-            .ignore();
-        within(pipe.query_async::<()>(&mut redis))
+        within(self.inapp.cursor(&device.token, &device.person))
             .await?
             .map_err(|_| Close::Unavailable)
+    }
+
+    /// Moves the device's cursor to `seq` (never back): what a skipped, expired message
+    /// does when nothing before it is in flight.
+    pub async fn acknowledge(&self, device: &Device, seq: u64) -> Result<(), Close> {
+        let ttl_ms = u64::try_from(self.device_ttl.as_millis()).unwrap_or(u64::MAX);
+        within(
+            self.inapp
+                .acknowledge(&device.token, &device.person, seq, ttl_ms),
+        )
+        .await?
+        .map_err(|_| Close::Unavailable)
+    }
+
+    /// The app acknowledged up to `window.acked`: the cursor moves, and every message
+    /// that covers is recorded `acknowledged` in its event's status.
+    pub async fn acknowledged(&self, device: &Device, window: &mut Window) -> Result<(), Close> {
+        self.acknowledge(device, window.acked).await?;
+        let events = window.take_acknowledged();
+        self.metrics
+            .inapp_messages
+            .with_label_values(&[&device.app, "acknowledged"])
+            .inc_by(events.len() as u64);
+        for event_id in events {
+            self.tracker
+                .record(&self.record(device, &event_id, Stage::Acknowledged))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Message `seq` of `job` went over the connection: the window and the event's status
+    /// say so.
+    pub async fn sent(
+        &self,
+        device: &Device,
+        window: &mut Window,
+        seq: u64,
+        job: &PushJob<inapp::spec::InAppPart>,
+    ) {
+        window.mark_sent(seq, &job.event_id);
+        self.metrics
+            .inapp_messages
+            .with_label_values(&[&device.app, "sent"])
+            .inc();
+        self.tracker
+            .record(&self.record(device, &job.event_id, Stage::SentInApp))
+            .await;
+    }
+
+    /// The status record of `event_id` for this in-app device.
+    fn record(&self, device: &Device, event_id: &str, stage: Stage) -> StatusRecord {
+        StatusRecord {
+            device: Some(pipeline::telemetry::token_tag(&device.token)),
+            platform: Some(inapp::spec::NAME.to_owned()),
+            app: Some(device.app.clone()),
+            ..StatusRecord::event(event_id, stage)
+        }
+    }
+
+    /// Vouches for the connection of `device` in Redis until the returned guard drops:
+    /// the fan-out then lets the device's pushes wait for its app (`docs/inapp.md`).
+    /// Renewed every heartbeat; a crashed replica's entries lapse after three.
+    pub fn presence(&self, device: &Device) -> Presence {
+        let stop = CancellationToken::new();
+        let connection = format!("{:016x}", rand_id());
+        let heartbeat = Duration::from_secs(self.limits.heartbeat_secs);
+        let (inapp, device, token) = (self.inapp.clone(), device.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let until = now_ms() + 3 * u64::try_from(heartbeat.as_millis()).unwrap_or(0);
+                let written =
+                    within(inapp.set_present(&device.token, &device.person, &connection, until))
+                        .await;
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::warn!(
+                        "cannot record an in-app connection's presence; its pushes will not wait for it"
+                    );
+                }
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(heartbeat) => {}
+                }
+            }
+            let _ = within(inapp.clear_present(&device.token, &device.person, &connection)).await;
+        });
+        Presence(stop)
     }
 
     async fn stream(&self) -> Result<&Stream, Close> {
@@ -266,11 +329,17 @@ impl Hub {
             Ok(job) => job,
             Err(error) => {
                 tracing::error!(%error, seq, "an INAPP message is not an in-app job; skipped");
-                return Ok(Next::Expired(seq));
+                return Ok(Next::Expired {
+                    seq,
+                    event_id: None,
+                });
             }
         };
         if job.deadline_ms <= now_ms() {
-            return Ok(Next::Expired(seq));
+            return Ok(Next::Expired {
+                seq,
+                event_id: Some(job.event_id),
+            });
         }
         Ok(Next::Message {
             seq,
@@ -293,12 +362,17 @@ impl Hub {
         loop {
             match self.next(device, window.sent).await? {
                 Next::Message { seq, job } => return Ok(Some((seq, job))),
-                Next::Expired(seq) => {
+                Next::Expired { seq, event_id } => {
                     window.sent = seq;
                     self.metrics
                         .inapp_messages
                         .with_label_values(&[&device.app, "expired"])
                         .inc();
+                    if let Some(event_id) = event_id {
+                        self.tracker
+                            .record(&self.record(device, &event_id, Stage::Expired))
+                            .await;
+                    }
                     if window.unacked.is_empty() {
                         // Nothing in flight before it: the cursor may pass it.
                         window.acked = seq;
@@ -378,6 +452,24 @@ impl Hub {
             evicted,
         )
     }
+}
+
+/// A connection's presence in Redis ([`Hub::presence`]): withdrawn when dropped.
+#[derive(Debug)]
+pub struct Presence(CancellationToken);
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// A random connection id.
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_ms());
+    hasher.finish()
 }
 
 /// Why a connection was told to go, once it was.
@@ -461,6 +553,8 @@ pub struct Window {
     /// Messages sent since the connection began, until the stream first had nothing
     /// more (then `None`): the catch-up's size.
     pub catch_up: Option<u64>,
+    /// The events of the messages in `unacked`, with their sequences.
+    events: VecDeque<(u64, String)>,
 }
 
 impl Window {
@@ -472,13 +566,15 @@ impl Window {
             unacked: VecDeque::new(),
             more: true,
             catch_up: Some(0),
+            events: VecDeque::new(),
         }
     }
 
-    /// Records that the message `seq` was sent.
-    pub fn mark_sent(&mut self, seq: u64) {
+    /// Records that the message `seq` of `event_id` was sent.
+    pub fn mark_sent(&mut self, seq: u64, event_id: &str) {
         self.sent = seq;
         self.unacked.push_back(seq);
+        self.events.push_back((seq, event_id.to_owned()));
         if let Some(count) = self.catch_up.as_mut() {
             *count += 1;
         }
@@ -503,6 +599,17 @@ impl Window {
             self.unacked.pop_front();
         }
         Ok(Some(seq))
+    }
+
+    /// The events of the sent messages the cursor now covers, once each.
+    pub fn take_acknowledged(&mut self) -> Vec<String> {
+        let mut events = Vec::new();
+        while self.events.front().is_some_and(|(s, _)| *s <= self.acked) {
+            if let Some((_, event_id)) = self.events.pop_front() {
+                events.push(event_id);
+            }
+        }
+        events
     }
 }
 

@@ -148,8 +148,13 @@ pub async fn serve_with_mqtt(
         auth: registry::auth::Authenticator::new(&config.auth, metrics.clone())?
             .for_service(SERVICE),
         store,
-        redis: redis.clone(),
-        prefix: config.redis.prefix.clone(),
+        inapp: registry::inapp::InAppState::new(redis.clone(), &config.redis.prefix),
+        tracker: pipeline::tracking::Tracker::new(
+            client.clone(),
+            topology.clone(),
+            config.nats.tracking,
+            metrics.clone(),
+        ),
         nats: client.clone(),
         topology: topology.clone(),
         apps: config.apps.clone(),

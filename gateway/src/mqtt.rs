@@ -354,6 +354,7 @@ where
         Err(close) => return refuse(outbox, close.into()).await,
     };
     let (_entry, evicted_token, evicted) = hub.enter(&device);
+    let _presence = hub.presence(&device);
     let connections = hub
         .metrics
         .inapp_connections
@@ -428,14 +429,6 @@ where
     let silence = silence_allowed(connect.keep_alive, limits.idle_timeout_secs);
     let idle = tokio::time::sleep(silence);
     tokio::pin!(idle);
-    let sent = hub
-        .metrics
-        .inapp_messages
-        .with_label_values(&[&device.app, "sent"]);
-    let acknowledged = hub
-        .metrics
-        .inapp_messages
-        .with_label_values(&[&device.app, "acknowledged"]);
     loop {
         if let Some(qos) = subscription {
             while window.has_room(max_unacked) {
@@ -457,8 +450,7 @@ where
                     properties: None,
                 };
                 outbox.send(Packet::Publish(Box::new(publish))).await?;
-                window.mark_sent(seq);
-                sent.inc();
+                hub.sent(device, &mut window, seq, &job).await;
             }
         }
         tokio::select! {
@@ -477,9 +469,8 @@ where
                         let Ack { seq } = serde_json::from_slice(&publish.payload)
                             .map_err(|_| Close::Protocol)?;
                         if let Some(cursor) = window.ack(seq)? {
-                            hub.acknowledge(device, cursor).await?;
+                            hub.acknowledged(device, &mut window).await?;
                             in_flight.acknowledged(cursor);
-                            acknowledged.inc();
                         }
                         if let Some(packet_id) = publish.packet_id {
                             outbox.send(Packet::PublishAck { packet_id }).await?;
@@ -487,10 +478,9 @@ where
                     }
                     Packet::PublishAck { packet_id } => {
                         if let Some(seq) = in_flight.puback(packet_id)
-                            && let Some(cursor) = window.ack(seq)?
+                            && window.ack(seq)?.is_some()
                         {
-                            hub.acknowledge(device, cursor).await?;
-                            acknowledged.inc();
+                            hub.acknowledged(device, &mut window).await?;
                         }
                     }
                     Packet::Subscribe { packet_id, topic_filters } => {

@@ -128,6 +128,7 @@ where
     let device = hub.admit(&credential, &app, &device_id, peer).await?;
     drop(credential);
     let (_entry, evicted_token, evicted) = hub.enter(&device);
+    let _presence = hub.presence(&device);
     let connections = hub
         .metrics
         .inapp_connections
@@ -168,22 +169,13 @@ where
     let mut heartbeat = tokio::time::interval(Duration::from_secs(limits.heartbeat_secs));
     heartbeat.reset();
     let mut last_heard = Instant::now();
-    let sent = hub
-        .metrics
-        .inapp_messages
-        .with_label_values(&[&device.app, "sent"]);
-    let acknowledged = hub
-        .metrics
-        .inapp_messages
-        .with_label_values(&[&device.app, "acknowledged"]);
     loop {
         while window.has_room(limits.max_unacked) {
             let Some((seq, job)) = hub.next_to_send(device, &mut window, TRANSPORT).await? else {
                 break;
             };
             send_text(ws, frames::message_text(seq, &job)?, idle).await?;
-            window.mark_sent(seq);
-            sent.inc();
+            hub.sent(device, &mut window, seq, &job).await;
         }
         tokio::select! {
             frame = ws.next() => {
@@ -194,9 +186,8 @@ where
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                     Some(Ok(WsMessage::Text(text))) => match frames::parse(&text)? {
                         ClientFrame::Ack { seq } => {
-                            if let Some(cursor) = window.ack(seq)? {
-                                hub.acknowledge(device, cursor).await?;
-                                acknowledged.inc();
+                            if window.ack(seq)?.is_some() {
+                                hub.acknowledged(device, &mut window).await?;
                             }
                         }
                         ClientFrame::Ping => send(ws, &ServerFrame::Pong, idle).await?,

@@ -324,3 +324,168 @@ async fn another_person_becoming_active_on_the_device_replaces_the_connection() 
     assert_eq!(backlog.len(), 1);
     assert_eq!(backlog[0]["payload"], json!({"to": "gus"}));
 }
+
+// The delivery rule: a push waits behind the in-app message of a connected, active device.
+
+/// A stack with a gateway whose registry waits `window_ms` for in-app acknowledgements,
+/// and whose producers may poll the status.
+async fn rule_stack(window_ms: u64) -> (Stack, Service) {
+    stack_with(|c| {
+        c.registry.devices.inapp_ack_window_ms = window_ms;
+        c.registry.devices.apps.insert(
+            INAPP_APP.into(),
+            registry::config::AppPolicy {
+                multi_user: true,
+                ..Default::default()
+            },
+        );
+        c.ingest.producers.status_rate_per_sec = 1_000.0;
+        c.ingest.producers.status_burst = 1_000;
+    })
+    .await
+}
+
+/// Registers an Android phone's FCM token on `device` for `person`.
+async fn register_phone(stack: &Stack, person: &str, device: &str) -> String {
+    let token = format!("fcm-token-of-{device}-{person}");
+    stack
+        .register(
+            &token,
+            json!({"person_id": person, "platform": "fcm", "device_id": device}),
+        )
+        .await;
+    token
+}
+
+/// An alert with an in-app part and an FCM part for `person`.
+async fn alert(stack: &Stack, person: &str, key: &str) -> String {
+    stack
+        .notify(
+            PRODUCER_KEY,
+            &json!({
+                "person_ids": [person],
+                "class": "alert",
+                "idempotency_key": key,
+                "ttl_secs": 60,
+                "inapp": {"payload": {"said": key}},
+                "fcm": {"data": {"said": key}},
+            }),
+        )
+        .await
+}
+
+/// The event's status once `done` holds of it.
+async fn status_when(stack: &Stack, event: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        let body: Value = reqwest::Client::new()
+            .get(stack.ingest.url(&format!("/v1/events/{event}")))
+            .bearer_auth(PRODUCER_KEY)
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the status never got there: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn outcome_of<'a>(status: &'a Value, platform: &str) -> &'a str {
+    status["devices"]
+        .as_array()
+        .and_then(|devices| devices.iter().find(|d| d["platform"] == platform))
+        .and_then(|d| d["outcome"].as_str())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn an_acknowledged_in_app_message_sends_no_push() {
+    let (stack, gateway) = rule_stack(500).await;
+    let device = "install-ivy-0001";
+    register(&stack, "ivy", device).await;
+    register_phone(&stack, "ivy", device).await;
+    let mut app = App::connect(&gateway, "ivy", device).await;
+    let event = alert(&stack, "ivy", "seen").await;
+    let message = app.frame().await;
+    app.ack(message["seq"].as_u64().expect("seq")).await;
+    let status = status_when(&stack, &event, |s| s["outcome"] == "delivered").await;
+    assert_eq!(outcome_of(&status, "inapp"), "acknowledged", "{status:#}");
+    // The held push is dropped once its window has passed and the FALLBACK record is gone.
+    harness::wait::until_true("the held push to be settled", WAIT, || async {
+        stack
+            .env
+            .stream_messages(pipeline::topology::StreamKind::Fallback)
+            .await
+            .is_empty()
+    })
+    .await;
+    assert!(stack.providers.fcm.delivered().is_empty(), "no push");
+}
+
+#[tokio::test]
+async fn an_unacknowledged_in_app_message_falls_back_to_the_push() {
+    let (stack, gateway) = rule_stack(300).await;
+    let device = "install-jon-0001";
+    register(&stack, "jon", device).await;
+    register_phone(&stack, "jon", device).await;
+    let mut app = App::connect(&gateway, "jon", device).await;
+    let event = alert(&stack, "jon", "unseen").await;
+    let message = app.frame().await;
+    assert_eq!(message["payload"], json!({"said": "unseen"}));
+    let pushes = stack.providers.fcm.wait_delivered(1, WAIT).await;
+    assert_eq!(pushes.len(), 1);
+    let status = status_when(&stack, &event, |s| {
+        s["outcome"] == "delivered" && outcome_of(s, "fcm") == "accepted"
+    })
+    .await;
+    assert_eq!(
+        outcome_of(&status, "inapp"),
+        "fell_back_to_push",
+        "{status:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_disconnected_device_gets_the_push_at_once_and_the_message_when_it_connects() {
+    let (stack, gateway) = rule_stack(60_000).await;
+    let device = "install-kim-0001";
+    register(&stack, "kim", device).await;
+    register_phone(&stack, "kim", device).await;
+    alert(&stack, "kim", "while-away").await;
+    // Not held: the window is a minute, the push comes now.
+    assert_eq!(stack.providers.fcm.wait_delivered(1, WAIT).await.len(), 1);
+    let mut app = App::connect(&gateway, "kim", device).await;
+    let backlog = app.drain().await;
+    assert_eq!(backlog.len(), 1);
+    assert_eq!(backlog[0]["payload"], json!({"said": "while-away"}));
+}
+
+#[tokio::test]
+async fn an_inactive_person_gets_pushes_and_their_in_app_messages_once_active() {
+    let (stack, gateway) = rule_stack(60_000).await;
+    let device = "install-shared-01";
+    register(&stack, "lea", device).await;
+    register_phone(&stack, "lea", device).await;
+    // Max signs in last: he is the active user, and his app is connected.
+    register(&stack, "max", device).await;
+    let mut max = App::connect(&gateway, "max", device).await;
+    alert(&stack, "lea", "for-lea").await;
+    assert_eq!(
+        stack.providers.fcm.wait_delivered(1, WAIT).await.len(),
+        1,
+        "an inactive person's push is not held"
+    );
+    assert!(max.drain().await.is_empty(), "nothing in-app for Max");
+    let mut lea = App::connect(&gateway, "lea", device).await;
+    let backlog = lea.drain().await;
+    assert_eq!(backlog.len(), 1);
+    assert_eq!(backlog[0]["payload"], json!({"said": "for-lea"}));
+}
