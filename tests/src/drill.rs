@@ -377,7 +377,6 @@ async fn report(drill: &str, stack: &Stack, calls: Vec<Call>, fault: (u64, u64))
 /// Where messages sit: every stream's count and every consumer's pending, ack-pending
 /// and redelivered counts and floors (printed when a drill lost something).
 async fn jetstream_state(stack: &Stack) -> String {
-    use pipeline::topology::ConsumerKind;
     let connected = match pipeline::nats::seed_servers(&stack.configs.registry.nats.url) {
         Ok(servers) => async_nats::connect(servers)
             .await

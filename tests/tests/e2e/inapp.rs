@@ -489,3 +489,104 @@ async fn an_inactive_person_gets_pushes_and_their_in_app_messages_once_active() 
     assert_eq!(backlog.len(), 1);
     assert_eq!(backlog[0]["payload"], json!({"said": "for-lea"}));
 }
+
+#[tokio::test]
+async fn a_crashed_replicas_clients_reconnect_to_another_and_lose_nothing() {
+    let (stack, first) = stack().await;
+    let second = start_gateway(stack.env.gateway_config()).await;
+    second.wait_ready().await;
+    register(&stack, "nia", "install-nia-0001").await;
+    register(&stack, "oto", "install-oto-0001").await;
+    let mut nia = App::connect(&first, "nia", "install-nia-0001").await;
+    let mut oto = App::connect(&second, "oto", "install-oto-0001").await;
+    for n in 0..10 {
+        notify(&stack, "nia", &format!("nia-{n}"), 60, json!({"n": n})).await;
+        notify(&stack, "oto", &format!("oto-{n}"), 60, json!({"n": n})).await;
+    }
+    // Nia processes the first five and acknowledges them; the rest are on the wire.
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seen.push(nia.frame().await);
+    }
+    app_ack(&mut nia, &seen[4]).await;
+    assert!(nia.drain().await.is_empty());
+    first.abort();
+    for n in 10..20 {
+        notify(&stack, "nia", &format!("nia-{n}"), 60, json!({"n": n})).await;
+        notify(&stack, "oto", &format!("oto-{n}"), 60, json!({"n": n})).await;
+    }
+    // Nia's app reconnects, through the load balancer, to the replica still there.
+    let mut nia = App::connect(&second, "nia", "install-nia-0001").await;
+    let resumed: Vec<u64> = nia
+        .drain()
+        .await
+        .iter()
+        .map(|m| m["payload"]["n"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(
+        resumed,
+        (5..20).collect::<Vec<u64>>(),
+        "in order, none lost"
+    );
+    // Oto, on the replica that stayed, got everything live.
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        let frame = oto.frame().await;
+        got.push(frame["payload"]["n"].as_u64().expect("n"));
+    }
+    assert_eq!(got, (0..20).collect::<Vec<u64>>());
+}
+
+async fn app_ack(app: &mut App, message: &Value) {
+    app.ack(message["seq"].as_u64().expect("seq")).await;
+}
+
+#[tokio::test]
+async fn an_encrypting_apps_in_app_payload_opens_with_an_independent_jose_library() {
+    use base64::Engine as _;
+    let (stack, gateway) = stack_with(|c| {
+        c.registry.devices.key_encryption_keys = vec![registry::keyring::KekConfig {
+            id: "kek-1".into(),
+            key: Some(pipeline::config::Secret::new(
+                base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+            )),
+            key_file: None,
+        }];
+        c.registry.devices.apps.insert(
+            INAPP_APP.into(),
+            registry::config::AppPolicy {
+                encrypt_payloads: true,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let key = [42u8; 32];
+    stack
+        .register(
+            "install-pia-0001",
+            json!({"person_id": "pia", "platform": "inapp", "app": INAPP_APP,
+                   "device_id": "install-pia-0001",
+                   "e2e_key": base64::engine::general_purpose::STANDARD.encode(key)}),
+        )
+        .await;
+    let mut app = App::connect(&gateway, "pia", "install-pia-0001").await;
+    notify(
+        &stack,
+        "pia",
+        "sealed",
+        60,
+        json!({"secret": "the code is 4711"}),
+    )
+    .await;
+    let message = app.frame().await;
+    let jwe = message["payload"]["jwe"].as_str().expect("a JWE payload");
+    assert!(!jwe.contains("4711"));
+    let decrypter = josekit::jwe::Dir
+        .decrypter_from_bytes(key)
+        .expect("a decrypter");
+    let (plain, header) = josekit::jwe::deserialize_compact(jwe, &decrypter).expect("opens");
+    assert_eq!(header.content_encryption(), Some("A256GCM"));
+    let plain: Value = serde_json::from_slice(&plain).expect("JSON");
+    assert_eq!(plain, json!({"secret": "the code is 4711"}));
+}
