@@ -185,9 +185,7 @@ fn check_part(field: &str, part: &InAppPart) -> Result<(), String> {
         }
     }
     if !part.actions.is_empty() && part.category != Category::Prompt {
-        return Err(format!(
-            "`{field}.actions` are for `category: \"prompt\"`"
-        ));
+        return Err(format!("`{field}.actions` are for `category: \"prompt\"`"));
     }
     Ok(())
 }
@@ -232,10 +230,16 @@ mod tests {
 
     #[test]
     fn unacceptable_parts_name_the_field() {
-        let big = format!(r#"{{"payload":{{"x":"{}"}}}}"#, "y".repeat(MAX_PAYLOAD_BYTES));
+        let big = format!(
+            r#"{{"payload":{{"x":"{}"}}}}"#,
+            "y".repeat(MAX_PAYLOAD_BYTES)
+        );
         for (request, needle) in [
             (r#"{}"#, "`inapp`"),
-            (r#"{"payload":[1]}"#, "`inapp.payload` must be a JSON object"),
+            (
+                r#"{"payload":[1]}"#,
+                "`inapp.payload` must be a JSON object",
+            ),
             (big.as_str(), "`inapp.payload` is over 4096 bytes"),
             (r#"{"payload":{},"category":"popup"}"#, "`inapp.category`"),
             (
@@ -254,7 +258,7 @@ mod tests {
                 r#"{"payload":{},"category":"prompt","actions":[{"id":"a","title":""}]}"#,
                 "`inapp.actions[0].title`",
             ),
-            (r#"{"payload":{},"extra":1}"#, "`inapp`"),
+            (r#"{"payload":{},"extra":1}"#, "unknown field `extra`"),
         ] {
             let error = SPEC
                 .part("inapp", Class::Alert, false, &raw(request))
