@@ -393,6 +393,41 @@ impl Hub {
         }
     }
 
+    /// Closes the connection (`replaced`) when the registry announces that another person
+    /// became the device's active user ([`registry::inapp::ActiveNotices`]), on whichever
+    /// replica this one is; stops with the returned guard.
+    pub async fn watch_active(
+        &self,
+        device: &Device,
+        connection: &CancellationToken,
+        evicted: &Evicted,
+    ) -> Result<Watch, Close> {
+        use futures::StreamExt as _;
+        let subject = self.topology.active_subject(&device.app, &device.device_id);
+        let mut notices = within(self.nats.subscribe(subject))
+            .await?
+            .map_err(|_| Close::Unavailable)?;
+        let own = pipeline::topology::id_token(&device.person);
+        let stop = CancellationToken::new();
+        let (guard, connection, evicted) = (stop.clone(), connection.clone(), evicted.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    notice = notices.next() => {
+                        let Some(notice) = notice else { break };
+                        if notice.payload.as_ref() != own.as_bytes() {
+                            evicted.set(Close::Replaced);
+                            connection.cancel();
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Watch(guard))
+    }
+
     /// The live signal: a message on the device's subject whenever one is stored.
     pub async fn live(&self, device: &Device) -> Result<async_nats::Subscriber, Close> {
         within(self.nats.subscribe(device.subject.clone()))
@@ -454,6 +489,17 @@ impl Hub {
     }
 }
 
+/// A connection's watch of its device's active user ([`Hub::watch_active`]): ends when
+/// dropped.
+#[derive(Debug)]
+pub struct Watch(CancellationToken);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// A connection's presence in Redis ([`Hub::presence`]): withdrawn when dropped.
 #[derive(Debug)]
 pub struct Presence(CancellationToken);
@@ -481,6 +527,14 @@ impl Evicted {
     pub fn reason(&self) -> Option<Close> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Records why the connection must go (the first reason stays).
+    fn set(&self, reason: Close) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(reason);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -493,11 +547,7 @@ struct Connected {
 
 impl Connected {
     fn evict(&self, reason: Close) {
-        self.evicted
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(reason);
+        self.evicted.set(reason);
         self.token.cancel();
     }
 }

@@ -129,6 +129,7 @@ where
     drop(credential);
     let (_entry, evicted_token, evicted) = hub.enter(&device);
     let _presence = hub.presence(&device);
+    let _watch = hub.watch_active(&device, &evicted_token, &evicted).await?;
     let connections = hub
         .metrics
         .inapp_connections

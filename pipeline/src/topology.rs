@@ -268,6 +268,17 @@ impl Topology {
         self.inapp
     }
 
+    /// `active.<device>`: where the registry announces (core NATS, not stored) that a
+    /// person became the active user of the device `device_id` of `app`, so gateways close
+    /// other persons' connections on it.
+    pub fn active_subject(&self, app: &str, device_id: &str) -> String {
+        format!(
+            "{}active.{}",
+            self.prefix,
+            id_token(&format!("{app}/{device_id}"))
+        )
+    }
+
     /// `fallback.<device>`: the pushes held for the device whose in-app token is `token`.
     pub fn fallback_subject(&self, token: &str) -> String {
         format!("{}fallback.{}", self.prefix, id_token(token))

@@ -467,6 +467,7 @@ impl AppState {
             .store
             .register(token, person, &attrs, now_ms(), rules)
             .await?;
+        let announces = !keep_active && !registered.held && !registered.refused;
         if registered.held {
             tracing::warn!(
                 token = %pipeline::telemetry::token_tag(token),
@@ -492,6 +493,9 @@ impl AppState {
                 .devices_removed
                 .with_label_values(&[why.as_str()])
                 .inc();
+        }
+        if announces && let Some(device_id) = &attrs.device_id {
+            self.notices.announce(&attrs.app, device_id, person).await;
         }
         Ok(registered)
     }
@@ -758,6 +762,7 @@ async fn activate(
                 ActivateError::NotRegistered => ApiError::NotFound(NOT_HELD),
                 ActivateError::Store(error) => ApiError::from(error),
             })?;
+        state.notices.announce(&app, &device_id, &person).await;
         Ok(Json(serde_json::json!({
             "person_id": person,
             "device_id": device_id,

@@ -19,7 +19,7 @@
 //! every heartbeat of the connection and removed when it closes; a replica that dies
 //! leaves entries that lapse on their own by their time.
 
-use pipeline::topology::id_token;
+use pipeline::topology::{Topology, id_token};
 use redis::Script;
 
 use crate::connection::Connection;
@@ -146,6 +146,31 @@ impl InAppState {
             .query_async(&mut redis)
             .await?;
         Ok(present_in(&entries, person, now_ms))
+    }
+}
+
+/// Tells the gateways who became a device's active user (`active.<device>`, core NATS):
+/// a replica holding another person's connection on that device closes it (`replaced`).
+/// A notice lost in a NATS outage leaves that connection open until it reconnects; the
+/// fan-out already treats the other person as inactive.
+#[derive(Clone)]
+pub struct ActiveNotices {
+    client: async_nats::Client,
+    topology: Topology,
+}
+
+impl ActiveNotices {
+    /// Notices on `client` under `topology`'s prefix.
+    pub fn new(client: async_nats::Client, topology: Topology) -> Self {
+        ActiveNotices { client, topology }
+    }
+
+    /// Announces that `person` is the active user of `device_id` of `app`.
+    pub async fn announce(&self, app: &str, device_id: &str, person: &str) {
+        let subject = self.topology.active_subject(app, device_id);
+        if let Err(error) = self.client.publish(subject, id_token(person).into()).await {
+            tracing::warn!(%error, "cannot announce a device's active user to the gateways");
+        }
     }
 }
 

@@ -64,6 +64,7 @@ pub struct AppState {
     body_limit: usize,
     max_json_depth: usize,
     endpoints: Arc<pipeline::egress::EgressPolicy>,
+    notices: inapp::ActiveNotices,
     metrics: Metrics,
     providers: pipeline::provider::Providers,
 }
@@ -183,6 +184,7 @@ pub async fn serve(
         config.nats.tracking,
         metrics.clone(),
     );
+    let notices = inapp::ActiveNotices::new(client.clone(), topology.clone());
     let ready = Arc::new(Ready {
         client,
         topology: topology.clone(),
@@ -290,6 +292,7 @@ pub async fn serve(
             "endpoints",
             &config.endpoints,
         )?),
+        notices,
         metrics: metrics.clone(),
         providers: providers::all(),
     };

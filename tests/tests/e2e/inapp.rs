@@ -590,3 +590,34 @@ async fn an_encrypting_apps_in_app_payload_opens_with_an_independent_jose_librar
     let plain: Value = serde_json::from_slice(&plain).expect("JSON");
     assert_eq!(plain, json!({"secret": "the code is 4711"}));
 }
+
+#[tokio::test]
+async fn another_person_signing_in_closes_the_connection_whichever_replica_holds_it() {
+    let (stack, first) = stack_with(|c| {
+        c.registry.devices.apps.insert(
+            INAPP_APP.into(),
+            registry::config::AppPolicy {
+                multi_user: true,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let second = start_gateway(stack.env.gateway_config()).await;
+    second.wait_ready().await;
+    let device = "install-kiosk-01";
+    register(&stack, "quin", device).await;
+    let mut quin = App::connect(&second, "quin", device).await;
+    assert!(quin.drain().await.is_empty());
+    // Rae signs in on the same device (her registration makes her its active user); her
+    // app is not even connected, and not to the replica holding Quin's connection.
+    register(&stack, "rae", device).await;
+    assert_eq!(
+        quin.closed().await,
+        Closed {
+            code: 4011,
+            reason: "replaced".into()
+        }
+    );
+    drop(first);
+}
