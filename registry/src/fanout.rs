@@ -506,7 +506,11 @@ mod tests {
         d.token = format!("{platform}-{device_id}");
         let alert = event(
             Class::Alert,
-            &[FCM, ("inapp", r#"{"payload":{}}"#), ("apns", r#"{"payload":{}}"#)],
+            &[
+                FCM,
+                ("inapp", r#"{"payload":{}}"#),
+                ("apns", r#"{"payload":{}}"#),
+            ],
         );
         Planned {
             job: job(&providers::all(), &alert, &d).expect("a job"),
