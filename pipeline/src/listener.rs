@@ -9,7 +9,9 @@
 //! | `max_connections` open | the next connection is accepted and closed at once (`over_limit`) |
 //! | request head not complete within `header_read_timeout_ms` | hyper closes the connection (HTTP/1.1; the timer starts when a connection waits for a request, so an idle keep-alive connection is closed by it too) |
 //! | headers over `max_header_bytes` | `431` with a JSON body; past twice that, hyper stops reading and answers a bare `431` |
-//! | no byte in either direction for `idle_timeout_ms` while no request is in flight | the connection is closed (`idle`; HTTP/2 included) |
+//! | a request body not complete within `body_read_timeout_ms` | the body read fails: the handler answers 4xx and its permit is free |
+//! | no request for `idle_timeout_ms` and none in flight | the connection is closed (`idle`; HTTP/2 included: its pings and window updates are no requests) |
+//! | more than [`MAX_STREAMS`] requests at once on one HTTP/2 connection | refused by HTTP/2 flow control |
 //!
 //! So the memory of the listener is bounded before authentication: at most
 //! `max_connections` connections, each holding at most a read buffer of twice
@@ -27,7 +29,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -52,6 +54,10 @@ use crate::metrics::Metrics;
 /// Longest a stopping listener waits for its connections' requests to finish.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
+/// Most requests in flight on one HTTP/2 connection: one client cannot hold more of a
+/// service's admission than a few connections' worth.
+pub const MAX_STREAMS: u32 = 32;
+
 /// `[connections]`: the public listener's bounds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,9 +69,12 @@ pub struct ConnectionsConfig {
     pub header_read_timeout_ms: u64,
     /// Largest request head (request line and headers), bytes; larger → 431.
     pub max_header_bytes: usize,
-    /// A connection on which nothing is sent or received for this long, with no request
-    /// in flight, is closed, milliseconds.
+    /// A connection with no request for this long, and none in flight, is closed,
+    /// milliseconds.
     pub idle_timeout_ms: u64,
+    /// Longest a client may take to send a request's body, from its head on,
+    /// milliseconds; a body still incomplete then is an error the handler answers.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for ConnectionsConfig {
@@ -75,6 +84,7 @@ impl Default for ConnectionsConfig {
             header_read_timeout_ms: 10_000,
             max_header_bytes: 16 * 1024,
             idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 10_000,
         }
     }
 }
@@ -106,6 +116,12 @@ impl ConnectionsConfig {
                 "must be positive",
             ));
         }
+        if self.body_read_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "connections.body_read_timeout_ms",
+                "must be positive",
+            ));
+        }
         Ok(())
     }
 
@@ -134,6 +150,7 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.hard_header_limit()).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_STREAMS)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
@@ -146,9 +163,10 @@ pub async fn serve(
     let idle = metrics
         .http_connections_closed
         .with_label_values(&[service, "idle"]);
-    let (idle_timeout, max_header_bytes) = (
+    let (idle_timeout, max_header_bytes, body_timeout) = (
         Duration::from_millis(config.idle_timeout_ms),
         config.max_header_bytes,
+        Duration::from_millis(config.body_read_timeout_ms),
     );
     loop {
         let (stream, peer) = tokio::select! {
@@ -169,13 +187,14 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let io = TokioIo::new(IdleTimeout::new(stream, idle_timeout, in_flight.clone()));
+        let activity = Arc::new(Activity::default());
+        let io = TokioIo::new(IdleTimeout::new(stream, idle_timeout, activity.clone()));
         let router = router.clone();
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let guard = InFlight::enter(&in_flight);
+            let guard = InFlight::enter(&activity);
             let router = router.clone();
             async move {
+                let request = request.map(|body| DeadlineBody::new(body, body_timeout));
                 let response = answer(router, request, peer, max_header_bytes).await;
                 drop(guard);
                 Ok::<_, std::convert::Infallible>(response)
@@ -203,7 +222,7 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after the drain period; closing them");
+        tracing::warn!("connections still open after the drain period; they end with the process");
     }
     Ok(())
 }
@@ -211,7 +230,7 @@ pub async fn serve(
 /// The router's answer, or a JSON 431 for a head over `max_header_bytes`.
 async fn answer(
     router: Router,
-    request: Request<Incoming>,
+    request: Request<DeadlineBody<Incoming>>,
     peer: SocketAddr,
     max_header_bytes: usize,
 ) -> Response {
@@ -251,19 +270,112 @@ pub fn headers_too_large(limit: usize) -> Response {
         .into_response()
 }
 
-/// Counts a connection's requests in flight while alive.
-struct InFlight(Arc<AtomicUsize>);
+/// A connection's requests: how many are in flight, and when the last began or ended
+/// (ms on the connection's own clock, [`Activity::now`]).
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+    started: Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Activity {
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// When the connection stops being busy: now while a request is in flight, else the
+    /// last request's time plus `timeout`.
+    fn idle_at(&self, timeout: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Instant::now() + timeout;
+        }
+        self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
+    }
+}
+
+/// Counts a request in flight on its connection while alive.
+struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn enter(count: &Arc<AtomicUsize>) -> InFlight {
-        count.fetch_add(1, Ordering::Relaxed);
-        InFlight(count.clone())
+    fn enter(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        InFlight(activity.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request body that must be complete within a deadline set when the request began: a
+/// client trickling its body (or sending none after its head) cannot hold a handler's
+/// admission longer than that.
+pub struct DeadlineBody<B> {
+    inner: B,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(inner: B, within: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(within)),
+        }
+    }
+}
+
+/// The body did not arrive within `connections.body_read_timeout_ms`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyTimeout;
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -287,34 +399,26 @@ fn is_idle(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A connection's socket that fails its reads once nothing has moved for `timeout` and no
-/// request is in flight. hyper keeps a read pending on every connection that waits for a
-/// request (HTTP/1.1) or frames (HTTP/2), so the timer is polled there; activity only
-/// moves a deadline, and the timer is re-armed when it fires early.
+/// A connection's socket that fails its reads once no request has begun or ended for
+/// `timeout` and none is in flight. Bytes do not count: HTTP/2 pings and window updates
+/// would keep an unused connection alive forever. hyper keeps a read pending on every
+/// connection that waits for a request (HTTP/1.1) or frames (HTTP/2), so the timer is
+/// polled there, and re-armed when it fires early.
 struct IdleTimeout<S> {
     inner: S,
     timer: Pin<Box<Sleep>>,
     timeout: Duration,
-    last_activity: Instant,
-    in_flight: Arc<AtomicUsize>,
+    activity: Arc<Activity>,
 }
 
 impl<S> IdleTimeout<S> {
-    fn new(inner: S, timeout: Duration, in_flight: Arc<AtomicUsize>) -> Self {
+    fn new(inner: S, timeout: Duration, activity: Arc<Activity>) -> Self {
         IdleTimeout {
             inner,
             timer: Box::pin(tokio::time::sleep(timeout)),
             timeout,
-            last_activity: Instant::now(),
-            in_flight,
+            activity,
         }
-    }
-
-    fn touch<T>(&mut self, moved: bool, result: T) -> T {
-        if moved {
-            self.last_activity = Instant::now();
-        }
-        result
     }
 }
 
@@ -325,18 +429,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => this.touch(buf.filled().len() > before, Poll::Ready(result)),
+            Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => loop {
                 if this.timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                let deadline = if this.in_flight.load(Ordering::Relaxed) > 0 {
-                    Instant::now() + this.timeout
-                } else {
-                    this.last_activity + this.timeout
-                };
+                let deadline = this.activity.idle_at(this.timeout);
                 if deadline <= Instant::now() {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, Idle)));
                 }
@@ -352,10 +451,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        let moved = matches!(written, Poll::Ready(Ok(n)) if n > 0);
-        this.touch(moved, written)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -363,10 +459,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        let moved = matches!(written, Poll::Ready(Ok(n)) if n > 0);
-        this.touch(moved, written)
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -419,20 +512,20 @@ mod tests {
         use tokio::io::AsyncReadExt as _;
         tokio::time::pause();
         let (client, server) = tokio::io::duplex(64);
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let activity = Arc::new(Activity::default());
         let mut idle = Box::pin(IdleTimeout::new(
             server,
             Duration::from_secs(5),
-            in_flight.clone(),
+            activity.clone(),
         ));
-        let guard = InFlight::enter(&in_flight);
+        let guard = InFlight::enter(&activity);
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(20), idle.read(&mut byte)).await;
         assert!(read.is_err(), "a request in flight keeps the connection");
         drop(guard);
         let started = Instant::now();
         let error = idle.read(&mut byte).await.expect_err("idle");
-        assert!(started.elapsed() <= Duration::from_secs(5));
+        assert!(started.elapsed() <= Duration::from_millis(5_100));
         assert!(is_idle(&error));
         drop(client);
     }

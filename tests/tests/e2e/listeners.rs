@@ -46,7 +46,33 @@ fn tight() -> ConnectionsConfig {
         header_read_timeout_ms: 600,
         max_header_bytes: 2_048,
         idle_timeout_ms: 1_000,
+        body_read_timeout_ms: 500,
     }
+}
+
+#[tokio::test]
+async fn a_request_whose_body_never_comes_is_answered_in_time() {
+    let stack = Stack::start_with(|c| c.ingest.connections = tight()).await;
+    let mut stream = TcpStream::connect(stack.ingest.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"POST /webhooks/webex HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+        )
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let head = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 4"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Its admission is free again: an ordinary request is answered.
+    assert_eq!(answered(stack.ingest.addr).await, 404);
 }
 
 #[tokio::test]
