@@ -123,7 +123,8 @@ impl WebPushProvider {
                 .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_secs))
                 .pool_max_idle_per_host(config.max_idle_per_origin);
             if public {
-                builder = builder.dns_resolver(PublicResolver::shared());
+                // A proxy would resolve names itself, past the public-address filter.
+                builder = builder.dns_resolver(PublicResolver::shared()).no_proxy();
             }
             provider_http::finish(&options, builder)
         };

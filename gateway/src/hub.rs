@@ -150,7 +150,7 @@ impl Hub {
     }
 
     /// Who is connecting: the credential's person, holding an in-app registration of `app`
-    /// with `device_id`. Makes the person the device's active user.
+    /// with `device_id` ([`Hub::activate`] then makes them its active user).
     pub async fn admit(
         &self,
         credential: &str,
@@ -177,6 +177,11 @@ impl Hub {
             // API keys and the development switch name no person: a connection is one.
             return Err(Close::Unauthorized);
         };
+        // A person is named as the store names them: an id that would read as another
+        // (a JWT subject spelling a Webex id) is not taken for it.
+        if !registry::person::canonical(&person).is_ok_and(|named| named == person.as_str()) {
+            return Err(Close::Unauthorized);
+        }
         let now = now_ms();
         let devices = within(self.store.devices(&person, now))
             .await?
@@ -189,9 +194,6 @@ impl Hub {
                     && d.device_id() == device_id
             })
             .ok_or(Close::Forbidden)?;
-        within(self.store.set_active(app, device_id, &person, now))
-            .await?
-            .map_err(|_| Close::Unavailable)?;
         Ok(Device {
             subject: self.topology.inapp_subject(&registration.token, &person),
             token: registration.token.clone(),
@@ -393,6 +395,24 @@ impl Hub {
         }
     }
 
+    /// Makes the connection's person the device's active user and tells every replica,
+    /// whose connections of other persons on the device close (`replaced`). Called once
+    /// the connection watches the announcements itself ([`Hub::watch_active`]), so no
+    /// newer announcement can slip past it.
+    pub async fn activate(&self, device: &Device) -> Result<(), Close> {
+        within(
+            self.store
+                .set_active(&device.app, &device.device_id, &device.person, now_ms()),
+        )
+        .await?
+        .map_err(|_| Close::Unavailable)?;
+        let announced = self.nats.publish(
+            self.topology.active_subject(&device.token),
+            pipeline::topology::id_token(&device.person).into(),
+        );
+        within(announced).await?.map_err(|_| Close::Unavailable)
+    }
+
     /// Closes the connection (`replaced`) when the registry announces that another person
     /// became the device's active user ([`registry::inapp::ActiveNotices`]), on whichever
     /// replica this one is; stops with the returned guard.
@@ -403,7 +423,7 @@ impl Hub {
         evicted: &Evicted,
     ) -> Result<Watch, Close> {
         use futures::StreamExt as _;
-        let subject = self.topology.active_subject(&device.app, &device.device_id);
+        let subject = self.topology.active_subject(&device.token);
         let mut notices = within(self.nats.subscribe(subject))
             .await?
             .map_err(|_| Close::Unavailable)?;
@@ -450,7 +470,7 @@ impl Hub {
             token: token.clone(),
             evicted: evicted.clone(),
         };
-        let device_key = (device.app.clone(), device.device_id.clone());
+        let device_key = device.token.clone();
         let on_device = connections.by_device.entry(device_key.clone()).or_default();
         // Another person on this device: they are not its active user any more.
         on_device.retain(|other| {
@@ -555,7 +575,7 @@ impl Connected {
 #[derive(Default)]
 struct Connections {
     next_id: u64,
-    by_device: HashMap<(String, String), VecDeque<Connected>>,
+    by_device: HashMap<String, VecDeque<Connected>>,
     by_person: HashMap<String, VecDeque<Connected>>,
 }
 
@@ -563,7 +583,7 @@ struct Connections {
 pub struct Entry<'a> {
     hub: &'a Hub,
     id: u64,
-    device: (String, String),
+    device: String,
     person: String,
 }
 

@@ -47,6 +47,9 @@ use crate::hub::{Hub, Parts};
 /// Service name in metrics and logs.
 pub const SERVICE: &str = "gateway";
 
+/// Signals buffered per subscription ([`async_nats::ConnectOptions::subscription_capacity`]).
+const SIGNALS: usize = 16;
+
 /// Longest a stopping gateway waits for its connections to close.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -132,7 +135,15 @@ pub async fn serve_with_mqtt(
     config.resolve()?;
     let tls = config.tls.as_ref().map(acceptor).transpose()?;
     let metrics = Metrics::new(SERVICE);
-    let client = pipeline::nats::connect(&config.nats, "pushline-gateway").await?;
+    // A connection's subscriptions are wake-up signals: a few buffered are plenty, and a
+    // connection stuck on a slow client must not pile up every message meanwhile (the
+    // client drops what does not fit; the connection reads the stream anyway).
+    let client = pipeline::nats::connect_with(
+        &config.nats,
+        "pushline-gateway",
+        async_nats::ConnectOptions::new().subscription_capacity(SIGNALS),
+    )
+    .await?;
     let topology = providers::topology(&config.nats);
     let redis = registry::connect_redis(&config.redis)?;
     let store = registry::store::Store::new(

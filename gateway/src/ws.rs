@@ -130,6 +130,7 @@ where
     let (_entry, evicted_token, evicted) = hub.enter(&device);
     let _presence = hub.presence(&device);
     let _watch = hub.watch_active(&device, &evicted_token, &evicted).await?;
+    hub.activate(&device).await?;
     let connections = hub
         .metrics
         .inapp_connections

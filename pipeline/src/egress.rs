@@ -99,12 +99,15 @@ impl Origin {
         if !matches!(url.path(), "" | "/") || url.query().is_some() || !url.username().is_empty() {
             return Err(bad("an origin has no path, query or credentials"));
         }
-        let host = url.host_str().ok_or_else(|| bad("has no host"))?;
-        if wildcard && !matches!(url.host(), Some(url::Host::Domain(_))) {
-            return Err(bad("a wildcard needs a domain after `*.`"));
-        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_ascii_lowercase(),
+            Some(url::Host::Ipv4(ip)) if !wildcard => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) if !wildcard => ip.to_string(),
+            Some(_) => return Err(bad("a wildcard needs a domain after `*.`")),
+            None => return Err(bad("has no host")),
+        };
         Ok(Origin {
-            host: host.to_ascii_lowercase(),
+            host,
             wildcard,
             port: url.port_or_known_default().unwrap_or(443),
         })
@@ -470,6 +473,8 @@ mod tests {
             p.route(&url("http://127.0.0.1:4443/")),
             Err(Refusal::NotHttps)
         );
+        let v6 = policy(&[], &["https://[::1]:4443"], false);
+        assert_eq!(v6.route(&url("https://[::1]:4443/p")), Ok(Route::Private));
         let p = policy(&[], &["https://push.internal:8443"], true);
         assert_eq!(
             p.route(&url("https://push.internal:9000/")),

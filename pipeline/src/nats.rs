@@ -45,7 +45,16 @@ pub fn seed_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectErr
 /// Connects with `name` as the client name. Returns at once even when the server is down;
 /// the client reconnects by itself (within about a second of the server returning).
 pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, ConnectError> {
-    let mut options = async_nats::ConnectOptions::new()
+    connect_with(config, name, async_nats::ConnectOptions::new()).await
+}
+
+/// Like [`connect`], starting from `options` (a subscription capacity, say).
+pub async fn connect_with(
+    config: &NatsConfig,
+    name: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, ConnectError> {
+    let mut options = options
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))

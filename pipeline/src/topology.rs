@@ -268,15 +268,12 @@ impl Topology {
         self.inapp
     }
 
-    /// `active.<device>`: where the registry announces (core NATS, not stored) that a
-    /// person became the active user of the device `device_id` of `app`, so gateways close
-    /// other persons' connections on it.
-    pub fn active_subject(&self, app: &str, device_id: &str) -> String {
-        format!(
-            "{}active.{}",
-            self.prefix,
-            id_token(&format!("{app}/{device_id}"))
-        )
+    /// `active.<device>`: where the registry and the gateways announce (core NATS, not
+    /// stored) that a person became the active user of the device whose in-app token is
+    /// `token`, so gateways close other persons' connections on it. Keyed by the token,
+    /// which only the persons sharing the installation hold.
+    pub fn active_subject(&self, token: &str) -> String {
+        format!("{}active.{}", self.prefix, id_token(token))
     }
 
     /// `fallback.<device>`: the pushes held for the device whose in-app token is `token`.

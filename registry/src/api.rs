@@ -467,7 +467,7 @@ impl AppState {
             .store
             .register(token, person, &attrs, now_ms(), rules)
             .await?;
-        let announces = !keep_active && !registered.held && !registered.refused;
+        let announces = spec.held() && !keep_active && !registered.held && !registered.refused;
         if registered.held {
             tracing::warn!(
                 token = %pipeline::telemetry::token_tag(token),
@@ -494,8 +494,8 @@ impl AppState {
                 .with_label_values(&[why.as_str()])
                 .inc();
         }
-        if announces && let Some(device_id) = &attrs.device_id {
-            self.notices.announce(&attrs.app, device_id, person).await;
+        if announces {
+            self.notices.announce(token, person).await;
         }
         Ok(registered)
     }
@@ -762,7 +762,13 @@ async fn activate(
                 ActivateError::NotRegistered => ApiError::NotFound(NOT_HELD),
                 ActivateError::Store(error) => ApiError::from(error),
             })?;
-        state.notices.announce(&app, &device_id, &person).await;
+        for inapp in devices.iter().filter(|d| {
+            d.attrs.platform == inapp::spec::NAME
+                && d.attrs.app == app
+                && d.device_id() == device_id
+        }) {
+            state.notices.announce(&inapp.token, &person).await;
+        }
         Ok(Json(serde_json::json!({
             "person_id": person,
             "device_id": device_id,

@@ -580,6 +580,19 @@ impl Config {
                 ));
             }
         }
+        // Durations added to clock readings: a day bounds them far from overflowing.
+        for (setting, secs) in [
+            ("auth.webex.cache_secs", webex.cache_secs),
+            ("auth.webex.negative_cache_secs", webex.negative_cache_secs),
+            ("auth.failures.window_secs", self.auth.failures.window_secs),
+        ] {
+            if secs > 86_400 {
+                return Err(ConfigError::invalid(
+                    setting,
+                    "must be at most 86400 (a day)",
+                ));
+            }
+        }
         let failures = &self.auth.failures;
         if failures.limit > 0 && (failures.window_secs == 0 || failures.max_clients == 0) {
             return Err(ConfigError::invalid(

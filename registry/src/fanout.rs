@@ -158,6 +158,15 @@ pub fn hold(
     split
 }
 
+/// The event's person as the store and the gateway name them (canonical: a Webex base64
+/// id and its bare uuid are one person, `crate::person`), for in-app subjects, presence
+/// and cursors; an id that is not a person's is kept as it came (it has no devices).
+pub fn person_of(event: &Event) -> String {
+    crate::person::canonical(&event.person_id)
+        .map(std::borrow::Cow::into_owned)
+        .unwrap_or_else(|_| event.person_id.clone())
+}
+
 /// The de-duplication id of the job for `token` in `event_id`.
 pub fn job_id(event_id: &str, token: &str) -> String {
     format!("{event_id}:{}", pipeline::telemetry::token_tag(token))
@@ -255,7 +264,7 @@ impl Fanout {
     /// (in-app), the `INAPP` subject of its device and person.
     fn subject(&self, event: &Event, job: &PushJob) -> String {
         match self.providers.get(&job.platform) {
-            Some(spec) if spec.held() => self.topology.inapp_subject(&job.token, &event.person_id),
+            Some(spec) if spec.held() => self.topology.inapp_subject(&job.token, &person_of(event)),
             _ => self.topology.push_subject(&job.platform, job.environment),
         }
     }
@@ -289,7 +298,7 @@ impl Fanout {
             }
             let present = self
                 .inapp
-                .is_present(&planned.job.token, &event.person_id, now)
+                .is_present(&planned.job.token, &person_of(event), now)
                 .await
                 .map_err(|e| e.to_string())?;
             if present {
@@ -318,7 +327,7 @@ impl Fanout {
             let fallback = pipeline::contract::Fallback {
                 v: VERSION,
                 event_id: event.id.clone(),
-                person_id: event.person_id.clone(),
+                person_id: person_of(event),
                 token: inapp.job.token.clone(),
                 app: inapp.app.clone(),
                 seq: *seq,

@@ -151,6 +151,8 @@ impl InAppState {
 
 /// Tells the gateways who became a device's active user (`active.<device>`, core NATS):
 /// a replica holding another person's connection on that device closes it (`replaced`).
+/// Only persons holding the device's in-app token (a shared installation of a
+/// multi-user app) can replace each other: a device id alone proves nothing.
 /// A notice lost in a NATS outage leaves that connection open until it reconnects; the
 /// fan-out already treats the other person as inactive.
 #[derive(Clone)]
@@ -165,9 +167,10 @@ impl ActiveNotices {
         ActiveNotices { client, topology }
     }
 
-    /// Announces that `person` is the active user of `device_id` of `app`.
-    pub async fn announce(&self, app: &str, device_id: &str, person: &str) {
-        let subject = self.topology.active_subject(app, device_id);
+    /// Announces that `person` is the active user of the device whose in-app token is
+    /// `token`.
+    pub async fn announce(&self, token: &str, person: &str) {
+        let subject = self.topology.active_subject(token);
         if let Err(error) = self.client.publish(subject, id_token(person).into()).await {
             tracing::warn!(%error, "cannot announce a device's active user to the gateways");
         }

@@ -621,3 +621,27 @@ async fn another_person_signing_in_closes_the_connection_whichever_replica_holds
     );
     drop(first);
 }
+
+#[tokio::test]
+async fn a_webex_id_reaches_its_person_in_app_and_a_subject_spelling_one_is_not_them() {
+    use base64::Engine as _;
+    let (stack, gateway) = stack().await;
+    let uuid = "0b7a9f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+    let webex_id = base64::engine::general_purpose::STANDARD_NO_PAD
+        .encode(format!("ciscospark://us/PEOPLE/{uuid}"));
+    register(&stack, &webex_id, "install-uuid-0001").await;
+    // A JWT whose subject spells the Webex id is not the person it decodes to.
+    let mut impostor = App::open(&gateway).await;
+    impostor
+        .hello(&person_jwt(&webex_id), INAPP_APP, "install-uuid-0001")
+        .await;
+    assert_eq!(impostor.closed().await.code, 4001);
+    // The person (as the store names them) gets what a producer sends to either spelling.
+    let mut app = App::connect(&gateway, uuid, "install-uuid-0001").await;
+    notify(&stack, &webex_id, "by-webex-id", 60, json!({"n": 1})).await;
+    notify(&stack, uuid, "by-uuid", 60, json!({"n": 2})).await;
+    let first = app.frame().await;
+    let second = app.frame().await;
+    assert_eq!(first["payload"], json!({"n": 1}));
+    assert_eq!(second["payload"], json!({"n": 2}));
+}
