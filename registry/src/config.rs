@@ -64,8 +64,11 @@ impl Default for Config {
                 concurrency: 32,
                 ..WorkerConfig::default()
             },
+            // Held pushes wait out their window as messages put back with a delay, which
+            // may count against the consumer's ack-pending bound (4 × concurrency): room
+            // for a window's worth at thousands of in-app messages a second.
             fallback: WorkerConfig {
-                concurrency: 64,
+                concurrency: 1_024,
                 ..WorkerConfig::default()
             },
             webex_webhooks: crate::webhooks::WebhooksConfig::default(),
