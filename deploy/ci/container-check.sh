@@ -123,7 +123,8 @@ for service in ingest registry dispatcher-apns dispatcher-fcm dispatcher-webpush
 done
 
 say "a signed call webhook through the containers"
-PERSON=Y2lzY29zcGFyazovL3VzL1BFT1BMRS9jb250YWluZXJz
+# A Webex person id: base64 of ciscospark://us/PEOPLE/<uuid> (the registry refuses others).
+PERSON=Y2lzY29zcGFyazovL3VzL1BFT1BMRS83ZDBlNGI1Mi0xYzlhLTRmM2UtYTZkOC0yYjVjOWUxZjBhNDc
 VOIP_TOKEN=$(printf 'cd%.0s' $(seq 1 32))
 FCM_TOKEN="fcm-containers:APA91bHPRgkFLJu6ck_q"
 curl -fsS -X POST http://127.0.0.1:8081/register -H "authorization: Bearer $API_KEY" \

@@ -4,7 +4,8 @@
 #    on their admin ports; fails on any 5xx, schema violation, undocumented status or
 #    wrong content type;
 # 2. a call pushed through the three dispatchers to the sandbox mocks, then
-#    `promtool check metrics` on a live /metrics scrape of all five services.
+#    `promtool check metrics` on a live /metrics scrape of all five services and the
+#    gateway (after a WebSocket connection, so its in-app metrics have a series).
 # Usage: deploy/ci/live-checks.sh [max examples per operation, default 40]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -14,7 +15,8 @@ command -v schemathesis >/dev/null || { echo "schemathesis missing: pip install 
 
 command -v promtool >/dev/null || { echo "promtool missing: apt-get install prometheus"; exit 1; }
 cargo build --locked --quiet --manifest-path "$ROOT/Cargo.toml" -p pushline-ingest -p pushline-registry \
-  -p pushline-dispatcher-apns -p pushline-dispatcher-fcm -p pushline-dispatcher-webpush -p pushline-tests --bins
+  -p pushline-dispatcher-apns -p pushline-dispatcher-fcm -p pushline-dispatcher-webpush -p pushline-gateway \
+  -p pushline-tests --bins
 BIN="$ROOT/target/debug"
 WORK=$(mktemp -d -t pushline-st.XXXXXX)
 PIDS=()
@@ -31,6 +33,7 @@ NATS=$(port); REDIS=$(port); INGEST=$(port); INGEST_ADMIN=$(port); REGISTRY=$(po
 OPEN=$(port); OPEN_ADMIN=$(port)
 APNS_ADMIN=$(port); FCM_ADMIN=$(port); MOCK_APNS=$(port); MOCK_FCM=$(port); MOCK_CONTROL=$(port)
 WEBPUSH_ADMIN=$(port); MOCK_WEBPUSH=$(port)
+GATEWAY=$(port); GATEWAY_ADMIN=$(port)
 
 nats-server -a 127.0.0.1 -p "$NATS" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 & PIDS+=($!)
 redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 & PIDS+=($!)
@@ -143,7 +146,23 @@ TOML
 "$BIN/pushline-dispatcher-apns" --config "$WORK/apns.toml" >"$WORK/apns.log" 2>&1 & PIDS+=($!)
 "$BIN/pushline-dispatcher-fcm" --config "$WORK/fcm.toml" >"$WORK/fcm.log" 2>&1 & PIDS+=($!)
 "$BIN/pushline-dispatcher-webpush" --config "$WORK/webpush.toml" >"$WORK/webpush.log" 2>&1 & PIDS+=($!)
-for admin in "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN"; do
+cat >"$WORK/gateway.toml" <<TOML
+listen = "127.0.0.1:$GATEWAY"
+admin_listen = "127.0.0.1:$GATEWAY_ADMIN"
+apps = ["com.example.pushline"]
+[redis]
+url = "redis://127.0.0.1:$REDIS"
+[auth.jwt]
+issuer = "https://idp.pushline.local"
+audience = "pushline"
+keys = [{ algorithm = "HS256", secret = "$(head -c 32 /dev/urandom | base64)" }]
+[nats]
+url = "nats://127.0.0.1:$NATS"
+[telemetry]
+filter = "warn"
+TOML
+"$BIN/pushline-gateway" --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
+for admin in "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN" "$GATEWAY_ADMIN"; do
   for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$admin/readyz" 2>/dev/null && break; sleep 0.1; done
 done
 PERSON=live-check-person
@@ -159,7 +178,11 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ "$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL/requests" | grep -o '"status":200' | wc -l)" -ge 3 ] || { echo "the call was not delivered"; status=1; }
-for admin in "$INGEST_ADMIN" "$REGISTRY_ADMIN" "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN"; do
+# A WebSocket upgrade the client then drops, so the gateway's in-app metrics have a series.
+curl -sS -o /dev/null --http1.1 --max-time 1 "http://127.0.0.1:$GATEWAY/v1/connect" \
+  -H 'connection: Upgrade' -H 'upgrade: websocket' -H 'sec-websocket-version: 13' \
+  -H 'sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==' 2>/dev/null || true
+for admin in "$INGEST_ADMIN" "$REGISTRY_ADMIN" "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN" "$GATEWAY_ADMIN"; do
   if curl -fsS "http://127.0.0.1:$admin/metrics" | promtool check metrics; then
     echo "promtool check metrics 127.0.0.1:$admin: ok"
   else

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runs pushline locally: NATS JetStream, Redis, the sandbox mock APNs, FCM and Web Push
-# service and the five services with a development configuration; registers a sample iOS
-# device, Android device and browser subscription, sends a signed sample call webhook and
-# shows the three pushes arriving at the mocks (the web push decrypted, as the browser
-# reads it). Runs until ctrl-c, then stops everything it started.
+# service, the five services and the in-app gateway with a development configuration;
+# registers a sample iOS device, Android device and browser subscription, sends a signed
+# sample call webhook and shows the three pushes arriving at the mocks (the web push
+# decrypted, as the browser reads it); then registers the sample person's app for in-app
+# messages, connects a sample WebSocket client (Python's websockets, Debian's
+# python3-websockets) with the person's development JWT, sends a /v1/notify with an
+# `inapp` part and shows the message arriving. Runs until ctrl-c, then stops everything
+# it started.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,6 +21,8 @@ REGISTRY_ADMIN=127.0.0.1:9081
 APNS_ADMIN=127.0.0.1:9082
 FCM_ADMIN=127.0.0.1:9083
 WEBPUSH_ADMIN=127.0.0.1:9084
+GATEWAY=127.0.0.1:8884
+GATEWAY_ADMIN=127.0.0.1:9085
 MOCK_APNS_PORT=${PUSHLINE_LOCAL_MOCK_APNS_PORT:-18443}
 MOCK_FCM_PORT=${PUSHLINE_LOCAL_MOCK_FCM_PORT:-18444}
 MOCK_CONTROL_PORT=${PUSHLINE_LOCAL_MOCK_CONTROL_PORT:-18445}
@@ -26,7 +32,19 @@ PROJECT=pushline-local
 WEB_APP=web.pushline-local
 SECRET=local-webhook-secret
 API_KEY=local-api-key
-PERSON=Y2lzY29zcGFyazovL3VzL1BFT1BMRS9sb2NhbC1kZW1v
+PRODUCER_KEY=local-producer-key
+# The demo person: a Webex person id (base64 of ciscospark://us/PEOPLE/<uuid>), as Webex
+# sends it; the registry keys persons by the uuid, which the person's JWT names.
+PERSON_UUID=3f2c6a1e-8d4b-4c7a-9e51-6b0d2f7a9c13
+PERSON=Y2lzY29zcGFyazovL3VzL1BFT1BMRS8zZjJjNmExZS04ZDRiLTRjN2EtOWU1MS02YjBkMmY3YTljMTM
+# Persons' JWTs (HS256, development only): the registry and the gateway take them.
+JWT_SECRET=local-person-jwt-secret-development-only
+JWT_ISSUER=https://idp.pushline.local
+JWT_AUDIENCE=pushline
+# The sample app's installation id: its in-app token and its device id.
+INAPP_DEVICE=8c1e6f2a-3b7d-4e0a-9f55-2a6c1d7e9b10
+# The sample WebSocket client runs on Debian's Python, where python3-websockets goes.
+PY=/usr/bin/python3
 
 say() { printf '\033[1;34m==>\033[0m %s\n' "$*"; }
 
@@ -36,6 +54,7 @@ command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missin
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+"$PY" -c 'import websockets' >/dev/null 2>&1 || missing+=(python3-websockets)
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]} (apt-get)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -47,7 +66,7 @@ export PATH="$PATH:/usr/sbin"
 say "building release binaries"
 cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" \
   -p pushline-ingest -p pushline-registry -p pushline-dispatcher-apns \
-  -p pushline-dispatcher-fcm -p pushline-dispatcher-webpush -p pushline-tests --bins
+  -p pushline-dispatcher-fcm -p pushline-dispatcher-webpush -p pushline-gateway -p pushline-tests --bins
 BIN="$ROOT/target/release"
 
 # --- 2. start everything, stop it all on exit ----------------------------------------
@@ -89,11 +108,17 @@ start mock "$BIN/pushline-mock" --dir "$WORK/mock" --apns-port "$MOCK_APNS_PORT"
 wait_http "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" "pushline-mock" mock
 
 KEY_HASH=$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)
+PRODUCER_HASH=$(printf %s "$PRODUCER_KEY" | sha256sum | cut -d' ' -f1)
 cat >"$WORK/ingest.toml" <<TOML
 listen = "$INGEST"
 admin_listen = "$INGEST_ADMIN"
 [webex]
 secrets = ["$SECRET"]
+[[producers.keys]]
+name = "local"
+sha256 = "$PRODUCER_HASH"
+rate_per_sec = 100.0
+burst = 100
 [nats]
 url = "nats://127.0.0.1:$NATS_PORT"
 [telemetry]
@@ -113,6 +138,25 @@ default_environment = "sandbox"
 private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH_PORT"]
 [auth]
 api_keys = [{ name = "local", sha256 = "$KEY_HASH" }]
+[auth.jwt]
+issuer = "$JWT_ISSUER"
+audience = "$JWT_AUDIENCE"
+keys = [{ algorithm = "HS256", secret = "$JWT_SECRET" }]
+[nats]
+url = "nats://127.0.0.1:$NATS_PORT"
+[telemetry]
+format = "pretty"
+TOML
+cat >"$WORK/gateway.toml" <<TOML
+listen = "$GATEWAY"
+admin_listen = "$GATEWAY_ADMIN"
+apps = ["$BUNDLE"]
+[redis]
+url = "redis://127.0.0.1:$REDIS_PORT"
+[auth.jwt]
+issuer = "$JWT_ISSUER"
+audience = "$JWT_AUDIENCE"
+keys = [{ algorithm = "HS256", secret = "$JWT_SECRET" }]
 [nats]
 url = "nats://127.0.0.1:$NATS_PORT"
 [telemetry]
@@ -164,17 +208,19 @@ url = "nats://127.0.0.1:$NATS_PORT"
 format = "pretty"
 TOML
 
-say "starting ingest ($INGEST), registry ($REGISTRY), dispatcher-apns, dispatcher-fcm and dispatcher-webpush"
+say "starting ingest ($INGEST), registry ($REGISTRY), dispatcher-apns, dispatcher-fcm, dispatcher-webpush and the gateway ($GATEWAY)"
 start ingest "$BIN/pushline-ingest" --config "$WORK/ingest.toml"
 start registry "$BIN/pushline-registry" --config "$WORK/registry.toml"
 start dispatcher-apns "$BIN/pushline-dispatcher-apns" --config "$WORK/dispatcher-apns.toml"
 start dispatcher-fcm "$BIN/pushline-dispatcher-fcm" --config "$WORK/dispatcher-fcm.toml"
 start dispatcher-webpush "$BIN/pushline-dispatcher-webpush" --config "$WORK/dispatcher-webpush.toml"
+start gateway "$BIN/pushline-gateway" --config "$WORK/gateway.toml"
 wait_http "http://$INGEST_ADMIN/readyz" "ingest" ingest
 wait_http "http://$REGISTRY_ADMIN/readyz" "registry" registry
 wait_http "http://$APNS_ADMIN/readyz" "dispatcher-apns" dispatcher-apns
 wait_http "http://$FCM_ADMIN/readyz" "dispatcher-fcm" dispatcher-fcm
 wait_http "http://$WEBPUSH_ADMIN/readyz" "dispatcher-webpush" dispatcher-webpush
+wait_http "http://$GATEWAY_ADMIN/readyz" "gateway" gateway
 
 # --- 3. a sample call ------------------------------------------------------------------
 VOIP_TOKEN=$(printf 'ab%.0s' $(seq 1 32))
@@ -214,17 +260,72 @@ for admin in "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN"; do
   curl -fsS "http://$admin/metrics" | grep -E '^pushline_(pushes_total|end_to_end_seconds_count)' | sed 's/^/    /' || true
 done
 
+# --- 4. a sample in-app message ----------------------------------------------------------
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+NOW=$(date +%s)
+JWT_HEAD=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
+JWT_BODY=$(printf '{"sub":"%s","iss":"%s","aud":"%s","iat":%d,"exp":%d}' \
+  "$PERSON_UUID" "$JWT_ISSUER" "$JWT_AUDIENCE" "$NOW" $((NOW + 3600)) | b64url)
+JWT_SIG=$(printf %s "$JWT_HEAD.$JWT_BODY" | openssl dgst -sha256 -hmac "$JWT_SECRET" -binary | b64url)
+PERSON_JWT="$JWT_HEAD.$JWT_BODY.$JWT_SIG"
+say "registering the sample app for in-app messages, with the person's development JWT"
+curl -fsS -o /dev/null -X PUT "http://$REGISTRY/v1/devices/$INAPP_DEVICE" \
+  -H "authorization: Bearer $PERSON_JWT" -H 'content-type: application/json' \
+  -d "{\"person_id\":\"$PERSON_UUID\",\"platform\":\"inapp\",\"app\":\"$BUNDLE\",\"device_id\":\"$INAPP_DEVICE\"}"
+
+# The sample app's side of docs/inapp.md: hello, then print every frame and ack messages.
+cat >"$WORK/inapp-client.py" <<'PYTHON'
+import asyncio, json, os, sys
+import websockets
+
+async def main(url, app, device):
+    async with websockets.connect(url, max_size=64 * 1024) as ws:
+        await ws.send(json.dumps({"type": "hello", "credential": os.environ["INAPP_CREDENTIAL"],
+                                  "app": app, "device_id": device}))
+        try:
+            async for text in ws:
+                frame = json.loads(text)
+                print(json.dumps(frame), flush=True)
+                if frame.get("type") == "message":
+                    await ws.send(json.dumps({"type": "ack", "seq": frame["seq"]}))
+        except websockets.ConnectionClosed as closed:
+            print(f"closed: {closed}", flush=True)
+
+asyncio.run(main(*sys.argv[1:4]))
+PYTHON
+say "connecting a sample app to the gateway: ws://$GATEWAY/v1/connect"
+INAPP_CREDENTIAL="$PERSON_JWT" start inapp-client "$PY" "$WORK/inapp-client.py" \
+  "ws://$GATEWAY/v1/connect" "$BUNDLE" "$INAPP_DEVICE"
+for _ in $(seq 1 100); do grep -qs '"type": "ready"' "$WORK/inapp-client.log" && break; sleep 0.1; done
+sed 's/^/    app: /' "$WORK/inapp-client.log"
+say "sending an in-app message with POST /v1/notify"
+curl -fsS -X POST "http://$INGEST/v1/notify" -H "authorization: Bearer $PRODUCER_KEY" \
+  -H 'content-type: application/json' \
+  -d "{\"person_ids\":[\"$PERSON_UUID\"],\"class\":\"alert\",\"ttl_secs\":300,\"idempotency_key\":\"local-demo-inapp-$NOW\",\"inapp\":{\"payload\":{\"title\":\"Your order shipped\",\"body\":\"Arrives Tuesday\"},\"category\":\"prompt\",\"actions\":[{\"id\":\"track\",\"title\":\"Track it\"},{\"id\":\"dismiss\",\"title\":\"Dismiss\"}]}}"
+echo
+for _ in $(seq 1 100); do grep -qs '"type": "message"' "$WORK/inapp-client.log" && break; sleep 0.1; done
+if grep -q '"type": "message"' "$WORK/inapp-client.log"; then
+  grep '"type": "message"' "$WORK/inapp-client.log" | sed 's/^/    app: /'
+  say "the in-app message reached the connected app (and was acknowledged)"
+else
+  say "the in-app message did not arrive; the client's and the gateway's logs:"
+  cat "$WORK/inapp-client.log"; tail -n 20 "$WORK/gateway.log"
+fi
+curl -fsS "http://$GATEWAY_ADMIN/metrics" | grep -E '^pushline_inapp_(connections|messages_total)' | sed 's/^/    /' || true
+
 cat <<INFO
 
 pushline is running. Metrics: http://$INGEST_ADMIN/metrics  http://$REGISTRY_ADMIN/metrics
   http://$APNS_ADMIN/metrics  http://$FCM_ADMIN/metrics  http://$WEBPUSH_ADMIN/metrics
+  http://$GATEWAY_ADMIN/metrics
 Pushes the sandbox providers received: http://127.0.0.1:$MOCK_CONTROL_PORT/requests
 Device API: http://$REGISTRY (Bearer $API_KEY)   Webhooks: http://$INGEST/webhooks/webex (secret $SECRET)
+Producer API: http://$INGEST/v1/notify (Bearer $PRODUCER_KEY)   In-app: ws://$GATEWAY/v1/connect (the sample app stays connected)
 NATS monitoring: http://127.0.0.1:$NATS_MONITOR/jsz?streams=true
 Logs follow; ctrl-c stops everything.
 
 INFO
 tail -n 0 -f "$WORK/ingest.log" "$WORK/registry.log" "$WORK/dispatcher-apns.log" "$WORK/dispatcher-fcm.log" \
-  "$WORK/dispatcher-webpush.log" "$WORK/mock.log" &
+  "$WORK/dispatcher-webpush.log" "$WORK/gateway.log" "$WORK/inapp-client.log" "$WORK/mock.log" &
 PIDS+=($!)
 wait
