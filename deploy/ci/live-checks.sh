@@ -33,7 +33,7 @@ NATS=$(port); REDIS=$(port); INGEST=$(port); INGEST_ADMIN=$(port); REGISTRY=$(po
 OPEN=$(port); OPEN_ADMIN=$(port)
 APNS_ADMIN=$(port); FCM_ADMIN=$(port); MOCK_APNS=$(port); MOCK_FCM=$(port); MOCK_CONTROL=$(port)
 WEBPUSH_ADMIN=$(port); MOCK_WEBPUSH=$(port)
-GATEWAY=$(port); GATEWAY_ADMIN=$(port)
+GATEWAY=$(port); GATEWAY_MQTT=$(port); GATEWAY_ADMIN=$(port)
 
 nats-server -a 127.0.0.1 -p "$NATS" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 & PIDS+=($!)
 redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 & PIDS+=($!)
@@ -148,6 +148,7 @@ TOML
 "$BIN/pushline-dispatcher-webpush" --config "$WORK/webpush.toml" >"$WORK/webpush.log" 2>&1 & PIDS+=($!)
 cat >"$WORK/gateway.toml" <<TOML
 listen = "127.0.0.1:$GATEWAY"
+listen_mqtt = "127.0.0.1:$GATEWAY_MQTT"
 admin_listen = "127.0.0.1:$GATEWAY_ADMIN"
 apps = ["com.example.pushline"]
 [redis]

@@ -22,6 +22,7 @@ APNS_ADMIN=127.0.0.1:9082
 FCM_ADMIN=127.0.0.1:9083
 WEBPUSH_ADMIN=127.0.0.1:9084
 GATEWAY=127.0.0.1:8884
+GATEWAY_MQTT=127.0.0.1:8883
 GATEWAY_ADMIN=127.0.0.1:9085
 MOCK_APNS_PORT=${PUSHLINE_LOCAL_MOCK_APNS_PORT:-18443}
 MOCK_FCM_PORT=${PUSHLINE_LOCAL_MOCK_FCM_PORT:-18444}
@@ -149,6 +150,7 @@ format = "pretty"
 TOML
 cat >"$WORK/gateway.toml" <<TOML
 listen = "$GATEWAY"
+listen_mqtt = "$GATEWAY_MQTT"
 admin_listen = "$GATEWAY_ADMIN"
 apps = ["$BUNDLE"]
 [redis]
@@ -294,8 +296,10 @@ async def main(url, app, device):
 asyncio.run(main(*sys.argv[1:4]))
 PYTHON
 say "connecting a sample app to the gateway: ws://$GATEWAY/v1/connect"
-INAPP_CREDENTIAL="$PERSON_JWT" start inapp-client "$PY" "$WORK/inapp-client.py" \
-  "ws://$GATEWAY/v1/connect" "$BUNDLE" "$INAPP_DEVICE"
+INAPP_CREDENTIAL="$PERSON_JWT" "$PY" "$WORK/inapp-client.py" \
+  "ws://$GATEWAY/v1/connect" "$BUNDLE" "$INAPP_DEVICE" >"$WORK/inapp-client.log" 2>&1 &
+CLIENT_PID=$!
+PIDS+=("$CLIENT_PID")
 for _ in $(seq 1 100); do grep -qs '"type": "ready"' "$WORK/inapp-client.log" && break; sleep 0.1; done
 sed 's/^/    app: /' "$WORK/inapp-client.log"
 say "sending an in-app message with POST /v1/notify"
@@ -313,6 +317,37 @@ else
 fi
 curl -fsS "http://$GATEWAY_ADMIN/metrics" | grep -E '^pushline_inapp_(connections|messages_total)' | sed 's/^/    /' || true
 
+# --- 5. the app goes away: the push goes instead -----------------------------------------
+# The same installation's Android push token (its device id ties it to the in-app one):
+# while the app is connected its pushes wait behind the in-app message; once it is gone
+# they go at once, and the in-app message waits for the app's return.
+APP_FCM_TOKEN="fcm-local-demo-app:APA91bHPRgkFLJu6ck_q"
+curl -fsS -o /dev/null -X PUT "http://$REGISTRY/v1/devices/$APP_FCM_TOKEN" \
+  -H "authorization: Bearer $PERSON_JWT" -H 'content-type: application/json' \
+  -d "{\"person_id\":\"$PERSON_UUID\",\"platform\":\"fcm\",\"app\":\"$PROJECT\",\"device_id\":\"$INAPP_DEVICE\"}"
+say "the sample app disconnects; another message, with an in-app part and an Android push"
+kill "$CLIENT_PID" 2>/dev/null || true
+wait "$CLIENT_PID" 2>/dev/null || true
+for _ in $(seq 1 100); do
+  curl -fsS "http://$GATEWAY_ADMIN/metrics" | grep -q '^pushline_inapp_connections{.*} 0$' && break
+  sleep 0.1
+done
+BEFORE=$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" | grep -o '"status":200' | wc -l)
+curl -fsS -X POST "http://$INGEST/v1/notify" -H "authorization: Bearer $PRODUCER_KEY" \
+  -H 'content-type: application/json' \
+  -d "{\"person_ids\":[\"$PERSON_UUID\"],\"class\":\"alert\",\"ttl_secs\":300,\"idempotency_key\":\"local-demo-away-$NOW\",\"inapp\":{\"payload\":{\"title\":\"While you were away\"}},\"fcm\":{\"data\":{\"title\":\"While you were away\"}}}"
+echo
+for _ in $(seq 1 100); do
+  AFTER=$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" | grep -o '"status":200' | wc -l)
+  [ "$AFTER" -gt "$BEFORE" ] && break
+  sleep 0.1
+done
+if [ "${AFTER:-0}" -gt "$BEFORE" ]; then
+  say "the app was not connected: the Android push went at once (the in-app message waits in INAPP for the app)"
+else
+  say "no push arrived for the disconnected app; see the logs below"
+fi
+
 cat <<INFO
 
 pushline is running. Metrics: http://$INGEST_ADMIN/metrics  http://$REGISTRY_ADMIN/metrics
@@ -320,7 +355,7 @@ pushline is running. Metrics: http://$INGEST_ADMIN/metrics  http://$REGISTRY_ADM
   http://$GATEWAY_ADMIN/metrics
 Pushes the sandbox providers received: http://127.0.0.1:$MOCK_CONTROL_PORT/requests
 Device API: http://$REGISTRY (Bearer $API_KEY)   Webhooks: http://$INGEST/webhooks/webex (secret $SECRET)
-Producer API: http://$INGEST/v1/notify (Bearer $PRODUCER_KEY)   In-app: ws://$GATEWAY/v1/connect (the sample app stays connected)
+Producer API: http://$INGEST/v1/notify (Bearer $PRODUCER_KEY)   In-app: ws://$GATEWAY/v1/connect, mqtt://$GATEWAY_MQTT
 NATS monitoring: http://127.0.0.1:$NATS_MONITOR/jsz?streams=true
 Logs follow; ctrl-c stops everything.
 
