@@ -1,5 +1,6 @@
-//! Pieces the benchmark binaries share: arguments, percentiles, a closed-loop HTTP load
-//! and `h2load` against a mock.
+//! Pieces the benchmark binaries share: arguments, percentiles, a closed-loop HTTP load,
+//! `h2load` against a mock, and what `/proc` says of a process (CPU, RSS, open-file limit)
+//! and of the machine (listen-queue overflows).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,4 +117,78 @@ pub fn stat_cpu_seconds(path: &std::path::Path) -> Option<f64> {
     let utime: f64 = fields.next()?.parse().ok()?;
     let stime: f64 = fields.next()?.parse().ok()?;
     Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// Resident memory (`VmRSS`, KiB) of a running process, or `None` when it cannot be read.
+pub fn vm_rss_kib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A process's open-file limit, soft and hard (`u64::MAX` for unlimited), from
+/// `/proc/<pid>/limits`.
+pub fn open_files_limit(pid: u32) -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut values = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .map(|v| {
+            if v == "unlimited" {
+                Some(u64::MAX)
+            } else {
+                v.parse().ok()
+            }
+        });
+    Some((values.next()??, values.next()??))
+}
+
+/// Raises this process's soft open-file limit to its hard limit (at most 1,048,576) with
+/// util-linux's `prlimit` (no `unsafe` in the workspace: `setrlimit` is not in std), and
+/// returns the soft limit now in force. Children spawned afterwards inherit it.
+pub fn raise_open_files() -> u64 {
+    let pid = std::process::id();
+    let Some((soft, hard)) = open_files_limit(pid) else {
+        return 1_024;
+    };
+    let target = hard.min(1 << 20);
+    if soft < target {
+        let raised = std::process::Command::new("prlimit")
+            .arg(format!("--pid={pid}"))
+            .arg(format!(
+                "--nofile={target}:{hard_text}",
+                hard_text = if hard == u64::MAX {
+                    "unlimited".to_owned()
+                } else {
+                    hard.to_string()
+                }
+            ))
+            .status();
+        if !raised.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "could not raise the open-file limit with `prlimit` (util-linux); it stays {soft}"
+            );
+        }
+    }
+    open_files_limit(pid).map_or(soft, |(soft, _)| soft)
+}
+
+/// Connections the kernel dropped because a listener's accept queue was full
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`, for the whole network namespace:
+/// other processes' listeners count too). A dropped SYN is retried by the client after
+/// a second, which shows as a one-second step in connection times.
+pub fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next()?, tcp_ext.next()?);
+    let index = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(index)?.parse().ok()
 }
