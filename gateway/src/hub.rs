@@ -7,7 +7,9 @@
 //! Each device's cursor and each connection's presence live in the registry's Redis
 //! ([`registry::inapp`], whose keys the fan-out reads too). The cursor is kept as long
 //! as the registration lives (`device_ttl_secs`), refreshed by every acknowledgement; a
-//! connection's presence is renewed every heartbeat ([`Hub::presence`]). Every message a
+//! connection's presence is written when it opens ([`Hub::present`]) and renewed every
+//! heartbeat by the replica's one background task ([`Hub::background`]), which also
+//! watches every device's active-user announcements. Every message a
 //! connection sends, acknowledges or skips as expired is recorded in its event's status.
 //!
 //! # Reading a device's messages
@@ -98,6 +100,8 @@ pub struct Hub {
     /// The gateway's metrics.
     pub metrics: Metrics,
     connections: Mutex<Connections>,
+    /// This replica's id in presence fields.
+    replica: String,
 }
 
 /// The parts a [`Hub`] is made of.
@@ -141,6 +145,7 @@ impl Hub {
             limits: parts.limits,
             metrics: parts.metrics,
             connections: Mutex::new(Connections::default()),
+            replica: format!("{:016x}", rand_id()),
         }
     }
 
@@ -268,33 +273,90 @@ impl Hub {
         }
     }
 
-    /// Vouches for the connection of `device` in Redis until the returned guard drops:
-    /// the fan-out then lets the device's pushes wait for its app (`docs/inapp.md`).
-    /// Renewed every heartbeat; a crashed replica's entries lapse after three.
-    pub fn presence(&self, device: &Device) -> Presence {
-        let stop = CancellationToken::new();
-        let connection = format!("{:016x}", rand_id());
-        let heartbeat = Duration::from_secs(self.limits.heartbeat_secs);
-        let (inapp, device, token) = (self.inapp.clone(), device.clone(), stop.clone());
+    /// Vouches in Redis for the connection `entry` of `device` right away (the fan-out
+    /// then lets the device's pushes wait for its app, `docs/inapp.md`); the replica's
+    /// background task renews it every heartbeat ([`Hub::background`]) and the entry
+    /// withdraws it when dropped. A crashed replica's entries lapse after three heartbeats.
+    pub async fn present(&self, device: &Device, entry: &Entry<'_>) {
+        let written = within(self.inapp.set_present(
+            &device.token,
+            &device.person,
+            &entry.field,
+            self.present_until(),
+        ))
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!(
+                "cannot record an in-app connection's presence; its pushes will not wait for it"
+            );
+        }
+    }
+
+    fn present_until(&self) -> u64 {
+        now_ms() + 3_000 * self.limits.heartbeat_secs
+    }
+
+    /// The replica's own work while it runs: one subscription to every device's
+    /// active-user announcements (`active.*`: a connection of another person on an
+    /// announced device closes, `replaced`), and one renewal of every connection's
+    /// presence per heartbeat. Per replica rather than per connection, so a connection
+    /// costs one subscription (its live signal) and no task of its own.
+    pub async fn background(
+        self: std::sync::Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Close> {
+        use futures::StreamExt as _;
+        let mut notices = within(self.nats.subscribe(self.topology.active_subjects()))
+            .await?
+            .map_err(|_| Close::Unavailable)?;
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(self.limits.heartbeat_secs));
+        heartbeat.reset();
+        let hub = self.clone();
         tokio::spawn(async move {
             loop {
-                let until = now_ms() + 3 * u64::try_from(heartbeat.as_millis()).unwrap_or(0);
-                let written =
-                    within(inapp.set_present(&device.token, &device.person, &connection, until))
-                        .await;
-                if !matches!(written, Ok(Ok(()))) {
-                    tracing::warn!(
-                        "cannot record an in-app connection's presence; its pushes will not wait for it"
-                    );
-                }
                 tokio::select! {
-                    () = token.cancelled() => break,
-                    () = tokio::time::sleep(heartbeat) => {}
+                    () = shutdown.cancelled() => break,
+                    notice = notices.next() => {
+                        let Some(notice) = notice else { break };
+                        if let Some(device) = hub.topology.active_device(notice.subject.as_str()) {
+                            hub.announced(device, &notice.payload);
+                        }
+                    }
+                    _ = heartbeat.tick() => hub.renew_presence().await,
                 }
             }
-            let _ = within(inapp.clear_present(&device.token, &device.person, &connection)).await;
         });
-        Presence(stop)
+        Ok(())
+    }
+
+    /// `person` (their `id_token`) is the active user of the device `device`
+    /// (`id_token` of its in-app token): this replica's connections of others on it go.
+    fn announced(&self, device: &str, person: &[u8]) {
+        let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        for other in connections.by_device.get(device).into_iter().flatten() {
+            if other.person_tag.as_bytes() != person {
+                other.evict(Close::Replaced);
+            }
+        }
+    }
+
+    async fn renew_presence(&self) {
+        use futures::StreamExt as _;
+        let live: Vec<(String, String, String)> = {
+            let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+            connections
+                .by_device
+                .values()
+                .flatten()
+                .map(|c| (c.token.clone(), c.person.clone(), c.field.clone()))
+                .collect()
+        };
+        let until = self.present_until();
+        futures::stream::iter(live)
+            .for_each_concurrent(32, |(token, person, field)| async move {
+                let _ = within(self.inapp.set_present(&token, &person, &field, until)).await;
+            })
+            .await;
     }
 
     async fn stream(&self) -> Result<&Stream, Close> {
@@ -397,7 +459,7 @@ impl Hub {
 
     /// Makes the connection's person the device's active user and tells every replica,
     /// whose connections of other persons on the device close (`replaced`). Called once
-    /// the connection watches the announcements itself ([`Hub::watch_active`]), so no
+    /// the replica watches the announcements ([`Hub::background`], from its start), so no
     /// newer announcement can slip past it.
     pub async fn activate(&self, device: &Device) -> Result<(), Close> {
         within(
@@ -411,41 +473,6 @@ impl Hub {
             pipeline::topology::id_token(&device.person).into(),
         );
         within(announced).await?.map_err(|_| Close::Unavailable)
-    }
-
-    /// Closes the connection (`replaced`) when the registry announces that another person
-    /// became the device's active user ([`registry::inapp::ActiveNotices`]), on whichever
-    /// replica this one is; stops with the returned guard.
-    pub async fn watch_active(
-        &self,
-        device: &Device,
-        connection: &CancellationToken,
-        evicted: &Evicted,
-    ) -> Result<Watch, Close> {
-        use futures::StreamExt as _;
-        let subject = self.topology.active_subject(&device.token);
-        let mut notices = within(self.nats.subscribe(subject))
-            .await?
-            .map_err(|_| Close::Unavailable)?;
-        let own = pipeline::topology::id_token(&device.person);
-        let stop = CancellationToken::new();
-        let (guard, connection, evicted) = (stop.clone(), connection.clone(), evicted.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    notice = notices.next() => {
-                        let Some(notice) = notice else { break };
-                        if notice.payload.as_ref() != own.as_bytes() {
-                            evicted.set(Close::Replaced);
-                            connection.cancel();
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Watch(guard))
     }
 
     /// The live signal: a message on the device's subject whenever one is stored.
@@ -464,13 +491,17 @@ impl Hub {
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         let id = connections.next_id;
         connections.next_id += 1;
+        let field = format!("{}-{id}", self.replica);
         let this = Connected {
             id,
             person: device.person.clone(),
-            token: token.clone(),
+            person_tag: pipeline::topology::id_token(&device.person),
+            token: device.token.clone(),
+            field: field.clone(),
+            cancel: token.clone(),
             evicted: evicted.clone(),
         };
-        let device_key = device.token.clone();
+        let device_key = pipeline::topology::id_token(&device.token);
         let on_device = connections.by_device.entry(device_key.clone()).or_default();
         // Another person on this device: they are not its active user any more.
         on_device.retain(|other| {
@@ -501,32 +532,13 @@ impl Hub {
                 hub: self,
                 id,
                 device: device_key,
+                token: device.token.clone(),
                 person: device.person.clone(),
+                field,
             },
             token,
             evicted,
         )
-    }
-}
-
-/// A connection's watch of its device's active user ([`Hub::watch_active`]): ends when
-/// dropped.
-#[derive(Debug)]
-pub struct Watch(CancellationToken);
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
-/// A connection's presence in Redis ([`Hub::presence`]): withdrawn when dropped.
-#[derive(Debug)]
-pub struct Presence(CancellationToken);
-
-impl Drop for Presence {
-    fn drop(&mut self) {
-        self.0.cancel();
     }
 }
 
@@ -561,20 +573,27 @@ impl Evicted {
 struct Connected {
     id: u64,
     person: String,
-    token: CancellationToken,
+    /// `id_token(person)`, as announcements name them.
+    person_tag: String,
+    /// The device's in-app token.
+    token: String,
+    /// The connection's presence field (this replica's id and the connection's).
+    field: String,
+    cancel: CancellationToken,
     evicted: Evicted,
 }
 
 impl Connected {
     fn evict(&self, reason: Close) {
         self.evicted.set(reason);
-        self.token.cancel();
+        self.cancel.cancel();
     }
 }
 
 #[derive(Default)]
 struct Connections {
     next_id: u64,
+    /// By `id_token` of the device's in-app token, as announcements name devices.
     by_device: HashMap<String, VecDeque<Connected>>,
     by_person: HashMap<String, VecDeque<Connected>>,
 }
@@ -584,28 +603,42 @@ pub struct Entry<'a> {
     hub: &'a Hub,
     id: u64,
     device: String,
+    token: String,
     person: String,
+    field: String,
 }
 
 impl Drop for Entry<'_> {
     fn drop(&mut self) {
-        let mut connections = self
-            .hub
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = connections.by_device.get_mut(&self.device) {
-            list.retain(|c| c.id != self.id);
-            if list.is_empty() {
-                connections.by_device.remove(&self.device);
+        {
+            let mut connections = self
+                .hub
+                .connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(list) = connections.by_device.get_mut(&self.device) {
+                list.retain(|c| c.id != self.id);
+                if list.is_empty() {
+                    connections.by_device.remove(&self.device);
+                }
+            }
+            if let Some(list) = connections.by_person.get_mut(&self.person) {
+                list.retain(|c| c.id != self.id);
+                if list.is_empty() {
+                    connections.by_person.remove(&self.person);
+                }
             }
         }
-        if let Some(list) = connections.by_person.get_mut(&self.person) {
-            list.retain(|c| c.id != self.id);
-            if list.is_empty() {
-                connections.by_person.remove(&self.person);
-            }
-        }
+        // Withdraw the connection's presence without making the caller wait.
+        let inapp = self.hub.inapp.clone();
+        let (token, person, field) = (
+            std::mem::take(&mut self.token),
+            std::mem::take(&mut self.person),
+            std::mem::take(&mut self.field),
+        );
+        tokio::spawn(async move {
+            let _ = within(inapp.clear_present(&token, &person, &field)).await;
+        });
     }
 }
 

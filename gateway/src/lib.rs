@@ -75,16 +75,30 @@ pub enum RunError {
     },
 }
 
+/// Connections waiting to be accepted: a replica's clients reconnect all at once when
+/// another replica dies, and the default of 128 drops most of such a storm (each dropped
+/// client waits a second to retry).
+const BACKLOG: u32 = 4_096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Binds `listen`, `listen_mqtt` and `admin_listen` and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let resolved = config.resolve()?;
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Io {
-                what: format!("cannot listen on {addr}"),
-                source,
-            })
+    let bind = |addr: std::net::SocketAddr| async move {
+        listen(addr).map_err(|source| RunError::Io {
+            what: format!("cannot listen on {addr}"),
+            source,
+        })
     };
     let listener = bind(resolved.listen).await?;
     let mqtt = bind(resolved.listen_mqtt).await?;
@@ -194,6 +208,12 @@ pub async fn serve_with_mqtt(
             .map(|a| a.to_string())
             .unwrap_or_default()
     };
+    // Watching announcements before the first connection: none can be missed.
+    if hub.clone().background(shutdown.clone()).await.is_err() {
+        tracing::error!(
+            "cannot subscribe to active-user announcements; connections of persons replaced on their devices will stay open"
+        );
+    }
     tracing::info!(listen = %address(Some(&listener)), listen_mqtt = %address(mqtt_listener.as_ref()), tls = tls.is_some(), "gateway listening");
     accept(
         hub,

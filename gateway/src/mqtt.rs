@@ -353,9 +353,8 @@ where
         Ok(device) => device,
         Err(close) => return refuse(outbox, close.into()).await,
     };
-    let (_entry, evicted_token, evicted) = hub.enter(&device);
-    let _presence = hub.presence(&device);
-    let _watch = hub.watch_active(&device, &evicted_token, &evicted).await?;
+    let (entry, evicted_token, evicted) = hub.enter(&device);
+    hub.present(&device, &entry).await;
     hub.activate(&device).await?;
     let connections = hub
         .metrics

@@ -127,9 +127,8 @@ where
     };
     let device = hub.admit(&credential, &app, &device_id, peer).await?;
     drop(credential);
-    let (_entry, evicted_token, evicted) = hub.enter(&device);
-    let _presence = hub.presence(&device);
-    let _watch = hub.watch_active(&device, &evicted_token, &evicted).await?;
+    let (entry, evicted_token, evicted) = hub.enter(&device);
+    hub.present(&device, &entry).await;
     hub.activate(&device).await?;
     let connections = hub
         .metrics

@@ -276,6 +276,18 @@ impl Topology {
         format!("{}active.{}", self.prefix, id_token(token))
     }
 
+    /// Every device's [`Topology::active_subject`], for one subscription.
+    pub fn active_subjects(&self) -> String {
+        format!("{}active.*", self.prefix)
+    }
+
+    /// The device (`id_token` of its in-app token) an active-user subject names.
+    pub fn active_device<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("active.")
+    }
+
     /// `fallback.<device>`: the pushes held for the device whose in-app token is `token`.
     pub fn fallback_subject(&self, token: &str) -> String {
         format!("{}fallback.{}", self.prefix, id_token(token))
