@@ -4,7 +4,8 @@
 //! A connection's life:
 //!
 //! 1. the upgrade (any other path: 404), with tungstenite's buffers kept small
-//!    (`read_buffer_size` 4 KiB, nothing buffered for writing beyond the send queue);
+//!    (`read_buffer_size` 1 KiB, grown only for a larger frame; nothing buffered for
+//!    writing beyond the send queue);
 //! 2. the hello within `limits.hello_timeout_ms`, admitted by the [`Hub`];
 //! 3. the live subscription first, then the cursor, then the loop below until either
 //!    side closes.
@@ -52,7 +53,7 @@ pub const PATH: &str = "/v1/connect";
 fn settings(hub: &Hub) -> WebSocketConfig {
     let limits = &hub.limits;
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(limits.max_send_queue_bytes)
         .max_frame_size(Some(limits.max_frame_bytes))
