@@ -24,7 +24,7 @@ const MAX_TRACE_ID: usize = 128;
 pub(crate) async fn webex_webhook(State(state): State<AppState>, request: Request) -> Response {
     let s = &state.inner;
     let result = match s.admit() {
-        Ok(admitted) => receive(s, request, admitted).await,
+        Ok(admitted) => receive(&state, request, admitted).await,
         Err(overloaded) => Err(overloaded),
     };
     let outcome = match &result {
@@ -62,10 +62,11 @@ async fn read_json_body(
 }
 
 async fn receive(
-    s: &Inner,
+    state: &AppState,
     request: Request,
     admitted: publish::Admitted,
 ) -> Result<(Response, &'static str), ApiError> {
+    let s = &state.inner;
     let received_at = now_ms();
     let (parts, body) = request.into_parts();
     let body = read_json_body(s, &parts, Body::new(body)).await?;
@@ -129,7 +130,15 @@ async fn receive(
             retry_after_secs: s.retry_after_secs,
         }
     })?;
-    s.remember_stored(Ids::Webhooks, &event.id).await;
+    // Remembered without holding the answer: a replay in the moment before the write
+    // lands is still inside JetStream's de-duplication window.
+    let (remembering, event_id) = (state.clone(), event.id.clone());
+    tokio::spawn(async move {
+        remembering
+            .inner
+            .remember_stored(Ids::Webhooks, &event_id)
+            .await;
+    });
     let outcome = if stored.duplicate {
         "duplicate"
     } else {
