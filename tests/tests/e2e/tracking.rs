@@ -302,7 +302,13 @@ async fn status_lookups_over_the_rate_get_429_with_retry_after() {
 
 #[tokio::test]
 async fn a_trace_lookup_is_bounded_and_says_it_was_truncated() {
-    let (_env, ingest) = ingest_with(|p| p.status_max_events = 2).await;
+    // The look-ups below poll until the records are there: not what the rate is for.
+    let (_env, ingest) = ingest_with(|p| {
+        p.status_max_events = 2;
+        p.status_rate_per_sec = 1_000.0;
+        p.status_burst = 1_000;
+    })
+    .await;
     let notify = |persons: Value, key: &'static str, trace: &'static str| {
         let url = ingest.url("/v1/notify");
         async move {
