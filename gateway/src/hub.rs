@@ -457,6 +457,28 @@ impl Hub {
         }
     }
 
+    /// Everything a connection does once admitted, whatever its transport: counted on
+    /// this replica ([`Hub::enter`], which may evict older ones), present in Redis
+    /// ([`Hub::present`]), its person made the device's active user ([`Hub::activate`]),
+    /// and counted in `pushline_inapp_connections{transport}` until the returned
+    /// [`Joined`] drops.
+    pub async fn join(&self, device: &Device, transport: &str) -> Result<Joined<'_>, Close> {
+        let (entry, cancelled, evicted) = self.enter(device);
+        self.present(device, &entry).await;
+        self.activate(device).await?;
+        let gauge = self
+            .metrics
+            .inapp_connections
+            .with_label_values(&[transport, &device.app]);
+        gauge.inc();
+        Ok(Joined {
+            cancelled,
+            evicted,
+            _entry: entry,
+            gauge,
+        })
+    }
+
     /// Makes the connection's person the device's active user and tells every replica,
     /// whose connections of other persons on the device close (`replaced`). Called once
     /// the replica watches the announcements ([`Hub::background`], from its start), so no
@@ -548,6 +570,23 @@ fn rand_id() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(now_ms());
     hasher.finish()
+}
+
+/// A connection on this replica ([`Hub::join`]): forgotten, its presence withdrawn and
+/// its gauge lowered when dropped.
+pub struct Joined<'a> {
+    /// Cancelled when the connection must go (evicted: see `evicted`).
+    pub cancelled: CancellationToken,
+    /// Why it must go, once it must.
+    pub evicted: Evicted,
+    _entry: Entry<'a>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// Why a connection was told to go, once it was.

@@ -353,26 +353,18 @@ where
         Ok(device) => device,
         Err(close) => return refuse(outbox, close.into()).await,
     };
-    let (entry, evicted_token, evicted) = hub.enter(&device);
-    hub.present(&device, &entry).await;
-    hub.activate(&device).await?;
-    let connections = hub
-        .metrics
-        .inapp_connections
-        .with_label_values(&[TRANSPORT, &device.app]);
-    connections.inc();
+    let joined = hub.join(&device, TRANSPORT).await?;
     let result = deliver(
         hub,
         packets,
         outbox,
         &device,
         &connect,
-        &evicted_token,
+        &joined.cancelled,
         shutdown,
     )
     .await;
-    connections.dec();
-    match (result, evicted.reason()) {
+    match (result, joined.evicted.reason()) {
         (Err(End::Closed(_)), Some(reason)) => Err(reason.into()),
         (result, _) => result,
     }

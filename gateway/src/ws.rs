@@ -128,17 +128,9 @@ where
     };
     let device = hub.admit(&credential, &app, &device_id, peer).await?;
     drop(credential);
-    let (entry, evicted_token, evicted) = hub.enter(&device);
-    hub.present(&device, &entry).await;
-    hub.activate(&device).await?;
-    let connections = hub
-        .metrics
-        .inapp_connections
-        .with_label_values(&[TRANSPORT, &device.app]);
-    connections.inc();
-    let result = deliver(hub, ws, &device, &evicted_token, shutdown).await;
-    connections.dec();
-    match (result, evicted.reason()) {
+    let joined = hub.join(&device, TRANSPORT).await?;
+    let result = deliver(hub, ws, &device, &joined.cancelled, shutdown).await;
+    match (result, joined.evicted.reason()) {
         (Err(_), Some(reason)) => Err(reason),
         (result, _) => result,
     }
