@@ -192,3 +192,21 @@ pub fn listen_overflows() -> Option<u64> {
         .position(|n| n == "ListenOverflows")?;
     values.split_whitespace().nth(index)?.parse().ok()
 }
+
+/// Waits until a service started by a benchmark answers `/readyz` 200 on `admin`, at most
+/// 30 s.
+pub async fn wait_ready(http: &reqwest::Client, admin: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("service on admin port {admin} not ready in 30 s")
+}

@@ -214,6 +214,16 @@ impl Stack {
         );
     }
 
+    /// Registers `device` (its installation id, as token and device id) for in-app
+    /// messages of `person` on [`crate::services::INAPP_APP`].
+    pub async fn register_inapp(&self, person: &str, device: &str) {
+        self.register(
+            device,
+            serde_json::json!({"person_id": person, "platform": "inapp", "app": crate::services::INAPP_APP, "device_id": device}),
+        )
+        .await;
+    }
+
     /// Registers an iOS VoIP device for `person`.
     pub async fn register_ios(&self, person: &str, token: &str) {
         self.register(

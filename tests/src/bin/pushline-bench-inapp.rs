@@ -622,7 +622,7 @@ impl Stack {
             .into_iter()
             .chain(replicas.iter().flatten())
         {
-            wait_ready(&http, process.admin).await?;
+            harness::bench::wait_ready(&http, process.admin).await?;
         }
         Ok(Stack {
             ingest,
@@ -776,22 +776,6 @@ fn spawn(
     };
     let child = command.stdout(log.try_clone()?).stderr(log).spawn()?;
     Ok(Process { child, port, admin })
-}
-
-async fn wait_ready(http: &reqwest::Client, admin: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if http
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("service on admin port {admin} not ready in 30 s")
 }
 
 /// Every process's CPU seconds (user + system), read now.

@@ -201,22 +201,6 @@ fn spawn(
     Ok(Service { name, child, admin })
 }
 
-async fn wait_ready(http: &reqwest::Client, admin: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if http
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("service on admin port {admin} not ready in 30 s")
-}
-
 fn call_id(body: &[u8], provider: &str) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let id = match provider {
@@ -322,7 +306,7 @@ async fn main() -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .build()?;
     for service in &services {
-        wait_ready(&http, service.admin).await?;
+        harness::bench::wait_ready(&http, service.admin).await?;
     }
     let processes: Vec<(&'static str, u32)> = services
         .iter()

@@ -133,14 +133,15 @@ async fn stack_with(adjust: impl FnOnce(&mut harness::stack::Configs)) -> (Stack
     (stack, gateway)
 }
 
-/// Registers `device` for in-app messages of `person` (with the app backend's key).
-async fn register(stack: &Stack, person: &str, device: &str) {
-    stack
-        .register(
-            device,
-            json!({"person_id": person, "platform": "inapp", "app": INAPP_APP, "device_id": device}),
-        )
-        .await;
+/// The in-app app is multi-user: several persons may hold one installation.
+fn shared_installations(c: &mut harness::stack::Configs) {
+    c.registry.devices.apps.insert(
+        INAPP_APP.into(),
+        registry::config::AppPolicy {
+            multi_user: true,
+            ..Default::default()
+        },
+    );
 }
 
 /// Sends an in-app message to `person`; its event id.
@@ -162,7 +163,7 @@ async fn notify(stack: &Stack, person: &str, key: &str, ttl_secs: u64, payload: 
 #[tokio::test]
 async fn a_connected_device_gets_its_message_and_an_ack_holds_across_reconnections() {
     let (stack, gateway) = stack().await;
-    register(&stack, "ana", "install-ana-0001").await;
+    stack.register_inapp("ana", "install-ana-0001").await;
     let mut app = App::connect(&gateway, "ana", "install-ana-0001").await;
     let event = notify(&stack, "ana", "hello-1", 60, json!({"title": "Hi", "n": 1})).await;
     let message = app.frame().await;
@@ -183,7 +184,7 @@ async fn a_connected_device_gets_its_message_and_an_ack_holds_across_reconnectio
 #[tokio::test]
 async fn an_unacknowledged_message_comes_again_with_the_same_id() {
     let (stack, gateway) = stack().await;
-    register(&stack, "ben", "install-ben-0001").await;
+    stack.register_inapp("ben", "install-ben-0001").await;
     let mut app = App::connect(&gateway, "ben", "install-ben-0001").await;
     notify(&stack, "ben", "once", 60, json!({"x": 1})).await;
     let first = app.frame().await;
@@ -198,7 +199,7 @@ async fn an_unacknowledged_message_comes_again_with_the_same_id() {
 #[tokio::test]
 async fn a_device_that_was_away_catches_up_in_order_and_expired_messages_never_arrive() {
     let (stack, gateway) = stack().await;
-    register(&stack, "cleo", "install-cleo-0001").await;
+    stack.register_inapp("cleo", "install-cleo-0001").await;
     notify(&stack, "cleo", "a", 60, json!({"n": "a"})).await;
     notify(&stack, "cleo", "short", 1, json!({"n": "short"})).await;
     let expires_by = pipeline::contract::now_ms() + 1_000;
@@ -224,7 +225,7 @@ async fn a_device_that_was_away_catches_up_in_order_and_expired_messages_never_a
 #[tokio::test]
 async fn nobody_connects_as_another_persons_device() {
     let (stack, gateway) = stack().await;
-    register(&stack, "dora", "install-dora-0001").await;
+    stack.register_inapp("dora", "install-dora-0001").await;
     notify(&stack, "dora", "secret", 60, json!({"secret": true})).await;
     for (credential, app_id, closed) in [
         (person_jwt("eve"), INAPP_APP, (4003, "forbidden")),
@@ -254,7 +255,7 @@ async fn nobody_connects_as_another_persons_device() {
 #[tokio::test]
 async fn protocol_abuse_closes_that_connection_only() {
     let (stack, gateway) = stack().await;
-    register(&stack, "finn", "install-finn-0001").await;
+    stack.register_inapp("finn", "install-finn-0001").await;
     let mut bystander = App::connect(&gateway, "finn", "install-finn-0001").await;
 
     let mut binary = App::connect(&gateway, "finn", "install-finn-0001").await;
@@ -295,20 +296,11 @@ async fn protocol_abuse_closes_that_connection_only() {
 
 #[tokio::test]
 async fn another_person_becoming_active_on_the_device_replaces_the_connection() {
-    let (stack, gateway) = stack_with(|c| {
-        c.registry.devices.apps.insert(
-            INAPP_APP.into(),
-            registry::config::AppPolicy {
-                multi_user: true,
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let (stack, gateway) = stack_with(shared_installations).await;
     // A shared tablet: one installation, two persons (an app backend registers both).
     let device = "install-tablet-01";
-    register(&stack, "gus", device).await;
-    register(&stack, "hal", device).await;
+    stack.register_inapp("gus", device).await;
+    stack.register_inapp("hal", device).await;
     notify(&stack, "gus", "for-gus", 60, json!({"to": "gus"})).await;
     let mut hal = App::connect(&gateway, "hal", device).await;
     assert!(hal.drain().await.is_empty(), "gus's message is not hal's");
@@ -332,13 +324,7 @@ async fn another_person_becoming_active_on_the_device_replaces_the_connection() 
 async fn rule_stack(window_ms: u64) -> (Stack, Service) {
     stack_with(|c| {
         c.registry.devices.inapp_ack_window_ms = window_ms;
-        c.registry.devices.apps.insert(
-            INAPP_APP.into(),
-            registry::config::AppPolicy {
-                multi_user: true,
-                ..Default::default()
-            },
-        );
+        shared_installations(c);
         c.ingest.producers.status_rate_per_sec = 1_000.0;
         c.ingest.producers.status_burst = 1_000;
     })
@@ -410,7 +396,7 @@ fn outcome_of<'a>(status: &'a Value, platform: &str) -> &'a str {
 async fn an_acknowledged_in_app_message_sends_no_push() {
     let (stack, gateway) = rule_stack(500).await;
     let device = "install-ivy-0001";
-    register(&stack, "ivy", device).await;
+    stack.register_inapp("ivy", device).await;
     register_phone(&stack, "ivy", device).await;
     let mut app = App::connect(&gateway, "ivy", device).await;
     let event = alert(&stack, "ivy", "seen").await;
@@ -434,7 +420,7 @@ async fn an_acknowledged_in_app_message_sends_no_push() {
 async fn an_unacknowledged_in_app_message_falls_back_to_the_push() {
     let (stack, gateway) = rule_stack(300).await;
     let device = "install-jon-0001";
-    register(&stack, "jon", device).await;
+    stack.register_inapp("jon", device).await;
     register_phone(&stack, "jon", device).await;
     let mut app = App::connect(&gateway, "jon", device).await;
     let event = alert(&stack, "jon", "unseen").await;
@@ -457,7 +443,7 @@ async fn an_unacknowledged_in_app_message_falls_back_to_the_push() {
 async fn a_disconnected_device_gets_the_push_at_once_and_the_message_when_it_connects() {
     let (stack, gateway) = rule_stack(60_000).await;
     let device = "install-kim-0001";
-    register(&stack, "kim", device).await;
+    stack.register_inapp("kim", device).await;
     register_phone(&stack, "kim", device).await;
     alert(&stack, "kim", "while-away").await;
     // Not held: the window is a minute, the push comes now.
@@ -472,10 +458,10 @@ async fn a_disconnected_device_gets_the_push_at_once_and_the_message_when_it_con
 async fn an_inactive_person_gets_pushes_and_their_in_app_messages_once_active() {
     let (stack, gateway) = rule_stack(60_000).await;
     let device = "install-shared-01";
-    register(&stack, "lea", device).await;
+    stack.register_inapp("lea", device).await;
     register_phone(&stack, "lea", device).await;
     // Max signs in last: he is the active user, and his app is connected.
-    register(&stack, "max", device).await;
+    stack.register_inapp("max", device).await;
     let mut max = App::connect(&gateway, "max", device).await;
     alert(&stack, "lea", "for-lea").await;
     assert_eq!(
@@ -495,8 +481,8 @@ async fn a_crashed_replicas_clients_reconnect_to_another_and_lose_nothing() {
     let (stack, first) = stack().await;
     let second = start_gateway(stack.env.gateway_config()).await;
     second.wait_ready().await;
-    register(&stack, "nia", "install-nia-0001").await;
-    register(&stack, "oto", "install-oto-0001").await;
+    stack.register_inapp("nia", "install-nia-0001").await;
+    stack.register_inapp("oto", "install-oto-0001").await;
     let mut nia = App::connect(&first, "nia", "install-nia-0001").await;
     let mut oto = App::connect(&second, "oto", "install-oto-0001").await;
     for n in 0..10 {
@@ -593,25 +579,16 @@ async fn an_encrypting_apps_in_app_payload_opens_with_an_independent_jose_librar
 
 #[tokio::test]
 async fn another_person_signing_in_closes_the_connection_whichever_replica_holds_it() {
-    let (stack, first) = stack_with(|c| {
-        c.registry.devices.apps.insert(
-            INAPP_APP.into(),
-            registry::config::AppPolicy {
-                multi_user: true,
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let (stack, first) = stack_with(shared_installations).await;
     let second = start_gateway(stack.env.gateway_config()).await;
     second.wait_ready().await;
     let device = "install-kiosk-01";
-    register(&stack, "quin", device).await;
+    stack.register_inapp("quin", device).await;
     let mut quin = App::connect(&second, "quin", device).await;
     assert!(quin.drain().await.is_empty());
     // Rae signs in on the same device (her registration makes her its active user); her
     // app is not even connected, and not to the replica holding Quin's connection.
-    register(&stack, "rae", device).await;
+    stack.register_inapp("rae", device).await;
     assert_eq!(
         quin.closed().await,
         Closed {
@@ -629,7 +606,7 @@ async fn a_webex_id_reaches_its_person_in_app_and_a_subject_spelling_one_is_not_
     let uuid = "0b7a9f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
     let webex_id = base64::engine::general_purpose::STANDARD_NO_PAD
         .encode(format!("ciscospark://us/PEOPLE/{uuid}"));
-    register(&stack, &webex_id, "install-uuid-0001").await;
+    stack.register_inapp(&webex_id, "install-uuid-0001").await;
     // A JWT whose subject spells the Webex id is not the person it decodes to.
     let mut impostor = App::open(&gateway).await;
     impostor

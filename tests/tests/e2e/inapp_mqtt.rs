@@ -269,16 +269,6 @@ async fn stack() -> (Stack, Gateway) {
     (stack, gateway)
 }
 
-/// Registers `device` for in-app messages of `person` (with the app backend's key).
-async fn register(stack: &Stack, person: &str, device: &str) {
-    stack
-        .register(
-            device,
-            json!({"person_id": person, "platform": "inapp", "app": INAPP_APP, "device_id": device}),
-        )
-        .await;
-}
-
 /// Sends an in-app message to `person`; its event id.
 async fn notify(stack: &Stack, person: &str, key: &str, payload: Value) -> String {
     stack
@@ -298,7 +288,7 @@ async fn notify(stack: &Stack, person: &str, key: &str, payload: Value) -> Strin
 #[tokio::test]
 async fn a_subscribed_device_gets_its_message_and_its_puback_moves_the_cursor() {
     let (stack, gateway) = stack().await;
-    register(&stack, "ana", "mqtt-ana-0001").await;
+    stack.register_inapp("ana", "mqtt-ana-0001").await;
     let mut app = App::connect(&gateway, "ana", "mqtt-ana-0001").await;
     let event = notify(&stack, "ana", "hello-1", json!({"title": "Hi", "n": 1})).await;
     let (publish, message) = app.message().await;
@@ -320,7 +310,7 @@ async fn a_subscribed_device_gets_its_message_and_its_puback_moves_the_cursor() 
 async fn a_device_that_was_away_catches_up_in_order_and_a_persistent_session_resumes() {
     let (stack, gateway) = stack().await;
     let device = "mqtt-cleo-0001";
-    register(&stack, "cleo", device).await;
+    stack.register_inapp("cleo", device).await;
     for n in ["a", "b", "c"] {
         notify(&stack, "cleo", n, json!({"n": n})).await;
     }
@@ -359,8 +349,8 @@ async fn a_device_that_was_away_catches_up_in_order_and_a_persistent_session_res
 #[tokio::test]
 async fn no_subscription_reaches_another_devices_messages() {
     let (stack, gateway) = stack().await;
-    register(&stack, "ivy", "mqtt-ivy-0001").await;
-    register(&stack, "jon", "mqtt-jon-0001").await;
+    stack.register_inapp("ivy", "mqtt-ivy-0001").await;
+    stack.register_inapp("jon", "mqtt-jon-0001").await;
     let (mut ivy, _) = App::open(options(
         &gateway,
         "mqtt-ivy-0001",
@@ -411,7 +401,7 @@ async fn no_subscription_reaches_another_devices_messages() {
 async fn bad_credentials_get_a_refusing_connack() {
     let (stack, gateway) = stack().await;
     let device = "mqtt-dora-0001";
-    register(&stack, "dora", device).await;
+    stack.register_inapp("dora", device).await;
     notify(&stack, "dora", "secret", json!({"secret": true})).await;
     let mut with_will = options(&gateway, device, INAPP_APP, &person_jwt("dora"));
     with_will.set_last_will(LastWill::new(
@@ -496,7 +486,7 @@ async fn closed(mut socket: TcpStream) {
 async fn malformed_and_oversized_packets_close_that_connection_only() {
     let (stack, gateway) = stack().await;
     let device = "mqtt-finn-0001";
-    register(&stack, "finn", device).await;
+    stack.register_inapp("finn", device).await;
     let mut bystander = App::connect(&gateway, "finn", device).await;
 
     // Before any CONNECT: a packet of the reserved type 15.
@@ -534,7 +524,7 @@ async fn malformed_and_oversized_packets_close_that_connection_only() {
 async fn a_flood_of_subscribes_closes_that_client() {
     let (stack, gateway) = stack().await;
     let device = "mqtt-gus-0001";
-    register(&stack, "gus", device).await;
+    stack.register_inapp("gus", device).await;
     let mut flood = App::connect(&gateway, "gus", device).await;
     // One SUBSCRIBE was the connection's own; fifteen more are answered.
     for _ in 0..gateway::mqtt::MAX_SUBSCRIBES - 1 {
