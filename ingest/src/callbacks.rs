@@ -20,6 +20,13 @@
 //! to its bytes, any other string is used as it is. Body: `{"type": "event.settled",
 //! "timestamp_ms": …, "data": <the event's status without its history>}`.
 //!
+//! It also carries each answer an app's user gives to a producer's message (a button, a
+//! prompt: [`MessageAction`], published on `callbacks.action.<producer>` by whoever took
+//! the app's report) as `{"type": "message.action", "timestamp_ms": …, "data": {"event_id",
+//! "person_id", "device", "app", "action", "reply", "at_ms"}}`, `webhook-id` the notice's
+//! id; an answer for a producer without a `callback_url` is dropped and counted
+//! (`outcome="unclaimed"`).
+//!
 //! The same worker tells app backends which tokens the registry pruned: a producer whose
 //! `apps` name an app gets each [`TokenPruned`] notice of that app (`callbacks.pruned.<app>`)
 //! as `{"type": "token.pruned", "timestamp_ms": …, "data": <the notice without `v`>}`,
@@ -35,7 +42,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use pipeline::config::{ConfigError, Secret};
-use pipeline::contract::{CallbackJob, TokenPruned, now_ms};
+use pipeline::contract::{CallbackJob, MessageAction, TokenPruned, now_ms};
 use pipeline::metrics::Metrics;
 use pipeline::topology::Topology;
 use pipeline::worker::{Delivery, Handler, Outcome};
@@ -152,6 +159,8 @@ impl Handler for Callbacks {
     async fn handle(&self, delivery: Delivery<'_>) -> Outcome {
         if self.topology.is_pruned_subject(delivery.subject) {
             self.pruned(delivery).await
+        } else if self.topology.is_action_subject(delivery.subject) {
+            self.action(delivery).await
         } else {
             self.settled(delivery).await
         }
@@ -199,6 +208,37 @@ impl Callbacks {
             &job.producer,
             &job.event_id,
             "event.settled",
+            data,
+            delivery.attempt,
+        )
+        .await
+    }
+
+    /// An app user's answer, to the producer who sent the message.
+    async fn action(&self, delivery: Delivery<'_>) -> Outcome {
+        let notice: MessageAction = match pipeline::worker::decode(delivery.payload) {
+            Ok(notice) => notice,
+            Err(dead) => return dead,
+        };
+        let Some(target) = self.targets.get(&notice.producer) else {
+            self.metrics
+                .callbacks
+                .with_label_values(&[notice.producer.as_str(), "unclaimed"])
+                .inc();
+            tracing::debug!(producer = %notice.producer, "an answer for a producer without a callback_url");
+            return Outcome::Ack;
+        };
+        let mut data = serde_json::to_value(&notice).unwrap_or_default();
+        if let Some(object) = data.as_object_mut() {
+            object.remove("v");
+            object.remove("producer");
+        }
+        let id = notice.notice_id();
+        self.send(
+            target,
+            &notice.producer,
+            &id,
+            "message.action",
             data,
             delivery.attempt,
         )

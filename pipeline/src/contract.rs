@@ -38,7 +38,14 @@ macro_rules! message {
     )*};
 }
 
-message!(Event, CallbackJob, TokenPruned, Feedback, Fallback);
+message!(
+    Event,
+    CallbackJob,
+    TokenPruned,
+    Feedback,
+    Fallback,
+    MessageAction
+);
 
 impl<P: serde::de::DeserializeOwned> Message for PushJob<P> {
     const NAME: &'static str = "PushJob";
@@ -224,6 +231,41 @@ pub struct CallbackJob {
     pub producer: String,
     /// The event's deadline, ms.
     pub deadline_ms: u64,
+}
+
+/// An app's user answered a message (a button, a prompt): published to `CALLBACKS`
+/// (`callbacks.action.<producer>`) by whoever took the report (the registry's receipt API
+/// or a gateway), so ingest's `callbacks` worker POSTs it to the producer who sent the
+/// event as a `message.action` callback.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageAction {
+    /// Contract version, always [`VERSION`].
+    pub v: u8,
+    /// The event answered.
+    pub event_id: String,
+    /// The producer who sent it.
+    pub producer: String,
+    /// The person who answered, as the producer named them.
+    pub person_id: String,
+    /// The device's token tag.
+    pub device: String,
+    /// The app.
+    pub app: String,
+    /// The action's id.
+    pub action: String,
+    /// The user's short reply, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// When the app reported it, ms.
+    pub at_ms: u64,
+}
+
+impl MessageAction {
+    /// The notice's id (the callback's `webhook-id` and the stream's de-duplication id):
+    /// one answer of one device, reported once.
+    pub fn notice_id(&self) -> String {
+        format!("action:{}:{}:{}", self.event_id, self.device, self.at_ms)
+    }
 }
 
 /// A token the registry pruned, published to `CALLBACKS` (`callbacks.pruned.<app>`) so the

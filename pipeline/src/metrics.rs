@@ -60,6 +60,23 @@ pub struct Catalogue {
     /// `pushline_inapp_closed_total{transport,reason}`: connections closed, by why
     /// (`docs/inapp.md` closing codes; `client` when the client closed).
     pub inapp_closed: IntCounterVec,
+    /// `pushline_inbox_messages_total{outcome}`: messages the fan-out offered the inbox
+    /// (`kept`, `duplicate`: kept before, `not_kept`: an end-to-end encrypted event).
+    pub inbox_messages: IntCounterVec,
+    /// `pushline_inbox_size_messages`: how many messages an inbox holds once a message is
+    /// kept in it.
+    pub inbox_size: HistogramVec,
+    /// `pushline_inbox_operations_total{op,transport,outcome}`: the inbox API and frames
+    /// (`list`, `count`, `read`, `unread`, `delete`) by outcome (`ok`, `invalid`,
+    /// `no_inbox`, `unknown_message`, `unavailable`).
+    pub inbox_operations: IntCounterVec,
+    /// `pushline_receipts_total{kind,transport,outcome}`: receipts and actions apps
+    /// reported (`delivered`, `read`, `action`), by outcome (`recorded`, `invalid`,
+    /// `unknown_message`, `unavailable`).
+    pub receipts: IntCounterVec,
+    /// `pushline_receipt_latency_seconds{kind}`: from the event's fan-out to the app's
+    /// receipt.
+    pub receipt_latency: HistogramVec,
 
     /// `pushline_endpoints_refused_total{platform,reason}`: registrations refused because
     /// their endpoint points where the endpoint policy does not allow (`not_https`,
@@ -238,6 +255,42 @@ impl Metrics {
                 "pushline_inapp_closed_total",
                 "Apps' connections closed, by reason.",
                 &["transport", "reason"],
+            ),
+            inbox_messages: counter(
+                &r,
+                "pushline_inbox_messages_total",
+                "Messages offered to persons' inboxes, by outcome.",
+                &["outcome"],
+            ),
+            inbox_size: histogram_with(
+                &r,
+                "pushline_inbox_size_messages",
+                "Messages an inbox holds once a message is kept in it.",
+                &[],
+                &[
+                    1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 10000.0,
+                ],
+            ),
+            inbox_operations: counter(
+                &r,
+                "pushline_inbox_operations_total",
+                "Inbox reads and changes by persons' apps, by operation, transport and outcome.",
+                &["op", "transport", "outcome"],
+            ),
+            receipts: counter(
+                &r,
+                "pushline_receipts_total",
+                "Receipts and actions reported by apps, by kind, transport and outcome.",
+                &["kind", "transport", "outcome"],
+            ),
+            receipt_latency: histogram_with(
+                &r,
+                "pushline_receipt_latency_seconds",
+                "From an event's fan-out to an app's receipt of it.",
+                &["kind"],
+                &[
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0,
+                ],
             ),
             endpoints_refused: counter(
                 &r,

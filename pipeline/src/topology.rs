@@ -276,6 +276,13 @@ impl Topology {
         format!("{}active.{}", self.prefix, id_token(token))
     }
 
+    /// `inbox.<person>`: where the registry and the gateways announce (core NATS, not
+    /// stored) a change to one of the person's inboxes, so each of their live connections
+    /// follows it (read on the phone, read on the laptop). `person` is the canonical id.
+    pub fn inbox_subject(&self, person: &str) -> String {
+        format!("{}inbox.{}", self.prefix, id_token(person))
+    }
+
     /// Every device's [`Topology::active_subject`], for one subscription.
     pub fn active_subjects(&self) -> String {
         format!("{}active.*", self.prefix)
@@ -327,6 +334,24 @@ impl Topology {
     /// token than a producer's subject, so the two never meet).
     pub fn pruned_subject(&self, app: &str) -> String {
         format!("{}callbacks.pruned.{}", self.prefix, subject_token(app))
+    }
+
+    /// `callbacks.action.<producer>`: an app user's answer to one of the producer's
+    /// messages (one more token than [`Topology::callback_subject`], so no producer's name
+    /// can make one).
+    pub fn action_subject(&self, producer: &str) -> String {
+        format!(
+            "{}callbacks.action.{}",
+            self.prefix,
+            subject_token(producer)
+        )
+    }
+
+    /// Whether `subject` is an answer's notice ([`Topology::action_subject`]).
+    pub fn is_action_subject(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with("callbacks.action."))
     }
 
     /// Whether `subject` is a pruned token's notice rather than a producer's callback.

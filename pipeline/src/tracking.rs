@@ -70,6 +70,13 @@ pub enum Stage {
     /// The app did not acknowledge the in-app message within the window: the pushes held
     /// for the device went out instead.
     FellBackToPush,
+    /// The app reported that the message reached the device (a receipt).
+    Delivered,
+    /// The app reported that its user opened or read the message (a receipt).
+    Read,
+    /// The app reported its user's answer: an action (a button, a prompt's answer) with
+    /// an optional short reply.
+    Action,
 }
 
 impl Stage {
@@ -91,7 +98,16 @@ impl Stage {
             Stage::SentInApp => "sent_inapp",
             Stage::Acknowledged => "acknowledged",
             Stage::FellBackToPush => "fell_back_to_push",
+            Stage::Delivered => "delivered",
+            Stage::Read => "read",
+            Stage::Action => "action",
         }
+    }
+
+    /// Whether the app reported this (a receipt or an action): it is listed with the
+    /// device's receipts and never changes the device's delivery outcome.
+    pub fn is_receipt(self) -> bool {
+        matches!(self, Stage::Delivered | Stage::Read | Stage::Action)
     }
 
     /// Whether a device's push is settled at this stage.
@@ -155,6 +171,12 @@ pub struct StatusRecord {
     /// What ingest received (`received` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received: Option<Received>,
+    /// The action's id (`action` records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The user's short reply to the action (`action` records, when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
 }
 
 /// A device whose job was published.
@@ -221,6 +243,8 @@ impl StatusRecord {
             provider_id: None,
             queued: Vec::new(),
             received: None,
+            action: None,
+            reply: None,
         }
     }
 
@@ -519,6 +543,24 @@ pub struct DeviceStatus {
     /// The latest reason given (retry, refusal, skip, invalid token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reason: Option<String>,
+    /// What the app reported of the message on this device, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipts: Vec<Receipt>,
+}
+
+/// A receipt or an action the app reported for one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// `delivered`, `read` or `action`.
+    pub kind: Stage,
+    /// When it was reported, ms.
+    pub at_ms: u64,
+    /// The action's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The user's reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
 }
 
 impl DeviceStatus {
@@ -527,17 +569,33 @@ impl DeviceStatus {
             device: device.to_owned(),
             platform: record.platform.clone(),
             app: record.app.clone(),
-            outcome: record.stage,
+            // A receipt that arrived before the device's own record (clocks differ
+            // between services) names no delivery outcome.
+            outcome: if record.stage.is_receipt() {
+                Stage::Queued
+            } else {
+                record.stage
+            },
             outcome_at_ms: record.at_ms,
             queued_at_ms: None,
             sent_at_ms: None,
             provider_id: None,
             retries: 0,
             last_reason: None,
+            receipts: Vec::new(),
         }
     }
 
     fn apply(&mut self, record: &StatusRecord) {
+        if record.stage.is_receipt() {
+            self.receipts.push(Receipt {
+                kind: record.stage,
+                at_ms: record.at_ms,
+                action: record.action.clone(),
+                reply: record.reply.clone(),
+            });
+            return;
+        }
         match record.stage {
             Stage::Queued => self.queued_at_ms = Some(record.at_ms),
             Stage::Retried => self.retries += 1,
@@ -820,5 +878,38 @@ mod tests {
         assert!(!json.contains("provider_id"), "{json}");
         let back: StatusRecord = serde_json::from_str(&json).expect("back");
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn receipts_are_listed_per_device_and_never_change_its_outcome() {
+        let mut action = device(Stage::Action, "d1", 60);
+        action.action = Some("yes".into());
+        action.reply = Some("on my way".into());
+        let status = fold(
+            "e1",
+            vec![
+                at(Stage::Received, 10),
+                device(Stage::Accepted, "d1", 30),
+                device(Stage::Delivered, "d1", 40),
+                device(Stage::Read, "d1", 50),
+                action,
+            ],
+        )
+        .expect("status");
+        assert_eq!(status.outcome, "delivered");
+        let d1 = &status.devices[0];
+        assert_eq!(d1.outcome, Stage::Accepted);
+        let kinds: Vec<Stage> = d1.receipts.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [Stage::Delivered, Stage::Read, Stage::Action]);
+        assert_eq!(d1.receipts[2].action.as_deref(), Some("yes"));
+        assert_eq!(d1.receipts[2].reply.as_deref(), Some("on my way"));
+
+        let early = fold("e1", vec![device(Stage::Read, "d2", 5)]).expect("status");
+        assert_eq!(
+            early.devices[0].outcome,
+            Stage::Queued,
+            "a receipt settles nothing"
+        );
+        assert_eq!(early.outcome, "pending");
     }
 }

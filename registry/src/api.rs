@@ -31,10 +31,10 @@ use crate::store::{
 };
 use crate::{AppState, SERVICE, validate};
 
-/// The public router.
-pub fn router(state: AppState) -> Router {
+/// The public router; browsers of `cors_origins` may call it from their pages.
+pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let metrics = state.metrics.clone();
-    Router::new()
+    let router = Router::new()
         .route("/v1/devices", post(post_device))
         .route("/v1/devices/{token}", put(put_device).delete(delete_device))
         .route(
@@ -47,12 +47,38 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/register", post(sample_register))
         .route("/register/{token}", delete(delete_device))
+        .merge(crate::inbox_api::routes())
         .layer(middleware::from_fn(pipeline::admin::json_errors))
         .layer(middleware::from_fn_with_state(
             (metrics, SERVICE),
             pipeline::admin::track_http,
         ))
-        .with_state(state)
+        .with_state(state);
+    match cors(cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// The CORS answer for `origins` (exact origins; none: no CORS headers at all, so
+/// browsers refuse cross-origin calls).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// A JSON body extractor whose every refusal is an [`ApiError`] with a JSON body.
@@ -710,6 +736,9 @@ async fn delete_person(
         validate::person_id("personId", &person).map_err(ApiError::Invalid)?;
         state.require(principal.may_write(&person), "not_owner")?;
         let removed = state.store.remove_person(&person).await?;
+        if let Ok(canonical) = crate::person::canonical(&person) {
+            state.inbox.remove_person(&canonical).await?;
+        }
         state
             .metrics
             .devices_removed

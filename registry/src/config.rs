@@ -26,6 +26,9 @@ pub struct Config {
     /// may point (`[endpoints]`); keep it equal to the Web Push dispatcher's
     /// `webpush.endpoints`.
     pub endpoints: pipeline::egress::EndpointsConfig,
+    /// Web origins (`https://app.example.com`, exact) whose pages may call the device,
+    /// inbox and receipt APIs from a browser (CORS); empty: none.
+    pub cors_origins: Vec<String>,
     /// Redis.
     pub redis: RedisConfig,
     /// Device policies and defaults.
@@ -55,6 +58,7 @@ impl Default for Config {
             max_json_depth: 16,
             connections: pipeline::listener::ConnectionsConfig::default(),
             endpoints: pipeline::egress::EndpointsConfig::default(),
+            cors_origins: Vec::new(),
             redis: RedisConfig::default(),
             devices: DevicesConfig::default(),
             auth: AuthConfig::default(),
@@ -199,7 +203,7 @@ pub struct DevicesConfig {
 }
 
 /// `[devices.apps."<bundle id or project id>"]`: how one app's devices behave.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppPolicy {
     /// Several persons may hold one device (a shared phone): each receives their pushes,
@@ -214,6 +218,37 @@ pub struct AppPolicy {
     /// Encrypt every push to this app's devices with the device's key (devices without a
     /// key get none); otherwise only `/v1/notify` requests with `encrypt: true` are.
     pub encrypt_payloads: bool,
+    /// Keep a server-side copy of every message to a person of this app (their inbox,
+    /// `docs/inapp.md`); otherwise nothing is kept once delivered.
+    pub inbox: bool,
+    /// How long the inbox keeps a message, seconds (1 to 31536000; 30 days).
+    pub inbox_max_age_secs: u64,
+    /// Most messages the inbox keeps per person; beyond it the oldest go (1 to 10000).
+    pub inbox_max_messages: u64,
+}
+
+impl Default for AppPolicy {
+    fn default() -> Self {
+        AppPolicy {
+            multi_user: false,
+            single_device: false,
+            device_limit: DeviceLimit::default(),
+            encrypt_payloads: false,
+            inbox: false,
+            inbox_max_age_secs: 30 * 86_400,
+            inbox_max_messages: 500,
+        }
+    }
+}
+
+impl AppPolicy {
+    /// The inbox's retention, when the app keeps one.
+    pub fn inbox(&self) -> Option<crate::inbox::Retention> {
+        self.inbox.then(|| crate::inbox::Retention {
+            max_age_ms: self.inbox_max_age_secs.saturating_mul(1000),
+            max_messages: self.inbox_max_messages,
+        })
+    }
 }
 
 /// What happens when a person registers one device more than allowed.
@@ -474,6 +509,48 @@ pub struct Resolved {
     pub admin_listen: SocketAddr,
 }
 
+/// A web origin as browsers send it: `http` or `https`, a host, an optional port, and
+/// nothing else (no path, no trailing slash, no wildcard).
+fn check_origin(origin: &str) -> Result<(), String> {
+    let bad = || {
+        format!("`{origin}` is not an origin (scheme://host[:port], e.g. https://app.example.com)")
+    };
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    let ok = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if ok { Ok(()) } else { Err(bad()) }
+}
+
+/// An app's inbox settings: in range, and no inbox for an app whose payloads only its
+/// devices may read.
+fn check_inbox(app: &str, policy: &AppPolicy) -> Result<(), ConfigError> {
+    let setting = |field: &str| format!("devices.apps.{app}.{field}");
+    if !(1..=31_536_000).contains(&policy.inbox_max_age_secs) {
+        return Err(ConfigError::invalid(
+            setting("inbox_max_age_secs"),
+            "must be 1 to 31536000",
+        ));
+    }
+    if !(1..=10_000).contains(&policy.inbox_max_messages) {
+        return Err(ConfigError::invalid(
+            setting("inbox_max_messages"),
+            "must be 1 to 10000",
+        ));
+    }
+    if policy.inbox && policy.encrypt_payloads {
+        return Err(ConfigError::invalid(
+            setting("inbox"),
+            "cannot be on with encrypt_payloads: the server-side copy would hold what only the app's devices may read",
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Validates every setting, naming the one at fault.
     pub fn resolve(&self) -> Result<Resolved, ConfigError> {
@@ -508,9 +585,10 @@ impl Config {
             ));
         }
         crate::keyring::Keyring::from_config(&self.devices.key_encryption_keys)?;
-        for app in self.devices.apps.keys() {
+        for (app, policy) in &self.devices.apps {
             crate::validate::app("devices.apps", app)
                 .map_err(|problem| ConfigError::invalid(format!("devices.apps.{app}"), problem))?;
+            check_inbox(app, policy)?;
         }
         let providers = providers::all();
         for (provider, app) in &self.devices.default_apps {
@@ -519,6 +597,10 @@ impl Config {
                 .map_err(|problem| ConfigError::invalid(setting.clone(), problem))?;
             crate::validate::app(&setting, app)
                 .map_err(|problem| ConfigError::invalid(setting.clone(), problem))?;
+        }
+        for (i, origin) in self.cors_origins.iter().enumerate() {
+            check_origin(origin)
+                .map_err(|problem| ConfigError::invalid(format!("cors_origins[{i}]"), problem))?;
         }
         if !(2..=512).contains(&self.max_json_depth) {
             return Err(ConfigError::invalid("max_json_depth", "must be 2 to 512"));

@@ -39,6 +39,13 @@ pub enum ApiError {
     /// seconds.
     #[error("too many failed authentications from this client; retry later")]
     TooManyFailures(u64),
+    /// The app keeps no inbox (`inbox = false`).
+    #[error("this app keeps no inbox")]
+    NoInbox,
+    /// A message id the caller's inbox does not hold, or a report of a message the caller
+    /// was not sent; nothing changed.
+    #[error("no such message{}", if .0.is_empty() { String::new() } else { format!(" `{}`", .0) })]
+    UnknownMessage(String),
     /// Redis failed; details are logged.
     #[error("device store unavailable; retry later")]
     Unavailable,
@@ -57,6 +64,8 @@ impl ApiError {
             ApiError::DeviceLimit(_) => "device_limit",
             ApiError::TokenHeld => "token_held",
             ApiError::TooManyFailures(_) => "too_many_failures",
+            ApiError::NoInbox => "no_inbox",
+            ApiError::UnknownMessage(_) => "unknown_message",
             ApiError::Unavailable => "unavailable",
         }
     }
@@ -66,7 +75,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NoInbox | ApiError::UnknownMessage(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::DeviceLimit(_) | ApiError::TokenHeld => StatusCode::CONFLICT,

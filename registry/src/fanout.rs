@@ -59,6 +59,28 @@ pub struct Fanout {
     pub providers: Providers,
     /// In-app presence (whether a device's pushes may wait for its app).
     pub inapp: crate::inapp::InAppState,
+    /// Persons' inboxes (apps with `inbox = true`).
+    pub inbox: crate::inbox::Inbox,
+    /// Tells a person's live connections of a message kept in their inbox.
+    pub inbox_notices: crate::inbox::InboxNotices,
+}
+
+/// The apps among `jobs` and `held` (what an event's devices got), each with the
+/// providers its devices got it through, in a stable order.
+pub fn apps_reached<'a>(
+    jobs: impl IntoIterator<Item = &'a PushJob>,
+) -> std::collections::BTreeMap<&'a str, Vec<&'a str>> {
+    let mut apps: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for job in jobs {
+        let providers = apps.entry(job.app.as_str()).or_default();
+        if !providers.contains(&job.platform.as_str()) {
+            providers.push(job.platform.as_str());
+        }
+    }
+    for providers in apps.values_mut() {
+        providers.sort_unstable();
+    }
+    apps
 }
 
 /// The job of `event` for `device`: `None` when the device does not get it (no part for
@@ -350,6 +372,53 @@ impl Fanout {
         Ok(())
     }
 
+    /// Keeps `event` once in the inbox of each app of `reached` that keeps one, and tells
+    /// the person's live connections. An event kept before (a retried fan-out) is not
+    /// kept or announced again.
+    async fn keep_in_inboxes(
+        &self,
+        event: &Event,
+        reached: std::collections::BTreeMap<&str, Vec<&str>>,
+        now: u64,
+    ) -> Result<(), String> {
+        let person = person_of(event);
+        for (app, providers) in reached {
+            let Some(retention) = self.devices.policy(app).inbox() else {
+                continue;
+            };
+            let Some(message) = crate::inbox::message_of(event, &providers) else {
+                if event.encrypt {
+                    self.metrics
+                        .inbox_messages
+                        .with_label_values(&["not_kept"])
+                        .inc();
+                }
+                continue;
+            };
+            let kept = self
+                .inbox
+                .keep(&person, app, &event.id, &message, now, retention)
+                .await
+                .map_err(|e| e.to_string())?;
+            let outcome = if kept.new { "kept" } else { "duplicate" };
+            self.metrics
+                .inbox_messages
+                .with_label_values(&[outcome])
+                .inc();
+            if kept.new {
+                self.metrics
+                    .inbox_size
+                    .with_label_values::<&str>(&[])
+                    .observe(kept.size as f64);
+                let select = crate::inbox::Select::Ids(vec![event.id.clone()]);
+                let change =
+                    crate::inbox::Change::of(app, crate::inbox::Op::Added, &select, kept.unread);
+                self.inbox_notices.announce(&person, &change).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes `jobs`, answering each one's stream sequence.
     async fn publish_jobs(&self, event: &Event, jobs: &[&PushJob]) -> Result<Vec<u64>, String> {
         let headers = event.trace_id.as_deref().map(|trace| {
@@ -430,6 +499,16 @@ impl Handler for Fanout {
             Err(error) => return self.retry(delivery.attempt, &event, "publish", error).await,
         };
         let published: Vec<(Planned, u64)> = jobs.into_iter().zip(sequences).collect();
+        // After the pushes are stored, so keeping a copy never delays one.
+        let reached = apps_reached(
+            published
+                .iter()
+                .map(|(p, _)| &p.job)
+                .chain(held.values().flatten()),
+        );
+        if let Err(error) = self.keep_in_inboxes(&event, reached, queued_at_ms).await {
+            return self.retry(delivery.attempt, &event, "redis", error).await;
+        }
         if let Err(error) = self
             .publish_fallbacks(&event, held, &published, queued_at_ms)
             .await

@@ -14,8 +14,12 @@
 //!   `INAPP`, and the pushes held behind them to `FALLBACK`.
 //! - [`fallback`]: `FALLBACK` → held pushes released when an app does not acknowledge.
 //! - [`inapp`]: the in-app cursor and presence keys the registry shares with the gateway.
+//! - [`inbox`]: the server-side inbox: messages kept per person and app, their read state,
+//!   and the notices that keep a person's connections in step; [`inbox_api`] its HTTP API
+//!   and the receipt endpoint.
 //! - [`cli`]: `pushctl`, the operators' command line.
 //! - [`prune`]: `FEEDBACK` → token removal.
+//! - [`receipts`]: receipts and actions apps report, checked against delivery status.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -27,9 +31,12 @@ pub mod error;
 pub mod fallback;
 pub mod fanout;
 pub mod inapp;
+pub mod inbox;
+pub mod inbox_api;
 pub mod keyring;
 pub mod person;
 pub mod prune;
+pub mod receipts;
 pub mod store;
 pub mod validate;
 pub mod webhooks;
@@ -65,6 +72,9 @@ pub struct AppState {
     max_json_depth: usize,
     endpoints: Arc<pipeline::egress::EgressPolicy>,
     notices: inapp::ActiveNotices,
+    inbox: inbox::Inbox,
+    inbox_notices: inbox::InboxNotices,
+    receipts: receipts::Receipts,
     metrics: Metrics,
     providers: pipeline::provider::Providers,
 }
@@ -166,6 +176,7 @@ pub async fn serve(
     )?);
     let redis = connect_redis(&config.redis)?;
     let inapp = inapp::InAppState::new(redis.clone(), &config.redis.prefix);
+    let redis_for_inbox = redis.clone();
     let store = Store::new(
         redis,
         config.redis.prefix.clone(),
@@ -185,6 +196,8 @@ pub async fn serve(
         metrics.clone(),
     );
     let notices = inapp::ActiveNotices::new(client.clone(), topology.clone());
+    let inbox = inbox::Inbox::new(redis_for_inbox, &config.redis.prefix);
+    let inbox_notices = inbox::InboxNotices::new(client.clone(), topology.clone());
     let ready = Arc::new(Ready {
         client,
         topology: topology.clone(),
@@ -208,6 +221,8 @@ pub async fn serve(
         tracker: tracker.clone(),
         providers: providers::all(),
         inapp: inapp.clone(),
+        inbox: inbox.clone(),
+        inbox_notices: inbox_notices.clone(),
     };
     let fallback = fallback::FallbackWorker {
         inapp,
@@ -217,6 +232,13 @@ pub async fn serve(
         metrics: metrics.clone(),
         publish_timeout: Duration::from_millis(config.nats.publish_timeout_ms),
     };
+    let receipts = receipts::Receipts::new(
+        js.clone(),
+        topology.clone(),
+        tracker.clone(),
+        store.clone(),
+        metrics.clone(),
+    );
     let prune = prune::Prune {
         store: store.clone(),
         worker: config.prune.clone(),
@@ -293,13 +315,16 @@ pub async fn serve(
             &config.endpoints,
         )?),
         notices,
+        inbox,
+        inbox_notices,
+        receipts,
         metrics: metrics.clone(),
         providers: providers::all(),
     };
     tracing::info!(listen = %api_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry listening");
     let served = pipeline::listener::serve(
         api_listener,
-        api::router(state),
+        api::router(state, &config.cors_origins),
         &config.connections,
         metrics,
         SERVICE,
