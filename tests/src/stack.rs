@@ -70,7 +70,8 @@ impl Stack {
         Self::start_on(Env::start_with_redis_args(redis_args), |_| {}).await
     }
 
-    async fn start_on(env: Env, adjust: impl FnOnce(&mut Configs)) -> Self {
+    /// Starts everything on `env` after `adjust` changed the configurations.
+    pub async fn start_on(env: Env, adjust: impl FnOnce(&mut Configs)) -> Self {
         let providers = Providers::start().await;
         let mut configs = Configs {
             ingest: env.ingest_config(),
