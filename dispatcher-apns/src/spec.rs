@@ -196,6 +196,17 @@ impl Spec for Apns {
             pipeline::provider::seal(&part.payload, key, kid, CLEAR, part.push_type.max_bytes())?;
         pipeline::json::to_raw(&part).map_err(|_| Skip::Malformed)
     }
+
+    /// `aps.badge` of an alert's payload; a VoIP or background push shows no badge.
+    fn badge(&self, part: &RawValue, unread: u64) -> Option<Box<RawValue>> {
+        let mut part: ApnsPart = serde_json::from_str(part.get()).ok()?;
+        if part.push_type != ApnsPushType::Alert {
+            return None;
+        }
+        let count = RawValue::from_string(unread.to_string()).ok()?;
+        part.payload = pipeline::json::with_member(&part.payload, &["aps", "badge"], &count)?;
+        pipeline::json::to_raw(&part).ok()
+    }
 }
 
 #[cfg(test)]
@@ -318,5 +329,19 @@ mod tests {
         assert!(body.get("secret").is_none());
         let plain = jwe::decrypt(&key, body["jwe"].as_str().expect("jwe")).expect("decrypt");
         assert_eq!(plain, br#"{"aps":{"alert":"x"},"secret":"y"}"#);
+    }
+
+    #[test]
+    fn an_alert_carries_the_unread_count_as_its_badge_and_a_call_never() {
+        let alert =
+            raw(r#"{"payload":{"aps":{"alert":"Hi"},"x":1},"push_type":"alert","priority":10}"#);
+        let badged = SPEC.badge(&alert, 7).expect("badged");
+        let part: ApnsPart = serde_json::from_str(badged.get()).expect("part");
+        assert_eq!(
+            part.payload.get(),
+            r#"{"aps":{"alert":"Hi","badge":7},"x":1}"#
+        );
+        let voip = raw(r#"{"payload":{"aps":{}},"push_type":"voip","priority":10}"#);
+        assert!(SPEC.badge(&voip, 7).is_none());
     }
 }

@@ -293,6 +293,18 @@ impl Spec for WebPush {
         part.payload = pipeline::provider::seal(&part.payload, key, kid, None, MAX_PAYLOAD_BYTES)?;
         pipeline::json::to_raw(&part).map_err(|_| Skip::Malformed)
     }
+
+    /// An `unread` member of the payload the service worker reads (an object payload,
+    /// still within the size limit).
+    fn badge(&self, part: &RawValue, unread: u64) -> Option<Box<RawValue>> {
+        let mut part: WebPushPart = serde_json::from_str(part.get()).ok()?;
+        let count = RawValue::from_string(unread.to_string()).ok()?;
+        part.payload = pipeline::json::with_member(&part.payload, &["unread"], &count)?;
+        if part.payload.get().len() > MAX_PAYLOAD_BYTES {
+            return None;
+        }
+        pipeline::json::to_raw(&part).ok()
+    }
 }
 
 #[cfg(test)]
@@ -422,5 +434,18 @@ pub(crate) mod tests {
             .part("webpush", Class::Call, false, &raw(&big))
             .expect_err("big");
         assert!(error.contains("over Web Push's 3993 bytes"), "{error}");
+    }
+
+    #[test]
+    fn the_unread_count_joins_an_object_payload_only() {
+        let part = raw(r#"{"payload":{"title":"Hi","n":1.50},"urgency":"normal"}"#);
+        let badged = SPEC.badge(&part, 4).expect("badged");
+        let badged: WebPushPart = serde_json::from_str(badged.get()).expect("part");
+        assert_eq!(
+            badged.payload.get(),
+            r#"{"n":1.50,"title":"Hi","unread":4}"#
+        );
+        let text = raw(r#"{"payload":"plain","urgency":"normal"}"#);
+        assert!(SPEC.badge(&text, 4).is_none());
     }
 }

@@ -100,6 +100,24 @@ pub fn to_raw<T: serde::Serialize>(value: &T) -> Result<Box<RawValue>, String> {
     serde_json::value::to_raw_value(value).map_err(|e| e.to_string())
 }
 
+/// `object` (a JSON object) with the member at `path` set to `value` (JSON), creating the
+/// objects on the way; every other member keeps its bytes. `None` when `object`, or an
+/// object on the path, is not a JSON object. Members come out in key order.
+pub fn with_member(object: &RawValue, path: &[&str], value: &RawValue) -> Option<Box<RawValue>> {
+    use std::collections::BTreeMap;
+    let (first, rest) = path.split_first()?;
+    let mut members: BTreeMap<String, Box<RawValue>> = serde_json::from_str(object.get()).ok()?;
+    let inner = if rest.is_empty() {
+        value.to_owned()
+    } else {
+        let empty = RawValue::from_string("{}".into()).ok()?;
+        let current = members.get(*first).cloned().unwrap_or(empty);
+        with_member(&current, rest, value)?
+    };
+    members.insert((*first).to_owned(), inner);
+    to_raw(&members).ok()
+}
+
 /// The deepest nesting of arrays and objects in `bytes` (0 for a scalar). Strings are
 /// skipped, escapes honoured; malformed input is measured as far as it goes — the
 /// parser reports what is wrong with it.
@@ -238,5 +256,20 @@ mod properties {
                 prop_assert_eq!(depth, nesting(&value));
             }
         }
+    }
+
+    #[test]
+    fn a_member_is_set_and_every_other_keeps_its_bytes() {
+        let raw = |s: &str| RawValue::from_string(s.into()).expect("raw");
+        let payload = raw(r#"{"z":1.50,"aps":{"alert":{"title":"Hi"},"badge":9}}"#);
+        let set = with_member(&payload, &["aps", "badge"], &raw("3")).expect("set");
+        assert_eq!(
+            set.get(),
+            r#"{"aps":{"alert":{"title":"Hi"},"badge":3},"z":1.50}"#
+        );
+        let made = with_member(&raw(r#"{"x":[1]}"#), &["aps", "badge"], &raw("0")).expect("made");
+        assert_eq!(made.get(), r#"{"aps":{"badge":0},"x":[1]}"#);
+        assert!(with_member(&raw("[1]"), &["a"], &raw("1")).is_none());
+        assert!(with_member(&raw(r#"{"aps":"x"}"#), &["aps", "badge"], &raw("1")).is_none());
     }
 }

@@ -119,6 +119,13 @@ pub trait Spec: Send + Sync + 'static {
     /// `part` encrypted for one device with its key ([`crate::jwe`]), in the form the
     /// device's app reads.
     fn encrypt(&self, part: &RawValue, key: &ContentKey, kid: &str) -> Result<Box<RawValue>, Skip>;
+
+    /// `part` carrying the person's unread inbox count where this provider's apps show
+    /// one (an app's `inbox_badge` policy); `None` when the provider has no such place
+    /// or the part cannot hold it (it is then sent as it is).
+    fn badge(&self, _part: &RawValue, _unread: u64) -> Option<Box<RawValue>> {
+        None
+    }
 }
 
 /// `object` (a part's payload) sealed for one device: the JWE envelope of

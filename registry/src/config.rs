@@ -225,6 +225,10 @@ pub struct AppPolicy {
     pub inbox_max_age_secs: u64,
     /// Most messages the inbox keeps per person; beyond it the oldest go (1 to 10000).
     pub inbox_max_messages: u64,
+    /// Put the person's unread inbox count on this app's pushes where the provider shows
+    /// one: APNs alerts' `aps.badge`, a `unread` member of Web Push payloads. Needs
+    /// `inbox`.
+    pub inbox_badge: bool,
 }
 
 impl Default for AppPolicy {
@@ -237,6 +241,7 @@ impl Default for AppPolicy {
             inbox: false,
             inbox_max_age_secs: 30 * 86_400,
             inbox_max_messages: 500,
+            inbox_badge: false,
         }
     }
 }
@@ -540,6 +545,12 @@ fn check_inbox(app: &str, policy: &AppPolicy) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             setting("inbox_max_messages"),
             "must be 1 to 10000",
+        ));
+    }
+    if policy.inbox_badge && !policy.inbox {
+        return Err(ConfigError::invalid(
+            setting("inbox_badge"),
+            "needs inbox = true (the badge is the inbox's unread count)",
         ));
     }
     if policy.inbox && policy.encrypt_payloads {

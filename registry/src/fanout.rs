@@ -373,14 +373,15 @@ impl Fanout {
     }
 
     /// Keeps `event` once in the inbox of each app of `reached` that keeps one, and tells
-    /// the person's live connections. An event kept before (a retried fan-out) is not
-    /// kept or announced again.
+    /// the person's live connections; answers each such app's unread count. An event
+    /// kept before (a retried fan-out) is not kept or announced again.
     async fn keep_in_inboxes(
         &self,
         event: &Event,
         reached: std::collections::BTreeMap<&str, Vec<&str>>,
         now: u64,
-    ) -> Result<(), String> {
+    ) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        let mut unread = std::collections::BTreeMap::new();
         let person = person_of(event);
         for (app, providers) in reached {
             let Some(retention) = self.devices.policy(app).inbox() else {
@@ -400,6 +401,7 @@ impl Fanout {
                 .keep(&person, app, &event.id, &message, now, retention)
                 .await
                 .map_err(|e| e.to_string())?;
+            unread.insert(app.to_owned(), kept.unread);
             let outcome = if kept.new { "kept" } else { "duplicate" };
             self.metrics
                 .inbox_messages
@@ -416,7 +418,31 @@ impl Fanout {
                 self.inbox_notices.announce(&person, &change).await;
             }
         }
-        Ok(())
+        Ok(unread)
+    }
+
+    /// Puts each app's unread count on its pushes where its policy asks for a badge and
+    /// the provider shows one ([`pipeline::provider::Spec::badge`]).
+    fn badge<'a>(
+        &self,
+        jobs: impl Iterator<Item = &'a mut PushJob>,
+        unread: &std::collections::BTreeMap<String, u64>,
+    ) {
+        for job in jobs {
+            let Some(count) = unread.get(&job.app) else {
+                continue;
+            };
+            if !self.devices.policy(&job.app).inbox_badge {
+                continue;
+            }
+            if let Some(part) = self
+                .providers
+                .get(&job.platform)
+                .and_then(|spec| spec.badge(&job.part, *count))
+            {
+                job.part = part;
+            }
+        }
     }
 
     /// Publishes `jobs`, answering each one's stream sequence.
@@ -479,7 +505,10 @@ impl Handler for Fanout {
             Ok(waiting) => waiting,
             Err(error) => return self.retry(delivery.attempt, &event, "redis", error).await,
         };
-        let Hold { now: jobs, held } = hold(event.class, jobs, &waiting);
+        let Hold {
+            now: mut jobs,
+            mut held,
+        } = hold(event.class, jobs, &waiting);
         if jobs.is_empty() {
             self.metrics
                 .fanout_events
@@ -493,22 +522,27 @@ impl Handler for Fanout {
         }
         // Stamped before publishing: a dispatcher may send a job before its record is written.
         let queued_at_ms = now_ms();
+        // Kept before the pushes go, for the unread count their badges carry; a call is
+        // never kept, so it waits on nothing here.
+        let reached = apps_reached(jobs.iter().map(|p| &p.job).chain(held.values().flatten()));
+        let unread = match self.keep_in_inboxes(&event, reached, queued_at_ms).await {
+            Ok(unread) => unread,
+            Err(error) => return self.retry(delivery.attempt, &event, "redis", error).await,
+        };
+        if !unread.is_empty() {
+            self.badge(
+                jobs.iter_mut()
+                    .map(|p| &mut p.job)
+                    .chain(held.values_mut().flatten()),
+                &unread,
+            );
+        }
         let pushes: Vec<&PushJob> = jobs.iter().map(|p| &p.job).collect();
         let sequences = match self.publish_jobs(&event, &pushes).await {
             Ok(sequences) => sequences,
             Err(error) => return self.retry(delivery.attempt, &event, "publish", error).await,
         };
         let published: Vec<(Planned, u64)> = jobs.into_iter().zip(sequences).collect();
-        // After the pushes are stored, so keeping a copy never delays one.
-        let reached = apps_reached(
-            published
-                .iter()
-                .map(|(p, _)| &p.job)
-                .chain(held.values().flatten()),
-        );
-        if let Err(error) = self.keep_in_inboxes(&event, reached, queued_at_ms).await {
-            return self.retry(delivery.attempt, &event, "redis", error).await;
-        }
         if let Err(error) = self
             .publish_fallbacks(&event, held, &published, queued_at_ms)
             .await

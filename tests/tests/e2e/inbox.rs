@@ -611,3 +611,75 @@ async fn the_inbox_survives_redis_and_nats_restarting() {
     assert_eq!(page["messages"][1]["read"], true);
     assert_eq!(page["unread"], 1);
 }
+
+#[tokio::test]
+async fn an_app_that_asks_gets_the_unread_count_as_its_badge() {
+    use harness::services::APNS_APP;
+    let stack = Stack::start_with(|c| {
+        c.registry.devices.apps.insert(
+            APNS_APP.into(),
+            registry::config::AppPolicy {
+                inbox: true,
+                inbox_badge: true,
+                ..Default::default()
+            },
+        );
+        c.registry.auth.jwt = harness::services::person_jwt_config();
+    })
+    .await;
+    let token = "ab".repeat(32);
+    stack
+        .register(
+            &token,
+            json!({"person_id": "kai", "platform": "apns", "channel": "alert"}),
+        )
+        .await;
+    for key in ["b1", "b2"] {
+        stack
+            .notify(
+                PRODUCER_KEY,
+                &json!({
+                    "person_ids": ["kai"], "class": "alert", "idempotency_key": key,
+                    "ttl_secs": 60,
+                    "apns": {"payload": {"aps": {"alert": {"title": key}}, "ref": 1.50}},
+                }),
+            )
+            .await;
+    }
+    let pushes = stack.providers.apns.wait_delivered(2, WAIT).await;
+    // Each push carries the count once its message was kept (the fan-out may take the
+    // two events in either order).
+    let mut badges: Vec<u64> = pushes
+        .iter()
+        .map(|push| {
+            let body: Value = serde_json::from_slice(&push.body).expect("json");
+            body["aps"]["badge"].as_u64().expect("a badge")
+        })
+        .collect();
+    badges.sort_unstable();
+    assert_eq!(badges, [1, 2]);
+    let first: Value = serde_json::from_slice(&pushes[0].body).expect("json");
+    assert_eq!(first["ref"], 1.5, "the rest of the payload as sent");
+    // Read on another device: the next push says so.
+    let kai = Person::new(&stack, "kai");
+    let (_, done) = kai
+        .post(&format!("/v1/inbox/{APNS_APP}/read"), json!({"all": true}))
+        .await;
+    assert_eq!(done["unread"], 0);
+    stack
+        .notify(
+            PRODUCER_KEY,
+            &json!({
+                "person_ids": ["kai"], "class": "alert", "idempotency_key": "b3",
+                "ttl_secs": 60, "apns": {"payload": {"aps": {"alert": "b3"}}},
+            }),
+        )
+        .await;
+    let pushes = stack.providers.apns.wait_delivered(3, WAIT).await;
+    let last = pushes
+        .iter()
+        .map(|p| serde_json::from_slice::<Value>(&p.body).expect("json"))
+        .find(|body| body["aps"]["alert"] == "b3")
+        .expect("the third push");
+    assert_eq!(last["aps"]["badge"], 1);
+}
