@@ -27,6 +27,10 @@ pub struct Config {
     /// The apps whose devices may connect (their in-app `app` names); a hello naming
     /// another app is refused. Also the `app` label of the gateway's metrics.
     pub apps: BTreeSet<String>,
+    /// The apps of `apps` that keep a server-side inbox: those with `inbox = true` in the
+    /// registry's app policy (`[devices.apps."<app>"]`). Their connections may list and
+    /// change the person's inbox; another app's inbox requests are refused `no_inbox`.
+    pub inbox_apps: BTreeSet<String>,
     /// Bounds on connections and what each may hold.
     pub limits: Limits,
     /// How long a registration lives unless refreshed, seconds: the registry's
@@ -51,6 +55,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9085".into(),
             tls: None,
             apps: BTreeSet::new(),
+            inbox_apps: BTreeSet::new(),
             limits: Limits::default(),
             device_ttl_secs: 60 * 86_400,
             auth: AuthConfig::default(),
@@ -149,6 +154,12 @@ impl Config {
                 format!("`{bad}` is not an app id"),
             ));
         }
+        if let Some(bad) = self.inbox_apps.difference(&self.apps).next() {
+            return Err(ConfigError::invalid(
+                "inbox_apps",
+                format!("`{bad}` is not one of `apps`"),
+            ));
+        }
         let l = &self.limits;
         for (setting, value, min) in [
             ("limits.max_connections", l.max_connections as u64, 1),
@@ -225,6 +236,8 @@ mod tests {
         idle_before_ping.limits.idle_timeout_secs = idle_before_ping.limits.heartbeat_secs;
         let mut bad_app = valid();
         bad_app.apps.insert("has space".into());
+        let mut stray_inbox = valid();
+        stray_inbox.inbox_apps.insert("com.example.other".into());
         let mut bad_mqtt = valid();
         bad_mqtt.listen_mqtt = "8883".into();
         for (config, setting) in [
@@ -232,6 +245,7 @@ mod tests {
             (tiny_frames, "limits.max_frame_bytes"),
             (idle_before_ping, "limits.idle_timeout_secs"),
             (bad_app, "apps"),
+            (stray_inbox, "inbox_apps"),
             (bad_mqtt, "listen_mqtt"),
         ] {
             let error = config.resolve().expect_err(setting).to_string();

@@ -1,15 +1,86 @@
 //! The frames of the connection protocol (`docs/inapp.md`), as JSON: what a client sends
 //! ([`ClientFrame`]) and what the gateway sends ([`ServerFrame`]), and the reasons a
 //! connection is closed ([`Close`]). Transport-neutral: the WebSocket transport carries
-//! each frame as one text frame.
+//! each frame as one text frame, MQTT as one PUBLISH's payload.
+//!
+//! | a client frame's text | [`parse`] |
+//! |---|---|
+//! | not a JSON object with a string `type` | [`Close::Protocol`] |
+//! | `type` one of the inbox operations or `receipt` ([`Operation`]) | [`ClientFrame::Request`]: its fields are checked by the operation, which answers a refusal with an `error` frame |
+//! | `hello`, `ack`, `ping` with exactly their fields | that frame |
+//! | anything else (an unknown `type`, a missing or extra field) | [`Close::Protocol`] |
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// A frame from the client.
+#[derive(Debug)]
+pub enum ClientFrame {
+    /// `hello`, `ack` or `ping`.
+    Control(Control),
+    /// An inbox operation or a receipt, answered on the connection ([`crate::inbox`]).
+    Request(Request),
+}
+
+/// An inbox operation or a receipt, as the client sent it: its fields are checked when it
+/// is carried out, so a bad one is refused with an `error` frame instead of closing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// What it asks.
+    pub operation: Operation,
+    /// Its fields, `type` removed.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The operations a client may ask over its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `inbox.list`: a page of the inbox.
+    List,
+    /// `inbox.count`: the unread count.
+    Count,
+    /// `inbox.read`: marks messages read.
+    Read,
+    /// `inbox.unread`: marks messages unread.
+    Unread,
+    /// `inbox.delete`: deletes messages.
+    Delete,
+    /// `receipt`: a receipt or an action for an event the device got.
+    Receipt,
+}
+
+impl Operation {
+    /// The operation a frame's `type` names, if any.
+    pub fn of(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "inbox.list" => Operation::List,
+            "inbox.count" => Operation::Count,
+            "inbox.read" => Operation::Read,
+            "inbox.unread" => Operation::Unread,
+            "inbox.delete" => Operation::Delete,
+            "receipt" => Operation::Receipt,
+            _ => return None,
+        })
+    }
+
+    /// The `op` label of `pushline_inbox_operations_total` (`receipt` for receipts, which
+    /// are counted in `pushline_receipts_total` instead).
+    pub fn label(self) -> &'static str {
+        match self {
+            Operation::List => "list",
+            Operation::Count => "count",
+            Operation::Read => "read",
+            Operation::Unread => "unread",
+            Operation::Delete => "delete",
+            Operation::Receipt => "receipt",
+        }
+    }
+}
+
+/// The frames that keep a connection: who it is, what was processed, whether it lives.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ClientFrame {
+pub enum Control {
     /// The first frame: who is connecting, from which device of which app.
     Hello {
         /// The bearer credential the app uses with the device API.
@@ -41,8 +112,58 @@ pub enum ServerFrame<'a> {
     },
     /// An in-app message.
     Message(Message<'a>),
-    /// The answer to [`ClientFrame::Ping`].
+    /// The answer to [`Control::Ping`].
     Pong,
+    /// The answer to `inbox.list`.
+    #[serde(rename = "inbox.page")]
+    InboxPage {
+        /// The request's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The messages, newest first, each as kept.
+        messages: &'a [Box<RawValue>],
+        /// The next page's cursor, `null` on the last.
+        next_cursor: Option<&'a str>,
+        /// The inbox's unread count.
+        unread: u64,
+    },
+    /// The answer to `inbox.count`.
+    #[serde(rename = "inbox.count")]
+    InboxCount {
+        /// The request's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The inbox's unread count.
+        unread: u64,
+    },
+    /// The answer to `inbox.read`, `inbox.unread` and `inbox.delete`.
+    #[serde(rename = "inbox.done")]
+    InboxDone {
+        /// The request's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// How many messages changed.
+        changed: u64,
+        /// The inbox's unread count after it.
+        unread: u64,
+    },
+    /// The answer to `receipt`.
+    #[serde(rename = "receipt.done")]
+    ReceiptDone {
+        /// The request's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// A refused request; the connection stays open.
+    Error {
+        /// The request's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// `invalid`, `no_inbox`, `unknown_message` or `unavailable`.
+        error: &'static str,
+        /// Why, for people.
+        message: &'a str,
+    },
 }
 
 /// An in-app message as the app receives it.
@@ -147,9 +268,31 @@ pub fn message_text(
     serde_json::to_string(&frame).map_err(|_| Close::Unavailable)
 }
 
-/// A client frame from its text, or [`Close::Protocol`].
+/// A client frame from its text, or [`Close::Protocol`] (the module's table).
 pub fn parse(text: &str) -> Result<ClientFrame, Close> {
-    serde_json::from_str(text).map_err(|_| Close::Protocol)
+    let serde_json::Value::Object(mut fields) =
+        serde_json::from_str(text).map_err(|_| Close::Protocol)?
+    else {
+        return Err(Close::Protocol);
+    };
+    let kind = fields.get("type").and_then(serde_json::Value::as_str);
+    if let Some(operation) = kind.and_then(Operation::of) {
+        fields.remove("type");
+        return Ok(ClientFrame::Request(Request { operation, fields }));
+    }
+    serde_json::from_value(serde_json::Value::Object(fields))
+        .map(ClientFrame::Control)
+        .map_err(|_| Close::Protocol)
+}
+
+/// A request from its text (an MQTT inbox PUBLISH's payload): an inbox operation or a
+/// receipt, anything else [`Close::Protocol`].
+pub fn parse_request(text: &[u8]) -> Result<Request, Close> {
+    let text = std::str::from_utf8(text).map_err(|_| Close::Protocol)?;
+    match parse(text)? {
+        ClientFrame::Request(request) => Ok(request),
+        ClientFrame::Control(_) => Err(Close::Protocol),
+    }
 }
 
 #[cfg(test)]
@@ -160,12 +303,15 @@ mod tests {
     fn client_frames_are_read_strictly() {
         assert!(matches!(
             parse(r#"{"type":"ack","seq":7}"#),
-            Ok(ClientFrame::Ack { seq: 7 })
+            Ok(ClientFrame::Control(Control::Ack { seq: 7 }))
         ));
-        assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping)));
+        assert!(matches!(
+            parse(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Control(Control::Ping))
+        ));
         assert!(matches!(
             parse(r#"{"type":"hello","credential":"c","app":"a","device_id":"d"}"#),
-            Ok(ClientFrame::Hello { .. })
+            Ok(ClientFrame::Control(Control::Hello { .. }))
         ));
         for bad in [
             "",
@@ -174,9 +320,64 @@ mod tests {
             r#"{"type":"ack"}"#,
             r#"{"type":"ack","seq":-1}"#,
             r#"{"type":"ack","seq":1,"extra":true}"#,
+            r#"{"type":"inbox.purge"}"#,
+            r#"{"type":7}"#,
+            r#"{"ref":"1"}"#,
         ] {
             assert_eq!(parse(bad).err(), Some(Close::Protocol), "{bad}");
         }
+    }
+
+    #[test]
+    fn inbox_requests_are_taken_whatever_their_fields_and_checked_later() {
+        let Ok(ClientFrame::Request(request)) =
+            parse(r#"{"type":"inbox.list","ref":"1","limit":"many","odd":true}"#)
+        else {
+            panic!("an inbox request");
+        };
+        assert_eq!(request.operation, Operation::List);
+        assert!(!request.fields.contains_key("type"));
+        assert_eq!(request.fields["limit"], "many");
+        for (kind, operation) in [
+            ("inbox.count", Operation::Count),
+            ("inbox.read", Operation::Read),
+            ("inbox.unread", Operation::Unread),
+            ("inbox.delete", Operation::Delete),
+            ("receipt", Operation::Receipt),
+        ] {
+            let text = format!(r#"{{"type":"{kind}"}}"#);
+            assert_eq!(
+                parse_request(text.as_bytes()).map(|r| r.operation),
+                Ok(operation)
+            );
+        }
+        for bad in [&b"{\"type\":\"ping\"}"[..], b"\xff", b"[1]", b"{\"seq\":1}"] {
+            assert_eq!(parse_request(bad).err(), Some(Close::Protocol));
+        }
+    }
+
+    #[test]
+    fn an_inbox_page_carries_its_messages_as_kept() {
+        let kept = vec![RawValue::from_string(r#"{"id":"e1","n":1.50}"#.into()).expect("raw")];
+        let frame = ServerFrame::InboxPage {
+            reference: Some("7"),
+            messages: &kept,
+            next_cursor: None,
+            unread: 1,
+        };
+        assert_eq!(
+            serde_json::to_string(&frame).expect("json"),
+            r#"{"type":"inbox.page","ref":"7","messages":[{"id":"e1","n":1.50}],"next_cursor":null,"unread":1}"#
+        );
+        let error = ServerFrame::Error {
+            reference: None,
+            error: "invalid",
+            message: "no",
+        };
+        assert_eq!(
+            serde_json::to_string(&error).expect("json"),
+            r#"{"type":"error","error":"invalid","message":"no"}"#
+        );
     }
 
     #[test]

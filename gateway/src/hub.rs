@@ -12,6 +12,17 @@
 //! watches every device's active-user announcements. Every message a
 //! connection sends, acknowledges or skips as expired is recorded in its event's status.
 //!
+//! A message acknowledged over a connection, or skipped by it as expired, is then removed
+//! from `INAPP` ([`Hub::remove`]): the stream holds what is still to be delivered, not a
+//! copy of what was (the person's inbox, when the app keeps one, is the kept copy). The
+//! removals run off the acknowledgement's path, in the replica's one removal task, a few
+//! at a time; one that fails leaves the message to `INAPP`'s `max_age` and is counted
+//! (`pushline_inapp_messages_total{outcome="not_removed"}`). A removal never changes what
+//! a device is delivered: the cursor already passed the message.
+//!
+//! The inbox and receipt requests of a connection are the [`Inboxes`]' (`crate::inbox`);
+//! every connection also follows its person's inbox subject ([`Hub::inbox_changes`]).
+//!
 //! # Reading a device's messages
 //!
 //! | the stream's next message on the device's subject after `after` | [`Next`] |
@@ -39,13 +50,20 @@ use pipeline::tracking::{Stage, StatusRecord, Tracker};
 use registry::auth::{Authenticator, Client, Principal};
 use registry::inapp::InAppState;
 use registry::store::Store;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, mpsc};
 
 use crate::config::Limits;
-use crate::frames::Close;
+use crate::frames::{Close, Request};
+use crate::inbox::Inboxes;
 
 /// Longest wait for one Redis command or stream read on a connection's path.
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Removals from `INAPP` waiting for the removal task; beyond, one is not made (counted).
+const REMOVALS_QUEUED: usize = 16_384;
+
+/// Removals from `INAPP` in flight at once.
+const REMOVALS_AT_ONCE: usize = 8;
 
 /// A device a person connected from, admitted.
 #[derive(Debug, Clone)]
@@ -102,6 +120,12 @@ pub struct Hub {
     connections: Mutex<Connections>,
     /// This replica's id in presence fields.
     replica: String,
+    inboxes: Inboxes,
+    /// Sequences to remove from `INAPP` (with their app, for the metric), for the
+    /// removal task.
+    removals: mpsc::Sender<(u64, String)>,
+    /// The removal task's end, until [`Hub::background`] starts it.
+    removals_queue: Mutex<Option<mpsc::Receiver<(u64, String)>>>,
 }
 
 /// The parts a [`Hub`] is made of.
@@ -126,17 +150,36 @@ pub struct Parts {
     pub limits: Limits,
     /// Metrics.
     pub metrics: Metrics,
+    /// The persons' inboxes, in the registry's Redis.
+    pub inbox: registry::inbox::Inbox,
+    /// The apps that keep an inbox (`inbox_apps`).
+    pub inbox_apps: BTreeSet<String>,
 }
 
 impl Hub {
     /// A hub of `parts`.
     pub fn new(parts: Parts) -> Self {
+        let js = pipeline::topology::jetstream(parts.nats.clone());
+        let inboxes = Inboxes::new(
+            parts.inbox,
+            registry::inbox::InboxNotices::new(parts.nats.clone(), parts.topology.clone()),
+            registry::receipts::Receipts::new(
+                js.clone(),
+                parts.topology.clone(),
+                parts.tracker.clone(),
+                parts.store.clone(),
+                parts.metrics.clone(),
+            ),
+            parts.inbox_apps,
+            parts.metrics.clone(),
+        );
+        let (removals, removals_queue) = mpsc::channel(REMOVALS_QUEUED);
         Hub {
             auth: parts.auth,
             store: parts.store,
             inapp: parts.inapp,
             tracker: parts.tracker,
-            js: pipeline::topology::jetstream(parts.nats.clone()),
+            js,
             nats: parts.nats,
             topology: parts.topology,
             stream: OnceCell::new(),
@@ -146,7 +189,91 @@ impl Hub {
             metrics: parts.metrics,
             connections: Mutex::new(Connections::default()),
             replica: format!("{:016x}", rand_id()),
+            inboxes,
+            removals,
+            removals_queue: Mutex::new(Some(removals_queue)),
         }
+    }
+
+    /// Carries out an inbox or receipt `request` of the connection of `device` over
+    /// `transport` and answers its frame's JSON (`crate::inbox`); a refusal is an `error`
+    /// frame, never a reason to close.
+    pub async fn answer(
+        &self,
+        device: &Device,
+        request: Request,
+        transport: &'static str,
+    ) -> String {
+        self.inboxes.answer(device, request, transport).await
+    }
+
+    /// The changes to the person's inboxes (their inbox subject, core NATS), for as long
+    /// as the connection lives; [`crate::inbox::change_frame`] picks its app's.
+    pub async fn inbox_changes(&self, device: &Device) -> Result<async_nats::Subscriber, Close> {
+        within(
+            self.nats
+                .subscribe(self.topology.inbox_subject(&device.person)),
+        )
+        .await?
+        .map_err(|_| Close::Unavailable)
+    }
+
+    /// Removes the messages `seqs` (acknowledged or skipped: the cursor passed them) from
+    /// `INAPP`, off the caller's path; a removal that cannot be queued is counted and
+    /// left to the stream's `max_age`.
+    pub fn remove(&self, device: &Device, seqs: impl IntoIterator<Item = u64>) {
+        for seq in seqs {
+            if self.removals.try_send((seq, device.app.clone())).is_err() {
+                self.metrics
+                    .inapp_messages
+                    .with_label_values(&[&device.app, "not_removed"])
+                    .inc();
+            }
+        }
+    }
+
+    /// The replica's removal task: takes [`Hub::remove`]'s sequences, at most
+    /// [`REMOVALS_AT_ONCE`] in flight, until the hub is gone.
+    async fn removing(self: std::sync::Arc<Self>, queue: mpsc::Receiver<(u64, String)>) {
+        use futures::StreamExt as _;
+        let hub = std::sync::Arc::downgrade(&self);
+        drop(self);
+        let seqs = futures::stream::unfold(queue, |mut queue| async move {
+            queue.recv().await.map(|removal| (removal, queue))
+        });
+        seqs.for_each_concurrent(REMOVALS_AT_ONCE, |(seq, app)| {
+            let hub = hub.clone();
+            async move {
+                if let Some(hub) = hub.upgrade() {
+                    hub.remove_now(seq, &app).await;
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn remove_now(&self, seq: u64, app: &str) {
+        let removed = match self.stream().await {
+            Ok(stream) => match within(stream.delete_message(seq)).await {
+                Ok(Ok(_)) => Ok(()),
+                // Already gone: another connection of the device removed it, or its age.
+                Ok(Err(error)) if is_gone(&error) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("no answer in time".to_owned()),
+            },
+            Err(_) => Err("INAPP cannot be read".to_owned()),
+        };
+        let outcome = match removed {
+            Ok(()) => "removed",
+            Err(error) => {
+                tracing::warn!(%error, seq, "cannot remove a delivered in-app message from INAPP; it stays until its max_age");
+                "not_removed"
+            }
+        };
+        self.metrics
+            .inapp_messages
+            .with_label_values(&[app, outcome])
+            .inc();
     }
 
     /// The apps served (the `app` label of metrics).
@@ -231,12 +358,13 @@ impl Hub {
     /// that covers is recorded `acknowledged` in its event's status.
     pub async fn acknowledged(&self, device: &Device, window: &mut Window) -> Result<(), Close> {
         self.acknowledge(device, window.acked).await?;
-        let events = window.take_acknowledged();
+        let messages = window.take_acknowledged();
         self.metrics
             .inapp_messages
             .with_label_values(&[&device.app, "acknowledged"])
-            .inc_by(events.len() as u64);
-        for event_id in events {
+            .inc_by(messages.len() as u64);
+        self.remove(device, messages.iter().map(|(seq, _)| *seq));
+        for (_, event_id) in messages {
             self.tracker
                 .record(&self.record(device, &event_id, Stage::Acknowledged))
                 .await;
@@ -306,6 +434,14 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> Result<(), Close> {
         use futures::StreamExt as _;
+        let queue = self
+            .removals_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(queue) = queue {
+            tokio::spawn(self.clone().removing(queue));
+        }
         let mut notices = within(self.nats.subscribe(self.topology.active_subjects()))
             .await?
             .map_err(|_| Close::Unavailable)?;
@@ -432,6 +568,7 @@ impl Hub {
                         .inapp_messages
                         .with_label_values(&[&device.app, "expired"])
                         .inc();
+                    self.remove(device, [seq]);
                     if let Some(event_id) = event_id {
                         self.tracker
                             .record(&self.record(device, &event_id, Stage::Expired))
@@ -743,20 +880,27 @@ impl Window {
         Ok(Some(seq))
     }
 
-    /// The events of the sent messages the cursor now covers, once each.
-    pub fn take_acknowledged(&mut self) -> Vec<String> {
-        let mut events = Vec::new();
+    /// The sent messages the cursor now covers (sequence, event), once each.
+    pub fn take_acknowledged(&mut self) -> Vec<(u64, String)> {
+        let mut messages = Vec::new();
         while self.events.front().is_some_and(|(s, _)| *s <= self.acked) {
-            if let Some((_, event_id)) = self.events.pop_front() {
-                events.push(event_id);
+            if let Some(message) = self.events.pop_front() {
+                messages.push(message);
             }
         }
-        events
+        messages
     }
 }
 
+/// Whether a removal failed only because the message is not there any more.
+fn is_gone(error: &async_nats::jetstream::stream::DeleteMessageError) -> bool {
+    use async_nats::jetstream::stream::DeleteMessageErrorKind;
+    // nats-server answers a removal of a missing message "no message found" (10057).
+    matches!(error.kind(), DeleteMessageErrorKind::JetStream(e) if e.code() == 10057)
+}
+
 /// `future` within [`IO_TIMEOUT`], or [`Close::Unavailable`].
-async fn within<T>(future: impl std::future::Future<Output = T>) -> Result<T, Close> {
+pub(crate) async fn within<T>(future: impl std::future::Future<Output = T>) -> Result<T, Close> {
     tokio::time::timeout(IO_TIMEOUT, future)
         .await
         .map_err(|_| Close::Unavailable)

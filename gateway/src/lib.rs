@@ -14,6 +14,8 @@
 //! - [`frames`]: the protocol's frames and closing codes.
 //! - [`hub`]: what connections share: admission, cursors, reading `INAPP`, the live
 //!   signal, connection limits by device and person.
+//! - [`inbox`]: the server-side inbox and receipts over a connection: one answer per
+//!   request, whatever the transport, and the person's inbox changes.
 //! - [`ws`]: the WebSocket transport.
 //! - [`mqtt`]: the MQTT 3.1.1 transport.
 //!
@@ -27,6 +29,7 @@
 pub mod config;
 pub mod frames;
 pub mod hub;
+pub mod inbox;
 pub mod mqtt;
 pub mod ws;
 
@@ -186,6 +189,8 @@ pub async fn serve_with_mqtt(
         device_ttl: Duration::from_secs(config.device_ttl_secs),
         limits: config.limits.clone(),
         metrics: metrics.clone(),
+        inbox: registry::inbox::Inbox::new(redis.clone(), &config.redis.prefix),
+        inbox_apps: config.inbox_apps.clone(),
     }));
     let ready = Arc::new(Ready {
         client: client.clone(),

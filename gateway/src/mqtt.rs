@@ -2,7 +2,7 @@
 //! `rmqtt-codec`'s v3 codec, the connection's rules here, everything shared with the
 //! WebSocket transport (admission, cursor, reading `INAPP`, the [`Window`]) in the
 //! [`Hub`]. pushline is not a broker: a device subscribes to its own topic and publishes
-//! only its acknowledgements.
+//! only its acknowledgements and its inbox requests.
 //!
 //! A connection's life:
 //!
@@ -10,7 +10,7 @@
 //!    app, `password` the credential; checked by [`read_connect`], then admitted by the
 //!    [`Hub`]; a refusal is a CONNACK with its return code ([`refusal_code`]), then the
 //!    connection closes;
-//! 2. the live subscription, the cursor, CONNACK (`session_present` when the session was
+//! 2. the live subscription, the person's inbox subscription, the cursor, CONNACK (`session_present` when the session was
 //!    not clean and the device has a cursor: then the device's topic counts as subscribed
 //!    at QoS 1 at once);
 //! 3. the loop below until either side closes.
@@ -23,10 +23,13 @@
 //! | UNSUBSCRIBE | the device's own topic stops deliveries; UNSUBACK |
 //! | the 17th SUBSCRIBE or UNSUBSCRIBE | closes `protocol` (a flood) |
 //! | PUBLISH to `inapp/<device id>/ack`, QoS 0 or 1, `{"seq":N}` | `N` beyond what was sent: `protocol`; else moves the cursor (Redis), then PUBACK (QoS 1) |
+//! | PUBLISH to `inapp/<device id>/inbox`, QoS 0 or 1, an inbox request or a receipt (the WebSocket frame's JSON) | carried out by the [`Hub`] (`crate::inbox`); its answer (or `error` frame) PUBLISHed at QoS 0 on `inapp/<device id>` while that is subscribed, then PUBACK (QoS 1) |
+//! | a change to the person's inbox of the connection's app (their inbox subject), while `inapp/<device id>` is subscribed | `inbox.changed` PUBLISHed at QoS 0 on `inapp/<device id>` |
 //! | PUBACK of a delivery | acknowledges every message up to that delivery's `seq` |
 //! | PUBACK of an unknown packet id | ignored (its message was already acknowledged) |
 //! | PINGREQ | PINGRESP |
 //! | DISCONNECT, or the socket closes | ends (`client`) |
+//! | a PUBLISH to the inbox topic that is not JSON or not an inbox request or receipt | closes `protocol` |
 //! | any other PUBLISH, QoS 2, a second CONNECT, a packet only servers send, a malformed packet | closes `protocol` |
 //! | a packet over `max_frame_bytes` | closes `too_large` |
 //! | nothing received for 1.5 × the keep-alive ([`silence_allowed`]) | closes `idle` |
@@ -76,6 +79,11 @@ pub fn delivery_topic(device_id: &str) -> String {
 /// The topic a device publishes its acknowledgements to.
 pub fn ack_topic(device_id: &str) -> String {
     format!("inapp/{device_id}/ack")
+}
+
+/// The topic a device publishes its inbox requests and receipts to.
+pub fn inbox_topic(device_id: &str) -> String {
+    format!("inapp/{device_id}/inbox")
 }
 
 /// What a SUBSCRIBE's `filter` is granted on the connection of `device_id`: its own topic,
@@ -405,6 +413,7 @@ where
     let max_unacked = limits.max_unacked.min(usize::from(u16::MAX));
     // Subscribed before the cursor is read: nothing stored in between goes unsignalled.
     let mut live = hub.live(device).await?;
+    let mut changes = hub.inbox_changes(device).await?;
     let mut window = Window::new(hub.cursor(device).await?);
     let session_present = !connect.clean_session && window.acked > 0;
     outbox
@@ -415,6 +424,7 @@ where
         .await?;
     let topic = delivery_topic(&device.device_id);
     let acks = ack_topic(&device.device_id);
+    let requests = inbox_topic(&device.device_id);
     // A present session's subscription is the device's topic at QoS 1.
     let mut subscription = session_present.then_some(QoS::AtLeastOnce);
     let mut subscribes = 0usize;
@@ -455,8 +465,21 @@ where
                     Some(Ok((packet, _))) => packet,
                 };
                 match packet {
+                    Packet::Publish(publish) if publish.qos == QoS::ExactlyOnce => {
+                        return Err(Close::Protocol.into());
+                    }
+                    Packet::Publish(publish) if publish.topic == requests.as_str() => {
+                        let request = frames::parse_request(&publish.payload)?;
+                        let answer = hub.answer(device, request, TRANSPORT).await;
+                        if subscription.is_some() {
+                            outbox.send(frame_packet(&topic, answer)).await?;
+                        }
+                        if let Some(packet_id) = publish.packet_id {
+                            outbox.send(Packet::PublishAck { packet_id }).await?;
+                        }
+                    }
                     Packet::Publish(publish) => {
-                        if publish.topic != acks.as_str() || publish.qos == QoS::ExactlyOnce {
+                        if publish.topic != acks.as_str() {
                             return Err(Close::Protocol.into());
                         }
                         let Ack { seq } = serde_json::from_slice(&publish.payload)
@@ -513,11 +536,36 @@ where
                 }
                 window.more = true;
             }
+            change = changes.next() => {
+                let Some(change) = change else {
+                    return Err(Close::Unavailable.into());
+                };
+                if subscription.is_some()
+                    && let Some(frame) = crate::inbox::change_frame(&change.payload, &device.app)
+                {
+                    outbox.send(frame_packet(&topic, frame)).await?;
+                }
+            }
             () = &mut idle => return Err(Close::Idle.into()),
             () = evicted.cancelled() => return Err(Close::TooManyConnections.into()),
             () = shutdown.cancelled() => return Err(Close::GoingAway.into()),
         }
     }
+}
+
+/// A frame that is not an `INAPP` message (an answer, an inbox change) PUBLISHed on the
+/// device's `topic` at QoS 0: nothing to acknowledge, nothing kept for a redelivery (an
+/// app asks again, or lists its inbox, after a reconnection).
+fn frame_packet(topic: &str, frame: String) -> Packet {
+    Packet::Publish(Box::new(Publish {
+        dup: false,
+        retain: false,
+        qos: QoS::AtMostOnce,
+        topic: topic.into(),
+        packet_id: None,
+        payload: frame.into(),
+        properties: None,
+    }))
 }
 
 #[cfg(test)]

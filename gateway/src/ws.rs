@@ -7,8 +7,8 @@
 //!    (`read_buffer_size` 1 KiB, grown only for a larger frame; nothing buffered for
 //!    writing beyond the send queue);
 //! 2. the hello within `limits.hello_timeout_ms`, admitted by the [`Hub`];
-//! 3. the live subscription first, then the cursor, then the loop below until either
-//!    side closes.
+//! 3. the live subscription and the person's inbox subscription first, then the cursor,
+//!    then the loop below until either side closes.
 //!
 //! | event | what the connection does |
 //! |---|---|
@@ -16,6 +16,8 @@
 //! | room (fewer than `max_unacked` unacknowledged) and maybe more | reads the next message after the last sent: sends it, skips it (expired) or learns there is none |
 //! | `ack` up to `seq` | `seq` beyond what was sent: `protocol`; else moves the cursor (Redis) and frees room |
 //! | `ping` | `pong` |
+//! | `inbox.list`, `inbox.count`, `inbox.read`, `inbox.unread`, `inbox.delete`, `receipt` | carried out by the [`Hub`] (`crate::inbox`): its answer, or an `error` frame (the connection stays open) |
+//! | a change to the person's inbox of the connection's app (their inbox subject) | `inbox.changed` |
 //! | a WebSocket ping or pong | counts as life |
 //! | binary, unknown or malformed frame, a second hello | closes `protocol` |
 //! | a frame over `max_frame_bytes` | closes `too_large` |
@@ -39,7 +41,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use crate::frames::{self, ClientFrame, Close, ServerFrame};
+use crate::frames::{self, ClientFrame, Close, Control, ServerFrame};
 use crate::hub::{Device, Hub, Window};
 
 /// The transport's metric label.
@@ -118,11 +120,11 @@ where
         Ok(None | Some(Ok(WsMessage::Close(_)))) => return Ok(()),
         _ => return Err(Close::Protocol),
     };
-    let ClientFrame::Hello {
+    let ClientFrame::Control(Control::Hello {
         credential,
         app,
         device_id,
-    } = hello
+    }) = hello
     else {
         return Err(Close::Protocol);
     };
@@ -150,6 +152,7 @@ where
     let idle = Duration::from_secs(limits.idle_timeout_secs);
     // Subscribed before the cursor is read: nothing stored in between goes unsignalled.
     let mut live = hub.live(device).await?;
+    let mut changes = hub.inbox_changes(device).await?;
     let mut window = Window::new(hub.cursor(device).await?);
     send(
         ws,
@@ -179,13 +182,21 @@ where
                     Some(Err(error)) => return Err(read_error(&error)),
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                     Some(Ok(WsMessage::Text(text))) => match frames::parse(&text)? {
-                        ClientFrame::Ack { seq } => {
+                        ClientFrame::Control(Control::Ack { seq }) => {
                             if window.ack(seq)?.is_some() {
                                 hub.acknowledged(device, &mut window).await?;
                             }
                         }
-                        ClientFrame::Ping => send(ws, &ServerFrame::Pong, idle).await?,
-                        ClientFrame::Hello { .. } => return Err(Close::Protocol),
+                        ClientFrame::Control(Control::Ping) => {
+                            send(ws, &ServerFrame::Pong, idle).await?;
+                        }
+                        ClientFrame::Control(Control::Hello { .. }) => {
+                            return Err(Close::Protocol);
+                        }
+                        ClientFrame::Request(request) => {
+                            let answer = hub.answer(device, request, TRANSPORT).await;
+                            send_text(ws, answer, idle).await?;
+                        }
                     },
                     Some(Ok(_)) => return Err(Close::Protocol),
                 }
@@ -195,6 +206,14 @@ where
                     return Err(Close::Unavailable);
                 }
                 window.more = true;
+            }
+            change = changes.next() => {
+                let Some(change) = change else {
+                    return Err(Close::Unavailable);
+                };
+                if let Some(frame) = crate::inbox::change_frame(&change.payload, &device.app) {
+                    send_text(ws, frame, idle).await?;
+                }
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= idle {
