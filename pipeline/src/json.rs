@@ -235,6 +235,21 @@ mod tests {
         assert_eq!(depth(br#"{"a":"\"[[["}"#), 1);
         assert_eq!(depth(&[b'['; 10_000]), 10_000);
     }
+
+    #[test]
+    fn a_member_is_set_and_every_other_keeps_its_bytes() {
+        let raw = |s: &str| RawValue::from_string(s.into()).expect("raw");
+        let payload = raw(r#"{"z":1.50,"aps":{"alert":{"title":"Hi"},"badge":9}}"#);
+        let set = with_member(&payload, &["aps", "badge"], &raw("3")).expect("set");
+        assert_eq!(
+            set.get(),
+            r#"{"aps":{"alert":{"title":"Hi"},"badge":3},"z":1.50}"#
+        );
+        let made = with_member(&raw(r#"{"x":[1]}"#), &["aps", "badge"], &raw("0")).expect("made");
+        assert_eq!(made.get(), r#"{"aps":{"badge":0},"x":[1]}"#);
+        assert!(with_member(&raw("[1]"), &["a"], &raw("1")).is_none());
+        assert!(with_member(&raw(r#"{"aps":"x"}"#), &["aps", "badge"], &raw("1")).is_none());
+    }
 }
 
 #[cfg(test)]
@@ -256,20 +271,5 @@ mod properties {
                 prop_assert_eq!(depth, nesting(&value));
             }
         }
-    }
-
-    #[test]
-    fn a_member_is_set_and_every_other_keeps_its_bytes() {
-        let raw = |s: &str| RawValue::from_string(s.into()).expect("raw");
-        let payload = raw(r#"{"z":1.50,"aps":{"alert":{"title":"Hi"},"badge":9}}"#);
-        let set = with_member(&payload, &["aps", "badge"], &raw("3")).expect("set");
-        assert_eq!(
-            set.get(),
-            r#"{"aps":{"alert":{"title":"Hi"},"badge":3},"z":1.50}"#
-        );
-        let made = with_member(&raw(r#"{"x":[1]}"#), &["aps", "badge"], &raw("0")).expect("made");
-        assert_eq!(made.get(), r#"{"aps":{"badge":0},"x":[1]}"#);
-        assert!(with_member(&raw("[1]"), &["a"], &raw("1")).is_none());
-        assert!(with_member(&raw(r#"{"aps":"x"}"#), &["aps", "badge"], &raw("1")).is_none());
     }
 }
