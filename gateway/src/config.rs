@@ -45,6 +45,9 @@ pub struct Config {
     pub nats: NatsConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
+    /// Development only: `listen` also serves the sample web app (`GET /`,
+    /// `GET /sample-app`), a page that signs in, connects and shows the inbox.
+    pub sample_app: bool,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             nats: NatsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            sample_app: false,
         }
     }
 }

@@ -18,10 +18,13 @@
 //!   request, whatever the transport, and the person's inbox changes.
 //! - [`ws`]: the WebSocket transport.
 //! - [`mqtt`]: the MQTT 3.1.1 transport.
+//! - [`sample`]: the sample web app's page on the WebSocket listener (`sample_app`,
+//!   development only).
 //!
 //! # Endpoints
 //!
-//! `listen`: `GET /v1/connect` (WebSocket upgrade). `listen_mqtt`: MQTT 3.1.1.
+//! `listen`: `GET /v1/connect` (WebSocket upgrade); with `sample_app`, also `GET /` and
+//! `GET /sample-app` (the sample web app). `listen_mqtt`: MQTT 3.1.1.
 //! `admin_listen`: `/metrics`, `/healthz`, `/readyz` (NATS connected, `INAPP` exists,
 //! Redis answers). Both transports share `[tls]` and `limits.max_connections`.
 #![forbid(unsafe_code)]
@@ -31,6 +34,7 @@ pub mod frames;
 pub mod hub;
 pub mod inbox;
 pub mod mqtt;
+pub mod sample;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -220,9 +224,15 @@ pub async fn serve_with_mqtt(
         );
     }
     tracing::info!(listen = %address(Some(&listener)), listen_mqtt = %address(mqtt_listener.as_ref()), tls = tls.is_some(), "gateway listening");
+    let web = if config.sample_app {
+        tracing::warn!(listen = %address(Some(&listener)), "sample_app is on: the WebSocket listener also serves the sample web app (development only)");
+        Transport::WebSocketAndSampleApp
+    } else {
+        Transport::WebSocket
+    };
     accept(
         hub,
-        listener,
+        (listener, web),
         mqtt_listener,
         tls,
         config.limits.max_connections,
@@ -239,13 +249,15 @@ pub async fn serve_with_mqtt(
 #[derive(Debug, Clone, Copy)]
 enum Transport {
     WebSocket,
+    /// WebSocket, and the sample web app's files on their paths (`sample_app`).
+    WebSocketAndSampleApp,
     Mqtt,
 }
 
 impl Transport {
     fn label(self) -> &'static str {
         match self {
-            Transport::WebSocket => ws::TRANSPORT,
+            Transport::WebSocket | Transport::WebSocketAndSampleApp => ws::TRANSPORT,
             Transport::Mqtt => mqtt::TRANSPORT,
         }
     }
@@ -256,6 +268,7 @@ impl Transport {
     {
         match self {
             Transport::WebSocket => ws::serve(hub, io, peer, shutdown).await,
+            Transport::WebSocketAndSampleApp => sample::serve(hub, io, peer, shutdown).await,
             Transport::Mqtt => mqtt::serve(hub, io, peer, shutdown).await,
         }
     }
@@ -271,12 +284,12 @@ async fn accept_on(
     }
 }
 
-/// Accepts connections on both listeners until `shutdown`, at most `max_connections` at
-/// once whatever their transport (one more is closed at once), then waits up to
-/// [`DRAIN`] for them to close.
+/// Accepts connections on both listeners (the first with its WebSocket transport) until
+/// `shutdown`, at most `max_connections` at once whatever their transport (one more is
+/// closed at once), then waits up to [`DRAIN`] for them to close.
 async fn accept(
     hub: Arc<Hub>,
-    listener: TcpListener,
+    (listener, web): (TcpListener, Transport),
     mqtt_listener: Option<TcpListener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     max_connections: usize,
@@ -287,7 +300,7 @@ async fn accept(
     loop {
         let (accepted, transport) = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => (accepted, Transport::WebSocket),
+            accepted = listener.accept() => (accepted, web),
             accepted = accept_on(mqtt_listener.as_ref()) => (accepted, Transport::Mqtt),
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
