@@ -4,6 +4,7 @@
 //! small: each test binary links the whole workspace.
 
 mod authorization;
+mod browser;
 mod callbacks;
 mod credentials;
 mod devices;
