@@ -111,7 +111,12 @@ struct App {
 impl App {
     /// Connects as `person` on `device` and waits for `ready`.
     async fn connect(gateway: &Gateway, person: &str, device: &str) -> App {
-        let uri = format!("ws://{}/v1/connect", gateway.ws);
+        App::connect_to(gateway.ws, person, device).await
+    }
+
+    /// Connects as `person` on `device` to the gateway listening on `ws`.
+    async fn connect_to(ws: SocketAddr, person: &str, device: &str) -> App {
+        let uri = format!("ws://{ws}/v1/connect");
         let (ws, _) = ClientBuilder::new()
             .uri(&uri)
             .expect("uri")
@@ -393,6 +398,33 @@ async fn refused_requests_are_answered_and_keep_the_connection_open() {
             other => panic!("ended without a close frame: {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_gateway_not_told_the_app_keeps_an_inbox_answers_no_inbox_and_still_takes_receipts() {
+    let (stack, _) = stack().await;
+    // The registry keeps the inbox, but this gateway's `inbox_apps` does not name the app.
+    let gateway = harness::services::start_gateway(stack.env.gateway_config()).await;
+    gateway.wait_ready().await;
+    stack.register_inapp("hal", "install-hal-0001").await;
+    let mut app = App::connect_to(gateway.addr, "hal", "install-hal-0001").await;
+    let event = notify(&stack, "hal", "for-hal", 60).await;
+    app.until(|f| f["type"] == "message").await;
+    for request in [
+        json!({"type": "inbox.list"}),
+        json!({"type": "inbox.count"}),
+        json!({"type": "inbox.read", "all": true}),
+    ] {
+        let answer = app.ask("n", request).await;
+        assert_eq!(answer["error"], "no_inbox", "{answer}");
+    }
+    let receipt = app
+        .ask(
+            "r",
+            json!({"type": "receipt", "event_id": event, "kind": "delivered"}),
+        )
+        .await;
+    assert_eq!(receipt, json!({"type": "receipt.done", "ref": "r"}));
 }
 
 #[tokio::test]
