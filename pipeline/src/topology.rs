@@ -394,8 +394,9 @@ impl Topology {
             };
         }
         if kind == StreamKind::InApp {
-            // Kept for every device until its deadline whoever reads it; read by subject
-            // (direct get), so the gateway needs no consumer per connection.
+            // Kept for its device until its deadline, or until the gateway deletes it once
+            // the app acknowledged it; read by subject (direct get), so the gateway needs
+            // no consumer per connection.
             return StreamConfig {
                 name: self.stream_name(kind),
                 subjects: vec![format!("{}{}", self.prefix, kind.subject_filter())],

@@ -13,6 +13,7 @@ mod egress;
 mod end_to_end;
 mod inapp;
 mod inapp_mqtt;
+mod inbox;
 mod inbox_live;
 mod ingest;
 mod listeners;
