@@ -2,7 +2,8 @@
 # Checks on the running services, with real NATS JetStream and Redis behind them:
 # 1. schemathesis against ingest and the registry, using the OpenAPI documents they serve
 #    on their admin ports; fails on any 5xx, schema violation, undocumented status or
-#    wrong content type;
+#    wrong content type. The registry is tried with an API key, then its inbox and receipt
+#    routes with a person's JWT (they refuse API keys);
 # 2. a call pushed through the three dispatchers to the sandbox mocks, then
 #    `promtool check metrics` on a live /metrics scrape of all five services and the
 #    gateway (after a WebSocket connection, so its in-app metrics have a series).
@@ -39,6 +40,18 @@ nats-server -a 127.0.0.1 -p "$NATS" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 
 redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 & PIDS+=($!)
 
 API_KEY=schemathesis-admin-key
+JWT_SECRET=schemathesis-person-jwt-secret-32-bytes-long
+# An HS256 JWT for person "ada", valid for an hour.
+PERSON_JWT=$(python3 - "$JWT_SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+now = int(time.time())
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"sub": "ada", "iss": "schemathesis", "aud": "pushline", "iat": now, "exp": now + 3600}).encode())
+sig = b64(hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+print(f"{head}.{body}.{sig}")
+PY
+)
 PRODUCER_KEY=schemathesis-producer-key
 sha() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
 cat >"$WORK/ingest.toml" <<TOML
@@ -67,8 +80,14 @@ default_apps = { webpush = "web.pushline-local" }
 key_encryption_keys = [{ id = "ci", key = "$(head -c 32 /dev/urandom | base64)" }]
 [endpoints]
 private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH"]
+[devices.apps."com.example.pushline"]
+inbox = true
 [auth]
 api_keys = [{ name = "schemathesis", sha256 = "$(sha $API_KEY)", scopes = ["admin"] }]
+[auth.jwt]
+keys = [{ algorithm = "HS256", secret = "$JWT_SECRET" }]
+issuer = "schemathesis"
+audience = "pushline"
 [nats]
 url = "nats://127.0.0.1:$NATS"
 [telemetry]
@@ -88,12 +107,15 @@ done
 
 CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance
 status=0
-run() { # name schema-url api-url header
+run() { # name schema-url api-url header [more schemathesis options]
   echo "== schemathesis: $1 (at most $EXAMPLES examples per operation)"
   schemathesis run "$2" --url "$3" --checks "$CHECKS" --max-examples "$EXAMPLES" \
-    --header "$4" --seed 1 --no-color || status=1
+    --header "$4" --seed 1 --no-color "${@:5}" || status=1
 }
 run registry "http://127.0.0.1:$REGISTRY_ADMIN/openapi.yaml" "http://127.0.0.1:$REGISTRY" "Authorization: Bearer $API_KEY"
+run "registry (a person's inbox)" "http://127.0.0.1:$REGISTRY_ADMIN/openapi.yaml" "http://127.0.0.1:$REGISTRY" \
+  "Authorization: Bearer $PERSON_JWT" --include-path-regex '^/v1/(inbox|receipts)'
+
 run ingest "http://127.0.0.1:$INGEST_ADMIN/openapi.yaml" "http://127.0.0.1:$INGEST" "Authorization: Bearer $PRODUCER_KEY"
 run "ingest (signatures skipped)" "http://127.0.0.1:$OPEN_ADMIN/openapi.yaml" "http://127.0.0.1:$OPEN" "Authorization: Bearer $PRODUCER_KEY"
 echo "== a call through the three dispatchers, then promtool check metrics on every service"

@@ -402,6 +402,23 @@ fn write_status(out: &mut String, status: &tracking::EventStatus) {
             d.provider_id.as_deref().unwrap_or("-"),
         )
         .ok();
+        for receipt in &d.receipts {
+            writeln!(
+                out,
+                "    reported {} at={}{}{}",
+                receipt.kind.as_str(),
+                receipt.at_ms,
+                receipt
+                    .action
+                    .as_deref()
+                    .map_or(String::new(), |a| format!(" action={a}")),
+                receipt
+                    .reply
+                    .as_deref()
+                    .map_or(String::new(), |r| format!(" reply={r:?}")),
+            )
+            .ok();
+        }
     }
     for r in &status.history {
         writeln!(
@@ -472,6 +489,33 @@ mod tests {
             parse(&args("frobnicate"))
                 .expect_err("usage")
                 .starts_with("usage")
+        );
+    }
+
+    #[test]
+    fn a_trace_shows_what_the_app_reported_per_device() {
+        use tracking::{Stage, StatusRecord};
+        let device = |stage| StatusRecord {
+            device: Some("3f9a2c1b7d4e".into()),
+            platform: Some("inapp".into()),
+            app: Some("com.example.app".into()),
+            ..StatusRecord::event("e1", stage)
+        };
+        let mut action = device(Stage::Action);
+        action.action = Some("yes".into());
+        action.reply = Some("on my way".into());
+        let status = tracking::fold(
+            "e1",
+            vec![device(Stage::Acknowledged), device(Stage::Read), action],
+        )
+        .expect("status");
+        let mut out = String::new();
+        write_status(&mut out, &status);
+        assert!(out.contains("    reported read at="), "{out}");
+        assert!(
+            out.contains(r#"reported action at="#)
+                && out.contains(r#"action=yes reply="on my way""#),
+            "{out}"
         );
     }
 }

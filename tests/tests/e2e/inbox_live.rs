@@ -619,3 +619,34 @@ async fn the_mqtt_inbox_topic_answers_and_follows_the_persons_changes() {
         .is_ok()
     {}
 }
+
+#[tokio::test]
+async fn the_inbox_survives_the_gateway_restarting() {
+    let (stack, gateway) = stack().await;
+    stack.register_inapp("rio", "install-rio-0001").await;
+    let mut app = App::connect(&gateway, "rio", "install-rio-0001").await;
+    let first = notify(&stack, "rio", "before-1", 60).await;
+    let second = notify(&stack, "rio", "before-2", 60).await;
+    app.added(2).await;
+    let done = app
+        .ask("r1", json!({"type": "inbox.read", "ids": [first]}))
+        .await;
+    assert_eq!(done["unread"], 1, "{done}");
+    drop(app);
+    drop(gateway);
+
+    // Another gateway (a restart, or any other replica): the same inbox, read state and all.
+    let again = Gateway::start(&stack).await;
+    let mut app = App::connect(&again, "rio", "install-rio-0001").await;
+    let page = app.ask("r2", json!({"type": "inbox.list"})).await;
+    assert_eq!(page["type"], "inbox.page", "{page}");
+    let ids: Vec<&str> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, [second.as_str(), first.as_str()]);
+    assert_eq!(page["messages"][1]["read"], true);
+    assert_eq!(page["unread"], 1);
+}
