@@ -6,8 +6,9 @@
 # decrypted, as the browser reads it); then registers the sample person's app for in-app
 # messages, connects a sample WebSocket client (Python's websockets, Debian's
 # python3-websockets) with the person's development JWT, sends a /v1/notify with an
-# `inapp` part and shows the message arriving. Runs until ctrl-c, then stops everything
-# it started.
+# `inapp` part and shows the message arriving and kept in the person's inbox (the sample
+# app keeps one); prints the address of the sample web app (the gateway serves it, signed
+# in as the demo person). Runs until ctrl-c, then stops everything it started.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -128,6 +129,8 @@ TOML
 cat >"$WORK/registry.toml" <<TOML
 listen = "$REGISTRY"
 admin_listen = "$REGISTRY_ADMIN"
+# The sample web app, served by the gateway, calls the device and inbox APIs from its page.
+cors_origins = ["http://$GATEWAY", "http://localhost:${GATEWAY##*:}"]
 [redis]
 url = "redis://127.0.0.1:$REDIS_PORT"
 [devices]
@@ -135,6 +138,8 @@ default_apns_app = "$BUNDLE"
 default_fcm_app = "$PROJECT"
 default_apps = { webpush = "$WEB_APP" }
 default_environment = "sandbox"
+[devices.apps."$BUNDLE"]
+inbox = true
 [endpoints]
 private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH_PORT"]
 [auth]
@@ -153,6 +158,10 @@ listen = "$GATEWAY"
 listen_mqtt = "$GATEWAY_MQTT"
 admin_listen = "$GATEWAY_ADMIN"
 apps = ["$BUNDLE"]
+# The registry keeps the sample app's inbox (its [devices.apps] policy): its connections may read it.
+inbox_apps = ["$BUNDLE"]
+# Development only: the WebSocket listener also serves the sample web app.
+sample_app = true
 [redis]
 url = "redis://127.0.0.1:$REDIS_PORT"
 [auth.jwt]
@@ -266,8 +275,9 @@ done
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 NOW=$(date +%s)
 JWT_HEAD=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
+# Valid for 12 hours: the sample web app's address carries it.
 JWT_BODY=$(printf '{"sub":"%s","iss":"%s","aud":"%s","iat":%d,"exp":%d}' \
-  "$PERSON_UUID" "$JWT_ISSUER" "$JWT_AUDIENCE" "$NOW" $((NOW + 3600)) | b64url)
+  "$PERSON_UUID" "$JWT_ISSUER" "$JWT_AUDIENCE" "$NOW" $((NOW + 12 * 3600)) | b64url)
 JWT_SIG=$(printf %s "$JWT_HEAD.$JWT_BODY" | openssl dgst -sha256 -hmac "$JWT_SECRET" -binary | b64url)
 PERSON_JWT="$JWT_HEAD.$JWT_BODY.$JWT_SIG"
 say "registering the sample app for in-app messages, with the person's development JWT"
@@ -348,6 +358,20 @@ else
   say "no push arrived for the disconnected app; see the logs below"
 fi
 
+# --- 6. the inbox, and the sample web app --------------------------------------------------
+INBOX=$(curl -fsS "http://$REGISTRY/v1/inbox/$BUNDLE?limit=5" -H "authorization: Bearer $PERSON_JWT" || true)
+if [ -n "$INBOX" ]; then
+  say "the person's inbox of $BUNDLE (GET /v1/inbox/$BUNDLE): the messages are kept, unread"
+  echo "    $INBOX"
+else
+  say "the person's inbox could not be read; see the registry's log below"
+fi
+# The page's Web Push key: the Web Push dispatcher's VAPID public key (base64url, uncompressed point).
+VAPID=$(openssl ec -in "$WORK/mock/vapid.pem" -pubout -outform DER 2>/dev/null | tail -c 65 | b64url)
+SAMPLE_APP="http://$GATEWAY/sample-app?registry=http://$REGISTRY&app=$BUNDLE&vapid=$VAPID&webpush_app=$WEB_APP&autostart=1&token=$PERSON_JWT"
+say "the sample web app: open this address in a browser, it signs in as the demo person and shows the inbox"
+echo "    $SAMPLE_APP"
+
 cat <<INFO
 
 pushline is running. Metrics: http://$INGEST_ADMIN/metrics  http://$REGISTRY_ADMIN/metrics
@@ -356,6 +380,7 @@ pushline is running. Metrics: http://$INGEST_ADMIN/metrics  http://$REGISTRY_ADM
 Pushes the sandbox providers received: http://127.0.0.1:$MOCK_CONTROL_PORT/requests
 Device API: http://$REGISTRY (Bearer $API_KEY)   Webhooks: http://$INGEST/webhooks/webex (secret $SECRET)
 Producer API: http://$INGEST/v1/notify (Bearer $PRODUCER_KEY)   In-app: ws://$GATEWAY/v1/connect, mqtt://$GATEWAY_MQTT
+Sample web app: $SAMPLE_APP
 NATS monitoring: http://127.0.0.1:$NATS_MONITOR/jsz?streams=true
 Logs follow; ctrl-c stops everything.
 
