@@ -73,7 +73,6 @@ end
 const KEEP: &str = r"
 redis.call('HSET', KEYS[4], 'max_age_ms', ARGV[4], 'max_messages', ARGV[5])
 local now = tonumber(ARGV[3])
-trim(now)
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   return {0, redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[1])}
 end
