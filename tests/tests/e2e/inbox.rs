@@ -683,3 +683,86 @@ async fn an_app_that_asks_gets_the_unread_count_as_its_badge() {
         .expect("the third push");
     assert_eq!(last["aps"]["badge"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inboxes_work_on_redis_cluster_each_person_on_one_node() {
+    use harness::clusters::RedisCluster;
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let nodes = cluster.urls();
+    let stack = Stack::start_with(|c| {
+        inbox_on(|_| {})(c);
+        c.registry.redis.mode = registry::config::RedisMode::Cluster;
+        c.registry.redis.nodes = nodes;
+    })
+    .await;
+    let persons: Vec<String> = (0..12).map(|i| format!("cluster-person-{i}")).collect();
+    let mut sent = Vec::new();
+    for person in &persons {
+        let device = format!("install-{person}");
+        stack.register_inapp(person, &device).await;
+        sent.push(
+            message(
+                &stack,
+                person,
+                &format!("c-{person}"),
+                json!({"to": person}),
+            )
+            .await,
+        );
+    }
+    for (person, id) in persons.iter().zip(&sent) {
+        let p = Person::new(&stack, person);
+        let page = p.holding(1).await;
+        assert_eq!(ids(&page), [id.clone()]);
+        let (status, done) = p
+            .post(&format!("/v1/inbox/{INAPP_APP}/read"), json!({"up_to": id}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+        assert_eq!(done["unread"], 0);
+    }
+    // The inboxes are spread over the primaries, each person's keys on one of them.
+    let mut nodes_holding_inboxes = 0;
+    for url in cluster.urls() {
+        let mut node = redis::Client::open(url)
+            .expect("node")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*inbox:*")
+            .query_async(&mut node)
+            .await
+            .expect("KEYS");
+        let mut tags: Vec<&str> = keys
+            .iter()
+            .filter_map(|k| k.split_once('{')?.1.split_once('}').map(|(tag, _)| tag))
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
+        // Each person's keys sit together: order, msgs, meta, apps (unread is empty
+        // once all is read, and Redis keeps no empty set).
+        assert_eq!(keys.len(), tags.len() * 4, "{keys:?}");
+        nodes_holding_inboxes += usize::from(!keys.is_empty());
+    }
+    assert!(
+        nodes_holding_inboxes >= 2,
+        "12 persons on one node of three"
+    );
+    // A person's inbox goes with them in one command, on whichever node holds them.
+    let deleted = http()
+        .delete(
+            stack
+                .registry
+                .url(&format!("/v1/persons/{}/devices", persons[0])),
+        )
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(deleted.status().is_success());
+    assert!(ids(&Person::new(&stack, &persons[0]).page("").await).is_empty());
+    assert_eq!(
+        ids(&Person::new(&stack, &persons[1]).page("").await),
+        [sent[1].clone()]
+    );
+}
