@@ -3,19 +3,21 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the typed configuration (apps, endpoints, CAs, pool size).
-//! - [`jwt`]: ES256 provider tokens, aligned and reused.
-//! - [`reason`]: every APNs reason and the action it maps to.
-//! - [`client`]: the [`pipeline::dispatch::Provider`] for APNs.
 //! - [`spec`]: what the registry and ingest know of APNs ([`pipeline::provider::Spec`]).
+//! - [`client`]: the [`pipeline::dispatch::Provider`] for APNs.
+//! - [`config`]: the typed configuration (apps, endpoints, CAs, pool size).
+//! - [`verdict`]: every APNs reason and the verdict it maps to (a pure table).
+//! - [`jwt`]: ES256 provider tokens, aligned and reused.
+//! - [`certificate`]: certificate authentication: PEM files or a PKCS#12 archive as the
+//!   TLS client identity, and its expiry.
 #![forbid(unsafe_code)]
 
 pub mod certificate;
 pub mod client;
 pub mod config;
 pub mod jwt;
-pub mod reason;
 pub mod spec;
+pub mod verdict;
 
 use pipeline::CancellationToken;
 use pipeline::dispatch::{DispatcherSetup, serve as serve_dispatcher};

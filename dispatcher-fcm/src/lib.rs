@@ -3,20 +3,20 @@
 //!
 //! # Layout
 //!
+//! - [`spec`]: what the registry and ingest know of FCM ([`pipeline::provider::Spec`]).
+//! - [`client`]: the [`pipeline::dispatch::Provider`] for FCM.
 //! - [`config`]: the typed configuration (projects, endpoint, CAs, pool size).
+//! - [`verdict`]: every FCM error code and the verdict it maps to (a pure table).
 //! - [`oauth`]: service-account OAuth2 access tokens, cached and refreshed.
 //! - [`message`]: the request body, `data` passed through unaltered.
-//! - [`error`]: every FCM error code and the action it maps to.
-//! - [`client`]: the [`pipeline::dispatch::Provider`] for FCM.
-//! - [`spec`]: what the registry and ingest know of FCM ([`pipeline::provider::Spec`]).
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod config;
-pub mod error;
 pub mod message;
 pub mod oauth;
 pub mod spec;
+pub mod verdict;
 
 use pipeline::CancellationToken;
 use pipeline::dispatch::{DispatcherSetup, serve as serve_dispatcher};

@@ -4,11 +4,12 @@
 //!
 //! # Layout
 //!
+//! - [`spec`]: what the registry and ingest know of Web Push ([`pipeline::provider::Spec`]).
+//! - [`client`]: the [`pipeline::dispatch::Provider`] for Web Push.
 //! - [`config`]: the typed configuration (apps and their keys, CAs, timeouts).
+//! - [`verdict`]: every push service answer and the verdict it maps to (a pure table).
 //! - [`ece`]: the `aes128gcm` message encryption.
 //! - [`vapid`]: ES256 tokens per push service origin.
-//! - [`client`]: the [`pipeline::dispatch::Provider`] for Web Push.
-//! - [`spec`]: what the registry and ingest know of Web Push ([`pipeline::provider::Spec`]).
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod ece;
 pub mod spec;
 pub mod vapid;
+pub mod verdict;
 
 use pipeline::CancellationToken;
 use pipeline::dispatch::{DispatcherSetup, serve as serve_dispatcher};
