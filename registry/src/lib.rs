@@ -20,6 +20,8 @@
 //! - [`cli`]: `pushctl`, the operators' command line.
 //! - [`prune`]: `FEEDBACK` → token removal.
 //! - [`receipts`]: receipts and actions apps report, checked against delivery status.
+//! - [`webhooks`]: the Webex webhook pushline depends on, kept in shape (`pushctl webhooks`,
+//!   the watchdog).
 #![forbid(unsafe_code)]
 
 pub mod api;
