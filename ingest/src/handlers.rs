@@ -125,7 +125,8 @@ async fn receive(
     }
     let stored = s.store(&event, admitted).await.map_err(|error| {
         let trace_id = event.trace_id.as_deref().unwrap_or("-");
-        tracing::warn!(%error, event_id = %event.id, trace_id, "event not stored");
+        let reason = error.metric_reason();
+        tracing::warn!(%error, reason, event_id = %event.id, trace_id, "event not stored");
         ApiError::Unavailable {
             retry_after_secs: s.retry_after_secs,
         }
@@ -262,7 +263,7 @@ async fn notify(
             if !stored.duplicate && callbacks::Callbacks::wanted(&s.producers_config, &producer) {
                 s.queue_callback(event, &producer).await;
             }
-            Ok::<_, String>(stored)
+            Ok::<_, crate::StoreEventError>(stored)
         });
     let results = futures::future::join_all(publishes).await;
     let mut accepted = Vec::with_capacity(events.len());
@@ -283,7 +284,8 @@ async fn notify(
             Err(error) => {
                 // Some may be stored; a retry with the same idempotency key stores the
                 // rest and de-duplicates these.
-                tracing::warn!(%error, event_id = %event.id, "notify event not stored");
+                let reason = error.metric_reason();
+                tracing::warn!(%error, reason, event_id = %event.id, "notify event not stored");
                 return Err(ApiError::Unavailable {
                     retry_after_secs: s.retry_after_secs,
                 });

@@ -302,8 +302,49 @@ pub enum Pruned {
     NotFound,
 }
 
-/// Redis errors, as the store reports them.
-pub type StoreError = redis::RedisError;
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis failed; its error keeps its kind (I/O, timeout, server error, …).
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A record could not be written as JSON.
+    #[error("cannot encode the device: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A person id that is none: the caller validates ids before storing.
+    #[error("not a person id: {0}")]
+    NotAPerson(String),
+}
+
+impl From<redis::ParsingError> for StoreError {
+    fn from(error: redis::ParsingError) -> Self {
+        StoreError::Redis(error.into())
+    }
+}
+
+impl StoreError {
+    /// Bounded label for metrics and logs.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            StoreError::Redis(error) if error.is_timeout() => "timeout",
+            StoreError::Redis(error)
+                if error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.is_io_error() =>
+            {
+                "connection"
+            }
+            StoreError::Redis(error) => match error.kind() {
+                redis::ErrorKind::Server(_) => "server",
+                redis::ErrorKind::AuthenticationFailed => "auth",
+                redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => "protocol",
+                _ => "other",
+            },
+            StoreError::Encode(_) => "encode",
+            StoreError::NotAPerson(_) => "not_a_person",
+        }
+    }
+}
 
 /// Store policies.
 #[derive(Debug, Clone)]
@@ -705,14 +746,6 @@ fn stored_id(person: &str) -> Option<String> {
     crate::person::parse("person_id", person).ok()
 }
 
-fn encode_error(e: serde_json::Error) -> StoreError {
-    redis::RedisError::from((
-        redis::ErrorKind::Client,
-        "cannot encode device",
-        e.to_string(),
-    ))
-}
-
 impl Store {
     /// A store over a (lazily connecting) Redis connection.
     pub fn new(redis: Connection, prefix: String, policy: Policy) -> Self {
@@ -751,9 +784,7 @@ impl Store {
         now_ms: u64,
         rules: Rules,
     ) -> Result<Registered, StoreError> {
-        let person = &*crate::person::parse("person_id", person).map_err(|problem| {
-            redis::RedisError::from((redis::ErrorKind::Client, "not a person id", problem))
-        })?;
+        let person = &*crate::person::parse("person_id", person).map_err(StoreError::NotAPerson)?;
         let index = token_key(&self.prefix, token);
         let mut moved_from = None;
         if rules.multi_user {
@@ -799,7 +830,7 @@ impl Store {
             .device_id
             .clone()
             .unwrap_or_else(|| token_device_id(token));
-        let attrs_json = serde_json::to_string(attrs).map_err(encode_error)?;
+        let attrs_json = serde_json::to_string(attrs).map_err(StoreError::Encode)?;
         let mut redis = self.redis.clone();
         let reply: Vec<redis::Value> = self
             .scripts
@@ -867,6 +898,7 @@ impl Store {
                 redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
             )
             .await
+            .map_err(StoreError::from)
     }
 
     /// Who holds `token`, per the token index.
@@ -1260,6 +1292,21 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_errors_keep_their_kind_for_metrics() {
+        let io = StoreError::from(redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(io.metric_reason(), "connection");
+        let encode = serde_json::from_str::<u8>("x").expect_err("not json");
+        assert_eq!(StoreError::Encode(encode).metric_reason(), "encode");
+        let parse = StoreError::from(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "reply",
+        )));
+        assert_eq!(parse.metric_reason(), "protocol");
+    }
 
     #[test]
     fn a_persons_keys_share_one_cluster_slot() {
