@@ -17,8 +17,43 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-MIRROR=${PUSHLINE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
+# The Debian mirror this machine's own apt uses (a source for $SUITE, else its first
+# non-security Debian source), so the images come from wherever the machine may fetch
+# packages; PUSHLINE_DEBIAN_MIRROR overrides it.
+apt_mirror() {
+  {
+    # One-line sources: `deb [options] URI suite components…`.
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [ -r "$f" ] || continue
+      sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" { print $2, $3 }'
+    done
+    # deb822 sources: stanzas of `Types:`, `URIs:`, `Suites:`.
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -r "$f" ] || continue
+      grep -v '^[[:space:]]*#' "$f" | awk -v RS= '
+        /(^|\n)Types:[^\n]*deb([ \n]|$)/ {
+          uri = ""; suites = ""
+          n = split($0, lines, "\n")
+          for (i = 1; i <= n; i++) {
+            if (lines[i] ~ /^URIs:/) { split(lines[i], u, " "); uri = u[2] }
+            if (lines[i] ~ /^Suites:/) { suites = substr(lines[i], 8) }
+          }
+          m = split(suites, s, " ")
+          for (i = 1; i <= m; i++) if (uri != "") print uri, s[i]
+        }'
+    done
+  } | awk -v suite="$SUITE" '
+    # Read to the end (an early exit would break the pipe under pipefail).
+    $2 == suite && !found { found = $1 }
+    !first && $1 !~ /security/ && $2 !~ /security/ { first = $1 }
+    END { if (found) print found; else if (first) print first }'
+}
+MIRROR=${PUSHLINE_DEBIAN_MIRROR:-$(apt_mirror)}
+if [ -z "$MIRROR" ]; then
+  echo "no Debian source in this machine's apt sources; set PUSHLINE_DEBIAN_MIRROR" >&2
+  exit 1
+fi
 PROJECT=pushline-ci
 API_KEY=local-api-key
 SECRET=$(head -n 1 deploy/compose/webhook_secrets.txt | tr -d '\r\n')
@@ -142,7 +177,8 @@ echo
 delivered=0
 for _ in $(seq 1 100); do
   requests=$(curl -fsS http://127.0.0.1:8445/requests)
-  delivered=$(printf %s "$requests" | grep -o '"status":200' | wc -l)
+  # No push yet is no failure: grep finding nothing must not end the script (pipefail).
+  delivered=$(printf %s "$requests" | { grep -o '"status":200' || true; } | wc -l)
   [ "$delivered" -ge 3 ] && break
   sleep 0.2
 done
