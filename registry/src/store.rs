@@ -9,11 +9,12 @@
 //! | `p` `person:{<person>}:devices`   | hash | token → device attributes (JSON) |
 //! | `p` `person:{<person>}:refreshed` | zset | token → last registration, ms |
 //! | `p` `person:{<person>}:created`   | hash | token → first registration, ms |
+//! | `p` `person:{<person>}:order`     | hash | token → the sequence number of its last registration (field `""`: the person's counter), so registrations in the same millisecond keep their order when the device limit evicts |
 //! | `p` `token:{<token>}`             | string | the persons holding the token (tab-separated; several only for multi-user apps), then (one per line) persons it is being moved away from |
 //! | `p` `device:{<app>/<device>}:active`  | hash | `person` → the device's active person (canonical), `since` → when they became active, ms |
 //! | `p` `device:{<app>/<device>}:persons` | zset | person → their last registration on the device, ms: who may hold it |
 //!
-//! The `{…}` hash tags put a person's three keys in one Redis Cluster slot, so every
+//! The `{…}` hash tags put a person's four keys in one Redis Cluster slot, so every
 //! change to a person's devices is one atomic Lua script, and every script touches one
 //! slot. The token index lives in the token's own slot, a device's two keys in the
 //! device's (app ids and device ids have no braces or `/`, [`device_keys`]).
@@ -379,7 +380,8 @@ struct Scripts {
 /// Adds or refreshes the token `ARGV[1]` (attributes `ARGV[2]`, device `ARGV[6]`, app
 /// `ARGV[7]`) for a person: drops expired registrations; with `ARGV[8]` = 1 removes the
 /// person's other devices of the app; refreshes the device's other tokens with it; beyond
-/// `ARGV[5]` devices evicts the least recently refreshed devices, or with `ARGV[9]` = 1
+/// `ARGV[5]` devices evicts the least recently refreshed devices (registrations in the
+/// same millisecond in the order they were made, by `KEYS[4]`), or with `ARGV[9]` = 1
 /// refuses (first element -1) before changing anything else. Refreshes key TTLs.
 /// Returns `{created, reason1, token1, reason2, token2, …}`.
 const REGISTER: &str = r#"
@@ -392,6 +394,7 @@ local function drop(t, why)
   redis.call('HDEL', KEYS[1], t)
   redis.call('ZREM', KEYS[2], t)
   redis.call('HDEL', KEYS[3], t)
+  redis.call('HDEL', KEYS[4], t)
   table.insert(out, why)
   table.insert(out, t)
 end
@@ -413,13 +416,15 @@ for i = 1, #all, 2 do
       table.insert(replaced, t)
     else
       local score = tonumber(redis.call('ZSCORE', KEYS[2], t) or '0')
+      local seq = tonumber(redis.call('HGET', KEYS[4], t) or '0')
       local g = devices[d]
       if not g then
-        g = {score = score, tokens = {}}
+        g = {score = score, seq = seq, tokens = {}}
         devices[d] = g
         table.insert(order, d)
       end
       if score > g.score then g.score = score end
+      if seq > g.seq then g.seq = seq end
       table.insert(g.tokens, t)
     end
   end
@@ -433,13 +438,23 @@ for _, t in ipairs(replaced) do drop(t, 'replaced') end
 out[1] = redis.call('HSET', KEYS[1], token, attrs)
 redis.call('ZADD', KEYS[2], now, token)
 redis.call('HSETNX', KEYS[3], token, now)
+local seq = redis.call('HINCRBY', KEYS[4], '', 1)
+redis.call('HSET', KEYS[4], token, seq)
 if not is_new then
-  for _, t in ipairs(devices[device].tokens) do redis.call('ZADD', KEYS[2], now, t) end
+  for _, t in ipairs(devices[device].tokens) do
+    redis.call('ZADD', KEYS[2], now, t)
+    redis.call('HSET', KEYS[4], t, seq)
+  end
 end
 local count = #order
 if is_new then count = count + 1 end
 if count > max then
-  table.sort(order, function(x, y) return devices[x].score < devices[y].score end)
+  -- Least recently refreshed first; in the same millisecond, registered first.
+  table.sort(order, function(x, y)
+    local a, b = devices[x], devices[y]
+    if a.score ~= b.score then return a.score < b.score end
+    return a.seq < b.seq
+  end)
   for _, d in ipairs(order) do
     if count <= max then break end
     if d ~= device then
@@ -461,6 +476,7 @@ if ARGV[2] ~= '' and tonumber(score) > tonumber(ARGV[2]) then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 return 1
 "#;
 
@@ -501,6 +517,7 @@ for i = 1, #all, 2 do
     redis.call('HDEL', KEYS[1], t)
     redis.call('ZREM', KEYS[2], t)
     redis.call('HDEL', KEYS[3], t)
+    redis.call('HDEL', KEYS[4], t)
     table.insert(out, t)
   end
 end
@@ -676,6 +693,8 @@ pub struct PersonKeys {
     pub refreshed: String,
     /// token → first registration.
     pub created: String,
+    /// token → sequence number of its last registration (the tie-break of `refreshed`).
+    pub order: String,
 }
 
 /// Keys of `person` under `prefix`.
@@ -684,6 +703,7 @@ pub fn person_keys(prefix: &str, person: &str) -> PersonKeys {
         devices: format!("{prefix}person:{{{person}}}:devices"),
         refreshed: format!("{prefix}person:{{{person}}}:refreshed"),
         created: format!("{prefix}person:{{{person}}}:created"),
+        order: format!("{prefix}person:{{{person}}}:order"),
     }
 }
 
@@ -838,6 +858,7 @@ impl Store {
             .key(&keys.devices)
             .key(&keys.refreshed)
             .key(&keys.created)
+            .key(&keys.order)
             .arg(token)
             .arg(attrs_json)
             .arg(now_ms)
@@ -932,6 +953,7 @@ impl Store {
             .key(&keys.devices)
             .key(&keys.refreshed)
             .key(&keys.created)
+            .key(&keys.order)
             .arg(token)
             .arg(not_after_ms.map(|t| t.to_string()).unwrap_or_default())
             .invoke_async(&mut redis)
@@ -966,6 +988,7 @@ impl Store {
             .key(&keys.devices)
             .key(&keys.refreshed)
             .key(&keys.created)
+            .key(&keys.order)
             .arg(token)
             .invoke_async(&mut redis)
             .await?;
@@ -1275,7 +1298,7 @@ impl Store {
         let mut redis = self.redis.clone();
         let tokens: Vec<String> = redis.hkeys(&keys.devices).await?;
         let _: i64 = redis
-            .del(&[&keys.devices, &keys.refreshed, &keys.created])
+            .del(&[&keys.devices, &keys.refreshed, &keys.created, &keys.order])
             .await?;
         for token in &tokens {
             self.index_drop(token, person).await?;
@@ -1311,7 +1334,7 @@ mod tests {
     #[test]
     fn a_persons_keys_share_one_cluster_slot() {
         let keys = person_keys("pushline:", "Y2lzY29zcGFyazovL3VzL1BFT1BMRS8x");
-        for key in [&keys.devices, &keys.refreshed, &keys.created] {
+        for key in [&keys.devices, &keys.refreshed, &keys.created, &keys.order] {
             assert!(key.contains("{Y2lzY29zcGFyazovL3VzL1BFT1BMRS8x}"), "{key}");
             assert!(key.starts_with("pushline:person:"));
         }
