@@ -16,6 +16,11 @@
 # Usage: deploy/ci/container-check.sh   (needs root for apt-get and dockerd)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# The providers' dispatchers, from providers/src/lib.rs.
+# BEGIN rendered by deploy/k8s/render-dispatchers.py (dispatchers); do not edit
+DISPATCHERS=(dispatcher-apns dispatcher-fcm dispatcher-webpush)
+# END rendered (dispatchers)
+PACKAGES=(); for d in "${DISPATCHERS[@]}"; do PACKAGES+=(-p "pushline-$d" --bin "pushline-$d"); done
 cd "$ROOT"
 SUITE=bookworm
 # The Debian mirror this machine's own apt uses (a source for $SUITE, else its first
@@ -128,10 +133,8 @@ printf 'FROM pushline-ci/deps:%s\nWORKDIR /prometheus\nENTRYPOINT ["/usr/bin/pro
 
 say "building the release binaries and the pushline image from them"
 cargo build --release --locked \
-  -p pushline-ingest -p pushline-registry -p pushline-dispatcher-apns -p pushline-dispatcher-fcm \
-  -p pushline-dispatcher-webpush -p pushline-gateway -p pushline-tests --bin pushline-ingest \
-  --bin pushline-registry --bin pushctl --bin pushline-dispatcher-apns --bin pushline-dispatcher-fcm \
-  --bin pushline-dispatcher-webpush --bin pushline-gateway --bin pushline-mock
+  -p pushline-ingest -p pushline-registry -p pushline-gateway -p pushline-tests --bin pushline-ingest \
+  --bin pushline-registry --bin pushctl --bin pushline-gateway --bin pushline-mock "${PACKAGES[@]}"
 DOCKER_BUILDKIT=1 "$DOCKER" build --quiet -f deploy/Dockerfile \
   --build-arg BINARIES=prebuilt --build-arg RUNTIME_BASE=pushline-ci/base:$SUITE \
   -t pushline:ci . >/dev/null
@@ -145,12 +148,12 @@ export PUSHLINE_IMAGE=pushline:ci
 export PUSHLINE_NATS_IMAGE=pushline-ci/nats:$SUITE
 export PUSHLINE_REDIS_IMAGE=pushline-ci/redis:$SUITE
 export PUSHLINE_PROMETHEUS_IMAGE=pushline-ci/prometheus:$SUITE
-SERVICES=(nats redis mock ingest registry dispatcher-apns dispatcher-fcm dispatcher-webpush gateway prometheus)
+SERVICES=(nats redis mock ingest registry "${DISPATCHERS[@]}" gateway prometheus)
 say "docker-compose.yml up: ${SERVICES[*]}"
 "${COMPOSE[@]}" -p "$PROJECT" --profile sandbox up -d --no-build "${SERVICES[@]}"
 
 health() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$("${COMPOSE[@]}" -p "$PROJECT" ps -q "$1")"; }
-for service in ingest registry dispatcher-apns dispatcher-fcm dispatcher-webpush gateway mock; do
+for service in ingest registry "${DISPATCHERS[@]}" gateway mock; do
   for _ in $(seq 1 120); do [ "$(health "$service")" = healthy ] && break; sleep 0.5; done
   state=$(health "$service")
   echo "  $service: $state"
