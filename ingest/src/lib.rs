@@ -296,7 +296,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     };
     let api = bind(resolved.listen).await?;
     let admin = bind(resolved.admin_listen).await?;
-    serve(config, api, admin, shutdown).await
+    serve_resolved(config, resolved, api, admin, shutdown).await
 }
 
 /// Serves on the given listeners (tests pass port-0 listeners) until `shutdown`.
@@ -307,6 +307,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let resolved = config.resolve()?;
+    serve_resolved(config, resolved, api, admin_listener, shutdown).await
+}
+
+/// [`serve`] with the configuration already resolved (once per start).
+async fn serve_resolved(
+    config: Config,
+    resolved: config::Resolved,
+    api: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     if config.webex.insecure_skip_signature {
         tracing::warn!(
             "webex.insecure_skip_signature is ON: anyone can post webhooks. Development only!"
