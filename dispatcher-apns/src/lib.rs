@@ -13,6 +13,8 @@
 //! - [`jwt`]: ES256 provider tokens, aligned and reused.
 //! - [`certificate`]: certificate authentication: PEM files or a PKCS#12 archive as the
 //!   TLS client identity, and its expiry.
+//! - [`testing`] (feature `testing`): a mock APNs checking what the real one checks,
+//!   for end-to-end tests.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "client")]
@@ -24,6 +26,8 @@ pub mod config;
 #[cfg(feature = "client")]
 pub mod jwt;
 pub mod spec;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "client")]
 pub mod verdict;
 

@@ -12,6 +12,8 @@
 //! - [`verdict`]: every FCM error code and the verdict it maps to (a pure table).
 //! - [`oauth`]: service-account OAuth2 access tokens, cached and refreshed.
 //! - [`message`]: the request body, `data` passed through unaltered.
+//! - [`testing`] (feature `testing`): a mock FCM checking what the real one checks,
+//!   for end-to-end tests.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "client")]
@@ -23,6 +25,8 @@ pub mod message;
 #[cfg(feature = "client")]
 pub mod oauth;
 pub mod spec;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "client")]
 pub mod verdict;
 

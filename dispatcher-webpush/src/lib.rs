@@ -13,6 +13,8 @@
 //! - [`verdict`]: every push service answer and the verdict it maps to (a pure table).
 //! - [`ece`]: the `aes128gcm` message encryption.
 //! - [`vapid`]: ES256 tokens per push service origin.
+//! - [`testing`] (feature `testing`): a mock a Web Push service checking what the real one checks,
+//!   for end-to-end tests.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "client")]
@@ -22,6 +24,8 @@ pub mod config;
 #[cfg(feature = "client")]
 pub mod ece;
 pub mod spec;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "client")]
 pub mod vapid;
 #[cfg(feature = "client")]

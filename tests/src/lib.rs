@@ -10,8 +10,8 @@
 //! - [`services`]: running each service in-process with test configuration.
 //! - [`stack`]: the whole pipeline with mock providers, for end-to-end tests.
 //! - [`bench`]: helpers shared by the benchmark binaries.
-//! - [`mock`]: mock providers (APNs, FCM with its OAuth endpoint, a Web Push service) as
-//!   real TLS HTTP/2 servers, and mock Webex APIs.
+//! - [`mock`]: the providers' mocks (each from its own crate's `testing` module, on
+//!   [`pipeline::mock`]'s frame) and mock Webex APIs.
 //! - [`wait`]: waiting for a condition with a deadline.
 //! - [`webex`]: building and signing Webex webhooks.
 #![forbid(unsafe_code)]

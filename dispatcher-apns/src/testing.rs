@@ -15,8 +15,8 @@ use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePrivateKey;
 
-use super::tls::TestCa;
-use super::{Behaviour, Checked, Mock, Reply};
+use pipeline::mock::tls::TestCa;
+use pipeline::mock::{Behaviour, Checked, Mock, Reply};
 
 /// A team's provider-token key as the mock knows it.
 struct TeamKey {
@@ -34,7 +34,15 @@ pub struct Apns {
 }
 
 /// A running mock APNs.
-pub type MockApns = Mock<Apns>;
+pub struct MockApns(Mock<Apns>);
+
+impl std::ops::Deref for MockApns {
+    type Target = Mock<Apns>;
+
+    fn deref(&self) -> &Mock<Apns> {
+        &self.0
+    }
+}
 
 /// A generated provider-token key (the `.p8` a team downloads from Apple).
 pub struct P8Key {
@@ -69,7 +77,7 @@ impl MockApns {
     /// Revokes the provider-token key `key_id`, as a team does in the Apple portal: every
     /// token it signed is refused from now on (403 `InvalidProviderToken`).
     pub fn revoke_key(&self, key_id: &str) {
-        let apns = &self.shared.behaviour;
+        let apns = &self.state();
         apns.keys.lock().expect("keys lock").remove(key_id);
         apns.verified.lock().expect("verified lock").clear();
     }
@@ -77,7 +85,7 @@ impl MockApns {
     /// Starts a mock accepting pushes for `bundles` with provider tokens signed by `keys`,
     /// on `port` (0 = any).
     pub async fn start_apns(ca: &TestCa, bundles: &[&str], keys: &[&P8Key], port: u16) -> Self {
-        Self::start_apns_at(ca, bundles, keys, &super::Listen::loopback(port)).await
+        Self::start_apns_at(ca, bundles, keys, &pipeline::mock::Listen::loopback(port)).await
     }
 
     /// Like [`MockApns::start_apns`], listening as `at` says.
@@ -85,7 +93,7 @@ impl MockApns {
         ca: &TestCa,
         bundles: &[&str],
         keys: &[&P8Key],
-        at: &super::Listen,
+        at: &pipeline::mock::Listen,
     ) -> Self {
         let behaviour = Apns {
             bundles: bundles.iter().map(|b| b.to_string()).collect(),
@@ -95,7 +103,7 @@ impl MockApns {
         for key in keys {
             behaviour.trust(key);
         }
-        Mock::start(behaviour, ca, at).await
+        MockApns(Mock::start(behaviour, ca, at).await)
     }
 
     /// An APNs error answer.
