@@ -301,3 +301,46 @@ impl Behaviour for Apns {
         }
     }
 }
+
+/// A dispatcher configuration sending to `mock` (trusting `ca_file`) for `bundle_id` in
+/// both environments with the provider-token key `key_file` (`team_id`, `key_id`), on
+/// `nats`: short timeouts and retries for tests, no periodic credential check (a test
+/// that counts requests sees only its own).
+pub fn dispatcher_config(
+    mock: &MockApns,
+    ca_file: &std::path::Path,
+    bundle_id: &str,
+    (team_id, key_id, key_file): (&str, &str, &std::path::Path),
+    nats: pipeline::config::NatsConfig,
+    telemetry: pipeline::config::TelemetryConfig,
+) -> crate::config::Config {
+    let mut config = crate::config::Config {
+        nats,
+        telemetry,
+        ..Default::default()
+    };
+    config.apns.production_url = mock.url();
+    config.apns.sandbox_url = mock.url();
+    config.apns.ca_files = vec![ca_file.to_owned()];
+    config.apns.request_timeout_ms = 2_000;
+    config.apns.credential_check_secs = 0;
+    config.apns.apps = vec![crate::config::AppConfig {
+        bundle_id: bundle_id.into(),
+        environments: vec![
+            pipeline::contract::Environment::Production,
+            pipeline::contract::Environment::Sandbox,
+        ],
+        team_id: Some(team_id.into()),
+        key_id: Some(key_id.into()),
+        key_file: Some(key_file.to_owned()),
+        certificate_file: None,
+        certificate_key_file: None,
+        key_base64: None,
+        certificate_base64: None,
+        certificate_key_base64: None,
+        certificate_password: None,
+    }];
+    config.worker.retry_base_ms = 20;
+    config.worker.retry_max_ms = 500;
+    config
+}

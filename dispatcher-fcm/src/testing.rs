@@ -302,3 +302,32 @@ impl Behaviour for Fcm {
         }
     }
 }
+
+/// A dispatcher configuration sending to `mock` (trusting `ca_file`) with the service
+/// account `service_account_file`, on `nats`: short timeouts and retries for tests, no
+/// periodic credential check.
+pub fn dispatcher_config(
+    mock: &MockFcm,
+    ca_file: &std::path::Path,
+    service_account_file: &std::path::Path,
+    nats: pipeline::config::NatsConfig,
+    telemetry: pipeline::config::TelemetryConfig,
+) -> crate::config::Config {
+    let mut config = crate::config::Config {
+        nats,
+        telemetry,
+        ..Default::default()
+    };
+    config.fcm.base_url = mock.url();
+    config.fcm.ca_files = vec![ca_file.to_owned()];
+    config.fcm.request_timeout_ms = 2_000;
+    config.fcm.credential_check_secs = 0;
+    config.fcm.projects = vec![crate::config::ProjectConfig {
+        project_id: None,
+        service_account_file: Some(service_account_file.to_owned()),
+        service_account_base64: None,
+    }];
+    config.worker.retry_base_ms = 20;
+    config.worker.retry_max_ms = 500;
+    config
+}

@@ -262,3 +262,30 @@ impl Behaviour for PushService {
         }
     }
 }
+
+/// A dispatcher configuration for the web app `app` signing with the VAPID key
+/// `key_file`, trusting `ca_file` for the push services at `private_origins` (the mocks),
+/// on `nats`, with short timeouts for tests.
+pub fn dispatcher_config(
+    app: &str,
+    key_file: &std::path::Path,
+    (ca_file, private_origins): (&std::path::Path, Vec<String>),
+    nats: pipeline::config::NatsConfig,
+    telemetry: pipeline::config::TelemetryConfig,
+) -> crate::config::Config {
+    let mut config = crate::config::Config {
+        nats,
+        telemetry,
+        ..Default::default()
+    };
+    config.webpush.ca_files = vec![ca_file.to_owned()];
+    config.webpush.endpoints.private_origins = private_origins;
+    config.webpush.request_timeout_ms = 2_000;
+    config.webpush.apps = vec![crate::config::AppConfig {
+        app: app.into(),
+        subject: "mailto:ops@pushline.test".into(),
+        private_key_file: Some(key_file.to_owned()),
+        private_key: None,
+    }];
+    config
+}
