@@ -442,28 +442,34 @@ where
     }
 }
 
-/// Starts an APNs dispatcher with `config` (it has only an admin listener).
-pub async fn start_dispatcher_apns(config: dispatcher_apns::config::Config) -> Service {
+/// Starts any provider's dispatcher: `serve` is its crate's `serve(config, admin,
+/// shutdown)` with the configuration given (a dispatcher has only an admin listener), so
+/// a provider's end-to-end tests start its dispatcher with nothing added here.
+pub async fn start_dispatcher<F, Fut, E>(serve: F) -> Service
+where
+    F: FnOnce(TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
     let (listener, addr) = admin_only().await;
     let shutdown = CancellationToken::new();
-    let fut = dispatcher_apns::serve(config, listener, shutdown.clone());
+    let fut = serve(listener, shutdown.clone());
     spawn_admin_only(addr, shutdown, fut)
+}
+
+/// Starts an APNs dispatcher with `config`.
+pub async fn start_dispatcher_apns(config: dispatcher_apns::config::Config) -> Service {
+    start_dispatcher(|admin, shutdown| dispatcher_apns::serve(config, admin, shutdown)).await
 }
 
 /// Starts a Web Push dispatcher with `config`.
 pub async fn start_dispatcher_webpush(config: dispatcher_webpush::config::Config) -> Service {
-    let (listener, addr) = admin_only().await;
-    let shutdown = CancellationToken::new();
-    let fut = dispatcher_webpush::serve(config, listener, shutdown.clone());
-    spawn_admin_only(addr, shutdown, fut)
+    start_dispatcher(|admin, shutdown| dispatcher_webpush::serve(config, admin, shutdown)).await
 }
 
 /// Starts an FCM dispatcher with `config`.
 pub async fn start_dispatcher_fcm(config: dispatcher_fcm::config::Config) -> Service {
-    let (listener, addr) = admin_only().await;
-    let shutdown = CancellationToken::new();
-    let fut = dispatcher_fcm::serve(config, listener, shutdown.clone());
-    spawn_admin_only(addr, shutdown, fut)
+    start_dispatcher(|admin, shutdown| dispatcher_fcm::serve(config, admin, shutdown)).await
 }
 
 impl Service {
