@@ -10,14 +10,18 @@
 # Usage: deploy/ci/live-checks.sh [max examples per operation, default 40]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# The providers' dispatchers, from providers/src/lib.rs.
+# BEGIN rendered by deploy/k8s/render-dispatchers.py (dispatchers); do not edit
+DISPATCHERS=(dispatcher-apns dispatcher-fcm dispatcher-webpush)
+# END rendered (dispatchers)
+PACKAGES=(); for d in "${DISPATCHERS[@]}"; do PACKAGES+=(-p "pushline-$d"); done
 EXAMPLES=${1:-40}
 export PATH="$PATH:/usr/sbin"
 command -v schemathesis >/dev/null || { echo "schemathesis missing: pip install schemathesis"; exit 1; }
 
 command -v promtool >/dev/null || { echo "promtool missing: apt-get install prometheus"; exit 1; }
 cargo build --locked --quiet --manifest-path "$ROOT/Cargo.toml" -p pushline-ingest -p pushline-registry \
-  -p pushline-dispatcher-apns -p pushline-dispatcher-fcm -p pushline-dispatcher-webpush -p pushline-gateway \
-  -p pushline-tests --bins
+  "${PACKAGES[@]}" -p pushline-gateway -p pushline-tests --bins
 BIN="$ROOT/target/debug"
 WORK=$(mktemp -d -t pushline-st.XXXXXX)
 PIDS=()

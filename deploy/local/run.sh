@@ -12,6 +12,11 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# The providers' dispatchers, from providers/src/lib.rs.
+# BEGIN rendered by deploy/k8s/render-dispatchers.py (dispatchers); do not edit
+DISPATCHERS=(dispatcher-apns dispatcher-fcm dispatcher-webpush)
+# END rendered (dispatchers)
+PACKAGES=(); for d in "${DISPATCHERS[@]}"; do PACKAGES+=(-p "pushline-$d"); done
 NATS_PORT=${PUSHLINE_LOCAL_NATS_PORT:-14222}
 NATS_MONITOR=${PUSHLINE_LOCAL_NATS_MONITOR:-18222}
 REDIS_PORT=${PUSHLINE_LOCAL_REDIS_PORT:-16379}
@@ -67,8 +72,7 @@ export PATH="$PATH:/usr/sbin"
 
 say "building release binaries"
 cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" \
-  -p pushline-ingest -p pushline-registry -p pushline-dispatcher-apns \
-  -p pushline-dispatcher-fcm -p pushline-dispatcher-webpush -p pushline-gateway -p pushline-tests --bins
+  -p pushline-ingest -p pushline-registry "${PACKAGES[@]}" -p pushline-gateway -p pushline-tests --bins
 BIN="$ROOT/target/release"
 
 # --- 2. start everything, stop it all on exit ----------------------------------------

@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{ApnsConfig, AppConfig};
 use crate::jwt::ProviderToken;
-use crate::reason::{Answer, Reason, classify};
 use crate::spec::{ApnsPart, ApnsPushType, NAME};
+use crate::verdict::{Answer, Reason, classify};
 
 enum Auth {
     Token(Arc<ProviderToken>),
@@ -204,26 +204,8 @@ async fn answer(response: reqwest::Response) -> Answer {
     }
 }
 
-/// The error text without its URL: APNs URLs end in the device token.
-fn without_url(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(url) = error.url() {
-        text = text.replace(url.as_str(), "<apns>");
-    }
-    text
-}
-
 fn transport_error(error: &reqwest::Error) -> Verdict {
-    let reason = if error.is_timeout() {
-        "timeout"
-    } else {
-        "connection"
-    };
-    Verdict::Retry {
-        reason,
-        detail: format!("APNs request failed: {}", without_url(error)),
-        retry_after: None,
-    }
+    pipeline::provider_http::transport_verdict("APNs", error)
 }
 
 impl ApnsProvider {
@@ -263,30 +245,13 @@ impl ApnsProvider {
         if response.status().is_success() {
             return Some(true);
         }
-        let answer = answer(response).await;
-        match classify(&answer) {
-            Verdict::InvalidToken { .. } => Some(true),
-            Verdict::Retry { reason, .. } | Verdict::Reject { reason, .. }
-                if Self::CREDENTIAL_FAILURES.contains(&reason) =>
-            {
-                Some(false)
-            }
-            _ => None,
-        }
+        classify(&answer(response).await).credential_valid()
     }
 }
 
 impl Provider for ApnsProvider {
     const NAME: &'static str = NAME;
     type Part = ApnsPart;
-    const CREDENTIAL_FAILURES: &'static [&'static str] = &[
-        "InvalidProviderToken",
-        "ExpiredProviderToken",
-        "MissingProviderToken",
-        "BadCertificate",
-        "BadCertificateEnvironment",
-        "Forbidden",
-    ];
 
     fn probe_credentials(&self) -> BoxFuture<'_, Vec<(String, Option<bool>)>> {
         Box::pin(async move {
@@ -317,14 +282,14 @@ impl Provider for ApnsProvider {
         let apns = &job.part;
         let limit = apns.push_type.max_bytes();
         if apns.payload.get().len() > limit {
-            return Verdict::Reject {
-                reason: "PayloadTooLarge",
-                detail: format!(
+            return Verdict::reject(
+                "PayloadTooLarge",
+                format!(
                     "payload is {} bytes; APNs accepts {limit} for {}",
                     apns.payload.get().len(),
                     apns.push_type.as_str()
                 ),
-            };
+            );
         }
         let bearer = match &route.auth {
             Auth::Token(token) => Some(token.current(now_secs())),

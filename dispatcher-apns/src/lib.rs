@@ -3,40 +3,63 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the typed configuration (apps, endpoints, CAs, pool size).
-//! - [`jwt`]: ES256 provider tokens, aligned and reused.
-//! - [`reason`]: every APNs reason and the action it maps to.
-//! - [`client`]: the [`pipeline::dispatch::Provider`] for APNs.
+//! Only [`spec`] is built without the `client` feature (on by default): the shared
+//! services link the spec alone, so a change to the client does not rebuild them.
+//!
 //! - [`spec`]: what the registry and ingest know of APNs ([`pipeline::provider::Spec`]).
+//! - [`client`]: the [`pipeline::dispatch::Provider`] for APNs.
+//! - [`config`]: the typed configuration (apps, endpoints, CAs, pool size).
+//! - [`verdict`]: every APNs reason and the verdict it maps to (a pure table).
+//! - [`jwt`]: ES256 provider tokens, aligned and reused.
+//! - [`certificate`]: certificate authentication: PEM files or a PKCS#12 archive as the
+//!   TLS client identity, and its expiry.
+//! - [`testing`] (feature `testing`): a mock APNs checking what the real one checks,
+//!   for end-to-end tests.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "client")]
 pub mod certificate;
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "client")]
 pub mod config;
+#[cfg(feature = "client")]
 pub mod jwt;
-pub mod reason;
 pub mod spec;
+#[cfg(feature = "testing")]
+pub mod testing;
+#[cfg(feature = "client")]
+pub mod verdict;
 
+#[cfg(feature = "client")]
 use pipeline::CancellationToken;
+#[cfg(feature = "client")]
 use pipeline::dispatch::{DispatcherSetup, serve as serve_dispatcher};
+#[cfg(feature = "client")]
 use pipeline::metrics::Metrics;
+#[cfg(feature = "client")]
 use tokio::net::TcpListener;
 
+#[cfg(feature = "client")]
 use crate::config::Config;
 
 /// Service name in metrics and logs.
+#[cfg(feature = "client")]
 pub const SERVICE: &str = "dispatcher-apns";
 
 /// Why the dispatcher could not run.
+#[cfg(feature = "client")]
 pub use pipeline::dispatch::DispatcherError as RunError;
 
 /// Binds `admin_listen` and runs until `shutdown`.
+#[cfg(feature = "client")]
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let admin = pipeline::dispatch::bind_admin(config.resolve()?).await?;
     serve(config, admin, shutdown).await
 }
 
 /// Runs with the given admin listener until `shutdown`.
+#[cfg(feature = "client")]
 pub async fn serve(
     config: Config,
     admin: TcpListener,

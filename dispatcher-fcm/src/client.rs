@@ -12,10 +12,10 @@ use pipeline::dispatch::{Provider, Verdict};
 use pipeline::provider_http::{self, ClientOptions};
 
 use crate::config::FcmConfig;
-use crate::error::{ErrorBody, classify};
 use crate::message;
 use crate::oauth::{ServiceAccount, TokenSource};
 use crate::spec::FcmPart;
+use crate::verdict::{ErrorBody, classify, no_access_token};
 
 /// One configured project: its send URL, access tokens and connections.
 pub struct Project {
@@ -100,18 +100,9 @@ impl FcmProvider {
     }
 }
 
-/// No access token: retried; a refusal of the service account is told apart, since it
-/// means the credential is dead.
+/// No access token: see [`no_access_token`].
 fn oauth_failed(error: &crate::oauth::OAuthError) -> Verdict {
-    Verdict::Retry {
-        reason: if error.refused() {
-            "oauth_refused"
-        } else {
-            "oauth"
-        },
-        detail: error.to_string(),
-        retry_after: None,
-    }
+    no_access_token(error.refused(), error.to_string())
 }
 
 /// An accepted message, with the name FCM gave it (`projects/…/messages/…`). The body is
@@ -131,26 +122,12 @@ async fn delivered(response: reqwest::Response) -> Verdict {
 }
 
 fn transport_error(error: &reqwest::Error) -> Verdict {
-    Verdict::Retry {
-        reason: if error.is_timeout() {
-            "timeout"
-        } else {
-            "connection"
-        },
-        detail: format!("FCM request failed: {error}"),
-        retry_after: None,
-    }
+    pipeline::provider_http::transport_verdict("FCM", error)
 }
 
 impl Provider for FcmProvider {
     const NAME: &'static str = crate::spec::NAME;
     type Part = FcmPart;
-    const CREDENTIAL_FAILURES: &'static [&'static str] = &[
-        "oauth_refused",
-        "status_401",
-        "status_403",
-        "THIRD_PARTY_AUTH_ERROR",
-    ];
 
     fn probe_credentials(&self) -> BoxFuture<'_, Vec<(String, Option<bool>)>> {
         // A fresh access token from Google's token server: refused for a deleted service
@@ -183,10 +160,7 @@ impl Provider for FcmProvider {
         ) {
             Ok(body) => body,
             Err(problem) => {
-                return Verdict::Reject {
-                    reason: "invalid_data",
-                    detail: problem,
-                };
+                return Verdict::reject("invalid_data", problem);
             }
         };
         let bearer = match project.tokens.token().await {

@@ -4,16 +4,7 @@
 //!
 //! Headers: `TTL` (seconds to the deadline), `Urgency`, `Topic` when given,
 //! `Content-Encoding: aes128gcm` (the body is [`crate::ece`]'s) and VAPID's
-//! `Authorization` ([`crate::vapid`]).
-//!
-//! | answer | verdict |
-//! |---|---|
-//! | 2xx | delivered (the push's `Location` is its id) |
-//! | 404, 410 | the subscription is gone: pruned |
-//! | 429, 5xx | retried, after `Retry-After` when given |
-//! | 413 | payload too large: dead letter |
-//! | 401, 403 | the push service refuses the VAPID credential: dead letter |
-//! | other 4xx | dead letter |
+//! `Authorization` ([`crate::vapid`]). Answers are classified by [`crate::verdict`].
 //!
 //! Before any of that, the endpoint is held to `webpush.endpoints` ([`pipeline::egress`]):
 //! one the policy refuses is dead-lettered (`endpoint_not_allowed`) without a connection;
@@ -38,6 +29,7 @@ use crate::config::WebPushConfig;
 use crate::ece;
 use crate::spec::{Keys, MAX_PAYLOAD_BYTES, NAME, Urgency, WebPushPart};
 use crate::vapid::{self, Vapid};
+use crate::verdict::{classify, reject};
 
 /// One app's route: its application server key.
 #[derive(Debug)]
@@ -157,67 +149,14 @@ impl WebPushProvider {
     }
 }
 
-fn reject(reason: &'static str, detail: impl Into<String>) -> Verdict {
-    Verdict::Reject {
-        reason,
-        detail: detail.into(),
-    }
-}
-
-/// What an answer other than 2xx means.
-pub fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> Verdict {
-    let detail = format!(
-        "push service answered {status}: {}",
-        body.chars().take(200).collect::<String>()
-    );
-    match status {
-        404 | 410 => Verdict::InvalidToken {
-            reason: if status == 410 { "gone" } else { "not_found" },
-            detail: if status == 410 {
-                "Gone".into()
-            } else {
-                "NotFound".into()
-            },
-            timestamp_ms: None,
-        },
-        429 => Verdict::Retry {
-            reason: "too_many_requests",
-            detail,
-            retry_after,
-        },
-        500..=599 => Verdict::Retry {
-            reason: "server_error",
-            detail,
-            retry_after,
-        },
-        413 => reject("payload_too_large", detail),
-        401 | 403 => reject("vapid_refused", detail),
-        _ => reject("refused", detail),
-    }
-}
-
-/// The transport error without its URL: the endpoint is the device's token.
 fn transport_error(error: &reqwest::Error) -> Verdict {
-    let mut text = error.to_string();
-    if let Some(url) = error.url() {
-        text = text.replace(url.as_str(), "<endpoint>");
-    }
-    Verdict::Retry {
-        reason: if error.is_timeout() {
-            "timeout"
-        } else {
-            "connection"
-        },
-        detail: format!("Web Push request failed: {text}"),
-        retry_after: None,
-    }
+    provider_http::transport_verdict("Web Push", error)
 }
 
 impl Provider for WebPushProvider {
     const NAME: &'static str = NAME;
     type Part = WebPushPart;
     type Route = App;
-    const CREDENTIAL_FAILURES: &'static [&'static str] = &["vapid_refused"];
 
     fn route(&self, job: &PushJob<WebPushPart>) -> Option<&App> {
         self.apps.get(&job.app)
@@ -246,14 +185,14 @@ impl Provider for WebPushProvider {
         };
         let origin = vapid::origin(&endpoint);
         let Some(_slot) = self.origins.try_take(origin.clone()) else {
-            return Verdict::Retry {
-                reason: "origin_busy",
-                detail: format!(
+            return Verdict::retry(
+                "origin_busy",
+                format!(
                     "{} pushes already in flight to this push service",
                     self.origins.cap
                 ),
-                retry_after: Some(Duration::from_secs(1)),
-            };
+                Some(Duration::from_secs(1)),
+            );
         };
         let payload = job.part.payload.get();
         if payload.len() > MAX_PAYLOAD_BYTES {
@@ -336,57 +275,5 @@ mod tests {
         drop(a2);
         // Every slot given back: nothing is remembered.
         assert!(slots.held.lock().expect("lock").is_empty());
-    }
-
-    #[test]
-    fn answers_map_to_verdicts() {
-        let retry = Some(Duration::from_secs(7));
-        assert!(matches!(
-            classify(410, None, ""),
-            Verdict::InvalidToken { reason: "gone", .. }
-        ));
-        assert!(matches!(
-            classify(404, None, ""),
-            Verdict::InvalidToken {
-                reason: "not_found",
-                ..
-            }
-        ));
-        assert_eq!(
-            classify(429, retry, ""),
-            Verdict::Retry {
-                reason: "too_many_requests",
-                detail: "push service answered 429: ".into(),
-                retry_after: retry
-            }
-        );
-        assert!(matches!(
-            classify(503, None, ""),
-            Verdict::Retry {
-                reason: "server_error",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify(413, None, ""),
-            Verdict::Reject {
-                reason: "payload_too_large",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify(403, None, ""),
-            Verdict::Reject {
-                reason: "vapid_refused",
-                ..
-            }
-        ));
-        assert!(matches!(
-            classify(400, None, ""),
-            Verdict::Reject {
-                reason: "refused",
-                ..
-            }
-        ));
     }
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use pipeline::config::{
-    ConfigError, NatsConfig, Secret, TelemetryConfig, WorkerConfig, parse_addr,
+    ConfigError, Inline, NatsConfig, Secret, TelemetryConfig, WorkerConfig, credential, parse_addr,
 };
 use pipeline::egress::{EgressPolicy, EndpointsConfig};
 use serde::{Deserialize, Serialize};
@@ -103,27 +103,22 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
-    /// The key's text, from either setting (exactly one).
+    /// The key's text, from either setting (exactly one), read by the one credential
+    /// reader ([`pipeline::config::credential`]).
     pub fn key_text(&self, i: usize) -> Result<String, ConfigError> {
         let (file, inline) = (
             format!("webpush.apps[{i}].private_key_file"),
             format!("webpush.apps[{i}].private_key"),
         );
-        match (&self.private_key_file, &self.private_key) {
-            (Some(_), Some(_)) => Err(ConfigError::invalid(
-                inline,
-                format!("give {file} or it, not both"),
-            )),
-            (Some(path), None) => {
-                std::fs::read_to_string(path).map_err(|source| ConfigError::File {
-                    setting: file,
-                    path: path.clone(),
-                    source,
-                })
-            }
-            (None, Some(key)) => Ok(key.expose().to_owned()),
-            (None, None) => Err(ConfigError::invalid(file, "is required (or private_key)")),
-        }
+        let bytes = credential(
+            &file,
+            self.private_key_file.as_deref(),
+            &inline,
+            self.private_key.as_ref(),
+            Inline::Text,
+        )?
+        .ok_or_else(|| ConfigError::invalid(&file, "is required (or private_key)"))?;
+        String::from_utf8(bytes).map_err(|_| ConfigError::invalid(file, "is not text"))
     }
 }
 

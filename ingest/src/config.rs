@@ -258,175 +258,12 @@ impl Config {
                 "must be 1 to 1000000",
             ));
         }
-        if self.webex.call_ttl_secs == 0 || self.webex.call_ttl_secs > self.webex.max_ttl_secs {
-            return Err(ConfigError::invalid(
-                "webex.call_ttl_secs",
-                "must be positive and not above webex.max_ttl_secs",
-            ));
-        }
-        if !(1..=86_400).contains(&self.webex.max_event_age_secs) {
-            return Err(ConfigError::invalid(
-                "webex.max_event_age_secs",
-                "must be 1 to 86400",
-            ));
-        }
-        if self.webex.clock_skew_secs > self.webex.max_event_age_secs {
-            return Err(ConfigError::invalid(
-                "webex.clock_skew_secs",
-                "must not be above webex.max_event_age_secs",
-            ));
-        }
         if !(2..=512).contains(&self.max_json_depth) {
             return Err(ConfigError::invalid("max_json_depth", "must be 2 to 512"));
         }
-        if self.webex.require_sha256 && self.webex.sha256_header.is_empty() {
-            return Err(ConfigError::invalid(
-                "webex.require_sha256",
-                "needs webex.sha256_header",
-            ));
-        }
-        let p = &self.producers;
-        if !(1..=10_000).contains(&p.max_targets) {
-            return Err(ConfigError::invalid(
-                "producers.max_targets",
-                "must be 1 to 10000",
-            ));
-        }
-        if p.default_ttl_secs == 0 || p.default_ttl_secs > p.max_ttl_secs {
-            return Err(ConfigError::invalid(
-                "producers.default_ttl_secs",
-                "must be positive and not above producers.max_ttl_secs",
-            ));
-        }
-        if !p.status_rate_per_sec.is_finite() || p.status_rate_per_sec <= 0.0 || p.status_burst == 0
-        {
-            return Err(ConfigError::invalid(
-                "producers.status_rate_per_sec",
-                "status_rate_per_sec and status_burst must be positive",
-            ));
-        }
-        if !(1..=1_000).contains(&p.status_max_events) {
-            return Err(ConfigError::invalid(
-                "producers.status_max_events",
-                "must be 1 to 1000",
-            ));
-        }
-        if !(1..=10_000).contains(&p.status_max_records) {
-            return Err(ConfigError::invalid(
-                "producers.status_max_records",
-                "must be 1 to 10000",
-            ));
-        }
-        let named_keys = (p.keys.iter().enumerate())
-            .flat_map(|(i, k)| {
-                let entry = format!("producers.keys[{i}]");
-                let previous = (k.previous_sha256.as_ref())
-                    .map(|sha256| (entry.clone(), "previous_sha256", &k.name, sha256));
-                std::iter::once((entry, "sha256", &k.name, &k.sha256)).chain(previous)
-            })
-            .chain((p.admin_keys.iter().enumerate()).map(|(i, k)| {
-                (
-                    format!("producers.admin_keys[{i}]"),
-                    "sha256",
-                    &k.name,
-                    &k.sha256,
-                )
-            }));
-        let mut hashes = std::collections::HashSet::new();
-        for (entry, hash_setting, name, sha256) in named_keys {
-            let at = |k: &str| format!("{entry}.{k}");
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(ConfigError::invalid(
-                    at("name"),
-                    "must be letters, digits, `_` or `-`",
-                ));
-            }
-            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(ConfigError::invalid(
-                    at(hash_setting),
-                    "must be 64 hex digits (the SHA-256 of the key)",
-                ));
-            }
-            if !hashes.insert(sha256.to_ascii_lowercase()) {
-                return Err(ConfigError::invalid(
-                    at(hash_setting),
-                    "is the hash of a key listed before: every key holds one role",
-                ));
-            }
-        }
-        // A producer's name decides what its keys see and which rate they draw on: two
-        // entries with one name would share both. A second key is `previous_sha256`.
-        let mut names = std::collections::HashSet::new();
-        for (i, key) in p.keys.iter().enumerate() {
-            if !names.insert(key.name.as_str()) {
-                return Err(ConfigError::invalid(
-                    format!("producers.keys[{i}].name"),
-                    format!(
-                        "`{}` names a producer listed before: names are unique (rotate a key with previous_sha256)",
-                        key.name
-                    ),
-                ));
-            }
-        }
-        let mut admin_names = std::collections::HashSet::new();
-        for (i, key) in p.admin_keys.iter().enumerate() {
-            if !admin_names.insert(key.name.as_str()) {
-                return Err(ConfigError::invalid(
-                    format!("producers.admin_keys[{i}].name"),
-                    format!(
-                        "`{}` names an admin key listed before: names are unique",
-                        key.name
-                    ),
-                ));
-            }
-        }
-        let mut app_backends: std::collections::HashMap<&str, &str> = Default::default();
-        for (i, key) in p.keys.iter().enumerate() {
-            let at = |k: &str| format!("producers.keys[{i}].{k}");
-            if !key.apps.is_empty() && key.callback_url.is_none() {
-                return Err(ConfigError::invalid(
-                    at("apps"),
-                    "needs a callback_url: pruned tokens are POSTed there",
-                ));
-            }
-            for app in &key.apps {
-                if app.is_empty() {
-                    return Err(ConfigError::invalid(at("apps"), "holds an empty app id"));
-                }
-                let claimed = app_backends.entry(app.as_str()).or_insert(&key.name);
-                if *claimed != key.name.as_str() {
-                    return Err(ConfigError::invalid(
-                        at("apps"),
-                        format!(
-                            "app `{app}` has one backend: it is already named by producer `{claimed}`"
-                        ),
-                    ));
-                }
-            }
-            match (&key.callback_url, &key.callback_secret) {
-                (None, None) => {}
-                (Some(url), Some(secret)) if !secret.expose().is_empty() => {
-                    check_callback_url(url)
-                        .map_err(|why| ConfigError::invalid(at("callback_url"), why))?;
-                }
-                _ => {
-                    return Err(ConfigError::invalid(
-                        at("callback_url"),
-                        "a callback_url goes with a non-empty callback_secret",
-                    ));
-                }
-            }
-            if !key.rate_per_sec.is_finite() || key.rate_per_sec <= 0.0 || key.burst == 0 {
-                return Err(ConfigError::invalid(
-                    at("rate_per_sec"),
-                    "rate_per_sec and burst must be positive",
-                ));
-            }
-        }
+        check_webex(&self.webex)?;
+        check_producer_limits(&self.producers)?;
+        check_producer_keys(&self.producers)?;
         let mut secrets: Vec<Secret> = self
             .webex
             .secrets
@@ -475,6 +312,187 @@ pub fn check_callback_url(url: &str) -> Result<(), String> {
         "http" => Err("must be https:// (http:// only to a loopback host)".into()),
         other => Err(format!("must be https://, not {other}://")),
     }
+}
+
+/// `[webex]`'s bounds: the call TTL, the event age and clock skew, and the SHA-256
+/// signature header.
+fn check_webex(webex: &WebexConfig) -> Result<(), ConfigError> {
+    if webex.call_ttl_secs == 0 || webex.call_ttl_secs > webex.max_ttl_secs {
+        return Err(ConfigError::invalid(
+            "webex.call_ttl_secs",
+            "must be positive and not above webex.max_ttl_secs",
+        ));
+    }
+    if !(1..=86_400).contains(&webex.max_event_age_secs) {
+        return Err(ConfigError::invalid(
+            "webex.max_event_age_secs",
+            "must be 1 to 86400",
+        ));
+    }
+    if webex.clock_skew_secs > webex.max_event_age_secs {
+        return Err(ConfigError::invalid(
+            "webex.clock_skew_secs",
+            "must not be above webex.max_event_age_secs",
+        ));
+    }
+    if webex.require_sha256 && webex.sha256_header.is_empty() {
+        return Err(ConfigError::invalid(
+            "webex.require_sha256",
+            "needs webex.sha256_header",
+        ));
+    }
+    Ok(())
+}
+
+/// `[producers]`' bounds: targets, TTLs and the status API's rate and sizes.
+fn check_producer_limits(p: &ProducersConfig) -> Result<(), ConfigError> {
+    if !(1..=10_000).contains(&p.max_targets) {
+        return Err(ConfigError::invalid(
+            "producers.max_targets",
+            "must be 1 to 10000",
+        ));
+    }
+    if p.default_ttl_secs == 0 || p.default_ttl_secs > p.max_ttl_secs {
+        return Err(ConfigError::invalid(
+            "producers.default_ttl_secs",
+            "must be positive and not above producers.max_ttl_secs",
+        ));
+    }
+    if !p.status_rate_per_sec.is_finite() || p.status_rate_per_sec <= 0.0 || p.status_burst == 0 {
+        return Err(ConfigError::invalid(
+            "producers.status_rate_per_sec",
+            "status_rate_per_sec and status_burst must be positive",
+        ));
+    }
+    if !(1..=1_000).contains(&p.status_max_events) {
+        return Err(ConfigError::invalid(
+            "producers.status_max_events",
+            "must be 1 to 1000",
+        ));
+    }
+    if !(1..=10_000).contains(&p.status_max_records) {
+        return Err(ConfigError::invalid(
+            "producers.status_max_records",
+            "must be 1 to 10000",
+        ));
+    }
+    Ok(())
+}
+
+/// `[producers]`' keys: well-formed names and hashes, each hash one role, unique names,
+/// one backend per app, callbacks and rates that hold together.
+fn check_producer_keys(p: &ProducersConfig) -> Result<(), ConfigError> {
+    let named_keys = (p.keys.iter().enumerate())
+        .flat_map(|(i, k)| {
+            let entry = format!("producers.keys[{i}]");
+            let previous = (k.previous_sha256.as_ref())
+                .map(|sha256| (entry.clone(), "previous_sha256", &k.name, sha256));
+            std::iter::once((entry, "sha256", &k.name, &k.sha256)).chain(previous)
+        })
+        .chain((p.admin_keys.iter().enumerate()).map(|(i, k)| {
+            (
+                format!("producers.admin_keys[{i}]"),
+                "sha256",
+                &k.name,
+                &k.sha256,
+            )
+        }));
+    let mut hashes = std::collections::HashSet::new();
+    for (entry, hash_setting, name, sha256) in named_keys {
+        let at = |k: &str| format!("{entry}.{k}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                at("name"),
+                "must be letters, digits, `_` or `-`",
+            ));
+        }
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ConfigError::invalid(
+                at(hash_setting),
+                "must be 64 hex digits (the SHA-256 of the key)",
+            ));
+        }
+        if !hashes.insert(sha256.to_ascii_lowercase()) {
+            return Err(ConfigError::invalid(
+                at(hash_setting),
+                "is the hash of a key listed before: every key holds one role",
+            ));
+        }
+    }
+    // A producer's name decides what its keys see and which rate they draw on: two
+    // entries with one name would share both. A second key is `previous_sha256`.
+    let mut names = std::collections::HashSet::new();
+    for (i, key) in p.keys.iter().enumerate() {
+        if !names.insert(key.name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("producers.keys[{i}].name"),
+                format!(
+                    "`{}` names a producer listed before: names are unique (rotate a key with previous_sha256)",
+                    key.name
+                ),
+            ));
+        }
+    }
+    let mut admin_names = std::collections::HashSet::new();
+    for (i, key) in p.admin_keys.iter().enumerate() {
+        if !admin_names.insert(key.name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("producers.admin_keys[{i}].name"),
+                format!(
+                    "`{}` names an admin key listed before: names are unique",
+                    key.name
+                ),
+            ));
+        }
+    }
+    let mut app_backends: std::collections::HashMap<&str, &str> = Default::default();
+    for (i, key) in p.keys.iter().enumerate() {
+        let at = |k: &str| format!("producers.keys[{i}].{k}");
+        if !key.apps.is_empty() && key.callback_url.is_none() {
+            return Err(ConfigError::invalid(
+                at("apps"),
+                "needs a callback_url: pruned tokens are POSTed there",
+            ));
+        }
+        for app in &key.apps {
+            if app.is_empty() {
+                return Err(ConfigError::invalid(at("apps"), "holds an empty app id"));
+            }
+            let claimed = app_backends.entry(app.as_str()).or_insert(&key.name);
+            if *claimed != key.name.as_str() {
+                return Err(ConfigError::invalid(
+                    at("apps"),
+                    format!(
+                        "app `{app}` has one backend: it is already named by producer `{claimed}`"
+                    ),
+                ));
+            }
+        }
+        match (&key.callback_url, &key.callback_secret) {
+            (None, None) => {}
+            (Some(url), Some(secret)) if !secret.expose().is_empty() => {
+                check_callback_url(url)
+                    .map_err(|why| ConfigError::invalid(at("callback_url"), why))?;
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    at("callback_url"),
+                    "a callback_url goes with a non-empty callback_secret",
+                ));
+            }
+        }
+        if !key.rate_per_sec.is_finite() || key.rate_per_sec <= 0.0 || key.burst == 0 {
+            return Err(ConfigError::invalid(
+                at("rate_per_sec"),
+                "rate_per_sec and burst must be positive",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -125,7 +125,8 @@ async fn receive(
     }
     let stored = s.store(&event, admitted).await.map_err(|error| {
         let trace_id = event.trace_id.as_deref().unwrap_or("-");
-        tracing::warn!(%error, event_id = %event.id, trace_id, "event not stored");
+        let reason = error.metric_reason();
+        tracing::warn!(%error, reason, event_id = %event.id, trace_id, "event not stored");
         ApiError::Unavailable {
             retry_after_secs: s.retry_after_secs,
         }
@@ -212,23 +213,14 @@ async fn notify(
         }
     };
     let body = read_json_body(s, &parts, Body::new(body)).await?;
-    let request: notify::NotifyRequest<'_> =
-        pipeline::json::parse(&body).map_err(ApiError::Invalid)?;
-    let trace_id = trace_id(&parts.headers);
-    let events = notify::events(
-        &request,
+    let events = plan_notify(
+        &body,
         &producer,
         &s.producers_config,
+        s.producers.burst(&producer),
         received_at,
-        trace_id,
-    )
-    .map_err(|e| ApiError::Unprocessable(e.0))?;
-    if events.len() > s.producers.burst(&producer) {
-        return Err(ApiError::Unprocessable(format!(
-            "`person_ids` holds more persons than this producer's burst ({})",
-            s.producers.burst(&producer)
-        )));
-    }
+        trace_id(&parts.headers),
+    )?;
     // A producer's retry of events already stored is answered as a duplicate, without
     // publishing them again or charging for them.
     let stored_before = futures::future::join_all(
@@ -262,7 +254,7 @@ async fn notify(
             if !stored.duplicate && callbacks::Callbacks::wanted(&s.producers_config, &producer) {
                 s.queue_callback(event, &producer).await;
             }
-            Ok::<_, String>(stored)
+            Ok::<_, crate::StoreEventError>(stored)
         });
     let results = futures::future::join_all(publishes).await;
     let mut accepted = Vec::with_capacity(events.len());
@@ -283,7 +275,8 @@ async fn notify(
             Err(error) => {
                 // Some may be stored; a retry with the same idempotency key stores the
                 // rest and de-duplicates these.
-                tracing::warn!(%error, event_id = %event.id, "notify event not stored");
+                let reason = error.metric_reason();
+                tracing::warn!(%error, reason, event_id = %event.id, "notify event not stored");
                 return Err(ApiError::Unavailable {
                     retry_after_secs: s.retry_after_secs,
                 });
@@ -291,6 +284,29 @@ async fn notify(
         }
     }
     Ok(Json(serde_json::json!({"status": "accepted", "events": accepted})).into_response())
+}
+
+/// A producer's request decided before anything is stored or charged: parsed, checked and
+/// turned into one event per person, refused when it names more persons than the
+/// producer's `burst`.
+fn plan_notify(
+    body: &[u8],
+    producer: &str,
+    config: &crate::config::ProducersConfig,
+    burst: usize,
+    received_at: u64,
+    trace_id: Option<String>,
+) -> Result<Vec<pipeline::contract::Event>, ApiError> {
+    let request: notify::NotifyRequest<'_> =
+        pipeline::json::parse(body).map_err(ApiError::Invalid)?;
+    let events = notify::events(&request, producer, config, received_at, trace_id)
+        .map_err(|e| ApiError::Unprocessable(e.0))?;
+    if events.len() > burst {
+        return Err(ApiError::Unprocessable(format!(
+            "`person_ids` holds more persons than this producer's burst ({burst})"
+        )));
+    }
+    Ok(events)
 }
 
 fn trace_id(headers: &axum::http::HeaderMap) -> Option<String> {
@@ -301,4 +317,30 @@ fn trace_id(headers: &axum::http::HeaderMap) -> Option<String> {
             !v.is_empty() && v.len() <= MAX_TRACE_ID && v.bytes().all(|b| b.is_ascii_graphic())
         })
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notify_request_is_planned_into_events_or_refused_before_any_effect() {
+        let config = crate::config::tests::one_producer("crm", "k");
+        let body =
+            br#"{"person_ids":["a","b"],"class":"alert","fcm":{"data":{}},"idempotency_key":"k1"}"#;
+        let events = plan_notify(body, "crm", &config, 10, 1_000, Some("t".into())).expect("plan");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].trace_id.as_deref(), Some("t"));
+        let over = plan_notify(body, "crm", &config, 1, 1_000, None).expect_err("burst");
+        assert!(
+            matches!(&over, ApiError::Unprocessable(m) if m.contains("burst (1)")),
+            "{over:?}"
+        );
+        let not_json = plan_notify(b"{", "crm", &config, 10, 1_000, None).expect_err("json");
+        assert!(matches!(not_json, ApiError::Invalid(_)), "{not_json:?}");
+        let no_one =
+            br#"{"person_ids":[],"class":"alert","fcm":{"data":{}},"idempotency_key":"k1"}"#;
+        let refused = plan_notify(no_one, "crm", &config, 10, 1_000, None).expect_err("empty");
+        assert!(matches!(refused, ApiError::Unprocessable(_)), "{refused:?}");
+    }
 }

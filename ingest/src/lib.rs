@@ -209,8 +209,8 @@ impl Inner {
         &self,
         event: &pipeline::contract::Event,
         admitted: publish::Admitted,
-    ) -> Result<publish::Stored, String> {
-        let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    ) -> Result<publish::Stored, StoreEventError> {
+        let payload = serde_json::to_vec(event)?;
         let subject = self.topology.event_subject(&event.source, &event.resource);
         self.publisher
             .publish(
@@ -221,7 +221,7 @@ impl Inner {
                 admitted,
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(StoreEventError::Publish)
     }
 
     /// A permit for one more request, or the fast refusal.
@@ -229,6 +229,27 @@ impl Inner {
         self.admission.try_admit().ok_or(ApiError::Overloaded {
             retry_after_secs: self.retry_after_secs,
         })
+    }
+}
+
+/// Why an event was not stored in `EVENTS`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreEventError {
+    /// The event could not be written as JSON.
+    #[error("cannot encode the event: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// JetStream did not store it within the retry budget.
+    #[error(transparent)]
+    Publish(publish::PublishError),
+}
+
+impl StoreEventError {
+    /// Bounded label for metrics and logs.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            StoreEventError::Encode(_) => "encode",
+            StoreEventError::Publish(error) => error.metric_reason(),
+        }
     }
 }
 
@@ -275,7 +296,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     };
     let api = bind(resolved.listen).await?;
     let admin = bind(resolved.admin_listen).await?;
-    serve(config, api, admin, shutdown).await
+    serve_resolved(config, resolved, api, admin, shutdown).await
 }
 
 /// Serves on the given listeners (tests pass port-0 listeners) until `shutdown`.
@@ -286,6 +307,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let resolved = config.resolve()?;
+    serve_resolved(config, resolved, api, admin_listener, shutdown).await
+}
+
+/// [`serve`] with the configuration already resolved (once per start).
+async fn serve_resolved(
+    config: Config,
+    resolved: config::Resolved,
+    api: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     if config.webex.insecure_skip_signature {
         tracing::warn!(
             "webex.insecure_skip_signature is ON: anyone can post webhooks. Development only!"

@@ -49,9 +49,25 @@ pub enum PublishError {
         /// The last try's failure.
         last: Box<PublishError>,
     },
-    /// JetStream refused or the request failed.
-    #[error("JetStream publish failed: {0}")]
-    Failed(String),
+    /// JetStream refused or the request failed (the NATS error kind is kept).
+    #[error(transparent)]
+    Failed(#[from] pipeline::nats::StoreError),
+    /// The task publishing the event ended without an answer (it panicked).
+    #[error("publish task: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl PublishError {
+    /// Bounded label for metrics and logs (the last try's, when the budget ran out).
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            PublishError::Disconnected => "disconnected",
+            PublishError::Timeout(_) => "timeout",
+            PublishError::Exhausted { last, .. } => last.metric_reason(),
+            PublishError::Failed(error) => error.metric_reason(),
+            PublishError::Task(_) => "task",
+        }
+    }
 }
 
 /// Ingest's bound on requests in flight (`max_in_flight`): a permit is taken before a
@@ -159,7 +175,7 @@ impl Publisher {
             stored
         })
         .await
-        .map_err(|e| PublishError::Failed(format!("publish task: {e}")))?
+        .map_err(PublishError::Task)?
     }
 
     async fn publish_within_budget(
@@ -231,8 +247,7 @@ impl Publisher {
             pipeline::nats::publish_stored(&self.js, subject, msg_id, headers.as_ref(), payload),
         )
         .await
-        .map_err(|_| PublishError::Timeout(bound))?
-        .map_err(|e| PublishError::Failed(e.to_string()))?;
+        .map_err(|_| PublishError::Timeout(bound))??;
         Ok(Stored {
             duplicate: ack.duplicate,
         })

@@ -156,6 +156,16 @@ impl Serialize for Secret {
     }
 }
 
+/// How a credential given inline is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inline {
+    /// Base64 of the file's bytes (the form some developer portals hand out; whitespace
+    /// in it is ignored).
+    Base64,
+    /// The file's text itself (a PEM key, or a key already in a text encoding).
+    Text,
+}
+
 /// A credential given either as a file or inline as base64 of the file's bytes (the form
 /// some developer portals hand out; whitespace in it is ignored): never both, `None` when
 /// neither. Errors name the setting at fault.
@@ -164,6 +174,18 @@ pub fn credential_bytes(
     file: Option<&Path>,
     inline_setting: &str,
     inline: Option<&Secret>,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    credential(file_setting, file, inline_setting, inline, Inline::Base64)
+}
+
+/// The one credential reader: a credential given either as a file or inline (written as
+/// `form` says), never both, `None` when neither. Errors name the setting at fault.
+pub fn credential(
+    file_setting: &str,
+    file: Option<&Path>,
+    inline_setting: &str,
+    inline: Option<&Secret>,
+    form: Inline,
 ) -> Result<Option<Vec<u8>>, ConfigError> {
     use base64::Engine;
     match (file, inline) {
@@ -178,6 +200,9 @@ pub fn credential_bytes(
                 path: path.to_owned(),
                 source,
             }),
+        (None, Some(inline)) if form == Inline::Text => {
+            Ok(Some(inline.expose().as_bytes().to_vec()))
+        }
         (None, Some(inline)) => {
             let text: String = inline
                 .expose()
@@ -450,6 +475,22 @@ pub fn parse_addr(setting: &str, value: &str) -> Result<std::net::SocketAddr, Co
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_credential_is_taken_inline_as_it_is() {
+        let key = Secret::new("-----BEGIN PRIVATE KEY-----\nabc");
+        let read = credential("k_file", None, "k", Some(&key), Inline::Text).expect("text");
+        assert_eq!(read.as_deref(), Some(key.expose().as_bytes()));
+        let both = credential(
+            "k_file",
+            Some(Path::new("k.pem")),
+            "k",
+            Some(&key),
+            Inline::Text,
+        );
+        assert!(both.is_err());
+    }
 
     #[test]
     fn a_credential_is_a_file_or_inline_base64_never_both() {
@@ -473,7 +514,6 @@ mod tests {
         let bad = credential_bytes("k_file", None, "k_b64", Some(&Secret::new("not base64!")));
         assert!(bad.expect_err("bad").to_string().contains("k_b64"));
     }
-    use super::*;
 
     #[derive(Debug, Default, Serialize, Deserialize)]
     #[serde(default)]

@@ -57,6 +57,10 @@ pub enum Verdict {
         detail: String,
         /// The provider's `Retry-After`.
         retry_after: Option<Duration>,
+        /// The provider refused pushline's credential (a revoked key, a deleted service
+        /// account, a wrong certificate), not the push: set by the provider's `classify`,
+        /// read by the credential alarm (`pushline_credential_valid`).
+        credential: bool,
     },
     /// A permanent failure for this push: dead-letter it.
     Reject {
@@ -64,7 +68,59 @@ pub enum Verdict {
         reason: &'static str,
         /// Detail (an unknown provider reason is kept here as text).
         detail: String,
+        /// The provider refused pushline's credential, not the push (as for `Retry`).
+        credential: bool,
     },
+}
+
+impl Verdict {
+    /// A transient failure of the push itself.
+    pub fn retry(
+        reason: &'static str,
+        detail: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Verdict {
+        Verdict::Retry {
+            reason,
+            detail: detail.into(),
+            retry_after,
+            credential: false,
+        }
+    }
+
+    /// A permanent failure of the push itself.
+    pub fn reject(reason: &'static str, detail: impl Into<String>) -> Verdict {
+        Verdict::Reject {
+            reason,
+            detail: detail.into(),
+            credential: false,
+        }
+    }
+
+    /// The same verdict, saying the provider refused pushline's credential (a `Retry` or
+    /// `Reject`; other verdicts are left as they are).
+    pub fn of_credential(mut self) -> Verdict {
+        if let Verdict::Retry { credential, .. } | Verdict::Reject { credential, .. } = &mut self {
+            *credential = true;
+        }
+        self
+    }
+
+    /// What this answer says about the app's credential: `Some(true)` when the provider
+    /// took it (a push delivered, or a token judged — which needs an accepted
+    /// credential), `Some(false)` when it refused it, else nothing.
+    pub fn credential_valid(&self) -> Option<bool> {
+        match self {
+            Verdict::Delivered { .. } | Verdict::InvalidToken { .. } => Some(true),
+            Verdict::Retry {
+                credential: true, ..
+            }
+            | Verdict::Reject {
+                credential: true, ..
+            } => Some(false),
+            _ => None,
+        }
+    }
 }
 
 /// A push provider client.
@@ -91,10 +147,6 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Credential health for `/readyz`.
     fn check(&self) -> BoxFuture<'_, Result<(), String>>;
-
-    /// Verdict reasons that mean the provider refused pushline's credential (a revoked
-    /// key, a deleted service account, a wrong certificate), not the push.
-    const CREDENTIAL_FAILURES: &'static [&'static str];
 
     /// Asks the provider whether each app's credential is accepted, without pushing to a
     /// device: `(app, Some(valid))`, or `None` when the provider could not be asked.
@@ -161,6 +213,7 @@ impl Settle {
                 reason,
                 detail,
                 retry_after,
+                ..
             } => match crate::retry::retry_delay(next.honouring(retry_after), jitter) {
                 Some(delay) => Settle::Retry {
                     delay,
@@ -169,23 +222,8 @@ impl Settle {
                 },
                 None => Settle::Expired { reason },
             },
-            Verdict::Reject { reason, detail } => Settle::Dead { reason, detail },
+            Verdict::Reject { reason, detail, .. } => Settle::Dead { reason, detail },
         }
-    }
-}
-
-/// What `verdict` says about the app's credential: `Some(true)` when the provider took
-/// it (a push delivered, or a token judged — which needs an accepted credential),
-/// `Some(false)` when its reason is one of `credential_failures`, else nothing.
-pub fn credential_verdict(verdict: &Verdict, credential_failures: &[&str]) -> Option<bool> {
-    match verdict {
-        Verdict::Delivered { .. } | Verdict::InvalidToken { .. } => Some(true),
-        Verdict::Retry { reason, .. } | Verdict::Reject { reason, .. }
-            if credential_failures.contains(reason) =>
-        {
-            Some(false)
-        }
-        _ => None,
     }
 }
 
@@ -416,7 +454,7 @@ impl<P: Provider> Handler for Dispatch<P> {
             return Outcome::Ack;
         };
 
-        if let Some(valid) = credential_verdict(&verdict, P::CREDENTIAL_FAILURES) {
+        if let Some(valid) = verdict.credential_valid() {
             credential_seen(&self.metrics, P::NAME, app, valid);
         }
         let next = RetryInput::after(delivery.attempt, &self.worker).before(
@@ -655,11 +693,7 @@ mod tests {
     }
 
     fn retry(retry_after: Option<Duration>) -> Verdict {
-        Verdict::Retry {
-            reason: "TooManyRequests",
-            detail: "429".into(),
-            retry_after,
-        }
+        Verdict::retry("TooManyRequests", "429", retry_after)
     }
 
     #[test]
@@ -683,10 +717,7 @@ mod tests {
             },
             "a dead token is reported even with no time left"
         );
-        let reject = Verdict::Reject {
-            reason: "BadTopic",
-            detail: "400".into(),
-        };
+        let reject = Verdict::reject("BadTopic", "400");
         assert_eq!(
             Settle::of(reject, next(1, 10_000), 0.5),
             Settle::Dead {
@@ -736,31 +767,22 @@ mod tests {
 
     #[test]
     fn the_credential_is_judged_by_the_answer() {
-        let failures = ["InvalidProviderToken", "ExpiredProviderToken"];
         let delivered = Verdict::Delivered { id: None };
-        assert_eq!(credential_verdict(&delivered, &failures), Some(true));
+        assert_eq!(delivered.credential_valid(), Some(true));
         let invalid = Verdict::InvalidToken {
             reason: "BadDeviceToken",
             detail: String::new(),
             timestamp_ms: None,
         };
-        assert_eq!(credential_verdict(&invalid, &failures), Some(true));
-        let refused = Verdict::Reject {
-            reason: "InvalidProviderToken",
-            detail: String::new(),
-        };
-        assert_eq!(credential_verdict(&refused, &failures), Some(false));
-        let expired = Verdict::Retry {
-            reason: "ExpiredProviderToken",
-            detail: String::new(),
-            retry_after: None,
-        };
-        assert_eq!(credential_verdict(&expired, &failures), Some(false));
-        assert_eq!(credential_verdict(&retry(None), &failures), None);
-        let other = Verdict::Reject {
-            reason: "BadTopic",
-            detail: String::new(),
-        };
-        assert_eq!(credential_verdict(&other, &failures), None);
+        assert_eq!(invalid.credential_valid(), Some(true));
+        let refused = Verdict::reject("InvalidProviderToken", "").of_credential();
+        assert_eq!(refused.credential_valid(), Some(false));
+        let expired = Verdict::retry("ExpiredProviderToken", "", None).of_credential();
+        assert_eq!(expired.credential_valid(), Some(false));
+        assert_eq!(retry(None).credential_valid(), None);
+        assert_eq!(Verdict::reject("BadTopic", "").credential_valid(), None);
+        // Renaming a reason cannot silence the alarm: only the flag counts.
+        let renamed = Verdict::reject("renamed", "").of_credential();
+        assert_eq!(renamed.credential_valid(), Some(false));
     }
 }

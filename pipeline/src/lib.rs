@@ -19,6 +19,8 @@
 //! - [`prune_guard`]: holds mass pruning back when a provider rejects too many tokens.
 //! - [`tracking`]: per-event delivery status records.
 //! - [`metrics`]: the catalogue of every Prometheus metric.
+//! - [`mock`] (feature `testing`): the frame of every provider's mock, a real TLS HTTP/2
+//!   server that records, checks and answers as scripted, and its test CA.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the HTTP metrics middleware.
 //! - [`operate`]: stream status and dead-letter replay for operators (`pushctl`).
 //! - [`telemetry`]: log setup and token hashing for logs.
@@ -35,6 +37,8 @@ pub mod json;
 pub mod jwe;
 pub mod listener;
 pub mod metrics;
+#[cfg(feature = "testing")]
+pub mod mock;
 pub mod nats;
 pub mod operate;
 pub mod provider;

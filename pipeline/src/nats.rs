@@ -173,12 +173,32 @@ mod tests {
 /// Why [`publish_stored`] could not store a message.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The publish, or waiting for its ack, failed.
+    /// The publish, or waiting for its ack, failed; async-nats's error keeps its kind
+    /// (stream not found, timed out, broken pipe, …).
     #[error("JetStream publish failed: {0}")]
-    Publish(String),
+    Publish(#[source] async_nats::jetstream::context::PublishError),
     /// Every id tried was answered as an unconfirmed duplicate.
     #[error("JetStream kept answering `duplicate` without a sequence for `{0}`")]
     Unconfirmed(String),
+}
+
+impl StoreError {
+    /// Bounded label for metrics and logs.
+    pub fn metric_reason(&self) -> &'static str {
+        use async_nats::jetstream::context::PublishErrorKind as Kind;
+        match self {
+            StoreError::Publish(error) => match error.kind() {
+                Kind::StreamNotFound => "stream_not_found",
+                Kind::WrongLastMessageId | Kind::WrongLastSequence => "wrong_last",
+                Kind::TimedOut => "timeout",
+                Kind::BrokenPipe => "broken_pipe",
+                Kind::MaxAckPending => "max_ack_pending",
+                Kind::MaxPayloadExceeded => "max_payload",
+                Kind::Other => "other",
+            },
+            StoreError::Unconfirmed(_) => "unconfirmed",
+        }
+    }
 }
 
 /// How many derived ids [`publish_stored`] tries after an unconfirmed duplicate.
@@ -217,9 +237,9 @@ pub async fn publish_stored(
         let ack = js
             .send_publish(subject.to_owned(), message.message_id(id.as_ref()))
             .await
-            .map_err(|e| StoreError::Publish(e.to_string()))?
+            .map_err(StoreError::Publish)?
             .await
-            .map_err(|e| StoreError::Publish(e.to_string()))?;
+            .map_err(StoreError::Publish)?;
         if ack_proves_stored(&ack) {
             return Ok(ack);
         }

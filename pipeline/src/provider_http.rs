@@ -110,6 +110,31 @@ pub fn no_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::none()
 }
 
+/// The verdict on a request that got no answer (connection refused or lost, TLS failure,
+/// timeout): retried. The detail never carries the request's URL, which may hold a
+/// device's token (APNs, Web Push endpoints) or a project id: it reads `<url>` instead.
+pub fn transport_verdict(provider: &str, error: &reqwest::Error) -> crate::dispatch::Verdict {
+    let reason = if error.is_timeout() {
+        "timeout"
+    } else {
+        "connection"
+    };
+    crate::dispatch::Verdict::retry(
+        reason,
+        format!("{provider} request failed: {}", without_url(error)),
+        None,
+    )
+}
+
+/// `error`'s text with its URL, wherever it appears, replaced by `<url>`.
+fn without_url(error: &reqwest::Error) -> String {
+    let text = error.to_string();
+    match error.url() {
+        Some(url) => text.replace(url.as_str(), "<url>"),
+        None => text,
+    }
+}
+
 /// Why a body was not read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -215,6 +240,34 @@ mod tests {
             with_path(&base, &["a/b"]).as_str(),
             "https://fcm.example:8443/prefix/a%2Fb"
         );
+    }
+
+    /// A request that finds nobody listening is retried, and its detail never shows the
+    /// URL (which holds the device's token for APNs and Web Push).
+    #[tokio::test]
+    async fn a_transport_failure_is_retried_without_its_url() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let url = format!("http://{addr}/3/device/secret-device-token");
+        let error = reqwest::Client::new()
+            .post(&url)
+            .send()
+            .await
+            .expect_err("nobody listens");
+        match transport_verdict("APNs", &error) {
+            crate::dispatch::Verdict::Retry {
+                reason: "connection",
+                detail,
+                retry_after: None,
+                credential: false,
+            } => {
+                assert!(detail.starts_with("APNs request failed: "), "{detail}");
+                assert!(!detail.contains("secret-device-token"), "{detail}");
+                assert!(detail.contains("<url>"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A peer answering 500 with a body that never ends (64 MiB here), chunked: the

@@ -249,12 +249,8 @@ impl<H: Handler> Worker<H> {
                             drop(permit);
                         });
                     }
-                    Some(Err(error)) => {
-                        use async_nats::jetstream::consumer::pull::MessagesErrorKind;
-                        if matches!(
-                            error.kind(),
-                            MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders
-                        ) {
+                    Some(Err(error)) => match pull_error(&error.kind()) {
+                        PullError::Gone => {
                             tracing::warn!(stage, %error, "consumer gone; setting it up again");
                             if !self.find_consumer(&mut consumer).await {
                                 tokio::select! {
@@ -264,17 +260,15 @@ impl<H: Handler> Worker<H> {
                             }
                             continue 'pull;
                         }
-                        if matches!(error.kind(), MessagesErrorKind::MissingHeartbeat) {
-                            // Silence from the server: the consumer's leader moved, or the
-                            // consumer was deleted while no pull request was waiting to
-                            // be told. Look it up (setting it up again if it is gone) and
-                            // pull afresh, rather than wait on a consumer that is no more.
+                        PullError::Silent => {
                             tracing::info!(stage, %error, "no heartbeat; looking the consumer up again");
                             self.find_consumer(&mut consumer).await;
                             continue 'pull;
                         }
-                        tracing::debug!(stage, %error, "pull stream hiccup");
-                    }
+                        PullError::Hiccup => {
+                            tracing::debug!(stage, %error, "pull stream hiccup");
+                        }
+                    },
                     None => continue 'pull,
                 }
                 while tasks.try_join_next().is_some() {}
@@ -288,6 +282,31 @@ impl<H: Handler> Worker<H> {
         while tasks.join_next().await.is_some() {}
         lag.abort();
         tracing::info!(stage, "worker stopped");
+    }
+}
+
+/// What the pull loop does about an error on its stream of messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PullError {
+    /// The consumer is gone (deleted, or no server answers for it): set it up again,
+    /// pausing a second when that fails, and pull afresh.
+    Gone,
+    /// Silence from the server (no heartbeat): the consumer's leader moved, or the
+    /// consumer was deleted while no pull request was waiting to be told. Look it up
+    /// (setting it up again if it is gone) and pull afresh, rather than wait on a
+    /// consumer that is no more.
+    Silent,
+    /// Anything else passes: keep reading the same pull.
+    Hiccup,
+}
+
+/// The decision for an error of kind `kind` on the pull stream.
+fn pull_error(kind: &async_nats::jetstream::consumer::pull::MessagesErrorKind) -> PullError {
+    use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+    match kind {
+        Kind::ConsumerDeleted | Kind::NoResponders => PullError::Gone,
+        Kind::MissingHeartbeat => PullError::Silent,
+        _ => PullError::Hiccup,
     }
 }
 
@@ -635,6 +654,17 @@ pub async fn run_when_ready<H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gone_consumer_is_set_up_again_and_silence_looked_up_but_hiccups_pass() {
+        use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+        assert_eq!(pull_error(&Kind::ConsumerDeleted), PullError::Gone);
+        assert_eq!(pull_error(&Kind::NoResponders), PullError::Gone);
+        assert_eq!(pull_error(&Kind::MissingHeartbeat), PullError::Silent);
+        for kind in [Kind::Pull, Kind::Other, Kind::PushBasedConsumer] {
+            assert_eq!(pull_error(&kind), PullError::Hiccup, "{kind:?}");
+        }
+    }
 
     fn retry(deadline_ms: Option<u64>) -> Outcome {
         Outcome::Retry {

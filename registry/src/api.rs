@@ -358,6 +358,95 @@ struct Registration<'a> {
     keep_active: bool,
 }
 
+/// What a registration stores, decided from the request, the provider and the
+/// configuration before anything is stored (the token and its endpoint already checked):
+/// its keys, person, app, channel and environment checked and defaulted. `e2e` is left
+/// for the caller to seal; a key is refused when `can_seal` is false. Messages name the
+/// field at fault.
+fn plan_registration(
+    spec: &dyn pipeline::provider::Spec,
+    devices: &crate::config::DevicesConfig,
+    can_seal: bool,
+    r: &Registration<'_>,
+) -> Result<DeviceAttrs, String> {
+    let platform = r.platform;
+    let keys = spec
+        .check_keys("subscription.keys", r.keys)?
+        .map(|keys| serde_json::from_str(keys.get()))
+        .transpose()
+        .map_err(|e| format!("`subscription.keys`: {e}"))?;
+    validate::person_id("person_id", r.person)?;
+    let app = r
+        .app
+        .clone()
+        .unwrap_or_else(|| devices.default_app(platform).to_owned());
+    if app.is_empty() {
+        return Err(format!(
+            "`app` is required (no devices.default_apps.{platform} is configured)"
+        ));
+    }
+    validate::app("app", &app)?;
+    if r.e2e.is_some() && !can_seal {
+        return Err(
+            "`e2e_key` is not accepted: this registry has no devices.key_encryption_keys to store it under".into(),
+        );
+    }
+    let channel = r.channel.unwrap_or_else(|| spec.default_channel());
+    if ![Class::Call, Class::Alert, Class::Background]
+        .into_iter()
+        .any(|class| spec.wants(class, channel))
+    {
+        return Err(format!(
+            "`channel` {} is not a channel of {platform} devices",
+            channel.as_str()
+        ));
+    }
+    // The configured default where the provider has it (APNs' sandbox), else the
+    // provider's own first environment; one named explicitly must exist.
+    let environment = r.environment.unwrap_or_else(|| {
+        let default = devices.default_environment;
+        let known = spec.environments();
+        if known.contains(&default) {
+            default
+        } else {
+            known.first().copied().unwrap_or(default)
+        }
+    });
+    if !spec.environments().contains(&environment) {
+        return Err(format!(
+            "`environment` {} does not exist for {platform}",
+            environment.as_str()
+        ));
+    }
+    Ok(DeviceAttrs {
+        platform: platform.to_owned(),
+        channel,
+        app,
+        environment,
+        device_id: Some(r.device_id.clone()),
+        e2e: None,
+        keys,
+    })
+}
+
+/// The store's rules for a registration with `app`: its policy, and what the caller may
+/// do.
+fn rules_for(
+    devices: &crate::config::DevicesConfig,
+    app: &str,
+    may_take: bool,
+    keep_active: bool,
+) -> Rules {
+    let policy = devices.policy(app);
+    Rules {
+        multi_user: policy.multi_user,
+        single_device: policy.single_device,
+        refuse_over_limit: policy.device_limit == DeviceLimit::Refuse,
+        refuse_move: !may_take,
+        keep_active,
+    }
+}
+
 impl AppState {
     /// 403 (counted with `reason`) unless `allowed`.
     fn require(&self, allowed: bool, reason: &'static str) -> Result<(), ApiError> {
@@ -395,100 +484,36 @@ impl AppState {
     }
 
     /// Validates and stores one registration.
+    /// Checks the registration (the pure [`plan_registration`] once the token and its
+    /// endpoint are known good), seals its key, stores it, then answers what the store
+    /// decided.
     async fn register_one(&self, r: Registration<'_>) -> Result<Registered, ApiError> {
+        let spec = validate::provider(&self.providers, "platform", r.platform)
+            .map_err(ApiError::Invalid)?;
+        spec.check_token(r.token_field, r.token)
+            .map_err(ApiError::Invalid)?;
+        self.check_endpoint(spec, r.token_field, r.token).await?;
+        let mut attrs = plan_registration(spec, &self.devices, self.keyring.can_seal(), &r)
+            .map_err(ApiError::Invalid)?;
         let Registration {
             token,
-            token_field,
             person,
-            platform,
-            keys,
-            channel,
-            app,
-            environment,
-            device_id,
             e2e,
             may_take,
             keep_active,
+            ..
         } = r;
-        let spec =
-            validate::provider(&self.providers, "platform", platform).map_err(ApiError::Invalid)?;
-        spec.check_token(token_field, token)
-            .map_err(ApiError::Invalid)?;
-        self.check_endpoint(spec, token_field, token).await?;
-        let keys = spec
-            .check_keys("subscription.keys", keys)
-            .map_err(ApiError::Invalid)?
-            .map(|keys| serde_json::from_str(keys.get()))
-            .transpose()
-            .map_err(|e| ApiError::Invalid(format!("`subscription.keys`: {e}")))?;
-        validate::person_id("person_id", person).map_err(ApiError::Invalid)?;
-        let app = app.unwrap_or_else(|| self.devices.default_app(platform).to_owned());
-        if app.is_empty() {
-            return Err(ApiError::Invalid(format!(
-                "`app` is required (no devices.default_apps.{platform} is configured)"
-            )));
-        }
-        validate::app("app", &app).map_err(ApiError::Invalid)?;
-        let e2e = match e2e {
-            None => None,
-            Some(_) if !self.keyring.can_seal() => {
-                return Err(ApiError::Invalid(
-                    "`e2e_key` is not accepted: this registry has no devices.key_encryption_keys to store it under".into(),
-                ));
-            }
-            Some(NewKey { key, kid }) => Some(SealedKey {
+        if let Some(NewKey { key, kid }) = e2e {
+            attrs.e2e = Some(SealedKey {
                 alg: pipeline::jwe::ALGORITHM.into(),
                 kid,
                 sealed: self.keyring.seal(token, &key).map_err(|error| {
                     tracing::error!(%error, "cannot seal a device key");
                     ApiError::Unavailable
                 })?,
-            }),
-        };
-        let channel = channel.unwrap_or_else(|| spec.default_channel());
-        if ![Class::Call, Class::Alert, Class::Background]
-            .into_iter()
-            .any(|class| spec.wants(class, channel))
-        {
-            return Err(ApiError::Invalid(format!(
-                "`channel` {} is not a channel of {platform} devices",
-                channel.as_str()
-            )));
+            });
         }
-        // The configured default where the provider has it (APNs' sandbox), else the
-        // provider's own first environment; one named explicitly must exist.
-        let environment = environment.unwrap_or_else(|| {
-            let default = self.devices.default_environment;
-            let known = spec.environments();
-            if known.contains(&default) {
-                default
-            } else {
-                known.first().copied().unwrap_or(default)
-            }
-        });
-        if !spec.environments().contains(&environment) {
-            return Err(ApiError::Invalid(format!(
-                "`environment` {} does not exist for {platform}",
-                environment.as_str()
-            )));
-        }
-        let attrs = DeviceAttrs {
-            platform: platform.to_owned(),
-            channel,
-            app,
-            environment,
-            device_id: Some(device_id),
-            e2e,
-            keys,
-        };
-        let policy = self.devices.policy(&attrs.app);
-        let rules = Rules {
-            multi_user: policy.multi_user,
-            single_device: policy.single_device,
-            refuse_over_limit: policy.device_limit == DeviceLimit::Refuse,
-            refuse_move: !may_take,
-            keep_active,
-        };
+        let rules = rules_for(&self.devices, &attrs.app, may_take, keep_active);
         let registered = self
             .store
             .register(token, person, &attrs, now_ms(), rules)
@@ -902,6 +927,81 @@ async fn sample_register(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn registration<'a>(platform: &'a str, token: &'a str) -> Registration<'a> {
+        Registration {
+            token,
+            token_field: "token",
+            person: "ann",
+            platform,
+            keys: None,
+            channel: None,
+            app: None,
+            environment: None,
+            device_id: "phone".into(),
+            e2e: None,
+            may_take: false,
+            keep_active: false,
+        }
+    }
+
+    #[test]
+    fn a_registration_is_planned_with_the_providers_and_the_configurations_defaults() {
+        let providers = providers::all();
+        let apns = providers.get("apns").expect("apns");
+        let mut devices = crate::config::DevicesConfig::default();
+        let token = "ab".repeat(32);
+        let r = registration("apns", &token);
+        let error = plan_registration(apns, &devices, false, &r).expect_err("no app");
+        assert!(error.contains("`app` is required"), "{error}");
+        devices.default_apns_app = "com.example.app".into();
+        devices.default_environment = Environment::Sandbox;
+        let attrs = plan_registration(apns, &devices, false, &r).expect("planned");
+        assert_eq!(attrs.app, "com.example.app");
+        assert_eq!(attrs.channel, apns.default_channel());
+        assert_eq!(attrs.environment, Environment::Sandbox);
+        assert_eq!(attrs.device_id.as_deref(), Some("phone"));
+        // FCM has no sandbox: its own environment is taken instead.
+        devices.default_fcm_app = "project".into();
+        let fcm = providers.get("fcm").expect("fcm");
+        let attrs =
+            plan_registration(fcm, &devices, false, &registration("fcm", "t:1")).expect("planned");
+        assert_eq!(attrs.environment, Environment::Production);
+    }
+
+    #[test]
+    fn a_registration_that_cannot_be_stored_as_asked_is_refused_naming_the_field() {
+        let providers = providers::all();
+        let apns = providers.get("apns").expect("apns");
+        let devices = crate::config::DevicesConfig {
+            default_apns_app: "com.example.app".into(),
+            ..Default::default()
+        };
+        let token = "ab".repeat(32);
+        let with_key = Registration {
+            e2e: Some(NewKey {
+                key: pipeline::jwe::ContentKey::from_bytes([7; 32]),
+                kid: "k".into(),
+            }),
+            ..registration("apns", &token)
+        };
+        let error = plan_registration(apns, &devices, false, &with_key).expect_err("no KEK");
+        assert!(error.contains("`e2e_key`"), "{error}");
+        let fcm = providers.get("fcm").expect("fcm");
+        let sandbox = Registration {
+            environment: Some(Environment::Sandbox),
+            app: Some("project".into()),
+            ..registration("fcm", "t:1")
+        };
+        let error = plan_registration(fcm, &devices, false, &sandbox).expect_err("no sandbox");
+        assert!(error.contains("`environment`"), "{error}");
+        let nobody = Registration {
+            person: "",
+            ..registration("apns", &token)
+        };
+        let error = plan_registration(apns, &devices, false, &nobody).expect_err("person");
+        assert!(error.contains("person_id"), "{error}");
+    }
 
     fn device(token: &str, device_id: &str, app: &str) -> Device {
         Device {

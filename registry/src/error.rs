@@ -49,6 +49,10 @@ pub enum ApiError {
     /// Redis failed; details are logged.
     #[error("device store unavailable; retry later")]
     Unavailable,
+    /// The store failed: answered like [`ApiError::Unavailable`], the cause logged where
+    /// the answer is made ([`IntoResponse`]).
+    #[error("device store unavailable; retry later")]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl ApiError {
@@ -66,7 +70,7 @@ impl ApiError {
             ApiError::TooManyFailures(_) => "too_many_failures",
             ApiError::NoInbox => "no_inbox",
             ApiError::UnknownMessage(_) => "unknown_message",
-            ApiError::Unavailable => "unavailable",
+            ApiError::Unavailable | ApiError::Store(_) => "unavailable",
         }
     }
 
@@ -82,25 +86,27 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::DeviceLimit(_) | ApiError::TokenHeld => StatusCode::CONFLICT,
             ApiError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
 
 impl From<redis::RedisError> for ApiError {
     fn from(error: redis::RedisError) -> Self {
-        tracing::error!(%error, "redis error");
-        ApiError::Unavailable
+        ApiError::Store(error.into())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Store(error) = &self {
+            tracing::error!(%error, reason = error.metric_reason(), "device store failed");
+        }
         let body = Json(serde_json::json!({
             "error": { "code": self.code(), "message": self.to_string() }
         }));
         let retry_after = match self {
-            ApiError::Unavailable => Some(1),
+            ApiError::Unavailable | ApiError::Store(_) => Some(1),
             ApiError::TooManyFailures(secs) => Some(secs.max(1)),
             _ => None,
         };

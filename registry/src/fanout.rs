@@ -35,6 +35,11 @@ use crate::config::DevicesConfig;
 use crate::keyring::Keyring;
 use crate::store::{Device, Store};
 
+/// How often a device skipped for want of an encrypted payload (no key, a key that
+/// cannot be opened, …) is logged; every skip is counted in
+/// `pushline_fanout_skipped_total`.
+pub const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(600);
+
 /// The fan-out handler.
 pub struct Fanout {
     /// Device store.
@@ -53,6 +58,8 @@ pub struct Fanout {
     pub devices: std::sync::Arc<DevicesConfig>,
     /// Opens devices' sealed keys.
     pub keyring: std::sync::Arc<Keyring>,
+    /// Logs a device skipped for want of encryption once per [`SKIP_LOG_INTERVAL`].
+    pub skip_log: std::sync::Arc<crate::log_once::LogOnce>,
     /// Writes each event's delivery status.
     pub tracker: Tracker,
     /// The providers.
@@ -269,7 +276,10 @@ impl Fanout {
                         .with_label_values(&[device.attrs.platform.as_str(), skip.as_str()])
                         .inc();
                     let tag = pipeline::telemetry::token_tag(&device.token);
-                    tracing::warn!(event_id = %event.id, token = %tag, reason = skip.as_str(), "device skipped: its payload must be encrypted");
+                    let key = format!("{tag}/{}", skip.as_str());
+                    if let Some(times) = self.skip_log.due(&key, std::time::Instant::now()) {
+                        tracing::warn!(event_id = %event.id, token = %tag, reason = skip.as_str(), times, "device skipped: its payload must be encrypted (logged once per device and interval; times = skips since last logged)");
+                    }
                     skipped.push(StatusRecord {
                         device: Some(tag),
                         platform: Some(device.attrs.platform.clone()),

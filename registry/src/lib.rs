@@ -12,6 +12,8 @@
 //! - [`person`]: canonical person ids (Webex base64 ids and bare uuids are one person).
 //! - [`fanout`]: `EVENTS` → a push stream per provider (`PUSH_<PROVIDER>`), in-app jobs to
 //!   `INAPP`, and the pushes held behind them to `FALLBACK`.
+//! - [`log_once`]: a condition repeated with every push logged once per device and
+//!   interval.
 //! - [`fallback`]: `FALLBACK` → held pushes released when an app does not acknowledge.
 //! - [`inapp`]: the in-app cursor and presence keys the registry shares with the gateway.
 //! - [`inbox`]: the server-side inbox: messages kept per person and app, their read state,
@@ -20,6 +22,8 @@
 //! - [`cli`]: `pushctl`, the operators' command line.
 //! - [`prune`]: `FEEDBACK` → token removal.
 //! - [`receipts`]: receipts and actions apps report, checked against delivery status.
+//! - [`webhooks`]: the Webex webhook pushline depends on, kept in shape (`pushctl webhooks`,
+//!   the watchdog).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -34,6 +38,7 @@ pub mod inapp;
 pub mod inbox;
 pub mod inbox_api;
 pub mod keyring;
+pub mod log_once;
 pub mod person;
 pub mod prune;
 pub mod receipts;
@@ -218,6 +223,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         devices: Arc::new(config.devices.clone()),
         keyring: keyring.clone(),
+        skip_log: Arc::new(log_once::LogOnce::new(fanout::SKIP_LOG_INTERVAL)),
         tracker: tracker.clone(),
         providers: providers::all(),
         inapp: inapp.clone(),

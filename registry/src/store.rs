@@ -9,11 +9,12 @@
 //! | `p` `person:{<person>}:devices`   | hash | token → device attributes (JSON) |
 //! | `p` `person:{<person>}:refreshed` | zset | token → last registration, ms |
 //! | `p` `person:{<person>}:created`   | hash | token → first registration, ms |
+//! | `p` `person:{<person>}:order`     | hash | token → the sequence number of its last registration (field `""`: the person's counter), so registrations in the same millisecond keep their order when the device limit evicts |
 //! | `p` `token:{<token>}`             | string | the persons holding the token (tab-separated; several only for multi-user apps), then (one per line) persons it is being moved away from |
 //! | `p` `device:{<app>/<device>}:active`  | hash | `person` → the device's active person (canonical), `since` → when they became active, ms |
 //! | `p` `device:{<app>/<device>}:persons` | zset | person → their last registration on the device, ms: who may hold it |
 //!
-//! The `{…}` hash tags put a person's three keys in one Redis Cluster slot, so every
+//! The `{…}` hash tags put a person's four keys in one Redis Cluster slot, so every
 //! change to a person's devices is one atomic Lua script, and every script touches one
 //! slot. The token index lives in the token's own slot, a device's two keys in the
 //! device's (app ids and device ids have no braces or `/`, [`device_keys`]).
@@ -302,8 +303,49 @@ pub enum Pruned {
     NotFound,
 }
 
-/// Redis errors, as the store reports them.
-pub type StoreError = redis::RedisError;
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis failed; its error keeps its kind (I/O, timeout, server error, …).
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A record could not be written as JSON.
+    #[error("cannot encode the device: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A person id that is none: the caller validates ids before storing.
+    #[error("not a person id: {0}")]
+    NotAPerson(String),
+}
+
+impl From<redis::ParsingError> for StoreError {
+    fn from(error: redis::ParsingError) -> Self {
+        StoreError::Redis(error.into())
+    }
+}
+
+impl StoreError {
+    /// Bounded label for metrics and logs.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            StoreError::Redis(error) if error.is_timeout() => "timeout",
+            StoreError::Redis(error)
+                if error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.is_io_error() =>
+            {
+                "connection"
+            }
+            StoreError::Redis(error) => match error.kind() {
+                redis::ErrorKind::Server(_) => "server",
+                redis::ErrorKind::AuthenticationFailed => "auth",
+                redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => "protocol",
+                _ => "other",
+            },
+            StoreError::Encode(_) => "encode",
+            StoreError::NotAPerson(_) => "not_a_person",
+        }
+    }
+}
 
 /// Store policies.
 #[derive(Debug, Clone)]
@@ -338,7 +380,8 @@ struct Scripts {
 /// Adds or refreshes the token `ARGV[1]` (attributes `ARGV[2]`, device `ARGV[6]`, app
 /// `ARGV[7]`) for a person: drops expired registrations; with `ARGV[8]` = 1 removes the
 /// person's other devices of the app; refreshes the device's other tokens with it; beyond
-/// `ARGV[5]` devices evicts the least recently refreshed devices, or with `ARGV[9]` = 1
+/// `ARGV[5]` devices evicts the least recently refreshed devices (registrations in the
+/// same millisecond in the order they were made, by `KEYS[4]`), or with `ARGV[9]` = 1
 /// refuses (first element -1) before changing anything else. Refreshes key TTLs.
 /// Returns `{created, reason1, token1, reason2, token2, …}`.
 const REGISTER: &str = r#"
@@ -351,6 +394,7 @@ local function drop(t, why)
   redis.call('HDEL', KEYS[1], t)
   redis.call('ZREM', KEYS[2], t)
   redis.call('HDEL', KEYS[3], t)
+  redis.call('HDEL', KEYS[4], t)
   table.insert(out, why)
   table.insert(out, t)
 end
@@ -372,13 +416,15 @@ for i = 1, #all, 2 do
       table.insert(replaced, t)
     else
       local score = tonumber(redis.call('ZSCORE', KEYS[2], t) or '0')
+      local seq = tonumber(redis.call('HGET', KEYS[4], t) or '0')
       local g = devices[d]
       if not g then
-        g = {score = score, tokens = {}}
+        g = {score = score, seq = seq, tokens = {}}
         devices[d] = g
         table.insert(order, d)
       end
       if score > g.score then g.score = score end
+      if seq > g.seq then g.seq = seq end
       table.insert(g.tokens, t)
     end
   end
@@ -392,13 +438,23 @@ for _, t in ipairs(replaced) do drop(t, 'replaced') end
 out[1] = redis.call('HSET', KEYS[1], token, attrs)
 redis.call('ZADD', KEYS[2], now, token)
 redis.call('HSETNX', KEYS[3], token, now)
+local seq = redis.call('HINCRBY', KEYS[4], '', 1)
+redis.call('HSET', KEYS[4], token, seq)
 if not is_new then
-  for _, t in ipairs(devices[device].tokens) do redis.call('ZADD', KEYS[2], now, t) end
+  for _, t in ipairs(devices[device].tokens) do
+    redis.call('ZADD', KEYS[2], now, t)
+    redis.call('HSET', KEYS[4], t, seq)
+  end
 end
 local count = #order
 if is_new then count = count + 1 end
 if count > max then
-  table.sort(order, function(x, y) return devices[x].score < devices[y].score end)
+  -- Least recently refreshed first; in the same millisecond, registered first.
+  table.sort(order, function(x, y)
+    local a, b = devices[x], devices[y]
+    if a.score ~= b.score then return a.score < b.score end
+    return a.seq < b.seq
+  end)
   for _, d in ipairs(order) do
     if count <= max then break end
     if d ~= device then
@@ -420,6 +476,7 @@ if ARGV[2] ~= '' and tonumber(score) > tonumber(ARGV[2]) then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 return 1
 "#;
 
@@ -460,6 +517,7 @@ for i = 1, #all, 2 do
     redis.call('HDEL', KEYS[1], t)
     redis.call('ZREM', KEYS[2], t)
     redis.call('HDEL', KEYS[3], t)
+    redis.call('HDEL', KEYS[4], t)
     table.insert(out, t)
   end
 end
@@ -635,6 +693,8 @@ pub struct PersonKeys {
     pub refreshed: String,
     /// token → first registration.
     pub created: String,
+    /// token → sequence number of its last registration (the tie-break of `refreshed`).
+    pub order: String,
 }
 
 /// Keys of `person` under `prefix`.
@@ -643,6 +703,7 @@ pub fn person_keys(prefix: &str, person: &str) -> PersonKeys {
         devices: format!("{prefix}person:{{{person}}}:devices"),
         refreshed: format!("{prefix}person:{{{person}}}:refreshed"),
         created: format!("{prefix}person:{{{person}}}:created"),
+        order: format!("{prefix}person:{{{person}}}:order"),
     }
 }
 
@@ -705,14 +766,6 @@ fn stored_id(person: &str) -> Option<String> {
     crate::person::parse("person_id", person).ok()
 }
 
-fn encode_error(e: serde_json::Error) -> StoreError {
-    redis::RedisError::from((
-        redis::ErrorKind::Client,
-        "cannot encode device",
-        e.to_string(),
-    ))
-}
-
 impl Store {
     /// A store over a (lazily connecting) Redis connection.
     pub fn new(redis: Connection, prefix: String, policy: Policy) -> Self {
@@ -751,9 +804,7 @@ impl Store {
         now_ms: u64,
         rules: Rules,
     ) -> Result<Registered, StoreError> {
-        let person = &*crate::person::parse("person_id", person).map_err(|problem| {
-            redis::RedisError::from((redis::ErrorKind::Client, "not a person id", problem))
-        })?;
+        let person = &*crate::person::parse("person_id", person).map_err(StoreError::NotAPerson)?;
         let index = token_key(&self.prefix, token);
         let mut moved_from = None;
         if rules.multi_user {
@@ -799,7 +850,7 @@ impl Store {
             .device_id
             .clone()
             .unwrap_or_else(|| token_device_id(token));
-        let attrs_json = serde_json::to_string(attrs).map_err(encode_error)?;
+        let attrs_json = serde_json::to_string(attrs).map_err(StoreError::Encode)?;
         let mut redis = self.redis.clone();
         let reply: Vec<redis::Value> = self
             .scripts
@@ -807,6 +858,7 @@ impl Store {
             .key(&keys.devices)
             .key(&keys.refreshed)
             .key(&keys.created)
+            .key(&keys.order)
             .arg(token)
             .arg(attrs_json)
             .arg(now_ms)
@@ -867,6 +919,7 @@ impl Store {
                 redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.ttl_ms())),
             )
             .await
+            .map_err(StoreError::from)
     }
 
     /// Who holds `token`, per the token index.
@@ -900,6 +953,7 @@ impl Store {
             .key(&keys.devices)
             .key(&keys.refreshed)
             .key(&keys.created)
+            .key(&keys.order)
             .arg(token)
             .arg(not_after_ms.map(|t| t.to_string()).unwrap_or_default())
             .invoke_async(&mut redis)
@@ -934,6 +988,7 @@ impl Store {
             .key(&keys.devices)
             .key(&keys.refreshed)
             .key(&keys.created)
+            .key(&keys.order)
             .arg(token)
             .invoke_async(&mut redis)
             .await?;
@@ -1243,7 +1298,7 @@ impl Store {
         let mut redis = self.redis.clone();
         let tokens: Vec<String> = redis.hkeys(&keys.devices).await?;
         let _: i64 = redis
-            .del(&[&keys.devices, &keys.refreshed, &keys.created])
+            .del(&[&keys.devices, &keys.refreshed, &keys.created, &keys.order])
             .await?;
         for token in &tokens {
             self.index_drop(token, person).await?;
@@ -1262,9 +1317,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn store_errors_keep_their_kind_for_metrics() {
+        let io = StoreError::from(redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(io.metric_reason(), "connection");
+        let encode = serde_json::from_str::<u8>("x").expect_err("not json");
+        assert_eq!(StoreError::Encode(encode).metric_reason(), "encode");
+        let parse = StoreError::from(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "reply",
+        )));
+        assert_eq!(parse.metric_reason(), "protocol");
+    }
+
+    #[test]
     fn a_persons_keys_share_one_cluster_slot() {
         let keys = person_keys("pushline:", "Y2lzY29zcGFyazovL3VzL1BFT1BMRS8x");
-        for key in [&keys.devices, &keys.refreshed, &keys.created] {
+        for key in [&keys.devices, &keys.refreshed, &keys.created, &keys.order] {
             assert!(key.contains("{Y2lzY29zcGFyazovL3VzL1BFT1BMRS8x}"), "{key}");
             assert!(key.starts_with("pushline:person:"));
         }

@@ -392,60 +392,29 @@ impl Providers {
         }
     }
 
-    /// An APNs dispatcher configured for the mock and `env`.
+    /// An APNs dispatcher configured for the mock and `env`
+    /// ([`dispatcher_apns::testing::dispatcher_config`]).
     pub fn apns_config(&self, env: &Env) -> dispatcher_apns::config::Config {
-        let mut config = dispatcher_apns::config::Config {
-            nats: env.nats_config(),
-            telemetry: telemetry(),
-            ..Default::default()
-        };
-        config.apns.production_url = self.apns.url();
-        config.apns.sandbox_url = self.apns.url();
-        config.apns.ca_files = vec![self.ca_file.clone()];
-        config.apns.request_timeout_ms = 2_000;
-        // Tests that count provider requests see only their own; the credential test
-        // turns the check on.
-        config.apns.credential_check_secs = 0;
-        config.apns.apps = vec![dispatcher_apns::config::AppConfig {
-            bundle_id: APNS_APP.into(),
-            environments: vec![
-                pipeline::contract::Environment::Production,
-                pipeline::contract::Environment::Sandbox,
-            ],
-            team_id: Some(TEAM_ID.into()),
-            key_id: Some(KEY_ID.into()),
-            key_file: Some(self.key_file.clone()),
-            certificate_file: None,
-            certificate_key_file: None,
-            key_base64: None,
-            certificate_base64: None,
-            certificate_key_base64: None,
-            certificate_password: None,
-        }];
-        config.worker.retry_base_ms = 20;
-        config.worker.retry_max_ms = 500;
-        config
+        dispatcher_apns::testing::dispatcher_config(
+            &self.apns,
+            &self.ca_file,
+            APNS_APP,
+            (TEAM_ID, KEY_ID, &self.key_file),
+            env.nats_config(),
+            telemetry(),
+        )
     }
 
-    /// An FCM dispatcher configured for the mock and `env`.
+    /// An FCM dispatcher configured for the mock and `env`
+    /// ([`dispatcher_fcm::testing::dispatcher_config`]).
     pub fn fcm_config(&self, env: &Env) -> dispatcher_fcm::config::Config {
-        let mut config = dispatcher_fcm::config::Config {
-            nats: env.nats_config(),
-            telemetry: telemetry(),
-            ..Default::default()
-        };
-        config.fcm.base_url = self.fcm.url();
-        config.fcm.ca_files = vec![self.ca_file.clone()];
-        config.fcm.request_timeout_ms = 2_000;
-        config.fcm.credential_check_secs = 0;
-        config.fcm.projects = vec![dispatcher_fcm::config::ProjectConfig {
-            project_id: None,
-            service_account_file: Some(self.service_account.clone()),
-            service_account_base64: None,
-        }];
-        config.worker.retry_base_ms = 20;
-        config.worker.retry_max_ms = 500;
-        config
+        dispatcher_fcm::testing::dispatcher_config(
+            &self.fcm,
+            &self.ca_file,
+            &self.service_account,
+            env.nats_config(),
+            telemetry(),
+        )
     }
 }
 
@@ -473,28 +442,34 @@ where
     }
 }
 
-/// Starts an APNs dispatcher with `config` (it has only an admin listener).
-pub async fn start_dispatcher_apns(config: dispatcher_apns::config::Config) -> Service {
+/// Starts any provider's dispatcher: `serve` is its crate's `serve(config, admin,
+/// shutdown)` with the configuration given (a dispatcher has only an admin listener), so
+/// a provider's end-to-end tests start its dispatcher with nothing added here.
+pub async fn start_dispatcher<F, Fut, E>(serve: F) -> Service
+where
+    F: FnOnce(TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
     let (listener, addr) = admin_only().await;
     let shutdown = CancellationToken::new();
-    let fut = dispatcher_apns::serve(config, listener, shutdown.clone());
+    let fut = serve(listener, shutdown.clone());
     spawn_admin_only(addr, shutdown, fut)
+}
+
+/// Starts an APNs dispatcher with `config`.
+pub async fn start_dispatcher_apns(config: dispatcher_apns::config::Config) -> Service {
+    start_dispatcher(|admin, shutdown| dispatcher_apns::serve(config, admin, shutdown)).await
 }
 
 /// Starts a Web Push dispatcher with `config`.
 pub async fn start_dispatcher_webpush(config: dispatcher_webpush::config::Config) -> Service {
-    let (listener, addr) = admin_only().await;
-    let shutdown = CancellationToken::new();
-    let fut = dispatcher_webpush::serve(config, listener, shutdown.clone());
-    spawn_admin_only(addr, shutdown, fut)
+    start_dispatcher(|admin, shutdown| dispatcher_webpush::serve(config, admin, shutdown)).await
 }
 
 /// Starts an FCM dispatcher with `config`.
 pub async fn start_dispatcher_fcm(config: dispatcher_fcm::config::Config) -> Service {
-    let (listener, addr) = admin_only().await;
-    let shutdown = CancellationToken::new();
-    let fut = dispatcher_fcm::serve(config, listener, shutdown.clone());
-    spawn_admin_only(addr, shutdown, fut)
+    start_dispatcher(|admin, shutdown| dispatcher_fcm::serve(config, admin, shutdown)).await
 }
 
 impl Service {

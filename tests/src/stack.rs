@@ -167,20 +167,13 @@ impl Stack {
         let key_file = dir.path().join("vapid.pem");
         std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
         let ca_file = service.write_ca(dir.path(), "push-ca.pem");
-        let mut config = dispatcher_webpush::config::Config {
-            nats: self.env.nats_config(),
-            ..Default::default()
-        };
-        config.telemetry = self.configs.apns.telemetry.clone();
-        config.webpush.ca_files = vec![ca_file];
-        config.webpush.endpoints.private_origins = self.env.push_service_origins();
-        config.webpush.request_timeout_ms = 2_000;
-        config.webpush.apps = vec![dispatcher_webpush::config::AppConfig {
-            app: WEB_APP.into(),
-            subject: "mailto:ops@pushline.test".into(),
-            private_key_file: Some(key_file),
-            private_key: None,
-        }];
+        let mut config = dispatcher_webpush::testing::dispatcher_config(
+            WEB_APP,
+            &key_file,
+            (&ca_file, self.env.push_service_origins()),
+            self.env.nats_config(),
+            self.configs.apns.telemetry.clone(),
+        );
         adjust(&mut config);
         let dispatcher = start_dispatcher_webpush(config.clone()).await;
         dispatcher.wait_ready().await;

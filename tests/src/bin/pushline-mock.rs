@@ -134,7 +134,10 @@ async fn print_web_pushes(service: Arc<MockPushService>) {
     }
 }
 
-async fn print_pushes<B: Behaviour>(name: &'static str, mock: Arc<Mock<B>>) {
+async fn print_pushes<B: Behaviour, M: std::ops::Deref<Target = Mock<B>>>(
+    name: &'static str,
+    mock: Arc<M>,
+) {
     let mut seen = 0;
     loop {
         let all = mock.wait_beyond(seen).await;

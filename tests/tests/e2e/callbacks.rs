@@ -44,18 +44,15 @@ async fn endpoint(
 impl Received {
     /// Every call so far, once one was accepted (15 s at most).
     async fn until_accepted(&self) -> Vec<(HeaderMap, String, u16)> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
+        harness::wait::until_ok("an accepted callback", Duration::from_secs(15), || async {
             let calls = self.calls.lock().expect("calls").clone();
             if calls.iter().any(|(_, _, status)| *status == 204) {
-                return calls;
+                Ok(calls)
+            } else {
+                Err(format!("{calls:?}"))
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no accepted callback: {calls:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 

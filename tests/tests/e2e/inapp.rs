@@ -362,8 +362,7 @@ async fn alert(stack: &Stack, person: &str, key: &str) -> String {
 
 /// The event's status once `done` holds of it.
 async fn status_when(stack: &Stack, event: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let until = tokio::time::Instant::now() + WAIT;
-    loop {
+    harness::wait::until_ok("the event's status", WAIT, || async {
         let body: Value = reqwest::Client::new()
             .get(stack.ingest.url(&format!("/v1/events/{event}")))
             .bearer_auth(PRODUCER_KEY)
@@ -374,14 +373,12 @@ async fn status_when(stack: &Stack, event: &str, done: impl Fn(&Value) -> bool) 
             .await
             .unwrap_or(Value::Null);
         if done(&body) {
-            return body;
+            Ok(body)
+        } else {
+            Err(format!("{body:#}"))
         }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the status never got there: {body:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 fn outcome_of<'a>(status: &'a Value, platform: &str) -> &'a str {

@@ -587,6 +587,43 @@ fn store_with_an_hour_ttl(
     (store, attrs)
 }
 
+/// Thirty devices registered in one millisecond with room for three: each registration
+/// evicts the one registered earliest, never a later one (the millisecond timestamps tie,
+/// the order of the registrations does not).
+#[tokio::test]
+async fn devices_registered_in_one_millisecond_are_evicted_oldest_first() {
+    use registry::store::{Policy, Store};
+    let env = Env::start();
+    let config = env.registry_config();
+    let (_, attrs) = store_with_an_hour_ttl(&config);
+    let store = Store::new(
+        registry::connect_redis(&config.redis).expect("redis"),
+        config.redis.prefix.clone(),
+        Policy {
+            max_devices_per_person: 3,
+            ttl: Duration::from_secs(3_600),
+        },
+    );
+    let t0 = 1_700_000_000_000u64;
+    for n in 1..=30u8 {
+        store
+            .register(&apns_token(n), "hana", &attrs, t0, Rules::default())
+            .await
+            .expect("register");
+        let mut live: Vec<String> = store
+            .devices("hana", t0)
+            .await
+            .expect("devices")
+            .into_iter()
+            .map(|device| device.token)
+            .collect();
+        live.sort();
+        let mut newest: Vec<String> = (n.saturating_sub(2).max(1)..=n).map(apns_token).collect();
+        newest.sort();
+        assert_eq!(live, newest, "after registration {n}");
+    }
+}
+
 #[tokio::test]
 async fn registrations_expire_unless_refreshed_within_the_ttl() {
     let env = Env::start();

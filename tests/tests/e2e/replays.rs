@@ -44,6 +44,18 @@ async fn a_webhook_replayed_after_jetstream_forgot_its_id_rings_nothing() {
     let first = post_signed(&ingest, &captured).await;
     assert_eq!(first["duplicate"], false, "{first}");
     env.wait_messages(StreamKind::Events, 1).await;
+    // Ingest remembers the id off the answer's path: wait until it has, or the restart
+    // below could come first and the test would measure that race, not the replay.
+    let bucket = format!("{}webhook_ids", env.ingest_config().nats.prefix);
+    let id = first["event_id"].as_str().expect("event id").to_owned();
+    let js = env.jetstream().await;
+    harness::wait::until_true("the webhook id to be remembered", WAIT, || async {
+        match js.get_key_value(&bucket).await {
+            Ok(ids) => matches!(ids.get(&id).await, Ok(Some(_))),
+            Err(_) => false,
+        }
+    })
+    .await;
 
     env.jetstream()
         .await

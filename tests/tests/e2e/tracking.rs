@@ -54,18 +54,19 @@ async fn get(stack: &Stack, path: &str, key: Option<&str>) -> (u16, Value) {
 
 /// Reads the event's status until `done` holds of it (records arrive as stages finish).
 async fn status_when(stack: &Stack, event_id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, body) = get(stack, &format!("/v1/events/{event_id}"), Some(ADMIN_KEY)).await;
-        if code == 200 && done(&body) {
-            return body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "status never settled: {code} {body:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    harness::wait::until_ok(
+        "the event's status to settle",
+        Duration::from_secs(15),
+        || async {
+            let (code, body) = get(stack, &format!("/v1/events/{event_id}"), Some(ADMIN_KEY)).await;
+            if code == 200 && done(&body) {
+                Ok(body)
+            } else {
+                Err(format!("{code} {body:#}"))
+            }
+        },
+    )
+    .await
 }
 
 fn device<'a>(status: &'a Value, token: &str) -> &'a Value {
@@ -362,16 +363,16 @@ async fn a_trace_lookup_is_bounded_and_says_it_was_truncated() {
     let read_until = |path: &'static str, done: fn(&Value) -> bool| {
         let ingest = &ingest;
         async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
+            harness::wait::until_ok(path, Duration::from_secs(10), || async {
                 let (code, _, body) = get_from(ingest, path).await;
                 assert_eq!(code, 200, "{body}");
                 if done(&body) {
-                    return body;
+                    Ok(body)
+                } else {
+                    Err(format!("{body:#}"))
                 }
-                assert!(std::time::Instant::now() < deadline, "{path}: {body:#}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            })
+            .await
         }
     };
     let bounded = read_until("/v1/events?trace_id=trace-many", |b| b["truncated"] == true).await;

@@ -20,8 +20,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use ece::EcKeyComponents;
 
-use super::tls::TestCa;
-use super::{Behaviour, Checked, Mock};
+use pipeline::mock::tls::TestCa;
+use pipeline::mock::{Behaviour, Checked, Mock};
 
 /// One push as the browser would read it.
 #[derive(Debug, Clone)]
@@ -55,13 +55,26 @@ pub struct PushService {
 }
 
 /// A running mock push service.
-pub type MockPushService = Mock<PushService>;
+pub struct MockPushService(Mock<PushService>);
+
+impl std::ops::Deref for MockPushService {
+    type Target = Mock<PushService>;
+
+    fn deref(&self) -> &Mock<PushService> {
+        &self.0
+    }
+}
 
 impl MockPushService {
     /// Starts a push service accepting pushes signed by `application_server_key`
     /// (base64url of the uncompressed public key).
     pub async fn start_push_service(ca: &TestCa, application_server_key: &str) -> Self {
-        Self::start_push_service_at(ca, application_server_key, &super::Listen::loopback(0)).await
+        Self::start_push_service_at(
+            ca,
+            application_server_key,
+            &pipeline::mock::Listen::loopback(0),
+        )
+        .await
     }
 
     /// Like [`MockPushService::start_push_service`], speaking HTTP/1.1 only, as some push
@@ -69,21 +82,21 @@ impl MockPushService {
     pub async fn start_push_service_http1(
         ca: &TestCa,
         application_server_key: &str,
-        at: &super::Listen,
+        at: &pipeline::mock::Listen,
     ) -> Self {
-        Self::start_speaking(Self::behaviour(application_server_key), ca, at, true)
-            .await
-            .with_origin()
+        MockPushService(
+            Mock::start_speaking(Self::behaviour(application_server_key), ca, at, true).await,
+        )
+        .with_origin()
     }
 
     /// Like [`MockPushService::start_push_service`], listening as `at` says.
     pub async fn start_push_service_at(
         ca: &TestCa,
         application_server_key: &str,
-        at: &super::Listen,
+        at: &pipeline::mock::Listen,
     ) -> Self {
-        Mock::start(Self::behaviour(application_server_key), ca, at)
-            .await
+        MockPushService(Mock::start(Self::behaviour(application_server_key), ca, at).await)
             .with_origin()
     }
 
@@ -98,7 +111,7 @@ impl MockPushService {
     }
 
     fn with_origin(self) -> Self {
-        *self.shared.behaviour.origin.lock().expect("lock") = self.url();
+        *self.state().origin.lock().expect("lock") = self.url();
         self
     }
 
@@ -107,14 +120,9 @@ impl MockPushService {
         let (pair, auth) = ece::generate_keypair_and_auth_secret().expect("browser keys");
         let components = pair.raw_components().expect("components");
         let public = pair.pub_as_raw().expect("public key");
-        let n = self
-            .shared
-            .behaviour
-            .counter
-            .fetch_add(1, Ordering::Relaxed);
+        let n = self.state().counter.fetch_add(1, Ordering::Relaxed);
         let id = format!("sub-{n}");
-        self.shared
-            .behaviour
+        self.state()
             .subscriptions
             .lock()
             .expect("lock")
@@ -131,7 +139,7 @@ impl MockPushService {
 
     /// Every push decrypted so far, in arrival order.
     pub fn messages(&self) -> Vec<Message> {
-        self.shared.behaviour.messages.lock().expect("lock").clone()
+        self.state().messages.lock().expect("lock").clone()
     }
 
     /// The subscription id of an endpoint this service handed out.
@@ -253,4 +261,31 @@ impl Behaviour for PushService {
             ok_headers: vec![("location".into(), format!("{origin}/message/{n}"))],
         }
     }
+}
+
+/// A dispatcher configuration for the web app `app` signing with the VAPID key
+/// `key_file`, trusting `ca_file` for the push services at `private_origins` (the mocks),
+/// on `nats`, with short timeouts for tests.
+pub fn dispatcher_config(
+    app: &str,
+    key_file: &std::path::Path,
+    (ca_file, private_origins): (&std::path::Path, Vec<String>),
+    nats: pipeline::config::NatsConfig,
+    telemetry: pipeline::config::TelemetryConfig,
+) -> crate::config::Config {
+    let mut config = crate::config::Config {
+        nats,
+        telemetry,
+        ..Default::default()
+    };
+    config.webpush.ca_files = vec![ca_file.to_owned()];
+    config.webpush.endpoints.private_origins = private_origins;
+    config.webpush.request_timeout_ms = 2_000;
+    config.webpush.apps = vec![crate::config::AppConfig {
+        app: app.into(),
+        subject: "mailto:ops@pushline.test".into(),
+        private_key_file: Some(key_file.to_owned()),
+        private_key: None,
+    }];
+    config
 }

@@ -19,12 +19,11 @@ use rsa::signature::Verifier;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use sha2::Sha256;
 
-use super::tls::TestCa;
-use super::{Behaviour, Checked, Mock, Recorded, Reply};
+use pipeline::mock::tls::TestCa;
+use pipeline::mock::{Behaviour, Checked, Mock, Recorded, Reply};
 
-/// The test-only service-account key (see `tests/fixtures/README.md`).
-pub const SERVICE_ACCOUNT_KEY: &str =
-    include_str!("../../fixtures/fcm-test-service-account-key.pem");
+/// The test-only service-account key (see `dispatcher-fcm/fixtures/README.md`).
+pub const SERVICE_ACCOUNT_KEY: &str = include_str!("../fixtures/fcm-test-service-account-key.pem");
 /// The test service account's e-mail.
 pub const CLIENT_EMAIL: &str = "pushline-test@pushline-test.iam.gserviceaccount.com";
 
@@ -40,16 +39,24 @@ pub struct Fcm {
 }
 
 /// A running mock FCM.
-pub type MockFcm = Mock<Fcm>;
+pub struct MockFcm(Mock<Fcm>);
+
+impl std::ops::Deref for MockFcm {
+    type Target = Mock<Fcm>;
+
+    fn deref(&self) -> &Mock<Fcm> {
+        &self.0
+    }
+}
 
 impl MockFcm {
     /// Starts a mock serving `projects` on `port` (0 = any).
     pub async fn start_fcm(ca: &TestCa, projects: &[&str], port: u16) -> Self {
-        Self::start_fcm_at(ca, projects, &super::Listen::loopback(port)).await
+        Self::start_fcm_at(ca, projects, &pipeline::mock::Listen::loopback(port)).await
     }
 
     /// Like [`MockFcm::start_fcm`], listening as `at` says.
-    pub async fn start_fcm_at(ca: &TestCa, projects: &[&str], at: &super::Listen) -> Self {
+    pub async fn start_fcm_at(ca: &TestCa, projects: &[&str], at: &pipeline::mock::Listen) -> Self {
         let private = RsaPrivateKey::from_pkcs8_pem(SERVICE_ACCOUNT_KEY).expect("fixture key");
         let behaviour = Fcm {
             projects: projects.iter().map(|p| p.to_string()).collect(),
@@ -60,8 +67,8 @@ impl MockFcm {
             token_requests: AtomicU64::new(0),
             deleted: std::sync::atomic::AtomicBool::new(false),
         };
-        let mock = Mock::start(behaviour, ca, at).await;
-        *mock.shared.behaviour.token_uri.lock().expect("lock") = format!("{}/token", mock.url());
+        let mock = MockFcm(Mock::start(behaviour, ca, at).await);
+        *mock.state().token_uri.lock().expect("lock") = format!("{}/token", mock.url());
         mock
     }
 
@@ -74,7 +81,7 @@ impl MockFcm {
             "private_key": SERVICE_ACCOUNT_KEY,
             "client_email": CLIENT_EMAIL,
             "client_id": "1",
-            "token_uri": self.shared.behaviour.token_uri.lock().expect("lock").clone(),
+            "token_uri": self.state().token_uri.lock().expect("lock").clone(),
         })
         .to_string()
     }
@@ -92,20 +99,20 @@ impl MockFcm {
 
     /// Forgets every access token issued so far (the next send gets 401).
     pub fn revoke_access_tokens(&self) {
-        self.shared.behaviour.issued.lock().expect("lock").clear();
+        self.state().issued.lock().expect("lock").clear();
     }
 
     /// Deletes the service account: access tokens are no longer issued (400
     /// `invalid_grant`) and the ones issued are refused (401).
     pub fn delete_service_account(&self) {
-        let fcm = &self.shared.behaviour;
+        let fcm = &self.state();
         fcm.deleted.store(true, Ordering::Relaxed);
         fcm.issued.lock().expect("lock").clear();
     }
 
     /// How many access tokens were requested.
     pub fn token_requests(&self) -> u64 {
-        self.shared.behaviour.token_requests.load(Ordering::Relaxed)
+        self.state().token_requests.load(Ordering::Relaxed)
     }
 
     /// An FCM error answer in the v1 shape.
@@ -294,4 +301,33 @@ impl Behaviour for Fcm {
             ok_headers: Vec::new(),
         }
     }
+}
+
+/// A dispatcher configuration sending to `mock` (trusting `ca_file`) with the service
+/// account `service_account_file`, on `nats`: short timeouts and retries for tests, no
+/// periodic credential check.
+pub fn dispatcher_config(
+    mock: &MockFcm,
+    ca_file: &std::path::Path,
+    service_account_file: &std::path::Path,
+    nats: pipeline::config::NatsConfig,
+    telemetry: pipeline::config::TelemetryConfig,
+) -> crate::config::Config {
+    let mut config = crate::config::Config {
+        nats,
+        telemetry,
+        ..Default::default()
+    };
+    config.fcm.base_url = mock.url();
+    config.fcm.ca_files = vec![ca_file.to_owned()];
+    config.fcm.request_timeout_ms = 2_000;
+    config.fcm.credential_check_secs = 0;
+    config.fcm.projects = vec![crate::config::ProjectConfig {
+        project_id: None,
+        service_account_file: Some(service_account_file.to_owned()),
+        service_account_base64: None,
+    }];
+    config.worker.retry_base_ms = 20;
+    config.worker.retry_max_ms = 500;
+    config
 }

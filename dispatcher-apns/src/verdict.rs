@@ -8,6 +8,11 @@
 //! | `ExpiredProviderToken` (403) | re-sign once and resend (in the client); retry if it persists |
 //! | everything else (bad topic, payload too large, auth and config errors) | reject → dead letter |
 //!
+//! `InvalidProviderToken`, `ExpiredProviderToken`, `MissingProviderToken`, `BadCertificate`,
+//! `BadCertificateEnvironment` and `Forbidden` are refusals of pushline's credential, not of
+//! the push: their verdicts say so ([`Verdict::credential_valid`]), which drops
+//! `pushline_credential_valid`.
+//!
 //! A reason APNs adds later is kept as text ([`Reason::Unknown`]) and classified by status:
 //! 429 and 5xx retry, anything else is rejected — never lost, never retried forever.
 
@@ -158,8 +163,34 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
 }
 
+impl Reason {
+    /// Whether APNs refused pushline's credential (provider token or certificate) rather
+    /// than the push.
+    pub fn is_credential(&self) -> bool {
+        use Reason::*;
+        matches!(
+            self,
+            InvalidProviderToken
+                | ExpiredProviderToken
+                | MissingProviderToken
+                | BadCertificate
+                | BadCertificateEnvironment
+                | Forbidden
+        )
+    }
+}
+
 /// What to do about an APNs error answer.
 pub fn classify(answer: &Answer) -> Verdict {
+    let verdict = classify_push(answer);
+    if answer.reason.is_credential() {
+        verdict.of_credential()
+    } else {
+        verdict
+    }
+}
+
+fn classify_push(answer: &Answer) -> Verdict {
     use Reason::*;
     let reason = &answer.reason;
     let label = reason.label();
@@ -178,20 +209,11 @@ pub fn classify(answer: &Answer) -> Verdict {
         | ServiceUnavailable
         | Shutdown
         | IdleTimeout
-        | ExpiredProviderToken => Verdict::Retry {
-            reason: label,
-            detail,
-            retry_after: answer.retry_after,
-        },
-        Unknown(_) if answer.status == 429 || answer.status >= 500 => Verdict::Retry {
-            reason: label,
-            detail,
-            retry_after: answer.retry_after,
-        },
-        _ => Verdict::Reject {
-            reason: label,
-            detail,
-        },
+        | ExpiredProviderToken => Verdict::retry(label, detail, answer.retry_after),
+        Unknown(_) if answer.status == 429 || answer.status >= 500 => {
+            Verdict::retry(label, detail, answer.retry_after)
+        }
+        _ => Verdict::reject(label, detail),
     }
 }
 
@@ -312,9 +334,48 @@ mod tests {
     }
 
     #[test]
+    fn credential_refusals_say_so_and_nothing_else_does() {
+        for (status, reason) in [
+            (403, "InvalidProviderToken"),
+            (403, "ExpiredProviderToken"),
+            (403, "MissingProviderToken"),
+            (403, "BadCertificate"),
+            (403, "BadCertificateEnvironment"),
+            (403, "Forbidden"),
+        ] {
+            assert_eq!(
+                classify(&answer(status, reason)).credential_valid(),
+                Some(false),
+                "{reason}"
+            );
+        }
+        for (status, reason) in [
+            (400, "BadTopic"),
+            (429, "TooManyRequests"),
+            (403, "SomethingNew"),
+            (413, "PayloadTooLarge"),
+        ] {
+            assert_eq!(
+                classify(&answer(status, reason)).credential_valid(),
+                None,
+                "{reason}"
+            );
+        }
+        assert_eq!(
+            classify(&answer(400, "BadDeviceToken")).credential_valid(),
+            Some(true)
+        );
+    }
+
+    #[test]
     fn unknown_reasons_are_kept_as_text_and_classified_by_status() {
         match classify(&answer(400, "SomethingNew")) {
-            Verdict::Reject { reason, detail } => {
+            Verdict::Reject {
+                reason,
+                detail,
+                credential,
+            } => {
+                assert!(!credential);
                 assert_eq!(reason, "Unknown");
                 assert!(detail.contains("SomethingNew"));
             }

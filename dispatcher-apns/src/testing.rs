@@ -15,8 +15,8 @@ use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePrivateKey;
 
-use super::tls::TestCa;
-use super::{Behaviour, Checked, Mock, Reply};
+use pipeline::mock::tls::TestCa;
+use pipeline::mock::{Behaviour, Checked, Mock, Reply};
 
 /// A team's provider-token key as the mock knows it.
 struct TeamKey {
@@ -34,7 +34,15 @@ pub struct Apns {
 }
 
 /// A running mock APNs.
-pub type MockApns = Mock<Apns>;
+pub struct MockApns(Mock<Apns>);
+
+impl std::ops::Deref for MockApns {
+    type Target = Mock<Apns>;
+
+    fn deref(&self) -> &Mock<Apns> {
+        &self.0
+    }
+}
 
 /// A generated provider-token key (the `.p8` a team downloads from Apple).
 pub struct P8Key {
@@ -69,7 +77,7 @@ impl MockApns {
     /// Revokes the provider-token key `key_id`, as a team does in the Apple portal: every
     /// token it signed is refused from now on (403 `InvalidProviderToken`).
     pub fn revoke_key(&self, key_id: &str) {
-        let apns = &self.shared.behaviour;
+        let apns = &self.state();
         apns.keys.lock().expect("keys lock").remove(key_id);
         apns.verified.lock().expect("verified lock").clear();
     }
@@ -77,7 +85,7 @@ impl MockApns {
     /// Starts a mock accepting pushes for `bundles` with provider tokens signed by `keys`,
     /// on `port` (0 = any).
     pub async fn start_apns(ca: &TestCa, bundles: &[&str], keys: &[&P8Key], port: u16) -> Self {
-        Self::start_apns_at(ca, bundles, keys, &super::Listen::loopback(port)).await
+        Self::start_apns_at(ca, bundles, keys, &pipeline::mock::Listen::loopback(port)).await
     }
 
     /// Like [`MockApns::start_apns`], listening as `at` says.
@@ -85,7 +93,7 @@ impl MockApns {
         ca: &TestCa,
         bundles: &[&str],
         keys: &[&P8Key],
-        at: &super::Listen,
+        at: &pipeline::mock::Listen,
     ) -> Self {
         let behaviour = Apns {
             bundles: bundles.iter().map(|b| b.to_string()).collect(),
@@ -95,7 +103,7 @@ impl MockApns {
         for key in keys {
             behaviour.trust(key);
         }
-        Mock::start(behaviour, ca, at).await
+        MockApns(Mock::start(behaviour, ca, at).await)
     }
 
     /// An APNs error answer.
@@ -292,4 +300,47 @@ impl Behaviour for Apns {
             ok_headers: vec![("apns-id".into(), id)],
         }
     }
+}
+
+/// A dispatcher configuration sending to `mock` (trusting `ca_file`) for `bundle_id` in
+/// both environments with the provider-token key `key_file` (`team_id`, `key_id`), on
+/// `nats`: short timeouts and retries for tests, no periodic credential check (a test
+/// that counts requests sees only its own).
+pub fn dispatcher_config(
+    mock: &MockApns,
+    ca_file: &std::path::Path,
+    bundle_id: &str,
+    (team_id, key_id, key_file): (&str, &str, &std::path::Path),
+    nats: pipeline::config::NatsConfig,
+    telemetry: pipeline::config::TelemetryConfig,
+) -> crate::config::Config {
+    let mut config = crate::config::Config {
+        nats,
+        telemetry,
+        ..Default::default()
+    };
+    config.apns.production_url = mock.url();
+    config.apns.sandbox_url = mock.url();
+    config.apns.ca_files = vec![ca_file.to_owned()];
+    config.apns.request_timeout_ms = 2_000;
+    config.apns.credential_check_secs = 0;
+    config.apns.apps = vec![crate::config::AppConfig {
+        bundle_id: bundle_id.into(),
+        environments: vec![
+            pipeline::contract::Environment::Production,
+            pipeline::contract::Environment::Sandbox,
+        ],
+        team_id: Some(team_id.into()),
+        key_id: Some(key_id.into()),
+        key_file: Some(key_file.to_owned()),
+        certificate_file: None,
+        certificate_key_file: None,
+        key_base64: None,
+        certificate_base64: None,
+        certificate_key_base64: None,
+        certificate_password: None,
+    }];
+    config.worker.retry_base_ms = 20;
+    config.worker.retry_max_ms = 500;
+    config
 }

@@ -101,17 +101,36 @@ fn status_label(status: u16) -> &'static str {
 
 /// What to do about an FCM error answer.
 pub fn classify(status: u16, body: &ErrorBody, retry_after: Option<Duration>) -> Verdict {
+    let verdict = classify_push(status, body, retry_after);
+    let credential = match body.code() {
+        Some(code) => code == "THIRD_PARTY_AUTH_ERROR",
+        None => status == 401 || status == 403,
+    };
+    if credential {
+        verdict.of_credential()
+    } else {
+        verdict
+    }
+}
+
+/// No access token for a push: retried; a token server refusing the service account (a
+/// deleted account, a revoked key) is a refusal of the credential.
+pub fn no_access_token(refused: bool, detail: String) -> Verdict {
+    if refused {
+        Verdict::retry("oauth_refused", detail, None).of_credential()
+    } else {
+        Verdict::retry("oauth", detail, None)
+    }
+}
+
+fn classify_push(status: u16, body: &ErrorBody, retry_after: Option<Duration>) -> Verdict {
     let detail = format!(
         "FCM {status} {} {}: {}",
         body.status(),
         body.code().unwrap_or("-"),
         body.message()
     );
-    let retry = |reason| Verdict::Retry {
-        reason,
-        detail: detail.clone(),
-        retry_after,
-    };
+    let retry = |reason| Verdict::retry(reason, detail.clone(), retry_after);
     match body.code() {
         Some(code @ ("UNREGISTERED" | "SENDER_ID_MISMATCH")) => Verdict::InvalidToken {
             reason: label(code),
@@ -125,15 +144,9 @@ pub fn classify(status: u16, body: &ErrorBody, retry_after: Option<Duration>) ->
         },
         Some(code @ ("QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL")) => retry(label(code)),
         Some(code) if status == 429 || status >= 500 => retry(label(code)),
-        Some(code) => Verdict::Reject {
-            reason: label(code),
-            detail,
-        },
+        Some(code) => Verdict::reject(label(code), detail),
         None if status == 401 || status == 429 || status >= 500 => retry(status_label(status)),
-        None => Verdict::Reject {
-            reason: status_label(status),
-            detail,
-        },
+        None => Verdict::reject(status_label(status), detail),
     }
 }
 
@@ -227,9 +240,41 @@ mod tests {
     }
 
     #[test]
+    fn credential_refusals_say_so_and_nothing_else_does() {
+        let refused = [
+            classify(401, &ErrorBody::default(), None),
+            classify(403, &ErrorBody::default(), None),
+            classify(401, &body("THIRD_PARTY_AUTH_ERROR", ""), None),
+            no_access_token(true, "invalid_grant".into()),
+        ];
+        for verdict in refused {
+            assert_eq!(verdict.credential_valid(), Some(false), "{verdict:?}");
+        }
+        let not_credential = [
+            classify(429, &body("QUOTA_EXCEEDED", ""), None),
+            classify(400, &body("INVALID_ARGUMENT", "message.data"), None),
+            classify(500, &ErrorBody::default(), None),
+            no_access_token(false, "unreachable".into()),
+        ];
+        for verdict in not_credential {
+            assert_eq!(verdict.credential_valid(), None, "{verdict:?}");
+        }
+        // A dead token needs an accepted credential to be judged.
+        assert_eq!(
+            classify(403, &body("SENDER_ID_MISMATCH", ""), None).credential_valid(),
+            Some(true)
+        );
+    }
+
+    #[test]
     fn unknown_codes_keep_their_text() {
         match classify(400, &body("BRAND_NEW", "what"), None) {
-            Verdict::Reject { reason, detail } => {
+            Verdict::Reject {
+                reason,
+                detail,
+                credential,
+            } => {
+                assert!(!credential);
                 assert_eq!(reason, "Unknown");
                 assert!(detail.contains("BRAND_NEW"));
             }
