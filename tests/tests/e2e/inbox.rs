@@ -713,7 +713,7 @@ async fn inboxes_work_on_redis_cluster_each_person_on_one_node() {
     for (person, id) in persons.iter().zip(&sent) {
         let p = Person::new(&stack, person);
         let page = p.holding(1).await;
-        assert_eq!(ids(&page), [id.clone()]);
+        assert_eq!(ids(&page), std::slice::from_ref(id));
         let (status, done) = p
             .post(&format!("/v1/inbox/{INAPP_APP}/read"), json!({"up_to": id}))
             .await;
