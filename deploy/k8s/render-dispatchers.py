@@ -2,7 +2,9 @@
 """Renders every provider's dispatcher objects (Deployment, Service, PodDisruptionBudget,
 KEDA ScaledObject) from dispatcher.yaml.tmpl, for the providers listed in
 providers/src/lib.rs, into dispatcher-<provider>.yaml, and lists them in
-kustomization.yaml.
+kustomization.yaml. The ScaledObject has one lag trigger per partition of the provider's
+push stream (`partitions` in the [nats] section of its ConfigMap, 1 when not set) and
+scales on their sum.
 
   deploy/k8s/render-dispatchers.py           # write the files
   deploy/k8s/render-dispatchers.py --check   # fail unless they are up to date (CI)
@@ -30,11 +32,38 @@ def providers():
     return names
 
 
+def partitions(provider):
+    """`nats.partitions` in the provider's ConfigMap (1 when not set)."""
+    path = os.path.join(HERE, f"dispatcher-{provider}-configmap.yaml")
+    text = open(path).read() if os.path.exists(path) else ""
+    found = re.search(r"^\s*partitions\s*=\s*(\d+)\s*$", text, re.M)
+    return int(found.group(1)) if found else 1
+
+
+TRIGGER = """\
+    - type: nats-jetstream
+      name: p{n}
+      metadata:
+        natsServerMonitoringEndpoint: "nats.pushline.svc.cluster.local:8222"
+        account: "$G"
+        stream: "{stream}"
+        consumer: "dispatch-{provider}"
+        lagThreshold: "500"
+        activationLagThreshold: "0"
+"""
+
+
 def rendered(provider):
     lines = open(os.path.join(HERE, "dispatcher.yaml.tmpl")).read().splitlines()
     start = next(i for i, l in enumerate(lines) if not l.startswith("#"))
     body = "\n".join(lines[start:])
-    body = body.replace("@PROVIDER@", provider).replace("@STREAM@", provider.upper())
+    count = partitions(provider)
+    stream = lambda n: f"PUSH_{provider.upper()}" + (f"_{n}" if n else "")
+    triggers = "".join(TRIGGER.format(n=n, stream=stream(n), provider=provider)
+                       for n in range(count)).rstrip("\n")
+    body = (body.replace("@TRIGGERS@", triggers)
+            .replace("@LAG_SUM@", " + ".join(f"p{n}" for n in range(count)))
+            .replace("@PROVIDER@", provider))
     return HEADER + body + "\n"
 
 
