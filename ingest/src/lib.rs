@@ -111,7 +111,11 @@ impl AppState {
                     Duration::from_secs(config.webex.replay_window_secs()),
                 ),
                 publisher,
-                admission: publish::Admission::new(config.max_in_flight, config.max_held_bytes),
+                admission: publish::Admission::new(
+                    config.max_in_flight,
+                    config.max_held_bytes,
+                    &metrics,
+                ),
                 metrics,
             }),
         }

@@ -82,6 +82,7 @@ pub const HELD_OVERHEAD_BYTES: usize = 16 * 1024;
 pub struct Admission {
     permits: Arc<Semaphore>,
     held_bytes: Arc<Semaphore>,
+    held: prometheus::IntGauge,
 }
 
 /// A request's admission, shared with the publishes it starts: a work permit until
@@ -90,22 +91,36 @@ pub struct Admission {
 pub struct Admitted {
     inner: Arc<std::sync::Mutex<Held>>,
     held_bytes: Arc<Semaphore>,
+    held: prometheus::IntGauge,
 }
 
 enum Held {
     /// Counted against `max_in_flight` (released when dropped).
     Working { _permit: OwnedSemaphorePermit },
     /// Counted against `max_held_bytes` (released when dropped).
-    Held { _bytes: OwnedSemaphorePermit },
+    Held { _bytes: HeldBytes },
+}
+
+/// A held request's bytes, counted in `pushline_held_requests` while it lives.
+struct HeldBytes {
+    _bytes: OwnedSemaphorePermit,
+    held: prometheus::IntGauge,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.held.dec();
+    }
 }
 
 impl Admission {
     /// At most `max_in_flight` requests worked on at once, and `max_held_bytes` of
-    /// requests held.
-    pub fn new(max_in_flight: usize, max_held_bytes: usize) -> Self {
+    /// requests held (counted in `metrics`' `pushline_held_requests`).
+    pub fn new(max_in_flight: usize, max_held_bytes: usize, metrics: &Metrics) -> Self {
         Admission {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             held_bytes: Arc::new(Semaphore::new(max_held_bytes.min(Semaphore::MAX_PERMITS))),
+            held: metrics.held_requests.with_label_values(&["ingest"]),
         }
     }
 
@@ -118,6 +133,7 @@ impl Admission {
             .map(|permit| Admitted {
                 inner: Arc::new(std::sync::Mutex::new(Held::Working { _permit: permit })),
                 held_bytes: self.held_bytes.clone(),
+                held: self.held.clone(),
             })
     }
 }
@@ -134,8 +150,14 @@ impl Admitted {
         let cost = u32::try_from(HELD_OVERHEAD_BYTES + event_bytes).unwrap_or(u32::MAX);
         match self.held_bytes.clone().try_acquire_many_owned(cost) {
             Ok(bytes) => {
+                self.held.inc();
                 // Dropping the work permit lets one more request in.
-                *held = Held::Held { _bytes: bytes };
+                *held = Held::Held {
+                    _bytes: HeldBytes {
+                        _bytes: bytes,
+                        held: self.held.clone(),
+                    },
+                };
                 true
             }
             Err(_) => false,

@@ -107,6 +107,9 @@ pub struct Catalogue {
     pub dead_letters: IntCounterVec,
     /// `pushline_expired_total{stage}`: work dropped because its deadline passed.
     pub expired: IntCounterVec,
+    /// `pushline_held_requests{service}`: requests held while their publish is retried,
+    /// counted against `max_held_bytes` instead of `max_in_flight`.
+    pub held_requests: IntGaugeVec,
     /// `pushline_partition_reroutes_total{stream}`: publishes that went to another
     /// partition because theirs stalled ([`crate::partition`]).
     pub partition_reroutes: IntCounterVec,
@@ -344,6 +347,12 @@ impl Metrics {
                 "pushline_expired_total",
                 "Work dropped because its deadline had passed.",
                 &["stage"],
+            ),
+            held_requests: gauge(
+                &r,
+                "pushline_held_requests",
+                "Requests held while their publish is retried, counted in bytes.",
+                &["service"],
             ),
             partition_reroutes: counter(
                 &r,
