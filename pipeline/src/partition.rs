@@ -8,8 +8,10 @@
 //! first, from the first choice on ([`Router::publish`]); each try waits at most the ack budget
 //! (`nats.partition_ack_budget_ms`) when another partition is left to try. A partition
 //! that does not acknowledge in time, or answers with an error, is marked stalled for
-//! [`STALL_HOLD`]; so is one whose stream or consumer [`watch`] finds without a leader.
-//! [`watch`] clears the mark again as soon as both answer with a leader.
+//! [`STALL_HOLD`]; so is one whose stream or consumer [`watch`] finds without a leader,
+//! every time it looks. A mark is never cleared early: it runs out [`STALL_HOLD`] after
+//! the last stall seen, which leaves the readers of a partition whose leader was just
+//! elected time to pull from it again before publishers send to it.
 //!
 //! | try on partition `p` | then |
 //! |---|---|
@@ -34,8 +36,8 @@ use async_nats::jetstream::publish::PublishAck;
 use crate::nats::StoreError;
 use crate::topology::{ConsumerKind, Topology};
 
-/// How long a partition that stalled is passed over (unless every other one is too),
-/// unless [`watch`] sees its leaders back sooner.
+/// How long a partition that stalled is passed over (unless every other one is too)
+/// after the last stall seen.
 pub const STALL_HOLD: Duration = Duration::from_secs(2);
 
 /// How often [`watch`] asks the server about every partition.
@@ -64,11 +66,6 @@ impl Partitions {
     pub fn stalled(&self, partition: usize) {
         let until = now_ms() + STALL_HOLD.as_millis() as u64;
         self.stalled_until_ms[partition].store(until, Ordering::Relaxed);
-    }
-
-    /// Marks `partition` healthy.
-    pub fn healthy(&self, partition: usize) {
-        self.stalled_until_ms[partition].store(0, Ordering::Relaxed);
     }
 
     /// Whether `partition` is passed over right now.
@@ -261,8 +258,8 @@ impl PushRouters {
 
 /// Keeps `partitions` (of the stream `consumer` reads) current until `shutdown`: every
 /// [`WATCH_EVERY`], each partition whose stream or consumer does not answer an info
-/// request with a leader within `bound` is marked stalled, and one whose both do is
-/// marked healthy. Does nothing with one partition.
+/// request with a leader within `bound` is marked stalled. Does nothing with one
+/// partition.
 pub async fn watch(
     js: Context,
     topology: Topology,
@@ -292,13 +289,12 @@ pub async fn watch(
         });
         for (partition, led) in futures::future::join_all(checks).await {
             if led {
-                partitions.healthy(partition);
-            } else if !partitions.is_stalled(partition) {
-                tracing::info!(partition, stream = %topology.stream_name_in(consumer.stream(), partition), "partition without a leader; publishing around it");
-                partitions.stalled(partition);
-            } else {
-                partitions.stalled(partition);
+                continue;
             }
+            if !partitions.is_stalled(partition) {
+                tracing::info!(partition, stream = %topology.stream_name_in(consumer.stream(), partition), "partition without a leader; publishing around it");
+            }
+            partitions.stalled(partition);
         }
     }
 }
@@ -357,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_partition_is_passed_over_until_healthy() {
+    fn a_stalled_partition_is_passed_over() {
         let partitions = Partitions::new(3);
         let key = "k";
         let first = first_choice(key, 3);
@@ -366,7 +362,6 @@ mod tests {
         assert!(partitions.is_stalled(first));
         assert_ne!(partitions.order_for(key)[0], first);
         assert_eq!(*partitions.order_for(key).last().unwrap(), first);
-        partitions.healthy(first);
-        assert_eq!(partitions.order_for(key)[0], first);
+        assert_eq!(partitions.order_for(key).len(), 3);
     }
 }

@@ -252,15 +252,16 @@ impl<H: Handler> Worker<H> {
         let stage = self.kind.stage();
         let mut tasks = JoinSet::new();
         'pull: while !shutdown.is_cancelled() {
-            // Short-lived pull requests with 1 s heartbeats: when the consumer's leader
+            // Short-lived pull requests with 500 ms heartbeats: when the consumer's leader
             // dies with a pull request (a node failure), the client notices within
             // about two heartbeats and pulls from the new leader, instead of waiting out
-            // a long request.
+            // a long request (publishers pass the partition over for 2 s after its
+            // election, `crate::partition`, which covers this).
             let messages = consumer
                 .stream()
                 .max_messages_per_batch(batch)
-                .heartbeat(Duration::from_secs(1))
-                .expires(Duration::from_secs(10))
+                .heartbeat(Duration::from_millis(500))
+                .expires(Duration::from_secs(5))
                 .messages()
                 .await;
             let mut messages = match messages {
@@ -342,18 +343,30 @@ impl<H: Handler> Worker<H> {
 impl<H> Worker<H> {
     /// Looks the consumer up again, creating it if it is gone (deleted, or lost with a
     /// restored cluster). False when that failed.
+    ///
+    /// Bounded by a second: while the stream or consumer elects a leader the look-up gets
+    /// no answer (the client's own request timeout is 5 s per request), and the loop had
+    /// better pull again on the handle it has, which reaches whichever leader is elected,
+    /// than wait out the look-up while publishers already send to the partition again.
     async fn find_consumer(&self, partition: usize, consumer: &mut PullConsumer) -> bool {
-        match self
+        let found = self
             .topology
-            .consumer_in(&self.js, self.kind, partition, &self.config)
-            .await
-        {
-            Ok(found) => {
+            .consumer_in(&self.js, self.kind, partition, &self.config);
+        match tokio::time::timeout(Duration::from_secs(1), found).await {
+            Ok(Ok(found)) => {
                 *consumer = found;
                 true
             }
-            Err(error) => {
-                tracing::warn!(stage = self.kind.stage(), %error, "cannot set up the consumer");
+            Ok(Err(error)) => {
+                tracing::warn!(stage = self.kind.stage(), partition, %error, "cannot set up the consumer");
+                false
+            }
+            Err(_) => {
+                tracing::info!(
+                    stage = self.kind.stage(),
+                    partition,
+                    "consumer look-up unanswered within 1 s; pulling again"
+                );
                 false
             }
         }

@@ -548,7 +548,7 @@ async fn nats_cluster(drill: &str, scale: Scale) -> Report {
     let load = load(drill, &stack, scale);
     tokio::time::sleep(scale.before).await;
     // Where the cluster put the partitions' leaders (printed: they are the server's choice).
-    let topology = stack.env.topology();
+    let topology = providers::topology(&stack.configs.registry.nats);
     let mut leaders = Vec::new();
     for kind in [
         StreamKind::Events,
