@@ -23,7 +23,8 @@
 //! A request takes one of `max_in_flight` permits before its body is read: that bounds
 //! the work (reading, verifying, parsing) the process does at once, and a request beyond
 //! it is refused at once with 503 `overloaded`, cheaply. A request whose first publish
-//! try fails is no longer work but *held*: waiting on the store, it costs memory, not
+//! try fails, or whose event is not stored within `nats.partition_ack_budget_ms` (a
+//! store that stalls without an error), is no longer work but *held*: waiting on the store, it costs memory, not
 //! CPU. It then trades its permit for its size in a byte budget (`max_held_bytes`:
 //! [`HELD_OVERHEAD_BYTES`] plus its event), so a stall of the store does not fill
 //! `max_in_flight` and push new webhooks into 503 while memory allows; once the byte
@@ -260,9 +261,26 @@ impl Publisher {
         let msg_id = msg_id.to_owned();
         let trace_id = trace_id.map(str::to_owned);
         tokio::spawn(async move {
-            let stored = this
-                .publish_within_budget(&subject, &msg_id, trace_id.as_deref(), payload, &admitted)
-                .await;
+            let stored = {
+                let len = payload.len();
+                let publishing = this.publish_within_budget(
+                    &subject,
+                    &msg_id,
+                    trace_id.as_deref(),
+                    payload,
+                    &admitted,
+                );
+                let mut publishing = std::pin::pin!(publishing);
+                // Not stored within the ack budget: the store is stalling (no answer is not
+                // an error until the publish timeout), so the request is held from now on.
+                tokio::select! {
+                    stored = &mut publishing => stored,
+                    () = tokio::time::sleep(this.ack_budget) => {
+                        admitted.hold(len);
+                        publishing.await
+                    }
+                }
+            };
             drop(admitted);
             stored
         })
