@@ -4,12 +4,14 @@
 Starts nats-server and ingest (the release binary, target/release/pushline-ingest) on
 loopback, stops nats-server with SIGSTOP once the EVENTS stream exists (a stalled store:
 publishes are not acked and ingest holds every webhook while it retries), sends --count
-signed call webhooks at once, each on a connection of its own, waits until ingest has
-them all, and prints ingest's resident memory before and with them held, and the
-difference per webhook. Then resumes nats-server and checks every webhook was answered 200.
+signed call webhooks at --rate per second, each on a connection of its own, waits until
+ingest has them all, and prints ingest's resident memory before and with them held, and
+the difference per webhook. Then resumes nats-server and counts the answers (200 for
+every webhook unless the rate outran max_in_flight within the ack budget, which is an
+overload and refused).
 
   cargo build --release --bin pushline-ingest
-  deploy/local/measure-held.py [--count 2000]
+  deploy/local/measure-held.py [--count 2000] [--rate 500]
 
 Needs nats-server on PATH (Debian: /usr/sbin).
 """
@@ -65,8 +67,12 @@ async def send(port, payload):
                  + payload)
     await writer.drain()
     status = await reader.readline()
+    rest = await reader.read(4096)
     writer.close()
-    return int(status.split()[1]) if status else 0
+    code = int(status.split()[1]) if status else 0
+    if code == 503 and b"overloaded" not in rest:
+        return 5031
+    return code
 
 
 def held_count(admin):
@@ -79,6 +85,7 @@ def held_count(admin):
 async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=500.0)
     args = parser.parse_args()
     binary = os.path.join(ROOT, "target", "release", "pushline-ingest")
     nats_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -107,7 +114,12 @@ async def main():
         assert all(s == 200 for s in warm), warm
         before = rss_kib(ingest.pid)
         os.kill(nats.pid, signal.SIGSTOP)
-        tasks = [asyncio.ensure_future(send(api, body(n, deadline))) for n in range(args.count)]
+        tasks = []
+        started = time.monotonic()
+        for n in range(args.count):
+            due = started + n / args.rate
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            tasks.append(asyncio.ensure_future(send(api, body(n, deadline))))
         # Every webhook is held once each has failed its first try (nats.publish_timeout_ms,
         # 2 s, after it was sent) and counted a retry.
         for _ in range(600):
@@ -121,8 +133,10 @@ async def main():
               f"(body {len(body(0, deadline))} bytes)")
         os.kill(nats.pid, signal.SIGCONT)
         statuses = await asyncio.gather(*tasks)
-        refused = sum(1 for s in statuses if s != 200)
-        print(f"answered 200: {len(statuses) - refused}, otherwise: {refused}")
+        answers = {}
+        for status in statuses:
+            answers[status] = answers.get(status, 0) + 1
+        print("answers by status (0: no answer):", dict(sorted(answers.items())))
     finally:
         os.kill(nats.pid, signal.SIGCONT)
         for p in (ingest, nats):

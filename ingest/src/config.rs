@@ -27,7 +27,7 @@ pub struct Config {
     /// restart) is held, not worked on: it leaves this count for `max_held_bytes`.
     pub max_in_flight: usize,
     /// Most bytes of requests held while their publish is retried: each costs its event
-    /// plus a measured overhead (16 KiB). Beyond it held requests keep counting against
+    /// plus a measured overhead (48 KiB). Beyond it held requests keep counting against
     /// `max_in_flight`, so ingest's memory stays bounded by configuration.
     pub max_held_bytes: usize,
     /// Deepest JSON nesting accepted in a body; deeper → 400.
@@ -54,7 +54,7 @@ impl Default for Config {
             body_limit_bytes: 64 * 1024,
             retry_after_secs: 1,
             max_in_flight: 512,
-            max_held_bytes: 64 * 1024 * 1024,
+            max_held_bytes: 128 * 1024 * 1024,
             max_json_depth: 32,
             connections: pipeline::listener::ConnectionsConfig::default(),
             webex: WebexConfig::default(),
