@@ -67,14 +67,21 @@ if {d["spec"]["scaleTargetRef"]["name"] for d in scaled} != dispatchers:
 for doc in scaled:
     target = doc["spec"]["scaleTargetRef"]["name"]
     provider = target.removeprefix("dispatcher-")
-    wanted = (f"PUSH_{provider.upper()}", f"dispatch-{provider}")
-    trigger = doc["spec"]["triggers"][0]
-    meta = trigger["metadata"]
-    if trigger["type"] != "nats-jetstream" or (meta["stream"], meta["consumer"]) != wanted:
-        sys.exit(f"ScaledObject {target} must scale on {wanted}")
-    for key in ("natsServerMonitoringEndpoint", "account", "lagThreshold"):
-        if not meta.get(key):
-            sys.exit(f"ScaledObject {target}: {key} missing")
+    triggers = doc["spec"]["triggers"]
+    names = []
+    for n, trigger in enumerate(triggers):
+        stream = f"PUSH_{provider.upper()}" + (f"_{n}" if n else "")
+        wanted = (stream, f"dispatch-{provider}")
+        meta = trigger["metadata"]
+        if trigger["type"] != "nats-jetstream" or (meta["stream"], meta["consumer"]) != wanted:
+            sys.exit(f"ScaledObject {target} trigger {n} must scale on {wanted}")
+        for key in ("natsServerMonitoringEndpoint", "account", "lagThreshold"):
+            if not meta.get(key):
+                sys.exit(f"ScaledObject {target}: {key} missing")
+        names.append(trigger["name"])
+    formula = doc["spec"]["advanced"]["scalingModifiers"]["formula"]
+    if formula != " + ".join(names):
+        sys.exit(f"ScaledObject {target} must scale on the sum of its partitions' lags")
 print(f"ok: {len(k['resources'])} resources listed and present; ScaledObjects scale the right consumers")
 PY
 kubernetes-validate --quiet --strict -k "$K8S_VERSION" $(ls deploy/k8s/*.yaml | grep -v kustomization.yaml)

@@ -3,7 +3,10 @@
 providers/src/lib.rs, so that adding a provider touches nothing here by hand:
 
 - Kubernetes: each dispatcher's Deployment, Service, PodDisruptionBudget and KEDA
-  ScaledObject from dispatcher.yaml.tmpl into dispatcher-<provider>.yaml; its ConfigMap
+  ScaledObject from dispatcher.yaml.tmpl into dispatcher-<provider>.yaml (the
+  ScaledObject has one lag trigger per partition of the provider's push stream —
+  `partitions` in the [nats] section of its k8s.toml, 1 when not set — and scales on
+  their sum); its ConfigMap
   (dispatcher-<provider>-configmap.yaml) from the provider's own
   dispatcher-<provider>/deploy/k8s.toml; both listed in kustomization.yaml; its example
   Secret from dispatcher-<provider>/deploy/secret.example.yaml into secrets.example.yaml;
@@ -57,11 +60,36 @@ def admin_port(provider):
     return found.group(1)
 
 
+def partitions(provider):
+    """`nats.partitions` in the provider's own k8s.toml (1 when not set)."""
+    found = re.search(r"^\s*partitions\s*=\s*(\d+)\s*$", own(provider, "k8s.toml"), re.M)
+    return int(found.group(1)) if found else 1
+
+
+TRIGGER = """\
+    - type: nats-jetstream
+      name: p{n}
+      metadata:
+        natsServerMonitoringEndpoint: "nats.pushline.svc.cluster.local:8222"
+        account: "$G"
+        stream: "{stream}"
+        consumer: "dispatch-{provider}"
+        lagThreshold: "500"
+        activationLagThreshold: "0"
+"""
+
+
 def rendered(provider):
     lines = open(os.path.join(HERE, "dispatcher.yaml.tmpl")).read().splitlines()
     start = next(i for i, l in enumerate(lines) if not l.startswith("#"))
     body = "\n".join(lines[start:])
-    body = body.replace("@PROVIDER@", provider).replace("@STREAM@", provider.upper())
+    count = partitions(provider)
+    stream = lambda n: f"PUSH_{provider.upper()}" + (f"_{n}" if n else "")
+    triggers = "".join(TRIGGER.format(n=n, stream=stream(n), provider=provider)
+                       for n in range(count)).rstrip("\n")
+    body = (body.replace("@TRIGGERS@", triggers)
+            .replace("@LAG_SUM@", " + ".join(f"p{n}" for n in range(count)))
+            .replace("@PROVIDER@", provider))
     return HEADER + body + "\n"
 
 

@@ -21,11 +21,15 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// `Retry-After` sent with 503 when NATS cannot take the event, seconds.
     pub retry_after_secs: u64,
-    /// Most requests (webhooks and `/v1/notify`) handled at once, their publishes
-    /// included; one more is refused at once with 503 `overloaded` and `Retry-After`,
-    /// before its body is read. Bounds ingest's memory by configuration (at most this
-    /// many bodies of `body_limit_bytes`) instead of by load.
+    /// Most requests (webhooks and `/v1/notify`) worked on at once; one more is refused
+    /// at once with 503 `overloaded` and `Retry-After`, before its body is read. A request
+    /// waiting on a publish that is being retried (a stream leader's election, a NATS
+    /// restart) is held, not worked on: it leaves this count for `max_held_bytes`.
     pub max_in_flight: usize,
+    /// Most bytes of requests held while their publish is retried: each costs its event
+    /// plus a measured overhead (48 KiB). Beyond it held requests keep counting against
+    /// `max_in_flight`, so ingest's memory stays bounded by configuration.
+    pub max_held_bytes: usize,
     /// Deepest JSON nesting accepted in a body; deeper → 400.
     pub max_json_depth: usize,
     /// The public listener's bounds on connections (`[connections]`).
@@ -50,6 +54,7 @@ impl Default for Config {
             body_limit_bytes: 64 * 1024,
             retry_after_secs: 1,
             max_in_flight: 512,
+            max_held_bytes: 128 * 1024 * 1024,
             max_json_depth: 32,
             connections: pipeline::listener::ConnectionsConfig::default(),
             webex: WebexConfig::default(),
@@ -256,6 +261,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "max_in_flight",
                 "must be 1 to 1000000",
+            ));
+        }
+        if self.max_held_bytes > 1 << 40 {
+            return Err(ConfigError::invalid(
+                "max_held_bytes",
+                "must be at most 1 TiB (0 holds nothing beyond max_in_flight)",
             ));
         }
         if !(2..=512).contains(&self.max_json_depth) {

@@ -44,7 +44,7 @@ use pipeline::admin::{self, BoxFuture, Readiness};
 use pipeline::config::Secret;
 use pipeline::contract::now_ms;
 use pipeline::metrics::Metrics;
-use pipeline::topology::{StreamKind, Topology};
+use pipeline::topology::Topology;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, WebexConfig};
@@ -111,7 +111,11 @@ impl AppState {
                     Duration::from_secs(config.webex.replay_window_secs()),
                 ),
                 publisher,
-                admission: publish::Admission::new(config.max_in_flight),
+                admission: publish::Admission::new(
+                    config.max_in_flight,
+                    config.max_held_bytes,
+                    &metrics,
+                ),
                 metrics,
             }),
         }
@@ -211,10 +215,9 @@ impl Inner {
         admitted: publish::Admitted,
     ) -> Result<publish::Stored, StoreEventError> {
         let payload = serde_json::to_vec(event)?;
-        let subject = self.topology.event_subject(&event.source, &event.resource);
         self.publisher
             .publish(
-                subject,
+                (event.source.clone(), event.resource.clone()),
                 &event.id,
                 event.trace_id.as_deref(),
                 payload.into(),
@@ -328,11 +331,13 @@ async fn serve_resolved(
     let topology = providers::topology(&config.nats);
     let publisher = Publisher::new(
         client.clone(),
-        Duration::from_millis(config.nats.publish_timeout_ms),
-        Duration::from_millis(config.nats.publish_retry_budget_ms),
-        topology.stream_name(StreamKind::Events),
+        topology.clone(),
+        &config.nats,
         metrics.clone(),
     );
+    let watcher = publisher.clone();
+    let watch_shutdown = shutdown.clone();
+    tokio::spawn(async move { watcher.watch_partitions(watch_shutdown).await });
     let ready = Arc::new(Ready {
         publisher: publisher.clone(),
         topology: topology.clone(),

@@ -13,8 +13,24 @@
 //! timeout may be shorter than the budget) does not cancel them, so the event is still
 //! stored if it can be within the budget, and the call still rings.
 //!
-//! Each try holds the request's admission permit ([`Admission`]), so requests whose
-//! sender hung up still count against `max_in_flight` until their publish ends.
+//! With `nats.partitions` above 1, each try goes to the event's partition, or around it
+//! to another one when it does not acknowledge within `nats.partition_ack_budget_ms` or
+//! is known to be without a leader ([`pipeline::partition`]): a leader's death then costs
+//! a webhook about one ack budget, not an election.
+//!
+//! # Admission: work, then held work
+//!
+//! A request takes one of `max_in_flight` permits before its body is read: that bounds
+//! the work (reading, verifying, parsing) the process does at once, and a request beyond
+//! it is refused at once with 503 `overloaded`, cheaply. A request whose first publish
+//! try fails, or whose event is not stored within `nats.partition_ack_budget_ms` (a
+//! store that stalls without an error), is no longer work but *held*: waiting on the store, it costs memory, not
+//! CPU. It then trades its permit for its size in a byte budget (`max_held_bytes`:
+//! [`HELD_OVERHEAD_BYTES`] plus its event), so a stall of the store does not fill
+//! `max_in_flight` and push new webhooks into 503 while memory allows; once the byte
+//! budget is spent, held requests keep their permits and new ones are refused as before.
+//! The permit (or the bytes) is held by the publish task, so requests whose sender hung
+//! up still count until their publish ends.
 //!
 //! The default budget (12 s) is sized by nats-server's Raft: a killed stream leader is
 //! replaced after an election timeout of 4 to 9 s, plus the client's reconnect.
@@ -25,6 +41,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::Context;
 use bytes::Bytes;
 use pipeline::metrics::Metrics;
+use pipeline::partition::{Partitions, Router};
+use pipeline::topology::{ConsumerKind, StreamKind, Topology};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Header carrying the producer's trace id through NATS.
@@ -70,25 +88,59 @@ impl PublishError {
     }
 }
 
-/// Ingest's bound on requests in flight (`max_in_flight`): a permit is taken before a
-/// request's body is read and released when the request, and every publish it started,
-/// is done.
+/// What one held request costs beyond its event's bytes, measured (`docs/scaling.md`:
+/// 44–48 KB of resident memory per held webhook after 5–10 s of a stalled store): the
+/// request and its connection, the publish task and its retry state, and the copies of
+/// the event its tries leave in the NATS client's outgoing buffer while the server does
+/// not read.
+pub const HELD_OVERHEAD_BYTES: usize = 48 * 1024;
+
+/// Ingest's admission: `max_in_flight` permits for requests being worked on, and
+/// `max_held_bytes` for requests held while their publish is retried (module
+/// documentation).
 #[derive(Clone)]
 pub struct Admission {
     permits: Arc<Semaphore>,
+    held_bytes: Arc<Semaphore>,
+    held: prometheus::IntGauge,
 }
 
-/// A request's admission, shared with the publishes it starts.
+/// A request's admission, shared with the publishes it starts: a work permit until
+/// [`Admitted::hold`] trades it for held bytes.
 #[derive(Clone)]
 pub struct Admitted {
-    _permit: Arc<OwnedSemaphorePermit>,
+    inner: Arc<std::sync::Mutex<Held>>,
+    held_bytes: Arc<Semaphore>,
+    held: prometheus::IntGauge,
+}
+
+enum Held {
+    /// Counted against `max_in_flight` (released when dropped).
+    Working { _permit: OwnedSemaphorePermit },
+    /// Counted against `max_held_bytes` (released when dropped).
+    Held { _bytes: HeldBytes },
+}
+
+/// A held request's bytes, counted in `pushline_held_requests` while it lives.
+struct HeldBytes {
+    _bytes: OwnedSemaphorePermit,
+    held: prometheus::IntGauge,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.held.dec();
+    }
 }
 
 impl Admission {
-    /// At most `max_in_flight` requests at once.
-    pub fn new(max_in_flight: usize) -> Self {
+    /// At most `max_in_flight` requests worked on at once, and `max_held_bytes` of
+    /// requests held (counted in `metrics`' `pushline_held_requests`).
+    pub fn new(max_in_flight: usize, max_held_bytes: usize, metrics: &Metrics) -> Self {
         Admission {
             permits: Arc::new(Semaphore::new(max_in_flight)),
+            held_bytes: Arc::new(Semaphore::new(max_held_bytes.min(Semaphore::MAX_PERMITS))),
+            held: metrics.held_requests.with_label_values(&["ingest"]),
         }
     }
 
@@ -99,8 +151,37 @@ impl Admission {
             .try_acquire_owned()
             .ok()
             .map(|permit| Admitted {
-                _permit: Arc::new(permit),
+                inner: Arc::new(std::sync::Mutex::new(Held::Working { _permit: permit })),
+                held_bytes: self.held_bytes.clone(),
+                held: self.held.clone(),
             })
+    }
+}
+
+impl Admitted {
+    /// The request now waits on the store with an event of `event_bytes`: it gives its
+    /// work permit back if the byte budget has room for it ([`HELD_OVERHEAD_BYTES`] plus
+    /// the event), and keeps it otherwise. True when it is now counted in bytes.
+    pub fn hold(&self, event_bytes: usize) -> bool {
+        let mut held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*held, Held::Held { .. }) {
+            return true;
+        }
+        let cost = u32::try_from(HELD_OVERHEAD_BYTES + event_bytes).unwrap_or(u32::MAX);
+        match self.held_bytes.clone().try_acquire_many_owned(cost) {
+            Ok(bytes) => {
+                self.held.inc();
+                // Dropping the work permit lets one more request in.
+                *held = Held::Held {
+                    _bytes: HeldBytes {
+                        _bytes: bytes,
+                        held: self.held.clone(),
+                    },
+                };
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -111,11 +192,15 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
-/// Publishes events with de-duplication ids and bounded waits.
+/// Publishes events with de-duplication ids and bounded waits, over the partitions of
+/// `EVENTS`.
 #[derive(Clone)]
 pub struct Publisher {
     client: async_nats::Client,
     js: Context,
+    topology: Topology,
+    router: Router,
+    ack_budget: Duration,
     timeout: Duration,
     budget: Duration,
     stream_label: String,
@@ -123,24 +208,50 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher on `client`: each try waits at most `timeout` for its ack, and tries
-    /// go on for `budget`; `stream_label` names the stream in metrics.
+    /// A publisher on `client` to the `EVENTS` partitions of `topology`: each try waits
+    /// at most `nats.publish_timeout_ms` for its ack (a partition at most
+    /// `nats.partition_ack_budget_ms` while another is left), and tries go on for
+    /// `nats.publish_retry_budget_ms`.
     pub fn new(
         client: async_nats::Client,
-        timeout: Duration,
-        budget: Duration,
-        stream_label: String,
+        topology: Topology,
+        config: &pipeline::config::NatsConfig,
         metrics: Metrics,
     ) -> Self {
         let js = pipeline::topology::jetstream(client.clone());
+        let ack_budget = Duration::from_millis(config.partition_ack_budget_ms);
+        let stream_label = topology.stream_name(StreamKind::Events);
+        let router = Router::new(
+            js.clone(),
+            Partitions::new(topology.partitions_of(StreamKind::Events)),
+            ack_budget,
+        )
+        .counted(&metrics, &stream_label);
         Publisher {
             client,
             js,
-            timeout,
-            budget,
             stream_label,
+            topology,
+            router,
+            ack_budget,
+            timeout: Duration::from_millis(config.publish_timeout_ms),
+            budget: Duration::from_millis(config.publish_retry_budget_ms),
             metrics,
         }
+    }
+
+    /// Keeps the health view of the `EVENTS` partitions current until `shutdown`
+    /// ([`pipeline::partition::watch`]); returns at once with one partition.
+    pub async fn watch_partitions(&self, shutdown: pipeline::CancellationToken) {
+        pipeline::partition::watch(
+            self.js.clone(),
+            self.topology.clone(),
+            ConsumerKind::Fanout,
+            self.router.partitions().clone(),
+            self.ack_budget,
+            shutdown,
+        )
+        .await;
     }
 
     /// The NATS client it publishes on.
@@ -153,12 +264,13 @@ impl Publisher {
         &self.js
     }
 
-    /// Publishes `payload` on `subject` with `Nats-Msg-Id: msg_id` and waits for the ack,
-    /// trying again within the retry budget (on a task of its own, so the tries go on if
-    /// the caller is dropped; the task holds the request's `admitted` permit).
+    /// Publishes `payload` as the event of `(source, resource)` with `Nats-Msg-Id:
+    /// msg_id` and waits for the ack, trying again within the retry budget (on a task of
+    /// its own, so the tries go on if the caller is dropped; the task holds the request's
+    /// `admitted` permit, traded for held bytes once a try has failed).
     pub async fn publish(
         &self,
-        subject: String,
+        subject: (String, String),
         msg_id: &str,
         trace_id: Option<&str>,
         payload: Bytes,
@@ -168,9 +280,26 @@ impl Publisher {
         let msg_id = msg_id.to_owned();
         let trace_id = trace_id.map(str::to_owned);
         tokio::spawn(async move {
-            let stored = this
-                .publish_within_budget(subject, &msg_id, trace_id.as_deref(), payload)
-                .await;
+            let stored = {
+                let len = payload.len();
+                let publishing = this.publish_within_budget(
+                    &subject,
+                    &msg_id,
+                    trace_id.as_deref(),
+                    payload,
+                    &admitted,
+                );
+                let mut publishing = std::pin::pin!(publishing);
+                // Not stored within the ack budget: the store is stalling (no answer is not
+                // an error until the publish timeout), so the request is held from now on.
+                tokio::select! {
+                    stored = &mut publishing => stored,
+                    () = tokio::time::sleep(this.ack_budget) => {
+                        admitted.hold(len);
+                        publishing.await
+                    }
+                }
+            };
             drop(admitted);
             stored
         })
@@ -180,10 +309,11 @@ impl Publisher {
 
     async fn publish_within_budget(
         &self,
-        subject: String,
+        subject: &(String, String),
         msg_id: &str,
         trace_id: Option<&str>,
         payload: Bytes,
+        admitted: &Admitted,
     ) -> Result<Stored, PublishError> {
         let started = Instant::now();
         let give_up = started + self.budget;
@@ -193,7 +323,7 @@ impl Publisher {
             tries += 1;
             let left = give_up.saturating_duration_since(Instant::now());
             let error = match self
-                .try_once(&subject, msg_id, trace_id, &payload, left)
+                .try_once(subject, msg_id, trace_id, &payload, left)
                 .await
             {
                 Ok(stored) => {
@@ -214,6 +344,7 @@ impl Publisher {
             }
             if tries == 1 {
                 tracing::info!(%error, "event not stored yet; retrying within the budget");
+                admitted.hold(payload.len());
             }
             self.metrics
                 .retries
@@ -227,7 +358,7 @@ impl Publisher {
     /// One try, waiting at most `min(timeout, left)` for the ack.
     async fn try_once(
         &self,
-        subject: &str,
+        (source, resource): &(String, String),
         msg_id: &str,
         trace_id: Option<&str>,
         payload: &Bytes,
@@ -242,9 +373,11 @@ impl Publisher {
             headers
         });
         let bound = self.timeout.min(left).max(Duration::from_millis(1));
-        let ack = tokio::time::timeout(
+        let subject_of = |partition| self.topology.event_subject_in(partition, source, resource);
+        let (_, ack) = tokio::time::timeout(
             bound,
-            pipeline::nats::publish_stored(&self.js, subject, msg_id, headers.as_ref(), payload),
+            self.router
+                .publish(subject_of, msg_id, headers.as_ref(), payload, bound),
         )
         .await
         .map_err(|_| PublishError::Timeout(bound))??;
@@ -253,14 +386,9 @@ impl Publisher {
         })
     }
 
-    /// Readiness: connected, JetStream answers, and `EVENTS` exists.
-    pub async fn check(&self, topology: &pipeline::topology::Topology) -> Result<(), String> {
-        pipeline::nats::check_topology(
-            &self.client,
-            topology,
-            &[pipeline::topology::StreamKind::Events],
-            &[],
-        )
-        .await
+    /// Readiness: connected, JetStream answers, and `EVENTS` exists (every partition,
+    /// one of them at least answering).
+    pub async fn check(&self, topology: &Topology) -> Result<(), String> {
+        pipeline::nats::check_topology(&self.client, topology, &[StreamKind::Events], &[]).await
     }
 }

@@ -239,6 +239,14 @@ pub struct NatsConfig {
     pub prefix: String,
     /// Stream replicas: 1 on a single server, 3 on a cluster.
     pub replicas: usize,
+    /// How many streams `EVENTS` and each provider's push stream are split into (1 to 64;
+    /// [`crate::topology`]): each partition is a Raft group of its own whose leader the
+    /// cluster places, so no one leader carries every message, and publishers route around
+    /// a partition that stalls ([`crate::partition`]). 1 is one stream per stage.
+    pub partitions: usize,
+    /// Publishers with more than one partition: how long one publish waits for its ack
+    /// before the message goes to another partition instead, milliseconds.
+    pub partition_ack_budget_ms: u64,
     /// JetStream de-duplication window for `Nats-Msg-Id`, seconds (≥ 120).
     pub duplicate_window_secs: u64,
     /// How long dead letters are kept in `DEAD`, days.
@@ -279,6 +287,8 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             prefix: String::new(),
             replicas: 1,
+            partitions: 1,
+            partition_ack_budget_ms: 250,
             duplicate_window_secs: 120,
             dead_letter_max_age_days: 14,
             tracking: true,
@@ -315,6 +325,15 @@ impl NatsConfig {
         }
         if !(1..=5).contains(&self.replicas) {
             return Err(ConfigError::invalid("nats.replicas", "must be 1 to 5"));
+        }
+        if !(1..=64).contains(&self.partitions) {
+            return Err(ConfigError::invalid("nats.partitions", "must be 1 to 64"));
+        }
+        if self.partition_ack_budget_ms == 0 {
+            return Err(ConfigError::invalid(
+                "nats.partition_ack_budget_ms",
+                "must be positive",
+            ));
         }
         if self.duplicate_window_secs < 120 {
             return Err(ConfigError::invalid(

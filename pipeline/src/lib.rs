@@ -4,6 +4,7 @@
 //!
 //! - [`contract`]: the messages on the wire (`Event`, `PushJob`, `Feedback`, `DeadLetter`).
 //! - [`topology`]: streams, subjects and durable consumers, created idempotently.
+//! - [`partition`]: choosing a partition per message, routing around a stalled one.
 //! - [`config`]: layered typed configuration (defaults → TOML → `PUSHLINE_*` env).
 //! - [`nats`]: connecting with credentials, TLS and a fast reconnect policy.
 //! - [`provider_http`]: the HTTP/2 client dispatchers use to reach their providers.
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod mock;
 pub mod nats;
 pub mod operate;
+pub mod partition;
 pub mod provider;
 pub mod provider_http;
 pub mod prune_guard;

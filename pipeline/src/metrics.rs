@@ -92,7 +92,8 @@ pub struct Catalogue {
     /// `pushline_publish_seconds{stream}`: publish → JetStream ack.
     pub publish_duration: HistogramVec,
 
-    /// `pushline_fanout_events_total{outcome}` (`fanned_out`, `no_devices`, `expired`).
+    /// `pushline_fanout_events_total{outcome}` (`fanned_out`, `no_devices`, `expired`,
+    /// `duplicate`).
     pub fanout_events: IntCounterVec,
     /// `pushline_fanout_jobs_total{platform,class}`: push jobs published.
     pub fanout_jobs: IntCounterVec,
@@ -123,6 +124,12 @@ pub struct Catalogue {
     pub dead_letters: IntCounterVec,
     /// `pushline_expired_total{stage}`: work dropped because its deadline passed.
     pub expired: IntCounterVec,
+    /// `pushline_held_requests{service}`: requests held while their publish is retried,
+    /// counted against `max_held_bytes` instead of `max_in_flight`.
+    pub held_requests: IntGaugeVec,
+    /// `pushline_partition_reroutes_total{stream}`: publishes that went to another
+    /// partition because theirs stalled ([`crate::partition`]).
+    pub partition_reroutes: IntCounterVec,
     /// `pushline_consumer_pending_messages{stream,consumer}`: not yet delivered (lag).
     pub consumer_pending: IntGaugeVec,
     /// `pushline_consumer_ack_pending_messages{stream,consumer}`: delivered, not yet acked.
@@ -393,6 +400,18 @@ impl Metrics {
                 "pushline_expired_total",
                 "Work dropped because its deadline had passed.",
                 &["stage"],
+            ),
+            held_requests: gauge(
+                &r,
+                "pushline_held_requests",
+                "Requests held while their publish is retried, counted in bytes.",
+                &["service"],
+            ),
+            partition_reroutes: counter(
+                &r,
+                "pushline_partition_reroutes_total",
+                "Publishes routed to another partition because theirs stalled.",
+                &["stream"],
             ),
             consumer_pending: gauge(
                 &r,

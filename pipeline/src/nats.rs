@@ -89,7 +89,10 @@ pub fn is_connected(client: &async_nats::Client) -> bool {
 
 /// Readiness: connected, JetStream answers, and every stream in `streams` and every
 /// consumer in `consumers` exists, each asked of the server (a stream or consumer info
-/// request) within 2 s.
+/// request) within 2 s, on every partition ([`crate::topology`]). A partition that does
+/// not answer in time (its leader is being elected) is tolerated while another partition
+/// of the same stream answers, since publishers and readers go on around it; one the
+/// server says is missing is not.
 pub async fn check_topology(
     client: &async_nats::Client,
     topology: &Topology,
@@ -100,31 +103,82 @@ pub async fn check_topology(
         return Err("NATS is not connected".into());
     }
     let js = async_nats::jetstream::new(client.clone());
-    let within = |what: String| move |_| format!("{what}: no answer within 2s");
     for kind in streams {
-        let name = topology.stream_name(*kind);
-        tokio::time::timeout(Duration::from_secs(2), js.get_stream(&name))
-            .await
-            .map_err(within(format!("JetStream stream {name}")))?
-            .map_err(|e| format!("JetStream stream {name}: {e}"))?;
+        let asks = topology.stream_names(*kind).into_iter().map(|name| {
+            let js = &js;
+            async move {
+                let answer = tokio::time::timeout(Duration::from_secs(2), js.get_stream(&name))
+                    .await
+                    .map(|found| found.map(|_| ()).map_err(|e| e.to_string()));
+                (name, Answer::of(answer))
+            }
+        });
+        partitions_ready(futures::future::join_all(asks).await)?;
     }
     for kind in consumers {
-        let stream = topology.stream_name(kind.stream());
         let durable = kind.durable_name();
-        let ask = async {
-            js.get_stream_no_info(&stream)
-                .await
-                .map_err(|e| e.to_string())?
-                .consumer_info(&durable)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(Duration::from_secs(2), ask)
-            .await
-            .map_err(within(format!("JetStream consumer {stream}/{durable}")))?
-            .map_err(|e| format!("JetStream consumer {stream}/{durable}: {e}"))?;
+        let asks = topology
+            .stream_names(kind.stream())
+            .into_iter()
+            .map(|stream| {
+                let (js, durable) = (&js, &durable);
+                async move {
+                    let ask = async {
+                        js.get_stream_no_info(&stream)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .consumer_info(durable)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    };
+                    let answer = tokio::time::timeout(Duration::from_secs(2), ask).await;
+                    (format!("{stream}/{durable}"), Answer::of(answer))
+                }
+            });
+        let answers = futures::future::join_all(asks).await;
+        partitions_ready(answers)
+            .map_err(|e| e.replace("JetStream stream", "JetStream consumer"))?;
     }
     Ok(())
+}
+
+/// What one partition answered a readiness question.
+#[derive(Debug)]
+enum Answer {
+    /// It exists and answered.
+    Answered,
+    /// The server refused (it is missing, say).
+    Refused(String),
+    /// No answer in time (its leader is being elected).
+    Silent,
+}
+
+impl Answer {
+    fn of<E>(answer: Result<Result<(), String>, E>) -> Answer {
+        match answer {
+            Ok(Ok(())) => Answer::Answered,
+            Ok(Err(error)) => Answer::Refused(error),
+            Err(_) => Answer::Silent,
+        }
+    }
+}
+
+/// The readiness rule over one stream's (or consumer's) partitions.
+fn partitions_ready(answers: Vec<(String, Answer)>) -> Result<(), String> {
+    let mut answered = false;
+    let mut silent = Vec::new();
+    for (name, answer) in answers {
+        match answer {
+            Answer::Answered => answered = true,
+            Answer::Refused(error) => return Err(format!("JetStream stream {name}: {error}")),
+            Answer::Silent => silent.push(name),
+        }
+    }
+    match (answered, silent.first()) {
+        (false, Some(name)) => Err(format!("JetStream stream {name}: no answer within 2s")),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +214,18 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_electing_a_leader_leaves_the_stream_ready_but_a_missing_one_does_not() {
+        let ok = |name: &str| (name.to_owned(), Answer::Answered);
+        let silent = |name: &str| (name.to_owned(), Answer::Silent);
+        let missing = |name: &str| (name.to_owned(), Answer::Refused("stream not found".into()));
+        assert!(partitions_ready(vec![ok("E"), silent("E_1"), ok("E_2")]).is_ok());
+        let none = partitions_ready(vec![silent("E"), silent("E_1")]).expect_err("none answers");
+        assert!(none.contains("E: no answer within 2s"), "{none}");
+        let gone = partitions_ready(vec![ok("E"), missing("E_1")]).expect_err("one is missing");
+        assert!(gone.contains("E_1: stream not found"), "{gone}");
+    }
+
+    #[test]
     fn a_bad_seed_is_named() {
         let error =
             seed_servers("nats://127.0.0.1:4222,nats://host:notaport").expect_err("bad port");
@@ -180,6 +246,12 @@ pub enum StoreError {
     /// Every id tried was answered as an unconfirmed duplicate.
     #[error("JetStream kept answering `duplicate` without a sequence for `{0}`")]
     Unconfirmed(String),
+    /// No partition acknowledged within its bound ([`crate::partition`]).
+    #[error("no ack within {0:?}")]
+    NoAck(std::time::Duration),
+    /// Nowhere to publish it: no partition, or no push stream for the provider.
+    #[error("no stream to publish to: {0}")]
+    NoStream(String),
 }
 
 impl StoreError {
@@ -197,6 +269,8 @@ impl StoreError {
                 Kind::Other => "other",
             },
             StoreError::Unconfirmed(_) => "unconfirmed",
+            StoreError::NoAck(_) => "timeout",
+            StoreError::NoStream(_) => "stream_not_found",
         }
     }
 }

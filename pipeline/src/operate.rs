@@ -44,12 +44,17 @@ pub struct StreamStatus {
 /// Why an operation failed.
 pub type OperateError = String;
 
-/// The state of every stream and consumer.
+/// The state of every stream and consumer, each partition of a partitioned stream as a
+/// stream of its own (`EVENTS`, `EVENTS_1`, …).
 pub async fn streams(js: &Context, topology: &Topology) -> Result<Vec<StreamStatus>, OperateError> {
     let kinds = topology.consumers();
     let mut out = Vec::new();
-    for kind in topology.streams() {
-        let name = topology.stream_name(kind);
+    let every = topology
+        .streams()
+        .into_iter()
+        .flat_map(|kind| (0..topology.partitions_of(kind)).map(move |partition| (kind, partition)));
+    for (kind, partition) in every {
+        let name = topology.stream_name_in(kind, partition);
         let stream = js
             .get_stream(&name)
             .await

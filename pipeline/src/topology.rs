@@ -19,6 +19,19 @@
 //! provider's name ([`crate::provider`]); a topology knows the providers it was made with.
 //! With a prefix `p` (config `nats.prefix`) stream names become `pEVENTS` and subjects
 //! `pevents.…`, so several tenants or tests share one server without colliding.
+//!
+//! # Partitions
+//!
+//! The streams every message passes through (`EVENTS` and each provider's push stream)
+//! are split into `nats.partitions` streams. Partition 0 is the stream of the table above,
+//! names and subjects unchanged, so one partition is the topology of a deployment that
+//! never heard of partitions, and going from 1 to N keeps every stored message where
+//! its readers still look. Partition `k ≥ 1` is the stream `<NAME>_<k>` (`EVENTS_1`,
+//! `PUSH_APNS_2`) on subjects whose first token carries the partition (`events-1.…`,
+//! `push-2.<provider>.<environment>`), so no two partitions' subjects overlap. Each
+//! partition has its own durable consumer of the same name, and every reader reads every
+//! partition ([`crate::worker`]); each is a Raft group of its own, whose stream and
+//! consumer leaders the cluster places over its nodes.
 //! [`Topology::ensure`] creates missing streams and updates only those whose definition
 //! differs; it is safe to run from every replica at every start.
 
@@ -80,6 +93,11 @@ impl StreamKind {
             StreamKind::InApp => "INAPP".into(),
             StreamKind::Fallback => "FALLBACK".into(),
         }
+    }
+
+    /// Whether this stream is split into `nats.partitions` streams.
+    pub fn is_partitioned(self) -> bool {
+        matches!(self, StreamKind::Events | StreamKind::Push(_))
     }
 
     fn subject_filter(self) -> String {
@@ -191,6 +209,7 @@ pub struct Topology {
     prefix: String,
     providers: Vec<&'static str>,
     replicas: usize,
+    partitions: usize,
     duplicate_window: Duration,
     dead_max_age: Duration,
     status_max_age: Duration,
@@ -207,6 +226,7 @@ impl Topology {
             prefix: config.prefix.clone(),
             providers: providers.to_vec(),
             replicas: config.replicas,
+            partitions: config.partitions.max(1),
             duplicate_window: Duration::from_secs(config.duplicate_window_secs),
             dead_max_age: Duration::from_secs(config.dead_letter_max_age_days * 86_400),
             status_max_age: Duration::from_secs(config.tracking_max_age_secs),
@@ -300,24 +320,78 @@ impl Topology {
         format!("{}fallback.{}", self.prefix, id_token(token))
     }
 
-    /// The full stream name.
-    pub fn stream_name(&self, kind: StreamKind) -> String {
-        format!("{}{}", self.prefix, kind.base_name())
+    /// How many partitions the partitioned streams have (`nats.partitions`).
+    pub fn partitions(&self) -> usize {
+        self.partitions
     }
 
-    /// `events.<source>.<resource>`; both tokens must be subject-safe (see [`subject_token`]).
+    /// How many streams `kind` is: [`Topology::partitions`] for a partitioned stream, else 1.
+    pub fn partitions_of(&self, kind: StreamKind) -> usize {
+        if kind.is_partitioned() {
+            self.partitions
+        } else {
+            1
+        }
+    }
+
+    /// The full stream name (partition 0 of a partitioned stream).
+    pub fn stream_name(&self, kind: StreamKind) -> String {
+        self.stream_name_in(kind, 0)
+    }
+
+    /// The name of partition `partition` of `kind`: the stream's name for partition 0,
+    /// `<NAME>_<partition>` for the others.
+    pub fn stream_name_in(&self, kind: StreamKind, partition: usize) -> String {
+        match partition {
+            0 => format!("{}{}", self.prefix, kind.base_name()),
+            k => format!("{}{}_{k}", self.prefix, kind.base_name()),
+        }
+    }
+
+    /// The names of every partition of `kind`, partition 0 first.
+    pub fn stream_names(&self, kind: StreamKind) -> Vec<String> {
+        (0..self.partitions_of(kind))
+            .map(|partition| self.stream_name_in(kind, partition))
+            .collect()
+    }
+
+    /// `events.<source>.<resource>` (partition 0); both tokens must be subject-safe (see
+    /// [`subject_token`]).
     pub fn event_subject(&self, source: &str, resource: &str) -> String {
+        self.event_subject_in(0, source, resource)
+    }
+
+    /// The subject of an event in partition `partition`: `events.…` for partition 0,
+    /// `events-<partition>.<source>.<resource>` for the others.
+    pub fn event_subject_in(&self, partition: usize, source: &str, resource: &str) -> String {
         format!(
-            "{}events.{}.{}",
+            "{}{}.{}.{}",
             self.prefix,
+            partition_root("events", partition),
             subject_token(source),
             subject_token(resource)
         )
     }
 
-    /// `push.<provider>.<environment>`.
+    /// `push.<provider>.<environment>` (partition 0).
     pub fn push_subject(&self, provider: &str, environment: Environment) -> String {
-        format!("{}push.{provider}.{}", self.prefix, environment.as_str())
+        self.push_subject_in(0, provider, environment)
+    }
+
+    /// The subject of a push job in partition `partition`: `push.…` for partition 0,
+    /// `push-<partition>.<provider>.<environment>` for the others.
+    pub fn push_subject_in(
+        &self,
+        partition: usize,
+        provider: &str,
+        environment: Environment,
+    ) -> String {
+        format!(
+            "{}{}.{provider}.{}",
+            self.prefix,
+            partition_root("push", partition),
+            environment.as_str()
+        )
     }
 
     /// `feedback.<provider>`.
@@ -376,8 +450,22 @@ impl Topology {
         format!("{}status.t.{}", self.prefix, id_token(trace_id))
     }
 
-    /// The stream definition for `kind`.
+    /// The stream definition for `kind` (partition 0).
     pub fn stream_config(&self, kind: StreamKind) -> StreamConfig {
+        self.stream_config_in(kind, 0)
+    }
+
+    /// The subjects partition `partition` of `kind` holds.
+    fn subject_filter_in(&self, kind: StreamKind, partition: usize) -> String {
+        let filter = kind.subject_filter();
+        match (partition, filter.split_once('.')) {
+            (0, _) | (_, None) => format!("{}{filter}", self.prefix),
+            (k, Some((root, rest))) => format!("{}{}.{rest}", self.prefix, partition_root(root, k)),
+        }
+    }
+
+    /// The stream definition of partition `partition` of `kind`.
+    pub fn stream_config_in(&self, kind: StreamKind, partition: usize) -> StreamConfig {
         if kind == StreamKind::Status {
             // Records carry no message ids; the window only has to fit inside max_age.
             return StreamConfig {
@@ -416,8 +504,8 @@ impl Topology {
             _ => (RetentionPolicy::WorkQueue, Duration::from_secs(7 * 86_400)),
         };
         StreamConfig {
-            name: self.stream_name(kind),
-            subjects: vec![format!("{}{}", self.prefix, kind.subject_filter())],
+            name: self.stream_name_in(kind, partition),
+            subjects: vec![self.subject_filter_in(kind, partition)],
             retention,
             storage: StorageType::File,
             num_replicas: self.replicas,
@@ -433,8 +521,12 @@ impl Topology {
     /// that stream's creation, so streams that already match are never updated, and a
     /// creation lost to another replica is accepted once the stream exists.
     pub async fn ensure(&self, js: &Context) -> Result<(), TopologyError> {
-        for kind in self.streams() {
-            let desired = self.stream_config(kind);
+        let every = self
+            .streams()
+            .into_iter()
+            .flat_map(|kind| (0..self.partitions_of(kind)).map(move |partition| (kind, partition)));
+        for (kind, partition) in every {
+            let desired = self.stream_config_in(kind, partition);
             let stream = desired.name.clone();
             match js.get_stream(&stream).await {
                 Ok(existing) => {
@@ -474,15 +566,27 @@ impl Topology {
         }
     }
 
-    /// Gets or creates the durable pull consumer for `kind`; a consumer made by an older
-    /// version with another `ack_wait` or `max_ack_pending` is updated to this one.
+    /// Gets or creates the durable pull consumer for `kind` (on partition 0); a consumer
+    /// made by an older version with another `ack_wait` or `max_ack_pending` is updated
+    /// to this one.
     pub async fn consumer(
         &self,
         js: &Context,
         kind: ConsumerKind,
         worker: &WorkerConfig,
     ) -> Result<PullConsumer, TopologyError> {
-        let stream_name = self.stream_name(kind.stream());
+        self.consumer_in(js, kind, 0, worker).await
+    }
+
+    /// [`Topology::consumer`] on partition `partition` of its stream.
+    pub async fn consumer_in(
+        &self,
+        js: &Context,
+        kind: ConsumerKind,
+        partition: usize,
+        worker: &WorkerConfig,
+    ) -> Result<PullConsumer, TopologyError> {
+        let stream_name = self.stream_name_in(kind.stream(), partition);
         let stream =
             js.get_stream(&stream_name)
                 .await
@@ -513,6 +617,14 @@ impl Topology {
             }
         }
         Ok(consumer)
+    }
+}
+
+/// The first subject token of partition `partition` of a stream rooted at `root`.
+fn partition_root(root: &str, partition: usize) -> std::borrow::Cow<'_, str> {
+    match partition {
+        0 => root.into(),
+        k => format!("{root}-{k}").into(),
     }
 }
 
@@ -668,6 +780,62 @@ mod tests {
             t.stream_config(StreamKind::Events).retention,
             RetentionPolicy::WorkQueue
         );
+    }
+
+    #[test]
+    fn partition_zero_is_the_unpartitioned_topology_and_no_two_partitions_overlap() {
+        let t = Topology::new(
+            &NatsConfig {
+                prefix: "t1_".into(),
+                partitions: 3,
+                ..NatsConfig::default()
+            },
+            &["apns"],
+        );
+        let one = topology("t1_");
+        for kind in [StreamKind::Events, StreamKind::Push("apns")] {
+            assert_eq!(
+                t.stream_config_in(kind, 0).name,
+                one.stream_config(kind).name
+            );
+            assert_eq!(
+                t.stream_config_in(kind, 0).subjects,
+                one.stream_config(kind).subjects
+            );
+            assert_eq!(t.stream_names(kind).len(), 3);
+        }
+        assert_eq!(t.stream_name_in(StreamKind::Events, 2), "t1_EVENTS_2");
+        assert_eq!(
+            t.stream_name_in(StreamKind::Push("apns"), 1),
+            "t1_PUSH_APNS_1"
+        );
+        assert_eq!(
+            t.stream_config_in(StreamKind::Push("apns"), 1).subjects,
+            ["t1_push-1.apns.*"]
+        );
+        assert_eq!(
+            t.event_subject_in(1, "webex", "telephony_push"),
+            "t1_events-1.webex.telephony_push"
+        );
+        assert_eq!(
+            t.push_subject_in(2, "apns", Environment::Production),
+            "t1_push-2.apns.production"
+        );
+        // Each partition's subjects fall inside its own filter and no other's.
+        for partition in 0..3 {
+            let subject = t.event_subject_in(partition, "webex", "x");
+            for other in 0..3 {
+                let filter = &t.stream_config_in(StreamKind::Events, other).subjects[0];
+                let root = filter.trim_end_matches('>');
+                assert_eq!(
+                    subject.starts_with(root),
+                    partition == other,
+                    "{subject} {filter}"
+                );
+            }
+        }
+        assert_eq!(t.partitions_of(StreamKind::Dead), 1);
+        assert_eq!(t.stream_names(StreamKind::Status), ["t1_STATUS"]);
     }
 
     #[test]

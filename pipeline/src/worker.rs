@@ -27,8 +27,19 @@
 //! a retry that the server hands to another replica starts that replica's count, so with
 //! `n` replicas work without a deadline gets at most `n · max_attempts` tries.
 //!
-//! Shutdown: when the token is cancelled the loop stops pulling, waits for every running
-//! handler to finish and acknowledge, and returns.
+//! # Every partition, fairly
+//!
+//! A consumer of a partitioned stream ([`crate::topology`]) is one durable consumer per
+//! partition; the worker pulls from each in a loop of its own, and every loop takes its
+//! slot from the same `concurrency` semaphore before it takes a message. Tokio's
+//! semaphore serves waiters first come, first served, so a busy partition cannot starve
+//! the others, and a partition that stalls (its leader is being elected) holds one
+//! waiting slot, not the worker. Each loop asks the server for at most
+//! `concurrency / partitions` messages at a time, so the messages out of the server's
+//! hands stay bounded as with one stream.
+//!
+//! Shutdown: when the token is cancelled the loops stop pulling, wait for every running
+//! handler to finish and acknowledge, and return.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -143,7 +154,8 @@ pub trait Handler: Send + Sync + 'static {
 /// A running consumer: pulls, dispatches to the handler, acknowledges.
 pub struct Worker<H> {
     kind: ConsumerKind,
-    consumer: PullConsumer,
+    /// One consumer per partition of its stream, partition 0 first.
+    consumers: Vec<PullConsumer>,
     js: Context,
     topology: Topology,
     config: WorkerConfig,
@@ -162,13 +174,16 @@ impl<H: Handler> Worker<H> {
         handler: H,
         metrics: Metrics,
     ) -> Result<Self, (TopologyError, H)> {
-        let consumer = match topology.consumer(&js, kind, &config).await {
-            Ok(consumer) => consumer,
-            Err(error) => return Err((error, handler)),
-        };
+        let mut consumers = Vec::new();
+        for partition in 0..topology.partitions_of(kind.stream()) {
+            match topology.consumer_in(&js, kind, partition, &config).await {
+                Ok(consumer) => consumers.push(consumer),
+                Err(error) => return Err((error, handler)),
+            }
+        }
         Ok(Worker {
             kind,
-            consumer,
+            consumers,
             js,
             topology,
             config,
@@ -180,49 +195,84 @@ impl<H: Handler> Worker<H> {
     /// Runs until `shutdown` is cancelled; returns after in-flight messages are settled.
     pub async fn run(self, shutdown: CancellationToken) {
         let stage = self.kind.stage();
-        let shared = Arc::new(Shared {
-            stage,
-            js: self.js.clone(),
-            dead_subject: self.topology.dead_subject(stage),
-            max_attempts: self.config.max_attempts,
-            max_deliveries: self.config.max_deliveries,
-            progress_every: Duration::from_millis(self.config.ack_wait_secs * 1_000 / 3),
-            attempts: Attempts::default(),
-            metrics: self.metrics.clone(),
-        });
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
-        let mut tasks = JoinSet::new();
-        let lag = tokio::spawn(report_lag(
-            self.consumer.clone(),
-            self.topology.stream_name(self.kind.stream()),
-            self.kind.durable_name(),
-            self.metrics.clone(),
-            shutdown.clone(),
-        ));
-        let batch = self.config.concurrency.clamp(1, 1_000);
-        let mut consumer = self.consumer.clone();
+        let partitions = self.consumers.len();
+        let batch = (self.config.concurrency / partitions).clamp(1, 1_000);
+        let mut lags = Vec::new();
+        let loops = self
+            .consumers
+            .iter()
+            .enumerate()
+            .map(|(partition, consumer)| {
+                lags.push(tokio::spawn(report_lag(
+                    consumer.clone(),
+                    self.topology.stream_name_in(self.kind.stream(), partition),
+                    self.kind.durable_name(),
+                    self.metrics.clone(),
+                    shutdown.clone(),
+                )));
+                // Stream sequences are per partition: so are the attempt counts.
+                let shared = Arc::new(Shared {
+                    stage,
+                    js: self.js.clone(),
+                    dead_subject: self.topology.dead_subject(stage),
+                    max_attempts: self.config.max_attempts,
+                    max_deliveries: self.config.max_deliveries,
+                    progress_every: Duration::from_millis(self.config.ack_wait_secs * 1_000 / 3),
+                    attempts: Attempts::default(),
+                    metrics: self.metrics.clone(),
+                });
+                self.pull(
+                    partition,
+                    consumer.clone(),
+                    shared,
+                    permits.clone(),
+                    batch,
+                    shutdown.clone(),
+                )
+            });
+        futures::future::join_all(loops.collect::<Vec<_>>()).await;
+        for lag in lags {
+            lag.abort();
+        }
+        tracing::info!(stage, "worker stopped");
+    }
 
+    /// Pulls partition `partition` until `shutdown`, each message under a slot of
+    /// `permits`; returns once every handler it started has settled its message.
+    async fn pull(
+        &self,
+        partition: usize,
+        mut consumer: PullConsumer,
+        shared: Arc<Shared>,
+        permits: Arc<Semaphore>,
+        batch: usize,
+        shutdown: CancellationToken,
+    ) {
+        let stage = self.kind.stage();
+        let mut tasks = JoinSet::new();
         'pull: while !shutdown.is_cancelled() {
-            // Short-lived pull requests with 1 s heartbeats: when the consumer's leader
+            // Short-lived pull requests with 500 ms heartbeats: when the consumer's leader
             // dies with a pull request (a node failure), the client notices within
             // about two heartbeats and pulls from the new leader, instead of waiting out
-            // a long request.
+            // a long request (publishers pass the partition over for 2 s after its
+            // election, `crate::partition`, which covers this).
             let messages = consumer
                 .stream()
                 .max_messages_per_batch(batch)
-                .heartbeat(Duration::from_secs(1))
-                .expires(Duration::from_secs(10))
+                .heartbeat(Duration::from_millis(500))
+                .expires(Duration::from_secs(5))
                 .messages()
                 .await;
             let mut messages = match messages {
                 Ok(messages) => messages,
                 Err(error) => {
-                    tracing::warn!(stage, %error, "cannot start pulling; retrying");
+                    tracing::warn!(stage, partition, %error, "cannot start pulling; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => break 'pull,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
-                    self.find_consumer(&mut consumer).await;
+                    self.find_consumer(partition, &mut consumer).await;
                     continue 'pull;
                 }
             };
@@ -251,8 +301,8 @@ impl<H: Handler> Worker<H> {
                     }
                     Some(Err(error)) => match pull_error(&error.kind()) {
                         PullError::Gone => {
-                            tracing::warn!(stage, %error, "consumer gone; setting it up again");
-                            if !self.find_consumer(&mut consumer).await {
+                            tracing::warn!(stage, partition, %error, "consumer gone; setting it up again");
+                            if !self.find_consumer(partition, &mut consumer).await {
                                 tokio::select! {
                                     () = shutdown.cancelled() => break 'pull,
                                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -261,12 +311,16 @@ impl<H: Handler> Worker<H> {
                             continue 'pull;
                         }
                         PullError::Silent => {
-                            tracing::info!(stage, %error, "no heartbeat; looking the consumer up again");
-                            self.find_consumer(&mut consumer).await;
+                            // Silence from the server: the consumer's leader moved, or the
+                            // consumer was deleted while no pull request was waiting to
+                            // be told. Look it up (setting it up again if it is gone) and
+                            // pull afresh, rather than wait on a consumer that is no more.
+                            tracing::info!(stage, partition, %error, "no heartbeat; looking the consumer up again");
+                            self.find_consumer(partition, &mut consumer).await;
                             continue 'pull;
                         }
                         PullError::Hiccup => {
-                            tracing::debug!(stage, %error, "pull stream hiccup");
+                            tracing::debug!(stage, partition, %error, "pull stream hiccup");
                         }
                     },
                     None => continue 'pull,
@@ -276,12 +330,11 @@ impl<H: Handler> Worker<H> {
         }
         tracing::info!(
             stage,
-            in_flight = self.config.concurrency - permits.available_permits(),
+            partition,
+            in_flight = tasks.len(),
             "worker stopping; settling in-flight messages"
         );
         while tasks.join_next().await.is_some() {}
-        lag.abort();
-        tracing::info!(stage, "worker stopped");
     }
 }
 
@@ -313,18 +366,30 @@ fn pull_error(kind: &async_nats::jetstream::consumer::pull::MessagesErrorKind) -
 impl<H> Worker<H> {
     /// Looks the consumer up again, creating it if it is gone (deleted, or lost with a
     /// restored cluster). False when that failed.
-    async fn find_consumer(&self, consumer: &mut PullConsumer) -> bool {
-        match self
+    ///
+    /// Bounded by a second: while the stream or consumer elects a leader the look-up gets
+    /// no answer (the client's own request timeout is 5 s per request), and the loop had
+    /// better pull again on the handle it has, which reaches whichever leader is elected,
+    /// than wait out the look-up while publishers already send to the partition again.
+    async fn find_consumer(&self, partition: usize, consumer: &mut PullConsumer) -> bool {
+        let found = self
             .topology
-            .consumer(&self.js, self.kind, &self.config)
-            .await
-        {
-            Ok(found) => {
+            .consumer_in(&self.js, self.kind, partition, &self.config);
+        match tokio::time::timeout(Duration::from_secs(1), found).await {
+            Ok(Ok(found)) => {
                 *consumer = found;
                 true
             }
-            Err(error) => {
-                tracing::warn!(stage = self.kind.stage(), %error, "cannot set up the consumer");
+            Ok(Err(error)) => {
+                tracing::warn!(stage = self.kind.stage(), partition, %error, "cannot set up the consumer");
+                false
+            }
+            Err(_) => {
+                tracing::info!(
+                    stage = self.kind.stage(),
+                    partition,
+                    "consumer look-up unanswered within 1 s; pulling again"
+                );
                 false
             }
         }

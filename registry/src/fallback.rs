@@ -67,6 +67,8 @@ pub struct FallbackWorker {
     pub metrics: Metrics,
     /// Publish-ack bound.
     pub publish_timeout: Duration,
+    /// Where released pushes go: each provider's push stream partitions.
+    pub push: pipeline::partition::PushRouters,
 }
 
 impl FallbackWorker {
@@ -78,10 +80,11 @@ impl FallbackWorker {
         });
         for job in &fallback.jobs {
             let body = serde_json::to_vec(job).map_err(|e| e.to_string())?.into();
-            let subject = self.topology.push_subject(&job.platform, job.environment);
             let id = job_id(&fallback.event_id, &job.token);
-            let publish =
-                pipeline::nats::publish_stored(&self.js, &subject, &id, headers.as_ref(), &body);
+            let to = (job.platform.as_str(), job.environment);
+            let publish = self
+                .push
+                .publish(to, &id, headers.as_ref(), &body, self.publish_timeout);
             tokio::time::timeout(self.publish_timeout, publish)
                 .await
                 .map_err(|_| format!("not acked within {:?}", self.publish_timeout))?

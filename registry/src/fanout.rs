@@ -14,8 +14,18 @@
 //! encrypted) get nothing and are counted in `pushline_fanout_skipped_total`.
 //!
 //! Every job is published with `Nats-Msg-Id = <event id>:<hash of token>`, all jobs of an
-//! event concurrently; the event is acked only when every job is stored. A retry
-//! republishes all of them and JetStream drops the ones it already has.
+//! event concurrently, each to its partition of its provider's push stream or around a
+//! stalled one ([`pipeline::partition`]); the event is acked only when every job is
+//! stored. A retry republishes all of them and JetStream drops the ones it already has.
+//!
+//! An event can be stored twice, in two partitions of `EVENTS` (ingest routed around a
+//! partition whose ack came late), or come back after it was fanned out (its ack was
+//! lost). The fan-out remembers the events it fanned out until their deadlines
+//! ([`pipeline::delivered::DeliveredJobs`], keyed by event id): a copy of one is acked
+//! unsent (`pushline_fanout_events_total{outcome="duplicate"}`), and a copy arriving
+//! while the first is being fanned out waits for it. The memory is per replica; a copy
+//! that another replica reads fans out to the same job ids, which the dispatchers do not
+//! send twice.
 
 use std::time::Duration;
 
@@ -23,6 +33,7 @@ use async_nats::jetstream::Context;
 use futures::future::join_all;
 use pipeline::config::WorkerConfig;
 use pipeline::contract::{Event, PushJob, VERSION, now_ms};
+use pipeline::delivered::Seen;
 use pipeline::metrics::Metrics;
 use pipeline::provider::Providers;
 pub use pipeline::provider::Skip;
@@ -70,6 +81,10 @@ pub struct Fanout {
     pub inbox: crate::inbox::Inbox,
     /// Tells a person's live connections of a message kept in their inbox.
     pub inbox_notices: crate::inbox::InboxNotices,
+    /// Where push jobs go: each provider's push stream partitions.
+    pub push: pipeline::partition::PushRouters,
+    /// The events fanned out by this replica, until their deadlines.
+    pub fanned_out: std::sync::Arc<pipeline::delivered::DeliveredJobs>,
 }
 
 /// The apps among `jobs` and `held` (what an event's devices got), each with the
@@ -292,15 +307,6 @@ impl Fanout {
         (jobs, skipped)
     }
 
-    /// Where `job` is stored: its provider's push stream, or, for a held provider
-    /// (in-app), the `INAPP` subject of its device and person.
-    fn subject(&self, event: &Event, job: &PushJob) -> String {
-        match self.providers.get(&job.platform) {
-            Some(spec) if spec.held() => self.topology.inapp_subject(&job.token, &person_of(event)),
-            _ => self.topology.push_subject(&job.platform, job.environment),
-        }
-    }
-
     /// The device ids among `jobs`' in-app devices whose in-app message goes to a live
     /// connection of the event's person, who is the device's active user: their pushes
     /// may wait. Nothing for calls, nor for events without an in-app job.
@@ -464,16 +470,21 @@ impl Fanout {
         });
         let headers = &headers;
         let sends = jobs.iter().map(|job| async move {
-            let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
-            let subject = self.subject(event, job);
-            let ack = pipeline::nats::publish_stored(
-                &self.js,
-                &subject,
-                &job_id(&event.id, &job.token),
-                headers.as_ref(),
-                &body.into(),
-            )
-            .await
+            let body = serde_json::to_vec(job).map_err(|e| e.to_string())?.into();
+            let id = job_id(&event.id, &job.token);
+            let ack = match self.providers.get(&job.platform) {
+                Some(spec) if spec.held() => {
+                    let subject = self.topology.inapp_subject(&job.token, &person_of(event));
+                    pipeline::nats::publish_stored(&self.js, &subject, &id, headers.as_ref(), &body)
+                        .await
+                }
+                _ => {
+                    let to = (job.platform.as_str(), job.environment);
+                    self.push
+                        .publish(to, &id, headers.as_ref(), &body, self.publish_timeout)
+                        .await
+                }
+            }
             .map_err(|e| e.to_string())?;
             self.metrics
                 .fanout_jobs
@@ -499,21 +510,52 @@ impl Handler for Fanout {
             self.expired(&event, "deadline").await;
             return Outcome::Ack;
         }
+        let key = self.fanned_out.key(&event.id, "");
+        match self.fanned_out.claim(key, event.deadline_ms, now) {
+            Seen::New => {}
+            Seen::Delivered => {
+                tracing::info!(event_id = %event.id, "event already fanned out; a copy acked unsent");
+                self.metrics
+                    .fanout_events
+                    .with_label_values(&["duplicate"])
+                    .inc();
+                return Outcome::Ack;
+            }
+            Seen::InFlight => {
+                let error = "a copy of the event is being fanned out".to_owned();
+                return self
+                    .retry(delivery.attempt, &event, "in_flight", error)
+                    .await;
+            }
+        }
+        let outcome = self.fan_out(&delivery, &event, now).await;
+        if outcome == Outcome::Ack {
+            self.fanned_out.delivered(key);
+        } else {
+            self.fanned_out.released(key);
+        }
+        outcome
+    }
+}
+
+impl Fanout {
+    /// Fans out `event` (claimed by this replica).
+    async fn fan_out(&self, delivery: &Delivery<'_>, event: &Event, now: u64) -> Outcome {
         let devices = match self.store.devices(&event.person_id, now).await {
             Ok(devices) => devices,
             Err(error) => {
                 return self
-                    .retry(delivery.attempt, &event, "redis", error.to_string())
+                    .retry(delivery.attempt, event, "redis", error.to_string())
                     .await;
             }
         };
-        let (jobs, skipped) = self.jobs(&event, &devices);
+        let (jobs, skipped) = self.jobs(event, &devices);
         for record in &skipped {
             self.tracker.record(record).await;
         }
-        let waiting = match self.waiting(&event, &devices, &jobs, now).await {
+        let waiting = match self.waiting(event, &devices, &jobs, now).await {
             Ok(waiting) => waiting,
-            Err(error) => return self.retry(delivery.attempt, &event, "redis", error).await,
+            Err(error) => return self.retry(delivery.attempt, event, "redis", error).await,
         };
         let Hold {
             now: mut jobs,
@@ -535,9 +577,9 @@ impl Handler for Fanout {
         // Kept before the pushes go, for the unread count their badges carry; a call is
         // never kept, so it waits on nothing here.
         let reached = apps_reached(jobs.iter().map(|p| &p.job).chain(held.values().flatten()));
-        let unread = match self.keep_in_inboxes(&event, reached, queued_at_ms).await {
+        let unread = match self.keep_in_inboxes(event, reached, queued_at_ms).await {
             Ok(unread) => unread,
-            Err(error) => return self.retry(delivery.attempt, &event, "redis", error).await,
+            Err(error) => return self.retry(delivery.attempt, event, "redis", error).await,
         };
         if !unread.is_empty() {
             self.badge(
@@ -548,16 +590,16 @@ impl Handler for Fanout {
             );
         }
         let pushes: Vec<&PushJob> = jobs.iter().map(|p| &p.job).collect();
-        let sequences = match self.publish_jobs(&event, &pushes).await {
+        let sequences = match self.publish_jobs(event, &pushes).await {
             Ok(sequences) => sequences,
-            Err(error) => return self.retry(delivery.attempt, &event, "publish", error).await,
+            Err(error) => return self.retry(delivery.attempt, event, "publish", error).await,
         };
         let published: Vec<(Planned, u64)> = jobs.into_iter().zip(sequences).collect();
         if let Err(error) = self
-            .publish_fallbacks(&event, held, &published, queued_at_ms)
+            .publish_fallbacks(event, held, &published, queued_at_ms)
             .await
         {
-            return self.retry(delivery.attempt, &event, "publish", error).await;
+            return self.retry(delivery.attempt, event, "publish", error).await;
         }
         let jobs: Vec<&PushJob> = published.iter().map(|(p, _)| &p.job).collect();
         self.metrics

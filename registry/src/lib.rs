@@ -214,6 +214,12 @@ pub async fn serve(
         shutdown.clone(),
     ));
 
+    let ack_budget = Duration::from_millis(config.nats.partition_ack_budget_ms);
+    let push = pipeline::partition::PushRouters::new(&js, &topology, ack_budget, &metrics);
+    {
+        let (push, shutdown) = (push.clone(), shutdown.clone());
+        tokio::spawn(async move { push.watch(ack_budget, shutdown).await });
+    }
     let fanout = fanout::Fanout {
         store: store.clone(),
         js: js.clone(),
@@ -229,6 +235,8 @@ pub async fn serve(
         inapp: inapp.clone(),
         inbox: inbox.clone(),
         inbox_notices: inbox_notices.clone(),
+        push: push.clone(),
+        fanned_out: Arc::default(),
     };
     let fallback = fallback::FallbackWorker {
         inapp,
@@ -237,6 +245,7 @@ pub async fn serve(
         tracker: tracker.clone(),
         metrics: metrics.clone(),
         publish_timeout: Duration::from_millis(config.nats.publish_timeout_ms),
+        push,
     };
     let receipts = receipts::Receipts::new(
         js.clone(),

@@ -5,12 +5,13 @@
 //! asserts on the report) and long in `pushline-drill` (which prints it). Each call has
 //! its own id and ring deadline, and each person one iPhone and one Android phone, so
 //! every accepted call must reach the mock APNs once and the mock FCM once, before its
-//! deadline.
+//! deadline. With `Scale::partitions` above 1 every service runs on that many
+//! partitions; the NATS drills send with an uncapped [`Sender`] unless told otherwise.
 //!
 //! | drill | fault |
 //! |---|---|
-//! | `nats-node` | three-node JetStream cluster (R3): `kill -9` of a node that is not the `EVENTS` leader (it may lead other streams and consumers), restarted later |
-//! | `nats-leader` | the same cluster: `kill -9` of the `EVENTS` stream leader, restarted later |
+//! | `nats-node` | three-node JetStream cluster (R3): `kill -9` of a node that is not the leader of a random `EVENTS` partition (it may lead other streams and consumers), restarted later |
+//! | `nats-leader` | the same cluster: `kill -9` of the leader of a random `EVENTS` partition, restarted later |
 //! | `nats-restart` | single nats-server: `kill -9`, down for the fault time, restarted |
 //! | `redis-sentinel` | Redis primary + replica + 3 sentinels: `kill -9` of the primary |
 //! | `redis-cluster` | Redis Cluster (3 primaries): registrations moving tokens between persons during the load |
@@ -39,6 +40,28 @@ pub const DRILLS: [&str; 6] = [
     "redis-outage",
 ];
 
+/// How the load sends its webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// Like Webex: one HTTP request per webhook on a connection of its own, opened when
+    /// the webhook is due, however many are still waiting for their answers.
+    Uncapped,
+    /// Over a client's keep-alive pool (256 idle connections kept).
+    Pooled,
+}
+
+impl Sender {
+    /// The sender a drill uses unless told otherwise: uncapped for the NATS faults
+    /// (where ingest holds webhooks while the store elects a leader), pooled for Redis.
+    pub fn default_for(drill: &str) -> Sender {
+        if drill.starts_with("nats") {
+            Sender::Uncapped
+        } else {
+            Sender::Pooled
+        }
+    }
+}
+
 /// How hard and how long a drill runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Scale {
@@ -54,6 +77,10 @@ pub struct Scale {
     pub ring: Duration,
     /// Persons (each with one iOS and one Android device).
     pub persons: usize,
+    /// `nats.partitions` of every service.
+    pub partitions: usize,
+    /// The sender; `None`: [`Sender::default_for`] the drill.
+    pub sender: Option<Sender>,
 }
 
 impl Scale {
@@ -66,6 +93,8 @@ impl Scale {
             after: Duration::from_secs(2),
             ring: Duration::from_secs(30),
             persons: 20,
+            partitions: 1,
+            sender: None,
         }
     }
 }
@@ -106,18 +135,22 @@ pub struct Report {
     /// Jobs that came back after delivery and were not sent again (dispatchers'
     /// `pushline_pushes_total{outcome="duplicate"}`).
     pub second_rings_stopped: u64,
+    /// Of the webhooks sent 2 s or more after the fault began: p99 of their answers, ms.
+    pub answer_p99_settled_ms: u64,
+    /// Of the same webhooks' calls: p99 of webhook sent → push received, ms.
+    pub e2e_p99_settled_ms: u64,
 }
 
 impl Report {
     /// The table header [`Report::row`] fits.
     pub fn header() -> String {
-        "| drill | webhooks sent | accepted | refused (during fault) | pushes owed | delivered | lost | duplicates | late | dead letters | recovery | e2e p99 | longest webhook answer | second rings stopped |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into()
+        "| drill | webhooks sent | accepted | refused (during fault) | pushes owed | delivered | lost | duplicates | late | dead letters | recovery | e2e p99 | longest webhook answer | answer p99 from fault + 2 s | e2e p99 from fault + 2 s | second rings stopped |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into()
     }
 
     /// One Markdown table row.
     pub fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {} ({} of {}, {:.2}%) | {} | {} | {} | {} | {} | {} | {} | {} ms | {} ms | {} |",
+            "| {} | {} | {} | {} ({} of {}, {:.2}%) | {} | {} | {} | {} | {} | {} | {} | {} ms | {} ms | {} ms | {} ms | {} |",
             self.drill,
             self.sent,
             self.accepted,
@@ -136,6 +169,8 @@ impl Report {
                 .unwrap_or_else(|| "-".into()),
             self.e2e_p99_ms,
             self.ingest_max_ms,
+            self.answer_p99_settled_ms,
+            self.e2e_p99_settled_ms,
             self.second_rings_stopped,
         )
     }
@@ -170,18 +205,25 @@ struct Call {
 }
 
 /// An open-loop load of call webhooks: each is sent at its scheduled time, on its own
-/// task, whatever happened to earlier ones.
+/// task, whatever happened to earlier ones; by a [`Sender::Uncapped`] on a connection
+/// of its own.
 struct Load {
     calls: Arc<Mutex<Vec<Call>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Load {
-    fn start(stack: &Stack, scale: Scale, total: Duration) -> Load {
+    fn start(stack: &Stack, scale: Scale, sender: Sender, total: Duration) -> Load {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let url = stack.ingest.url("/webhooks/webex");
+        // No idle connection kept: every request opens its own, so nothing but the
+        // server limits how many are open at once.
+        let idle = match sender {
+            Sender::Uncapped => 0,
+            Sender::Pooled => 256,
+        };
         let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(idle)
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
@@ -336,11 +378,21 @@ async fn report(drill: &str, stack: &Stack, calls: Vec<Call>, fault: (u64, u64))
             report.recovery_ms = Some(report.recovery_ms.map_or(recovery, |r| r.min(recovery)));
         }
     }
-    e2e.sort_unstable();
-    report.e2e_p99_ms = e2e
-        .get((e2e.len() * 99 / 100).min(e2e.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0);
+    report.e2e_p99_ms = p99(e2e);
+    let settled = |c: &Call| c.sent_ms >= fault_start + 2_000;
+    report.answer_p99_settled_ms = p99(calls
+        .iter()
+        .filter(|c| settled(c))
+        .map(|c| c.answered_ms.saturating_sub(c.sent_ms))
+        .collect());
+    report.e2e_p99_settled_ms = p99(per_device
+        .iter()
+        .filter_map(|((_, id), received)| {
+            let call = accepted.get(id.as_str()).filter(|c| settled(c))?;
+            let first = received.iter().map(|r| r.at_ms).min()?;
+            Some(first.saturating_sub(call.sent_ms))
+        })
+        .collect());
     report.lost = expected.saturating_sub(report.delivered);
     report.ingest_max_ms = calls
         .iter()
@@ -374,6 +426,15 @@ async fn report(drill: &str, stack: &Stack, calls: Vec<Call>, fault: (u64, u64))
     report
 }
 
+/// The 99th percentile of `values` (0 when empty).
+fn p99(mut values: Vec<u64>) -> u64 {
+    values.sort_unstable();
+    values
+        .get((values.len() * 99 / 100).min(values.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Where messages sit: every stream's count and every consumer's pending, ack-pending
 /// and redelivered counts and floors (printed when a drill lost something).
 async fn jetstream_state(stack: &Stack) -> String {
@@ -390,8 +451,8 @@ async fn jetstream_state(stack: &Stack) -> String {
     let js = async_nats::jetstream::new(client);
     let topology = stack.env.topology();
     let mut out = String::new();
-    for kind in topology.streams() {
-        let name = topology.stream_name(kind);
+    let every = |kind| topology.stream_names(kind);
+    for name in topology.streams().into_iter().flat_map(every) {
         match js.get_stream(&name).await {
             Ok(stream) => {
                 let state = &stream.cached_info().state;
@@ -403,8 +464,13 @@ async fn jetstream_state(stack: &Stack) -> String {
             Err(e) => out += &format!("stream {name}: {e}\n"),
         }
     }
-    for kind in topology.consumers() {
-        let stream = topology.stream_name(kind.stream());
+    let every = |kind: pipeline::topology::ConsumerKind| {
+        topology
+            .stream_names(kind.stream())
+            .into_iter()
+            .map(move |stream| (kind, stream))
+    };
+    for (kind, stream) in topology.consumers().into_iter().flat_map(every) {
         let Ok(s) = js.get_stream(&stream).await else {
             continue;
         };
@@ -426,16 +492,23 @@ async fn jetstream_state(stack: &Stack) -> String {
     out
 }
 
-/// Points every service at a NATS cluster with three replicas per stream.
-fn on_nats_cluster(configs: &mut Configs, url: &str) {
-    for nats in [
+/// Every service's NATS settings.
+fn nats_configs(configs: &mut Configs) -> [&mut pipeline::config::NatsConfig; 4] {
+    [
         &mut configs.ingest.nats,
         &mut configs.registry.nats,
         &mut configs.apns.nats,
         &mut configs.fcm.nats,
-    ] {
+    ]
+}
+
+/// Points every service at a NATS cluster with three replicas per stream and
+/// `partitions` partitions.
+fn on_nats_cluster(configs: &mut Configs, url: &str, partitions: usize) {
+    for nats in nats_configs(configs) {
         nats.url = url.to_owned();
         nats.replicas = 3;
+        nats.partitions = partitions;
     }
 }
 
@@ -456,18 +529,49 @@ pub async fn run(drill: &str, scale: Scale) -> Report {
     }
 }
 
+/// The load for `drill` at `scale`, started.
+fn load(drill: &str, stack: &Stack, scale: Scale) -> Load {
+    let sender = scale.sender.unwrap_or(Sender::default_for(drill));
+    Load::start(
+        stack,
+        scale,
+        sender,
+        scale.before + scale.fault + scale.after,
+    )
+}
+
 async fn nats_cluster(drill: &str, scale: Scale) -> Report {
     let mut cluster = NatsCluster::start().await;
     let url = cluster.url();
-    let stack = Stack::start_with(|c| on_nats_cluster(c, &url)).await;
+    let stack = Stack::start_with(|c| on_nats_cluster(c, &url, scale.partitions)).await;
     register_devices(&stack, scale.persons).await;
-    let load = Load::start(&stack, scale, scale.before + scale.fault + scale.after);
+    let load = load(drill, &stack, scale);
     tokio::time::sleep(scale.before).await;
-    let events = stack.env.topology().stream_name(StreamKind::Events);
+    // Where the cluster put the partitions' leaders (printed: they are the server's choice).
+    let topology = providers::topology(&stack.configs.registry.nats);
+    let mut leaders = Vec::new();
+    for kind in [
+        StreamKind::Events,
+        StreamKind::Push("apns"),
+        StreamKind::Push("fcm"),
+    ] {
+        for name in topology.stream_names(kind) {
+            let leader = cluster.stream_leader(&name).await.unwrap_or_default();
+            leaders.push(format!("{name}: {leader}"));
+        }
+    }
+    eprintln!("drill {drill}: stream leaders {}", leaders.join(", "));
+    // The leader of one partition of `EVENTS`, chosen at random (partition 0 is the
+    // stream of an unpartitioned topology).
+    let partition = rand::random::<u32>() as usize % scale.partitions.max(1);
+    let events = stack
+        .env
+        .topology()
+        .stream_name_in(StreamKind::Events, partition);
     let leader = cluster
         .stream_leader(&events)
         .await
-        .expect("the EVENTS stream has a leader");
+        .expect("the EVENTS partition has a leader");
     let leader = cluster.index_of(&leader).expect("leader is a cluster node");
     let victim = if drill == "nats-leader" {
         leader
@@ -484,9 +588,14 @@ async fn nats_cluster(drill: &str, scale: Scale) -> Report {
 }
 
 async fn nats_restart(scale: Scale) -> Report {
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start_with(|c| {
+        for nats in nats_configs(c) {
+            nats.partitions = scale.partitions;
+        }
+    })
+    .await;
     register_devices(&stack, scale.persons).await;
-    let load = Load::start(&stack, scale, scale.before + scale.fault + scale.after);
+    let load = load("nats-restart", &stack, scale);
     tokio::time::sleep(scale.before).await;
     let start = now_ms();
     blocking(|| stack.env.nats.stop());
@@ -508,7 +617,7 @@ async fn redis_sentinel(scale: Scale) -> Report {
     .await;
     register_devices(&stack, scale.persons).await;
     blocking(|| sentinel.wait_replicated());
-    let load = Load::start(&stack, scale, scale.before + scale.fault + scale.after);
+    let load = load("redis-sentinel", &stack, scale);
     tokio::time::sleep(scale.before).await;
     let start = now_ms();
     blocking(|| sentinel.kill_primary_and_wait_for_failover());
@@ -537,7 +646,7 @@ async fn redis_cluster(scale: Scale) -> Report {
         );
     }
     let total = scale.before + scale.fault + scale.after;
-    let load = Load::start(&stack, scale, total);
+    let load = load("redis-cluster", &stack, scale);
     // During the load: tokens of extra persons move between them, across slots.
     let start = now_ms();
     let churn_until = Instant::now() + total;
@@ -590,7 +699,7 @@ async fn redis_outage(scale: Scale) -> Report {
     ])
     .await;
     register_devices(&stack, scale.persons).await;
-    let load = Load::start(&stack, scale, scale.before + scale.fault + scale.after);
+    let load = load("redis-outage", &stack, scale);
     tokio::time::sleep(scale.before).await;
     let start = now_ms();
     blocking(|| stack.env.redis.stop());

@@ -29,6 +29,7 @@
 //! target/release/pushline-bench --sweep 500,1000,2000,5000,10000 [--duration 10]
 //! target/release/pushline-bench --no-tracking …   # the same without delivery status records
 //! target/release/pushline-bench --keep-logs …     # keep the services' logs
+//! target/release/pushline-bench --partitions 3 …   # `nats.partitions` of every service
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -254,8 +255,10 @@ async fn main() -> anyhow::Result<()> {
     let tracking = !std::env::args().any(|a| a == "--no-tracking");
     // Kept logs say why pushes were retried (`info`); otherwise only warnings are written.
     let filter = if keep_logs { "info" } else { "warn" };
+    // `--partitions N`: every service on N partitions (`nats.partitions`, default 1).
+    let partitions = arg("--partitions", 1).max(1);
     let nats_section = format!(
-        "[nats]\nurl = \"{}\"\ntracking = {tracking}\n[telemetry]\nfilter = \"{filter}\"\n",
+        "[nats]\nurl = \"{}\"\ntracking = {tracking}\npartitions = {partitions}\n[telemetry]\nfilter = \"{filter}\"\n",
         nats.url()
     );
     let configs = [

@@ -13,19 +13,26 @@
 //! accepted and refused (and how many of those sent during the fault were refused),
 //! pushes owed and delivered, lost, duplicates (a second ring), late (after the call's
 //! deadline), dead letters, recovery (fault start → first push of a call sent after it),
-//! end-to-end p99 and the longest webhook answer.
+//! end-to-end p99 and the longest webhook answer, and of the webhooks sent 2 s or more
+//! after the fault began the answers' p99 and their calls' end-to-end p99.
+//!
+//! Every service runs on `--partitions` partitions (1). The NATS drills send like Webex
+//! (`--sender uncapped`: a request per webhook on a connection of its own, opened when
+//! due, however many are open), the Redis drills over a keep-alive pool
+//! (`--sender pooled`); `--sender` sets one for all.
 //!
 //! ```text
 //! cargo build --release --bin pushline-drill
 //! target/release/pushline-drill [--drill all|nats-node|nats-leader|nats-restart|redis-sentinel|redis-cluster|redis-outage]
 //!     [--rate 300] [--before 10] [--fault 2] [--after 20] [--ring 60] [--persons 200]
+//!     [--partitions 1] [--sender uncapped|pooled]
 //! ```
 //! The Redis outage lasts `--outage` seconds (default 30).
 
 use std::time::Duration;
 
 use harness::bench::arg;
-use harness::drill::{DRILLS, Report, Scale, run};
+use harness::drill::{DRILLS, Report, Scale, Sender, run};
 
 fn drills() -> Vec<&'static str> {
     let args: Vec<String> = std::env::args().collect();
@@ -50,6 +57,23 @@ fn drills() -> Vec<&'static str> {
     }
 }
 
+/// `--sender`, when given.
+fn sender() -> Option<Sender> {
+    let args: Vec<String> = std::env::args().collect();
+    let chosen = args
+        .iter()
+        .position(|a| a == "--sender")
+        .and_then(|i| args.get(i + 1))?;
+    match chosen.as_str() {
+        "uncapped" => Some(Sender::Uncapped),
+        "pooled" => Some(Sender::Pooled),
+        other => {
+            eprintln!("no sender named {other}; senders: uncapped, pooled");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
     // Logs to stderr: stdout is the report.
     let _ = tracing_subscriber::fmt()
@@ -66,6 +90,8 @@ fn main() {
         after: Duration::from_secs(arg("--after", 20)),
         ring: Duration::from_secs(arg("--ring", 60)),
         persons: arg("--persons", 200) as usize,
+        partitions: arg("--partitions", 1) as usize,
+        sender: sender(),
     };
     let outage = Duration::from_secs(arg("--outage", 30));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -83,8 +109,13 @@ fn main() {
             scale
         };
         eprintln!(
-            "drill {drill}: {} webhooks/s, {:?} + fault {:?} + {:?}",
-            scale.rate, scale.before, scale.fault, scale.after
+            "drill {drill}: {} webhooks/s ({:?} sender), {} partitions, {:?} + fault {:?} + {:?}",
+            scale.rate,
+            scale.sender.unwrap_or(Sender::default_for(drill)),
+            scale.partitions,
+            scale.before,
+            scale.fault,
+            scale.after
         );
         let report = runtime.block_on(run(drill, scale));
         eprintln!("{}", report.row());

@@ -283,6 +283,8 @@ async fn beyond_max_in_flight_requests_are_refused_at_once_not_parked() {
     let mut env = Env::start();
     let mut config = env.ingest_config();
     config.max_in_flight = 1;
+    // No room to hold a request in bytes: a waiting publish keeps its slot.
+    config.max_held_bytes = 0;
     config.nats.publish_retry_budget_ms = 20_000;
     let ingest = start_ingest(config).await;
     ingest.wait_ready().await;
@@ -345,4 +347,93 @@ async fn beyond_max_in_flight_requests_are_refused_at_once_not_parked() {
         "{metrics}"
     );
     env.wait_messages(StreamKind::Events, 2).await;
+}
+
+/// Posts `body` signed, on a task of its own (its answer may wait for NATS).
+fn post_later(ingest: &Service, body: String) -> tokio::task::JoinHandle<u16> {
+    let url = ingest.url("/webhooks/webex");
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-spark-signature", sign(&body, WEBHOOK_SECRET))
+            .body(body)
+            .send()
+            .await
+            .map(|response| response.status().as_u16())
+            .unwrap_or(0)
+    })
+}
+
+/// `pushline_held_requests` of ingest right now.
+async fn held(ingest: &Service) -> i64 {
+    let metrics = ingest.metrics().await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"pushline_held_requests{service="ingest"} "#))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_stalled_store_holds_webhooks_in_bytes_not_in_max_in_flight_until_the_bytes_run_out() {
+    let mut env = Env::start();
+    let mut config = env.ingest_config();
+    config.max_in_flight = 1;
+    // Room for two held webhooks (each its event plus the per-request overhead), not three.
+    config.max_held_bytes = 2 * ingest::publish::HELD_OVERHEAD_BYTES + 4_096;
+    config.nats.publish_retry_budget_ms = 30_000;
+    let ingest = start_ingest(config).await;
+    ingest.wait_ready().await;
+    let body = |n: usize| {
+        telephony_push(
+            &format!("person-{n}"),
+            None,
+            Some(&fcm_payload(&format!("held-{n}"))),
+        )
+    };
+
+    env.nats.stop();
+    // Two webhooks wait for the store one after the other through the one slot: each
+    // leaves it once held, so the stall does not refuse the second.
+    let first = post_later(&ingest, body(1));
+    wait::until_true("one webhook held", Duration::from_secs(10), || {
+        let ingest = &ingest;
+        async move { held(ingest).await == 1 }
+    })
+    .await;
+    let second = post_later(&ingest, body(2));
+    wait::until_true("two webhooks held", Duration::from_secs(10), || {
+        let ingest = &ingest;
+        async move { held(ingest).await == 2 }
+    })
+    .await;
+    // The bytes are spent: the third waits in the slot, and the next is refused.
+    let third = post_later(&ingest, body(3));
+    let refused_at_once = || async {
+        let other = body(4);
+        reqwest::Client::new()
+            .post(ingest.url("/webhooks/webex"))
+            .header("content-type", "application/json")
+            .header("x-spark-signature", sign(&other, WEBHOOK_SECRET))
+            .body(other)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == 503)
+    };
+    wait::until_true(
+        "the held bytes to be spent",
+        Duration::from_secs(10),
+        refused_at_once,
+    )
+    .await;
+    assert_eq!(held(&ingest).await, 2, "the third is not held in bytes");
+
+    env.nats.restart();
+    for (n, answer) in [first, second, third].into_iter().enumerate() {
+        assert_eq!(answer.await.expect("answer"), 200, "webhook {}", n + 1);
+    }
+    assert_eq!(held(&ingest).await, 0);
+    env.wait_messages(StreamKind::Events, 3).await;
 }

@@ -1,6 +1,7 @@
 //! A rolling upgrade to contract version 2 loses nothing: what an earlier release left in
 //! the streams — version-1 events and jobs, FCM jobs under the old subject `push.fcm` — is
-//! delivered by the new services.
+//! delivered by the new services; so is what an unpartitioned deployment left once every
+//! service runs on three partitions.
 
 use std::time::Duration;
 
@@ -89,5 +90,53 @@ async fn a_version_1_event_left_in_events_rings_the_phone() {
     let delivered = stack.providers.fcm.wait_delivered(1, WAIT).await;
     let body: serde_json::Value = serde_json::from_slice(&delivered[0].body).expect("json");
     assert_eq!(body["message"]["data"]["callId"], "v1-call");
+    assert!(stack.env.stream_messages(StreamKind::Dead).await.is_empty());
+}
+
+#[tokio::test]
+async fn after_going_to_three_partitions_what_the_unpartitioned_streams_hold_still_rings() {
+    // Every service on three partitions; partition 0 is the stream and subjects one
+    // partition used, so an event an unpartitioned ingest stored (here: published
+    // straight to the old subject) is read and rings.
+    let stack = Stack::start_with(|c| {
+        for nats in [
+            &mut c.ingest.nats,
+            &mut c.registry.nats,
+            &mut c.apns.nats,
+            &mut c.fcm.nats,
+        ] {
+            nats.partitions = 3;
+        }
+    })
+    .await;
+    stack.register_android("petra", &android(3)).await;
+    let js = stack.env.jetstream().await;
+    let topology = providers::topology(&stack.configs.registry.nats);
+    assert_eq!(topology.stream_names(StreamKind::Events).len(), 3);
+    for name in topology.stream_names(StreamKind::Events) {
+        js.get_stream(&name).await.expect("every partition exists");
+    }
+    let now = pipeline::contract::now_ms();
+    let event = serde_json::json!({
+        "v": 1, "id": "evt-before-partitions", "source": "webex", "resource": "telephony_push",
+        "event": "updated", "person_id": "petra", "class": "call",
+        "received_at_ms": now, "deadline_ms": now + 60_000,
+        "fcm": {"data": {"callId": "before-partitions"}, "priority": "high"}
+    });
+    js.publish(
+        stack
+            .env
+            .topology()
+            .event_subject("webex", "telephony_push"),
+        serde_json::to_vec(&event).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    let delivered = stack.providers.fcm.wait_delivered(1, WAIT).await;
+    let body: serde_json::Value = serde_json::from_slice(&delivered[0].body).expect("json");
+    assert_eq!(body["message"]["data"]["callId"], "before-partitions");
+    stack.env.wait_messages(StreamKind::Events, 0).await;
     assert!(stack.env.stream_messages(StreamKind::Dead).await.is_empty());
 }
