@@ -4,13 +4,13 @@
 # independent JOSE library the encryption tests decrypt with builds against; for the
 # browser test, Debian's chromium and Playwright for Python from PyPI in target/browser-venv,
 # pinned in tests/browser/requirements.txt), then runs the whole suite. Extra arguments go
-# to `cargo test` (e.g. a test name). PUSHLINE_SKIP_BROWSER=1 neither installs the browser
+# to `cargo test` (e.g. a test name). BROWSER_TEST_SKIP=1 neither installs the browser
 # nor runs its test.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 
 browser=true
-[ "${PUSHLINE_SKIP_BROWSER:-}" = 1 ] && browser=false
+[ "${BROWSER_TEST_SKIP:-}" = 1 ] && browser=false
 
 missing=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)

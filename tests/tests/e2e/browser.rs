@@ -6,9 +6,9 @@
 //!
 //! The browser and its driver are not Rust crates: `deploy/local/test.sh` installs them
 //! (`chromium` from Debian, Playwright from PyPI into `target/browser-venv`). Without them
-//! the test fails saying how to install them, unless `PUSHLINE_SKIP_BROWSER=1`. A failing
+//! the test fails saying how to install them, unless `BROWSER_TEST_SKIP=1`. A failing
 //! step leaves a screenshot and the page's console log in the CI log folder
-//! (`target/ci-logs/`, or `PUSHLINE_CI_LOGS`).
+//! (`target/ci-logs/`, or `CI_LOGS`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -49,15 +49,15 @@ fn root() -> PathBuf {
 
 /// Where a failing step's screenshot and console log go.
 fn artifacts() -> PathBuf {
-    std::env::var_os("PUSHLINE_CI_LOGS")
+    std::env::var_os("CI_LOGS")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/ci-logs"))
 }
 
 /// The Python with Playwright, and Chromium; `None` when the test is to be skipped.
 fn browser_tools() -> Option<(PathBuf, PathBuf)> {
-    let skip = std::env::var("PUSHLINE_SKIP_BROWSER").is_ok_and(|v| v == "1");
-    let python = std::env::var_os("PUSHLINE_BROWSER_PYTHON")
+    let skip = std::env::var("BROWSER_TEST_SKIP").is_ok_and(|v| v == "1");
+    let python = std::env::var_os("BROWSER_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/browser-venv/bin/python"));
     let has_playwright = std::process::Command::new(&python)
@@ -66,21 +66,21 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|status| status.success());
-    let chromium = std::env::var_os("PUSHLINE_CHROMIUM")
+    let chromium = std::env::var_os("BROWSER_TEST_CHROMIUM")
         .map(PathBuf::from)
         .or_else(|| on_path("chromium"))
         .filter(|chromium| chromium.is_file());
     match (has_playwright, chromium) {
         (true, Some(chromium)) => Some((python, chromium)),
         _ if skip => {
-            eprintln!("PUSHLINE_SKIP_BROWSER=1: the browser test is skipped");
+            eprintln!("BROWSER_TEST_SKIP=1: the browser test is skipped");
             None
         }
         (has_playwright, chromium) => panic!(
             "the browser test needs Debian's Chromium ({}) and Playwright for Python in {} ({}). \
              ./deploy/local/test.sh installs both; by hand: `apt-get install -y chromium` and \
              `python3 -m venv target/browser-venv && target/browser-venv/bin/pip install -r tests/browser/requirements.txt`. \
-             PUSHLINE_CHROMIUM and PUSHLINE_BROWSER_PYTHON point elsewhere; PUSHLINE_SKIP_BROWSER=1 skips the test.",
+             BROWSER_TEST_CHROMIUM and BROWSER_TEST_PYTHON point elsewhere; BROWSER_TEST_SKIP=1 skips the test.",
             chromium.map_or("missing".into(), |c| format!("found: {}", c.display())),
             python.display(),
             if has_playwright { "found" } else { "missing" },
