@@ -205,6 +205,9 @@ impl Spec for Apns {
         }
         let count = RawValue::from_string(unread.to_string()).ok()?;
         part.payload = pipeline::json::with_member(&part.payload, &["aps", "badge"], &count)?;
+        if part.payload.get().len() > part.push_type.max_bytes() {
+            return None;
+        }
         pipeline::json::to_raw(&part).ok()
     }
 }

@@ -894,9 +894,16 @@ impl Window {
 
 /// Whether a removal failed only because the message is not there any more.
 fn is_gone(error: &async_nats::jetstream::stream::DeleteMessageError) -> bool {
+    use async_nats::jetstream::ErrorCode;
     use async_nats::jetstream::stream::DeleteMessageErrorKind;
-    // nats-server answers a removal of a missing message "no message found" (10057).
-    matches!(error.kind(), DeleteMessageErrorKind::JetStream(e) if e.code() == 10057)
+    // nats-server answers a removal of a missing message with a failed removal (10057)
+    // whose description says "no message found" or "sequence not found", depending on
+    // the storage; a failed removal with any other description is a failure.
+    matches!(error.kind(), DeleteMessageErrorKind::JetStream(e)
+        if e.error_code() == ErrorCode::NO_MESSAGE_FOUND
+            || e.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
+            || (e.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                && e.to_string().to_ascii_lowercase().contains("found")))
 }
 
 /// `future` within [`IO_TIMEOUT`], or [`Close::Unavailable`].

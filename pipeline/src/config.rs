@@ -329,10 +329,12 @@ impl NatsConfig {
         if !(1..=64).contains(&self.partitions) {
             return Err(ConfigError::invalid("nats.partitions", "must be 1 to 64"));
         }
-        if self.partition_ack_budget_ms == 0 {
+        if self.partition_ack_budget_ms == 0
+            || self.partition_ack_budget_ms >= self.publish_timeout_ms
+        {
             return Err(ConfigError::invalid(
                 "nats.partition_ack_budget_ms",
-                "must be positive",
+                "must be positive and below nats.publish_timeout_ms (else no other partition is tried)",
             ));
         }
         if self.duplicate_window_secs < 120 {

@@ -262,9 +262,9 @@ pub struct MessageAction {
 
 impl MessageAction {
     /// The notice's id (the callback's `webhook-id` and the stream's de-duplication id):
-    /// one answer of one device, reported once.
+    /// one answer of one device, however often the app reports it.
     pub fn notice_id(&self) -> String {
-        format!("action:{}:{}:{}", self.event_id, self.device, self.at_ms)
+        format!("action:{}:{}:{}", self.event_id, self.device, self.action)
     }
 }
 

@@ -195,8 +195,13 @@ impl<H: Handler> Worker<H> {
     /// Runs until `shutdown` is cancelled; returns after in-flight messages are settled.
     pub async fn run(self, shutdown: CancellationToken) {
         let stage = self.kind.stage();
-        let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let partitions = self.consumers.len();
+        // Each partition's loop holds a slot while it waits on an idle partition: one slot
+        // more per further partition, so idle partitions never starve a busy one of the
+        // `concurrency` it is given.
+        let permits = Arc::new(Semaphore::new(
+            self.config.concurrency + partitions.saturating_sub(1),
+        ));
         let batch = (self.config.concurrency / partitions).clamp(1, 1_000);
         let mut lags = Vec::new();
         let loops = self

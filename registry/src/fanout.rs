@@ -522,10 +522,29 @@ impl Handler for Fanout {
                 return Outcome::Ack;
             }
             Seen::InFlight => {
-                let error = "a copy of the event is being fanned out".to_owned();
-                return self
-                    .retry(delivery.attempt, &event, "in_flight", error)
-                    .await;
+                // The other copy decides the event's fate: this one waits for it, and
+                // when it may wait no longer it is acked as the duplicate it is, never
+                // recorded as the event expiring.
+                let next = RetryInput::after(delivery.attempt, &self.worker).before(
+                    event.deadline_ms,
+                    0,
+                    now,
+                );
+                return match next.delay() {
+                    Some(delay) => Outcome::Retry {
+                        delay,
+                        reason: "in_flight",
+                        error: "a copy of the event is being fanned out".to_owned(),
+                        deadline_ms: Some(event.deadline_ms),
+                    },
+                    None => {
+                        self.metrics
+                            .fanout_events
+                            .with_label_values(&["duplicate"])
+                            .inc();
+                        Outcome::Ack
+                    }
+                };
             }
         }
         let outcome = self.fan_out(&delivery, &event, now).await;

@@ -57,6 +57,7 @@ local function trim(now)
   local max_age = tonumber(redis.call('HGET', KEYS[4], 'max_age_ms') or '0')
   if max_age > 0 then
     forget(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - max_age), 'LIMIT', 0, 1000))
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - max_age))
   end
   local max = tonumber(redis.call('HGET', KEYS[4], 'max_messages') or '0')
   if max > 0 then
@@ -160,6 +161,9 @@ for _, id in ipairs(targets) do
     local score = redis.call('ZSCORE', KEYS[1], id)
     if score then
       changed = changed + redis.call('ZADD', KEYS[2], 'NX', score, id)
+      -- A set made again here lives no longer than the inbox it belongs to.
+      local ttl = redis.call('PTTL', KEYS[1])
+      if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
     end
   else
     changed = changed + redis.call('ZREM', KEYS[1], id)

@@ -105,12 +105,13 @@ async fn caller(
     app: &str,
 ) -> Result<(String, Retention), ApiError> {
     let principal = state.auth.authenticate(headers, client).await?;
-    let person = principal
-        .person()
-        .ok_or(ApiError::Forbidden(
-            "an inbox is its person's: authenticate as the person (API keys are refused)",
-        ))?
-        .to_owned();
+    let person = principal.person().ok_or(ApiError::Forbidden(
+        "an inbox is its person's: authenticate as the person (API keys are refused)",
+    ))?;
+    // Inboxes are kept under the canonical id, as the fan-out names the event's person.
+    let person = crate::person::canonical(person)
+        .map_err(|_| ApiError::Forbidden("this credential's person has no inbox"))?
+        .into_owned();
     validate::app("app", app).map_err(ApiError::Invalid)?;
     let retention = state.devices.policy(app).inbox().ok_or(ApiError::NoInbox)?;
     Ok((person, retention))

@@ -27,6 +27,9 @@ pub const MAX_REPLY_CHARS: usize = 256;
 pub const MAX_ACTION_ID: usize = 64;
 /// Most status records read to check a report.
 const MAX_RECORDS: usize = 2_000;
+/// Most receipts recorded for one device of one event; later ones are taken and not
+/// recorded (an app repeating itself cannot grow an event's history without bound).
+pub const MAX_RECEIPTS_PER_DEVICE: usize = 16;
 
 /// What the app reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -175,23 +178,26 @@ impl Receipts {
     ) -> Result<(), ReceiptError> {
         let result = self.take(person, app, device_id, report).await;
         let outcome = match &result {
-            Ok(()) => "recorded",
+            Ok(true) => "recorded",
+            Ok(false) => "duplicate",
             Err(error) => error.code(),
         };
         self.metrics
             .receipts
             .with_label_values(&[report.kind.as_str(), transport, outcome])
             .inc();
-        result
+        result.map(|_| ())
     }
 
+    /// Checks and records `report`; false when the device already reported the same (or
+    /// as much as it may), which is taken but not recorded again.
     async fn take(
         &self,
         person: &str,
         app: &str,
         device_id: &str,
         report: &Report,
-    ) -> Result<(), ReceiptError> {
+    ) -> Result<bool, ReceiptError> {
         report.check().map_err(ReceiptError::Invalid)?;
         let now = now_ms();
         let status = pipeline::tracking::read_event_within(
@@ -226,6 +232,14 @@ impl Receipts {
             .iter()
             .find(|d| tags.contains(&d.device))
             .ok_or(ReceiptError::UnknownMessage)?;
+        let stage = report.kind.stage();
+        let repeated = device
+            .receipts
+            .iter()
+            .any(|r| r.kind == stage && r.action == report.action);
+        if repeated || device.receipts.len() >= MAX_RECEIPTS_PER_DEVICE {
+            return Ok(false);
+        }
         let record = StatusRecord {
             device: Some(device.device.clone()),
             platform: device.platform.clone(),
@@ -233,7 +247,7 @@ impl Receipts {
             action: report.action.clone(),
             reply: report.reply.clone(),
             at_ms: now,
-            ..StatusRecord::event(&report.event_id, report.kind.stage())
+            ..StatusRecord::event(&report.event_id, stage)
         };
         self.tracker.record(&record).await;
         if let Some(sent) = status.fanned_out_at_ms {
@@ -268,7 +282,7 @@ impl Receipts {
             .await
             .map_err(|e| ReceiptError::Unavailable(e.to_string()))?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 

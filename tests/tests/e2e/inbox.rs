@@ -370,10 +370,18 @@ async fn retention_by_count_and_by_age() {
             page
         }
     };
-    harness::wait::until_true("the brief message kept", WAIT, || async {
-        brief("").await["messages"].as_array().map_or(0, Vec::len) == 1
+    let kept = harness::wait::until("the brief message kept", WAIT, || async {
+        let page = brief("").await;
+        (page["messages"].as_array().map_or(0, Vec::len) == 1).then_some(page)
     })
     .await;
+    // Read, then unread again: the unread mark ages out with its message.
+    let brief_id = kept["messages"][0]["id"].clone();
+    let path = |op: &str| format!("/v1/inbox/com.example.brief/{op}");
+    let (_, done) = finn.post(&path("read"), json!({"all": true})).await;
+    assert_eq!(done["unread"], 0, "{done}");
+    let (_, done) = finn.post(&path("unread"), json!({"ids": [brief_id]})).await;
+    assert_eq!(done["unread"], 1, "{done}");
     // Older than a second: gone from the page and from the count.
     harness::wait::until_true("the brief message aged out", WAIT, || async {
         let page = brief("").await;
@@ -530,6 +538,22 @@ async fn receipts_and_actions_reach_status_and_the_producers_signed_callback() {
         (status["devices"][0]["receipts"].as_array()?.len() == 2).then_some(status)
     })
     .await;
+    // The same reports again (an app retrying): taken, not recorded, one callback.
+    for body in [
+        json!({"kind": "read"}),
+        json!({"kind": "action", "action": "yes", "reply": "on my way"}),
+    ] {
+        let (status, _) = report(&hana, &event, "install-hana-0001", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    Stack::wait_metrics(
+        &stack.registry,
+        &[
+            r#"pushline_receipts_total{kind="read",outcome="duplicate",transport="http"} 1"#,
+            r#"pushline_receipts_total{kind="action",outcome="duplicate",transport="http"} 1"#,
+        ],
+    )
+    .await;
     let receipts = &status["devices"][0]["receipts"];
     assert_eq!(receipts[0]["kind"], "read");
     assert_eq!(receipts[1]["kind"], "action");
@@ -552,6 +576,17 @@ async fn receipts_and_actions_reach_status_and_the_producers_signed_callback() {
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
     let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
     assert_eq!(header("webhook-signature"), expected);
+    assert!(
+        id.starts_with(&format!("action:{event}:")) && id.ends_with(":yes"),
+        "one id per answer of one device: {id}"
+    );
+    let actions = calls
+        .lock()
+        .expect("calls")
+        .iter()
+        .filter(|(_, body)| body.contains("message.action"))
+        .count();
+    assert_eq!(actions, 1, "the repeated answer made no second callback");
     let callback: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(callback["type"], "message.action");
     let data = &callback["data"];
