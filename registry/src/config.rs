@@ -280,6 +280,11 @@ impl DevicesConfig {
         }
     }
 
+    /// Whether any app keeps an inbox (otherwise the fan-out skips the inbox step).
+    pub fn keeps_inboxes(&self) -> bool {
+        self.apps.values().any(|policy| policy.inbox)
+    }
+
     /// The policy of `app`.
     pub fn policy(&self, app: &str) -> AppPolicy {
         self.apps.get(app).cloned().unwrap_or_default()

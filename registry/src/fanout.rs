@@ -595,10 +595,17 @@ impl Fanout {
         let queued_at_ms = now_ms();
         // Kept before the pushes go, for the unread count their badges carry; a call is
         // never kept, so it waits on nothing here.
-        let reached = apps_reached(jobs.iter().map(|p| &p.job).chain(held.values().flatten()));
-        let unread = match self.keep_in_inboxes(event, reached, queued_at_ms).await {
-            Ok(unread) => unread,
-            Err(error) => return self.retry(delivery.attempt, event, "redis", error).await,
+        // Nothing to do (and nothing to allocate) for a call, or where no app keeps one.
+        let unread = if event.class == pipeline::contract::Class::Call
+            || !self.devices.keeps_inboxes()
+        {
+            Default::default()
+        } else {
+            let reached = apps_reached(jobs.iter().map(|p| &p.job).chain(held.values().flatten()));
+            match self.keep_in_inboxes(event, reached, queued_at_ms).await {
+                Ok(unread) => unread,
+                Err(error) => return self.retry(delivery.attempt, event, "redis", error).await,
+            }
         };
         if !unread.is_empty() {
             self.badge(
