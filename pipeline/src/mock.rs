@@ -7,6 +7,7 @@
 //! Each mock makes its own CA at start; [`Mock::ca_pem`] is what a dispatcher is told to
 //! trust. Waiting for requests uses a [`Notify`], never sleeps.
 
+pub mod sandbox;
 pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
