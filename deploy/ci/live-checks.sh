@@ -4,7 +4,7 @@
 #    on their admin ports; fails on any 5xx, schema violation, undocumented status or
 #    wrong content type. The registry is tried with an API key, then its inbox and receipt
 #    routes with a person's JWT (they refuse API keys);
-# 2. a call pushed through the three dispatchers to the sandbox mocks, then
+# 2. a call pushed through every provider's dispatcher to the sandbox mocks, then
 #    `promtool check metrics` on a live /metrics scrape of all five services and the
 #    gateway (after a WebSocket connection, so its in-app metrics have a series).
 # Usage: deploy/ci/live-checks.sh [max examples per operation, default 40]
@@ -36,12 +36,17 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NATS=$(port); REDIS=$(port); INGEST=$(port); INGEST_ADMIN=$(port); REGISTRY=$(port); REGISTRY_ADMIN=$(port)
 OPEN=$(port); OPEN_ADMIN=$(port)
-APNS_ADMIN=$(port); FCM_ADMIN=$(port); MOCK_APNS=$(port); MOCK_FCM=$(port); MOCK_CONTROL=$(port)
-WEBPUSH_ADMIN=$(port); MOCK_WEBPUSH=$(port)
+MOCK_CONTROL=$(port)
 GATEWAY=$(port); GATEWAY_MQTT=$(port); GATEWAY_ADMIN=$(port)
 
 nats-server -a 127.0.0.1 -p "$NATS" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 & PIDS+=($!)
 redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 & PIDS+=($!)
+# Every provider's sandbox mock, each on a free port; it writes each dispatcher's settings
+# for its mock, and the origins the registry must accept, into $WORK/mock.
+MOCK_PORTS=(); for d in "${DISPATCHERS[@]}"; do MOCK_PORTS+=(--port "${d#dispatcher-}=$(port)"); done
+"$BIN/pushline-mock" --dir "$WORK/mock" "${MOCK_PORTS[@]}" --control-port "$MOCK_CONTROL" >"$WORK/mock.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 1 100); do [ -f "$WORK/mock/private-origins.json" ] && break; sleep 0.1; done
+[ -f "$WORK/mock/private-origins.json" ] || { echo "pushline-mock did not start"; cat "$WORK/mock.log"; exit 1; }
 
 API_KEY=schemathesis-admin-key
 JWT_SECRET=schemathesis-person-jwt-secret-32-bytes-long
@@ -79,11 +84,10 @@ admin_listen = "127.0.0.1:$REGISTRY_ADMIN"
 url = "redis://127.0.0.1:$REDIS"
 [devices]
 default_apns_app = "com.example.pushline"
-default_fcm_app = "pushline-local"
-default_apps = { webpush = "web.pushline-local" }
+default_fcm_app = "pushline-test"
 key_encryption_keys = [{ id = "ci", key = "$(head -c 32 /dev/urandom | base64)" }]
 [endpoints]
-private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH"]
+private_origins = $(cat "$WORK/mock/private-origins.json")
 [devices.apps."com.example.pushline"]
 inbox = true
 [auth]
@@ -122,56 +126,14 @@ run "registry (a person's inbox)" "http://127.0.0.1:$REGISTRY_ADMIN/openapi.yaml
 
 run ingest "http://127.0.0.1:$INGEST_ADMIN/openapi.yaml" "http://127.0.0.1:$INGEST" "Authorization: Bearer $PRODUCER_KEY"
 run "ingest (signatures skipped)" "http://127.0.0.1:$OPEN_ADMIN/openapi.yaml" "http://127.0.0.1:$OPEN" "Authorization: Bearer $PRODUCER_KEY"
-echo "== a call through the three dispatchers, then promtool check metrics on every service"
-"$BIN/pushline-mock" --dir "$WORK/mock" --apns-port "$MOCK_APNS" --fcm-port "$MOCK_FCM" \
-  --webpush-port "$MOCK_WEBPUSH" --control-port "$MOCK_CONTROL" >"$WORK/mock.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 1 100); do [ -f "$WORK/mock/pushline-local.json" ] && break; sleep 0.1; done
-cat >"$WORK/apns.toml" <<TOML
-admin_listen = "127.0.0.1:$APNS_ADMIN"
-[apns]
-production_url = "https://127.0.0.1:$MOCK_APNS"
-sandbox_url = "https://127.0.0.1:$MOCK_APNS"
-ca_files = ["$WORK/mock/ca.pem"]
-[[apns.apps]]
-bundle_id = "com.example.pushline"
-team_id = "TEAM123456"
-key_id = "KEY1234567"
-key_file = "$WORK/mock/AuthKey_KEY1234567.p8"
-[nats]
-url = "nats://127.0.0.1:$NATS"
-[telemetry]
-filter = "warn"
-TOML
-cat >"$WORK/fcm.toml" <<TOML
-admin_listen = "127.0.0.1:$FCM_ADMIN"
-[fcm]
-base_url = "https://127.0.0.1:$MOCK_FCM"
-ca_files = ["$WORK/mock/ca.pem"]
-[[fcm.projects]]
-service_account_file = "$WORK/mock/pushline-local.json"
-[nats]
-url = "nats://127.0.0.1:$NATS"
-[telemetry]
-filter = "warn"
-TOML
-cat >"$WORK/webpush.toml" <<TOML
-admin_listen = "127.0.0.1:$WEBPUSH_ADMIN"
-[webpush]
-ca_files = ["$WORK/mock/ca.pem"]
-[webpush.endpoints]
-private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH"]
-[[webpush.apps]]
-app = "web.pushline-local"
-subject = "mailto:ops@example.com"
-private_key_file = "$WORK/mock/vapid.pem"
-[nats]
-url = "nats://127.0.0.1:$NATS"
-[telemetry]
-filter = "warn"
-TOML
-"$BIN/pushline-dispatcher-apns" --config "$WORK/apns.toml" >"$WORK/apns.log" 2>&1 & PIDS+=($!)
-"$BIN/pushline-dispatcher-fcm" --config "$WORK/fcm.toml" >"$WORK/fcm.log" 2>&1 & PIDS+=($!)
-"$BIN/pushline-dispatcher-webpush" --config "$WORK/webpush.toml" >"$WORK/webpush.log" 2>&1 & PIDS+=($!)
+echo "== a call through every dispatcher (${DISPATCHERS[*]}), then promtool check metrics on every service"
+ADMINS=()
+for d in "${DISPATCHERS[@]}"; do
+  admin=$(port); ADMINS+=("$admin")
+  { echo "admin_listen = \"127.0.0.1:$admin\""; cat "$WORK/mock/$d.toml"
+    printf '[nats]\nurl = "nats://127.0.0.1:%s"\n[telemetry]\nfilter = "warn"\n' "$NATS"; } >"$WORK/$d.toml"
+  "$BIN/pushline-$d" --config "$WORK/$d.toml" >"$WORK/$d.log" 2>&1 & PIDS+=($!)
+done
 cat >"$WORK/gateway.toml" <<TOML
 listen = "127.0.0.1:$GATEWAY"
 listen_mqtt = "127.0.0.1:$GATEWAY_MQTT"
@@ -189,27 +151,30 @@ url = "nats://127.0.0.1:$NATS"
 filter = "warn"
 TOML
 "$BIN/pushline-gateway" --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 & PIDS+=($!)
-for admin in "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN" "$GATEWAY_ADMIN"; do
+for admin in "${ADMINS[@]}" "$GATEWAY_ADMIN"; do
   for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$admin/readyz" 2>/dev/null && break; sleep 0.1; done
 done
 PERSON=live-check-person
-curl -fsS -X POST "http://127.0.0.1:$REGISTRY/register" -H "authorization: Bearer $API_KEY" -H 'content-type: application/json' \
-  -d "{\"voipToken\":\"$(printf 'cd%.0s' $(seq 1 32))\",\"fcmToken\":\"live-check:APA91bHPRgkFLJu6ck_q\",\"personId\":\"$PERSON\"}" >/dev/null
-curl -fsS -o /dev/null -X POST "http://127.0.0.1:$REGISTRY/v1/devices" -H "authorization: Bearer $API_KEY" -H 'content-type: application/json' \
-  -d "{\"person_id\":\"$PERSON\",\"platform\":\"webpush\",\"subscription\":$(curl -fsS -X POST "http://127.0.0.1:$MOCK_CONTROL/webpush/subscribe")}"
+# A device at each provider's mock.
+for d in "${DISPATCHERS[@]}"; do
+  curl -fsS -o /dev/null -X POST "http://127.0.0.1:$REGISTRY/v1/devices" -H "authorization: Bearer $API_KEY" \
+    -H 'content-type: application/json' \
+    -d "$(curl -fsS -X POST "http://127.0.0.1:$MOCK_CONTROL/devices/${d#dispatcher-}?person=$PERSON")"
+done
 BODY="{\"resource\":\"telephony_push\",\"event\":\"updated\",\"actorId\":\"$PERSON\",\"data\":{\"apnsPayload\":{\"aps\":{}},\"fcmPayload\":{\"k\":\"v\"}}}"
 SIG=$(printf %s "$BODY" | openssl dgst -sha1 -hmac schemathesis-webhook-secret | sed 's/^.*= //')
 curl -fsS -X POST "http://127.0.0.1:$INGEST/webhooks/webex" -H 'content-type: application/json' -H "x-spark-signature: $SIG" -d "$BODY" >/dev/null
+delivered() { curl -fsS "http://127.0.0.1:$MOCK_CONTROL/requests" | grep -o '"status":200' | wc -l || true; }
 for _ in $(seq 1 100); do
-  [ "$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL/requests" | grep -o '"status":200' | wc -l)" -ge 3 ] && break
+  [ "$(delivered)" -ge "${#DISPATCHERS[@]}" ] && break
   sleep 0.1
 done
-[ "$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL/requests" | grep -o '"status":200' | wc -l)" -ge 3 ] || { echo "the call was not delivered"; status=1; }
+[ "$(delivered)" -ge "${#DISPATCHERS[@]}" ] || { echo "the call reached $(delivered) of ${#DISPATCHERS[@]} providers"; status=1; }
 # A WebSocket upgrade the client then drops, so the gateway's in-app metrics have a series.
 curl -sS -o /dev/null --http1.1 --max-time 1 "http://127.0.0.1:$GATEWAY/v1/connect" \
   -H 'connection: Upgrade' -H 'upgrade: websocket' -H 'sec-websocket-version: 13' \
   -H 'sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==' 2>/dev/null || true
-for admin in "$INGEST_ADMIN" "$REGISTRY_ADMIN" "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN" "$GATEWAY_ADMIN"; do
+for admin in "$INGEST_ADMIN" "$REGISTRY_ADMIN" "${ADMINS[@]}" "$GATEWAY_ADMIN"; do
   if curl -fsS "http://127.0.0.1:$admin/metrics" | promtool check metrics; then
     echo "promtool check metrics 127.0.0.1:$admin: ok"
   else

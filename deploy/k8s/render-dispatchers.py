@@ -16,7 +16,10 @@ providers/src/lib.rs, so that adding a provider touches nothing here by hand:
 - the image: the dispatchers' lines of deploy/Dockerfile and .dockerignore;
 - Prometheus: the dispatchers' targets in deploy/prometheus/prometheus.yml;
 - the scripts: the list of dispatchers (DISPATCHERS) that deploy/ci/container-check.sh,
-  deploy/ci/live-checks.sh and deploy/local/run.sh build and start.
+  deploy/ci/live-checks.sh and deploy/local/run.sh build and start (and, for the local
+  run, their admin ports: DISPATCHER_ADMIN_PORTS). What each dispatcher is configured
+  with and which device each provider's mock accepts, those scripts take from
+  `pushline-mock` (the providers' sandboxes).
 
 Rendered parts of hand-written files sit between `BEGIN rendered` and `END rendered`
 comment lines; whole rendered files say so in their first line.
@@ -201,8 +204,10 @@ def main():
         "deploy/prometheus/prometheus.yml", "targets",
         [f'- targets: ["ingest:9080", "registry:9081", {targets}]'])
     listed = "DISPATCHERS=(" + " ".join(f"dispatcher-{n}" for n in names) + ")"
-    for script in ("deploy/ci/container-check.sh", "deploy/ci/live-checks.sh", "deploy/local/run.sh"):
+    for script in ("deploy/ci/container-check.sh", "deploy/ci/live-checks.sh"):
         wanted[script] = block(script, "dispatchers", [listed])
+    admin_ports = "DISPATCHER_ADMIN_PORTS=(" + " ".join(admin_port(n) for n in names) + ")"
+    wanted["deploy/local/run.sh"] = block("deploy/local/run.sh", "dispatchers", [listed, admin_ports])
     stale = []
     for file, text in wanted.items():
         path = os.path.join(ROOT, file)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs pushline locally: NATS JetStream, Redis, the sandbox mock APNs, FCM and Web Push
-# service, the five services and the in-app gateway with a development configuration;
-# registers a sample iOS device, Android device and browser subscription, sends a signed
-# sample call webhook and shows the three pushes arriving at the mocks (the web push
-# decrypted, as the browser reads it); then registers the sample person's app for in-app
+# Runs pushline locally: NATS JetStream, Redis, every provider's sandbox mock (APNs, FCM,
+# a Web Push service, …: `pushline-mock`), ingest, the registry, every provider's
+# dispatcher and the in-app gateway with a development configuration; registers a sample
+# device at each provider (an iPhone's VoIP token, an Android phone, a browser's
+# subscription, …), sends a signed sample call webhook and shows a push arriving at each
+# provider's mock (the web push decrypted, as the browser reads it); then registers the sample person's app for in-app
 # messages, connects a sample WebSocket client (Python's websockets, Debian's
 # python3-websockets) with the person's development JWT, sends a /v1/notify with an
 # `inapp` part and shows the message arriving and kept in the person's inbox (the sample
@@ -15,6 +16,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # The providers' dispatchers, from providers/src/lib.rs.
 # BEGIN rendered by deploy/k8s/render-dispatchers.py (dispatchers); do not edit
 DISPATCHERS=(dispatcher-apns dispatcher-fcm dispatcher-webpush)
+DISPATCHER_ADMIN_PORTS=(9082 9083 9084)
 # END rendered (dispatchers)
 PACKAGES=(); for d in "${DISPATCHERS[@]}"; do PACKAGES+=(-p "pushline-$d"); done
 NATS_PORT=${PUSHLINE_LOCAL_NATS_PORT:-14222}
@@ -24,19 +26,16 @@ INGEST=127.0.0.1:8080
 INGEST_ADMIN=127.0.0.1:9080
 REGISTRY=127.0.0.1:8081
 REGISTRY_ADMIN=127.0.0.1:9081
-APNS_ADMIN=127.0.0.1:9082
-FCM_ADMIN=127.0.0.1:9083
-WEBPUSH_ADMIN=127.0.0.1:9084
 GATEWAY=127.0.0.1:8884
 GATEWAY_MQTT=127.0.0.1:8883
 GATEWAY_ADMIN=127.0.0.1:9085
-MOCK_APNS_PORT=${PUSHLINE_LOCAL_MOCK_APNS_PORT:-18443}
-MOCK_FCM_PORT=${PUSHLINE_LOCAL_MOCK_FCM_PORT:-18444}
+# Each provider's mock listens on its sandbox port (8443, 8444, 8446, …) plus this offset.
+MOCK_PORT_OFFSET=${PUSHLINE_LOCAL_MOCK_PORT_OFFSET:-10000}
 MOCK_CONTROL_PORT=${PUSHLINE_LOCAL_MOCK_CONTROL_PORT:-18445}
-MOCK_WEBPUSH_PORT=${PUSHLINE_LOCAL_MOCK_WEBPUSH_PORT:-18446}
+# The sandbox's apps (what the mocks accept).
 BUNDLE=com.example.pushline
-PROJECT=pushline-local
-WEB_APP=web.pushline-local
+PROJECT=pushline-test
+WEB_APP=web.pushline-test
 SECRET=local-webhook-secret
 API_KEY=local-api-key
 PRODUCER_KEY=local-producer-key
@@ -107,11 +106,11 @@ start nats nats-server -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR" -js -sd "
 start redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$WORK"
 wait_http "http://127.0.0.1:$NATS_MONITOR/healthz" "nats-server" nats
 
-say "starting the sandbox mock APNs (:$MOCK_APNS_PORT), FCM (:$MOCK_FCM_PORT) and Web Push service (:$MOCK_WEBPUSH_PORT)"
-start mock "$BIN/pushline-mock" --dir "$WORK/mock" --apns-port "$MOCK_APNS_PORT" \
-  --fcm-port "$MOCK_FCM_PORT" --webpush-port "$MOCK_WEBPUSH_PORT" --control-port "$MOCK_CONTROL_PORT" \
-  --bundle "$BUNDLE" --project "$PROJECT"
+say "starting every provider's sandbox mock (control :$MOCK_CONTROL_PORT)"
+start mock "$BIN/pushline-mock" --dir "$WORK/mock" --port-offset "$MOCK_PORT_OFFSET" \
+  --control-port "$MOCK_CONTROL_PORT"
 wait_http "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" "pushline-mock" mock
+head -n 1 "$WORK/mock.log" | sed 's/^/    /'
 
 KEY_HASH=$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)
 PRODUCER_HASH=$(printf %s "$PRODUCER_KEY" | sha256sum | cut -d' ' -f1)
@@ -145,7 +144,8 @@ default_environment = "sandbox"
 [devices.apps."$BUNDLE"]
 inbox = true
 [endpoints]
-private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH_PORT"]
+# The sandbox push service's origin (pushline-mock wrote it).
+private_origins = $(cat "$WORK/mock/private-origins.json")
 [auth]
 api_keys = [{ name = "local", sha256 = "$KEY_HASH" }]
 [auth.jwt]
@@ -178,78 +178,36 @@ url = "nats://127.0.0.1:$NATS_PORT"
 format = "pretty"
 TOML
 
-cat >"$WORK/dispatcher-apns.toml" <<TOML
-admin_listen = "$APNS_ADMIN"
-[apns]
-production_url = "https://127.0.0.1:$MOCK_APNS_PORT"
-sandbox_url = "https://127.0.0.1:$MOCK_APNS_PORT"
-ca_files = ["$WORK/mock/ca.pem"]
-[[apns.apps]]
-bundle_id = "$BUNDLE"
-team_id = "TEAM123456"
-key_id = "KEY1234567"
-key_file = "$WORK/mock/AuthKey_KEY1234567.p8"
-[nats]
-url = "nats://127.0.0.1:$NATS_PORT"
-[telemetry]
-format = "pretty"
-TOML
-cat >"$WORK/dispatcher-fcm.toml" <<TOML
-admin_listen = "$FCM_ADMIN"
-[fcm]
-base_url = "https://127.0.0.1:$MOCK_FCM_PORT"
-ca_files = ["$WORK/mock/ca.pem"]
-[[fcm.projects]]
-service_account_file = "$WORK/mock/$PROJECT.json"
-[nats]
-url = "nats://127.0.0.1:$NATS_PORT"
-[telemetry]
-format = "pretty"
-TOML
+# Each dispatcher: its admin port, its provider's part as pushline-mock wrote it (pointed at
+# the mock), and NATS.
+for i in "${!DISPATCHERS[@]}"; do
+  d=${DISPATCHERS[$i]}
+  { echo "admin_listen = \"127.0.0.1:${DISPATCHER_ADMIN_PORTS[$i]}\""; cat "$WORK/mock/$d.toml"
+    printf '[nats]\nurl = "nats://127.0.0.1:%s"\n[telemetry]\nformat = "pretty"\n' "$NATS_PORT"; } >"$WORK/$d.toml"
+done
 
-cat >"$WORK/dispatcher-webpush.toml" <<TOML
-admin_listen = "$WEBPUSH_ADMIN"
-[webpush]
-ca_files = ["$WORK/mock/ca.pem"]
-[webpush.endpoints]
-private_origins = ["https://127.0.0.1:$MOCK_WEBPUSH_PORT"]
-[[webpush.apps]]
-app = "$WEB_APP"
-subject = "mailto:ops@example.com"
-private_key_file = "$WORK/mock/vapid.pem"
-[nats]
-url = "nats://127.0.0.1:$NATS_PORT"
-[telemetry]
-format = "pretty"
-TOML
-
-say "starting ingest ($INGEST), registry ($REGISTRY), dispatcher-apns, dispatcher-fcm, dispatcher-webpush and the gateway ($GATEWAY)"
+say "starting ingest ($INGEST), registry ($REGISTRY), ${DISPATCHERS[*]} and the gateway ($GATEWAY)"
 start ingest "$BIN/pushline-ingest" --config "$WORK/ingest.toml"
 start registry "$BIN/pushline-registry" --config "$WORK/registry.toml"
-start dispatcher-apns "$BIN/pushline-dispatcher-apns" --config "$WORK/dispatcher-apns.toml"
-start dispatcher-fcm "$BIN/pushline-dispatcher-fcm" --config "$WORK/dispatcher-fcm.toml"
-start dispatcher-webpush "$BIN/pushline-dispatcher-webpush" --config "$WORK/dispatcher-webpush.toml"
+for d in "${DISPATCHERS[@]}"; do
+  start "$d" "$BIN/pushline-$d" --config "$WORK/$d.toml"
+done
 start gateway "$BIN/pushline-gateway" --config "$WORK/gateway.toml"
 wait_http "http://$INGEST_ADMIN/readyz" "ingest" ingest
 wait_http "http://$REGISTRY_ADMIN/readyz" "registry" registry
-wait_http "http://$APNS_ADMIN/readyz" "dispatcher-apns" dispatcher-apns
-wait_http "http://$FCM_ADMIN/readyz" "dispatcher-fcm" dispatcher-fcm
-wait_http "http://$WEBPUSH_ADMIN/readyz" "dispatcher-webpush" dispatcher-webpush
+for i in "${!DISPATCHERS[@]}"; do
+  wait_http "http://127.0.0.1:${DISPATCHER_ADMIN_PORTS[$i]}/readyz" "${DISPATCHERS[$i]}" "${DISPATCHERS[$i]}"
+done
 wait_http "http://$GATEWAY_ADMIN/readyz" "gateway" gateway
 
 # --- 3. a sample call ------------------------------------------------------------------
-VOIP_TOKEN=$(printf 'ab%.0s' $(seq 1 32))
-FCM_TOKEN="fcm-local-demo:APA91bHPRgkFLJu6ck_q"
-say "registering a sample iOS VoIP device and a sample Android device for the demo person"
-curl -fsS -X POST "http://$REGISTRY/register" -H "authorization: Bearer $API_KEY" \
-  -H 'content-type: application/json' \
-  -d "{\"email\":\"demo@example.com\",\"voipToken\":\"$VOIP_TOKEN\",\"personId\":\"$PERSON\",\"fcmToken\":\"$FCM_TOKEN\"}"
-echo
-say "registering a sample browser: a push subscription made at the sandbox Web Push service"
-SUBSCRIPTION=$(curl -fsS -X POST "http://127.0.0.1:$MOCK_CONTROL_PORT/webpush/subscribe")
-curl -fsS -o /dev/null -X POST "http://$REGISTRY/v1/devices" -H "authorization: Bearer $API_KEY" \
-  -H 'content-type: application/json' \
-  -d "{\"person_id\":\"$PERSON\",\"platform\":\"webpush\",\"subscription\":$SUBSCRIPTION}"
+say "registering a sample device for the demo person at each sandbox provider (an iPhone's VoIP token, an Android phone, a browser's subscription, …)"
+for d in "${DISPATCHERS[@]}"; do
+  DEVICE=$(curl -fsS -X POST "http://127.0.0.1:$MOCK_CONTROL_PORT/devices/${d#dispatcher-}?person=$PERSON")
+  curl -fsS -o /dev/null -X POST "http://$REGISTRY/v1/devices" -H "authorization: Bearer $API_KEY" \
+    -H 'content-type: application/json' -d "$DEVICE"
+  echo "    ${d#dispatcher-}: $(printf %s "$DEVICE" | cut -c1-150)"
+done
 
 BODY="{\"resource\":\"telephony_push\",\"event\":\"updated\",\"actorId\":\"$PERSON\",\"data\":{\"apnsPayload\":{\"aps\":{},\"callId\":\"local-demo-call\",\"caller\":\"Ada\"},\"fcmPayload\":{\"type\":\"incoming_call\",\"callId\":\"local-demo-call\",\"caller\":\"Ada\"}}}"
 SIG=$(printf %s "$BODY" | openssl dgst -sha1 -hmac "$SECRET" | sed 's/^.*= //')
@@ -258,21 +216,22 @@ curl -fsS -X POST "http://$INGEST/webhooks/webex" -H 'content-type: application/
   -H "x-spark-signature: $SIG" -d "$BODY"
 echo
 
-say "waiting for the three pushes to reach the sandbox providers"
+EXPECTED=${#DISPATCHERS[@]}
+say "waiting for the $EXPECTED pushes to reach the sandbox providers"
 for _ in $(seq 1 100); do
-  DELIVERED=$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" | grep -o '"status":200' | wc -l)
-  [ "$DELIVERED" -ge 3 ] && break
+  DELIVERED=$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" | grep -o '"status":200' | wc -l || true)
+  [ "$DELIVERED" -ge "$EXPECTED" ] && break
   sleep 0.1
 done
 echo "  what the sandbox providers received:"
-sed 's/^/    /' "$WORK/mock.log" | grep -E 'APNs|FCM |Web ' || true
-if [ "${DELIVERED:-0}" -ge 3 ]; then
-  say "all three pushes delivered: iPhone, Android phone and browser"
+tail -n +2 "$WORK/mock.log" | sed 's/^/    /' || true
+if [ "${DELIVERED:-0}" -ge "$EXPECTED" ]; then
+  say "all $EXPECTED pushes delivered, one at each provider: ${DISPATCHERS[*]#dispatcher-}"
 else
-  say "only ${DELIVERED:-0} of 3 pushes arrived; see the logs below"
+  say "only ${DELIVERED:-0} of $EXPECTED pushes arrived; see the logs below"
 fi
-for admin in "$APNS_ADMIN" "$FCM_ADMIN" "$WEBPUSH_ADMIN"; do
-  curl -fsS "http://$admin/metrics" | grep -E '^pushline_(pushes_total|end_to_end_seconds_count)' | sed 's/^/    /' || true
+for port in "${DISPATCHER_ADMIN_PORTS[@]}"; do
+  curl -fsS "http://127.0.0.1:$port/metrics" | grep -E '^pushline_(pushes_total|end_to_end_seconds_count)' | sed 's/^/    /' || true
 done
 
 # --- 4. a sample in-app message ----------------------------------------------------------
@@ -379,8 +338,7 @@ echo "    $SAMPLE_APP"
 cat <<INFO
 
 pushline is running. Metrics: http://$INGEST_ADMIN/metrics  http://$REGISTRY_ADMIN/metrics
-  http://$APNS_ADMIN/metrics  http://$FCM_ADMIN/metrics  http://$WEBPUSH_ADMIN/metrics
-  http://$GATEWAY_ADMIN/metrics
+  http://$GATEWAY_ADMIN/metrics, and each dispatcher's on 127.0.0.1:${DISPATCHER_ADMIN_PORTS[*]}
 Pushes the sandbox providers received: http://127.0.0.1:$MOCK_CONTROL_PORT/requests
 Device API: http://$REGISTRY (Bearer $API_KEY)   Webhooks: http://$INGEST/webhooks/webex (secret $SECRET)
 Producer API: http://$INGEST/v1/notify (Bearer $PRODUCER_KEY)   In-app: ws://$GATEWAY/v1/connect, mqtt://$GATEWAY_MQTT
@@ -389,7 +347,8 @@ NATS monitoring: http://127.0.0.1:$NATS_MONITOR/jsz?streams=true
 Logs follow; ctrl-c stops everything.
 
 INFO
-tail -n 0 -f "$WORK/ingest.log" "$WORK/registry.log" "$WORK/dispatcher-apns.log" "$WORK/dispatcher-fcm.log" \
-  "$WORK/dispatcher-webpush.log" "$WORK/gateway.log" "$WORK/inapp-client.log" "$WORK/mock.log" &
+LOGS=(); for d in "${DISPATCHERS[@]}"; do LOGS+=("$WORK/$d.log"); done
+tail -n 0 -f "$WORK/ingest.log" "$WORK/registry.log" "${LOGS[@]}" \
+  "$WORK/gateway.log" "$WORK/inapp-client.log" "$WORK/mock.log" &
 PIDS+=($!)
 wait

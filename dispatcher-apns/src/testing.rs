@@ -15,6 +15,7 @@ use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePrivateKey;
 
+use pipeline::mock::sandbox::{BoxFuture, Running, ServeError};
 use pipeline::mock::tls::TestCa;
 use pipeline::mock::{Behaviour, Checked, Mock, Reply};
 
@@ -343,4 +344,118 @@ pub fn dispatcher_config(
     config.worker.retry_base_ms = 20;
     config.worker.retry_max_ms = 500;
     config
+}
+
+/// The sandbox's app: the bundle id its mock accepts (VoIP pushes on `<bundle>.voip`).
+pub const SANDBOX_APP: &str = "com.example.pushline";
+/// The sandbox's team id.
+pub const SANDBOX_TEAM_ID: &str = "TEAM123456";
+/// The sandbox's provider-token key id (its `.p8` is `AuthKey_<id>.p8`).
+pub const SANDBOX_KEY_ID: &str = "KEY1234567";
+
+/// APNs in the sandbox ([`pipeline::mock::sandbox`]): a mock for [`SANDBOX_APP`] trusting
+/// a fresh provider-token key, written to `AuthKey_<SANDBOX_KEY_ID>.p8`.
+pub static SANDBOX: ApnsSandbox = ApnsSandbox;
+
+/// See [`SANDBOX`].
+pub struct ApnsSandbox;
+
+impl pipeline::mock::sandbox::Sandbox for ApnsSandbox {
+    fn name(&self) -> &'static str {
+        "apns"
+    }
+
+    fn sandbox_port(&self) -> u16 {
+        8443
+    }
+
+    fn start<'a>(
+        &'a self,
+        ca: &'a TestCa,
+        at: &'a pipeline::mock::Listen,
+        dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, std::sync::Arc<dyn Running>> {
+        Box::pin(async move {
+            let key = P8Key::generate(SANDBOX_TEAM_ID, SANDBOX_KEY_ID);
+            let mock = MockApns::start_apns_at(ca, &[SANDBOX_APP], &[&key], at).await;
+            key.write(dir);
+            mock.write_ca(dir, "ca.pem");
+            std::sync::Arc::new(mock) as std::sync::Arc<dyn Running>
+        })
+    }
+
+    fn serve(
+        &self,
+        config: serde_json::Value,
+        admin: tokio::net::TcpListener,
+        shutdown: pipeline::CancellationToken,
+    ) -> BoxFuture<'static, Result<(), ServeError>> {
+        Box::pin(async move {
+            let config: crate::config::Config = serde_json::from_value(config)?;
+            crate::serve(config, admin, shutdown).await?;
+            Ok(())
+        })
+    }
+}
+
+impl Running for MockApns {
+    fn name(&self) -> &'static str {
+        "apns"
+    }
+
+    fn url(&self) -> String {
+        Mock::url(self)
+    }
+
+    fn dispatcher_config(&self, dir: &std::path::Path) -> serde_json::Value {
+        let config = dispatcher_config(
+            self,
+            &dir.join("ca.pem"),
+            SANDBOX_APP,
+            (
+                SANDBOX_TEAM_ID,
+                SANDBOX_KEY_ID,
+                &dir.join(format!("AuthKey_{SANDBOX_KEY_ID}.p8")),
+            ),
+            Default::default(),
+            Default::default(),
+        );
+        pipeline::mock::sandbox::provider_part(&config)
+    }
+
+    fn device(&self, person: &str) -> serde_json::Value {
+        serde_json::json!({
+            "person_id": person,
+            "platform": "apns",
+            "app": SANDBOX_APP,
+            "channel": "voip",
+            "token": pipeline::mock::sandbox::fresh_token(32),
+        })
+    }
+
+    fn wait_beyond(&self, seen: usize) -> BoxFuture<'_, Vec<pipeline::mock::Recorded>> {
+        Box::pin(Mock::wait_beyond(self, seen))
+    }
+
+    fn pushes(&self) -> Vec<pipeline::mock::Recorded> {
+        self.requests()
+    }
+
+    fn describe(&self, r: &pipeline::mock::Recorded) -> Option<String> {
+        Some(format!(
+            "APNs {} ← {} push-type={} topic={} body={}",
+            r.status,
+            MockApns::token_of(&r.path)
+                .chars()
+                .take(12)
+                .collect::<String>(),
+            r.header("apns-push-type").unwrap_or("-"),
+            r.header("apns-topic").unwrap_or("-"),
+            pipeline::mock::sandbox::excerpt(&r.body),
+        ))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }

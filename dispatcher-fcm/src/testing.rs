@@ -19,6 +19,7 @@ use rsa::signature::Verifier;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use sha2::Sha256;
 
+use pipeline::mock::sandbox::{BoxFuture, Running, ServeError};
 use pipeline::mock::tls::TestCa;
 use pipeline::mock::{Behaviour, Checked, Mock, Recorded, Reply};
 
@@ -330,4 +331,107 @@ pub fn dispatcher_config(
     config.worker.retry_base_ms = 20;
     config.worker.retry_max_ms = 500;
     config
+}
+
+/// The sandbox's app: the FCM project its mock serves (its service account is
+/// `<project>.json`).
+pub const SANDBOX_APP: &str = "pushline-test";
+
+/// FCM in the sandbox ([`pipeline::mock::sandbox`]): a mock serving [`SANDBOX_APP`], whose
+/// service account (with this mock as its `token_uri`) is written to `<project>.json`.
+pub static SANDBOX: FcmSandbox = FcmSandbox;
+
+/// See [`SANDBOX`].
+pub struct FcmSandbox;
+
+impl pipeline::mock::sandbox::Sandbox for FcmSandbox {
+    fn name(&self) -> &'static str {
+        "fcm"
+    }
+
+    fn sandbox_port(&self) -> u16 {
+        8444
+    }
+
+    fn start<'a>(
+        &'a self,
+        ca: &'a TestCa,
+        at: &'a pipeline::mock::Listen,
+        dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, std::sync::Arc<dyn Running>> {
+        Box::pin(async move {
+            let mock = MockFcm::start_fcm_at(ca, &[SANDBOX_APP], at).await;
+            mock.write_service_account(dir, SANDBOX_APP);
+            mock.write_ca(dir, "ca.pem");
+            std::sync::Arc::new(mock) as std::sync::Arc<dyn Running>
+        })
+    }
+
+    fn serve(
+        &self,
+        config: serde_json::Value,
+        admin: tokio::net::TcpListener,
+        shutdown: pipeline::CancellationToken,
+    ) -> BoxFuture<'static, Result<(), ServeError>> {
+        Box::pin(async move {
+            let config: crate::config::Config = serde_json::from_value(config)?;
+            crate::serve(config, admin, shutdown).await?;
+            Ok(())
+        })
+    }
+}
+
+impl Running for MockFcm {
+    fn name(&self) -> &'static str {
+        "fcm"
+    }
+
+    fn url(&self) -> String {
+        Mock::url(self)
+    }
+
+    fn dispatcher_config(&self, dir: &std::path::Path) -> serde_json::Value {
+        let config = dispatcher_config(
+            self,
+            &dir.join("ca.pem"),
+            &dir.join(format!("{SANDBOX_APP}.json")),
+            Default::default(),
+            Default::default(),
+        );
+        pipeline::mock::sandbox::provider_part(&config)
+    }
+
+    fn device(&self, person: &str) -> serde_json::Value {
+        serde_json::json!({
+            "person_id": person,
+            "platform": "fcm",
+            "app": SANDBOX_APP,
+            "token": format!("sandbox:{}", pipeline::mock::sandbox::fresh_token(16)),
+        })
+    }
+
+    fn wait_beyond(&self, seen: usize) -> BoxFuture<'_, Vec<Recorded>> {
+        Box::pin(Mock::wait_beyond(self, seen))
+    }
+
+    fn pushes(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path != "/token")
+            .collect()
+    }
+
+    fn describe(&self, r: &Recorded) -> Option<String> {
+        (r.path != "/token").then(|| {
+            format!(
+                "FCM  {} ← {}",
+                r.status,
+                pipeline::mock::sandbox::excerpt(&r.body)
+            )
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }

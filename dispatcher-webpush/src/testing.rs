@@ -20,8 +20,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use ece::EcKeyComponents;
 
+use pipeline::mock::sandbox::{BoxFuture, Running, ServeError};
 use pipeline::mock::tls::TestCa;
-use pipeline::mock::{Behaviour, Checked, Mock};
+use pipeline::mock::{Behaviour, Checked, Mock, Recorded};
 
 /// One push as the browser would read it.
 #[derive(Debug, Clone)]
@@ -288,4 +289,118 @@ pub fn dispatcher_config(
         private_key: None,
     }];
     config
+}
+
+/// The sandbox's web app (its application server key is `vapid.pem`).
+pub const SANDBOX_APP: &str = "web.pushline-test";
+
+/// Web Push in the sandbox ([`pipeline::mock::sandbox`]): a push service accepting pushes
+/// signed with a fresh application server key, written to `vapid.pem`; its devices are
+/// subscriptions made at it.
+pub static SANDBOX: WebPushSandbox = WebPushSandbox;
+
+/// See [`SANDBOX`].
+pub struct WebPushSandbox;
+
+impl pipeline::mock::sandbox::Sandbox for WebPushSandbox {
+    fn name(&self) -> &'static str {
+        "webpush"
+    }
+
+    fn sandbox_port(&self) -> u16 {
+        8446
+    }
+
+    fn start<'a>(
+        &'a self,
+        ca: &'a TestCa,
+        at: &'a pipeline::mock::Listen,
+        dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, std::sync::Arc<dyn Running>> {
+        Box::pin(async move {
+            let key =
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+            let public = URL_SAFE_NO_PAD.encode(key.public_key_raw());
+            let mock = MockPushService::start_push_service_at(ca, &public, at).await;
+            std::fs::write(dir.join("vapid.pem"), key.serialize_pem()).expect("write the key");
+            mock.write_ca(dir, "ca.pem");
+            std::sync::Arc::new(mock) as std::sync::Arc<dyn Running>
+        })
+    }
+
+    fn serve(
+        &self,
+        config: serde_json::Value,
+        admin: tokio::net::TcpListener,
+        shutdown: pipeline::CancellationToken,
+    ) -> BoxFuture<'static, Result<(), ServeError>> {
+        Box::pin(async move {
+            let config: crate::config::Config = serde_json::from_value(config)?;
+            crate::serve(config, admin, shutdown).await?;
+            Ok(())
+        })
+    }
+}
+
+impl Running for MockPushService {
+    fn name(&self) -> &'static str {
+        "webpush"
+    }
+
+    fn url(&self) -> String {
+        Mock::url(self)
+    }
+
+    fn dispatcher_config(&self, dir: &std::path::Path) -> serde_json::Value {
+        let config = dispatcher_config(
+            SANDBOX_APP,
+            &dir.join("vapid.pem"),
+            (&dir.join("ca.pem"), self.private_origins()),
+            Default::default(),
+            Default::default(),
+        );
+        pipeline::mock::sandbox::provider_part(&config)
+    }
+
+    fn device(&self, person: &str) -> serde_json::Value {
+        serde_json::json!({
+            "person_id": person,
+            "platform": "webpush",
+            "app": SANDBOX_APP,
+            "subscription": self.subscribe(),
+        })
+    }
+
+    fn private_origins(&self) -> Vec<String> {
+        vec![Mock::url(self)]
+    }
+
+    fn wait_beyond(&self, seen: usize) -> BoxFuture<'_, Vec<Recorded>> {
+        Box::pin(Mock::wait_beyond(self, seen))
+    }
+
+    fn pushes(&self) -> Vec<Recorded> {
+        self.requests()
+    }
+
+    fn describe(&self, r: &Recorded) -> Option<String> {
+        let id = MockPushService::id_of(&r.path);
+        let plaintext = self
+            .messages()
+            .iter()
+            .rev()
+            .find(|m| m.subscription == id)
+            .map(|m| pipeline::mock::sandbox::excerpt(&m.plaintext))
+            .unwrap_or_else(|| "(not decrypted)".to_owned());
+        Some(format!(
+            "Web  {} ← {id} urgency={} ttl={} decrypted={plaintext}",
+            r.status,
+            r.header("urgency").unwrap_or("-"),
+            r.header("ttl").unwrap_or("-"),
+        ))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }

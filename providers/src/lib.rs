@@ -4,6 +4,17 @@
 //! subjects, consumers, `pushctl`, the device API, `/v1/notify` and the fan-out.
 //! In-app messages are listed like a provider ([`inapp`]); their jobs are held in `INAPP`
 //! instead of a push stream ([`topology`]).
+//!
+//! # Layout
+//!
+//! - the list ([`all`], [`topology`]): each provider's [`Spec`], one line each;
+//! - [`testing`] (feature `testing`): each dispatched provider's sandbox
+//!   ([`pipeline::mock::sandbox`]), one line each, and its crate, for the test stack,
+//!   `pushline-mock` and the benchmarks.
+//!
+//! Adding a provider: its crate (`dispatcher-<name>/`, with `deploy/` for its deployment
+//! files), its line in each list here and its dependency in `Cargo.toml`, then
+//! `deploy/k8s/render-dispatchers.py` for the deployment (`docs/providers.md`).
 #![forbid(unsafe_code)]
 
 use std::sync::OnceLock;
@@ -20,6 +31,26 @@ static LIST: &[&dyn Spec] = &[
     &dispatcher_webpush::spec::SPEC,
     &inapp::spec::SPEC,
 ];
+
+/// Each dispatched provider's sandbox and its crate, for tests and local runs: its mock, a
+/// device the mock accepts, its dispatcher pointed at the mock
+/// ([`pipeline::mock::sandbox`]).
+#[cfg(feature = "testing")]
+pub mod testing {
+    use pipeline::mock::sandbox::Sandbox;
+
+    pub use dispatcher_apns;
+    pub use dispatcher_fcm;
+    pub use dispatcher_webpush;
+
+    /// The sandboxes, one line each, in the order of the providers' list.
+    #[rustfmt::skip]
+    pub static SANDBOXES: &[&dyn Sandbox] = &[
+        &dispatcher_apns::testing::SANDBOX,
+        &dispatcher_fcm::testing::SANDBOX,
+        &dispatcher_webpush::testing::SANDBOX,
+    ];
+}
 
 /// Every provider, in the order they are listed.
 pub fn all() -> Providers {
@@ -43,5 +74,20 @@ mod tests {
         for spec in all.iter() {
             assert!(all.get(spec.name()).is_some());
         }
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn every_dispatched_provider_has_a_sandbox_in_the_order_of_the_list() {
+        let dispatched: Vec<&str> = super::all()
+            .iter()
+            .filter(|spec| !spec.held())
+            .map(|spec| spec.name())
+            .collect();
+        let sandboxes: Vec<&str> = super::testing::SANDBOXES
+            .iter()
+            .map(|sandbox| sandbox.name())
+            .collect();
+        assert_eq!(sandboxes, dispatched);
     }
 }

@@ -27,6 +27,8 @@ use registry::config::RedisMode;
 
 use crate::clusters::{NatsCluster, RedisCluster, RedisSentinel, SENTINEL_MASTER};
 use crate::mock::Recorded;
+use crate::mock::apns::MockApns;
+use crate::mock::fcm::MockFcm;
 use crate::services::WEBHOOK_SECRET;
 use crate::stack::{Configs, Stack};
 
@@ -315,9 +317,9 @@ async fn report(drill: &str, stack: &Stack, calls: Vec<Call>, fault: (u64, u64))
     let expected = accepted.len() * 2;
     let last_deadline = calls.iter().map(|c| c.deadline_ms).max().unwrap_or(0);
     let pushes = |stack: &Stack| {
-        let mut all = stack.providers.apns.delivered();
+        let mut all = stack.providers.get::<MockApns>().delivered();
         let apns = all.len();
-        all.extend(stack.providers.fcm.delivered());
+        all.extend(stack.providers.get::<MockFcm>().delivered());
         (all, apns)
     };
     let distinct = |stack: &Stack| {
@@ -412,7 +414,7 @@ async fn report(drill: &str, stack: &Stack, calls: Vec<Call>, fault: (u64, u64))
         eprintln!("drill {drill}: lost {lost_apns} APNs and {lost_fcm} FCM pushes");
         eprintln!("{}", jetstream_state(stack).await);
     }
-    for dispatcher in [stack.apns(), &stack.fcm] {
+    for dispatcher in stack.dispatchers() {
         report.second_rings_stopped += dispatcher
             .metrics()
             .await
@@ -492,24 +494,14 @@ async fn jetstream_state(stack: &Stack) -> String {
     out
 }
 
-/// Every service's NATS settings.
-fn nats_configs(configs: &mut Configs) -> [&mut pipeline::config::NatsConfig; 4] {
-    [
-        &mut configs.ingest.nats,
-        &mut configs.registry.nats,
-        &mut configs.apns.nats,
-        &mut configs.fcm.nats,
-    ]
-}
-
 /// Points every service at a NATS cluster with three replicas per stream and
 /// `partitions` partitions.
 fn on_nats_cluster(configs: &mut Configs, url: &str, partitions: usize) {
-    for nats in nats_configs(configs) {
+    configs.each_nats(|nats| {
         nats.url = url.to_owned();
         nats.replicas = 3;
         nats.partitions = partitions;
-    }
+    });
 }
 
 /// Runs the blocking harness call `f` without stalling the services on this runtime.
@@ -589,9 +581,7 @@ async fn nats_cluster(drill: &str, scale: Scale) -> Report {
 
 async fn nats_restart(scale: Scale) -> Report {
     let mut stack = Stack::start_with(|c| {
-        for nats in nats_configs(c) {
-            nats.partitions = scale.partitions;
-        }
+        c.each_nats(|nats| nats.partitions = scale.partitions);
     })
     .await;
     register_devices(&stack, scale.persons).await;

@@ -2,11 +2,13 @@
 //! listeners, and reads what they left in JetStream.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::message::StreamMessage;
 use pipeline::CancellationToken;
 use pipeline::config::{LogFormat, NatsConfig, Secret, TelemetryConfig};
+use pipeline::mock::sandbox::{Running, downcast};
 use pipeline::topology::{StreamKind, Topology};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -21,11 +23,11 @@ pub const PRODUCER_KEY: &str = "test-producer-key";
 /// The registry API key test configurations accept.
 pub const API_KEY: &str = "test-api-key";
 /// The default APNs bundle id in test configurations.
-pub const APNS_APP: &str = "com.example.pushline";
+pub const APNS_APP: &str = dispatcher_apns::testing::SANDBOX_APP;
 /// The default FCM project in test configurations.
-pub const FCM_APP: &str = "pushline-test";
+pub const FCM_APP: &str = dispatcher_fcm::testing::SANDBOX_APP;
 /// The web app (VAPID key set) the tests register browsers for.
-pub const WEB_APP: &str = "web.pushline-test";
+pub const WEB_APP: &str = dispatcher_webpush::testing::SANDBOX_APP;
 
 /// One test's NATS and Redis, and a unique prefix for names and keys.
 pub struct Env {
@@ -351,70 +353,120 @@ pub fn person_jwt(person: &str) -> String {
 }
 
 /// The bundle id the mock APNs accepts in tests.
-pub const TEAM_ID: &str = "TEAM123456";
+pub const TEAM_ID: &str = dispatcher_apns::testing::SANDBOX_TEAM_ID;
 /// The provider-token key id in tests.
-pub const KEY_ID: &str = "KEY1234567";
+pub const KEY_ID: &str = dispatcher_apns::testing::SANDBOX_KEY_ID;
 
-/// Mock APNs and FCM with credentials on disk, ready for dispatcher configurations.
+/// Every provider's sandbox mock (`providers::testing::SANDBOXES`), with what their
+/// dispatchers read on disk.
 pub struct Providers {
-    /// The mock APNs.
-    pub apns: crate::mock::apns::MockApns,
-    /// The mock FCM.
-    pub fcm: crate::mock::fcm::MockFcm,
-    /// The CA both mocks chain to, for issuing client certificates.
+    /// The CA every mock chains to, for issuing client certificates.
     pub ca: crate::mock::tls::TestCa,
     /// Where credentials and CA files live.
     pub dir: tempfile::TempDir,
-    key_file: std::path::PathBuf,
-    ca_file: std::path::PathBuf,
-    service_account: std::path::PathBuf,
+    running: Vec<Arc<dyn Running>>,
 }
 
 impl Providers {
-    /// Starts both mocks on free ports.
+    /// Starts every provider's mock on a free loopback port.
     pub async fn start() -> Self {
         let ca = crate::mock::tls::TestCa::new();
-        let key = crate::mock::apns::P8Key::generate(TEAM_ID, KEY_ID);
-        let apns = crate::mock::apns::MockApns::start_apns(&ca, &[APNS_APP], &[&key], 0).await;
-        let fcm = crate::mock::fcm::MockFcm::start_fcm(&ca, &[FCM_APP], 0).await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let key_file = key.write(dir.path());
-        let ca_file = apns.write_ca(dir.path(), "ca.pem");
-        let service_account = fcm.write_service_account(dir.path(), FCM_APP);
-        Providers {
-            apns,
-            fcm,
-            ca,
-            dir,
-            key_file,
-            ca_file,
-            service_account,
+        let mut running = Vec::new();
+        for sandbox in providers::testing::SANDBOXES {
+            running.push(
+                sandbox
+                    .start(&ca, &crate::mock::Listen::loopback(0), dir.path())
+                    .await,
+            );
         }
+        Providers { ca, dir, running }
     }
 
-    /// An APNs dispatcher configured for the mock and `env`
-    /// ([`dispatcher_apns::testing::dispatcher_config`]).
-    pub fn apns_config(&self, env: &Env) -> dispatcher_apns::config::Config {
-        dispatcher_apns::testing::dispatcher_config(
-            &self.apns,
-            &self.ca_file,
-            APNS_APP,
-            (TEAM_ID, KEY_ID, &self.key_file),
-            env.nats_config(),
-            telemetry(),
-        )
+    /// The running mock of type `M` (say, [`crate::mock::apns::MockApns`]).
+    pub fn get<M: 'static>(&self) -> &M {
+        self.running
+            .iter()
+            .find_map(|running| downcast::<M>(running.as_ref()))
+            .unwrap_or_else(|| panic!("no {} runs", std::any::type_name::<M>()))
     }
 
-    /// An FCM dispatcher configured for the mock and `env`
-    /// ([`dispatcher_fcm::testing::dispatcher_config`]).
-    pub fn fcm_config(&self, env: &Env) -> dispatcher_fcm::config::Config {
-        dispatcher_fcm::testing::dispatcher_config(
-            &self.fcm,
-            &self.ca_file,
-            &self.service_account,
-            env.nats_config(),
-            telemetry(),
-        )
+    /// Every running mock, in the order of the providers' list.
+    pub fn all(&self) -> &[Arc<dyn Running>] {
+        &self.running
+    }
+
+    /// The origins the registry must accept in devices' endpoints for these mocks.
+    pub fn private_origins(&self) -> Vec<String> {
+        self.running
+            .iter()
+            .flat_map(|running| running.private_origins())
+            .collect()
+    }
+
+    /// Each provider's dispatcher configured for its mock and `env`: short timeouts and
+    /// retries, no periodic credential check.
+    pub fn dispatcher_configs(&self, env: &Env) -> Vec<DispatcherConfig> {
+        self.running
+            .iter()
+            .map(|running| {
+                let mut config = running.dispatcher_config(self.dir.path());
+                config["nats"] = serde_json::to_value(env.nats_config()).expect("NATS settings");
+                config["telemetry"] = serde_json::to_value(telemetry()).expect("telemetry");
+                DispatcherConfig {
+                    name: running.name(),
+                    config,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Providers {
+    /// Provider `name`'s dispatcher configured for its mock and `env`.
+    pub fn dispatcher_config(&self, env: &Env, name: &str) -> DispatcherConfig {
+        self.dispatcher_configs(env)
+            .into_iter()
+            .find(|config| config.name == name)
+            .unwrap_or_else(|| panic!("no provider {name}"))
+    }
+}
+
+/// One provider's dispatcher configuration, as its configuration document.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// The provider.
+    pub name: &'static str,
+    /// The document (what its TOML file would hold).
+    pub config: serde_json::Value,
+}
+
+impl DispatcherConfig {
+    /// The configuration as the provider's type `C`.
+    pub fn typed<C: serde::de::DeserializeOwned>(&self) -> C {
+        serde_json::from_value(self.config.clone())
+            .unwrap_or_else(|error| panic!("{}'s configuration: {error}", self.name))
+    }
+
+    /// Changes the configuration through its type `C`. A [`pipeline::config::Secret`] set
+    /// here is written out redacted: set secrets in [`DispatcherConfig::config`].
+    pub fn adjust<C>(&mut self, change: impl FnOnce(&mut C))
+    where
+        C: serde::de::DeserializeOwned + serde::Serialize,
+    {
+        let mut typed = self.typed::<C>();
+        change(&mut typed);
+        self.config = serde_json::to_value(typed).expect("a configuration serializes");
+    }
+
+    /// Its NATS settings.
+    pub fn nats(&self) -> NatsConfig {
+        serde_json::from_value(self.config["nats"].clone()).expect("NATS settings")
+    }
+
+    /// Sets its NATS settings.
+    pub fn set_nats(&mut self, nats: &NatsConfig) {
+        self.config["nats"] = serde_json::to_value(nats).expect("NATS settings");
     }
 }
 
@@ -457,19 +509,14 @@ where
     spawn_admin_only(addr, shutdown, fut)
 }
 
-/// Starts an APNs dispatcher with `config`.
-pub async fn start_dispatcher_apns(config: dispatcher_apns::config::Config) -> Service {
-    start_dispatcher(|admin, shutdown| dispatcher_apns::serve(config, admin, shutdown)).await
-}
-
-/// Starts a Web Push dispatcher with `config`.
-pub async fn start_dispatcher_webpush(config: dispatcher_webpush::config::Config) -> Service {
-    start_dispatcher(|admin, shutdown| dispatcher_webpush::serve(config, admin, shutdown)).await
-}
-
-/// Starts an FCM dispatcher with `config`.
-pub async fn start_dispatcher_fcm(config: dispatcher_fcm::config::Config) -> Service {
-    start_dispatcher(|admin, shutdown| dispatcher_fcm::serve(config, admin, shutdown)).await
+/// Starts the dispatcher of the provider `config` names, with `config`.
+pub async fn start_provider(config: &DispatcherConfig) -> Service {
+    let sandbox = providers::testing::SANDBOXES
+        .iter()
+        .find(|sandbox| sandbox.name() == config.name)
+        .unwrap_or_else(|| panic!("no sandbox for {}", config.name));
+    let document = config.config.clone();
+    start_dispatcher(|admin, shutdown| sandbox.serve(document, admin, shutdown)).await
 }
 
 impl Service {

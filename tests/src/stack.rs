@@ -1,13 +1,13 @@
-//! The whole pipeline for one test: NATS, Redis, mock APNs and FCM, and ingest, registry
-//! and both dispatchers in-process.
+//! The whole pipeline for one test: NATS, Redis, every provider's mock, and ingest, the
+//! registry and every provider's dispatcher in-process.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::services::{
-    API_KEY, Env, Providers, Service, WEB_APP, WEBHOOK_SECRET, start_dispatcher_apns,
-    start_dispatcher_fcm, start_dispatcher_webpush, start_ingest, start_registry,
+    API_KEY, DispatcherConfig, Env, Providers, Service, WEB_APP, WEBHOOK_SECRET, start_ingest,
+    start_provider, start_registry,
 };
 
 /// A mock push service and the Web Push dispatcher sending to it.
@@ -27,10 +27,45 @@ pub struct Configs {
     pub ingest: ingest::config::Config,
     /// registry.
     pub registry: registry::config::Config,
-    /// dispatcher-apns.
-    pub apns: dispatcher_apns::config::Config,
-    /// dispatcher-fcm.
-    pub fcm: dispatcher_fcm::config::Config,
+    /// Each provider's dispatcher, in the order of the providers' list.
+    pub dispatchers: Vec<DispatcherConfig>,
+}
+
+impl Configs {
+    /// The dispatcher configuration of provider `name`.
+    pub fn dispatcher(&self, name: &str) -> &DispatcherConfig {
+        self.dispatchers
+            .iter()
+            .find(|config| config.name == name)
+            .unwrap_or_else(|| panic!("no dispatcher {name}"))
+    }
+
+    /// The dispatcher configuration of provider `name`, to change.
+    pub fn dispatcher_mut(&mut self, name: &str) -> &mut DispatcherConfig {
+        self.dispatchers
+            .iter_mut()
+            .find(|config| config.name == name)
+            .unwrap_or_else(|| panic!("no dispatcher {name}"))
+    }
+
+    /// Changes every service's NATS settings.
+    pub fn each_nats(&mut self, change: impl Fn(&mut pipeline::config::NatsConfig)) {
+        change(&mut self.ingest.nats);
+        change(&mut self.registry.nats);
+        for dispatcher in &mut self.dispatchers {
+            let mut nats = dispatcher.nats();
+            change(&mut nats);
+            dispatcher.set_nats(&nats);
+        }
+    }
+
+    /// Changes provider `name`'s dispatcher configuration through its type `C`.
+    pub fn adjust<C>(&mut self, name: &str, change: impl FnOnce(&mut C))
+    where
+        C: serde::de::DeserializeOwned + serde::Serialize,
+    {
+        self.dispatcher_mut(name).adjust(change);
+    }
 }
 
 /// A running pipeline.
@@ -43,10 +78,8 @@ pub struct Stack {
     pub ingest: Service,
     /// registry.
     pub registry: Service,
-    /// dispatcher-apns (`None` once taken by a test).
-    pub apns: Option<Service>,
-    /// dispatcher-fcm.
-    pub fcm: Service,
+    /// Each provider's dispatcher (`None` once taken by a test).
+    dispatchers: Vec<(&'static str, Option<Service>)>,
     /// The configurations it started with.
     pub configs: Configs,
     http: reqwest::Client,
@@ -70,48 +103,87 @@ impl Stack {
         Self::start_on(Env::start_with_redis_args(redis_args), |_| {}).await
     }
 
-    /// Starts everything on `env` after `adjust` changed the configurations.
+    /// Starts everything on `env` after `adjust` changed the configurations: every
+    /// provider's mock and dispatcher (`providers::testing::SANDBOXES`).
     pub async fn start_on(env: Env, adjust: impl FnOnce(&mut Configs)) -> Self {
         let providers = Providers::start().await;
+        let mut registry = env.registry_config();
+        registry
+            .endpoints
+            .private_origins
+            .extend(providers.private_origins());
         let mut configs = Configs {
             ingest: env.ingest_config(),
-            registry: env.registry_config(),
-            apns: providers.apns_config(&env),
-            fcm: providers.fcm_config(&env),
+            registry,
+            dispatchers: providers.dispatcher_configs(&env),
         };
         adjust(&mut configs);
         let ingest = start_ingest(configs.ingest.clone()).await;
         let registry = start_registry(configs.registry.clone()).await;
-        let apns = start_dispatcher_apns(configs.apns.clone()).await;
-        let fcm = start_dispatcher_fcm(configs.fcm.clone()).await;
-        for service in [&ingest, &registry, &apns, &fcm] {
-            service.wait_ready().await;
+        let mut dispatchers = Vec::new();
+        for config in &configs.dispatchers {
+            dispatchers.push((config.name, Some(start_provider(config).await)));
+        }
+        ingest.wait_ready().await;
+        registry.wait_ready().await;
+        for (_, dispatcher) in &dispatchers {
+            dispatcher.as_ref().expect("started").wait_ready().await;
         }
         Stack {
             env,
             providers,
             ingest,
             registry,
-            apns: Some(apns),
-            fcm,
+            dispatchers,
             configs,
             http: reqwest::Client::new(),
             push_services_started: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    /// The APNs dispatcher.
-    pub fn apns(&self) -> &Service {
-        self.apns.as_ref().expect("the APNs dispatcher is running")
+    /// Provider `name`'s dispatcher.
+    pub fn dispatcher(&self, name: &str) -> &Service {
+        self.dispatchers
+            .iter()
+            .find(|(provider, _)| *provider == name)
+            .and_then(|(_, service)| service.as_ref())
+            .unwrap_or_else(|| panic!("the {name} dispatcher is not running"))
     }
 
-    /// Stops the APNs dispatcher the stack started and runs one with `config` instead,
-    /// ready (returned, not kept in the stack).
-    pub async fn replace_apns(&mut self, config: dispatcher_apns::config::Config) -> Service {
-        if let Some(running) = self.apns.take() {
+    /// Every dispatcher the stack still runs.
+    pub fn dispatchers(&self) -> impl Iterator<Item = &Service> {
+        self.dispatchers
+            .iter()
+            .filter_map(|(_, service)| service.as_ref())
+    }
+
+    /// Takes provider `name`'s dispatcher out of the stack (to stop or abort it).
+    pub fn take_dispatcher(&mut self, name: &str) -> Service {
+        self.dispatchers
+            .iter_mut()
+            .find(|(provider, _)| *provider == name)
+            .and_then(|(_, service)| service.take())
+            .unwrap_or_else(|| panic!("the {name} dispatcher is not running"))
+    }
+
+    /// Stops provider `name`'s dispatcher, if the stack still runs it, and runs `serve`
+    /// (its crate's `serve(config, admin, shutdown)`, with a configuration the test made)
+    /// instead, ready (returned, not kept in the stack).
+    pub async fn replace_dispatcher<F, Fut, E>(&mut self, name: &str, serve: F) -> Service
+    where
+        F: FnOnce(tokio::net::TcpListener, pipeline::CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        if let Some((_, running)) = self
+            .dispatchers
+            .iter_mut()
+            .find(|(provider, _)| *provider == name)
+            && let Some(running) = running.take()
+        {
             running.stop().await;
         }
-        let replacement = start_dispatcher_apns(config).await;
+        let replacement = crate::services::start_dispatcher(serve).await;
         replacement.wait_ready().await;
         replacement
     }
@@ -134,9 +206,10 @@ impl Stack {
     }
 
     /// Starts a mock push service and a Web Push dispatcher for [`WEB_APP`], with a fresh
-    /// application server key, after `adjust` changed the dispatcher's configuration.
+    /// application server key, after `adjust` changed the dispatcher's configuration; they
+    /// take the place of the stack's own.
     pub async fn start_webpush(
-        &self,
+        &mut self,
         adjust: impl FnOnce(&mut dispatcher_webpush::config::Config),
     ) -> WebPush {
         self.start_webpush_speaking(false, adjust).await
@@ -144,12 +217,21 @@ impl Stack {
 
     /// Like [`Stack::start_webpush`]; with `http1` the push service speaks HTTP/1.1 only.
     pub async fn start_webpush_speaking(
-        &self,
+        &mut self,
         http1: bool,
         adjust: impl FnOnce(&mut dispatcher_webpush::config::Config),
     ) -> WebPush {
         use crate::mock::webpush::MockPushService;
         use base64::Engine as _;
+        // Its own push service and dispatcher take the place of the stack's.
+        if let Some((_, Some(running))) = self
+            .dispatchers
+            .iter_mut()
+            .find(|(provider, _)| *provider == "webpush")
+            .map(|(name, running)| (*name, running.take()))
+        {
+            running.stop().await;
+        }
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
         let public = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key_raw());
         let ports = &self.env.push_service_ports;
@@ -172,10 +254,17 @@ impl Stack {
             &key_file,
             (&ca_file, self.env.push_service_origins()),
             self.env.nats_config(),
-            self.configs.apns.telemetry.clone(),
+            self.configs
+                .dispatcher("webpush")
+                .typed::<dispatcher_webpush::config::Config>()
+                .telemetry,
         );
         adjust(&mut config);
-        let dispatcher = start_dispatcher_webpush(config.clone()).await;
+        let serving = config.clone();
+        let dispatcher = crate::services::start_dispatcher(|admin, shutdown| {
+            dispatcher_webpush::serve(serving, admin, shutdown)
+        })
+        .await;
         dispatcher.wait_ready().await;
         WebPush {
             service,

@@ -36,13 +36,13 @@ async fn no_secret_or_token_is_ever_logged_in_clear() {
             serde_json::json!({"person_id": "eve", "platform": "fcm", "e2e_key": device_key}),
         )
         .await;
-    stack.providers.apns.script(
+    stack.providers.get::<MockApns>().script(
         &gone,
         [MockApns::unregistered(pipeline::contract::now_ms())],
     );
     stack
         .providers
-        .apns
+        .get::<MockApns>()
         .script(&flaky, [MockApns::error(503, "ServiceUnavailable")]);
     stack
         .call("eve", Some(&apns_payload("log")), Some(r#"{"k":"v"}"#))
@@ -85,7 +85,7 @@ async fn no_secret_or_token_is_ever_logged_in_clear() {
 
     stack
         .providers
-        .apns
+        .get::<MockApns>()
         .wait_delivered(1, Duration::from_secs(15))
         .await;
     Stack::wait_metrics(
@@ -94,7 +94,7 @@ async fn no_secret_or_token_is_ever_logged_in_clear() {
     )
     .await;
     Stack::wait_metrics(
-        stack.apns(),
+        stack.dispatcher("apns"),
         &[r#"pushline_retries_total{reason="ServiceUnavailable",stage="apns"} 1"#],
     )
     .await;

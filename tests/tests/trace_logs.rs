@@ -19,9 +19,9 @@ async fn every_stage_logs_the_calls_trace_id() {
     stack.register_ios("tess", &gone).await;
     stack
         .providers
-        .apns
+        .get::<MockApns>()
         .script(&flaky, [MockApns::error(503, "ServiceUnavailable")]);
-    stack.providers.apns.script(
+    stack.providers.get::<MockApns>().script(
         &gone,
         [MockApns::unregistered(pipeline::contract::now_ms())],
     );
@@ -31,7 +31,7 @@ async fn every_stage_logs_the_calls_trace_id() {
     stack.traced_webhook(&body, Some(trace)).await;
     stack
         .providers
-        .apns
+        .get::<MockApns>()
         .wait_delivered(1, Duration::from_secs(15))
         .await;
     Stack::wait_metrics(

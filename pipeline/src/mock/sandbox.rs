@@ -28,6 +28,10 @@ pub trait Sandbox: Send + Sync {
     /// The provider's name (its [`crate::provider::Spec::name`]).
     fn name(&self) -> &'static str;
 
+    /// The port its mock listens on in the sandbox (`pushline-mock`, docker-compose; the
+    /// local run adds an offset): unique among the providers, never the control port 8445.
+    fn sandbox_port(&self) -> u16;
+
     /// Starts the provider's mock serving the sandbox's apps, listening as `at` says with
     /// a certificate of `ca`, and writes into `dir` what its dispatcher reads
     /// (credentials, and `ca.pem` when nothing else wrote it).
@@ -89,4 +93,32 @@ pub trait Running: Send + Sync + 'static {
 /// The typed mock behind `running`, when it is an `M`.
 pub fn downcast<M: 'static>(running: &dyn Running) -> Option<&M> {
     running.as_any().downcast_ref::<M>()
+}
+
+/// The provider's part of a dispatcher's configuration (see
+/// [`Running::dispatcher_config`]): `config` as JSON without `admin_listen`, `nats` and
+/// `telemetry`.
+pub fn provider_part(config: &impl serde::Serialize) -> serde_json::Value {
+    let mut value = serde_json::to_value(config).expect("a configuration serializes");
+    if let Some(document) = value.as_object_mut() {
+        for shared in ["admin_listen", "nats", "telemetry"] {
+            document.remove(shared);
+        }
+    }
+    value
+}
+
+/// A device token no other call gave out: `bytes` bytes in hex, from the clock and a
+/// counter.
+pub fn fresh_token(bytes: usize) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let seed = format!("{:016x}{n:016x}", super::now_us());
+    seed.chars().cycle().take(bytes * 2).collect::<String>()
+}
+
+/// The first 160 characters of a body, for one line of output.
+pub fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(160).collect()
 }

@@ -1,42 +1,42 @@
-//! `pushline-mock`: the sandbox APNs, FCM (with its OAuth endpoint) and Web Push service
-//! as one process, for local runs and benchmarks. Loopback only.
+//! `pushline-mock`: every provider's sandbox (`providers::testing::SANDBOXES`: the mock
+//! APNs, FCM with its OAuth endpoint, the Web Push service, …) as one process, for local
+//! runs, the container and live checks, and benchmarks. Loopback only unless told.
 //!
 //! ```text
-//! pushline-mock --dir DIR [--apns-port 8443] [--fcm-port 8444] [--webpush-port 8446]
-//!               [--control-port 8445] [--bundle com.example.pushline]
-//!               [--project pushline-local] [--bind 127.0.0.1] [--host 127.0.0.1]
+//! pushline-mock --dir DIR [--port PROVIDER=PORT]… [--port-offset N]
+//!               [--control-port 8445] [--bind 127.0.0.1] [--host 127.0.0.1]
 //! ```
 //!
-//! It writes into DIR what a dispatcher needs: `ca.pem` (trust it), `AuthKey_<kid>.p8`
-//! (team `TEAM123456`, key `KEY1234567`), `<project>.json` (a service account whose
-//! `token_uri` is this mock), `apns-bearer.txt` (a valid provider token, for `h2load`) and
-//! `vapid.pem` (an application server key the push service accepts). Every push received
-//! is printed as one line (a Web Push decrypted, as the browser reads it); on the control
-//! port, `GET /requests` returns them all as JSON and `POST /webpush/subscribe` makes a
-//! browser's push subscription (`PushSubscription.toJSON()`). In a container, `--bind 0.0.0.0 --host <service name>` makes
-//! it reachable (the name goes into its certificate and the service account's `token_uri`).
+//! Each provider's mock listens on its sandbox port (APNs 8443, FCM 8444, Web Push 8446,
+//! …) plus `--port-offset`, or where `--port` says. Into DIR it writes what the
+//! dispatchers need: the credentials the mocks accept and `ca.pem` (trust it);
+//! `dispatcher-<provider>.toml`, the provider's part of its dispatcher's configuration
+//! pointed at its mock (add `admin_listen` before it and `[nats]` after it);
+//! `private-origins.json`, the origins the registry must accept in devices' endpoints
+//! (its `[endpoints] private_origins`). Every push received is printed as one line (a Web
+//! Push decrypted, as the browser reads it). On the control port, `GET /requests` returns
+//! every push as JSON (with its `provider`), `GET /providers` the providers served, and
+//! `POST /devices/<provider>?person=<id>` makes a device the mock accepts and returns the
+//! registry's `POST /v1/devices` body for it. In a container, `--bind 0.0.0.0 --host
+//! <service name>` makes it reachable (the name goes into the certificate and the URLs
+//! the mocks hand out).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use harness::mock::apns::{MockApns, P8Key};
-use harness::mock::fcm::MockFcm;
 use harness::mock::tls::TestCa;
-use harness::mock::webpush::MockPushService;
-use harness::mock::{Behaviour, Listen, Mock, Recorded};
-
-const TEAM_ID: &str = "TEAM123456";
-const KEY_ID: &str = "KEY1234567";
+use harness::mock::{Listen, Recorded};
+use pipeline::mock::sandbox::Running;
 
 struct Args {
     dir: std::path::PathBuf,
-    apns_port: u16,
-    fcm_port: u16,
-    webpush_port: u16,
+    ports: HashMap<String, u16>,
+    port_offset: u16,
     control_port: u16,
-    bundle: String,
-    project: String,
     bind: String,
     host: String,
 }
@@ -44,12 +44,9 @@ struct Args {
 fn args() -> anyhow::Result<Args> {
     let mut args = Args {
         dir: std::path::PathBuf::new(),
-        apns_port: 8443,
-        fcm_port: 8444,
-        webpush_port: 8446,
+        ports: HashMap::new(),
+        port_offset: 0,
         control_port: 8445,
-        bundle: "com.example.pushline".into(),
-        project: "pushline-local".into(),
         bind: "127.0.0.1".into(),
         host: "127.0.0.1".into(),
     };
@@ -61,18 +58,32 @@ fn args() -> anyhow::Result<Args> {
         };
         match flag.as_str() {
             "--dir" => args.dir = value()?.into(),
-            "--apns-port" => args.apns_port = value()?.parse()?,
-            "--fcm-port" => args.fcm_port = value()?.parse()?,
-            "--webpush-port" => args.webpush_port = value()?.parse()?,
+            "--port" => {
+                let given = value()?;
+                let (name, port) = given
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--port takes PROVIDER=PORT, not {given}"))?;
+                args.ports.insert(name.to_owned(), port.parse()?);
+            }
+            "--port-offset" => args.port_offset = value()?.parse()?,
             "--control-port" => args.control_port = value()?.parse()?,
-            "--bundle" => args.bundle = value()?,
-            "--project" => args.project = value()?,
             "--bind" => args.bind = value()?,
             "--host" => args.host = value()?,
             other => anyhow::bail!("unknown flag {other}; see the module docs"),
         }
     }
     anyhow::ensure!(!args.dir.as_os_str().is_empty(), "--dir is required");
+    let known: Vec<&str> = providers::testing::SANDBOXES
+        .iter()
+        .map(|s| s.name())
+        .collect();
+    if let Some(unknown) = args
+        .ports
+        .keys()
+        .find(|name| !known.contains(&name.as_str()))
+    {
+        anyhow::bail!("--port {unknown}=…: no such provider; there are {known:?}");
+    }
     Ok(args)
 }
 
@@ -87,66 +98,35 @@ fn json(provider: &str, r: &Recorded) -> serde_json::Value {
     })
 }
 
-fn describe(provider: &str, r: &Recorded) -> String {
-    let body = String::from_utf8_lossy(&r.body);
-    let body: String = body.chars().take(160).collect();
-    match provider {
-        "apns" => format!(
-            "APNs {} ← {} push-type={} topic={} body={body}",
-            r.status,
-            &MockApns::token_of(&r.path)
-                .chars()
-                .take(12)
-                .collect::<String>(),
-            r.header("apns-push-type").unwrap_or("-"),
-            r.header("apns-topic").unwrap_or("-"),
-        ),
-        _ => format!("FCM  {} ← {body}", r.status),
-    }
-}
-
-async fn print_web_pushes(service: Arc<MockPushService>) {
-    let mut seen = 0;
-    loop {
-        let all = service.wait_beyond(seen).await;
-        let messages = service.messages();
-        for r in &all[seen..] {
-            let id = MockPushService::id_of(&r.path);
-            let plaintext = messages
-                .iter()
-                .rev()
-                .find(|m| m.subscription == id)
-                .map(|m| {
-                    String::from_utf8_lossy(&m.plaintext)
-                        .chars()
-                        .take(160)
-                        .collect()
-                })
-                .unwrap_or_else(|| "(not decrypted)".to_owned());
-            println!(
-                "Web  {} ← {id} urgency={} ttl={} decrypted={plaintext}",
-                r.status,
-                r.header("urgency").unwrap_or("-"),
-                r.header("ttl").unwrap_or("-"),
-            );
-        }
-        seen = all.len();
-    }
-}
-
-async fn print_pushes<B: Behaviour, M: std::ops::Deref<Target = Mock<B>>>(
-    name: &'static str,
-    mock: Arc<M>,
-) {
+async fn print_pushes(mock: Arc<dyn Running>) {
     let mut seen = 0;
     loop {
         let all = mock.wait_beyond(seen).await;
         for r in &all[seen..] {
-            if r.path != "/token" {
-                println!("{}", describe(name, r));
+            if let Some(line) = mock.describe(r) {
+                println!("{line}");
             }
         }
         seen = all.len();
+    }
+}
+
+/// The document `dispatcher-<provider>.toml` holds.
+fn toml_of(part: serde_json::Value) -> anyhow::Result<String> {
+    let value: toml::Value = serde_json::from_value(without_nulls(part))?;
+    Ok(toml::to_string(&value)?)
+}
+
+/// TOML has no null: a setting left unset is left out.
+fn without_nulls(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k, without_nulls(v)))
+            .collect(),
+        serde_json::Value::Array(items) => items.into_iter().map(without_nulls).collect(),
+        other => other,
     }
 }
 
@@ -155,75 +135,99 @@ async fn main() -> anyhow::Result<()> {
     let args = args()?;
     std::fs::create_dir_all(&args.dir)?;
     let ca = TestCa::new();
-    let key = P8Key::generate(TEAM_ID, KEY_ID);
-    let at = |port| Listen {
-        bind: args.bind.clone(),
-        port,
-        host: args.host.clone(),
-    };
-    let apns =
-        Arc::new(MockApns::start_apns_at(&ca, &[&args.bundle], &[&key], &at(args.apns_port)).await);
-    let fcm = Arc::new(MockFcm::start_fcm_at(&ca, &[&args.project], &at(args.fcm_port)).await);
-    let vapid = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let webpush = Arc::new(
-        MockPushService::start_push_service_at(
-            &ca,
-            &base64::Engine::encode(
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                vapid.public_key_raw(),
-            ),
-            &at(args.webpush_port),
-        )
-        .await,
-    );
-    std::fs::write(args.dir.join("vapid.pem"), vapid.serialize_pem())?;
-    apns.write_ca(&args.dir, "ca.pem");
-    key.write(&args.dir);
-    fcm.write_service_account(&args.dir, &args.project);
-    let bearer = dispatcher_apns::jwt::ProviderToken::from_p8(TEAM_ID, KEY_ID, &key.pem, 1800)?
-        .current(pipeline::contract::now_ms() / 1000);
-    std::fs::write(args.dir.join("apns-bearer.txt"), &*bearer)?;
+    let mut mocks: Vec<Arc<dyn Running>> = Vec::new();
+    for sandbox in providers::testing::SANDBOXES {
+        let port = match args.ports.get(sandbox.name()) {
+            Some(port) => *port,
+            None => sandbox.sandbox_port() + args.port_offset,
+        };
+        let at = Listen {
+            bind: args.bind.clone(),
+            port,
+            host: args.host.clone(),
+        };
+        let mock = sandbox.start(&ca, &at, &args.dir).await;
+        let part = mock.dispatcher_config(&args.dir);
+        std::fs::write(
+            args.dir.join(format!("dispatcher-{}.toml", sandbox.name())),
+            toml_of(part)?,
+        )?;
+        mocks.push(mock);
+    }
+    let origins: Vec<String> = mocks.iter().flat_map(|m| m.private_origins()).collect();
+    std::fs::write(
+        args.dir.join("private-origins.json"),
+        serde_json::to_string(&origins)?,
+    )?;
 
-    let (a, f, w) = (apns.clone(), fcm.clone(), webpush.clone());
-    let subscriber = webpush.clone();
+    let served = mocks.clone();
+    let requested = mocks.clone();
+    let devices = mocks.clone();
     let control = Router::new()
         .route(
-            "/webpush/subscribe",
-            post(move || {
-                let subscriber = subscriber.clone();
-                async move { Json(subscriber.subscribe()) }
+            "/providers",
+            get(move || {
+                let served = served.clone();
+                async move {
+                    Json(
+                        served
+                            .iter()
+                            .map(|m| serde_json::json!({"name": m.name(), "url": m.url()}))
+                            .collect::<Vec<_>>(),
+                    )
+                }
             }),
         )
         .route(
             "/requests",
             get(move || {
-                let (a, f, w) = (a.clone(), f.clone(), w.clone());
+                let requested = requested.clone();
                 async move {
-                    let mut all: Vec<serde_json::Value> =
-                        a.requests().iter().map(|r| json("apns", r)).collect();
-                    all.extend(
-                        f.requests()
-                            .iter()
-                            .filter(|r| r.path != "/token")
-                            .map(|r| json("fcm", r)),
-                    );
-                    all.extend(w.requests().iter().map(|r| json("webpush", r)));
+                    let all: Vec<serde_json::Value> = requested
+                        .iter()
+                        .flat_map(|m| {
+                            m.pushes()
+                                .iter()
+                                .map(|r| json(m.name(), r))
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
                     Json(all)
                 }
             }),
+        )
+        .route(
+            "/devices/{provider}",
+            post(
+                move |Path(provider): Path<String>,
+                      Query(query): Query<HashMap<String, String>>| {
+                    let devices = devices.clone();
+                    async move {
+                        let Some(mock) = devices.iter().find(|m| m.name() == provider) else {
+                            return Err((StatusCode::NOT_FOUND, format!("no provider {provider}")));
+                        };
+                        let Some(person) = query.get("person") else {
+                            return Err((StatusCode::BAD_REQUEST, "?person= is required".into()));
+                        };
+                        Ok(Json(mock.device(person)))
+                    }
+                },
+            ),
         );
     let listener = tokio::net::TcpListener::bind((args.bind.as_str(), args.control_port)).await?;
+    let listing: Vec<String> = mocks
+        .iter()
+        .map(|m| format!("{} on {}", m.name(), m.url()))
+        .collect();
     println!(
-        "mock APNs on {}, FCM on {} and Web Push on {}; requests at http://127.0.0.1:{}/requests; credentials in {}",
-        apns.url(),
-        fcm.url(),
-        webpush.url(),
+        "mock {}; requests at http://127.0.0.1:{}/requests; credentials and dispatcher settings in {}",
+        listing.join(", "),
         args.control_port,
         args.dir.display()
     );
-    tokio::spawn(print_pushes("apns", apns));
-    tokio::spawn(print_pushes("fcm", fcm));
-    tokio::spawn(print_web_pushes(webpush));
+    for mock in &mocks {
+        tokio::spawn(print_pushes(mock.clone()));
+    }
     axum::serve(listener, control)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

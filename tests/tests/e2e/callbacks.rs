@@ -136,9 +136,9 @@ async fn an_app_backend_hears_which_tokens_were_pruned() {
     let apple_says_gone_at = pipeline::contract::now_ms();
     stack
         .providers
-        .apns
+        .get::<MockApns>()
         .script(&ios_gone, [MockApns::unregistered(apple_says_gone_at)]);
-    stack.providers.fcm.script(
+    stack.providers.get::<MockFcm>().script(
         &android_gone,
         [MockFcm::error(
             404,
@@ -218,7 +218,7 @@ async fn a_pruned_token_whose_notice_cannot_be_stored_is_still_pruned_and_counte
 
     let gone = "7e".repeat(32);
     stack.register_ios("vic", &gone).await;
-    stack.providers.apns.script(
+    stack.providers.get::<MockApns>().script(
         &gone,
         [MockApns::unregistered(pipeline::contract::now_ms())],
     );

@@ -3,6 +3,10 @@
 //! `pushline_credential_valid` goes to 0 when the provider refuses the key or the
 //! service account; and credentials given inline as base64 work like files.
 
+use dispatcher_apns::config::Config as ApnsConfig;
+use dispatcher_fcm::config::Config as FcmConfig;
+use harness::mock::apns::MockApns;
+use harness::mock::fcm::MockFcm;
 use harness::services::{APNS_APP, FCM_APP, KEY_ID};
 use harness::stack::Stack;
 use harness::webex::apns_payload;
@@ -14,19 +18,21 @@ fn valid(provider: &str, app: &str, value: u8) -> String {
 #[tokio::test]
 async fn the_periodic_check_sees_a_revoked_key_and_a_deleted_service_account() {
     let stack = Stack::start_with(|c| {
-        c.apns.apns.credential_check_secs = 1;
-        c.fcm.fcm.credential_check_secs = 1;
+        c.adjust("apns", |a: &mut ApnsConfig| {
+            a.apns.credential_check_secs = 1
+        });
+        c.adjust("fcm", |f: &mut FcmConfig| f.fcm.credential_check_secs = 1);
     })
     .await;
-    Stack::wait_metrics(stack.apns(), &[&valid("apns", APNS_APP, 1)]).await;
-    Stack::wait_metrics(&stack.fcm, &[&valid("fcm", FCM_APP, 1)]).await;
+    Stack::wait_metrics(stack.dispatcher("apns"), &[&valid("apns", APNS_APP, 1)]).await;
+    Stack::wait_metrics(stack.dispatcher("fcm"), &[&valid("fcm", FCM_APP, 1)]).await;
     // The checks reach no device: APNs refused the impossible token, nothing was sent.
-    assert!(stack.providers.apns.delivered().is_empty());
+    assert!(stack.providers.get::<MockApns>().delivered().is_empty());
 
-    stack.providers.apns.revoke_key(KEY_ID);
-    stack.providers.fcm.delete_service_account();
-    Stack::wait_metrics(stack.apns(), &[&valid("apns", APNS_APP, 0)]).await;
-    Stack::wait_metrics(&stack.fcm, &[&valid("fcm", FCM_APP, 0)]).await;
+    stack.providers.get::<MockApns>().revoke_key(KEY_ID);
+    stack.providers.get::<MockFcm>().delete_service_account();
+    Stack::wait_metrics(stack.dispatcher("apns"), &[&valid("apns", APNS_APP, 0)]).await;
+    Stack::wait_metrics(stack.dispatcher("fcm"), &[&valid("fcm", FCM_APP, 0)]).await;
 }
 
 #[tokio::test]
@@ -37,12 +43,12 @@ async fn a_push_refused_for_its_credential_marks_the_app_invalid() {
     stack
         .call("cora", Some(&apns_payload("before")), None)
         .await;
-    Stack::wait_metrics(stack.apns(), &[&valid("apns", APNS_APP, 1)]).await;
+    Stack::wait_metrics(stack.dispatcher("apns"), &[&valid("apns", APNS_APP, 1)]).await;
 
-    stack.providers.apns.revoke_key(KEY_ID);
+    stack.providers.get::<MockApns>().revoke_key(KEY_ID);
     stack.call("cora", Some(&apns_payload("after")), None).await;
     Stack::wait_metrics(
-        stack.apns(),
+        stack.dispatcher("apns"),
         &[
             &valid("apns", APNS_APP, 0),
             &format!(
@@ -56,21 +62,25 @@ async fn a_push_refused_for_its_credential_marks_the_app_invalid() {
 #[tokio::test]
 async fn credentials_given_inline_as_base64_deliver_like_files() {
     use base64::Engine;
-    let b64 = |path: &std::path::Path| {
-        pipeline::config::Secret::new(
-            base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).expect("read")),
-        )
+    // Secrets are set in the configuration documents: a typed configuration writes its
+    // secrets out redacted.
+    let inline = |entry: &mut serde_json::Value, file: &str, base64: &str| {
+        let path = entry[file].as_str().expect("a file").to_owned();
+        let bytes = std::fs::read(path).expect("read");
+        entry[base64] = base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into();
+        entry[file] = serde_json::Value::Null;
     };
     let stack = Stack::start_with(|c| {
-        let app = &mut c.apns.apns.apps[0];
-        app.key_base64 = Some(b64(app.key_file.as_deref().expect("key file")));
-        app.key_file = None;
-        let project = &mut c.fcm.fcm.projects[0];
-        project.service_account_base64 = Some(b64(project
-            .service_account_file
-            .as_deref()
-            .expect("account file")));
-        project.service_account_file = None;
+        let apns = &mut c.dispatcher_mut("apns").config;
+        inline(&mut apns["apns"]["apps"][0], "key_file", "key_base64");
+        let fcm = &mut c.dispatcher_mut("fcm").config;
+        inline(
+            &mut fcm["fcm"]["projects"][0],
+            "service_account_file",
+            "service_account_base64",
+        );
     })
     .await;
     stack.register_ios("ines", &"3e".repeat(32)).await;
@@ -84,12 +94,12 @@ async fn credentials_given_inline_as_base64_deliver_like_files() {
         .await;
     stack
         .providers
-        .apns
+        .get::<MockApns>()
         .wait_delivered(1, std::time::Duration::from_secs(15))
         .await;
     stack
         .providers
-        .fcm
+        .get::<MockFcm>()
         .wait_delivered(1, std::time::Duration::from_secs(15))
         .await;
 }
@@ -123,7 +133,7 @@ async fn a_pkcs12_certificate_opened_with_its_password_rings() {
     let mut stack = Stack::start().await;
     let (cert, key) = stack.providers.ca.issue(&[], APNS_APP);
     let p12 = pkcs12(cert.as_bytes(), key.as_bytes(), "correct horse", false);
-    let mut config = stack.configs.apns.clone();
+    let mut config: ApnsConfig = stack.configs.dispatcher("apns").typed();
     let app = &mut config.apps_mut()[0];
     app.team_id = None;
     app.key_id = None;
@@ -141,12 +151,16 @@ async fn a_pkcs12_certificate_opened_with_its_password_rings() {
         Some(pipeline::config::Secret::new("correct horse"));
     config.resolve().expect("the right password opens it");
 
-    let dispatcher = stack.replace_apns(config).await;
+    let dispatcher = stack
+        .replace_dispatcher("apns", |admin, shutdown| {
+            dispatcher_apns::serve(config, admin, shutdown)
+        })
+        .await;
     stack.register_ios("pia", &"5c".repeat(32)).await;
     stack.call("pia", Some(&apns_payload("p12")), None).await;
     let push = &stack
         .providers
-        .apns
+        .get::<MockApns>()
         .wait_delivered(1, std::time::Duration::from_secs(15))
         .await[0];
     // The mock accepts a push without a provider token only over a connection whose

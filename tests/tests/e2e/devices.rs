@@ -4,6 +4,8 @@
 //! tokens, several persons on one device, one device per person, a device limit that
 //! refuses, and registrations written by the previous version.
 
+use harness::mock::apns::MockApns;
+use harness::mock::fcm::MockFcm;
 use std::time::Duration;
 
 use base64::Engine;
@@ -220,7 +222,11 @@ async fn encrypted_pushes_open_with_the_devices_key_in_an_independent_jose_libra
     let apns = apns_payload("secret-call");
     let fcm = fcm_payload("secret-call");
     stack.call("erin", Some(&apns), Some(&fcm)).await;
-    let pushed = stack.providers.apns.wait_delivered(1, WAIT).await;
+    let pushed = stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await;
     let (body, jwe) = jwe_of_apns(&pushed[0].body);
     assert_eq!(pushed[0].path, format!("/3/device/{ios}"));
     assert_eq!(body["aps"], json!({}), "aps stays in clear");
@@ -239,7 +245,11 @@ async fn encrypted_pushes_open_with_the_devices_key_in_an_independent_jose_libra
         open(&ios_key, &tampered.join(".")).is_err(),
         "a changed byte fails"
     );
-    let sent = stack.providers.fcm.wait_delivered(1, WAIT).await;
+    let sent = stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await;
     let message: Value = serde_json::from_slice(&sent[0].body).expect("FCM body");
     assert_eq!(
         message["message"]["data"],
@@ -258,7 +268,11 @@ async fn encrypted_pushes_open_with_the_devices_key_in_an_independent_jose_libra
         json!({"person_ids": ["erin"], "class": "alert", "fcm": {"data": serde_json::from_str::<Value>(data).expect("json")}, "idempotency_key": "enc-1", "encrypt": true}),
     )
     .await;
-    let sent = stack.providers.fcm.wait_delivered(2, WAIT).await;
+    let sent = stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(2, WAIT)
+        .await;
     let (map, jwe) = jwe_of_fcm(&sent[1].body);
     assert_eq!(
         map.as_object().expect("map").len(),
@@ -343,7 +357,11 @@ async fn a_devices_key_is_never_returned_nor_stored_in_clear_and_survives_kek_ro
         json!({"person_ids": ["finn"], "class": "alert", "fcm": {"data": {"m": "after rotation"}}, "idempotency_key": "rot-1", "encrypt": true}),
     )
     .await;
-    let sent = stack.providers.fcm.wait_delivered(1, WAIT).await;
+    let sent = stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await;
     let (_, jwe) = jwe_of_fcm(&sent[0].body);
     let (plain, _) = open(&key, &jwe).expect("opens after rotation");
     assert_eq!(plain, br#"{"m":"after rotation"}"#);
@@ -410,7 +428,11 @@ async fn a_shared_device_rings_every_person_on_it_and_a_logout_removes_only_that
     stack
         .call("ben", Some(&apns_payload("for-ben")), None)
         .await;
-    let pushed = stack.providers.apns.wait_delivered(2, WAIT).await;
+    let pushed = stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(2, WAIT)
+        .await;
     let bodies: Vec<String> = pushed
         .iter()
         .map(|r| String::from_utf8_lossy(&r.body).into_owned())
@@ -450,7 +472,11 @@ async fn a_shared_device_rings_every_person_on_it_and_a_logout_removes_only_that
     stack
         .call("ann", Some(&apns_payload("ann-again")), None)
         .await;
-    let pushed = stack.providers.apns.wait_delivered(3, WAIT).await;
+    let pushed = stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(3, WAIT)
+        .await;
     assert!(String::from_utf8_lossy(&pushed[2].body).contains("ann-again"));
 }
 
@@ -483,7 +509,11 @@ async fn a_new_device_silences_the_old_one_under_the_single_device_policy() {
         vec![new.clone(), fcm_token(3)]
     );
     stack.call("cat", Some(&apns_payload("c1")), None).await;
-    stack.providers.apns.wait_delivered(1, WAIT).await;
+    stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await;
     Stack::wait_metrics(
         &stack.registry,
         &[
@@ -493,7 +523,7 @@ async fn a_new_device_silences_the_old_one_under_the_single_device_policy() {
         ],
     )
     .await;
-    let pushed = stack.providers.apns.requests();
+    let pushed = stack.providers.get::<MockApns>().requests();
     assert!(
         pushed.iter().all(|r| r.path == format!("/3/device/{new}")),
         "{pushed:?}"
@@ -629,8 +659,16 @@ async fn registrations_written_by_the_previous_version_keep_working() {
     stack
         .call("gus", Some(&apns_payload("old")), Some(&fcm_payload("old")))
         .await;
-    stack.providers.apns.wait_delivered(1, WAIT).await;
-    stack.providers.fcm.wait_delivered(1, WAIT).await;
+    stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await;
+    stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await;
     let (devices, text) = list(&stack.registry, "gus").await;
     assert_eq!(devices.len(), 2);
     assert!(!text.contains("legacy-plaintext-key"), "{text}");

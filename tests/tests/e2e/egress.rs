@@ -95,7 +95,7 @@ async fn endpoints_inside_the_network_are_refused_at_registration() {
 
 #[tokio::test]
 async fn a_push_service_redirecting_elsewhere_is_not_followed() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let web = stack.start_webpush(|_| {}).await;
     let (target, hits, _target) = internal_target().await;
     for (i, redirect) in [307, 302, 308].into_iter().enumerate() {

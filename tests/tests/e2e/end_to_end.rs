@@ -4,10 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use dispatcher_apns::config::Config as ApnsConfig;
 use harness::mock::apns::MockApns;
 use harness::mock::fcm::MockFcm;
 use harness::mock::{Recorded, Reply};
-use harness::services::{APNS_APP, FCM_APP, start_dispatcher_apns};
+use harness::services::{APNS_APP, FCM_APP, start_provider};
 use harness::stack::Stack;
 use harness::webex::{apns_payload, fcm_payload};
 use pipeline::topology::StreamKind;
@@ -40,7 +41,11 @@ async fn a_call_rings_the_iphone_and_the_android_phone() {
     let fcm = fcm_payload("call-1");
     let answer = stack.call("alice", Some(&apns), Some(&fcm)).await;
 
-    let ios_push = &stack.providers.apns.wait_delivered(1, WAIT).await[0];
+    let ios_push = &stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await[0];
     assert_eq!(ios_push.path, format!("/3/device/{}", ios(1)));
     assert_eq!(ios_push.header("apns-push-type"), Some("voip"));
     assert_eq!(
@@ -70,7 +75,11 @@ async fn a_call_rings_the_iphone_and_the_android_phone() {
         "APNs body must be the apnsPayload byte for byte"
     );
 
-    let android_push = &stack.providers.fcm.wait_delivered(1, WAIT).await[0];
+    let android_push = &stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await[0];
     assert_eq!(
         android_push.path,
         format!("/v1/projects/{FCM_APP}/messages:send")
@@ -91,7 +100,7 @@ async fn a_call_rings_the_iphone_and_the_android_phone() {
 
     // Metrics tell the same story.
     Stack::wait_metrics(
-        stack.apns(),
+        stack.dispatcher("apns"),
         &[
             &format!(r#"pushline_pushes_total{{app="{APNS_APP}",outcome="delivered",provider="apns",reason="ok"}} 1"#),
             r#"pushline_end_to_end_seconds_count{class="call",provider="apns"} 1"#,
@@ -100,7 +109,7 @@ async fn a_call_rings_the_iphone_and_the_android_phone() {
     )
     .await;
     Stack::wait_metrics(
-        &stack.fcm,
+        stack.dispatcher("fcm"),
         &[&format!(r#"pushline_pushes_total{{app="{FCM_APP}",outcome="delivered",provider="fcm",reason="ok"}} 1"#)],
     )
     .await;
@@ -129,9 +138,17 @@ async fn a_person_with_three_devices_gets_three_pushes() {
     stack
         .call("bob", Some(&apns_payload("c")), Some(&fcm_payload("c")))
         .await;
-    let ios_pushes = stack.providers.apns.wait_delivered(2, WAIT).await;
+    let ios_pushes = stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(2, WAIT)
+        .await;
     assert_eq!(apns_tokens(&ios_pushes), vec![ios(1), ios(2)]);
-    let android_pushes = stack.providers.fcm.wait_delivered(1, WAIT).await;
+    let android_pushes = stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await;
     assert_eq!(MockFcm::token_of(&android_pushes[0]), android(3));
 }
 
@@ -143,7 +160,7 @@ async fn an_unregistered_token_is_pruned_and_the_next_call_skips_it() {
     let apple_says_gone_at = pipeline::contract::now_ms();
     stack
         .providers
-        .apns
+        .get::<MockApns>()
         .script(&ios(1), [MockApns::unregistered(apple_says_gone_at)]);
     stack
         .call("carol", Some(&apns_payload("first")), None)
@@ -157,12 +174,16 @@ async fn an_unregistered_token_is_pruned_and_the_next_call_skips_it() {
     stack
         .call("carol", Some(&apns_payload("second")), None)
         .await;
-    let delivered = stack.providers.apns.wait_delivered(2, WAIT).await;
+    let delivered = stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(2, WAIT)
+        .await;
     // ios(2) got both calls; ios(1) got only the first, answered 410.
     assert_eq!(apns_tokens(&delivered), vec![ios(2), ios(2)]);
     let to_gone: Vec<_> = stack
         .providers
-        .apns
+        .get::<MockApns>()
         .requests()
         .into_iter()
         .filter(|r| r.path.ends_with(&ios(1)))
@@ -170,7 +191,7 @@ async fn an_unregistered_token_is_pruned_and_the_next_call_skips_it() {
     assert_eq!(to_gone.len(), 1);
     assert_eq!(to_gone[0].status, 410);
     Stack::wait_metrics(
-        stack.apns(),
+        stack.dispatcher("apns"),
         &[&format!(r#"pushline_pushes_total{{app="{APNS_APP}",outcome="invalid_token",provider="apns",reason="Unregistered"}} 1"#)],
     )
     .await;
@@ -180,7 +201,7 @@ async fn an_unregistered_token_is_pruned_and_the_next_call_skips_it() {
 async fn an_unregistered_fcm_token_is_pruned_too() {
     let stack = Stack::start().await;
     stack.register_android("dan", &android(1)).await;
-    stack.providers.fcm.script(
+    stack.providers.get::<MockFcm>().script(
         &android(1),
         [MockFcm::error(
             404,
@@ -210,7 +231,7 @@ async fn an_unregistered_fcm_token_is_pruned_too() {
 async fn two_service_unavailable_answers_then_success_deliver_exactly_once() {
     let stack = Stack::start().await;
     stack.register_ios("erin", &ios(1)).await;
-    stack.providers.apns.script(
+    stack.providers.get::<MockApns>().script(
         &ios(1),
         [
             MockApns::error(503, "ServiceUnavailable"),
@@ -218,9 +239,13 @@ async fn two_service_unavailable_answers_then_success_deliver_exactly_once() {
         ],
     );
     stack.call("erin", Some(&apns_payload("retry")), None).await;
-    stack.providers.apns.wait_delivered(1, WAIT).await;
+    stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await;
     Stack::wait_metrics(
-        stack.apns(),
+        stack.dispatcher("apns"),
         &[
             r#"pushline_retries_total{reason="ServiceUnavailable",stage="apns"} 2"#,
             r#"pushline_worker_messages_total{outcome="ack",stage="apns"} 1"#,
@@ -230,7 +255,7 @@ async fn two_service_unavailable_answers_then_success_deliver_exactly_once() {
     stack.env.wait_messages(StreamKind::Push("apns"), 0).await;
     let statuses: Vec<u16> = stack
         .providers
-        .apns
+        .get::<MockApns>()
         .requests()
         .iter()
         .map(|r| r.status)
@@ -242,14 +267,14 @@ async fn two_service_unavailable_answers_then_success_deliver_exactly_once() {
 async fn retry_after_is_honoured() {
     let stack = Stack::start().await;
     stack.register_android("fay", &android(1)).await;
-    stack.providers.fcm.script(
+    stack.providers.get::<MockFcm>().script(
         &android(1),
         [Reply::Status { status: 429, body: r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[{"errorCode":"QUOTA_EXCEEDED"}]}}"#.into(), retry_after: Some(1) }],
     );
     stack.call("fay", None, Some(&fcm_payload("q"))).await;
     let all = stack
         .providers
-        .fcm
+        .get::<MockFcm>()
         .wait_for("a retry after a 429", WAIT, |r| {
             r.iter().any(|r| r.status == 200)
         })
@@ -272,7 +297,7 @@ async fn a_bad_topic_is_dead_lettered_once_with_its_reason_and_not_retried() {
     stack.register_ios("gus", &ios(1)).await;
     stack
         .providers
-        .apns
+        .get::<MockApns>()
         .script(&ios(1), [MockApns::error(400, "BadTopic")]);
     stack.call("gus", Some(&apns_payload("bad")), None).await;
     let dead = stack.env.wait_messages(StreamKind::Dead, 1).await;
@@ -292,13 +317,13 @@ async fn a_bad_topic_is_dead_lettered_once_with_its_reason_and_not_retried() {
         format!("{}dead.apns", stack.env.prefix)
     );
     Stack::wait_metrics(
-        stack.apns(),
+        stack.dispatcher("apns"),
         &[r#"pushline_dead_letters_total{reason="BadTopic",stage="apns"} 1"#],
     )
     .await;
     stack.env.wait_messages(StreamKind::Push("apns"), 0).await;
     assert_eq!(
-        stack.providers.apns.requests().len(),
+        stack.providers.get::<MockApns>().requests().len(),
         1,
         "no retry after a permanent error"
     );
@@ -309,16 +334,21 @@ async fn a_call_whose_deadline_passes_while_apns_fails_is_never_delivered_late()
     // Far more failures than `max_attempts` fit before the deadline: the deadline, not
     // the count, ends the retries, and nothing is dead-lettered.
     let stack = Stack::start_with(|c| {
-        c.apns.worker.max_attempts = 2;
-        c.apns.worker.retry_base_ms = 20;
-        c.apns.worker.retry_max_ms = 100;
+        c.adjust("apns", |a: &mut ApnsConfig| {
+            a.worker.max_attempts = 2;
+            a.worker.retry_base_ms = 20;
+            a.worker.retry_max_ms = 100;
+        });
     })
     .await;
     stack.register_ios("hal", &ios(1)).await;
-    stack.providers.apns.script_all(std::iter::repeat_n(
-        MockApns::error(503, "ServiceUnavailable"),
-        1_000,
-    ));
+    stack
+        .providers
+        .get::<MockApns>()
+        .script_all(std::iter::repeat_n(
+            MockApns::error(503, "ServiceUnavailable"),
+            1_000,
+        ));
     let ring_until = pipeline::contract::now_ms() + 1_500;
     let body = harness::webex::telephony_push(
         "hal",
@@ -326,9 +356,13 @@ async fn a_call_whose_deadline_passes_while_apns_fails_is_never_delivered_late()
         None,
     );
     stack.webhook(&body).await;
-    Stack::wait_metrics(stack.apns(), &[r#"pushline_expired_total{stage="apns"} 1"#]).await;
+    Stack::wait_metrics(
+        stack.dispatcher("apns"),
+        &[r#"pushline_expired_total{stage="apns"} 1"#],
+    )
+    .await;
     stack.env.wait_messages(StreamKind::Push("apns"), 0).await;
-    let requests = stack.providers.apns.requests();
+    let requests = stack.providers.get::<MockApns>().requests();
     assert!(
         requests.len() > 2,
         "retried past max_attempts until the deadline: {} tries",
@@ -357,7 +391,10 @@ async fn oversized_payloads_are_dead_lettered_before_sending() {
     let dead = stack.env.wait_messages(StreamKind::Dead, 1).await;
     let letter: serde_json::Value = serde_json::from_slice(&dead[0].payload).expect("json");
     assert_eq!(letter["reason"], "PayloadTooLarge");
-    assert!(stack.providers.apns.requests().is_empty(), "never sent");
+    assert!(
+        stack.providers.get::<MockApns>().requests().is_empty(),
+        "never sent"
+    );
 }
 
 #[tokio::test]
@@ -366,11 +403,15 @@ async fn an_expired_provider_token_is_re_signed_once_and_the_push_goes_through()
     stack.register_ios("jo", &ios(1)).await;
     stack
         .providers
-        .apns
+        .get::<MockApns>()
         .script(&ios(1), [MockApns::error(403, "ExpiredProviderToken")]);
     stack.call("jo", Some(&apns_payload("jwt")), None).await;
-    stack.providers.apns.wait_delivered(1, WAIT).await;
-    let requests = stack.providers.apns.requests();
+    stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await;
+    let requests = stack.providers.get::<MockApns>().requests();
     assert_eq!(requests.len(), 2);
     assert_ne!(
         requests[0].header("authorization"),
@@ -378,7 +419,7 @@ async fn an_expired_provider_token_is_re_signed_once_and_the_push_goes_through()
         "a new token was signed"
     );
     Stack::wait_metrics(
-        stack.apns(),
+        stack.dispatcher("apns"),
         &[r#"pushline_worker_messages_total{outcome="ack",stage="apns"} 1"#],
     )
     .await;
@@ -389,12 +430,23 @@ async fn a_refused_fcm_access_token_is_renewed_once() {
     let stack = Stack::start().await;
     stack.register_android("kim", &android(1)).await;
     stack.call("kim", None, Some(&fcm_payload("1"))).await;
-    stack.providers.fcm.wait_delivered(1, WAIT).await;
-    let before = stack.providers.fcm.token_requests();
-    stack.providers.fcm.revoke_access_tokens();
+    stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await;
+    let before = stack.providers.get::<MockFcm>().token_requests();
+    stack.providers.get::<MockFcm>().revoke_access_tokens();
     stack.call("kim", None, Some(&fcm_payload("2"))).await;
-    stack.providers.fcm.wait_delivered(2, WAIT).await;
-    assert_eq!(stack.providers.fcm.token_requests(), before + 1);
+    stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(2, WAIT)
+        .await;
+    assert_eq!(
+        stack.providers.get::<MockFcm>().token_requests(),
+        before + 1
+    );
 }
 
 #[tokio::test]
@@ -403,15 +455,25 @@ async fn pushes_survive_goaway_and_dropped_connections() {
     for n in 1..=3 {
         stack.register_ios(&format!("p{n}"), &ios(n)).await;
     }
-    stack.providers.apns.script(&ios(1), [Reply::GoAway]);
+    stack
+        .providers
+        .get::<MockApns>()
+        .script(&ios(1), [Reply::GoAway]);
     stack.call("p1", Some(&apns_payload("a")), None).await;
-    stack.providers.apns.wait_delivered(1, WAIT).await;
-    stack.providers.apns.script(&ios(2), [Reply::Drop]);
+    stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await;
+    stack
+        .providers
+        .get::<MockApns>()
+        .script(&ios(2), [Reply::Drop]);
     stack.call("p2", Some(&apns_payload("b")), None).await;
     stack.call("p3", Some(&apns_payload("c")), None).await;
     let delivered = stack
         .providers
-        .apns
+        .get::<MockApns>()
         .wait_for("both later calls delivered", WAIT, |r| {
             let ok: HashSet<&str> = r
                 .iter()
@@ -422,7 +484,7 @@ async fn pushes_survive_goaway_and_dropped_connections() {
         })
         .await;
     assert!(
-        stack.providers.apns.connections() >= 2,
+        stack.providers.get::<MockApns>().connections() >= 2,
         "the client reconnected"
     );
     assert!(delivered.iter().filter(|r| r.status == 200).count() >= 3);
@@ -431,8 +493,10 @@ async fn pushes_survive_goaway_and_dropped_connections() {
 #[tokio::test]
 async fn a_dispatcher_killed_mid_flight_loses_nothing_a_second_replica_delivers() {
     let mut stack = Stack::start_with(|c| {
-        c.apns.worker.ack_wait_secs = 1;
-        c.apns.worker.concurrency = 16;
+        c.adjust("apns", |a: &mut ApnsConfig| {
+            a.worker.ack_wait_secs = 1;
+            a.worker.concurrency = 16;
+        });
     })
     .await;
     let people: Vec<String> = (1..=6).map(|n| format!("crash-{n}")).collect();
@@ -440,23 +504,26 @@ async fn a_dispatcher_killed_mid_flight_loses_nothing_a_second_replica_delivers(
         stack.register_ios(person, &ios(n as u16 + 1)).await;
     }
     // APNs is slow: every push is still in flight when the first replica dies.
-    stack.providers.apns.set_delay(Duration::from_secs(3));
+    stack
+        .providers
+        .get::<MockApns>()
+        .set_delay(Duration::from_secs(3));
     for person in &people {
         stack.call(person, Some(&apns_payload(person)), None).await;
     }
     Stack::wait_metrics(
-        stack.apns(),
+        stack.dispatcher("apns"),
         &[r#"pushline_worker_in_flight{stage="apns"} 6"#],
     )
     .await;
-    stack.apns.take().expect("first replica").abort();
+    stack.take_dispatcher("apns").abort();
     let killed_at = pipeline::contract::now_ms();
 
-    stack.providers.apns.set_delay(Duration::ZERO);
-    let second = start_dispatcher_apns(stack.configs.apns.clone()).await;
+    stack.providers.get::<MockApns>().set_delay(Duration::ZERO);
+    let second = start_provider(stack.configs.dispatcher("apns")).await;
     let requests = stack
         .providers
-        .apns
+        .get::<MockApns>()
         .wait_for("every call redelivered by the second replica", WAIT, |r| {
             let after: HashSet<&str> = r
                 .iter()
@@ -478,10 +545,16 @@ async fn a_dispatcher_killed_mid_flight_loses_nothing_a_second_replica_delivers(
 
 #[tokio::test]
 async fn two_dispatcher_replicas_share_the_load() {
-    let stack = Stack::start_with(|c| c.apns.worker.concurrency = 2).await;
-    let second = start_dispatcher_apns(stack.configs.apns.clone()).await;
+    let stack = Stack::start_with(|c| {
+        c.adjust("apns", |a: &mut ApnsConfig| a.worker.concurrency = 2);
+    })
+    .await;
+    let second = start_provider(stack.configs.dispatcher("apns")).await;
     second.wait_ready().await;
-    stack.providers.apns.set_delay(Duration::from_millis(30));
+    stack
+        .providers
+        .get::<MockApns>()
+        .set_delay(Duration::from_millis(30));
     let count = 20u16;
     for n in 1..=count {
         stack.register_ios(&format!("share-{n}"), &ios(n)).await;
@@ -497,7 +570,7 @@ async fn two_dispatcher_replicas_share_the_load() {
     }
     let delivered = stack
         .providers
-        .apns
+        .get::<MockApns>()
         .wait_delivered(count as usize, WAIT)
         .await;
     let unique: HashSet<String> = delivered
@@ -514,7 +587,7 @@ async fn two_dispatcher_replicas_share_the_load() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let first = acked(stack.apns().metrics().await);
+    let first = acked(stack.dispatcher("apns").metrics().await);
     let other = acked(second.metrics().await);
     assert_eq!(first + other, count as u64);
     assert!(
@@ -531,17 +604,25 @@ async fn certificate_auth_sends_without_a_provider_token() {
     let key_file = stack.providers.dir.path().join("apns-key.pem");
     std::fs::write(&cert_file, cert).expect("write cert");
     std::fs::write(&key_file, key).expect("write key");
-    let mut config = stack.configs.apns.clone();
+    let mut config: ApnsConfig = stack.configs.dispatcher("apns").typed();
     let app = &mut config.apps_mut()[0];
     app.team_id = None;
     app.key_id = None;
     app.key_file = None;
     app.certificate_file = Some(cert_file);
     app.certificate_key_file = Some(key_file);
-    let cert_dispatcher = stack.replace_apns(config).await;
+    let cert_dispatcher = stack
+        .replace_dispatcher("apns", |admin, shutdown| {
+            dispatcher_apns::serve(config, admin, shutdown)
+        })
+        .await;
     stack.register_ios("lee", &ios(1)).await;
     stack.call("lee", Some(&apns_payload("cert")), None).await;
-    let push = &stack.providers.apns.wait_delivered(1, WAIT).await[0];
+    let push = &stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await[0];
     assert_eq!(push.header("authorization"), None);
     // The certificate's expiry is exported for the "credentials expiring" alert.
     let metrics = cert_dispatcher.metrics().await;
@@ -563,23 +644,26 @@ async fn duplicate_webhooks_ring_once() {
     let body = harness::webex::telephony_push("max", Some(&apns_payload("once")), None);
     stack.webhook(&body).await;
     stack.webhook(&body).await;
-    stack.providers.apns.wait_delivered(1, WAIT).await;
+    stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await;
     Stack::wait_metrics(
         &stack.ingest,
         &[r#"pushline_webhooks_received_total{outcome="duplicate",source="webex"} 1"#],
     )
     .await;
     stack.env.wait_messages(StreamKind::Push("apns"), 0).await;
-    let per_token: HashMap<String, usize> =
-        stack
-            .providers
-            .apns
-            .requests()
-            .iter()
-            .fold(HashMap::new(), |mut m, r| {
-                *m.entry(MockApns::token_of(&r.path).to_owned()).or_default() += 1;
-                m
-            });
+    let per_token: HashMap<String, usize> = stack
+        .providers
+        .get::<MockApns>()
+        .requests()
+        .iter()
+        .fold(HashMap::new(), |mut m, r| {
+            *m.entry(MockApns::token_of(&r.path).to_owned()).or_default() += 1;
+            m
+        });
     assert_eq!(per_token.get(&ios(1)), Some(&1));
 }
 
@@ -598,10 +682,18 @@ async fn a_producer_notification_reaches_the_phone() {
         .await
         .expect("notify");
     assert_eq!(response.status(), 200);
-    let push = &stack.providers.apns.wait_delivered(1, WAIT).await[0];
+    let push = &stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await[0];
     assert_eq!(push.body, r#"{"aps":{},"callId":"p-1"}"#.as_bytes());
     assert_eq!(push.header("apns-push-type"), Some("voip"));
-    let android_push = &stack.providers.fcm.wait_delivered(1, WAIT).await[0];
+    let android_push = &stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await[0];
     assert_eq!(MockFcm::token_of(android_push), android(1));
 }
 
@@ -615,7 +707,11 @@ async fn a_call_sent_again_after_a_nats_restart_does_not_ring_twice() {
     stack.register_android("nina", &android(1)).await;
     let body = harness::webex::telephony_push("nina", None, Some(&fcm_payload("restart")));
     let first = stack.webhook(&body).await;
-    stack.providers.fcm.wait_delivered(1, WAIT).await;
+    stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await;
     stack.env.wait_messages(StreamKind::Push("fcm"), 0).await;
 
     tokio::task::block_in_place(|| stack.env.nats.restart());
@@ -633,7 +729,7 @@ async fn a_call_sent_again_after_a_nats_restart_does_not_ring_twice() {
     stack.env.wait_messages(StreamKind::Events, 0).await;
     stack.env.wait_messages(StreamKind::Push("fcm"), 0).await;
     assert_eq!(
-        stack.providers.fcm.delivered().len(),
+        stack.providers.get::<MockFcm>().delivered().len(),
         1,
         "the phone rang once"
     );
@@ -680,9 +776,12 @@ async fn a_job_for_an_app_without_credentials_is_dead_lettered_unsent() {
     assert_eq!(letter["stage"], "apns");
     assert_eq!(letter["reason"], "unknown_app");
     Stack::wait_metrics(
-        stack.apns(),
+        stack.dispatcher("apns"),
         &[r#"pushline_pushes_total{app="unconfigured",outcome="rejected",provider="apns",reason="unknown_app"} 1"#],
     )
     .await;
-    assert!(stack.providers.apns.requests().is_empty(), "nothing sent");
+    assert!(
+        stack.providers.get::<MockApns>().requests().is_empty(),
+        "nothing sent"
+    );
 }

@@ -5,6 +5,7 @@
 //! and protocol abuse closes only the abusing connection. The client is tokio-websockets,
 //! a WebSocket implementation independent of the gateway's tungstenite.
 
+use harness::mock::fcm::MockFcm;
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
@@ -410,7 +411,10 @@ async fn an_acknowledged_in_app_message_sends_no_push() {
             .is_empty()
     })
     .await;
-    assert!(stack.providers.fcm.delivered().is_empty(), "no push");
+    assert!(
+        stack.providers.get::<MockFcm>().delivered().is_empty(),
+        "no push"
+    );
 }
 
 #[tokio::test]
@@ -423,7 +427,11 @@ async fn an_unacknowledged_in_app_message_falls_back_to_the_push() {
     let event = alert(&stack, "jon", "unseen").await;
     let message = app.frame().await;
     assert_eq!(message["payload"], json!({"said": "unseen"}));
-    let pushes = stack.providers.fcm.wait_delivered(1, WAIT).await;
+    let pushes = stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await;
     assert_eq!(pushes.len(), 1);
     let status = status_when(&stack, &event, |s| {
         s["outcome"] == "delivered" && outcome_of(s, "fcm") == "accepted"
@@ -444,7 +452,15 @@ async fn a_disconnected_device_gets_the_push_at_once_and_the_message_when_it_con
     register_phone(&stack, "kim", device).await;
     alert(&stack, "kim", "while-away").await;
     // Not held: the window is a minute, the push comes now.
-    assert_eq!(stack.providers.fcm.wait_delivered(1, WAIT).await.len(), 1);
+    assert_eq!(
+        stack
+            .providers
+            .get::<MockFcm>()
+            .wait_delivered(1, WAIT)
+            .await
+            .len(),
+        1
+    );
     let mut app = App::connect(&gateway, "kim", device).await;
     let backlog = app.drain().await;
     assert_eq!(backlog.len(), 1);
@@ -462,7 +478,12 @@ async fn an_inactive_person_gets_pushes_and_their_in_app_messages_once_active() 
     let mut max = App::connect(&gateway, "max", device).await;
     alert(&stack, "lea", "for-lea").await;
     assert_eq!(
-        stack.providers.fcm.wait_delivered(1, WAIT).await.len(),
+        stack
+            .providers
+            .get::<MockFcm>()
+            .wait_delivered(1, WAIT)
+            .await
+            .len(),
         1,
         "an inactive person's push is not held"
     );

@@ -6,6 +6,7 @@
 //! producer's signed `message.action` callback; the inbox survives Redis and NATS
 //! restarting.
 
+use harness::mock::apns::MockApns;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -681,7 +682,11 @@ async fn an_app_that_asks_gets_the_unread_count_as_its_badge() {
             )
             .await;
     }
-    let pushes = stack.providers.apns.wait_delivered(2, WAIT).await;
+    let pushes = stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(2, WAIT)
+        .await;
     // Each push carries the count once its message was kept (the fan-out may take the
     // two events in either order).
     let mut badges: Vec<u64> = pushes
@@ -710,7 +715,11 @@ async fn an_app_that_asks_gets_the_unread_count_as_its_badge() {
             }),
         )
         .await;
-    let pushes = stack.providers.apns.wait_delivered(3, WAIT).await;
+    let pushes = stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(3, WAIT)
+        .await;
     let last = pushes
         .iter()
         .map(|p| serde_json::from_slice::<Value>(&p.body).expect("json"))

@@ -17,7 +17,9 @@ async fn has_devices(stack: &Stack, person: &str) -> bool {
 #[tokio::test]
 async fn a_burst_of_bad_device_tokens_holds_pruning_and_keeps_the_tokens() {
     let stack = Stack::start_with(|c| {
-        c.apns.prune_guard.min_invalid = 3;
+        c.adjust("apns", |a: &mut dispatcher_apns::config::Config| {
+            a.prune_guard.min_invalid = 3;
+        });
     })
     .await;
     let persons: Vec<String> = (0..6).map(|i| format!("wrong-topic-{i}")).collect();
@@ -26,7 +28,7 @@ async fn a_burst_of_bad_device_tokens_holds_pruning_and_keeps_the_tokens() {
         stack.register_ios(person, &token).await;
         stack
             .providers
-            .apns
+            .get::<MockApns>()
             .script(&token, [MockApns::error(400, "BadDeviceToken")]);
     }
     for person in &persons {
@@ -43,7 +45,7 @@ async fn a_burst_of_bad_device_tokens_holds_pruning_and_keeps_the_tokens() {
     )
     .await;
     let held = format!(r#"pushline_pruning_held{{app="{APNS_APP}",provider="apns"}} 1"#);
-    Stack::wait_metrics(stack.apns(), &[held.as_str()]).await;
+    Stack::wait_metrics(stack.dispatcher("apns"), &[held.as_str()]).await;
     let dead = stack.env.wait_messages(StreamKind::Dead, 4).await;
     assert_eq!(dead.len(), 4);
     let mut kept = 0;

@@ -26,7 +26,7 @@ async fn dead_letters_are_listed_by_filter_and_replayed_after_the_fix() {
     // A misconfigured topic for one call, an oversized payload for the other.
     stack
         .providers
-        .apns
+        .get::<MockApns>()
         .script(&ios(1), [MockApns::error(400, "BadTopic")]);
     stack.call("ops-a", Some(&apns_payload("a")), None).await;
     let big = format!(r#"{{"aps":{{}},"pad":"{}"}}"#, "x".repeat(5_200));
@@ -99,7 +99,7 @@ async fn dead_letters_are_listed_by_filter_and_replayed_after_the_fix() {
     assert_eq!(replayed, "replayed 1 dead letter(s)\n");
     let delivered = stack
         .providers
-        .apns
+        .get::<MockApns>()
         .wait_delivered(1, Duration::from_secs(15))
         .await;
     assert_eq!(MockApns::token_of(&delivered[0].path), ios(1));

@@ -4,6 +4,7 @@
 //! webhook ids in NATS key-value for the replay window. The envelope's own `created` (when
 //! the webhook was registered) is never mistaken for the event's time.
 
+use harness::mock::apns::MockApns;
 use std::time::Duration;
 
 use harness::services::{Env, Service, WEBHOOK_SECRET, start_ingest};
@@ -118,7 +119,11 @@ async fn a_stale_call_membership_rings_nothing_and_a_fresh_one_under_a_year_old_
         ))
         .await;
     assert_eq!(fresh["status"], "accepted", "{fresh}");
-    let pushes = stack.providers.apns.wait_delivered(1, WAIT).await;
+    let pushes = stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await;
     let payload: Value = serde_json::from_slice(&pushes[0].body).expect("json payload");
     assert_eq!(payload["callId"], "fresh-call", "{payload}");
     Stack::wait_metrics(
@@ -130,7 +135,7 @@ async fn a_stale_call_membership_rings_nothing_and_a_fresh_one_under_a_year_old_
     )
     .await;
     assert_eq!(
-        stack.providers.apns.requests().len(),
+        stack.providers.get::<MockApns>().requests().len(),
         1,
         "the stale call rang nothing"
     );

@@ -110,7 +110,7 @@ async fn readiness_asks_the_server_for_every_stream_and_consumer() {
 async fn a_deleted_consumer_is_recreated_by_its_worker() {
     let env = harness::services::Env::start();
     let providers = harness::services::Providers::start().await;
-    let fcm = harness::services::start_dispatcher_fcm(providers.fcm_config(&env)).await;
+    let fcm = harness::services::start_provider(&providers.dispatcher_config(&env, "fcm")).await;
     fcm.wait_ready().await;
     let topology = env.topology();
     let js = env.jetstream().await;

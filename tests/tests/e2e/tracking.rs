@@ -86,7 +86,7 @@ async fn a_calls_status_shows_what_became_of_it_on_every_device() {
         stack.register_ios("tess", token).await;
     }
     stack.register_android("tess", android).await;
-    let apns = &stack.providers.apns;
+    let apns = &stack.providers.get::<MockApns>();
     apns.script(&flaky, [MockApns::error(503, "ServiceUnavailable")]);
     apns.script(
         &gone,
@@ -201,7 +201,7 @@ async fn producers_see_their_own_events_expire_or_find_no_device() {
     let unreachable = "1f".repeat(32);
     stack.register_ios("uma", &unreachable).await;
     // APNs is down for this token for longer than the event lives.
-    stack.providers.apns.script(
+    stack.providers.get::<MockApns>().script(
         &unreachable,
         (0..200).map(|_| MockApns::error(503, "ServiceUnavailable")),
     );

@@ -3,10 +3,11 @@
 //! delivered by the new services; so is what an unpartitioned deployment left once every
 //! service runs on three partitions.
 
+use harness::mock::fcm::MockFcm;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy, StorageType};
-use harness::services::{Env, FCM_APP, Providers, start_dispatcher_fcm};
+use harness::services::{Env, FCM_APP, Providers, start_provider};
 use harness::stack::Stack;
 use pipeline::topology::StreamKind;
 
@@ -45,9 +46,9 @@ async fn an_fcm_job_an_earlier_release_stored_under_the_old_subject_is_delivered
         .expect("stored");
 
     let providers = Providers::start().await;
-    let fcm = start_dispatcher_fcm(providers.fcm_config(&env)).await;
+    let fcm = start_provider(&providers.dispatcher_config(&env, "fcm")).await;
     fcm.wait_ready().await;
-    let delivered = providers.fcm.wait_delivered(1, WAIT).await;
+    let delivered = providers.get::<MockFcm>().wait_delivered(1, WAIT).await;
     let body: serde_json::Value = serde_json::from_slice(&delivered[0].body).expect("json");
     assert_eq!(body["message"]["token"], android(1));
     assert_eq!(body["message"]["data"]["callId"], "before-upgrade");
@@ -87,7 +88,11 @@ async fn a_version_1_event_left_in_events_rings_the_phone() {
     .expect("publish")
     .await
     .expect("stored");
-    let delivered = stack.providers.fcm.wait_delivered(1, WAIT).await;
+    let delivered = stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await;
     let body: serde_json::Value = serde_json::from_slice(&delivered[0].body).expect("json");
     assert_eq!(body["message"]["data"]["callId"], "v1-call");
     assert!(stack.env.stream_messages(StreamKind::Dead).await.is_empty());
@@ -98,17 +103,7 @@ async fn after_going_to_three_partitions_what_the_unpartitioned_streams_hold_sti
     // Every service on three partitions; partition 0 is the stream and subjects one
     // partition used, so an event an unpartitioned ingest stored (here: published
     // straight to the old subject) is read and rings.
-    let stack = Stack::start_with(|c| {
-        for nats in [
-            &mut c.ingest.nats,
-            &mut c.registry.nats,
-            &mut c.apns.nats,
-            &mut c.fcm.nats,
-        ] {
-            nats.partitions = 3;
-        }
-    })
-    .await;
+    let stack = Stack::start_with(|c| c.each_nats(|nats| nats.partitions = 3)).await;
     stack.register_android("petra", &android(3)).await;
     let js = stack.env.jetstream().await;
     let topology = providers::topology(&stack.configs.registry.nats);
@@ -134,7 +129,11 @@ async fn after_going_to_three_partitions_what_the_unpartitioned_streams_hold_sti
     .expect("publish")
     .await
     .expect("stored");
-    let delivered = stack.providers.fcm.wait_delivered(1, WAIT).await;
+    let delivered = stack
+        .providers
+        .get::<MockFcm>()
+        .wait_delivered(1, WAIT)
+        .await;
     let body: serde_json::Value = serde_json::from_slice(&delivered[0].body).expect("json");
     assert_eq!(body["message"]["data"]["callId"], "before-partitions");
     stack.env.wait_messages(StreamKind::Events, 0).await;

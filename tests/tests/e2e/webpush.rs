@@ -4,6 +4,8 @@
 //! decrypts every push with Mozilla's `ece` and verifies VAPID with `josekit`
 //! (`harness::mock::webpush`), neither of which pushline uses to send.
 
+use harness::mock::apns::MockApns;
+use harness::mock::fcm::MockFcm;
 use std::time::Duration;
 
 use harness::mock::Reply;
@@ -26,7 +28,7 @@ fn status(status: u16) -> Reply {
 
 #[tokio::test]
 async fn a_webex_call_rings_a_browser_with_the_call_decrypted_by_an_independent_implementation() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let web = stack.start_webpush(|_| {}).await;
     let subscription = web.service.subscribe();
     stack.register_browser("ada", &subscription).await;
@@ -73,7 +75,7 @@ async fn a_webex_call_rings_a_browser_with_the_call_decrypted_by_an_independent_
 
 #[tokio::test]
 async fn a_producer_notifies_a_browser_and_an_iphone_through_one_request() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let web = stack.start_webpush(|_| {}).await;
     stack.register_browser("bo", &web.service.subscribe()).await;
     stack.register_ios("bo", &"ab".repeat(32)).await;
@@ -92,7 +94,11 @@ async fn a_producer_notifies_a_browser_and_an_iphone_through_one_request() {
     });
     stack.notify(PRODUCER_KEY, &request).await;
     web.service.wait_delivered(1, WAIT).await;
-    stack.providers.apns.wait_delivered(1, WAIT).await;
+    stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await;
     let message = &web.service.messages()[0];
     let payload: Value = message.json();
     assert_eq!(payload["notification"]["title"], "Ada is calling");
@@ -104,7 +110,7 @@ async fn a_producer_notifies_a_browser_and_an_iphone_through_one_request() {
 
 #[tokio::test]
 async fn a_subscription_the_push_service_says_is_gone_is_pruned() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let web = stack.start_webpush(|_| {}).await;
     let subscription = web.service.subscribe();
     let endpoint = subscription["endpoint"].as_str().expect("endpoint");
@@ -127,7 +133,7 @@ async fn a_subscription_the_push_service_says_is_gone_is_pruned() {
 
 #[tokio::test]
 async fn a_call_whose_deadline_passes_while_the_push_service_fails_is_never_pushed_late() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let web = stack
         .start_webpush(|c| {
             c.worker.max_attempts = 2;
@@ -174,7 +180,7 @@ async fn a_call_whose_deadline_passes_while_the_push_service_fails_is_never_push
 
 #[tokio::test]
 async fn a_push_service_refusing_the_vapid_key_dead_letters_the_push() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let web = stack.start_webpush(|_| {}).await;
     // A second push service, trusting another application server key; only the first
     // dispatcher runs, so every push is signed with the first key.
@@ -199,7 +205,7 @@ async fn a_push_service_refusing_the_vapid_key_dead_letters_the_push() {
 
 #[tokio::test]
 async fn display_notifications_with_actions_reach_an_iphone_an_android_phone_and_a_browser() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let web = stack.start_webpush(|_| {}).await;
     stack
         .register_browser("flo", &web.service.subscribe())
@@ -233,10 +239,14 @@ async fn display_notifications_with_actions_reach_an_iphone_an_android_phone_and
     });
     stack.notify(PRODUCER_KEY, &request).await;
     web.service.wait_delivered(1, WAIT).await;
-    let ios = stack.providers.apns.wait_delivered(1, WAIT).await;
+    let ios = stack
+        .providers
+        .get::<MockApns>()
+        .wait_delivered(1, WAIT)
+        .await;
     let android = stack
         .providers
-        .fcm
+        .get::<MockFcm>()
         .wait_for("an FCM send", WAIT, |r| {
             r.iter()
                 .any(|r| r.status == 200 && r.path.ends_with("messages:send"))
@@ -272,7 +282,7 @@ async fn display_notifications_with_actions_reach_an_iphone_an_android_phone_and
 
 #[tokio::test]
 async fn a_push_service_speaking_only_http1_gets_its_pushes() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let web = stack.start_webpush_speaking(true, |_| {}).await;
     stack
         .register_browser("gil", &web.service.subscribe())
@@ -289,7 +299,7 @@ async fn a_push_service_speaking_only_http1_gets_its_pushes() {
 
 #[tokio::test]
 async fn subscriptions_are_checked_when_registered_and_deleted_by_their_endpoint() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let web = stack.start_webpush(|_| {}).await;
     let http = reqwest::Client::new();
     let post = |body: Value, key: Option<&'static str>| {
@@ -371,7 +381,7 @@ async fn subscriptions_are_checked_when_registered_and_deleted_by_their_endpoint
 
 #[tokio::test]
 async fn a_browser_registers_in_production_where_the_default_environment_is_apns_sandbox() {
-    let stack = Stack::start_with(|c| {
+    let mut stack = Stack::start_with(|c| {
         c.registry.devices.default_environment = pipeline::contract::Environment::Sandbox;
     })
     .await;
