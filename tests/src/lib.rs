@@ -8,7 +8,8 @@
 //! - [`drill`]: fault drills under load and their reports (tests and `pushline-drill`).
 //! - [`logs`]: capturing the services' log for tests that read it.
 //! - [`services`]: running each service in-process with test configuration.
-//! - [`stack`]: the whole pipeline with mock providers, for end-to-end tests.
+//! - [`stack`]: the whole pipeline with every provider's mock and dispatcher (the
+//!   providers' sandboxes, `providers::testing::SANDBOXES`), for end-to-end tests.
 //! - [`bench`]: helpers shared by the benchmark binaries.
 //! - [`mock`]: the providers' mocks (each from its own crate's `testing` module, on
 //!   [`pipeline::mock`]'s frame) and mock Webex APIs.

@@ -40,6 +40,7 @@ pub struct Env {
     /// Ports reserved for this test's mock push services: the endpoint policy of the
     /// registry and of Web Push dispatchers allows exactly these origins on loopback.
     pub push_service_ports: Vec<u16>,
+    push_services_started: std::sync::atomic::AtomicUsize,
 }
 
 impl Env {
@@ -56,6 +57,7 @@ impl Env {
             redis: RedisServer::start_with(redis_args),
             prefix: format!("t{}_", rand::random::<u32>()),
             push_service_ports: (0..2).map(|_| crate::servers::free_port()).collect(),
+            push_services_started: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -65,6 +67,15 @@ impl Env {
             .iter()
             .map(|port| format!("https://127.0.0.1:{port}"))
             .collect()
+    }
+
+    /// The next of [`Env::push_service_ports`] for a test's own mock push service (they
+    /// are taken in turn).
+    pub fn next_push_service_port(&self) -> u16 {
+        let started = self
+            .push_services_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.push_service_ports[started % self.push_service_ports.len()]
     }
 
     /// NATS settings pointing at this test's server.

@@ -6,20 +6,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::services::{
-    API_KEY, DispatcherConfig, Env, Providers, Service, WEB_APP, WEBHOOK_SECRET, start_ingest,
+    API_KEY, DispatcherConfig, Env, Providers, Service, WEBHOOK_SECRET, start_ingest,
     start_provider, start_registry,
 };
-
-/// A mock push service and the Web Push dispatcher sending to it.
-pub struct WebPush {
-    /// The push service browsers subscribe at.
-    pub service: crate::mock::webpush::MockPushService,
-    /// dispatcher-webpush.
-    pub dispatcher: Service,
-    /// Its configuration.
-    pub config: dispatcher_webpush::config::Config,
-    _dir: tempfile::TempDir,
-}
 
 /// Every service's configuration, for tests to adjust before start.
 pub struct Configs {
@@ -83,8 +72,6 @@ pub struct Stack {
     /// The configurations it started with.
     pub configs: Configs,
     http: reqwest::Client,
-    /// Mock push services started, to give each a port of `env.push_service_ports`.
-    push_services_started: std::sync::atomic::AtomicUsize,
 }
 
 impl Stack {
@@ -137,7 +124,6 @@ impl Stack {
             dispatchers,
             configs,
             http: reqwest::Client::new(),
-            push_services_started: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -202,98 +188,6 @@ impl Stack {
             response.status().is_success(),
             "register {token}: {}",
             response.status()
-        );
-    }
-
-    /// Starts a mock push service and a Web Push dispatcher for [`WEB_APP`], with a fresh
-    /// application server key, after `adjust` changed the dispatcher's configuration; they
-    /// take the place of the stack's own.
-    pub async fn start_webpush(
-        &mut self,
-        adjust: impl FnOnce(&mut dispatcher_webpush::config::Config),
-    ) -> WebPush {
-        self.start_webpush_speaking(false, adjust).await
-    }
-
-    /// Like [`Stack::start_webpush`]; with `http1` the push service speaks HTTP/1.1 only.
-    pub async fn start_webpush_speaking(
-        &mut self,
-        http1: bool,
-        adjust: impl FnOnce(&mut dispatcher_webpush::config::Config),
-    ) -> WebPush {
-        use crate::mock::webpush::MockPushService;
-        use base64::Engine as _;
-        // Its own push service and dispatcher take the place of the stack's.
-        if let Some((_, Some(running))) = self
-            .dispatchers
-            .iter_mut()
-            .find(|(provider, _)| *provider == "webpush")
-            .map(|(name, running)| (*name, running.take()))
-        {
-            running.stop().await;
-        }
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
-        let public = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key_raw());
-        let ports = &self.env.push_service_ports;
-        let port = ports[self
-            .push_services_started
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % ports.len()];
-        let at = crate::mock::Listen::loopback(port);
-        let service = if http1 {
-            MockPushService::start_push_service_http1(&self.providers.ca, &public, &at).await
-        } else {
-            MockPushService::start_push_service_at(&self.providers.ca, &public, &at).await
-        };
-        let dir = tempfile::tempdir().expect("temp dir");
-        let key_file = dir.path().join("vapid.pem");
-        std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
-        let ca_file = service.write_ca(dir.path(), "push-ca.pem");
-        let mut config = dispatcher_webpush::testing::dispatcher_config(
-            WEB_APP,
-            &key_file,
-            (&ca_file, self.env.push_service_origins()),
-            self.env.nats_config(),
-            self.configs
-                .dispatcher("webpush")
-                .typed::<dispatcher_webpush::config::Config>()
-                .telemetry,
-        );
-        adjust(&mut config);
-        let serving = config.clone();
-        let dispatcher = crate::services::start_dispatcher(|admin, shutdown| {
-            dispatcher_webpush::serve(serving, admin, shutdown)
-        })
-        .await;
-        dispatcher.wait_ready().await;
-        WebPush {
-            service,
-            dispatcher,
-            config,
-            _dir: dir,
-        }
-    }
-
-    /// Registers a browser's push subscription for `person` (`POST /v1/devices`).
-    pub async fn register_browser(&self, person: &str, subscription: &Value) {
-        let response = self
-            .http
-            .post(self.registry.url("/v1/devices"))
-            .bearer_auth(API_KEY)
-            .json(&serde_json::json!({
-                "person_id": person,
-                "platform": "webpush",
-                "app": WEB_APP,
-                "subscription": subscription,
-            }))
-            .send()
-            .await
-            .expect("register");
-        let status = response.status();
-        assert!(
-            status.is_success(),
-            "register a browser: {status} {}",
-            response.text().await.unwrap_or_default()
         );
     }
 

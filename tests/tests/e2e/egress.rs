@@ -96,7 +96,7 @@ async fn endpoints_inside_the_network_are_refused_at_registration() {
 #[tokio::test]
 async fn a_push_service_redirecting_elsewhere_is_not_followed() {
     let mut stack = Stack::start().await;
-    let web = stack.start_webpush(|_| {}).await;
+    let web = crate::webpush::start_webpush(&mut stack, |_| {}).await;
     let (target, hits, _target) = internal_target().await;
     for (i, redirect) in [307, 302, 308].into_iter().enumerate() {
         let subscription = web.service.subscribe();
@@ -109,7 +109,7 @@ async fn a_push_service_redirecting_elsewhere_is_not_followed() {
             )],
         );
         let person = format!("redirected-{i}");
-        stack.register_browser(&person, &subscription).await;
+        crate::webpush::register_browser(&stack, &person, &subscription).await;
         stack
             .call(&person, None, Some(&fcm_payload(&format!("c{i}"))))
             .await;

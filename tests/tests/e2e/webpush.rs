@@ -8,15 +8,98 @@ use harness::mock::apns::MockApns;
 use harness::mock::fcm::MockFcm;
 use std::time::Duration;
 
+use dispatcher_webpush::config::Config as WebPushConfig;
 use harness::mock::Reply;
 use harness::mock::webpush::MockPushService;
-use harness::services::{PRODUCER_KEY, WEB_APP};
+use harness::services::{API_KEY, PRODUCER_KEY, Service, WEB_APP};
 use harness::stack::Stack;
 use harness::webex::{apns_payload, fcm_payload, telephony_push};
 use pipeline::topology::StreamKind;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// A mock push service of its own and the Web Push dispatcher sending to it.
+pub(crate) struct WebPush {
+    /// The push service browsers subscribe at.
+    pub service: MockPushService,
+    /// dispatcher-webpush.
+    pub dispatcher: Service,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a mock push service (on one of the ports the registry accepts) and a Web Push
+/// dispatcher for [`WEB_APP`] with a fresh application server key, after `adjust` changed
+/// the dispatcher's configuration; they take the place of the stack's own.
+pub(crate) async fn start_webpush(
+    stack: &mut Stack,
+    adjust: impl FnOnce(&mut WebPushConfig),
+) -> WebPush {
+    start_webpush_speaking(stack, false, adjust).await
+}
+
+/// Like [`start_webpush`]; with `http1` the push service speaks HTTP/1.1 only.
+pub(crate) async fn start_webpush_speaking(
+    stack: &mut Stack,
+    http1: bool,
+    adjust: impl FnOnce(&mut WebPushConfig),
+) -> WebPush {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+    let public = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key_raw());
+    let at = harness::mock::Listen::loopback(stack.env.next_push_service_port());
+    let ca = &stack.providers.ca;
+    let service = if http1 {
+        MockPushService::start_push_service_http1(ca, &public, &at).await
+    } else {
+        MockPushService::start_push_service_at(ca, &public, &at).await
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("vapid.pem");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
+    let ca_file = service.write_ca(dir.path(), "push-ca.pem");
+    let stack_config: WebPushConfig = stack.configs.dispatcher("webpush").typed();
+    let mut config = dispatcher_webpush::testing::dispatcher_config(
+        WEB_APP,
+        &key_file,
+        (&ca_file, stack.env.push_service_origins()),
+        stack_config.nats,
+        stack_config.telemetry,
+    );
+    adjust(&mut config);
+    let dispatcher = stack
+        .replace_dispatcher("webpush", |admin, shutdown| {
+            dispatcher_webpush::serve(config, admin, shutdown)
+        })
+        .await;
+    WebPush {
+        service,
+        dispatcher,
+        _dir: dir,
+    }
+}
+
+/// Registers a browser's push subscription for `person` (`POST /v1/devices`).
+pub(crate) async fn register_browser(stack: &Stack, person: &str, subscription: &Value) {
+    let response = reqwest::Client::new()
+        .post(stack.registry.url("/v1/devices"))
+        .bearer_auth(API_KEY)
+        .json(&json!({
+            "person_id": person,
+            "platform": "webpush",
+            "app": WEB_APP,
+            "subscription": subscription,
+        }))
+        .send()
+        .await
+        .expect("register");
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "register a browser: {status} {}",
+        response.text().await.unwrap_or_default()
+    );
+}
 
 fn status(status: u16) -> Reply {
     Reply::Status {
@@ -29,9 +112,9 @@ fn status(status: u16) -> Reply {
 #[tokio::test]
 async fn a_webex_call_rings_a_browser_with_the_call_decrypted_by_an_independent_implementation() {
     let mut stack = Stack::start().await;
-    let web = stack.start_webpush(|_| {}).await;
+    let web = start_webpush(&mut stack, |_| {}).await;
     let subscription = web.service.subscribe();
-    stack.register_browser("ada", &subscription).await;
+    register_browser(&stack, "ada", &subscription).await;
     let devices = stack.devices("ada").await;
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0]["platform"], "webpush");
@@ -76,8 +159,8 @@ async fn a_webex_call_rings_a_browser_with_the_call_decrypted_by_an_independent_
 #[tokio::test]
 async fn a_producer_notifies_a_browser_and_an_iphone_through_one_request() {
     let mut stack = Stack::start().await;
-    let web = stack.start_webpush(|_| {}).await;
-    stack.register_browser("bo", &web.service.subscribe()).await;
+    let web = start_webpush(&mut stack, |_| {}).await;
+    register_browser(&stack, "bo", &web.service.subscribe()).await;
     stack.register_ios("bo", &"ab".repeat(32)).await;
     let request = json!({
         "person_ids": ["bo"],
@@ -111,10 +194,10 @@ async fn a_producer_notifies_a_browser_and_an_iphone_through_one_request() {
 #[tokio::test]
 async fn a_subscription_the_push_service_says_is_gone_is_pruned() {
     let mut stack = Stack::start().await;
-    let web = stack.start_webpush(|_| {}).await;
+    let web = start_webpush(&mut stack, |_| {}).await;
     let subscription = web.service.subscribe();
     let endpoint = subscription["endpoint"].as_str().expect("endpoint");
-    stack.register_browser("cy", &subscription).await;
+    register_browser(&stack, "cy", &subscription).await;
     web.service
         .script(&MockPushService::id_of(endpoint), [status(410)]);
     stack
@@ -134,14 +217,13 @@ async fn a_subscription_the_push_service_says_is_gone_is_pruned() {
 #[tokio::test]
 async fn a_call_whose_deadline_passes_while_the_push_service_fails_is_never_pushed_late() {
     let mut stack = Stack::start().await;
-    let web = stack
-        .start_webpush(|c| {
-            c.worker.max_attempts = 2;
-            c.worker.retry_base_ms = 20;
-            c.worker.retry_max_ms = 100;
-        })
-        .await;
-    stack.register_browser("di", &web.service.subscribe()).await;
+    let web = start_webpush(&mut stack, |c| {
+        c.worker.max_attempts = 2;
+        c.worker.retry_base_ms = 20;
+        c.worker.retry_max_ms = 100;
+    })
+    .await;
+    register_browser(&stack, "di", &web.service.subscribe()).await;
     web.service
         .script_all(std::iter::repeat_n(status(503), 1_000));
     let ring_until = pipeline::contract::now_ms() + 1_500;
@@ -181,13 +263,13 @@ async fn a_call_whose_deadline_passes_while_the_push_service_fails_is_never_push
 #[tokio::test]
 async fn a_push_service_refusing_the_vapid_key_dead_letters_the_push() {
     let mut stack = Stack::start().await;
-    let web = stack.start_webpush(|_| {}).await;
+    let web = start_webpush(&mut stack, |_| {}).await;
     // A second push service, trusting another application server key; only the first
     // dispatcher runs, so every push is signed with the first key.
-    let other = stack.start_webpush(|_| {}).await;
+    let other = start_webpush(&mut stack, |_| {}).await;
     other.dispatcher.stop().await;
     let subscription = other.service.subscribe();
-    stack.register_browser("ed", &subscription).await;
+    register_browser(&stack, "ed", &subscription).await;
     stack.call("ed", None, Some(&fcm_payload("c"))).await;
     let dead = stack.env.wait_messages(StreamKind::Dead, 1).await;
     let letter: Value = serde_json::from_slice(&dead[0].payload).expect("json");
@@ -206,10 +288,8 @@ async fn a_push_service_refusing_the_vapid_key_dead_letters_the_push() {
 #[tokio::test]
 async fn display_notifications_with_actions_reach_an_iphone_an_android_phone_and_a_browser() {
     let mut stack = Stack::start().await;
-    let web = stack.start_webpush(|_| {}).await;
-    stack
-        .register_browser("flo", &web.service.subscribe())
-        .await;
+    let web = start_webpush(&mut stack, |_| {}).await;
+    register_browser(&stack, "flo", &web.service.subscribe()).await;
     stack
         .register(
             &"cd".repeat(32),
@@ -283,10 +363,8 @@ async fn display_notifications_with_actions_reach_an_iphone_an_android_phone_and
 #[tokio::test]
 async fn a_push_service_speaking_only_http1_gets_its_pushes() {
     let mut stack = Stack::start().await;
-    let web = stack.start_webpush_speaking(true, |_| {}).await;
-    stack
-        .register_browser("gil", &web.service.subscribe())
-        .await;
+    let web = start_webpush_speaking(&mut stack, true, |_| {}).await;
+    register_browser(&stack, "gil", &web.service.subscribe()).await;
     stack
         .call("gil", None, Some(&fcm_payload("call-http1")))
         .await;
@@ -300,7 +378,7 @@ async fn a_push_service_speaking_only_http1_gets_its_pushes() {
 #[tokio::test]
 async fn subscriptions_are_checked_when_registered_and_deleted_by_their_endpoint() {
     let mut stack = Stack::start().await;
-    let web = stack.start_webpush(|_| {}).await;
+    let web = start_webpush(&mut stack, |_| {}).await;
     let http = reqwest::Client::new();
     let post = |body: Value, key: Option<&'static str>| {
         let mut request = http.post(stack.registry.url("/v1/devices")).json(&body);
@@ -385,10 +463,8 @@ async fn a_browser_registers_in_production_where_the_default_environment_is_apns
         c.registry.devices.default_environment = pipeline::contract::Environment::Sandbox;
     })
     .await;
-    let web = stack.start_webpush(|_| {}).await;
-    stack
-        .register_browser("ida", &web.service.subscribe())
-        .await;
+    let web = start_webpush(&mut stack, |_| {}).await;
+    register_browser(&stack, "ida", &web.service.subscribe()).await;
     stack.register_ios("ida", &"ef".repeat(32)).await;
     let devices = stack.devices("ida").await;
     let environment = |platform: &str| {
