@@ -18,7 +18,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # The providers' dispatchers, from providers/src/lib.rs.
 # BEGIN rendered by deploy/k8s/render-dispatchers.py (dispatchers); do not edit
-DISPATCHERS=(dispatcher-apns dispatcher-fcm dispatcher-webpush)
+DISPATCHERS=(dispatcher-apns dispatcher-fcm dispatcher-webpush dispatcher-hms)
 # END rendered (dispatchers)
 PACKAGES=(); for d in "${DISPATCHERS[@]}"; do PACKAGES+=(-p "pushline-$d" --bin "pushline-$d"); done
 cd "$ROOT"

@@ -15,8 +15,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # The providers' dispatchers, from providers/src/lib.rs.
 # BEGIN rendered by deploy/k8s/render-dispatchers.py (dispatchers); do not edit
-DISPATCHERS=(dispatcher-apns dispatcher-fcm dispatcher-webpush)
-DISPATCHER_ADMIN_PORTS=(9082 9083 9084)
+DISPATCHERS=(dispatcher-apns dispatcher-fcm dispatcher-webpush dispatcher-hms)
+DISPATCHER_ADMIN_PORTS=(9082 9083 9084 9086)
 # END rendered (dispatchers)
 PACKAGES=(); for d in "${DISPATCHERS[@]}"; do PACKAGES+=(-p "pushline-$d"); done
 NATS_PORT=${PUSHLINE_LOCAL_NATS_PORT:-14222}

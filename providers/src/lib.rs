@@ -29,6 +29,7 @@ static LIST: &[&dyn Spec] = &[
     &dispatcher_apns::spec::SPEC,
     &dispatcher_fcm::spec::SPEC,
     &dispatcher_webpush::spec::SPEC,
+    &dispatcher_hms::spec::SPEC,
     &inapp::spec::SPEC,
 ];
 
@@ -41,6 +42,7 @@ pub mod testing {
 
     pub use dispatcher_apns;
     pub use dispatcher_fcm;
+    pub use dispatcher_hms;
     pub use dispatcher_webpush;
 
     /// The sandboxes, one line each, in the order of the providers' list.
@@ -49,6 +51,7 @@ pub mod testing {
         &dispatcher_apns::testing::SANDBOX,
         &dispatcher_fcm::testing::SANDBOX,
         &dispatcher_webpush::testing::SANDBOX,
+        &dispatcher_hms::testing::SANDBOX,
     ];
 }
 
