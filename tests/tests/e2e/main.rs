@@ -11,6 +11,7 @@ mod devices;
 mod distributed;
 mod egress;
 mod end_to_end;
+mod hms;
 mod inapp;
 mod inapp_mqtt;
 mod inbox;
