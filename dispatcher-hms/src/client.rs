@@ -1,5 +1,6 @@
-//! The Push Kit provider: per app a small pool of persistent HTTP/2 connections and a
-//! cached OAuth 2.0 access token; one `messages:send` per push.
+//! The Push Kit provider: per app a small pool of persistent connections (HTTP/2 or
+//! HTTP/1.1 as ALPN negotiates: Huawei documents neither as required) and a cached OAuth
+//! 2.0 access token; one `messages:send` per push.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,25 +40,29 @@ impl HmsProvider {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             ca_setting: "hms.ca_files",
         };
+        // Huawei's documentation asks for TLS 1.2 or later and says nothing of HTTP/2, so
+        // both endpoints negotiate it by ALPN rather than assume it.
         let token_http = provider_http::negotiating_client(&options)?;
         let base = provider_http::base_url("hms.base_url", &config.base_url)?;
         let token_url = provider_http::base_url("hms.token_url", &config.token_url)?;
         let mut apps = HashMap::new();
         for (i, app) in config.apps.iter().enumerate() {
+            let client_id = app.client_id().to_owned();
             let tokens = TokenSource::new(
-                app.app_id.clone(),
+                client_id.clone(),
                 app.secret(i)?,
                 token_url.clone(),
                 token_http.clone(),
                 Duration::from_secs(config.token_refresh_margin_secs),
             );
             let clients = (0..config.connections)
-                .map(|_| provider_http::client(&options, None))
+                .map(|_| provider_http::negotiating_client(&options))
                 .collect::<Result<Vec<_>, _>>()?;
             apps.insert(
                 app.app_id.clone(),
                 App {
-                    url: provider_http::with_path(&base, &["v1", &app.app_id, "messages:send"]),
+                    // Huawei's reference names the OAuth 2.0 client id in this path.
+                    url: provider_http::with_path(&base, &["v1", &client_id, "messages:send"]),
                     tokens,
                     clients,
                     next: AtomicUsize::new(0),
@@ -96,7 +101,7 @@ async fn answered(response: reqwest::Response, token: &str) -> (bool, Verdict) {
 
 /// No access token: see [`no_access_token`].
 fn oauth_failed(error: &OAuthError) -> Verdict {
-    no_access_token(error.refused(), error.to_string())
+    no_access_token(error.refused(), error.to_string(), error.retry_after())
 }
 
 fn transport_error(error: &reqwest::Error) -> Verdict {
@@ -151,9 +156,12 @@ impl Provider for HmsProvider {
         if !renew {
             return verdict;
         }
-        // Our access token was refused or had expired: renew once and resend.
+        // Our access token was refused or had expired: renew once and resend — unless a
+        // token was renewed so recently that Push Kit is refusing good ones; then the
+        // push is retried as the credential fault it is, without a token request.
         let renewed = match app.tokens.renew(&bearer).await {
-            Ok(token) => token,
+            Ok(Some(token)) => token,
+            Ok(None) => return verdict,
             Err(error) => return oauth_failed(&error),
         };
         match self.post(app, &renewed, body).await {
@@ -193,10 +201,14 @@ mod tests {
     async fn setup() -> Setup {
         let ca = TestCa::new();
         let mock = MockHms::start_hms(&ca, &[SANDBOX_APP], 0).await;
+        // Tests run in parallel, each with its own CA: a directory of its own each (the
+        // clock alone can give two of them the same one).
+        static SETUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "hms-client-{}-{}",
+            "hms-client-{}-{}-{}",
             std::process::id(),
-            pipeline::mock::now_us()
+            pipeline::mock::now_us(),
+            SETUPS.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("dir");
         let config = crate::testing::dispatcher_config(
@@ -245,10 +257,11 @@ mod tests {
         let s = setup().await;
         let token = device_token(1);
         for _ in 0..2 {
-            assert!(matches!(
-                send(&s, &job(&token, CALL)).await,
-                Verdict::Delivered { id: Some(_) }
-            ));
+            let verdict = send(&s, &job(&token, CALL)).await;
+            assert!(
+                matches!(verdict, Verdict::Delivered { id: Some(_) }),
+                "{verdict:?}"
+            );
         }
         assert_eq!(s.mock.token_requests(), 1, "one access token for both");
         let sent = s.mock.delivered();
@@ -267,26 +280,118 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_expired_or_revoked_access_token_is_renewed_once() {
+    async fn a_refused_access_token_is_renewed_at_most_once_a_floor() {
         let s = setup().await;
         let token = device_token(2);
         assert!(matches!(
             send(&s, &job(&token, CALL)).await,
             Verdict::Delivered { .. }
         ));
+        // The first refusal: one new token, and the push goes through.
         s.mock.expire_access_tokens();
         assert!(matches!(
             send(&s, &job(&token, CALL)).await,
             Verdict::Delivered { .. }
         ));
+        assert_eq!(s.mock.token_requests(), 2);
+        // Refused again within the floor: Push Kit is refusing good tokens, so no token
+        // request — the push is retried as a credential fault.
         s.mock.revoke_access_tokens();
-        assert!(matches!(
-            send(&s, &job(&token, CALL)).await,
-            Verdict::Delivered { .. }
-        ));
-        assert_eq!(s.mock.token_requests(), 3);
+        for _ in 0..3 {
+            let verdict = send(&s, &job(&token, CALL)).await;
+            assert!(matches!(verdict, Verdict::Retry { .. }), "{verdict:?}");
+            assert_eq!(verdict.credential_valid(), Some(false), "{verdict:?}");
+        }
+        assert_eq!(s.mock.token_requests(), 2, "no token per push");
         let refused: Vec<u16> = s.mock.requests().iter().map(|r| r.status).collect();
-        assert_eq!(refused, [200, 401, 200, 401, 200]);
+        assert_eq!(refused, [200, 401, 200, 401, 401, 401]);
+    }
+
+    #[tokio::test]
+    async fn pushes_waiting_on_a_failed_token_fetch_share_its_failure() {
+        let s = setup().await;
+        s.mock.script_token_endpoint([(503, String::new())]);
+        let app = &s.provider.apps[SANDBOX_APP];
+        let t = &app.tokens;
+        let (a, b, c, d) = tokio::join!(t.token(), t.token(), t.token(), t.token());
+        let results = [a, b, c, d];
+        assert!(results.iter().all(Result::is_err));
+        assert_eq!(s.mock.token_requests(), 1, "one fetch for all of them");
+        // Within the back-off no one asks again; after it, one fetch succeeds.
+        assert!(app.tokens.token().await.is_err());
+        assert_eq!(s.mock.token_requests(), 1);
+        tokio::time::sleep(crate::oauth::FAILURE_BACKOFF).await;
+        assert!(app.tokens.token().await.is_ok());
+        assert_eq!(s.mock.token_requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn token_endpoint_flow_control_is_no_refused_credential() {
+        let s = setup().await;
+        s.mock.script_token_endpoint([(429, String::new())]);
+        let verdict = send(&s, &job(&device_token(5), CALL)).await;
+        assert!(
+            matches!(
+                verdict,
+                Verdict::Retry {
+                    reason: "oauth",
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
+        assert_eq!(verdict.credential_valid(), None, "{verdict:?}");
+        // The probe, still within the back-off, answers "unknown" without asking.
+        assert_eq!(
+            s.provider.probe_credentials().await,
+            [(SANDBOX_APP.to_owned(), None)]
+        );
+        assert_eq!(s.mock.token_requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_huge_expires_in_is_survived() {
+        let s = setup().await;
+        s.mock.set_token_lifetime(Duration::from_secs(u64::MAX));
+        for _ in 0..2 {
+            let verdict = send(&s, &job(&device_token(6), CALL)).await;
+            assert!(matches!(verdict, Verdict::Delivered { .. }), "{verdict:?}");
+        }
+        assert_eq!(s.mock.token_requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_mock_checks_only_and_refuses_high_urgency_without_a_scenario() {
+        let s = setup().await;
+        let app = &s.provider.apps[SANDBOX_APP];
+        let bearer = app.tokens.token().await.expect("token");
+        let token = device_token(7);
+        let checked =
+            format!(r#"{{"validate_only":true,"message":{{"data":"{{}}","token":["{token}"]}}}}"#);
+        let response = s.provider.post(app, &bearer, checked).await.expect("sent");
+        assert_eq!(response.status(), 200);
+        assert!(s.mock.delivered().is_empty(), "checked, not pushed");
+        let high = format!(
+            r#"{{"validate_only":false,"message":{{"data":"{{}}","android":{{"urgency":"HIGH"}},"token":["{token}"]}}}}"#
+        );
+        let response = s.provider.post(app, &bearer, high).await.expect("sent");
+        let (_, verdict) = answered(response, &token).await;
+        assert!(
+            matches!(
+                verdict,
+                Verdict::Reject {
+                    reason: "80100001",
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
+        let unknown = format!(
+            r#"{{"validate_only":false,"message":{{"data":"{{}}","android":{{"urgency":"HIGH","category":"URGENT"}},"token":["{token}"]}}}}"#
+        );
+        let response = s.provider.post(app, &bearer, unknown).await.expect("sent");
+        let (_, verdict) = answered(response, &token).await;
+        assert!(matches!(verdict, Verdict::Reject { .. }), "{verdict:?}");
     }
 
     #[tokio::test]

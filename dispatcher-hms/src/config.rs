@@ -46,13 +46,13 @@ impl Default for Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HmsConfig {
-    /// Push Kit's endpoint (`/v1/{appId}/messages:send` is appended).
+    /// Push Kit's endpoint (`/v1/{clientId}/messages:send` is appended).
     pub base_url: String,
     /// Huawei's OAuth 2.0 token endpoint.
     pub token_url: String,
     /// Extra CA certificates (PEM) to trust, e.g. a local mock's.
     pub ca_files: Vec<PathBuf>,
-    /// Persistent HTTP/2 connections per app.
+    /// Persistent connection pools per app (HTTP/2 or HTTP/1.1, as ALPN negotiates).
     pub connections: usize,
     /// Upper bound on one request, milliseconds.
     pub request_timeout_ms: u64,
@@ -84,8 +84,12 @@ impl Default for HmsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
-    /// The app id (digits): devices register under it, and it is the OAuth `client_id`.
+    /// The app id (digits) from AppGallery Connect: devices register under it.
     pub app_id: String,
+    /// The app's OAuth 2.0 client id (digits) from AppGallery Connect, when it is not the
+    /// app id: the token endpoint's `client_id` and the `{clientid}` of the send URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// A file holding the app secret (`client_secret`; surrounding whitespace ignored).
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
@@ -95,6 +99,11 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
+    /// The OAuth 2.0 client id: `client_id`, else the app id.
+    pub fn client_id(&self) -> &str {
+        self.client_id.as_deref().unwrap_or(&self.app_id)
+    }
+
     /// The app secret, from either setting (exactly one).
     pub fn secret(&self, i: usize) -> Result<Secret, ConfigError> {
         let (file, inline) = (
@@ -167,6 +176,12 @@ impl Config {
                     "must be the app id from AppGallery Connect: 1 to 64 digits",
                 ));
             }
+            if app.client_id.as_deref().is_some_and(|id| !valid_app_id(id)) {
+                return Err(ConfigError::invalid(
+                    format!("hms.apps[{i}].client_id"),
+                    "must be the OAuth 2.0 client id from AppGallery Connect: 1 to 64 digits",
+                ));
+            }
             if self.hms.apps[..i].iter().any(|a| a.app_id == app.app_id) {
                 return Err(ConfigError::invalid(
                     format!("hms.apps[{i}].app_id"),
@@ -191,6 +206,7 @@ mod tests {
     fn app(id: &str) -> AppConfig {
         AppConfig {
             app_id: id.into(),
+            client_id: None,
             client_secret_file: None,
             client_secret: Some(Secret::new("s3cret")),
         }
@@ -205,6 +221,26 @@ mod tests {
         assert!(error.to_string().contains("hms.apps[1].app_id"), "{error}");
         let error = config(vec![]).resolve().unwrap_err();
         assert!(error.to_string().contains("hms.apps"), "{error}");
+    }
+
+    #[test]
+    fn the_client_id_is_the_app_id_unless_configured() {
+        assert_eq!(app("10086000").client_id(), "10086000");
+        let own = AppConfig {
+            client_id: Some("104000123".into()),
+            ..app("10086000")
+        };
+        assert_eq!(own.client_id(), "104000123");
+        assert!(config(vec![own]).resolve().is_ok());
+        let bad = AppConfig {
+            client_id: Some("client-1".into()),
+            ..app("10086000")
+        };
+        let error = config(vec![bad]).resolve().unwrap_err();
+        assert!(
+            error.to_string().contains("hms.apps[0].client_id"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! pushline Huawei Push Kit (HMS) dispatcher: consumes `PUSH_HMS` through the shared
-//! worker loop and sends Push Kit messages over persistent HTTP/2 connections.
+//! worker loop and sends Push Kit messages over persistent connections (HTTP/2 or
+//! HTTP/1.1, as ALPN negotiates).
 //!
 //! # Layout
 //!
@@ -11,7 +12,8 @@
 //! - [`config`]: the typed configuration (apps and their secrets, endpoints, CAs, pool
 //!   size).
 //! - [`verdict`]: every Push Kit result code and the verdict it maps to (a pure table).
-//! - [`oauth`]: OAuth 2.0 client-credentials access tokens, cached and refreshed.
+//! - [`oauth`]: OAuth 2.0 client-credentials access tokens, cached and refreshed, a
+//!   failed fetch shared and backed off, a refused token renewed at most once a minute.
 //! - [`message`]: the request body, `data` carried as the string of its JSON.
 //! - [`testing`] (feature `testing`): a mock Push Kit and token endpoint checking what
 //!   Huawei's check, and the provider's sandbox, for end-to-end tests.

@@ -7,9 +7,11 @@
 //! Push Kit's `data` is a string: the part's `data` object is sent as its JSON text,
 //! byte for byte (the app parses it back). `ttl` is the time left until the event's
 //! deadline, so Huawei drops a message it could only deliver late; it is never more than
-//! Push Kit's 15 days. `notification` is the producer's `AndroidNotification` unaltered.
+//! Push Kit's 15 days. `urgency` is `HIGH` only with a scenario `category`
+//! ([`crate::spec::sent_urgency`]). `notification` is the producer's
+//! `AndroidNotification` unaltered.
 
-use crate::spec::{HmsPart, HmsUrgency};
+use crate::spec::{HmsPart, sent_urgency};
 
 /// Push Kit's longest TTL: 15 days, in milliseconds.
 pub const MAX_TTL_MS: u64 = 15 * 24 * 3_600 * 1_000;
@@ -24,7 +26,7 @@ pub fn ttl(remaining_ms: u64) -> String {
 pub fn body(token: &str, part: &HmsPart, remaining_ms: u64) -> Result<String, String> {
     let json = |value: &str| serde_json::to_string(value).map_err(|e| e.to_string());
     let data = json(part.data.get())?;
-    let urgency = part.urgency.unwrap_or(HmsUrgency::High).as_str();
+    let urgency = sent_urgency(part.urgency, part.category.as_deref()).as_str();
     let category = match &part.category {
         Some(category) => format!(",\"category\":{}", json(category)?),
         None => String::new(),
@@ -47,6 +49,7 @@ pub fn body(token: &str, part: &HmsPart, remaining_ms: u64) -> Result<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::HmsUrgency;
     use serde_json::value::RawValue;
 
     fn raw(s: &str) -> Box<RawValue> {
@@ -80,6 +83,19 @@ mod tests {
             part.data.get(),
             "the payload's bytes, as a string"
         );
+    }
+
+    #[test]
+    fn high_urgency_without_a_category_goes_out_normal() {
+        let part = HmsPart {
+            data: raw("{}"),
+            urgency: Some(HmsUrgency::High),
+            category: None,
+            collapse_key: None,
+            notification: None,
+        };
+        let b = body("t", &part, 1_000).expect("body");
+        assert!(b.contains(r#""urgency":"NORMAL""#), "{b}");
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! call is a high-urgency data message of category `VOIP` (from the producer's own
 //! payload or from the call's description sent for another provider), and an encrypted
 //! `data` object is `{"jwe":"…"}`.
+//!
+//! Urgency: Huawei delivers a `HIGH` data message at once only for a scenario it
+//! classifies by `android.category` (`VOIP` for calls; an app needs Huawei's permission
+//! for each). So `HIGH` is sent only with such a category ([`high_allowed`]): calls are
+//! `HIGH` + `VOIP`, alerts are `NORMAL` unless the producer names a category, and a
+//! producer asking for `high` without one is refused.
 
 use pipeline::contract::{Channel, Class};
 use pipeline::jwe::{self, ContentKey};
@@ -24,13 +30,33 @@ pub const CONTENT_MAX_BYTES: usize = 3_840;
 pub const MIN_HMS_TOKEN: usize = 32;
 /// Longest token pushline takes.
 pub const MAX_HMS_TOKEN: usize = 1_024;
-/// Longest `category`, bytes.
-pub const MAX_CATEGORY: usize = 32;
 /// The `category` of a call: Huawei's scenario for a high-urgency data message of a
 /// voice or video call.
 pub const CALL_CATEGORY: &str = "VOIP";
-/// Push Kit's `collapse_key` range: `-1` (deliver every cached message), `0` (Huawei's
-/// default policy), `1`–`100` (a group: only the latest of each is delivered).
+/// Huawei's message categories (`android.category`): the scenarios of its message
+/// classification, `PLAY_VOICE` the voice-broadcast scenario of data messages.
+pub const CATEGORIES: &[&str] = &[
+    "IM",
+    "VOIP",
+    "SUBSCRIPTION",
+    "TRAVEL",
+    "HEALTH",
+    "WORK",
+    "ACCOUNT",
+    "EXPRESS",
+    "FINANCE",
+    "DEVICE_REMINDER",
+    "MAIL",
+    "CUSTOMER_SERVICE",
+    "PLAY_VOICE",
+    "MARKETING",
+];
+/// The category that only labels content (news, promotions) and speeds nothing up.
+pub const MARKETING: &str = "MARKETING";
+/// Push Kit's `collapse_key` range: `-1` (every cached message is delivered once the
+/// device is back online), `0` (Push Kit's own policy for the app's cached messages,
+/// which Huawei describes as usually only the latest), `1`–`100` (a group: only the
+/// latest of each group is delivered).
 pub const COLLAPSE_KEYS: std::ops::RangeInclusive<i8> = -1..=100;
 /// Largest badge number a notification sets (`badge.set_num`).
 pub const MAX_BADGE: u64 = 99;
@@ -39,7 +65,8 @@ pub const MAX_BADGE: u64 = 99;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HmsUrgency {
-    /// `HIGH`: delivered at once, waking the device; used for calls and alerts.
+    /// `HIGH`: delivered at once, waking the device; only with a scenario category
+    /// ([`high_allowed`]): calls, and alerts whose producer names a category.
     High,
     /// `NORMAL`.
     Normal,
@@ -62,11 +89,12 @@ pub struct HmsPart {
     /// The app's payload, a JSON object carried unaltered as raw JSON; Push Kit's
     /// `data` is a string, so it is sent as its JSON text.
     pub data: Box<RawValue>,
-    /// `android.urgency`; default `high` for calls and alerts, `normal` for background.
+    /// `android.urgency`; default `high` for calls and for alerts that name a
+    /// `category`, `normal` otherwise; `high` needs a category ([`high_allowed`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub urgency: Option<HmsUrgency>,
-    /// `android.category`, the scenario Huawei classifies the message under; default
-    /// [`CALL_CATEGORY`] for calls, none otherwise.
+    /// `android.category`, one of Huawei's [`CATEGORIES`], the scenario Huawei classifies
+    /// the message under; default [`CALL_CATEGORY`] for calls, none otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
     /// `android.collapse_key`, one of [`COLLAPSE_KEYS`].
@@ -85,6 +113,22 @@ pub struct Hms;
 
 /// The one [`Hms`].
 pub static SPEC: Hms = Hms;
+
+/// Whether a message of `category` may be sent `HIGH`: it names a scenario Huawei
+/// delivers at once (any of [`CATEGORIES`] but [`MARKETING`]).
+pub fn high_allowed(category: Option<&str>) -> bool {
+    category.is_some_and(|c| c != MARKETING && CATEGORIES.contains(&c))
+}
+
+/// The urgency a message with `urgency` and `category` is sent with: `HIGH` only where
+/// [`high_allowed`] (a job queued before that rule goes out `NORMAL`), `NORMAL` when
+/// none is set.
+pub fn sent_urgency(urgency: Option<HmsUrgency>, category: Option<&str>) -> HmsUrgency {
+    match urgency {
+        Some(HmsUrgency::High) if high_allowed(category) => HmsUrgency::High,
+        _ => HmsUrgency::Normal,
+    }
+}
 
 /// How many bytes `data` takes in the message: its JSON text as a JSON string.
 pub fn sent_len(data: &RawValue) -> usize {
@@ -168,26 +212,34 @@ impl Spec for Hms {
             .is_some_and(|key| !COLLAPSE_KEYS.contains(&key))
         {
             return Err(format!(
-                "`{field}.collapse_key` must be -1 (deliver all), 0 (Huawei's default) or a group 1 to 100"
+                "`{field}.collapse_key` must be -1 (deliver every cached message), 0 (Push Kit's own policy, usually only the latest) or a group 1 to 100"
             ));
         }
-        if part.category.as_ref().is_some_and(|c| {
-            c.is_empty()
-                || c.len() > MAX_CATEGORY
-                || !c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-        }) {
+        if part
+            .category
+            .as_deref()
+            .is_some_and(|c| !CATEGORIES.contains(&c))
+        {
             return Err(format!(
-                "`{field}.category` must be one of Huawei's categories: 1 to {MAX_CATEGORY} characters of A-Z _ (e.g. VOIP)"
+                "`{field}.category` must be one of Huawei's categories: {}",
+                CATEGORIES.join(", ")
             ));
         }
-        part.urgency.get_or_insert(if class == Class::Background {
-            HmsUrgency::Normal
-        } else {
-            HmsUrgency::High
-        });
         if class == Class::Call && part.category.is_none() {
             part.category = Some(CALL_CATEGORY.to_owned());
         }
+        let category = part.category.as_deref();
+        if part.urgency == Some(HmsUrgency::High) && !high_allowed(category) {
+            return Err(format!(
+                "`{field}.urgency` high needs `{field}.category` naming the scenario (e.g. VOIP, IM; not MARKETING): Push Kit delivers high-urgency messages only for those"
+            ));
+        }
+        part.urgency
+            .get_or_insert(if class != Class::Background && high_allowed(category) {
+                HmsUrgency::High
+            } else {
+                HmsUrgency::Normal
+            });
         pipeline::json::to_raw(&part)
     }
 
@@ -315,14 +367,67 @@ mod tests {
                 .part("hms", Class::Alert, false, &raw(r#"{"data":{}}"#))
                 .expect("alert"),
         );
-        assert_eq!(alert.urgency, Some(HmsUrgency::High));
+        assert_eq!(
+            alert.urgency,
+            Some(HmsUrgency::Normal),
+            "no category, no HIGH"
+        );
         assert_eq!(alert.category, None, "only calls are VOIP");
+        let chat = parsed(
+            &SPEC
+                .part(
+                    "hms",
+                    Class::Alert,
+                    false,
+                    &raw(r#"{"data":{},"category":"IM"}"#),
+                )
+                .expect("alert"),
+        );
+        assert_eq!(chat.urgency, Some(HmsUrgency::High), "a named scenario");
+        let marketing = parsed(
+            &SPEC
+                .part(
+                    "hms",
+                    Class::Alert,
+                    false,
+                    &raw(r#"{"data":{},"category":"MARKETING"}"#),
+                )
+                .expect("alert"),
+        );
+        assert_eq!(marketing.urgency, Some(HmsUrgency::Normal));
         let background = parsed(
             &SPEC
                 .part("hms", Class::Background, false, &raw(r#"{"data":{}}"#))
                 .expect("background"),
         );
         assert_eq!(background.urgency, Some(HmsUrgency::Normal));
+    }
+
+    #[test]
+    fn high_urgency_is_only_for_a_named_scenario() {
+        let error = SPEC
+            .part(
+                "hms",
+                Class::Alert,
+                false,
+                &raw(r#"{"data":{},"urgency":"high"}"#),
+            )
+            .expect_err("no category");
+        assert!(error.contains("`hms.urgency` high needs"), "{error}");
+        assert!(high_allowed(Some("VOIP")));
+        assert!(high_allowed(Some("PLAY_VOICE")));
+        assert!(!high_allowed(Some("MARKETING")));
+        assert!(!high_allowed(None));
+        assert_eq!(
+            sent_urgency(Some(HmsUrgency::High), None),
+            HmsUrgency::Normal,
+            "a job queued before the rule"
+        );
+        assert_eq!(
+            sent_urgency(Some(HmsUrgency::High), Some("VOIP")),
+            HmsUrgency::High
+        );
+        assert_eq!(sent_urgency(None, Some("VOIP")), HmsUrgency::Normal);
     }
 
     #[test]
@@ -349,6 +454,14 @@ mod tests {
             (r#"{"data":{},"collapse_key":-2}"#, "`hms.collapse_key`"),
             (r#"{"data":{},"collapse_key":"a"}"#, "`hms.collapse_key`"),
             (r#"{"data":{},"category":"voip"}"#, "`hms.category`"),
+            (
+                r#"{"data":{},"category":"NOT_A_CATEGORY"}"#,
+                "`hms.category`",
+            ),
+            (
+                r#"{"data":{},"urgency":"high","category":"MARKETING"}"#,
+                "`hms.urgency` high needs",
+            ),
             (r#"{"data":{},"urgency":"urgent"}"#, "`hms.urgency`"),
             (
                 r#"{"data":{},"notification":"x"}"#,

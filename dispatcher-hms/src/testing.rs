@@ -2,27 +2,35 @@
 //! from Huawei's documentation of both, and the provider's [`SANDBOX`].
 //!
 //! - `POST /oauth2/v3/token` (a form): `grant_type=client_credentials`, `client_id` an
-//!   app id of 1 to 64 digits that the mock serves, `client_secret` that app's secret;
+//!   OAuth client id of 1 to 64 digits that the mock serves, `client_secret` its secret;
 //!   issues `{"access_token","expires_in","token_type":"Bearer"}`, or refuses with 400
 //!   `{"error":1101,"sub_error":…,"error_description":…}` (`20002` a malformed client id,
-//!   `20003` an unknown app, `12304` a wrong secret, `20182` another grant type).
-//! - `POST /v1/<appId>/messages:send`: the bearer must be an access token the endpoint
-//!   issued for that app (else 401 `80200001`) and not expired (else 401 `80200003`); the
-//!   body must be `{"validate_only":bool,"message":{…}}` with exactly one target, `token`
-//!   a list of 1 to 1000 tokens (else `80300010`), `data` a string, `android.urgency`
-//!   `HIGH`/`NORMAL`, `android.category` of `A-Z _`, `android.ttl` seconds (`"86400s"`,
-//!   up to 9 decimals, at most 15 days, else `80100004`), `android.collapse_key` an
-//!   integer from -1 to 100, `android.notification`'s `click_action` a type 1–4 with what
-//!   that type needs and at most three `buttons` each named (at most 40 characters) with
-//!   an `action_type` 0–4 (else `80100003`); the message without its tokens at most 4096
-//!   bytes (else 413 `80300008`); a token that is not one (its characters) is illegal:
-//!   all of them → 400 `80300007`, some → 200 `80100000` naming them in `msg`.
-//!   Success is 200 `{"code":"80000000","msg":"Success","requestId":"…"}`.
+//!   `20003` an unknown client, `12304` a wrong secret, `20182` another grant type). A
+//!   test may script the endpoint's next answers ([`MockHms::script_token_endpoint`]),
+//!   e.g. 429 flow control with `Retry-After`.
+//! - `POST /v1/<clientId>/messages:send`: the bearer must be an access token the endpoint
+//!   issued for that client (else 401 `80200001`) and not expired (else 401 `80200003`);
+//!   the body must be `{"validate_only":bool,"message":{…}}` with exactly one target,
+//!   `token` a list of 1 to 1000 tokens (else `80300010`), `data` a string,
+//!   `android.urgency` `HIGH`/`NORMAL`, `HIGH` only with an `android.category` (Huawei
+//!   delivers high-priority messages only for a classified scenario), `android.category`
+//!   one of Huawei's documented categories ([`DOCUMENTED_CATEGORIES`], else `80100001`),
+//!   `android.ttl` seconds (`"86400s"`, up to 9 decimals, at most 15 days, else
+//!   `80100004`), `android.collapse_key` an integer from -1 to 100,
+//!   `android.notification`'s `click_action` a type 1–4 with what that type needs and at
+//!   most three `buttons` each named (at most 40 characters) with an `action_type` 0–4
+//!   (else `80100003`); the message without its tokens at most 4096 bytes (else 400
+//!   `80300008`). A token Push Kit never issued is illegal: the mock knows the tokens
+//!   [`device_token`] makes (Push Kit's are opaque; this is the mock's own rule, not the
+//!   spec's character check), and any other string is unknown to it: all of them → 400
+//!   `80300007`, some → 200 `80100000` naming them in `msg`. Success is 200
+//!   `{"code":"80000000","msg":"Success","requestId":"…"}`; with `validate_only: true`
+//!   the message is checked and answered so but not pushed (not recorded).
 //!
-//! Answers a test scripts ([`MockHms::error`], [`MockHms::flow_control`]) carry the
-//! HTTP status Huawei documents for the code. [`Mock::delivered`] counts answers with
-//! HTTP 200, so a scripted partial failure (`80100000`, which Huawei answers with 200)
-//! counts as delivered there.
+//! Answers a test scripts ([`MockHms::error`], [`MockHms::flow_control`]) carry an HTTP
+//! status from Huawei's table for Push Kit (200, 400, 401, 404, 500, 502, 503).
+//! [`Mock::delivered`] counts answers with HTTP 200, so a scripted partial failure
+//! (`80100000`, which Huawei answers with 200) counts as delivered there.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -53,22 +61,43 @@ pub fn secret_of(app_id: &str) -> String {
     format!("pushline-test-secret-{app_id}")
 }
 
+/// How the tokens the mock "issued" begin.
+const ISSUED_PREFIX: &str = "IQAAAACy0kYk";
+
 /// A fresh token in Push Kit's shape (base64url, 130 characters), distinct for each
-/// `n`.
+/// `n`: one the mock knows as issued.
 pub fn device_token(n: u64) -> String {
     let stamp = pipeline::mock::now_us();
-    let head = format!("IQAAAACy0kYk{stamp:016x}{n:016x}_");
+    let head = format!("{ISSUED_PREFIX}{stamp:016x}{n:016x}_");
     let pad: String = "Hw-9".chars().cycle().take(130 - head.len()).collect();
     head + &pad
 }
 
-/// Whether `token` is made of the characters of a Push Kit token.
-fn token_shaped(token: &str) -> bool {
-    (32..=1_024).contains(&token.len())
-        && token.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.' | b'+' | b'/' | b'=')
-        })
+/// Whether the mock issued `token` (made by [`device_token`]): Push Kit answers any other
+/// as an illegal token.
+fn issued(token: &str) -> bool {
+    token.len() == 130 && token.starts_with(ISSUED_PREFIX)
 }
+
+/// The categories Huawei documents for `android.category`: its message-classification
+/// scenarios, and `PLAY_VOICE` (voice broadcast). Kept apart from the spec's own list on
+/// purpose: the mock checks what Huawei's pages say, not what the client sends.
+pub const DOCUMENTED_CATEGORIES: &[&str] = &[
+    "IM",
+    "VOIP",
+    "SUBSCRIPTION",
+    "TRAVEL",
+    "HEALTH",
+    "WORK",
+    "ACCOUNT",
+    "EXPRESS",
+    "FINANCE",
+    "DEVICE_REMINDER",
+    "MAIL",
+    "CUSTOMER_SERVICE",
+    "PLAY_VOICE",
+    "MARKETING",
+];
 
 struct Issued {
     app_id: String,
@@ -82,6 +111,7 @@ pub struct Hms {
     lifetime: Mutex<Duration>,
     counter: AtomicU64,
     token_requests: AtomicU64,
+    token_script: Mutex<std::collections::VecDeque<(u16, String)>>,
 }
 
 /// A running mock Push Kit.
@@ -95,13 +125,14 @@ impl std::ops::Deref for MockHms {
     }
 }
 
-/// Huawei's HTTP status for a Push Kit result code.
+/// The HTTP status the mock answers a Push Kit result code with: one of the statuses of
+/// Huawei's table (200, 400, 401, 404, 500, 502, 503) — success and partial success 200,
+/// the OAuth and permission codes 401, Huawei's internal faults 500, any other fault in
+/// the request 400.
 pub fn status_of(code: &str) -> u16 {
     match code {
         "80000000" | "80100000" => 200,
-        "80200001" | "80200003" => 401,
-        "80300002" => 403,
-        "80300008" => 413,
+        "80200001" | "80200003" | "80300002" => 401,
         "80600003" | "81000001" => 500,
         _ => 400,
     }
@@ -125,6 +156,7 @@ impl MockHms {
             lifetime: Mutex::new(TOKEN_LIFETIME),
             counter: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
+            token_script: Mutex::new(Default::default()),
         };
         MockHms(Mock::start(behaviour, ca, at).await)
     }
@@ -172,6 +204,16 @@ impl MockHms {
             .lock()
             .expect("lock")
             .retain(|_, issued| issued.app_id != app_id);
+    }
+
+    /// The token endpoint's next answers, `(status, body)` each, before it issues tokens
+    /// again (e.g. `(429, "")` for flow control).
+    pub fn script_token_endpoint(&self, answers: impl IntoIterator<Item = (u16, String)>) {
+        self.state()
+            .token_script
+            .lock()
+            .expect("lock")
+            .extend(answers);
     }
 
     /// How many access tokens were requested.
@@ -234,6 +276,9 @@ impl MockHms {
 impl Hms {
     fn issue_token(&self, headers: &HashMap<String, String>, body: &Bytes) -> Checked {
         self.token_requests.fetch_add(1, Ordering::Relaxed);
+        if let Some((status, body)) = self.token_script.lock().expect("lock").pop_front() {
+            return Checked::Direct(status, body);
+        }
         let refused = |sub_error: u32, why: &str| {
             Checked::Direct(
                 400,
@@ -275,7 +320,9 @@ impl Hms {
             token.clone(),
             Issued {
                 app_id: client_id.to_owned(),
-                expires: Instant::now() + lifetime,
+                expires: Instant::now()
+                    .checked_add(lifetime)
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)),
             },
         );
         Checked::Direct(
@@ -415,12 +462,12 @@ impl Hms {
                 return problem;
             }
         }
-        let illegal: Vec<&str> = tokens
-            .iter()
-            .copied()
-            .filter(|t| !token_shaped(t))
-            .collect();
+        let illegal: Vec<&str> = tokens.iter().copied().filter(|t| !issued(t)).collect();
         let id = self.counter.fetch_add(1, Ordering::Relaxed);
+        if request["validate_only"] == Value::Bool(true) && illegal.is_empty() {
+            // Checked only: answered as a success, never pushed nor recorded as one.
+            return Checked::Direct(200, answer("80000000", "Success", id));
+        }
         if illegal.len() == tokens.len() {
             return refuse("80300007", "All the tokens are invalid");
         }
@@ -450,13 +497,19 @@ fn android_problem(android: &Value) -> Option<Checked> {
     ) {
         return Some(refuse("80100001", "android.urgency must be HIGH or NORMAL"));
     }
-    let category_ok = android.get("category").is_none_or(|c| {
-        c.as_str().is_some_and(|c| {
-            !c.is_empty() && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-        })
+    let category = android.get("category");
+    let category_ok = category.is_none_or(|c| {
+        c.as_str()
+            .is_some_and(|c| DOCUMENTED_CATEGORIES.contains(&c))
     });
     if !category_ok {
         return Some(refuse("80100001", "android.category is not a category"));
+    }
+    if android["urgency"] == "HIGH" && category.is_none() {
+        return Some(refuse(
+            "80100001",
+            "android.urgency HIGH needs the category of its scenario",
+        ));
     }
     if android
         .get("ttl")
@@ -527,6 +580,7 @@ pub fn dispatcher_config(
     config.hms.credential_check_secs = 0;
     config.hms.apps = vec![crate::config::AppConfig {
         app_id: SANDBOX_APP.into(),
+        client_id: None,
         client_secret_file: Some(secret_file.to_owned()),
         client_secret: None,
     }];
@@ -565,9 +619,8 @@ impl Sandbox for HmsSandbox {
         Box::pin(async move {
             let mock = MockHms::start_hms_at(ca, &[SANDBOX_APP], at).await;
             mock.write_secret(dir, SANDBOX_APP);
-            if !dir.join("ca.pem").exists() {
-                mock.write_ca(dir, "ca.pem");
-            }
+            // Always: a file left by an earlier run would name another CA.
+            mock.write_ca(dir, "ca.pem");
             Arc::new(mock) as Arc<dyn Running>
         })
     }
@@ -660,8 +713,19 @@ mod tests {
         assert_eq!(a.len(), 130);
         assert_ne!(a, device_token(2));
         crate::spec::SPEC.check_token("token", &a).expect("a token");
-        assert!(token_shaped(&a));
-        assert!(!token_shaped("has a space in it 0123456789 0123456789"));
+        assert!(issued(&a));
+        assert!(
+            !issued(&format!("{ISSUED_PREFIX}{}", "A".repeat(118))[..129]),
+            "too short"
+        );
+        let well_formed_but_unknown = "A".repeat(130);
+        crate::spec::SPEC
+            .check_token("token", &well_formed_but_unknown)
+            .expect("the spec takes it");
+        assert!(
+            !issued(&well_formed_but_unknown),
+            "Push Kit does not know it"
+        );
     }
 
     #[test]

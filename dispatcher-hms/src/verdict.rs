@@ -9,11 +9,14 @@
 //! | `80000000` | sent | delivered (`requestId` is the id) |
 //! | `80100000` | sent to some tokens; `msg` lists `illegal_tokens` | the job's token among them → invalid token → feedback; else delivered |
 //! | `80300007` | every token is invalid | invalid token → feedback |
-//! | `80200001` (OAuth authentication error), `80200003` (access token expired) | the client renews its access token once and resends; then retry, a credential fault |
+//! | `80200001` (OAuth authentication error), `80200003` (access token expired) | the client renews its access token once and resends (not when a refused token was renewed under a minute ago: [`crate::oauth::renewal_worthwhile`]); then retry, a credential fault |
 //! | `80300002` | the app may not send messages | reject, a credential fault |
 //! | `80100001` (parameter), `80100003` (message structure), `80100004` (TTL), `80100016` (content refused), `80300008` (body too large), `80300010` (token count) | the message is wrong | reject → dead letter |
 //! | `80600003` (OAuth service unreachable), `81000001` (internal error) | Huawei's fault | retry, honouring `Retry-After` |
 //! | any other code | | HTTP 429 / 5xx → retry; else reject, the code kept in the detail |
+//!
+//! A detail carries `msg` only through [`shown_msg`]: Huawei lists failed tokens in it,
+//! and details are logged and dead-lettered.
 //! | no code | | 2xx → delivered; 401 → renew once, then retry (credential); 403 → reject (credential); 429 / 5xx (503 is Huawei's flow control) → retry with `Retry-After`; else reject |
 
 use std::time::Duration;
@@ -133,14 +136,38 @@ pub fn classify(
     }
 }
 
-/// No access token for a push: retried; a token server refusing the app's credentials (a
-/// wrong secret, an app that no longer exists) is a refusal of the credential.
-pub fn no_access_token(refused: bool, detail: String) -> Verdict {
+/// No access token for a push: retried after the token endpoint's `retry_after`; a token
+/// server refusing the app's credentials (a wrong secret, an app that no longer exists)
+/// is a refusal of the credential.
+pub fn no_access_token(refused: bool, detail: String, retry_after: Option<Duration>) -> Verdict {
     if refused {
-        Verdict::retry("oauth_refused", detail, None).of_credential()
+        Verdict::retry("oauth_refused", detail, retry_after).of_credential()
     } else {
-        Verdict::retry("oauth", detail, None)
+        Verdict::retry("oauth", detail, retry_after)
     }
+}
+
+/// Longest part of Push Kit's `msg` kept in a verdict's detail.
+pub const MAX_SHOWN_MSG: usize = 256;
+
+/// Push Kit's `msg` as a verdict's detail may carry it (the detail is logged and
+/// dead-lettered): the device token replaced by `<token>` — Huawei lists the tokens
+/// that failed in `msg` (`illegal_tokens`, `illegalTokens`) — and cut to
+/// [`MAX_SHOWN_MSG`] bytes.
+pub fn shown_msg(msg: &str, token: &str) -> String {
+    let redacted = if token.is_empty() {
+        msg.to_owned()
+    } else {
+        msg.replace(token, "<token>")
+    };
+    if redacted.len() <= MAX_SHOWN_MSG {
+        return redacted;
+    }
+    let mut end = MAX_SHOWN_MSG;
+    while !redacted.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &redacted[..end])
 }
 
 fn classify_push(
@@ -149,14 +176,15 @@ fn classify_push(
     retry_after: Option<Duration>,
     token: &str,
 ) -> Verdict {
-    let detail = || format!("Push Kit {status} {}: {}", answer.code, answer.msg);
+    let msg = shown_msg(&answer.msg, token);
+    let detail = || format!("Push Kit {status} {}: {msg}", answer.code);
     let retry = |reason| Verdict::retry(reason, detail(), retry_after);
     let delivered = || Verdict::Delivered {
         id: answer.request_id.clone(),
     };
     let invalid = |code: &str| Verdict::InvalidToken {
         reason: label(code),
-        detail: format!("{code} {}", answer.msg),
+        detail: format!("{code} {msg}"),
         timestamp_ms: None,
     };
     match answer.code.as_str() {
@@ -307,7 +335,7 @@ mod tests {
             classify(403, &answer("80300002", "no permission"), None, TOKEN),
             classify(401, &Answer::default(), None, TOKEN),
             classify(403, &Answer::default(), None, TOKEN),
-            no_access_token(true, "1101 12304 invalid secret".into()),
+            no_access_token(true, "1101 12304 invalid secret".into(), None),
         ];
         for verdict in refused {
             assert_eq!(verdict.credential_valid(), Some(false), "{verdict:?}");
@@ -316,7 +344,7 @@ mod tests {
             classify(503, &Answer::default(), None, TOKEN),
             classify(400, &answer("80100003", ""), None, TOKEN),
             classify(500, &answer("81000001", ""), None, TOKEN),
-            no_access_token(false, "unreachable".into()),
+            no_access_token(false, "unreachable".into(), None),
         ];
         for verdict in not_credential {
             assert_eq!(verdict.credential_valid(), None, "{verdict:?}");
@@ -336,6 +364,39 @@ mod tests {
         assert!(!needs_new_token(403, &answer("80300002", "")));
         assert!(!needs_new_token(400, &answer("80300007", "")));
         assert!(!needs_new_token(503, &Answer::default()));
+    }
+
+    #[test]
+    fn the_token_endpoints_retry_after_reaches_the_verdict() {
+        let after = Some(Duration::from_secs(9));
+        for refused in [false, true] {
+            match no_access_token(refused, "429".into(), after) {
+                Verdict::Retry { retry_after, .. } => assert_eq!(retry_after, after),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn device_tokens_in_pushkits_msg_never_reach_the_detail() {
+        let msg = format!(r#"{{"failure":1,"illegalTokens":{{"noPushTypeRight":["{TOKEN}"]}}}}"#);
+        for (status, code) in [(400, "80300007"), (400, "80999999"), (500, "80999999")] {
+            let detail = match classify(status, &answer(code, &msg), None, TOKEN) {
+                Verdict::InvalidToken { detail, .. }
+                | Verdict::Reject { detail, .. }
+                | Verdict::Retry { detail, .. } => detail,
+                other => panic!("{other:?}"),
+            };
+            assert!(!detail.contains(TOKEN), "{code}: {detail}");
+            assert!(detail.contains("<token>"), "{code}: {detail}");
+        }
+        let long = "é".repeat(400);
+        let shown = shown_msg(&long, TOKEN);
+        assert!(
+            shown.len() <= MAX_SHOWN_MSG + '…'.len_utf8(),
+            "{}",
+            shown.len()
+        );
     }
 
     #[test]
