@@ -2,7 +2,8 @@
 # The deployment we ship is the deployment we test: builds the pushline image from the
 # release binaries of this checkout, brings up docker-compose.yml (NATS, Redis, the five
 # pipeline services and the gateway, the sandbox mocks, Prometheus), sends a signed call
-# webhook, and checks that the three pushes (iPhone, Android, browser) reach the mocks,
+# webhook, and checks that a push reaches every provider's mock (iPhone, Android, browser,
+# Huawei phone, …: the providers' list),
 # that Prometheus scraped pushline_pushes_total, that the gateway answers a WebSocket
 # upgrade, and that the services' health checks pass; then `down` must leave nothing behind.
 #
@@ -24,28 +25,32 @@ PACKAGES=(); for d in "${DISPATCHERS[@]}"; do PACKAGES+=(-p "pushline-$d" --bin 
 cd "$ROOT"
 SUITE=bookworm
 # The Debian mirror this machine's own apt uses (a source for $SUITE, else its first
-# non-security Debian source), so the images come from wherever the machine may fetch
-# packages; PUSHLINE_DEBIAN_MIRROR overrides it.
+# non-security Debian source; only sources with Debian's `main` component count, so a
+# third-party repository such as Docker's is never taken), so the images come from
+# wherever the machine may fetch packages; PUSHLINE_DEBIAN_MIRROR overrides it. No step
+# may fail on a file with no source in it (sed and awk, never grep, under pipefail).
 apt_mirror() {
   {
     # One-line sources: `deb [options] URI suite components…`.
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
       [ -r "$f" ] || continue
-      sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" { print $2, $3 }'
+      sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk '
+        $1 == "deb" { for (i = 4; i <= NF; i++) if ($i == "main") { print $2, $3; break } }'
     done
-    # deb822 sources: stanzas of `Types:`, `URIs:`, `Suites:`.
+    # deb822 sources: stanzas of `Types:`, `URIs:`, `Suites:`, `Components:`.
     for f in /etc/apt/sources.list.d/*.sources; do
       [ -r "$f" ] || continue
-      grep -v '^[[:space:]]*#' "$f" | awk -v RS= '
+      sed -e '/^[[:space:]]*#/d' "$f" | awk -v RS= '
         /(^|\n)Types:[^\n]*deb([ \n]|$)/ {
-          uri = ""; suites = ""
+          uri = ""; suites = ""; main = 0
           n = split($0, lines, "\n")
           for (i = 1; i <= n; i++) {
             if (lines[i] ~ /^URIs:/) { split(lines[i], u, " "); uri = u[2] }
             if (lines[i] ~ /^Suites:/) { suites = substr(lines[i], 8) }
+            if (lines[i] ~ /^Components:/ && lines[i] ~ /[ \t]main([ \t]|$)/) { main = 1 }
           }
           m = split(suites, s, " ")
-          for (i = 1; i <= m; i++) if (uri != "") print uri, s[i]
+          for (i = 1; i <= m; i++) if (uri != "" && main) print uri, s[i]
         }'
     done
   } | awk -v suite="$SUITE" '
@@ -71,6 +76,7 @@ command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 \
   || missing+=(docker-compose)
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -179,8 +185,8 @@ accepted() { python3 -c 'import json, sys
 print("\n".join(sorted({r["provider"] for r in json.load(sys.stdin) if r["status"] == 200})))'; }
 missing=("${DISPATCHERS[@]}")
 for _ in $(seq 1 100); do
-  requests=$(curl -fsS http://127.0.0.1:8445/requests)
-  got=$(printf %s "$requests" | accepted)
+  requests=$(curl -fsS http://127.0.0.1:8445/requests || echo '[]')
+  got=$(printf %s "$requests" | accepted || true)
   missing=()
   for d in "${DISPATCHERS[@]}"; do
     printf '%s\n' "$got" | grep -qx "${d#dispatcher-}" || missing+=("${d#dispatcher-}")
@@ -205,7 +211,7 @@ query='sum(pushline_pushes_total{outcome="delivered"})'
 scraped=0
 for _ in $(seq 1 60); do
   scraped=$(curl -fsS -G http://127.0.0.1:9090/api/v1/query --data-urlencode "query=$query" \
-    | sed -n 's/.*"value":\[[^,]*,"\([0-9.]*\)"\].*/\1/p')
+    | sed -n 's/.*"value":\[[^,]*,"\([0-9.]*\)"\].*/\1/p' || true)
   [ "${scraped%.*}" -ge "${#DISPATCHERS[@]}" ] 2>/dev/null && break
   sleep 1
 done

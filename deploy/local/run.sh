@@ -216,19 +216,26 @@ curl -fsS -X POST "http://$INGEST/webhooks/webex" -H 'content-type: application/
   -H "x-spark-signature: $SIG" -d "$BODY"
 echo
 
-EXPECTED=${#DISPATCHERS[@]}
-say "waiting for the $EXPECTED pushes to reach the sandbox providers"
+# How many pushes provider $1's mock accepted.
+delivered() { curl -fsS "http://127.0.0.1:$MOCK_CONTROL_PORT/delivered/$1" 2>/dev/null || echo 0; }
+# The providers whose mock has accepted no push yet.
+undelivered() {
+  for d in "${DISPATCHERS[@]}"; do
+    [ "$(delivered "${d#dispatcher-}")" -ge 1 ] || printf '%s ' "${d#dispatcher-}"
+  done
+}
+say "waiting for a push to reach each of the ${#DISPATCHERS[@]} sandbox providers"
 for _ in $(seq 1 100); do
-  DELIVERED=$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" | grep -o '"status":200' | wc -l || true)
-  [ "$DELIVERED" -ge "$EXPECTED" ] && break
+  [ -z "$(undelivered)" ] && break
   sleep 0.1
 done
 echo "  what the sandbox providers received:"
 tail -n +2 "$WORK/mock.log" | sed 's/^/    /' || true
-if [ "${DELIVERED:-0}" -ge "$EXPECTED" ]; then
-  say "all $EXPECTED pushes delivered, one at each provider: ${DISPATCHERS[*]#dispatcher-}"
+MISSING=$(undelivered)
+if [ -z "$MISSING" ]; then
+  say "all ${#DISPATCHERS[@]} pushes delivered, one at each provider: ${DISPATCHERS[*]#dispatcher-}"
 else
-  say "only ${DELIVERED:-0} of $EXPECTED pushes arrived; see the logs below"
+  say "no push arrived at: $MISSING; see the logs below"
 fi
 for port in "${DISPATCHER_ADMIN_PORTS[@]}"; do
   curl -fsS "http://127.0.0.1:$port/metrics" | grep -E '^pushline_(pushes_total|end_to_end_seconds_count)' | sed 's/^/    /' || true
@@ -305,13 +312,13 @@ for _ in $(seq 1 100); do
   curl -fsS "http://$GATEWAY_ADMIN/metrics" | grep -q '^pushline_inapp_connections{.*} 0$' && break
   sleep 0.1
 done
-BEFORE=$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" | grep -o '"status":200' | wc -l)
+BEFORE=$(delivered fcm)
 curl -fsS -X POST "http://$INGEST/v1/notify" -H "authorization: Bearer $PRODUCER_KEY" \
   -H 'content-type: application/json' \
   -d "{\"person_ids\":[\"$PERSON_UUID\"],\"class\":\"alert\",\"ttl_secs\":300,\"idempotency_key\":\"local-demo-away-$NOW\",\"inapp\":{\"payload\":{\"title\":\"While you were away\"}},\"fcm\":{\"data\":{\"title\":\"While you were away\"}}}"
 echo
 for _ in $(seq 1 100); do
-  AFTER=$(curl -fsS "http://127.0.0.1:$MOCK_CONTROL_PORT/requests" | grep -o '"status":200' | wc -l)
+  AFTER=$(delivered fcm)
   [ "$AFTER" -gt "$BEFORE" ] && break
   sleep 0.1
 done

@@ -93,4 +93,21 @@ mod tests {
             .collect();
         assert_eq!(sandboxes, dispatched);
     }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn sandbox_ports_are_unique_and_not_the_control_port() {
+        let mut ports: Vec<u16> = super::testing::SANDBOXES
+            .iter()
+            .map(|sandbox| sandbox.sandbox_port())
+            .collect();
+        assert!(
+            !ports.contains(&8445),
+            "8445 is pushline-mock's control port"
+        );
+        let all = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), all, "two sandboxes share a port");
+    }
 }

@@ -15,7 +15,8 @@
 //! `private-origins.json`, the origins the registry must accept in devices' endpoints
 //! (its `[endpoints] private_origins`). Every push received is printed as one line (a Web
 //! Push decrypted, as the browser reads it). On the control port, `GET /requests` returns
-//! every push as JSON (with its `provider`), `GET /providers` the providers served, and
+//! every push as JSON (with its `provider`), `GET /delivered/<provider>` how many pushes
+//! the provider's mock accepted (a number), `GET /providers` the providers served, and
 //! `POST /devices/<provider>?person=<id>` makes a device the mock accepts and returns the
 //! registry's `POST /v1/devices` body for it. In a container, `--bind 0.0.0.0 --host
 //! <service name>` makes it reachable (the name goes into the certificate and the URLs
@@ -155,14 +156,15 @@ async fn main() -> anyhow::Result<()> {
         mocks.push(mock);
     }
     let origins: Vec<String> = mocks.iter().flat_map(|m| m.private_origins()).collect();
-    std::fs::write(
-        args.dir.join("private-origins.json"),
-        serde_json::to_string(&origins)?,
-    )?;
+    // Written last, and whole (renamed into place): scripts wait for it.
+    let partial = args.dir.join("private-origins.json.partial");
+    std::fs::write(&partial, serde_json::to_string(&origins)?)?;
+    std::fs::rename(&partial, args.dir.join("private-origins.json"))?;
 
     let served = mocks.clone();
     let requested = mocks.clone();
     let devices = mocks.clone();
+    let counted = mocks.clone();
     let control = Router::new()
         .route(
             "/providers",
@@ -193,6 +195,19 @@ async fn main() -> anyhow::Result<()> {
                         })
                         .collect();
                     Json(all)
+                }
+            }),
+        )
+        .route(
+            "/delivered/{provider}",
+            get(move |Path(provider): Path<String>| {
+                let counted = counted.clone();
+                async move {
+                    let Some(mock) = counted.iter().find(|m| m.name() == provider) else {
+                        return Err((StatusCode::NOT_FOUND, format!("no provider {provider}")));
+                    };
+                    let delivered = mock.pushes().iter().filter(|r| r.status == 200).count();
+                    Ok(delivered.to_string())
                 }
             }),
         )
