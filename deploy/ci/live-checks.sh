@@ -5,7 +5,7 @@
 #    wrong content type. The registry is tried with an API key, then its inbox and receipt
 #    routes with a person's JWT (they refuse API keys);
 # 2. a call pushed through every provider's dispatcher to the sandbox mocks, then
-#    `promtool check metrics` on a live /metrics scrape of all five services and the
+#    `promtool check metrics` on a live /metrics scrape of ingest, the registry, every dispatcher and the
 #    gateway (after a WebSocket connection, so its in-app metrics have a series).
 # Usage: deploy/ci/live-checks.sh [max examples per operation, default 40]
 set -euo pipefail
