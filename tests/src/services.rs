@@ -363,7 +363,7 @@ pub fn person_jwt(person: &str) -> String {
     .expect("a JWT")
 }
 
-/// The bundle id the mock APNs accepts in tests.
+/// The team of the sandbox APNs key in tests.
 pub const TEAM_ID: &str = dispatcher_apns::testing::SANDBOX_TEAM_ID;
 /// The provider-token key id in tests.
 pub const KEY_ID: &str = dispatcher_apns::testing::SANDBOX_KEY_ID;
