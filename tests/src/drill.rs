@@ -29,7 +29,7 @@ use crate::clusters::{NatsCluster, RedisCluster, RedisSentinel, SENTINEL_MASTER}
 use crate::mock::Recorded;
 use crate::mock::apns::MockApns;
 use crate::mock::fcm::MockFcm;
-use crate::services::WEBHOOK_SECRET;
+use crate::services::{Env, WEBHOOK_SECRET};
 use crate::stack::{Configs, Stack};
 
 /// Every drill, by name.
@@ -494,6 +494,10 @@ async fn jetstream_state(stack: &Stack) -> String {
     out
 }
 
+/// The providers a drill's calls ring (an iPhone and an Android phone per person): only
+/// their dispatchers run, so the cluster holds no idle consumers.
+const DRILLED: &[&str] = &["apns", "fcm"];
+
 /// Points every service at a NATS cluster with three replicas per stream and
 /// `partitions` partitions.
 fn on_nats_cluster(configs: &mut Configs, url: &str, partitions: usize) {
@@ -535,7 +539,11 @@ fn load(drill: &str, stack: &Stack, scale: Scale) -> Load {
 async fn nats_cluster(drill: &str, scale: Scale) -> Report {
     let mut cluster = NatsCluster::start().await;
     let url = cluster.url();
-    let stack = Stack::start_with(|c| on_nats_cluster(c, &url, scale.partitions)).await;
+    let stack = Stack::start_with(|c| {
+        c.keep_dispatchers(DRILLED);
+        on_nats_cluster(c, &url, scale.partitions);
+    })
+    .await;
     register_devices(&stack, scale.persons).await;
     let load = load(drill, &stack, scale);
     tokio::time::sleep(scale.before).await;
@@ -581,6 +589,7 @@ async fn nats_cluster(drill: &str, scale: Scale) -> Report {
 
 async fn nats_restart(scale: Scale) -> Report {
     let mut stack = Stack::start_with(|c| {
+        c.keep_dispatchers(DRILLED);
         c.each_nats(|nats| nats.partitions = scale.partitions);
     })
     .await;
@@ -600,6 +609,7 @@ async fn redis_sentinel(scale: Scale) -> Report {
     let mut sentinel = blocking(RedisSentinel::start);
     let nodes = sentinel.sentinel_urls();
     let stack = Stack::start_with(|c| {
+        c.keep_dispatchers(DRILLED);
         c.registry.redis.mode = RedisMode::Sentinel;
         c.registry.redis.nodes = nodes;
         c.registry.redis.master_name = SENTINEL_MASTER.into();
@@ -624,6 +634,7 @@ async fn redis_cluster(scale: Scale) -> Report {
     let cluster = blocking(RedisCluster::start);
     let nodes = cluster.urls();
     let stack = Stack::start_with(|c| {
+        c.keep_dispatchers(DRILLED);
         c.registry.redis.mode = RedisMode::Cluster;
         c.registry.redis.nodes = nodes;
     })
@@ -681,12 +692,15 @@ async fn redis_cluster(scale: Scale) -> Report {
 }
 
 async fn redis_outage(scale: Scale) -> Report {
-    let mut stack = Stack::start_with_redis_args(&[
+    let redis_args = [
         "--appendonly".into(),
         "yes".into(),
         "--appendfsync".into(),
         "always".into(),
-    ])
+    ];
+    let mut stack = Stack::start_on(Env::start_with_redis_args(&redis_args), |c| {
+        c.keep_dispatchers(DRILLED);
+    })
     .await;
     register_devices(&stack, scale.persons).await;
     let load = load("redis-outage", &stack, scale);

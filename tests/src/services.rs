@@ -245,10 +245,12 @@ impl Service {
     }
 
     /// Waits until `/readyz` answers 200; on timeout the panic says what it answered last.
+    /// The bound is generous: on a three-node cluster, on two busy cores, creating every
+    /// partition's streams and consumers (each a Raft group) can take tens of seconds.
     pub async fn wait_ready(&self) {
         let url = self.admin_url("/readyz");
         let client = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(45);
         loop {
             let last = match client.get(&url).send().await {
                 Ok(response) if response.status() == 200 => return,
@@ -261,7 +263,7 @@ impl Service {
             };
             assert!(
                 std::time::Instant::now() < deadline,
-                "{url} not ready after 20s; last answer: {last}"
+                "{url} not ready after 45s; last answer: {last}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -37,6 +37,12 @@ impl Configs {
             .unwrap_or_else(|| panic!("no dispatcher {name}"))
     }
 
+    /// Keeps only the dispatchers of `providers` (the others' mocks still run, idle).
+    pub fn keep_dispatchers(&mut self, providers: &[&str]) {
+        self.dispatchers
+            .retain(|config| providers.contains(&config.name));
+    }
+
     /// Changes every service's NATS settings.
     pub fn each_nats(&mut self, change: impl Fn(&mut pipeline::config::NatsConfig)) {
         change(&mut self.ingest.nats);
