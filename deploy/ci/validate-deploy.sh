@@ -11,6 +11,9 @@ K8S_VERSION=1.30.0
 echo "== yamllint"
 yamllint -s docker-compose.yml deploy .yamllint.yml
 
+echo "== OpenAPI documents are YAML (the services serve them; schemathesis reads them)"
+python3 -c 'import sys, yaml; [yaml.safe_load(open(f)) for f in sys.argv[1:]]' docs/openapi/*.yaml
+
 echo "== docker-compose references"
 python3 - <<'PY'
 import os, sys, yaml
