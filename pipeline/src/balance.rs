@@ -17,11 +17,17 @@
 //! |---|---|
 //! | a partition whose stream or consumer has no leader, or a replica not current | none: an election or a catch-up is under way; let it finish |
 //! | one node leads at least two more partitions' streams than another | that node's first partition whose current replicas include a node leading fewest: its stream, to that node |
-//! | a partition whose consumer is led elsewhere than its stream (and the stream's leader is a current replica of the consumer) | that consumer, to its stream's leader |
+//! | a partition whose consumer is led elsewhere than its stream (and the stream's leader is a current replica of the consumer), where the server takes a named replica | that consumer, to its stream's leader |
+//! | where it does not: one node leads at least two more partitions' consumers than another | that node's first partition's consumer, to a node leading fewest |
 //! | otherwise | none |
 //!
 //! Streams first, then each consumer beside its stream, so a node's death takes whole
-//! partitions (stream and reader together) and no more than its share of them. The
+//! partitions (stream and reader together) and no more than its share of them. A server
+//! that does not take a named replica (nats-server before 2.11) picks one itself, which
+//! lands a consumer beside its stream only by chance (on 2.9.10 one consumer was moved
+//! eight times in 12 s after a node came back): there the consumers are spread on their
+//! own, like the streams, and a node's death may stall its share of streams and another
+//! share of consumers. The
 //! watch moves at most one leader per look and only after the partitions have been
 //! settled ([`SETTLE`]) with nothing stalled, so every replica of every publisher can
 //! run it: each move changes what the next look sees.
@@ -108,46 +114,20 @@ pub enum Move {
 }
 
 /// The one leader move that brings `partitions` closer to balanced, if any (the table
-/// in the module documentation).
-pub fn next_move(partitions: &[Partition]) -> Option<Move> {
+/// in the module documentation); consumers are moved only when `named` (the server
+/// takes a named replica).
+pub fn next_move(partitions: &[Partition], named: bool) -> Option<Move> {
     if !partitions.iter().all(Partition::settled) {
         return None;
     }
-    // Streams led per server, over every server holding a replica.
-    let mut led: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for p in partitions {
-        for name in &p.stream.current {
-            led.entry(name).or_default();
-        }
+    if let Some((partition, to)) = spread(partitions.iter().map(|p| &p.stream)) {
+        return Some(Move::Stream { partition, to });
     }
-    for p in partitions {
-        if let Some(leader) = &p.stream.leader {
-            *led.entry(leader).or_default() += 1;
-        }
-    }
-    let most = led.values().copied().max().unwrap_or(0);
-    let fewest = led.values().copied().min().unwrap_or(0);
-    if most >= fewest + 2 {
-        let busiest = led.iter().find(|(_, n)| **n == most).map(|(s, _)| *s);
-        let idle: Vec<&str> = led
-            .iter()
-            .filter(|(_, n)| **n == fewest)
-            .map(|(s, _)| *s)
-            .collect();
-        for (partition, p) in partitions.iter().enumerate() {
-            if p.stream.leader.as_deref() != busiest {
-                continue;
-            }
-            if let Some(to) = idle
-                .iter()
-                .find(|s| p.stream.current.iter().any(|c| c == *s))
-            {
-                return Some(Move::Stream {
-                    partition,
-                    to: (*to).to_owned(),
-                });
-            }
-        }
+    if !named {
+        // Without a named replica a consumer cannot be put beside its stream: spread the
+        // consumers on their own.
+        return spread(partitions.iter().map(|p| &p.consumer))
+            .map(|(partition, to)| Move::Consumer { partition, to });
     }
     partitions.iter().enumerate().find_map(|(partition, p)| {
         let stream_leader = p.stream.leader.as_ref()?;
@@ -160,30 +140,78 @@ pub fn next_move(partitions: &[Partition]) -> Option<Move> {
     })
 }
 
+/// Of `groups` (one per partition), the partition whose leader to move and the server to
+/// lead it, when one server leads at least two more of them than another: the busiest
+/// server's first group with a current replica on a server leading fewest.
+fn spread<'a>(groups: impl Iterator<Item = &'a Group> + Clone) -> Option<(usize, String)> {
+    // Groups led per server, over every server holding a replica.
+    let mut led: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for group in groups.clone() {
+        for name in &group.current {
+            led.entry(name).or_default();
+        }
+        if let Some(leader) = &group.leader {
+            *led.entry(leader).or_default() += 1;
+        }
+    }
+    let most = led.values().copied().max().unwrap_or(0);
+    let fewest = led.values().copied().min().unwrap_or(0);
+    if most < fewest + 2 {
+        return None;
+    }
+    let busiest = led.iter().find(|(_, n)| **n == most).map(|(s, _)| *s);
+    let idle: Vec<&str> = led
+        .iter()
+        .filter(|(_, n)| **n == fewest)
+        .map(|(s, _)| *s)
+        .collect();
+    groups
+        .enumerate()
+        .filter(|(_, group)| group.leader.as_deref() == busiest)
+        .find_map(|(partition, group)| {
+            let to = idle
+                .iter()
+                .find(|s| group.current.iter().any(|c| c == *s))?;
+            Some((partition, (*to).to_owned()))
+        })
+}
+
 /// Asks the leader of `stream` (with `durable`: of that consumer of it) to step down in
 /// favour of the server `to`, waiting at most `bound` for each answer. A server that
 /// refuses the placement as a bad request (nats-server before 2.11) is asked again to
-/// step down for a replica of its choosing.
+/// step down for a replica of its choosing. Answers who chose.
 pub async fn step_down(
     js: &Context,
     stream: &str,
     durable: Option<&str>,
     to: &str,
     bound: Duration,
-) -> Result<(), String> {
+) -> Result<Chosen, String> {
     let subject = match durable {
         None => format!("STREAM.LEADER.STEPDOWN.{stream}"),
         Some(durable) => format!("CONSUMER.LEADER.STEPDOWN.{stream}.{durable}"),
     };
     let preferred = serde_json::json!({ "placement": { "preferred": to } });
     match request(js, &subject, &preferred, bound).await {
-        Err(Refused::BadRequest) => request(js, &subject, &serde_json::json!({}), bound).await,
-        other => other,
+        Ok(()) => Ok(Chosen::Named),
+        Err(Refused::BadRequest) => request(js, &subject, &serde_json::json!({}), bound)
+            .await
+            .map(|()| Chosen::ByServer),
+        Err(other) => Err(other),
     }
     .map_err(|refused| match refused {
         Refused::BadRequest => "bad request".to_owned(),
         Refused::Other(error) => error,
     })
+}
+
+/// Who chose a step-down's new leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    /// The replica the request named.
+    Named,
+    /// The server (it does not take a named replica).
+    ByServer,
 }
 
 /// Why a step-down was not done.
@@ -254,7 +282,7 @@ mod tests {
             partition("a", "a"),
         ];
         assert_eq!(
-            next_move(&all_on_a),
+            next_move(&all_on_a, true),
             Some(Move::Stream {
                 partition: 0,
                 to: "b".into()
@@ -266,7 +294,7 @@ mod tests {
             partition("a", "a"),
         ];
         assert_eq!(
-            next_move(&two_on_a),
+            next_move(&two_on_a, true),
             Some(Move::Stream {
                 partition: 1,
                 to: "c".into()
@@ -282,7 +310,7 @@ mod tests {
             partition("c", "c"),
         ];
         assert_eq!(
-            next_move(&spread),
+            next_move(&spread, true),
             Some(Move::Consumer {
                 partition: 1,
                 to: "b".into()
@@ -293,7 +321,42 @@ mod tests {
             partition("b", "b"),
             partition("c", "c"),
         ];
-        assert_eq!(next_move(&done), None);
+        assert_eq!(next_move(&done, true), None);
+    }
+
+    #[test]
+    fn a_server_that_picks_the_replica_itself_gets_consumers_spread_not_paired() {
+        let unpaired = [
+            partition("a", "b"),
+            partition("b", "c"),
+            partition("c", "a"),
+        ];
+        assert_eq!(
+            next_move(&unpaired, false),
+            None,
+            "consumers spread already"
+        );
+        let consumers_on_a = [
+            partition("a", "a"),
+            partition("b", "a"),
+            partition("c", "a"),
+        ];
+        assert_eq!(
+            next_move(&consumers_on_a, false),
+            Some(Move::Consumer {
+                partition: 0,
+                to: "b".into()
+            })
+        );
+        let all_on_a = [
+            partition("a", "a"),
+            partition("a", "a"),
+            partition("a", "a"),
+        ];
+        assert!(matches!(
+            next_move(&all_on_a, false),
+            Some(Move::Stream { partition: 0, .. })
+        ));
     }
 
     #[test]
@@ -304,7 +367,7 @@ mod tests {
             partition("c", "c"),
             partition("a", "a"),
         ];
-        assert_eq!(next_move(&four), None);
+        assert_eq!(next_move(&four, true), None);
     }
 
     #[test]
@@ -315,14 +378,14 @@ mod tests {
             partition("a", "a"),
         ];
         electing[2].consumer.leader = None;
-        assert_eq!(next_move(&electing), None);
+        assert_eq!(next_move(&electing, true), None);
         let mut catching_up = [
             partition("a", "a"),
             partition("a", "a"),
             partition("a", "a"),
         ];
         catching_up[0].stream.lagging = true;
-        assert_eq!(next_move(&catching_up), None);
+        assert_eq!(next_move(&catching_up, true), None);
     }
 
     #[test]
@@ -333,9 +396,12 @@ mod tests {
             stream: group(leader, &[other]),
             consumer: group(leader, &[other]),
         };
-        assert_eq!(next_move(&[r2("a", "b"), r2("a", "b"), r2("b", "a")]), None);
+        assert_eq!(
+            next_move(&[r2("a", "b"), r2("a", "b"), r2("b", "a")], true),
+            None
+        );
         // Three on a, whose only current replica is b.
-        let moved = next_move(&[r2("a", "b"), r2("a", "b"), r2("a", "b")]);
+        let moved = next_move(&[r2("a", "b"), r2("a", "b"), r2("a", "b")], true);
         assert_eq!(
             moved,
             Some(Move::Stream {
@@ -348,6 +414,6 @@ mod tests {
     #[test]
     fn a_single_server_is_never_balanced() {
         let single = [Partition::default(), Partition::default()];
-        assert_eq!(next_move(&single), None);
+        assert_eq!(next_move(&single, true), None);
     }
 }

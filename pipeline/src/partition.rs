@@ -276,6 +276,8 @@ pub async fn watch(
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A watch that starts on a settled cluster may balance at once.
+    // Whether the server takes a named replica (until a step-down says otherwise).
+    let named = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let now = tokio::time::Instant::now();
     let mut unsettled_at = now.checked_sub(crate::balance::SETTLE).unwrap_or(now);
     loop {
@@ -322,7 +324,8 @@ pub async fn watch(
         if unsettled_at.elapsed() < crate::balance::SETTLE {
             continue;
         }
-        let Some(chosen) = crate::balance::next_move(&placements) else {
+        let Some(chosen) = crate::balance::next_move(&placements, named.load(Ordering::Relaxed))
+        else {
             continue;
         };
         let (partition, durable, to) = match &chosen {
@@ -335,13 +338,14 @@ pub async fn watch(
         // would wait out the hand-over, and its readers must pull from the new leader.
         partitions.stalled(partition);
         let stream = topology.stream_name_in(consumer.stream(), partition);
-        let (js, to) = (js.clone(), to.clone());
+        let (js, to, named) = (js.clone(), to.clone(), named.clone());
         // On a task of its own: the looks go on while the leader steps down.
         tokio::spawn(async move {
             let bound = crate::balance::STEP_DOWN_WITHIN;
             match crate::balance::step_down(&js, &stream, durable.as_deref(), &to, bound).await {
-                Ok(()) => {
-                    tracing::info!(%stream, consumer = ?durable, %to, "moved a leader to balance the partitions")
+                Ok(chosen) => {
+                    named.store(chosen == crate::balance::Chosen::Named, Ordering::Relaxed);
+                    tracing::info!(%stream, consumer = ?durable, %to, ?chosen, "moved a leader to balance the partitions")
                 }
                 Err(error) => {
                     tracing::warn!(%stream, consumer = ?durable, %to, %error, "cannot move a leader")
