@@ -598,7 +598,8 @@ pub async fn leaders_once_spread(
     let cluster = NatsCluster::start().await;
     let url = cluster.url();
     let stack = Stack::start_with(|c| on_nats_cluster(c, &url, partitions)).await;
-    let topology = stack.env.topology();
+    // The services' topology (the test environment's own has one partition).
+    let topology = providers::topology(&stack.configs.registry.nats);
     let until = Instant::now() + within;
     loop {
         let mut leaders = Vec::new();
