@@ -5,6 +5,7 @@
 //! - [`contract`]: the messages on the wire (`Event`, `PushJob`, `Feedback`, `DeadLetter`).
 //! - [`topology`]: streams, subjects and durable consumers, created idempotently.
 //! - [`partition`]: choosing a partition per message, routing around a stalled one.
+//! - [`balance`]: spreading the partitions' leaders over the cluster's nodes.
 //! - [`config`]: layered typed configuration (defaults → TOML → `PUSHLINE_*` env).
 //! - [`nats`]: connecting with credentials, TLS and a fast reconnect policy.
 //! - [`provider_http`]: the HTTP/2 client dispatchers use to reach their providers.
@@ -29,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod contract;
 pub mod delivered;

@@ -258,8 +258,10 @@ impl PushRouters {
 
 /// Keeps `partitions` (of the stream `consumer` reads) current until `shutdown`: every
 /// [`WATCH_EVERY`], each partition whose stream or consumer does not answer an info
-/// request with a leader within `bound` is marked stalled. Does nothing with one
-/// partition.
+/// request with a leader within `bound` is marked stalled. The same looks balance the
+/// partitions' leaders over the cluster's nodes ([`crate::balance`]): once every
+/// partition has been settled for [`crate::balance::SETTLE`], a look may move one leader.
+/// Does nothing with one partition.
 pub async fn watch(
     js: Context,
     topology: Topology,
@@ -273,6 +275,11 @@ pub async fn watch(
     }
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A watch that starts on a settled cluster may balance at once.
+    // Whether the server takes a named replica (until a step-down says otherwise).
+    let named = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let now = tokio::time::Instant::now();
+    let mut unsettled_at = now.checked_sub(crate::balance::SETTLE).unwrap_or(now);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -283,12 +290,16 @@ pub async fn watch(
             let stream = topology.stream_name_in(consumer.stream(), partition);
             let durable = consumer.durable_name();
             async move {
-                let led = tokio::time::timeout(bound, leaders(js, &stream, &durable)).await;
-                (partition, matches!(led, Ok(true)))
+                let look = tokio::time::timeout(bound, look(js, &stream, &durable)).await;
+                look.unwrap_or(Look {
+                    led: false,
+                    placement: None,
+                })
             }
         });
-        for (partition, led) in futures::future::join_all(checks).await {
-            if led {
+        let looks = futures::future::join_all(checks).await;
+        for (partition, look) in looks.iter().enumerate() {
+            if look.led {
                 continue;
             }
             if !partitions.is_stalled(partition) {
@@ -296,32 +307,90 @@ pub async fn watch(
             }
             partitions.stalled(partition);
         }
+        // Balancing decides on a full view (a cluster, every look answered): a look that
+        // went unanswered decides nothing, one that finds an election or a catch-up
+        // restarts the wait for the partitions to settle.
+        let Some(placements) = looks
+            .into_iter()
+            .map(|look| look.placement)
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        if !placements.iter().all(crate::balance::Partition::settled) {
+            unsettled_at = tokio::time::Instant::now();
+            continue;
+        }
+        if unsettled_at.elapsed() < crate::balance::SETTLE {
+            continue;
+        }
+        let Some(chosen) = crate::balance::next_move(&placements, named.load(Ordering::Relaxed))
+        else {
+            continue;
+        };
+        let (partition, durable, to) = match &chosen {
+            crate::balance::Move::Stream { partition, to } => (*partition, None, to),
+            crate::balance::Move::Consumer { partition, to } => {
+                (*partition, Some(consumer.durable_name()), to)
+            }
+        };
+        // A partition whose leader moves is passed over like a stalled one: its publishes
+        // would wait out the hand-over, and its readers must pull from the new leader.
+        partitions.stalled(partition);
+        let stream = topology.stream_name_in(consumer.stream(), partition);
+        let (js, to, named) = (js.clone(), to.clone(), named.clone());
+        // On a task of its own: the looks go on while the leader steps down.
+        tokio::spawn(async move {
+            let bound = crate::balance::STEP_DOWN_WITHIN;
+            match crate::balance::step_down(&js, &stream, durable.as_deref(), &to, bound).await {
+                Ok(chosen) => {
+                    named.store(chosen == crate::balance::Chosen::Named, Ordering::Relaxed);
+                    tracing::info!(%stream, consumer = ?durable, %to, ?chosen, "moved a leader to balance the partitions")
+                }
+                Err(error) => {
+                    tracing::warn!(%stream, consumer = ?durable, %to, %error, "cannot move a leader")
+                }
+            }
+        });
+        // Let the move show in the next two looks before deciding another.
+        unsettled_at = tokio::time::Instant::now() + 2 * WATCH_EVERY - crate::balance::SETTLE;
     }
 }
 
-/// Whether the stream `stream` and its consumer `durable` both answer with a leader (a
-/// single server's answers carry no cluster: it leads them).
-async fn leaders(js: &Context, stream: &str, durable: &str) -> bool {
+/// One look at a partition.
+struct Look {
+    /// Whether its stream and consumer both answered with a leader (a single server's
+    /// answers carry no cluster: it leads them).
+    led: bool,
+    /// Where they are led, on a cluster.
+    placement: Option<crate::balance::Partition>,
+}
+
+/// Looks at the stream `stream` and its consumer `durable`.
+async fn look(js: &Context, stream: &str, durable: &str) -> Look {
+    let mut look = Look {
+        led: false,
+        placement: None,
+    };
     let Ok(handle) = js.get_stream_no_info(stream).await else {
-        return false;
+        return look;
     };
-    let stream_led = match handle.get_info().await {
-        Ok(info) => info
-            .cluster
-            .as_ref()
-            .is_none_or(|c| c.leader.as_deref().is_some_and(|l| !l.is_empty())),
-        Err(_) => false,
+    let Ok(info) = handle.get_info().await else {
+        return look;
     };
-    if !stream_led {
-        return false;
+    let stream_group = crate::balance::Group::of(info.cluster.as_ref());
+    if stream_group.as_ref().is_some_and(|g| g.leader.is_none()) {
+        return look;
     }
-    match handle.consumer_info(durable).await {
-        Ok(info) => info
-            .cluster
-            .as_ref()
-            .is_none_or(|c| c.leader.as_deref().is_some_and(|l| !l.is_empty())),
-        Err(_) => false,
-    }
+    let Ok(info) = handle.consumer_info(durable).await else {
+        return look;
+    };
+    let consumer_group = crate::balance::Group::of(info.cluster.as_ref());
+    look.led = consumer_group.as_ref().is_none_or(|g| g.leader.is_some());
+    look.placement = stream_group
+        .zip(consumer_group)
+        .map(|(stream, consumer)| crate::balance::Partition { stream, consumer });
+    look
 }
 
 fn now_ms() -> u64 {

@@ -587,6 +587,45 @@ async fn nats_cluster(drill: &str, scale: Scale) -> Report {
     report(drill, &stack, calls, (start, end)).await
 }
 
+/// Starts the three-node cluster (every stream R3) and every service on `partitions`
+/// partitions, and answers, for `EVENTS` and each push stream, the node leading each of
+/// its partitions: as soon as every such stream has its partitions led by distinct
+/// nodes (as many as there are nodes), or as they are after `within`.
+pub async fn leaders_once_spread(
+    partitions: usize,
+    within: Duration,
+) -> Vec<(String, Vec<String>)> {
+    let cluster = NatsCluster::start().await;
+    let url = cluster.url();
+    let stack = Stack::start_with(|c| on_nats_cluster(c, &url, partitions)).await;
+    // The services' topology (the test environment's own has one partition).
+    let topology = providers::topology(&stack.configs.registry.nats);
+    let until = Instant::now() + within;
+    loop {
+        let mut leaders = Vec::new();
+        for kind in [
+            StreamKind::Events,
+            StreamKind::Push("apns"),
+            StreamKind::Push("fcm"),
+        ] {
+            let mut of_kind = Vec::new();
+            for name in topology.stream_names(kind) {
+                of_kind.push(cluster.stream_leader(&name).await.unwrap_or_default());
+            }
+            leaders.push((topology.stream_name(kind), of_kind));
+        }
+        let spread = leaders.iter().all(|(_, nodes)| {
+            let distinct: std::collections::HashSet<_> =
+                nodes.iter().filter(|n| !n.is_empty()).collect();
+            distinct.len() == nodes.len().min(3)
+        });
+        if spread || Instant::now() >= until {
+            return leaders;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn nats_restart(scale: Scale) -> Report {
     let mut stack = Stack::start_with(|c| {
         c.keep_dispatchers(DRILLED);

@@ -38,6 +38,22 @@ async fn killing_an_events_partition_leader_refuses_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_publishers_spread_partition_leaders_over_the_nodes() {
+    // nats-server may put every partition's leader on one node (whose death then stalls
+    // them all); the publishers' watch moves them apart.
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let leaders = harness::drill::leaders_once_spread(3, Duration::from_secs(30)).await;
+    for (stream, nodes) in &leaders {
+        let distinct: std::collections::HashSet<_> = nodes.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "{stream}'s partitions are led by {nodes:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_two_second_nats_restart_refuses_nothing_and_rings_no_phone_twice() {
     run("nats-restart", Scale::test()).await.assert_clean(0.01);
 }
