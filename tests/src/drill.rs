@@ -597,7 +597,11 @@ pub async fn leaders_once_spread(
 ) -> Vec<(String, Vec<String>)> {
     let cluster = NatsCluster::start().await;
     let url = cluster.url();
-    let stack = Stack::start_with(|c| on_nats_cluster(c, &url, partitions)).await;
+    let stack = Stack::start_with(|c| {
+        c.keep_dispatchers(DRILLED);
+        on_nats_cluster(c, &url, partitions);
+    })
+    .await;
     // The services' topology (the test environment's own has one partition).
     let topology = providers::topology(&stack.configs.registry.nats);
     let until = Instant::now() + within;
