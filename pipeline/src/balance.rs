@@ -28,9 +28,11 @@
 //! eight times in 12 s after a node came back): there the consumers are spread on their
 //! own, like the streams, and a node's death may stall its share of streams and another
 //! share of consumers. The
-//! watch moves at most one leader per look and only after the partitions have been
-//! settled ([`SETTLE`]) with nothing stalled, so every replica of every publisher can
-//! run it: each move changes what the next look sees.
+//! watch moves at most one leader at a time ([`Gate`]): only after every partition has
+//! had the same leaders, every replica current, for [`SETTLE`] plus a jitter of the
+//! watch's own; never while its previous move is unanswered; and after a failed move
+//! only once a back-off has passed. Several replicas of the publishers each run a watch:
+//! a move by one changes the leaders the others see, which restarts their wait.
 
 use std::time::Duration;
 
@@ -40,9 +42,90 @@ use async_nats::jetstream::Context;
 /// leader is elected, which takes longer than a publish's ack budget on a busy machine).
 pub const STEP_DOWN_WITHIN: Duration = Duration::from_secs(2);
 
-/// How long every partition must have had its leaders, every replica current and no
-/// publish stalled before a leader is moved.
+/// How long every partition must have had the same leaders, every replica current,
+/// before a leader is moved (each watch adds a jitter of up to [`SETTLE_JITTER`]).
 pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// The most a watch adds to [`SETTLE`], chosen once per watch, so that replicas of the
+/// publishers seeing the same cluster do not decide the same move in the same look.
+pub const SETTLE_JITTER: Duration = Duration::from_secs(1);
+
+/// The longest back-off after failed moves (it doubles from one second per failure).
+pub const MAX_BACK_OFF: Duration = Duration::from_secs(60);
+
+/// When a watch may decide a move: a pure state machine over the looks, with the time
+/// passed in.
+#[derive(Debug)]
+pub struct Gate {
+    settle: Duration,
+    unsettled_at: std::time::Instant,
+    leaders: Option<Vec<(Option<String>, Option<String>)>>,
+    moving: bool,
+    back_off_until: Option<std::time::Instant>,
+    failures: u32,
+}
+
+impl Gate {
+    /// A gate waiting `settle` (with its jitter) from `now`; one that starts on a settled
+    /// cluster may decide after that.
+    pub fn new(now: std::time::Instant, settle: Duration) -> Self {
+        Gate {
+            settle,
+            unsettled_at: now,
+            leaders: None,
+            moving: false,
+            back_off_until: None,
+            failures: 0,
+        }
+    }
+
+    /// A look found a partition without a leader (an election): the wait starts again.
+    pub fn unsettled(&mut self, now: std::time::Instant) {
+        self.unsettled_at = now;
+    }
+
+    /// A full view of the partitions: whether a move may be decided now. The wait starts
+    /// again when a group is not settled or any leader differs from the last view (an
+    /// election, or another replica's move).
+    pub fn observe(&mut self, now: std::time::Instant, partitions: &[Partition]) -> bool {
+        let leaders: Vec<_> = partitions
+            .iter()
+            .map(|p| (p.stream.leader.clone(), p.consumer.leader.clone()))
+            .collect();
+        if !partitions.iter().all(Partition::settled)
+            || self.leaders.as_ref().is_some_and(|last| *last != leaders)
+        {
+            self.unsettled_at = now;
+        }
+        self.leaders = Some(leaders);
+        !self.moving
+            && self.back_off_until.is_none_or(|until| now >= until)
+            && now.saturating_duration_since(self.unsettled_at) >= self.settle
+    }
+
+    /// A move was decided: nothing more until it is answered.
+    pub fn moving(&mut self) {
+        self.moving = true;
+    }
+
+    /// The move was answered: the wait starts again (the move shows in the next looks).
+    pub fn moved(&mut self, now: std::time::Instant) {
+        self.moving = false;
+        self.failures = 0;
+        self.back_off_until = None;
+        self.unsettled_at = now;
+    }
+
+    /// The move failed: no move before a back-off of 1 s doubling per failure, at most
+    /// [`MAX_BACK_OFF`].
+    pub fn failed(&mut self, now: std::time::Instant) {
+        self.moving = false;
+        let back_off = Duration::from_secs(1u64 << self.failures.min(6)).min(MAX_BACK_OFF);
+        self.failures = self.failures.saturating_add(1);
+        self.back_off_until = now.checked_add(back_off);
+        self.unsettled_at = now;
+    }
+}
 
 /// Where one Raft group (a partition's stream, or its consumer) is led, and which of its
 /// other replicas are current.
@@ -244,6 +327,105 @@ async fn request(
             "no answer within {} ms",
             bound.as_millis()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn settled(leaders: &[&str]) -> Vec<Partition> {
+        leaders
+            .iter()
+            .map(|leader| {
+                let group = Group {
+                    leader: Some((*leader).to_owned()),
+                    current: vec!["x".into(), "y".into()],
+                    lagging: false,
+                };
+                Partition {
+                    stream: group.clone(),
+                    consumer: group,
+                }
+            })
+            .collect()
+    }
+
+    const S: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_move_waits_until_the_same_leaders_have_been_settled_for_the_settle_time() {
+        let t0 = Instant::now();
+        let mut gate = Gate::new(t0, S);
+        let view = settled(&["a", "a", "b"]);
+        assert!(!gate.observe(t0, &view));
+        assert!(!gate.observe(t0 + Duration::from_secs(1), &view));
+        assert!(gate.observe(t0 + S, &view));
+    }
+
+    #[test]
+    fn a_changed_leader_or_an_election_restarts_the_wait() {
+        let t0 = Instant::now();
+        let mut gate = Gate::new(t0, S);
+        assert!(gate.observe(t0 + S, &settled(&["a", "a", "b"])));
+        // Another replica moved a leader: the wait starts again from this look.
+        let t1 = t0 + S + Duration::from_millis(500);
+        assert!(!gate.observe(t1, &settled(&["a", "c", "b"])));
+        assert!(!gate.observe(t1 + Duration::from_secs(1), &settled(&["a", "c", "b"])));
+        assert!(gate.observe(t1 + S, &settled(&["a", "c", "b"])));
+        // An election seen by a look.
+        let t2 = t1 + S + Duration::from_millis(500);
+        gate.unsettled(t2);
+        assert!(!gate.observe(t2 + Duration::from_secs(1), &settled(&["a", "c", "b"])));
+        // A group with a replica behind.
+        let mut lagging = settled(&["a", "c", "b"]);
+        lagging[1].consumer.lagging = true;
+        let t3 = t2 + S;
+        assert!(!gate.observe(t3, &lagging));
+        assert!(!gate.observe(t3 + Duration::from_secs(1), &settled(&["a", "c", "b"])));
+    }
+
+    #[test]
+    fn nothing_is_decided_while_a_move_is_unanswered() {
+        let t0 = Instant::now();
+        let mut gate = Gate::new(t0, S);
+        let view = settled(&["a", "a", "b"]);
+        assert!(gate.observe(t0 + S, &view));
+        gate.moving();
+        assert!(!gate.observe(t0 + 10 * S, &view));
+        gate.moved(t0 + 10 * S);
+        assert!(!gate.observe(t0 + 10 * S + Duration::from_secs(1), &view));
+        assert!(gate.observe(t0 + 11 * S, &view));
+    }
+
+    #[test]
+    fn failed_moves_back_off_doubling_up_to_a_minute() {
+        let t0 = Instant::now();
+        let mut gate = Gate::new(t0, Duration::ZERO);
+        let view = settled(&["a", "a", "b"]);
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            assert!(gate.observe(now, &view));
+            gate.moving();
+            gate.failed(now);
+            let mut wait = Duration::ZERO;
+            while !gate.observe(now + wait, &view) {
+                wait += Duration::from_millis(250);
+            }
+            waits.push(wait.as_secs());
+            now += wait;
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        gate.moving();
+        gate.moved(now);
+        gate.moving();
+        gate.failed(now);
+        assert!(
+            gate.observe(now + Duration::from_secs(1), &view),
+            "a success resets the back-off"
+        );
     }
 }
 

@@ -275,15 +275,24 @@ pub async fn watch(
     }
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A watch that starts on a settled cluster may balance at once.
     // Whether the server takes a named replica (until a step-down says otherwise).
     let named = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let now = tokio::time::Instant::now();
-    let mut unsettled_at = now.checked_sub(crate::balance::SETTLE).unwrap_or(now);
+    let jitter = crate::balance::SETTLE_JITTER.mul_f64(rand::random::<f64>());
+    let mut gate =
+        crate::balance::Gate::new(std::time::Instant::now(), crate::balance::SETTLE + jitter);
+    // The move in flight, answered by its task.
+    let mut moving: Option<tokio::task::JoinHandle<bool>> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if let Some(handle) = moving.take_if(|handle| handle.is_finished()) {
+            if handle.await.unwrap_or(false) {
+                gate.moved(std::time::Instant::now());
+            } else {
+                gate.failed(std::time::Instant::now());
+            }
         }
         let checks = (0..partitions.count()).map(|partition| {
             let js = &js;
@@ -292,6 +301,7 @@ pub async fn watch(
             async move {
                 let look = tokio::time::timeout(bound, look(js, &stream, &durable)).await;
                 look.unwrap_or(Look {
+                    answered: false,
                     led: false,
                     placement: None,
                 })
@@ -308,8 +318,11 @@ pub async fn watch(
             partitions.stalled(partition);
         }
         // Balancing decides on a full view (a cluster, every look answered): a look that
-        // went unanswered decides nothing, one that finds an election or a catch-up
-        // restarts the wait for the partitions to settle.
+        // went unanswered decides nothing; one that found an election restarts the wait.
+        if looks.iter().any(|look| look.answered && !look.led) {
+            gate.unsettled(std::time::Instant::now());
+            continue;
+        }
         let Some(placements) = looks
             .into_iter()
             .map(|look| look.placement)
@@ -317,11 +330,7 @@ pub async fn watch(
         else {
             continue;
         };
-        if !placements.iter().all(crate::balance::Partition::settled) {
-            unsettled_at = tokio::time::Instant::now();
-            continue;
-        }
-        if unsettled_at.elapsed() < crate::balance::SETTLE {
+        if !gate.observe(std::time::Instant::now(), &placements) || shutdown.is_cancelled() {
             continue;
         }
         let Some(chosen) = crate::balance::next_move(&placements, named.load(Ordering::Relaxed))
@@ -339,26 +348,29 @@ pub async fn watch(
         partitions.stalled(partition);
         let stream = topology.stream_name_in(consumer.stream(), partition);
         let (js, to, named) = (js.clone(), to.clone(), named.clone());
+        gate.moving();
         // On a task of its own: the looks go on while the leader steps down.
-        tokio::spawn(async move {
+        moving = Some(tokio::spawn(async move {
             let bound = crate::balance::STEP_DOWN_WITHIN;
             match crate::balance::step_down(&js, &stream, durable.as_deref(), &to, bound).await {
                 Ok(chosen) => {
                     named.store(chosen == crate::balance::Chosen::Named, Ordering::Relaxed);
-                    tracing::info!(%stream, consumer = ?durable, %to, ?chosen, "moved a leader to balance the partitions")
+                    tracing::info!(%stream, consumer = ?durable, %to, ?chosen, "moved a leader to balance the partitions");
+                    true
                 }
                 Err(error) => {
-                    tracing::warn!(%stream, consumer = ?durable, %to, %error, "cannot move a leader")
+                    tracing::warn!(%stream, consumer = ?durable, %to, %error, "cannot move a leader; backing off");
+                    false
                 }
             }
-        });
-        // Let the move show in the next two looks before deciding another.
-        unsettled_at = tokio::time::Instant::now() + 2 * WATCH_EVERY - crate::balance::SETTLE;
+        }));
     }
 }
 
 /// One look at a partition.
 struct Look {
+    /// Whether the stream's info request was answered (with a leader or without one).
+    answered: bool,
     /// Whether its stream and consumer both answered with a leader (a single server's
     /// answers carry no cluster: it leads them).
     led: bool,
@@ -369,6 +381,7 @@ struct Look {
 /// Looks at the stream `stream` and its consumer `durable`.
 async fn look(js: &Context, stream: &str, durable: &str) -> Look {
     let mut look = Look {
+        answered: false,
         led: false,
         placement: None,
     };
@@ -380,11 +393,13 @@ async fn look(js: &Context, stream: &str, durable: &str) -> Look {
     };
     let stream_group = crate::balance::Group::of(info.cluster.as_ref());
     if stream_group.as_ref().is_some_and(|g| g.leader.is_none()) {
+        look.answered = true;
         return look;
     }
     let Ok(info) = handle.consumer_info(durable).await else {
         return look;
     };
+    look.answered = true;
     let consumer_group = crate::balance::Group::of(info.cluster.as_ref());
     look.led = consumer_group.as_ref().is_none_or(|g| g.leader.is_some());
     look.placement = stream_group

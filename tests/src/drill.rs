@@ -589,12 +589,14 @@ async fn nats_cluster(drill: &str, scale: Scale) -> Report {
 
 /// Starts the three-node cluster (every stream R3) and every service on `partitions`
 /// partitions, and answers, for `EVENTS` and each push stream, the node leading each of
-/// its partitions: as soon as every such stream has its partitions led by distinct
-/// nodes (as many as there are nodes), or as they are after `within`.
+/// its partitions (empty where none answered): as soon as every such stream has its
+/// partitions led by distinct nodes (as many as there are nodes), or as they are after
+/// `within`; then the same again `later` (leaders once spread stay where they are).
 pub async fn leaders_once_spread(
     partitions: usize,
     within: Duration,
-) -> Vec<(String, Vec<String>)> {
+    later: Duration,
+) -> (Vec<(String, Vec<String>)>, Vec<(String, Vec<String>)>) {
     let cluster = NatsCluster::start().await;
     let url = cluster.url();
     let stack = Stack::start_with(|c| {
@@ -604,8 +606,7 @@ pub async fn leaders_once_spread(
     .await;
     // The services' topology (the test environment's own has one partition).
     let topology = providers::topology(&stack.configs.registry.nats);
-    let until = Instant::now() + within;
-    loop {
+    let leaders = || async {
         let mut leaders = Vec::new();
         for kind in [
             StreamKind::Events,
@@ -618,16 +619,23 @@ pub async fn leaders_once_spread(
             }
             leaders.push((topology.stream_name(kind), of_kind));
         }
-        let spread = leaders.iter().all(|(_, nodes)| {
+        leaders
+    };
+    let until = Instant::now() + within;
+    let first = loop {
+        let now = leaders().await;
+        let spread = now.iter().all(|(_, nodes)| {
             let distinct: std::collections::HashSet<_> =
                 nodes.iter().filter(|n| !n.is_empty()).collect();
             distinct.len() == nodes.len().min(3)
         });
         if spread || Instant::now() >= until {
-            return leaders;
+            break now;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    tokio::time::sleep(later).await;
+    (first, leaders().await)
 }
 
 async fn nats_restart(scale: Scale) -> Report {
