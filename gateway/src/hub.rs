@@ -465,12 +465,17 @@ impl Hub {
         Ok(())
     }
 
-    /// `person` (their `id_token`) is the active user of the device `device`
-    /// (`id_token` of its in-app token): this replica's connections of others on it go.
-    fn announced(&self, device: &str, person: &[u8]) {
+    /// A person became the active user of the device `device` (`id_token` of its in-app
+    /// token; `notice` is [`pipeline::topology::active_notice`]): this replica's
+    /// connections of others on it that are older than the announcement go. A younger
+    /// one stays: the announcement was overtaken (a registration announced on the
+    /// registry's connection, arriving after a newer person connected here).
+    fn announced(&self, device: &str, notice: &[u8]) {
+        let (person, at_ms) = pipeline::topology::read_active_notice(notice);
         let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         for other in connections.by_device.get(device).into_iter().flatten() {
-            if other.person_tag.as_bytes() != person {
+            if other.person_tag.as_bytes() != person && at_ms.is_none_or(|at| at >= other.since_ms)
+            {
                 other.evict(Close::Replaced);
             }
         }
@@ -621,15 +626,16 @@ impl Hub {
     /// the replica watches the announcements ([`Hub::background`], from its start), so no
     /// newer announcement can slip past it.
     pub async fn activate(&self, device: &Device) -> Result<(), Close> {
+        let now = now_ms();
         within(
             self.store
-                .set_active(&device.app, &device.device_id, &device.person, now_ms()),
+                .set_active(&device.app, &device.device_id, &device.person, now),
         )
         .await?
         .map_err(|_| Close::Unavailable)?;
         let announced = self.nats.publish(
             self.topology.active_subject(&device.token),
-            pipeline::topology::id_token(&device.person).into(),
+            pipeline::topology::active_notice(&device.person, now).into(),
         );
         within(announced).await?.map_err(|_| Close::Unavailable)
     }
@@ -659,6 +665,7 @@ impl Hub {
             field: field.clone(),
             cancel: token.clone(),
             evicted: evicted.clone(),
+            since_ms: now_ms(),
         };
         let device_key = pipeline::topology::id_token(&device.token);
         let on_device = connections.by_device.entry(device_key.clone()).or_default();
@@ -757,6 +764,8 @@ struct Connected {
     field: String,
     cancel: CancellationToken,
     evicted: Evicted,
+    /// When it joined (Unix ms): announcements older than that do not close it.
+    since_ms: u64,
 }
 
 impl Connected {

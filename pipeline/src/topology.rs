@@ -673,6 +673,28 @@ pub fn id_token(id: &str) -> String {
     hex::encode(&sha2::Sha256::digest(id.as_bytes())[..16])
 }
 
+/// The payload of an announcement on [`Topology::active_subject`]: the person's
+/// [`id_token`] and when they became the device's active user (Unix ms). Announcements
+/// from the registry and the gateways travel on different connections, so one can arrive
+/// after a newer one: a gateway closes only connections older than the announcement.
+pub fn active_notice(person: &str, at_ms: u64) -> String {
+    format!("{} {at_ms}", id_token(person))
+}
+
+/// An [`active_notice`] read back: the person's [`id_token`] and, when given, the time
+/// (an announcement without one is taken as newer than any connection).
+pub fn read_active_notice(payload: &[u8]) -> (&[u8], Option<u64>) {
+    match payload.iter().position(|b| *b == b' ') {
+        Some(space) => (
+            &payload[..space],
+            std::str::from_utf8(&payload[space + 1..])
+                .ok()
+                .and_then(|at| at.parse().ok()),
+        ),
+        None => (payload, None),
+    }
+}
+
 /// A JetStream context on a client.
 pub fn jetstream(client: async_nats::Client) -> Context {
     jetstream::new(client)
@@ -696,6 +718,25 @@ pub async fn ensure_until_ready(
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod notice_tests {
+    use super::*;
+
+    #[test]
+    fn an_active_notice_reads_back_with_its_time() {
+        let notice = active_notice("lea", 1_700_000_000_123);
+        let (tag, at) = read_active_notice(notice.as_bytes());
+        assert_eq!(tag, id_token("lea").as_bytes());
+        assert_eq!(at, Some(1_700_000_000_123));
+        // An older announcement (no time) names the person alone.
+        let tag_only = id_token("lea");
+        assert_eq!(
+            read_active_notice(tag_only.as_bytes()),
+            (tag_only.as_bytes(), None)
+        );
     }
 }
 

@@ -514,9 +514,10 @@ impl AppState {
             });
         }
         let rules = rules_for(&self.devices, &attrs.app, may_take, keep_active);
+        let registered_at = now_ms();
         let registered = self
             .store
-            .register(token, person, &attrs, now_ms(), rules)
+            .register(token, person, &attrs, registered_at, rules)
             .await?;
         let announces = spec.held() && !keep_active && !registered.held && !registered.refused;
         if registered.held {
@@ -546,7 +547,7 @@ impl AppState {
                 .inc();
         }
         if announces {
-            self.notices.announce(token, person).await;
+            self.notices.announce(token, person, registered_at).await;
         }
         Ok(registered)
     }
@@ -821,7 +822,7 @@ async fn activate(
                 && d.attrs.app == app
                 && d.device_id() == device_id
         }) {
-            state.notices.announce(&inapp.token, &person).await;
+            state.notices.announce(&inapp.token, &person, now).await;
         }
         Ok(Json(serde_json::json!({
             "person_id": person,

@@ -167,11 +167,12 @@ impl ActiveNotices {
         ActiveNotices { client, topology }
     }
 
-    /// Announces that `person` is the active user of the device whose in-app token is
-    /// `token`.
-    pub async fn announce(&self, token: &str, person: &str) {
+    /// Announces that `person` became the active user, at `at_ms`, of the device whose
+    /// in-app token is `token`.
+    pub async fn announce(&self, token: &str, person: &str, at_ms: u64) {
         let subject = self.topology.active_subject(token);
-        if let Err(error) = self.client.publish(subject, id_token(person).into()).await {
+        let notice = pipeline::topology::active_notice(person, at_ms);
+        if let Err(error) = self.client.publish(subject, notice.into()).await {
             tracing::warn!(%error, "cannot announce a device's active user to the gateways");
         }
     }
