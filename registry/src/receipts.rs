@@ -16,7 +16,7 @@ use async_nats::jetstream::Context;
 use pipeline::contract::{MessageAction, VERSION, now_ms};
 use pipeline::metrics::Metrics;
 use pipeline::topology::Topology;
-use pipeline::tracking::{Stage, StatusRecord, Tracker};
+use pipeline::tracking::{DeviceStatus, EventStatus, Received, Stage, StatusRecord, Tracker};
 use serde::Deserialize;
 
 use crate::store::Store;
@@ -27,6 +27,11 @@ pub const MAX_REPLY_CHARS: usize = 256;
 pub const MAX_ACTION_ID: usize = 64;
 /// Most status records read to check a report.
 const MAX_RECORDS: usize = 2_000;
+/// How long a report is checked again while the records it is checked against may still
+/// be on their way.
+const RECORDS_SETTLE: std::time::Duration = std::time::Duration::from_millis(1_500);
+/// The first pause before checking again; each next one doubles.
+const SETTLE_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 /// Most receipts recorded for one device of one event; later ones are taken and not
 /// recorded (an app repeating itself cannot grow an event's history without bound).
 pub const MAX_RECEIPTS_PER_DEVICE: usize = 16;
@@ -199,27 +204,9 @@ impl Receipts {
         report: &Report,
     ) -> Result<bool, ReceiptError> {
         report.check().map_err(ReceiptError::Invalid)?;
-        let now = now_ms();
-        let status = pipeline::tracking::read_event_within(
-            &self.js,
-            &self.topology,
-            &report.event_id,
-            MAX_RECORDS,
-        )
-        .await
-        .map_err(|e| ReceiptError::Unavailable(e.to_string()))?
-        .value
-        .ok_or(ReceiptError::UnknownMessage)?;
-        let received = status
-            .received
-            .as_ref()
-            .ok_or(ReceiptError::UnknownMessage)?;
-        if !crate::person::same(&received.person_id, person) {
-            return Err(ReceiptError::UnknownMessage);
-        }
         let devices = self
             .store
-            .devices(person, now)
+            .devices(person, now_ms())
             .await
             .map_err(|e| ReceiptError::Unavailable(e.to_string()))?;
         let tags: Vec<String> = devices
@@ -227,11 +214,40 @@ impl Receipts {
             .filter(|d| d.attrs.app == app && d.device_id() == device_id)
             .map(|d| pipeline::telemetry::token_tag(&d.token))
             .collect();
-        let device = status
-            .devices
-            .iter()
-            .find(|d| tags.contains(&d.device))
-            .ok_or(ReceiptError::UnknownMessage)?;
+        // The records a report is checked against are written without waiting (ingest's
+        // after storing the event, the fan-out's after publishing the jobs, the
+        // gateway's after sending the frame), so an app answering at once can be ahead
+        // of them: a report they do not show yet is checked again for a moment.
+        let started = tokio::time::Instant::now();
+        let mut pause = SETTLE_FIRST_PAUSE;
+        let sent = loop {
+            let status = pipeline::tracking::read_event_within(
+                &self.js,
+                &self.topology,
+                &report.event_id,
+                MAX_RECORDS,
+            )
+            .await
+            .map_err(|e| ReceiptError::Unavailable(e.to_string()))?
+            .value;
+            match standing(status, person, &tags) {
+                Standing::Sent(sent) => break sent,
+                Standing::NotSent => return Err(ReceiptError::UnknownMessage),
+                Standing::NotYet if started.elapsed() + pause > RECORDS_SETTLE => {
+                    return Err(ReceiptError::UnknownMessage);
+                }
+                Standing::NotYet => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        };
+        let Sent {
+            received,
+            device,
+            fanned_out_at_ms,
+        } = *sent;
+        let now = now_ms();
         let stage = report.kind.stage();
         let repeated = device
             .receipts
@@ -250,7 +266,7 @@ impl Receipts {
             ..StatusRecord::event(&report.event_id, stage)
         };
         self.tracker.record(&record).await;
-        if let Some(sent) = status.fanned_out_at_ms {
+        if let Some(sent) = fanned_out_at_ms {
             self.metrics
                 .receipt_latency
                 .with_label_values(&[report.kind.as_str()])
@@ -283,6 +299,53 @@ impl Receipts {
             .map_err(|e| ReceiptError::Unavailable(e.to_string()))?;
         }
         Ok(true)
+    }
+}
+
+/// What an event's delivery status, as far as its records have arrived, says of a
+/// report by `person` from the registrations tagged `tags`.
+#[derive(Debug, PartialEq)]
+enum Standing {
+    /// Sent to one of them.
+    Sent(Box<Sent>),
+    /// Not shown yet: the event's or the device's records may still be on their way.
+    NotYet,
+    /// Not sent to the caller on that device: no such registration, or another
+    /// person's event.
+    NotSent,
+}
+
+/// The parts of a status a report that is taken needs.
+#[derive(Debug, PartialEq)]
+struct Sent {
+    received: Received,
+    device: DeviceStatus,
+    fanned_out_at_ms: Option<u64>,
+}
+
+fn standing(status: Option<EventStatus>, person: &str, tags: &[String]) -> Standing {
+    if tags.is_empty() {
+        return Standing::NotSent;
+    }
+    let Some(EventStatus {
+        received: Some(received),
+        devices,
+        fanned_out_at_ms,
+        ..
+    }) = status
+    else {
+        return Standing::NotYet;
+    };
+    if !crate::person::same(&received.person_id, person) {
+        return Standing::NotSent;
+    }
+    match devices.into_iter().find(|d| tags.contains(&d.device)) {
+        Some(device) => Standing::Sent(Box::new(Sent {
+            received,
+            device,
+            fanned_out_at_ms,
+        })),
+        None => Standing::NotYet,
     }
 }
 
@@ -328,5 +391,72 @@ mod tests {
         let mut bad = report(Kind::Read, None, None);
         bad.event_id = "no spaces".into();
         assert!(bad.check().is_err());
+    }
+
+    fn record(stage: Stage, device: Option<&str>) -> StatusRecord {
+        StatusRecord {
+            device: device.map(String::from),
+            ..StatusRecord::event("0a1b2c", stage)
+        }
+    }
+
+    fn status(records: Vec<StatusRecord>) -> Option<EventStatus> {
+        pipeline::tracking::fold("0a1b2c", records)
+    }
+
+    fn received(person: &str) -> StatusRecord {
+        StatusRecord {
+            received: Some(Received {
+                source: "api".into(),
+                resource: "crm".into(),
+                person_id: person.into(),
+                class: pipeline::contract::Class::Alert,
+                deadline_ms: now_ms() + 60_000,
+                trace_id: None,
+            }),
+            ..record(Stage::Received, None)
+        }
+    }
+
+    #[test]
+    fn a_report_waits_only_for_records_that_may_still_come() {
+        let tags = vec!["tag-1".to_owned()];
+        let sent = vec![received("hana"), record(Stage::SentInApp, Some("tag-1"))];
+        let Standing::Sent(taken) = standing(status(sent.clone()), "hana", &tags) else {
+            panic!("sent to hana's device");
+        };
+        assert_eq!(taken.device.device, "tag-1");
+        assert_eq!(taken.received.person_id, "hana");
+
+        // No registration of the caller matches, or the event was someone else's: at once.
+        assert_eq!(
+            standing(status(sent.clone()), "hana", &[]),
+            Standing::NotSent
+        );
+        assert_eq!(
+            standing(status(sent.clone()), "ivan", &tags),
+            Standing::NotSent
+        );
+        // Nothing yet, no record of what ingest stored, or none of that device: wait.
+        assert_eq!(standing(None, "hana", &tags), Standing::NotYet);
+        assert_eq!(
+            standing(
+                status(vec![record(Stage::SentInApp, Some("tag-1"))]),
+                "hana",
+                &tags
+            ),
+            Standing::NotYet
+        );
+        assert_eq!(
+            standing(
+                status(vec![
+                    received("hana"),
+                    record(Stage::SentInApp, Some("tag-2"))
+                ]),
+                "hana",
+                &tags
+            ),
+            Standing::NotYet
+        );
     }
 }

@@ -59,6 +59,16 @@ async fn message(stack: &Stack, person: &str, key: &str, payload: Value) -> Stri
         .await
 }
 
+/// Sends a message to `person` and waits until the fan-out kept it, the `n`th message
+/// this test's inbox kept. Messages sent a moment apart may be kept in either order
+/// (`docs/inapp.md`, "The inbox"), so a test of the order sends the next only then.
+async fn kept_in_turn(stack: &Stack, person: &str, key: &str, payload: Value, n: usize) -> String {
+    let id = message(stack, person, key, payload).await;
+    let kept = format!(r#"pushline_inbox_messages_total{{outcome="kept"}} {n}"#);
+    Stack::wait_metrics(&stack.registry, &[&kept]).await;
+    id
+}
+
 /// `person`'s side of the inbox API.
 struct Person<'a> {
     stack: &'a Stack,
@@ -139,7 +149,7 @@ async fn each_message_is_kept_once_per_person_newest_first_and_a_call_never() {
             json!({"person_id": "ana", "platform": "fcm", "app": INAPP_APP, "device_id": "install-ana-0001"}),
         )
         .await;
-    let first = message(&stack, "ana", "m1", json!({"title": "Hi", "n": 1.50})).await;
+    let first = kept_in_turn(&stack, "ana", "m1", json!({"title": "Hi", "n": 1.50}), 1).await;
     let pushed = stack
         .notify(
             PRODUCER_KEY,
@@ -211,7 +221,7 @@ async fn pages_hold_while_messages_arrive() {
     stack.register_inapp("cleo", "install-cleo-0001").await;
     let mut sent = Vec::new();
     for i in 0..5 {
-        sent.push(message(&stack, "cleo", &format!("m{i}"), json!({"i": i})).await);
+        sent.push(kept_in_turn(&stack, "cleo", &format!("m{i}"), json!({"i": i}), i + 1).await);
     }
     let cleo = Person::new(&stack, "cleo");
     cleo.holding(5).await;
@@ -222,8 +232,8 @@ async fn pages_hold_while_messages_arrive() {
     // Two more arrive while Cleo pages: they come before the first page, never into the
     // pages still to come.
     let later = [
-        message(&stack, "cleo", "late-1", json!({"late": 1})).await,
-        message(&stack, "cleo", "late-2", json!({"late": 2})).await,
+        kept_in_turn(&stack, "cleo", "late-1", json!({"late": 1}), 6).await,
+        kept_in_turn(&stack, "cleo", "late-2", json!({"late": 2}), 7).await,
     ];
     cleo.holding(7).await;
     let second = cleo.page(&format!("?limit=2&cursor={cursor}")).await;
@@ -346,7 +356,7 @@ async fn retention_by_count_and_by_age() {
     stack.register_inapp("finn", "install-finn-0001").await;
     let mut sent = Vec::new();
     for i in 0..5 {
-        sent.push(message(&stack, "finn", &format!("m{i}"), json!({"i": i})).await);
+        sent.push(kept_in_turn(&stack, "finn", &format!("m{i}"), json!({"i": i}), i + 1).await);
     }
     let finn = Person::new(&stack, "finn");
     harness::wait::until_true("the newest three kept", WAIT, || async {
