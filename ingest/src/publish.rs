@@ -244,10 +244,9 @@ impl Publisher {
     /// ([`pipeline::partition::watch`]); returns at once with one partition.
     pub async fn watch_partitions(&self, shutdown: pipeline::CancellationToken) {
         pipeline::partition::watch(
-            self.js.clone(),
+            &self.router,
             self.topology.clone(),
             ConsumerKind::Fanout,
-            self.router.partitions().clone(),
             self.ack_budget,
             shutdown,
         )

@@ -130,6 +130,9 @@ pub struct Catalogue {
     /// `pushline_partition_reroutes_total{stream}`: publishes that went to another
     /// partition because theirs stalled ([`crate::partition`]).
     pub partition_reroutes: IntCounterVec,
+    /// `pushline_partition_leader_moves_total{stream,leader,outcome}`: leaders the
+    /// publishers moved to spread the partitions over the nodes ([`crate::balance`]).
+    pub partition_leader_moves: IntCounterVec,
     /// `pushline_consumer_pending_messages{stream,consumer}`: not yet delivered (lag).
     pub consumer_pending: IntGaugeVec,
     /// `pushline_consumer_ack_pending_messages{stream,consumer}`: delivered, not yet acked.
@@ -412,6 +415,12 @@ impl Metrics {
                 "pushline_partition_reroutes_total",
                 "Publishes routed to another partition because theirs stalled.",
                 &["stream"],
+            ),
+            partition_leader_moves: counter(
+                &r,
+                "pushline_partition_leader_moves_total",
+                "Stream and consumer leaders moved to spread the partitions over the nodes.",
+                &["stream", "leader", "outcome"],
             ),
             consumer_pending: gauge(
                 &r,

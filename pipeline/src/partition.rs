@@ -111,6 +111,8 @@ pub struct Router {
     partitions: Partitions,
     ack_budget: Duration,
     reroutes: Option<prometheus::IntCounter>,
+    /// `pushline_partition_leader_moves_total` and the `stream` label, for [`watch`].
+    leader_moves: Option<(prometheus::IntCounterVec, String)>,
 }
 
 impl Router {
@@ -122,13 +124,16 @@ impl Router {
             partitions,
             ack_budget,
             reroutes: None,
+            leader_moves: None,
         }
     }
 
     /// The same router counting the messages it sends around a stalled partition in
-    /// `pushline_partition_reroutes_total{stream}`.
+    /// `pushline_partition_reroutes_total{stream}`, and its watch's leader moves in
+    /// `pushline_partition_leader_moves_total{stream,leader,outcome}`.
     pub fn counted(mut self, metrics: &crate::metrics::Metrics, stream: &str) -> Self {
         self.reroutes = Some(metrics.partition_reroutes.with_label_values(&[stream]));
+        self.leader_moves = Some((metrics.partition_leader_moves.clone(), stream.to_owned()));
         self
     }
 
@@ -244,10 +249,9 @@ impl PushRouters {
     pub async fn watch(&self, bound: Duration, shutdown: tokio_util::sync::CancellationToken) {
         let watches = self.routers.iter().map(|(provider, router)| {
             watch(
-                router.js.clone(),
+                router,
                 self.topology.clone(),
                 ConsumerKind::Dispatch(provider),
-                router.partitions.clone(),
                 bound,
                 shutdown.clone(),
             )
@@ -256,20 +260,20 @@ impl PushRouters {
     }
 }
 
-/// Keeps `partitions` (of the stream `consumer` reads) current until `shutdown`: every
+/// Keeps `router`'s partitions (of the stream `consumer` reads) current until `shutdown`: every
 /// [`WATCH_EVERY`], each partition whose stream or consumer does not answer an info
 /// request with a leader within `bound` is marked stalled. The same looks balance the
 /// partitions' leaders over the cluster's nodes ([`crate::balance`]): once every
-/// partition has been settled for [`crate::balance::SETTLE`], a look may move one leader.
-/// Does nothing with one partition.
+/// partition has been settled for [`crate::balance::SETTLE`], a look may move one leader
+/// (counted when the router is [`Router::counted`]). Does nothing with one partition.
 pub async fn watch(
-    js: Context,
+    router: &Router,
     topology: Topology,
     consumer: ConsumerKind,
-    partitions: Partitions,
     bound: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let (js, partitions) = (&router.js, &router.partitions);
     if partitions.count() < 2 {
         return;
     }
@@ -295,7 +299,6 @@ pub async fn watch(
             }
         }
         let checks = (0..partitions.count()).map(|partition| {
-            let js = &js;
             let stream = topology.stream_name_in(consumer.stream(), partition);
             let durable = consumer.durable_name();
             async move {
@@ -337,10 +340,10 @@ pub async fn watch(
         else {
             continue;
         };
-        let (partition, durable, to) = match &chosen {
-            crate::balance::Move::Stream { partition, to } => (*partition, None, to),
+        let (partition, durable, to, leader) = match &chosen {
+            crate::balance::Move::Stream { partition, to } => (*partition, None, to, "stream"),
             crate::balance::Move::Consumer { partition, to } => {
-                (*partition, Some(consumer.durable_name()), to)
+                (*partition, Some(consumer.durable_name()), to, "consumer")
             }
         };
         // A partition whose leader moves is passed over like a stalled one: its publishes
@@ -348,6 +351,12 @@ pub async fn watch(
         partitions.stalled(partition);
         let stream = topology.stream_name_in(consumer.stream(), partition);
         let (js, to, named) = (js.clone(), to.clone(), named.clone());
+        let counted = router.leader_moves.clone();
+        let count = move |outcome: &str| {
+            if let Some((moves, stream)) = &counted {
+                moves.with_label_values(&[stream, leader, outcome]).inc();
+            }
+        };
         gate.moving();
         // On a task of its own: the looks go on while the leader steps down.
         moving = Some(tokio::spawn(async move {
@@ -356,10 +365,12 @@ pub async fn watch(
                 Ok(chosen) => {
                     named.store(chosen == crate::balance::Chosen::Named, Ordering::Relaxed);
                     tracing::info!(%stream, consumer = ?durable, %to, ?chosen, "moved a leader to balance the partitions");
+                    count("moved");
                     true
                 }
                 Err(error) => {
                     tracing::warn!(%stream, consumer = ?durable, %to, %error, "cannot move a leader; backing off");
+                    count("failed");
                     false
                 }
             }

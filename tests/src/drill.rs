@@ -584,19 +584,45 @@ async fn nats_cluster(drill: &str, scale: Scale) -> Report {
     blocking(|| cluster.restart(victim));
     let end = now_ms();
     let calls = load.finish().await;
-    report(drill, &stack, calls, (start, end)).await
+    let report = report(drill, &stack, calls, (start, end)).await;
+    eprintln!(
+        "drill {drill}: leader moves {}",
+        leader_moves(&stack).await.join(", ")
+    );
+    report
+}
+
+/// The `pushline_partition_leader_moves_total` lines of ingest's and the registry's
+/// metrics (the publishers that balance partitions).
+async fn leader_moves(stack: &Stack) -> Vec<String> {
+    let moves = [&stack.ingest, &stack.registry]
+        .into_iter()
+        .map(|service| async move { service.metrics().await });
+    futures::future::join_all(moves)
+        .await
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter(|line| line.starts_with("pushline_partition_leader_moves_total{"))
+        .map(String::from)
+        .collect()
 }
 
 /// Starts the three-node cluster (every stream R3) and every service on `partitions`
 /// partitions, and answers, for `EVENTS` and each push stream, the node leading each of
 /// its partitions (empty where none answered): as soon as every such stream has its
 /// partitions led by distinct nodes (as many as there are nodes), or as they are after
-/// `within`; then the same again `later` (leaders once spread stay where they are).
+/// `within`; then the same again `later` (leaders once spread stay where they are), and
+/// the `pushline_partition_leader_moves_total` lines of ingest's and the registry's
+/// metrics.
 pub async fn leaders_once_spread(
     partitions: usize,
     within: Duration,
     later: Duration,
-) -> (Vec<(String, Vec<String>)>, Vec<(String, Vec<String>)>) {
+) -> (
+    Vec<(String, Vec<String>)>,
+    Vec<(String, Vec<String>)>,
+    Vec<String>,
+) {
     let cluster = NatsCluster::start().await;
     let url = cluster.url();
     let stack = Stack::start_with(|c| {
@@ -635,7 +661,8 @@ pub async fn leaders_once_spread(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     tokio::time::sleep(later).await;
-    (first, leaders().await)
+    let later = leaders().await;
+    (first, later, leader_moves(&stack).await)
 }
 
 async fn nats_restart(scale: Scale) -> Report {

@@ -42,25 +42,25 @@ async fn the_publishers_spread_partition_leaders_over_the_nodes() {
     // nats-server may put every partition's leader on one node (whose death then stalls
     // them all); the publishers' watch moves them apart.
     let _turn = ONE_AT_A_TIME.lock().await;
-    let (leaders, later) =
+    let (leaders, later, moves) =
         harness::drill::leaders_once_spread(3, Duration::from_secs(30), Duration::from_secs(3))
             .await;
     for (stream, nodes) in &leaders {
         assert!(
             nodes.iter().all(|node| !node.is_empty()),
-            "{stream}: a partition without a leader: {nodes:?}"
+            "{stream}: a partition without a leader: {nodes:?}; the publishers' moves: {moves:?}"
         );
         let distinct: std::collections::HashSet<_> = nodes.iter().collect();
         assert_eq!(
             distinct.len(),
             3,
-            "{stream}'s partitions are led by {nodes:?}"
+            "{stream}'s partitions are led by {nodes:?}; the publishers' moves: {moves:?}"
         );
     }
     // Once spread they stay: no leader keeps being moved.
     assert_eq!(
         later, leaders,
-        "the leaders moved again after they were spread"
+        "the leaders moved again after they were spread; the publishers' moves: {moves:?}"
     );
 }
 
