@@ -260,8 +260,8 @@ impl PushRouters {
     }
 }
 
-/// Keeps `router`'s partitions (of the stream `consumer` reads) current until `shutdown`: every
-/// [`WATCH_EVERY`], each partition whose stream or consumer does not answer an info
+/// Keeps `router`'s partitions (of the stream `consumer` reads) current until `shutdown`:
+/// every [`WATCH_EVERY`], each partition whose stream or consumer does not answer an info
 /// request with a leader within `bound` is marked stalled. The same looks balance the
 /// partitions' leaders over the cluster's nodes ([`crate::balance`]): once every
 /// partition has been settled for [`crate::balance::SETTLE`], a look may move one leader
