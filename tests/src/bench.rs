@@ -6,14 +6,87 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-/// The value of `--name N`, or `default`.
+/// The value of `--name N`, or `default`; a value that is not a whole number stops the
+/// program (exit code 2) rather than running on the default.
 pub fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
+    let Some(value) = args
+        .iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    else {
+        return default;
+    };
+    value.parse().unwrap_or_else(|_| {
+        eprintln!("{name} takes a whole number; got `{value}`");
+        std::process::exit(2);
+    })
+}
+
+/// Checks the command line before anything reads it: `--help` (or `-h`) prints the
+/// options and exits; an option that is neither in `valued` (each takes a value) nor in
+/// `switches`, or a valued one without its value, stops the program (exit code 2)
+/// instead of a run on defaults nobody asked for.
+pub fn check_args(valued: &[&str], switches: &[&str]) {
+    let args: Vec<String> = std::env::args().collect();
+    let program = args
+        .first()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut usage = format!("usage: {program}");
+    for flag in valued {
+        usage.push_str(&format!(" [{flag} VALUE]"));
+    }
+    for flag in switches {
+        usage.push_str(&format!(" [{flag}]"));
+    }
+    usage.push_str(&format!(
+        "\n(each option is explained at the top of tests/src/bin/{program}.rs)"
+    ));
+    match command_line(args.get(1..).unwrap_or_default(), valued, switches) {
+        Ok(CommandLine::Run) => {}
+        Ok(CommandLine::Help) => {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        Err(problem) => {
+            eprintln!("{problem}\n{usage}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// What a checked command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum CommandLine {
+    Run,
+    Help,
+}
+
+fn command_line(
+    args: &[String],
+    valued: &[&str],
+    switches: &[&str],
+) -> Result<CommandLine, String> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let arg = arg.as_str();
+        if arg == "--help" || arg == "-h" {
+            return Ok(CommandLine::Help);
+        }
+        if switches.contains(&arg) {
+            continue;
+        }
+        if !valued.contains(&arg) {
+            return Err(format!("unknown option `{arg}`"));
+        }
+        match args.next() {
+            Some(value) if !value.starts_with("--") => {}
+            _ => return Err(format!("{arg} needs a value")),
+        }
+    }
+    Ok(CommandLine::Run)
 }
 
 /// The value of `--json FILE`.
@@ -209,4 +282,35 @@ pub async fn wait_ready(http: &reqwest::Client, admin: u16) -> anyhow::Result<()
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     anyhow::bail!("service on admin port {admin} not ready in 30 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(args: &[&str]) -> Result<CommandLine, String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        command_line(&args, &["--rate", "--drill"], &["--keep-logs"])
+    }
+
+    #[test]
+    fn a_command_line_is_checked_before_a_run() {
+        assert_eq!(line(&[]), Ok(CommandLine::Run));
+        assert_eq!(
+            line(&["--rate", "300", "--keep-logs", "--drill", "nats-node"]),
+            Ok(CommandLine::Run)
+        );
+        assert_eq!(line(&["--rate", "300", "--help"]), Ok(CommandLine::Help));
+        assert_eq!(line(&["-h"]), Ok(CommandLine::Help));
+        assert_eq!(
+            line(&["--rat", "300"]),
+            Err("unknown option `--rat`".into())
+        );
+        assert_eq!(line(&["300"]), Err("unknown option `300`".into()));
+        assert_eq!(line(&["--rate"]), Err("--rate needs a value".into()));
+        assert_eq!(
+            line(&["--rate", "--keep-logs"]),
+            Err("--rate needs a value".into())
+        );
+    }
 }

@@ -180,6 +180,7 @@ fn runtime(name: &'static str) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> anyhow::Result<()> {
+    harness::bench::check_args(&["--pushes", "--json"], &["--no-tracking", "--no-h2load"]);
     harness::bench::require_h2load()?;
     let n = arg("--pushes", 20_000) as usize;
     let ca = TestCa::new();

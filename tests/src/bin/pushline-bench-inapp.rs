@@ -75,6 +75,18 @@ fn has(flag: &str) -> bool {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    harness::bench::check_args(
+        &[
+            "--idle",
+            "--idle-secs",
+            "--concurrency",
+            "--rate",
+            "--duration",
+            "--devices",
+            "--storm",
+        ],
+        &["--keep-logs"],
+    );
     let files = raise_open_files();
     let (idle, rate, storm) = (
         has("--idle"),

@@ -151,6 +151,7 @@ fn event(i: usize) -> Event {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    harness::bench::check_args(&["--messages", "--persons", "--concurrency", "--json"], &[]);
     let messages = arg("--messages", 20_000) as usize;
     let persons = (arg("--persons", 1_000) as usize).max(1);
     let concurrency = (arg("--concurrency", 32) as usize).max(1);

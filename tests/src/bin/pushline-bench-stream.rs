@@ -79,6 +79,10 @@ async fn rate(url: &str, replicas: usize, partitions: usize, messages: usize) ->
 
 #[tokio::main]
 async fn main() {
+    harness::bench::check_args(
+        &["--messages", "--partitions", "--in-flight", "--size"],
+        &[],
+    );
     let messages = arg("--messages", 50_000) as usize;
     let partitions = arg("--partitions", 3).max(1) as usize;
     println!("| setup | partitions | messages | acked/s |\n|---|---|---|---|");

@@ -213,6 +213,18 @@ fn call_id(body: &[u8], provider: &str) -> Option<u64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    harness::bench::check_args(
+        &[
+            "--rate",
+            "--duration",
+            "--persons",
+            "--partitions",
+            "--sweep",
+            "--connections",
+            "--json",
+        ],
+        &["--keep-logs", "--no-tracking", "--no-h2load"],
+    );
     harness::bench::require_h2load()?;
     let rate = arg("--rate", 1_000).max(1);
     let duration = arg("--duration", 10).max(1);

@@ -75,6 +75,21 @@ fn sender() -> Option<Sender> {
 }
 
 fn main() {
+    harness::bench::check_args(
+        &[
+            "--drill",
+            "--rate",
+            "--before",
+            "--fault",
+            "--after",
+            "--ring",
+            "--persons",
+            "--partitions",
+            "--sender",
+            "--outage",
+        ],
+        &[],
+    );
     // Logs to stderr: stdout is the report.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
