@@ -150,6 +150,16 @@ impl NatsCluster {
         let info = stream.info().await.ok()?;
         info.cluster.as_ref().and_then(|c| c.leader.clone())
     }
+
+    /// The server name of the leader of `stream`'s consumer `durable`.
+    pub async fn consumer_leader(&self, stream: &str, durable: &str) -> Option<String> {
+        let servers = pipeline::nats::seed_servers(&self.url()).ok()?;
+        let client = async_nats::connect(servers).await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream_no_info(stream).await.ok()?;
+        let info = stream.consumer_info(durable).await.ok()?;
+        info.cluster.as_ref().and_then(|c| c.leader.clone())
+    }
 }
 
 impl Drop for NatsCluster {

@@ -544,23 +544,31 @@ async fn nats_cluster(drill: &str, scale: Scale) -> Report {
         on_nats_cluster(c, &url, scale.partitions);
     })
     .await;
+    // A running cluster has its leaders spread long before a node dies: the fault waits
+    // for the publishers to spread them (how long that took is printed).
+    let topology = providers::topology(&stack.configs.registry.nats);
+    if scale.partitions > 1 {
+        let started = Instant::now();
+        let spread = wait_spread(&cluster, &topology, SPREAD_WITHIN).await;
+        eprintln!(
+            "drill {drill}: leaders {} after {:.1} s",
+            if spread { "spread" } else { "not yet spread" },
+            started.elapsed().as_secs_f64()
+        );
+    }
     register_devices(&stack, scale.persons).await;
     let load = load(drill, &stack, scale);
     tokio::time::sleep(scale.before).await;
-    // Where the cluster put the partitions' leaders (printed: they are the server's choice).
-    let topology = providers::topology(&stack.configs.registry.nats);
-    let mut leaders = Vec::new();
-    for kind in [
-        StreamKind::Events,
-        StreamKind::Push("apns"),
-        StreamKind::Push("fcm"),
-    ] {
-        for name in topology.stream_names(kind) {
-            let leader = cluster.stream_leader(&name).await.unwrap_or_default();
-            leaders.push(format!("{name}: {leader}"));
-        }
-    }
-    eprintln!("drill {drill}: stream leaders {}", leaders.join(", "));
+    // Where the partitions' leaders are when the fault comes (printed: the server's
+    // choice, and the publishers' moves).
+    let placement: Vec<String> = placement(&cluster, &topology)
+        .await
+        .iter()
+        .map(|(stream, streams, consumers)| {
+            format!("{stream}: streams {streams:?}, consumers {consumers:?}")
+        })
+        .collect();
+    eprintln!("drill {drill}: leaders {}", placement.join("; "));
     // The leader of one partition of `EVENTS`, chosen at random (partition 0 is the
     // stream of an unpartitioned topology).
     let partition = rand::random::<u32>() as usize % scale.partitions.max(1);
@@ -590,6 +598,63 @@ async fn nats_cluster(drill: &str, scale: Scale) -> Report {
         leader_moves(&stack).await.join(", ")
     );
     report
+}
+
+/// The longest a cluster drill waits for the publishers to spread the leaders.
+const SPREAD_WITHIN: Duration = Duration::from_secs(90);
+
+/// For `EVENTS` and the drilled providers' push streams: the stream's name and, per
+/// partition, the node leading its stream and the node leading its consumer (empty where
+/// none answered).
+async fn placement(
+    cluster: &NatsCluster,
+    topology: &pipeline::topology::Topology,
+) -> Vec<(String, Vec<String>, Vec<String>)> {
+    use pipeline::topology::ConsumerKind;
+    let mut placement = Vec::new();
+    for consumer in [
+        ConsumerKind::Fanout,
+        ConsumerKind::Dispatch("apns"),
+        ConsumerKind::Dispatch("fcm"),
+    ] {
+        let (mut streams, mut consumers) = (Vec::new(), Vec::new());
+        let durable = consumer.durable_name();
+        for name in topology.stream_names(consumer.stream()) {
+            streams.push(cluster.stream_leader(&name).await.unwrap_or_default());
+            let leader = cluster.consumer_leader(&name, &durable).await;
+            consumers.push(leader.unwrap_or_default());
+        }
+        placement.push((topology.stream_name(consumer.stream()), streams, consumers));
+    }
+    placement
+}
+
+/// Waits up to `within` until every stream of [`placement`] has its partitions' streams
+/// led by distinct nodes, and their consumers too (as many as there are nodes): what the
+/// publishers' balancing aims at on any server. Answers whether it came to that.
+async fn wait_spread(
+    cluster: &NatsCluster,
+    topology: &pipeline::topology::Topology,
+    within: Duration,
+) -> bool {
+    let distinct = |nodes: &[String]| {
+        let led: std::collections::HashSet<_> = nodes.iter().filter(|n| !n.is_empty()).collect();
+        led.len() == nodes.len().min(3)
+    };
+    let until = Instant::now() + within;
+    loop {
+        let spread = placement(cluster, topology)
+            .await
+            .iter()
+            .all(|(_, streams, consumers)| distinct(streams) && distinct(consumers));
+        if spread {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The `pushline_partition_leader_moves_total` lines of ingest's and the registry's
