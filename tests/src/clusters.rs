@@ -151,15 +151,36 @@ impl NatsCluster {
         info.cluster.as_ref().and_then(|c| c.leader.clone())
     }
 
-    /// The server name of the leader of `stream`'s consumer `durable`.
-    pub async fn consumer_leader(&self, stream: &str, durable: &str) -> Option<String> {
+    /// A JetStream context on the cluster, on a connection of its own.
+    pub async fn jetstream(&self) -> Option<async_nats::jetstream::Context> {
         let servers = pipeline::nats::seed_servers(&self.url()).ok()?;
         let client = async_nats::connect(servers).await.ok()?;
-        let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream_no_info(stream).await.ok()?;
-        let info = stream.consumer_info(durable).await.ok()?;
-        info.cluster.as_ref().and_then(|c| c.leader.clone())
+        Some(async_nats::jetstream::new(client))
     }
+}
+
+/// The server names leading `stream` and its consumer `durable`, asked on `js` (`None`
+/// where none answered).
+pub async fn leaders_on(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> (Option<String>, Option<String>) {
+    let Ok(handle) = js.get_stream_no_info(stream).await else {
+        return (None, None);
+    };
+    let leader = |cluster: Option<&async_nats::jetstream::stream::ClusterInfo>| {
+        cluster.and_then(|c| c.leader.clone())
+    };
+    let stream_leader = match handle.get_info().await {
+        Ok(info) => leader(info.cluster.as_ref()),
+        Err(_) => None,
+    };
+    let consumer_leader = match handle.consumer_info(durable).await {
+        Ok(info) => leader(info.cluster.as_ref()),
+        Err(_) => None,
+    };
+    (stream_leader, consumer_leader)
 }
 
 impl Drop for NatsCluster {

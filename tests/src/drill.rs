@@ -611,6 +611,7 @@ async fn placement(
     topology: &pipeline::topology::Topology,
 ) -> Vec<(String, Vec<String>, Vec<String>)> {
     use pipeline::topology::ConsumerKind;
+    let js = cluster.jetstream().await;
     let mut placement = Vec::new();
     for consumer in [
         ConsumerKind::Fanout,
@@ -620,9 +621,12 @@ async fn placement(
         let (mut streams, mut consumers) = (Vec::new(), Vec::new());
         let durable = consumer.durable_name();
         for name in topology.stream_names(consumer.stream()) {
-            streams.push(cluster.stream_leader(&name).await.unwrap_or_default());
-            let leader = cluster.consumer_leader(&name, &durable).await;
-            consumers.push(leader.unwrap_or_default());
+            let (stream, consumer) = match &js {
+                Some(js) => crate::clusters::leaders_on(js, &name, &durable).await,
+                None => (None, None),
+            };
+            streams.push(stream.unwrap_or_default());
+            consumers.push(consumer.unwrap_or_default());
         }
         placement.push((topology.stream_name(consumer.stream()), streams, consumers));
     }
