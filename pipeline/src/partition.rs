@@ -133,6 +133,14 @@ impl Router {
     /// `pushline_partition_leader_moves_total{stream,leader,outcome}`.
     pub fn counted(mut self, metrics: &crate::metrics::Metrics, stream: &str) -> Self {
         self.reroutes = Some(metrics.partition_reroutes.with_label_values(&[stream]));
+        // Each series from zero, so the first failed move is an increase too.
+        for leader in ["stream", "consumer"] {
+            for outcome in ["moved", "failed"] {
+                metrics
+                    .partition_leader_moves
+                    .with_label_values(&[stream, leader, outcome]);
+            }
+        }
         self.leader_moves = Some((metrics.partition_leader_moves.clone(), stream.to_owned()));
         self
     }

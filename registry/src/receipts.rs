@@ -30,6 +30,9 @@ const MAX_RECORDS: usize = 2_000;
 /// How long a report is checked again while the records it is checked against may still
 /// be on their way.
 const RECORDS_SETTLE: std::time::Duration = std::time::Duration::from_millis(1_500);
+/// How recent an event's newest record must be (ms) for records it lacks to be still on
+/// their way: an event's records are written within moments of each other.
+const RECENT_MS: u64 = 10_000;
 /// The first pause before checking again; each next one doubles.
 const SETTLE_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 /// Most receipts recorded for one device of one event; later ones are taken and not
@@ -217,7 +220,8 @@ impl Receipts {
         // The records a report is checked against are written without waiting (ingest's
         // after storing the event, the fan-out's after publishing the jobs, the
         // gateway's after sending the frame), so an app answering at once can be ahead
-        // of them: a report they do not show yet is checked again for a moment.
+        // of them: a report on a recent event that they do not show yet is checked again
+        // for a moment ([`standing`]).
         let started = tokio::time::Instant::now();
         let mut pause = SETTLE_FIRST_PAUSE;
         let sent = loop {
@@ -230,14 +234,15 @@ impl Receipts {
             .await
             .map_err(|e| ReceiptError::Unavailable(e.to_string()))?
             .value;
-            match standing(status, person, &tags) {
+            match standing(status, person, &tags, now_ms()) {
                 Standing::Sent(sent) => break sent,
                 Standing::NotSent => return Err(ReceiptError::UnknownMessage),
-                Standing::NotYet if started.elapsed() + pause > RECORDS_SETTLE => {
-                    return Err(ReceiptError::UnknownMessage);
-                }
                 Standing::NotYet => {
-                    tokio::time::sleep(pause).await;
+                    let left = RECORDS_SETTLE.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return Err(ReceiptError::UnknownMessage);
+                    }
+                    tokio::time::sleep(pause.min(left)).await;
                     pause *= 2;
                 }
             }
@@ -323,29 +328,46 @@ struct Sent {
     fanned_out_at_ms: Option<u64>,
 }
 
-fn standing(status: Option<EventStatus>, person: &str, tags: &[String]) -> Standing {
+/// Waits only where waiting can change the answer: on an event with records from the
+/// last [`RECENT_MS`] that does not show the caller's device (or whose person is not
+/// recorded yet). An event with no records at all (none such, or older than `STATUS`
+/// keeps them) and another person's event are answered at once, so the time an answer
+/// takes tells a caller nothing about other persons' events.
+fn standing(status: Option<EventStatus>, person: &str, tags: &[String], now_ms: u64) -> Standing {
     if tags.is_empty() {
         return Standing::NotSent;
     }
     let Some(EventStatus {
-        received: Some(received),
+        received,
         devices,
         fanned_out_at_ms,
+        history,
         ..
     }) = status
     else {
-        return Standing::NotYet;
+        return Standing::NotSent;
     };
-    if !crate::person::same(&received.person_id, person) {
+    if received
+        .as_ref()
+        .is_some_and(|r| !crate::person::same(&r.person_id, person))
+    {
         return Standing::NotSent;
     }
-    match devices.into_iter().find(|d| tags.contains(&d.device)) {
-        Some(device) => Standing::Sent(Box::new(Sent {
+    let device = devices.into_iter().find(|d| tags.contains(&d.device));
+    match (received, device) {
+        (Some(received), Some(device)) => Standing::Sent(Box::new(Sent {
             received,
             device,
             fanned_out_at_ms,
         })),
-        None => Standing::NotYet,
+        _ => {
+            let newest = history.iter().map(|r| r.at_ms).max().unwrap_or(0);
+            if now_ms.saturating_sub(newest) <= RECENT_MS {
+                Standing::NotYet
+            } else {
+                Standing::NotSent
+            }
+        }
     }
 }
 
@@ -420,43 +442,51 @@ mod tests {
 
     #[test]
     fn a_report_waits_only_for_records_that_may_still_come() {
+        let now = now_ms();
         let tags = vec!["tag-1".to_owned()];
         let sent = vec![received("hana"), record(Stage::SentInApp, Some("tag-1"))];
-        let Standing::Sent(taken) = standing(status(sent.clone()), "hana", &tags) else {
+        let Standing::Sent(taken) = standing(status(sent.clone()), "hana", &tags, now) else {
             panic!("sent to hana's device");
         };
         assert_eq!(taken.device.device, "tag-1");
         assert_eq!(taken.received.person_id, "hana");
 
-        // No registration of the caller matches, or the event was someone else's: at once.
+        // No registration of the caller matches, the event was someone else's, or
+        // nothing is recorded of it: at once.
         assert_eq!(
-            standing(status(sent.clone()), "hana", &[]),
+            standing(status(sent.clone()), "hana", &[], now),
             Standing::NotSent
         );
         assert_eq!(
-            standing(status(sent.clone()), "ivan", &tags),
+            standing(status(sent.clone()), "ivan", &tags, now),
             Standing::NotSent
         );
-        // Nothing yet, no record of what ingest stored, or none of that device: wait.
-        assert_eq!(standing(None, "hana", &tags), Standing::NotYet);
+        assert_eq!(standing(None, "hana", &tags, now), Standing::NotSent);
+        // A recent event without the record of what ingest stored, or without that
+        // device's: wait.
+        let device_only = vec![record(Stage::SentInApp, Some("tag-1"))];
         assert_eq!(
-            standing(
-                status(vec![record(Stage::SentInApp, Some("tag-1"))]),
-                "hana",
-                &tags
-            ),
+            standing(status(device_only.clone()), "hana", &tags, now),
             Standing::NotYet
         );
+        let other_device = vec![received("hana"), record(Stage::SentInApp, Some("tag-2"))];
         assert_eq!(
-            standing(
-                status(vec![
-                    received("hana"),
-                    record(Stage::SentInApp, Some("tag-2"))
-                ]),
-                "hana",
-                &tags
-            ),
+            standing(status(other_device.clone()), "hana", &tags, now),
             Standing::NotYet
         );
+        // The same long after its newest record: nothing more is coming.
+        let later = now + RECENT_MS + 1;
+        assert_eq!(
+            standing(status(device_only), "hana", &tags, later),
+            Standing::NotSent
+        );
+        assert_eq!(
+            standing(status(other_device), "hana", &tags, later),
+            Standing::NotSent
+        );
+        assert!(matches!(
+            standing(status(sent), "hana", &tags, later),
+            Standing::Sent(_)
+        ));
     }
 }
