@@ -332,7 +332,8 @@ struct Sent {
 /// last [`RECENT_MS`] that does not show the caller's device (or whose person is not
 /// recorded yet). An event with no records at all (none such, or older than `STATUS`
 /// keeps them) and another person's event are answered at once, so the time an answer
-/// takes tells a caller nothing about other persons' events.
+/// takes tells a caller nothing about other persons' events (beyond the moment while a
+/// new event's first records are on their way).
 fn standing(status: Option<EventStatus>, person: &str, tags: &[String], now_ms: u64) -> Standing {
     if tags.is_empty() {
         return Standing::NotSent;
