@@ -6,7 +6,8 @@
 //! for `token_refresh_secs` and never made per request. `iat` is aligned down to a
 //! multiple of that period and ECDSA signing is deterministic (RFC 6979), so every
 //! replica presents the same token at the same time. After `ExpiredProviderToken`
-//! [`ProviderToken::renew`] signs once with the current time.
+//! [`ProviderToken::renew`] signs once with the current time (a second earlier if that is
+//! the rejected token's own `iat`), and that token then serves for a whole period.
 
 use std::sync::{Arc, RwLock};
 
@@ -48,13 +49,15 @@ impl ProviderToken {
         })
     }
 
-    /// The token to use at `now_secs`: the cached one while it belongs to the current
-    /// period, else a new one with `iat` at the period's start.
+    /// The token to use at `now_secs`: the cached one while it is younger than the
+    /// period (a period's own token until the period ends; a renewed one for a whole
+    /// period from its renewal, so a renewal is not followed by another update at the
+    /// period's end), else a new one with `iat` at the period's start.
     pub fn current(&self, now_secs: u64) -> Arc<str> {
         let period_start = now_secs - now_secs % self.refresh_secs;
         if let Ok(guard) = self.current.read() {
             if let Some((iat, token)) = guard.as_ref() {
-                if *iat >= period_start && *iat <= now_secs {
+                if *iat <= now_secs && now_secs - *iat < self.refresh_secs {
                     return token.clone();
                 }
             }
@@ -72,11 +75,17 @@ impl ProviderToken {
         let Ok(mut guard) = self.current.write() else {
             return Arc::from(sign(&self.key, &self.key_id, &self.team_id, iat));
         };
+        let mut iat = iat;
         if let Some((cached_iat, token)) = guard.as_ref() {
             let someone_else_renewed = only_if.is_some_and(|rejected| &**token != rejected);
             let same_period = only_if.is_none() && *cached_iat >= iat;
             if someone_else_renewed || same_period {
                 return token.clone();
+            }
+            // Signing is deterministic: a renewal dated the second of the token it
+            // replaces would be that token again, so it is dated a second earlier.
+            if only_if.is_some() && *cached_iat == iat {
+                iat = iat.saturating_sub(1);
             }
         }
         let token: Arc<str> = Arc::from(sign(&self.key, &self.key_id, &self.team_id, iat));
@@ -146,8 +155,23 @@ mod tests {
         assert_ne!(renewed, old);
         // A second request that also saw `old` rejected gets the renewed token, unchanged.
         assert_eq!(p.renew(1_800 * 10 + 101, &old), renewed);
-        // And the renewed token serves the rest of the period.
+        // And the renewed token serves the rest of the period, and a whole period from
+        // its renewal: no second update right after it at the period's end.
         assert_eq!(p.current(1_800 * 10 + 500), renewed);
+        assert_eq!(p.current(1_800 * 11 + 99), renewed);
+        assert_ne!(p.current(1_800 * 11 + 100), renewed);
+    }
+
+    #[test]
+    fn a_renewal_in_the_second_its_token_was_dated_is_a_new_token() {
+        // Seen in CI: the first token of a period rejected in the period's first second.
+        let p = ProviderToken::from_p8("T", "K", &pem(), 1800).expect("key");
+        let start = 1_800 * 10;
+        let old = p.current(start);
+        let renewed = p.renew(start, &old);
+        assert_ne!(renewed, old);
+        assert_eq!(p.current(start), renewed, "the rejected token is not used again");
+        assert_eq!(p.current(start + 1_798), renewed);
     }
 
     #[test]
