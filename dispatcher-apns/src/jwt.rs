@@ -170,7 +170,11 @@ mod tests {
         let old = p.current(start);
         let renewed = p.renew(start, &old);
         assert_ne!(renewed, old);
-        assert_eq!(p.current(start), renewed, "the rejected token is not used again");
+        assert_eq!(
+            p.current(start),
+            renewed,
+            "the rejected token is not used again"
+        );
         assert_eq!(p.current(start + 1_798), renewed);
     }
 
