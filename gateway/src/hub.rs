@@ -566,8 +566,12 @@ impl Hub {
     ) -> Result<Option<(u64, Box<PushJob<inapp::spec::InAppPart>>)>, Close> {
         loop {
             match self.next(device, window.sent).await? {
-                Next::Message { seq, job } => return Ok(Some((seq, job))),
+                Next::Message { seq, job } => {
+                    window.found();
+                    return Ok(Some((seq, job)));
+                }
                 Next::Expired { seq, event_id } => {
+                    window.found();
                     window.sent = seq;
                     self.metrics
                         .inapp_messages
@@ -586,7 +590,7 @@ impl Hub {
                     }
                 }
                 Next::Nothing => {
-                    window.more = false;
+                    window.nothing(std::time::Instant::now());
                     if let Some(count) = window.catch_up.take() {
                         self.metrics
                             .inapp_catchup
@@ -827,6 +831,23 @@ impl Drop for Entry<'_> {
     }
 }
 
+/// The first pause before reading the stream again after a live signal found nothing.
+pub const RECHECK_FIRST: Duration = Duration::from_millis(20);
+/// How long after a signal the stream is read again while it shows nothing new.
+pub const RECHECK_FOR: Duration = Duration::from_secs(2);
+
+/// A live signal whose message was not readable yet: the signal is the publish itself,
+/// which reaches subscribers before the stream has stored it (on one server its store
+/// runs a moment later; on a cluster, once the replicas agreed). So a read that finds
+/// nothing after a signal is made again after [`RECHECK_FIRST`], doubling, until
+/// [`RECHECK_FOR`] has passed since the signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Recheck {
+    since: std::time::Instant,
+    pause: Duration,
+    at: Option<std::time::Instant>,
+}
+
 /// What a connection has sent and what was acknowledged.
 #[derive(Debug)]
 pub struct Window {
@@ -843,6 +864,8 @@ pub struct Window {
     pub catch_up: Option<u64>,
     /// The events of the messages in `unacked`, with their sequences.
     events: VecDeque<(u64, String)>,
+    /// A signal the stream has not shown a message for yet.
+    recheck: Option<Recheck>,
 }
 
 impl Window {
@@ -855,6 +878,50 @@ impl Window {
             more: true,
             catch_up: Some(0),
             events: VecDeque::new(),
+            recheck: None,
+        }
+    }
+
+    /// A live signal at `now`: the stream may hold more, and if a read finds nothing the
+    /// message is on its way ([`Recheck`]).
+    pub fn signalled(&mut self, now: std::time::Instant) {
+        self.more = true;
+        self.recheck = Some(Recheck {
+            since: now,
+            pause: RECHECK_FIRST,
+            at: None,
+        });
+    }
+
+    /// A read found a message (sent or skipped): what was signalled is being read.
+    pub fn found(&mut self) {
+        self.recheck = None;
+    }
+
+    /// A read found nothing at `now`: the stream has nothing more for now, and after a
+    /// signal it is read again in a moment, until [`RECHECK_FOR`] after the signal.
+    pub fn nothing(&mut self, now: std::time::Instant) {
+        self.more = false;
+        if let Some(recheck) = self.recheck.as_mut() {
+            if now.duration_since(recheck.since) + recheck.pause > RECHECK_FOR {
+                self.recheck = None;
+            } else {
+                recheck.at = Some(now + recheck.pause);
+                recheck.pause *= 2;
+            }
+        }
+    }
+
+    /// When the stream is to be read again, if a signal is still unanswered.
+    pub fn recheck_at(&self) -> Option<std::time::Instant> {
+        self.recheck.and_then(|r| r.at)
+    }
+
+    /// The time to read the stream again has come.
+    pub fn recheck_due(&mut self) {
+        self.more = true;
+        if let Some(recheck) = self.recheck.as_mut() {
+            recheck.at = None;
         }
     }
 
@@ -901,6 +968,14 @@ impl Window {
     }
 }
 
+/// Waits until `at`, or forever without one: a `select!` arm for [`Window::recheck_at`].
+pub async fn recheck(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Whether a removal failed only because the message is not there any more.
 fn is_gone(error: &async_nats::jetstream::stream::DeleteMessageError) -> bool {
     use async_nats::jetstream::ErrorCode;
@@ -937,6 +1012,53 @@ mod tests {
         assert_eq!(window.ack(16), Err(Close::Protocol), "beyond what was sent");
         assert_eq!(window.ack(15), Ok(Some(15)));
         assert!(window.unacked.is_empty());
+    }
+
+    #[test]
+    fn a_signal_whose_message_is_not_stored_yet_is_read_again_for_a_while() {
+        let t0 = std::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut window = Window::new(0);
+        // Nothing after a catch-up with no signal: wait for one.
+        window.nothing(t0);
+        assert!(!window.more);
+        assert_eq!(window.recheck_at(), None);
+
+        // A signal, and the read finds nothing: read again 20 ms later, then 40, 80…
+        window.signalled(t0);
+        assert!(window.more);
+        window.nothing(t0);
+        assert_eq!(window.recheck_at(), Some(t0 + ms(20)));
+        window.recheck_due();
+        assert!(window.more);
+        assert_eq!(window.recheck_at(), None, "one read per pause");
+        window.nothing(t0 + ms(20));
+        assert_eq!(window.recheck_at(), Some(t0 + ms(60)));
+        // The message is there: no more reads for that signal.
+        window.recheck_due();
+        window.found();
+        window.nothing(t0 + ms(61));
+        assert_eq!(window.recheck_at(), None);
+
+        // A signal whose message never shows: given up once the next pause would pass
+        // RECHECK_FOR after the signal.
+        window.signalled(t0);
+        let mut now = t0;
+        let mut reads = 0;
+        while let Some(at) = {
+            window.nothing(now);
+            window.recheck_at()
+        } {
+            window.recheck_due();
+            now = at;
+            reads += 1;
+            assert!(now <= t0 + RECHECK_FOR);
+        }
+        assert_eq!(
+            reads, 6,
+            "20 + 40 + … + 640 ms, then 1280 ms would pass 2 s"
+        );
+        assert!(!window.more);
     }
 
     #[test]

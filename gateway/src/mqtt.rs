@@ -534,8 +534,9 @@ where
                 if signal.is_none() {
                     return Err(Close::Unavailable.into());
                 }
-                window.more = true;
+                window.signalled(std::time::Instant::now());
             }
+            () = crate::hub::recheck(window.recheck_at()) => window.recheck_due(),
             change = changes.next() => {
                 let Some(change) = change else {
                     return Err(Close::Unavailable.into());

@@ -42,7 +42,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::frames::{self, ClientFrame, Close, Control, ServerFrame};
-use crate::hub::{Device, Hub, Window};
+use crate::hub::{Device, Hub, Window, recheck};
 
 /// The transport's metric label.
 pub const TRANSPORT: &str = "websocket";
@@ -205,8 +205,9 @@ where
                 if signal.is_none() {
                     return Err(Close::Unavailable);
                 }
-                window.more = true;
+                window.signalled(std::time::Instant::now());
             }
+            () = recheck(window.recheck_at()) => window.recheck_due(),
             change = changes.next() => {
                 let Some(change) = change else {
                     return Err(Close::Unavailable);
