@@ -253,6 +253,36 @@ async fn nobody_connects_as_another_persons_device() {
     assert_eq!(dora.drain().await.len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_reach_a_live_connection_on_a_three_node_cluster() {
+    // The live signal is the publish, which reaches the gateway before the replicas have
+    // stored the message: the gateway reads again until it is there, rather than waiting
+    // for a later signal that, for the last message, never comes.
+    let cluster = harness::clusters::NatsCluster::start().await;
+    let url = cluster.url();
+    let on_cluster = |nats: &mut pipeline::config::NatsConfig| {
+        nats.url = url.clone();
+        nats.replicas = 3;
+    };
+    let stack = Stack::start_with(|c| {
+        c.keep_dispatchers(&[]);
+        c.each_nats(on_cluster);
+    })
+    .await;
+    let mut config = stack.env.gateway_config();
+    on_cluster(&mut config.nats);
+    let gateway = start_gateway(config).await;
+    gateway.wait_ready().await;
+    stack.register_inapp("ola", "install-ola-0001").await;
+    let mut app = App::connect(&gateway, "ola", "install-ola-0001").await;
+    for i in 0..5 {
+        notify(&stack, "ola", &format!("m{i}"), 60, json!({"i": i})).await;
+        let message = app.frame().await;
+        assert_eq!(message["payload"], json!({"i": i}), "{message}");
+        app.ack(message["seq"].as_u64().expect("seq")).await;
+    }
+}
+
 #[tokio::test]
 async fn protocol_abuse_closes_that_connection_only() {
     let (stack, gateway) = stack().await;
