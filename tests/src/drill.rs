@@ -641,16 +641,14 @@ async fn wait_spread(
     topology: &pipeline::topology::Topology,
     within: Duration,
 ) -> bool {
-    let distinct = |nodes: &[String]| {
-        let led: std::collections::HashSet<_> = nodes.iter().filter(|n| !n.is_empty()).collect();
-        led.len() == nodes.len().min(3)
-    };
     let until = Instant::now() + within;
     loop {
         let spread = placement(cluster, topology)
             .await
             .iter()
-            .all(|(_, streams, consumers)| distinct(streams) && distinct(consumers));
+            .all(|(_, streams, consumers)| {
+                led_by_distinct_nodes(streams) && led_by_distinct_nodes(consumers)
+            });
         if spread {
             return true;
         }
@@ -659,6 +657,13 @@ async fn wait_spread(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Whether the partitions whose leaders are `nodes` (empty where none answered) are led
+/// by as many distinct nodes as there are partitions, or nodes (three).
+fn led_by_distinct_nodes(nodes: &[String]) -> bool {
+    let led: std::collections::HashSet<_> = nodes.iter().filter(|n| !n.is_empty()).collect();
+    led.len() == nodes.len().min(3)
 }
 
 /// The `pushline_partition_leader_moves_total` lines of ingest's and the registry's
@@ -702,28 +707,16 @@ pub async fn leaders_once_spread(
     // The services' topology (the test environment's own has one partition).
     let topology = providers::topology(&stack.configs.registry.nats);
     let leaders = || async {
-        let mut leaders = Vec::new();
-        for kind in [
-            StreamKind::Events,
-            StreamKind::Push("apns"),
-            StreamKind::Push("fcm"),
-        ] {
-            let mut of_kind = Vec::new();
-            for name in topology.stream_names(kind) {
-                of_kind.push(cluster.stream_leader(&name).await.unwrap_or_default());
-            }
-            leaders.push((topology.stream_name(kind), of_kind));
-        }
-        leaders
+        placement(&cluster, &topology)
+            .await
+            .into_iter()
+            .map(|(stream, streams, _)| (stream, streams))
+            .collect::<Vec<_>>()
     };
     let until = Instant::now() + within;
     let first = loop {
         let now = leaders().await;
-        let spread = now.iter().all(|(_, nodes)| {
-            let distinct: std::collections::HashSet<_> =
-                nodes.iter().filter(|n| !n.is_empty()).collect();
-            distinct.len() == nodes.len().min(3)
-        });
+        let spread = now.iter().all(|(_, nodes)| led_by_distinct_nodes(nodes));
         if spread || Instant::now() >= until {
             break now;
         }
